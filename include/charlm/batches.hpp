@@ -1,0 +1,49 @@
+// Cuts a token sequence into T x B windows: B parallel streams, each read left to right, T steps at a time.
+#pragma once
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "charlm/text.hpp"
+
+namespace charlm {
+
+// Token ids for one window, step-major: index t * batch_size + b is stream b at step t.
+// A target of kIgnoreTarget marks padding that the loss skips.
+inline constexpr TokenId kIgnoreTarget = -1;
+
+struct Batch {
+    int seq_length = 0;
+    int batch_size = 0;
+    std::vector<TokenId> inputs;
+    std::vector<TokenId> targets;
+    bool starts_streams = false;  // first window of a pass: the carried state must be reset
+};
+
+// Training windows. Stream b owns a contiguous slice of the text; each window continues where
+// the last one ended, so the hidden state carries over. After the last full window, all streams
+// start again from the beginning of their slices.
+class BatchStream {
+public:
+    BatchStream(std::span<const TokenId> ids, int seq_length, int batch_size);
+
+    void next(Batch& batch);
+    std::size_t windows_per_pass() const { return windows_per_pass_; }
+    std::size_t position() const { return position_; }  // index of the next window in the pass
+    void set_position(std::size_t position);
+
+private:
+    std::span<const TokenId> ids_;
+    int seq_length_;
+    int batch_size_;
+    std::size_t stream_length_;
+    std::size_t windows_per_pass_;
+    std::size_t position_ = 0;
+};
+
+// Covers every (input, target) pair of `ids` exactly once, for evaluation: B streams of equal
+// length (the last padded with ignored targets), cut into windows of up to T steps.
+std::vector<Batch> evaluation_windows(std::span<const TokenId> ids, int seq_length, int batch_size);
+
+}  // namespace charlm

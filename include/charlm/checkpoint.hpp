@@ -1,0 +1,76 @@
+// Checkpoints as safetensors files: PyTorch-named tensors, with vocabulary, config and training state in the metadata.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "charlm/model.hpp"
+#include "charlm/optim.hpp"
+#include "charlm/text.hpp"
+
+namespace charlm {
+
+// ---- the safetensors container (8-byte little-endian header length, JSON header, raw tensors) ----
+
+struct StoredTensor {
+    std::vector<std::int64_t> shape;
+    std::vector<float> values;
+};
+
+struct SafetensorsFile {
+    std::map<std::string, std::string> metadata;
+    std::map<std::string, StoredTensor> tensors;
+};
+
+struct TensorToWrite {
+    std::string name;
+    std::vector<std::int64_t> shape;
+    const float* values;
+};
+
+// Validates everything before returning: header bounds, JSON, dtypes, shapes, byte ranges inside the
+// data and not overlapping. `source_name` prefixes every error.
+SafetensorsFile parse_safetensors(std::string_view bytes, const std::string& source_name);
+std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
+                                  const std::map<std::string, std::string>& metadata);
+
+// Writes a temporary file beside `path`, flushes and fsyncs it, then renames it over `path`.
+// On any failure the temporary is removed, `path` is untouched, and Error says why.
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
+
+// ---- charlm checkpoints ----
+
+// Where training stands, so that --resume continues exactly.
+struct TrainingState {
+    std::int64_t step = 0;
+    double best_validation_loss = std::numeric_limits<double>::infinity();
+    std::size_t data_position = 0;
+    std::string rng_state;       // std::mt19937_64 as text
+    nlohmann::json options;      // the training options of the run
+};
+
+struct Checkpoint {
+    ModelConfig config;
+    Vocab vocab;
+    std::optional<Model<float>> model;
+    TrainingState training;
+    std::optional<Adam> optimizer;                // only in checkpoints written for resuming
+    std::optional<ModelState<float>> carried_state;  // likewise: the state carried into the next window
+};
+
+// `optimizer` and `carried_state` may be null: a checkpoint for sampling and evaluation needs neither.
+void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
+                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state);
+// Throws Error naming the file and the problem for anything missing, inconsistent or not finite.
+Checkpoint load_checkpoint(const std::filesystem::path& path);
+Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_name);
+
+}  // namespace charlm

@@ -1,0 +1,27 @@
+// Scores a text under a model: cross-entropy in nats per character, perplexity and bits per character.
+#pragma once
+
+#include <span>
+
+#include <nlohmann/json.hpp>
+
+#include "charlm/model.hpp"
+
+namespace charlm {
+
+// Summed loss over every (input, target) pair of `ids`, read as B streams in windows of T steps.
+LossSum evaluate_loss(Model<float>& model, std::span<const TokenId> ids, int seq_length = 100, int batch_size = 32);
+
+struct EvalResult {
+    double nats_per_character = 0;
+    double perplexity = 0;
+    double bits_per_character = 0;
+    std::size_t characters_scored = 0;    // predictions made: known characters minus one
+    std::size_t unknown_characters = 0;   // dropped from the text before scoring
+    nlohmann::json to_json() const;
+};
+
+// Characters outside the vocabulary are removed from the text before scoring and counted.
+EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text);
+
+}  // namespace charlm

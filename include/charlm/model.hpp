@@ -1,0 +1,97 @@
+// The network: embedding -> stacked recurrent cells -> linear head -> softmax cross-entropy.
+#pragma once
+
+#include <random>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "charlm/batches.hpp"
+#include "charlm/lstm.hpp"
+#include "charlm/tensor.hpp"
+
+namespace charlm {
+
+enum class CellType { lstm };
+std::string to_string(CellType cell);
+CellType parse_cell_type(const std::string& name);  // throws Error for an unknown name
+
+struct ModelConfig {
+    CellType cell = CellType::lstm;
+    int vocab_size = 0;
+    int embed_size = 64;
+    int hidden_size = 256;
+    int layers = 2;
+
+    void validate() const;  // throws Error naming the bad field
+    std::size_t parameter_count() const;
+    nlohmann::json to_json() const;
+    static ModelConfig from_json(const nlohmann::json& json);  // validates
+};
+
+// The recurrent state carried between windows: per layer, B x H.
+template <typename Scalar>
+struct ModelState {
+    std::vector<Matrix<Scalar>> hidden;
+    std::vector<Matrix<Scalar>> cell;
+    void reset() {
+        for (auto& h : hidden) h.setZero();
+        for (auto& c : cell) c.setZero();
+    }
+};
+
+// Sum of per-character losses, so that windows of any size average exactly.
+struct LossSum {
+    double total_nats = 0;
+    std::size_t count = 0;
+    double mean() const { return count ? total_nats / static_cast<double>(count) : 0.0; }
+};
+
+template <typename Scalar>
+class Model {
+public:
+    explicit Model(const ModelConfig& config);  // parameters zero; see initialize()
+
+    // PyTorch's defaults: embedding N(0, 1), recurrent and head weights U(-1/sqrt(fan), 1/sqrt(fan)).
+    void initialize(std::mt19937_64& rng);
+
+    const ModelConfig& config() const { return config_; }
+    std::vector<Parameter<Scalar>>& parameters() { return parameters_; }
+    const std::vector<Parameter<Scalar>>& parameters() const { return parameters_; }
+    Parameter<Scalar>* find_parameter(const std::string& name);
+    void zero_gradients();
+
+    ModelState<Scalar> initial_state(int batch_size) const;
+
+    // inputs: T*B ids, step-major. Fills logits(): (T*B) x V. Carries `state` to the window's end.
+    void forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state);
+    const Matrix<Scalar>& logits() const { return logits_; }
+    // Softmax cross-entropy of the last forward() against targets (kIgnoreTarget rows are skipped).
+    LossSum loss(std::span<const TokenId> targets);
+    // Gradients of the mean loss of the last loss() call, accumulated into parameters().
+    void backward();
+
+private:
+    CellWeights<Scalar> layer_weights(int layer) const;
+    CellGradients<Scalar> layer_gradients(int layer);
+    const Matrix<Scalar>& layer_input(int layer) const;
+
+    ModelConfig config_;
+    std::vector<Parameter<Scalar>> parameters_;  // embedding, 4 per layer, head weight, head bias
+    // workspaces, sized on the first window of a shape
+    std::vector<TokenId> inputs_;
+    std::vector<TokenId> targets_;
+    int steps_ = 0;
+    int batch_size_ = 0;
+    std::size_t target_count_ = 0;
+    Matrix<Scalar> embedded_;                 // (T*B) x E
+    std::vector<LstmCache<Scalar>> caches_;   // per layer
+    Matrix<Scalar> logits_;                   // (T*B) x V
+    Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
+    std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output
+    Matrix<Scalar> d_embedded_;               // (T*B) x E
+};
+
+}  // namespace charlm

@@ -1,0 +1,42 @@
+// Adam and global-norm gradient clipping over a model's parameters.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "charlm/tensor.hpp"
+
+namespace charlm {
+
+// Scales all gradients so that their joint L2 norm is at most max_norm; returns the norm before.
+double clip_gradient_norm(std::vector<Parameter<float>>& parameters, double max_norm);
+
+struct AdamConfig {
+    double beta1 = 0.9;
+    double beta2 = 0.999;
+    double epsilon = 1e-8;
+};
+
+class Adam {
+public:
+    Adam() = default;
+    Adam(const std::vector<Parameter<float>>& parameters, AdamConfig config = {});
+
+    void step(std::vector<Parameter<float>>& parameters, double learning_rate);
+
+    std::int64_t step_count() const { return step_count_; }
+    void set_step_count(std::int64_t steps) { step_count_ = steps; }
+    // first and second moments, one pair per parameter, for checkpoints
+    std::vector<Matrix<float>>& first_moments() { return first_moments_; }
+    std::vector<Matrix<float>>& second_moments() { return second_moments_; }
+    const std::vector<Matrix<float>>& first_moments() const { return first_moments_; }
+    const std::vector<Matrix<float>>& second_moments() const { return second_moments_; }
+
+private:
+    AdamConfig config_;
+    std::int64_t step_count_ = 0;
+    std::vector<Matrix<float>> first_moments_;
+    std::vector<Matrix<float>> second_moments_;
+};
+
+}  // namespace charlm

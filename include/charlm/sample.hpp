@@ -1,0 +1,49 @@
+// Generation: a prompt primes the recurrent state, then characters are drawn one at a time.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+
+#include "charlm/model.hpp"
+#include "charlm/text.hpp"
+
+namespace charlm {
+
+struct SampleOptions {
+    double temperature = 1.0;  // > 0; logits are divided by it
+    int top_k = 0;             // keep the k most likely characters; 0 keeps all
+    double top_p = 1.0;        // keep the smallest set whose probability reaches p; 1 keeps all
+    bool greedy = false;       // always the most likely character
+};
+
+void validate(const SampleOptions& options);  // throws Error for a temperature or top-p out of range
+
+class Sampler {
+public:
+    Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed);
+
+    // Feeds the prompt through the model; an empty prompt starts from the zero state and a newline.
+    // Throws Error listing the prompt's characters that are not in the vocabulary.
+    void prime(const std::u32string& prompt);
+    // Draws the next character and feeds it back in.
+    char32_t next(const SampleOptions& options);
+
+private:
+    void feed(TokenId id);
+
+    Model<float>& model_;
+    const Vocab& vocab_;
+    std::mt19937_64 rng_;
+    ModelState<float> state_;
+    std::vector<float> probabilities_;
+    std::vector<TokenId> order_;
+    TokenId input_ = 0;
+};
+
+// Primes with `prompt`, then calls `emit` for each of `length` generated characters as it is drawn.
+void generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+              const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit);
+
+}  // namespace charlm

@@ -1,0 +1,202 @@
+#!/usr/bin/python3
+"""Peer benchmark: the same character-level LSTM language model in PyTorch (CPU, fp32), to compare charlm against.
+
+Model: Embedding(V, E) -> LSTM(E, H, L) -> Linear(H, V); Adam, gradient clipping at norm 5, cross entropy.
+
+Speed mode (default) prints one JSON line with
+  train_cps     : full training steps (forward, backward, clip, Adam step) over a seq x batch window, hidden
+                  state carried (detached) between windows, random token ids;
+  eval_cps      : no_grad forward over seq x batch including the output layer and the loss;
+  sample_b1_cps : batch 1, one character at a time with carried state, softmax + torch.multinomial.
+Quality mode (--quality CORPUS --minutes M) trains on a text file for M minutes of wall clock (evaluation
+included) and prints the best validation loss in nats per character.
+
+Run with the system interpreter that has python3-torch:  /usr/bin/python3 scripts/bench_torch.py --help
+"""
+import argparse
+import json
+import math
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class CharModel(nn.Module):
+    def __init__(self, vocab, embed, hidden, layers, dropout=0.0):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, embed)
+        self.lstm = nn.LSTM(embed, hidden, layers, dropout=dropout, batch_first=False)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens, state=None):
+        output, state = self.lstm(self.embedding(tokens), state)
+        return self.head(output), state
+
+
+def detached(state):
+    return tuple(s.detach() for s in state)
+
+
+def train_step(model, optimizer, inputs, targets, state):
+    logits, state = model(inputs, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+    return loss.item(), detached(state)
+
+
+def seconds_per_call(run, seconds):
+    """Seconds per call of run(), after a warm-up of about a tenth of the budget (at least 3 calls)."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < 3 or time.perf_counter() - start < 0.1 * seconds:
+        run()
+        calls += 1
+    start, calls = time.perf_counter(), 0
+    while True:
+        run()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return elapsed / calls
+
+
+def measure_speed(args):
+    torch.manual_seed(0)
+    model = CharModel(args.vocab, args.embed, args.hidden, args.layers)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    inputs = torch.randint(args.vocab, (args.seq, args.batch))
+    targets = torch.randint(args.vocab, (args.seq, args.batch))
+    chars = args.seq * args.batch
+
+    carried = {"state": None}
+
+    def train():
+        _, carried["state"] = train_step(model, optimizer, inputs, targets, carried["state"])
+
+    model.train()
+    train_seconds = seconds_per_call(train, args.seconds)
+
+    model.eval()
+
+    def evaluate():
+        with torch.no_grad():
+            logits, _ = model(inputs)
+            F.cross_entropy(logits.reshape(-1, args.vocab), targets.reshape(-1)).item()
+
+    eval_seconds = seconds_per_call(evaluate, args.seconds)
+
+    sampler = {"token": torch.zeros(1, 1, dtype=torch.long), "state": None}
+
+    def sample_one():
+        with torch.no_grad():
+            logits, sampler["state"] = model(sampler["token"], sampler["state"])
+            probabilities = torch.softmax(logits[0, 0], dim=-1)
+            sampler["token"] = torch.multinomial(probabilities, 1).view(1, 1)
+
+    sample_seconds = seconds_per_call(sample_one, args.seconds)
+
+    print(json.dumps({
+        "peer": "pytorch", "model": f"{args.layers}x{args.hidden}", "layers": args.layers, "hidden": args.hidden,
+        "embed": args.embed, "vocab": args.vocab, "seq": args.seq, "batch": args.batch, "threads": args.threads,
+        "torch": torch.__version__,
+        "train_cps": round(chars / train_seconds), "eval_cps": round(chars / eval_seconds),
+        "sample_b1_cps": round(1.0 / sample_seconds),
+    }), flush=True)
+
+
+def streams(ids, batch):
+    """Cut a 1-D id tensor into `batch` contiguous streams, shape (length, batch)."""
+    length = len(ids) // batch
+    return ids[: length * batch].view(batch, length).t().contiguous()
+
+
+def validation_loss(model, data, seq):
+    """Mean cross entropy (nats/char) over all of `data` (length x streams), hidden state carried."""
+    model.eval()
+    total, count, state = 0.0, 0, None
+    with torch.no_grad():
+        for start in range(0, data.shape[0] - 1, seq):
+            inputs = data[start: start + seq]
+            targets = data[start + 1: start + 1 + seq]
+            inputs = inputs[: targets.shape[0]]
+            logits, state = model(inputs, state)
+            total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                     reduction="sum").item()
+            count += targets.numel()
+    model.train()
+    return total / count
+
+
+def measure_quality(args):
+    torch.manual_seed(0)
+    with open(args.quality, encoding="utf-8") as f:
+        text = f.read()
+    vocabulary = sorted(set(text))
+    index = {c: i for i, c in enumerate(vocabulary)}
+    ids = torch.tensor([index[c] for c in text], dtype=torch.long)
+    split = int(len(ids) * 0.95)
+    train_data = streams(ids[:split], args.batch)
+    validation_data = streams(ids[split:], args.batch)
+
+    model = CharModel(len(vocabulary), args.embed, args.hidden, args.layers, dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+
+    budget = args.minutes * 60.0
+    start = time.perf_counter()
+    best, history, step, position, state = math.inf, [], 0, 0, None
+    while True:
+        if position + args.seq + 1 > train_data.shape[0]:  # end of the streams: wrap around, fresh state
+            position, state = 0, None
+        inputs = train_data[position: position + args.seq]
+        targets = train_data[position + 1: position + 1 + args.seq]
+        loss, state = train_step(model, optimizer, inputs, targets, state)
+        position += args.seq
+        step += 1
+        out_of_time = time.perf_counter() - start >= budget
+        if step % args.eval_every == 0 or out_of_time:
+            validation = validation_loss(model, validation_data, args.seq)
+            best = min(best, validation)
+            elapsed = time.perf_counter() - start
+            history.append([step, round(elapsed, 1), round(loss, 4), round(validation, 4)])
+            print(f"step {step} {elapsed:.0f}s train {loss:.4f} validation {validation:.4f}", file=sys.stderr)
+        if out_of_time:
+            break
+
+    print(json.dumps({
+        "peer": "pytorch", "mode": "quality", "model": f"{args.layers}x{args.hidden}", "layers": args.layers,
+        "hidden": args.hidden, "embed": args.embed, "vocab": len(vocabulary), "seq": args.seq, "batch": args.batch,
+        "threads": args.threads, "minutes": args.minutes, "steps": step, "chars_trained": step * args.seq * args.batch,
+        "best_validation_loss": round(best, 4), "history": history,
+    }), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--embed", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size for the speed mode")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per speed figure")
+    parser.add_argument("--quality", metavar="CORPUS", help="train on this text file and report validation loss")
+    parser.add_argument("--minutes", type=float, default=10.0, help="quality mode: wall-clock training budget")
+    parser.add_argument("--eval-every", type=int, default=100, help="quality mode: steps between evaluations")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.quality:
+        measure_quality(args)
+    else:
+        measure_speed(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,336 @@
+// Safetensors reading and writing, atomic file replacement, and the checkpoint's model/optimizer layout.
+#include "charlm/checkpoint.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+static_assert(std::endian::native == std::endian::little, "safetensors data is little-endian");
+
+namespace {
+
+constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr int kMaxJsonDepth = 64;
+constexpr const char* kFormat = "charlm-checkpoint-1";
+
+// nlohmann::json parses recursively; refuse deep nesting before it can exhaust the stack.
+bool json_nesting_within(std::string_view text, int most) {
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (char c : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (c == '\\') escaped = true;
+            else if (c == '"') in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > most) return false;
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+SafetensorsFile parse_safetensors(std::string_view bytes, const std::string& source_name) {
+    auto fail = [&](const std::string& problem) { return Error(fmt::format("{}: {}", source_name, problem)); };
+    if (bytes.size() < 8) throw fail("too short to be a safetensors file (under 8 bytes)");
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, bytes.data(), 8);
+    if (header_length > bytes.size() - 8 || header_length > kMaxHeaderBytes)
+        throw fail(fmt::format("header length {} runs past the end of the file ({} bytes); the file is truncated or not safetensors",
+                               header_length, bytes.size()));
+    const std::string_view header_text = bytes.substr(8, header_length);
+    const std::string_view data = bytes.substr(8 + header_length);
+    if (!json_nesting_within(header_text, kMaxJsonDepth)) throw fail("header JSON is nested too deeply");
+    const auto header = nlohmann::json::parse(header_text, nullptr, false);
+    if (header.is_discarded() || !header.is_object()) throw fail("header is not a valid JSON object");
+
+    SafetensorsFile file;
+    struct Range { std::uint64_t begin, end; std::string name; };
+    std::vector<Range> ranges;
+    for (const auto& [name, entry] : header.items()) {
+        if (name == "__metadata__") {
+            if (!entry.is_object()) throw fail("__metadata__ is not a JSON object");
+            for (const auto& [key, value] : entry.items()) {
+                if (!value.is_string()) throw fail(fmt::format("metadata '{}' is not a string", key));
+                file.metadata[key] = value.get<std::string>();
+            }
+            continue;
+        }
+        if (!entry.is_object() || !entry.contains("dtype") || !entry.contains("shape") || !entry.contains("data_offsets"))
+            throw fail(fmt::format("tensor '{}' lacks dtype, shape or data_offsets", name));
+        const auto& dtype = entry["dtype"];
+        if (!dtype.is_string() || dtype.get<std::string>() != "F32")
+            throw fail(fmt::format("tensor '{}' has dtype {}, but charlm reads only F32", name, dtype.dump()));
+        const auto& shape = entry["shape"];
+        const auto& offsets = entry["data_offsets"];
+        if (!shape.is_array() || shape.size() > 8) throw fail(fmt::format("tensor '{}' has an invalid shape", name));
+        std::uint64_t elements = 1;
+        StoredTensor tensor;
+        for (const auto& dimension : shape) {
+            if (!dimension.is_number_unsigned() || dimension.get<std::uint64_t>() > (std::uint64_t{1} << 40))
+                throw fail(fmt::format("tensor '{}' has an invalid shape {}", name, shape.dump()));
+            const auto size = dimension.get<std::uint64_t>();
+            if (size != 0 && elements > (std::uint64_t{1} << 40) / size)
+                throw fail(fmt::format("tensor '{}' is impossibly large", name));
+            elements *= size;
+            tensor.shape.push_back(static_cast<std::int64_t>(size));
+        }
+        if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() || !offsets[1].is_number_unsigned())
+            throw fail(fmt::format("tensor '{}' has invalid data_offsets", name));
+        const auto begin = offsets[0].get<std::uint64_t>(), end = offsets[1].get<std::uint64_t>();
+        if (begin > end || end > data.size())
+            throw fail(fmt::format("tensor '{}' data [{}, {}) lies outside the {} bytes of data; the file is truncated or corrupt",
+                                   name, begin, end, data.size()));
+        if (end - begin != elements * 4)
+            throw fail(fmt::format("tensor '{}' has {} bytes of data, but its shape {} needs {}", name, end - begin,
+                                   shape.dump(), elements * 4));
+        tensor.values.resize(elements);
+        if (elements) std::memcpy(tensor.values.data(), data.data() + begin, elements * 4);
+        ranges.push_back({begin, end, name});
+        file.tensors.emplace(name, std::move(tensor));
+    }
+    std::sort(ranges.begin(), ranges.end(), [](const Range& a, const Range& b) { return a.begin < b.begin; });
+    for (std::size_t i = 1; i < ranges.size(); ++i)
+        if (ranges[i].begin < ranges[i - 1].end)
+            throw fail(fmt::format("tensors '{}' and '{}' overlap", ranges[i - 1].name, ranges[i].name));
+    return file;
+}
+
+std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
+                                  const std::map<std::string, std::string>& metadata) {
+    nlohmann::json header = nlohmann::json::object();
+    header["__metadata__"] = metadata;
+    std::uint64_t offset = 0;
+    for (const auto& tensor : tensors) {
+        std::uint64_t elements = 1;
+        for (auto dimension : tensor.shape) elements *= static_cast<std::uint64_t>(dimension);
+        header[tensor.name] = {{"dtype", "F32"}, {"shape", tensor.shape}, {"data_offsets", {offset, offset + 4 * elements}}};
+        offset += 4 * elements;
+    }
+    std::string header_text = header.dump();
+    header_text.append((8 - header_text.size() % 8) % 8, ' ');  // keep tensor data 8-byte aligned
+    std::string bytes(8, '\0');
+    const std::uint64_t header_length = header_text.size();
+    std::memcpy(bytes.data(), &header_length, 8);
+    bytes += header_text;
+    bytes.reserve(bytes.size() + offset);
+    for (const auto& tensor : tensors) {
+        std::uint64_t elements = 1;
+        for (auto dimension : tensor.shape) elements *= static_cast<std::uint64_t>(dimension);
+        bytes.append(reinterpret_cast<const char*>(tensor.values), elements * 4);
+    }
+    return bytes;
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+    const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+    const auto temporary = directory / fmt::format(".{}.tmp-{}", path.filename().string(), ::getpid());
+    auto fail = [&](const std::string& what) {
+        const std::string reason = std::strerror(errno);
+        ::unlink(temporary.c_str());
+        return Error(fmt::format("cannot write {}: {} failed ({}); the previous file is unchanged", path.string(), what, reason));
+    };
+    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) throw fail("creating a temporary file");
+    std::size_t written = 0;
+    while (written < bytes.size()) {
+        const ssize_t count = ::write(fd, bytes.data() + written, bytes.size() - written);
+        if (count < 0 && errno == EINTR) continue;
+        if (count <= 0) {
+            if (count == 0) errno = EIO;
+            const int saved = errno;
+            ::close(fd);
+            errno = saved;
+            throw fail("writing");
+        }
+        written += static_cast<std::size_t>(count);
+    }
+    if (::fsync(fd) != 0) {
+        const int saved = errno;
+        ::close(fd);
+        errno = saved;
+        throw fail("flushing to disk");
+    }
+    if (::close(fd) != 0) throw fail("closing");
+    if (::rename(temporary.c_str(), path.c_str()) != 0) throw fail("renaming into place");
+    // Make the rename itself durable.
+    const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory_fd >= 0) {
+        ::fsync(directory_fd);
+        ::close(directory_fd);
+    }
+}
+
+static std::string optimizer_name(const std::string& kind, const std::string& parameter) {
+    return fmt::format("optimizer.{}.{}", kind, parameter);
+}
+
+void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
+                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state) {
+    std::vector<TensorToWrite> tensors;
+    for (const auto& parameter : model.parameters())
+        tensors.push_back({parameter.name, parameter.shape, parameter.value.data()});
+    if (optimizer) {
+        const auto& parameters = model.parameters();
+        for (std::size_t i = 0; i < parameters.size(); ++i) {
+            tensors.push_back({optimizer_name("exp_avg", parameters[i].name), parameters[i].shape,
+                               optimizer->first_moments()[i].data()});
+            tensors.push_back({optimizer_name("exp_avg_sq", parameters[i].name), parameters[i].shape,
+                               optimizer->second_moments()[i].data()});
+        }
+    }
+    if (carried_state) {
+        for (std::size_t layer = 0; layer < carried_state->hidden.size(); ++layer) {
+            const auto& hidden = carried_state->hidden[layer];
+            const std::vector<std::int64_t> shape = {hidden.rows(), hidden.cols()};
+            tensors.push_back({fmt::format("state.hidden_l{}", layer), shape, hidden.data()});
+            tensors.push_back({fmt::format("state.cell_l{}", layer), shape, carried_state->cell[layer].data()});
+        }
+    }
+    nlohmann::json training_json = {
+        {"step", training.step},
+        {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)
+                                                                               : nlohmann::json(nullptr)},
+        {"data_position", training.data_position},
+        {"rng_state", training.rng_state},
+        {"options", training.options},
+    };
+    if (optimizer) training_json["optimizer_steps"] = optimizer->step_count();
+    std::vector<std::uint32_t> code_points(vocab.code_points().begin(), vocab.code_points().end());
+    const std::map<std::string, std::string> metadata = {
+        {"format", kFormat},
+        {"config", model.config().to_json().dump()},
+        {"vocab", nlohmann::json(code_points).dump()},
+        {"training", training_json.dump()},
+    };
+    write_file_atomically(path, serialize_safetensors(tensors, metadata));
+}
+
+Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_name) {
+    auto fail = [&](const std::string& problem) { return Error(fmt::format("{}: {}", source_name, problem)); };
+    SafetensorsFile file = parse_safetensors(bytes, source_name);
+    auto metadata_json = [&](const char* key) {
+        auto found = file.metadata.find(key);
+        if (found == file.metadata.end()) throw fail(fmt::format("metadata has no '{}'; this is not a charlm checkpoint", key));
+        auto json = nlohmann::json::parse(found->second, nullptr, false);
+        if (json.is_discarded() || !json_nesting_within(found->second, kMaxJsonDepth))
+            throw fail(fmt::format("metadata '{}' is not valid JSON", key));
+        return json;
+    };
+    auto format = file.metadata.find("format");
+    if (format == file.metadata.end() || format->second != kFormat)
+        throw fail("not a charlm checkpoint (no 'format: " + std::string(kFormat) + "' in its metadata)");
+
+    Checkpoint checkpoint;
+    try {
+        checkpoint.config = ModelConfig::from_json(metadata_json("config"));
+    } catch (const Error& error) {
+        throw fail(error.what());
+    }
+    const auto vocab_json = metadata_json("vocab");
+    if (!vocab_json.is_array()) throw fail("metadata 'vocab' is not a list of code points");
+    std::vector<char32_t> code_points;
+    for (const auto& entry : vocab_json) {
+        if (!entry.is_number_unsigned() || entry.get<std::uint64_t>() > 0x10FFFF)
+            throw fail("metadata 'vocab' holds something that is not a code point");
+        code_points.push_back(static_cast<char32_t>(entry.get<std::uint64_t>()));
+    }
+    try {
+        checkpoint.vocab = Vocab::from_code_points(std::move(code_points));
+    } catch (const Error& error) {
+        throw fail(error.what());
+    }
+    if (checkpoint.vocab.size() != static_cast<std::size_t>(checkpoint.config.vocab_size))
+        throw fail(fmt::format("vocabulary has {} entries but the config says {}", checkpoint.vocab.size(),
+                               checkpoint.config.vocab_size));
+
+    const auto training_json = metadata_json("training");
+    try {
+        checkpoint.training.step = training_json.at("step").get<std::int64_t>();
+        const auto& best = training_json.at("best_validation_loss");
+        checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
+        checkpoint.training.data_position = training_json.at("data_position").get<std::size_t>();
+        checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
+        checkpoint.training.options = training_json.at("options");
+    } catch (const nlohmann::json::exception&) {
+        throw fail("metadata 'training' is incomplete or has the wrong types");
+    }
+    if (checkpoint.training.step < 0) throw fail("metadata 'training' has a negative step");
+
+    auto take = [&](const std::string& name, Matrix<float>& into, const std::vector<std::int64_t>& shape) {
+        auto found = file.tensors.find(name);
+        if (found == file.tensors.end()) throw fail(fmt::format("tensor '{}' is missing", name));
+        if (found->second.shape != shape)
+            throw fail(fmt::format("tensor '{}' has shape {} but the config needs {}", name,
+                                   nlohmann::json(found->second.shape).dump(), nlohmann::json(shape).dump()));
+        const auto& values = found->second.values;
+        for (std::size_t i = 0; i < values.size(); ++i)
+            if (!std::isfinite(values[i]))
+                throw fail(fmt::format("tensor '{}' holds a non-finite value at element {}", name, i));
+        std::copy(values.begin(), values.end(), into.data());
+    };
+    checkpoint.model.emplace(checkpoint.config);
+    auto& parameters = checkpoint.model->parameters();
+    for (auto& parameter : parameters) take(parameter.name, parameter.value, parameter.shape);
+
+    const bool has_optimizer = file.tensors.count(optimizer_name("exp_avg", parameters.front().name)) > 0;
+    if (has_optimizer) {
+        Adam optimizer(parameters);
+        for (std::size_t i = 0; i < parameters.size(); ++i) {
+            take(optimizer_name("exp_avg", parameters[i].name), optimizer.first_moments()[i], parameters[i].shape);
+            take(optimizer_name("exp_avg_sq", parameters[i].name), optimizer.second_moments()[i], parameters[i].shape);
+        }
+        try {
+            optimizer.set_step_count(training_json.at("optimizer_steps").get<std::int64_t>());
+        } catch (const nlohmann::json::exception&) {
+            throw fail("metadata 'training' lacks the optimizer's step count");
+        }
+        checkpoint.optimizer = std::move(optimizer);
+    }
+    if (file.tensors.count("state.hidden_l0")) {
+        const auto batch_size = file.tensors.at("state.hidden_l0").shape.empty() ? 0 : file.tensors.at("state.hidden_l0").shape[0];
+        if (batch_size < 1 || batch_size > (1 << 20)) throw fail("tensor 'state.hidden_l0' has an invalid batch size");
+        ModelState<float> state = checkpoint.model->initial_state(static_cast<int>(batch_size));
+        const std::vector<std::int64_t> shape = {batch_size, checkpoint.config.hidden_size};
+        for (std::size_t layer = 0; layer < state.hidden.size(); ++layer) {
+            take(fmt::format("state.hidden_l{}", layer), state.hidden[layer], shape);
+            take(fmt::format("state.cell_l{}", layer), state.cell[layer], shape);
+        }
+        checkpoint.carried_state = std::move(state);
+    }
+    return checkpoint;
+}
+
+Checkpoint load_checkpoint(const std::filesystem::path& path) {
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        throw Error(fmt::format("{}: no such checkpoint; give a .safetensors file written by 'charlm train'", path.string()));
+    if (std::filesystem::is_directory(path, error))
+        throw Error(fmt::format("{}: is a directory; give a checkpoint file such as {}/best.safetensors", path.string(),
+                                path.string()));
+    std::ifstream file(path, std::ios::binary);
+    if (!file) throw Error(fmt::format("{}: cannot open for reading; check its permissions", path.string()));
+    std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    return parse_checkpoint(bytes, path.string());
+}
+
+}  // namespace charlm

@@ -1,0 +1,202 @@
+// The charlm command line: parse and check options, call the library, print results. No math here.
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "charlm/eval.hpp"
+#include "charlm/sample.hpp"
+#include "charlm/train.hpp"
+
+namespace {
+
+void on_stop_signal(int signal_number) {
+    charlm::request_training_stop();
+    std::signal(signal_number, SIG_DFL);  // a second Ctrl-C quits at once
+}
+
+struct TrainArguments {
+    std::string corpus;
+    std::string validation_file;
+    std::string run_directory;
+    std::string resume;
+    std::string cell = "lstm";
+    charlm::TrainOptions options;
+    int threads = 0;
+};
+
+int run_train(TrainArguments& arguments) {
+    charlm::set_thread_count(arguments.threads);
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+    charlm::TrainResult result;
+    if (!arguments.resume.empty()) {
+        result = charlm::resume_training(arguments.resume, arguments.options.steps, arguments.options.minutes);
+    } else {
+        if (arguments.corpus.empty()) throw charlm::Error("give a CORPUS text file to train on, or --resume RUN_DIR");
+        auto& options = arguments.options;
+        options.corpus = arguments.corpus;
+        if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
+        options.model.cell = charlm::parse_cell_type(arguments.cell);
+        options.run_directory = arguments.run_directory.empty()
+                                    ? std::filesystem::path("runs") / std::filesystem::path(arguments.corpus).stem()
+                                    : std::filesystem::path(arguments.run_directory);
+        if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
+        result = charlm::train(options);
+    }
+    const double best = result.best_validation_loss;
+    fmt::print("trained {} steps; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
+               "checkpoints: {} (best), {} (to resume)\n",
+               result.steps, best, std::exp(best), best / std::log(2.0), result.best_checkpoint.string(),
+               result.last_checkpoint.string());
+    return result.interrupted ? 130 : 0;
+}
+
+struct SampleArguments {
+    std::string checkpoint;
+    std::string prompt;
+    std::size_t length = 500;
+    std::uint64_t seed = 0;
+    bool seed_given = false;
+    charlm::SampleOptions options;
+    int threads = 1;
+};
+
+int run_sample(SampleArguments& arguments) {
+    charlm::validate(arguments.options);
+    charlm::set_thread_count(arguments.threads);
+    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const std::u32string prompt = charlm::decode_utf8(arguments.prompt, "--prompt");
+    const std::uint64_t seed = arguments.seed_given ? arguments.seed : std::random_device{}();
+    const bool to_terminal = ::isatty(STDOUT_FILENO);
+    std::fputs(arguments.prompt.c_str(), stdout);
+    charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, arguments.length, arguments.options, seed,
+                     [&](char32_t c) {
+                         const std::string bytes = charlm::encode_utf8(c);
+                         std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+                         if (to_terminal || c == U'\n') std::fflush(stdout);
+                     });
+    std::fputc('\n', stdout);
+    return std::fflush(stdout) == 0 ? 0 : 1;
+}
+
+struct EvalArguments {
+    std::string checkpoint;
+    std::string file;
+    bool json = false;
+    int threads = 0;
+};
+
+int run_eval(EvalArguments& arguments) {
+    charlm::set_thread_count(arguments.threads);
+    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const std::u32string text = charlm::read_text_file(arguments.file);
+    const charlm::EvalResult result = charlm::evaluate_text(*checkpoint.model, checkpoint.vocab, text);
+    if (result.unknown_characters > 0)
+        spdlog::warn("{} characters of {} are not in the model's vocabulary and were left out", result.unknown_characters,
+                     arguments.file);
+    if (arguments.json) {
+        fmt::print("{}\n", result.to_json().dump());
+    } else {
+        fmt::print("nats/char   {:.4f}\nperplexity  {:.4f}\nbits/char   {:.4f}\ncharacters  {} scored, {} unknown left out\n",
+                   result.nats_per_character, result.perplexity, result.bits_per_character, result.characters_scored,
+                   result.unknown_characters);
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto logger = spdlog::stderr_color_mt("charlm");
+    logger->set_pattern("[%T] %^%v%$");
+    spdlog::set_default_logger(logger);
+
+    CLI::App app{"charlm: train a character-level language model on any text, then sample from it and score it.\n"
+                 "Start with 'charlm train FILE.txt', then 'charlm sample runs/FILE/best.safetensors --prompt \"...\"'."};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", "charlm 0.1.0");
+
+    TrainArguments train_arguments;
+    auto& train_options = train_arguments.options;
+    auto* train = app.add_subcommand("train", "Train a recurrent model on a UTF-8 text file and save checkpoints");
+    train->add_option("CORPUS", train_arguments.corpus, "UTF-8 text to learn from; its last part is held out for validation");
+    train->add_option("--out", train_arguments.run_directory, "Run directory for checkpoints and metrics [default: runs/<corpus name>]");
+    train->add_option("--resume", train_arguments.resume, "Continue the run in RUN_DIR from its last.safetensors")->type_name("RUN_DIR");
+    train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
+    train->add_option("--cell", train_arguments.cell, "Recurrent cell")->capture_default_str();
+    train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
+    train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
+    train->add_option("--embed", train_options.model.embed_size, "Character embedding size")->capture_default_str();
+    train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
+    train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
+    train->add_option("--lr", train_options.learning_rate, "Adam learning rate")->capture_default_str();
+    train->add_option("--clip", train_options.clip, "Clip the global gradient norm to this; 0 turns clipping off")->capture_default_str();
+    train->add_option("--val-fraction", train_options.validation_fraction, "Fraction of the corpus held out for validation")->capture_default_str();
+    train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");
+    train->add_option("--steps", train_options.steps, "Stop after this many steps in all, resumed ones included [default: 2000 unless --minutes]");
+    train->add_option("--minutes", train_options.minutes, "Stop after this many minutes of wall-clock time");
+    train->add_option("--eval-every", train_options.eval_every, "Validate and save checkpoints every N steps")->capture_default_str();
+    train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
+    train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->capture_default_str();
+
+    SampleArguments sample_arguments;
+    auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint, streamed to stdout");
+    sample->add_option("CHECKPOINT", sample_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
+    sample->add_option("--prompt", sample_arguments.prompt, "Text that primes the model; it is printed first");
+    sample->add_option("--length", sample_arguments.length, "Characters to generate")->capture_default_str();
+    sample->add_option("--temperature", sample_arguments.options.temperature,
+                       "Below 1 is safer and more repetitive, above 1 wilder")->capture_default_str();
+    sample->add_option("--top-k", sample_arguments.options.top_k, "Draw only from the k most likely characters; 0 for all")->capture_default_str();
+    sample->add_option("--top-p", sample_arguments.options.top_p, "Draw only from the most likely characters whose probability adds up to p")->capture_default_str();
+    sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
+    auto* seed_option = sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
+    sample->add_option("--threads", sample_arguments.threads, "CPU threads")->capture_default_str();
+
+    EvalArguments eval_arguments;
+    auto* eval = app.add_subcommand("eval", "Score a text: nats per character, perplexity, bits per character");
+    eval->add_option("CHECKPOINT", eval_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
+    eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
+    eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
+    eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->capture_default_str();
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::Success& success) {
+        return app.exit(success);
+    } catch (const CLI::ParseError& error) {
+        std::string message = error.what();
+        std::replace(message.begin(), message.end(), '\n', ' ');
+        const std::string help_command = app.get_subcommands().empty()
+                                             ? std::string("charlm --help")
+                                             : "charlm " + app.get_subcommands().front()->get_name() + " --help";
+        fmt::print(stderr, "charlm: error: {}; see '{}'\n", message, help_command);
+        return error.get_exit_code();
+    }
+    sample_arguments.seed_given = seed_option->count() > 0;
+
+    try {
+        if (*train) return run_train(train_arguments);
+        if (*sample) return run_sample(sample_arguments);
+        if (*eval) return run_eval(eval_arguments);
+    } catch (const charlm::Error& error) {
+        std::fflush(stdout);
+        fmt::print(stderr, "charlm: error: {}\n", error.what());
+        return 1;
+    } catch (const std::bad_alloc&) {
+        fmt::print(stderr, "charlm: error: out of memory; try a smaller model, --batch or --seq\n");
+        return 1;
+    } catch (const std::exception& error) {
+        fmt::print(stderr, "charlm: error: {}\n", error.what());
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,43 @@
+// Evaluation: the training forward pass and loss, summed over the whole text.
+#include "charlm/eval.hpp"
+
+#include <cmath>
+
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+LossSum evaluate_loss(Model<float>& model, std::span<const TokenId> ids, int seq_length, int batch_size) {
+    LossSum total;
+    std::vector<Batch> windows = evaluation_windows(ids, seq_length, batch_size);
+    if (windows.empty()) return total;
+    ModelState<float> state = model.initial_state(windows.front().batch_size);
+    for (const Batch& window : windows) {
+        model.forward(window.inputs, window.seq_length, window.batch_size, state);
+        LossSum window_loss = model.loss(window.targets);
+        total.total_nats += window_loss.total_nats;
+        total.count += window_loss.count;
+    }
+    return total;
+}
+
+nlohmann::json EvalResult::to_json() const {
+    return {{"nats_per_character", nats_per_character}, {"perplexity", perplexity},
+            {"bits_per_character", bits_per_character}, {"characters_scored", characters_scored},
+            {"unknown_characters", unknown_characters}};
+}
+
+EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text) {
+    EvalResult result;
+    const std::vector<TokenId> ids = vocab.encode_known(text, result.unknown_characters);
+    if (ids.size() < 2)
+        throw Error("the text has fewer than two characters in the model's vocabulary; nothing to score");
+    const LossSum loss = evaluate_loss(model, ids);
+    result.characters_scored = loss.count;
+    result.nats_per_character = loss.mean();
+    result.perplexity = std::exp(result.nats_per_character);
+    result.bits_per_character = result.nats_per_character / std::log(2.0);
+    return result;
+}
+
+}  // namespace charlm

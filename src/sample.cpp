@@ -1,0 +1,107 @@
+// Temperature, top-k, top-p and greedy sampling from the model's next-character distribution.
+#include "charlm/sample.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+void validate(const SampleOptions& options) {
+    if (!(options.temperature > 0) || !std::isfinite(options.temperature))
+        throw Error(fmt::format("--temperature must be a positive number, not {}; use --greedy for the most likely text",
+                                options.temperature));
+    if (!(options.top_p > 0 && options.top_p <= 1)) throw Error(fmt::format("--top-p must be in (0, 1], not {}", options.top_p));
+    if (options.top_k < 0) throw Error(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
+}
+
+Sampler::Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed)
+    : model_(model), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {}
+
+void Sampler::feed(TokenId id) {
+    input_ = id;
+    model_.forward(std::span<const TokenId>(&input_, 1), 1, 1, state_);
+}
+
+void Sampler::prime(const std::u32string& prompt) {
+    std::string unknown;
+    for (char32_t c : prompt)
+        if (!vocab_.contains(c) && unknown.find(describe_code_point(c)) == std::string::npos)
+            unknown += (unknown.empty() ? "" : ", ") + describe_code_point(c);
+    if (!unknown.empty())
+        throw Error(fmt::format("the prompt has characters the model never saw: {}; remove them", unknown));
+    state_.reset();
+    if (prompt.empty()) {
+        // Start as if after a line break when the text has one, else after the first character.
+        feed(vocab_.contains(U'\n') ? vocab_.id_of(U'\n') : 0);
+        return;
+    }
+    for (char32_t c : prompt) feed(vocab_.id_of(c));
+}
+
+char32_t Sampler::next(const SampleOptions& options) {
+    const auto& logits = model_.logits();
+    const auto V = static_cast<std::size_t>(logits.cols());
+    TokenId chosen = 0;
+    if (options.greedy) {
+        Eigen::Index best = 0;
+        logits.row(0).maxCoeff(&best);
+        chosen = static_cast<TokenId>(best);
+    } else {
+        probabilities_.resize(V);
+        const float max_logit = logits.row(0).maxCoeff();
+        const double inverse_temperature = 1.0 / options.temperature;
+        for (std::size_t i = 0; i < V; ++i)
+            probabilities_[i] = static_cast<float>(std::exp((logits(0, static_cast<Eigen::Index>(i)) - max_logit) * inverse_temperature));
+        std::size_t kept = V;
+        order_.resize(V);
+        std::iota(order_.begin(), order_.end(), 0);
+        if (options.top_k > 0 || options.top_p < 1) {
+            // Most likely first; ties by id so that a seed always gives the same text.
+            std::sort(order_.begin(), order_.end(), [&](TokenId a, TokenId b) {
+                return probabilities_[a] != probabilities_[b] ? probabilities_[a] > probabilities_[b] : a < b;
+            });
+            if (options.top_k > 0) kept = std::min(kept, static_cast<std::size_t>(options.top_k));
+            if (options.top_p < 1) {
+                double total = 0;
+                for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
+                double running = 0;
+                for (std::size_t i = 0; i < kept; ++i) {
+                    running += probabilities_[static_cast<std::size_t>(order_[i])];
+                    if (running >= options.top_p * total) {
+                        kept = i + 1;
+                        break;
+                    }
+                }
+            }
+        }
+        double total = 0;
+        for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
+        // A uniform draw from the top 53 bits, the same on every platform.
+        double target = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
+        chosen = order_[kept - 1];
+        for (std::size_t i = 0; i < kept; ++i) {
+            target -= probabilities_[static_cast<std::size_t>(order_[i])];
+            if (target < 0) {
+                chosen = order_[i];
+                break;
+            }
+        }
+    }
+    feed(chosen);
+    return vocab_.code_point_of(chosen);
+}
+
+void generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+              const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
+    validate(options);
+    Sampler sampler(model, vocab, seed);
+    sampler.prime(prompt);
+    for (std::size_t i = 0; i < length; ++i) emit(sampler.next(options));
+}
+
+}  // namespace charlm

@@ -1,0 +1,136 @@
+// UTF-8 decoding with utfcpp, the code-point vocabulary and the validation split.
+#include "charlm/text.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <utf8.h>
+
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+std::u32string read_text_file(const std::filesystem::path& path) {
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        throw Error(fmt::format("{}: no such file; check the path", path.string()));
+    if (std::filesystem::is_directory(path, error))
+        throw Error(fmt::format("{}: is a directory; give a text file", path.string()));
+    std::ifstream file(path, std::ios::binary);
+    if (!file) throw Error(fmt::format("{}: cannot open for reading; check its permissions", path.string()));
+    std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    if (file.bad()) throw Error(fmt::format("{}: read failed", path.string()));
+    if (bytes.empty()) throw Error(fmt::format("{}: the file is empty; give a UTF-8 text", path.string()));
+    return decode_utf8(bytes, path.string());
+}
+
+std::u32string decode_utf8(const std::string& bytes, const std::string& source_name) {
+    auto begin = bytes.begin();
+    if (utf8::starts_with_bom(begin, bytes.end())) begin += 3;
+    auto invalid = utf8::find_invalid(begin, bytes.end());
+    if (invalid != bytes.end()) {
+        auto offset = static_cast<std::size_t>(invalid - bytes.begin());
+        throw Error(fmt::format("{}: invalid UTF-8 at byte offset {} (byte 0x{:02x}); convert the file to UTF-8 first",
+                                source_name, offset, static_cast<unsigned char>(*invalid)));
+    }
+    std::u32string code_points;
+    code_points.reserve(static_cast<std::size_t>(bytes.end() - begin));
+    utf8::unchecked::utf8to32(begin, bytes.end(), std::back_inserter(code_points));
+    return code_points;
+}
+
+std::string encode_utf8(const std::u32string& code_points) {
+    std::string bytes;
+    bytes.reserve(code_points.size());
+    utf8::unchecked::utf32to8(code_points.begin(), code_points.end(), std::back_inserter(bytes));
+    return bytes;
+}
+
+std::string encode_utf8(char32_t code_point) { return encode_utf8(std::u32string(1, code_point)); }
+
+std::string describe_code_point(char32_t code_point) {
+    std::string shown = (code_point < 0x20 || code_point == 0x7f) ? std::string("?") : encode_utf8(code_point);
+    return fmt::format("'{}' (U+{:04X})", shown, static_cast<std::uint32_t>(code_point));
+}
+
+Vocab Vocab::from_text(const std::u32string& text) {
+    std::vector<bool> seen_ascii(128, false);
+    std::vector<char32_t> code_points;
+    for (char32_t c : text) {
+        if (c < 128) {
+            if (!seen_ascii[c]) { seen_ascii[c] = true; code_points.push_back(c); }
+        } else {
+            code_points.push_back(c);
+        }
+    }
+    std::sort(code_points.begin(), code_points.end());
+    code_points.erase(std::unique(code_points.begin(), code_points.end()), code_points.end());
+    Vocab vocab;
+    vocab.code_points_ = std::move(code_points);
+    return vocab;
+}
+
+Vocab Vocab::from_code_points(std::vector<char32_t> code_points) {
+    for (std::size_t i = 0; i < code_points.size(); ++i) {
+        if (code_points[i] > 0x10FFFF || (code_points[i] >= 0xD800 && code_points[i] <= 0xDFFF))
+            throw Error(fmt::format("vocabulary entry {} is not a Unicode scalar value", i));
+        if (i > 0 && code_points[i] <= code_points[i - 1])
+            throw Error("vocabulary is not sorted and distinct");
+    }
+    Vocab vocab;
+    vocab.code_points_ = std::move(code_points);
+    return vocab;
+}
+
+bool Vocab::contains(char32_t code_point) const {
+    return std::binary_search(code_points_.begin(), code_points_.end(), code_point);
+}
+
+TokenId Vocab::id_of(char32_t code_point) const {
+    auto found = std::lower_bound(code_points_.begin(), code_points_.end(), code_point);
+    if (found == code_points_.end() || *found != code_point)
+        throw Error(fmt::format("character {} is not in the model's vocabulary", describe_code_point(code_point)));
+    return static_cast<TokenId>(found - code_points_.begin());
+}
+
+std::vector<TokenId> Vocab::encode(const std::u32string& text) const {
+    std::vector<TokenId> ids;
+    ids.reserve(text.size());
+    for (char32_t c : text) ids.push_back(id_of(c));
+    return ids;
+}
+
+std::u32string Vocab::decode(const std::vector<TokenId>& ids) const {
+    std::u32string text;
+    text.reserve(ids.size());
+    for (TokenId id : ids) text.push_back(code_point_of(id));
+    return text;
+}
+
+std::vector<TokenId> Vocab::encode_known(const std::u32string& text, std::size_t& unknown_count) const {
+    std::vector<TokenId> ids;
+    ids.reserve(text.size());
+    unknown_count = 0;
+    for (char32_t c : text) {
+        auto found = std::lower_bound(code_points_.begin(), code_points_.end(), c);
+        if (found == code_points_.end() || *found != c) ++unknown_count;
+        else ids.push_back(static_cast<TokenId>(found - code_points_.begin()));
+    }
+    return ids;
+}
+
+Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction) {
+    if (!(validation_fraction >= 0.0 && validation_fraction < 1.0))
+        throw Error("validation fraction must be in [0, 1)");
+    auto validation_size = static_cast<std::size_t>(std::llround(validation_fraction * static_cast<double>(ids.size())));
+    Split split;
+    split.train.assign(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(validation_size));
+    split.validation.assign(ids.end() - static_cast<std::ptrdiff_t>(validation_size), ids.end());
+    return split;
+}
+
+}  // namespace charlm

@@ -1,0 +1,327 @@
+// The training loop, its validation and checkpoints, and resuming a run where it stopped.
+#include "charlm/train.hpp"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "charlm/batches.hpp"
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "charlm/eval.hpp"
+#include "charlm/optim.hpp"
+
+namespace charlm {
+
+namespace {
+
+volatile std::sig_atomic_t stop_requested = 0;
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string format_duration(double seconds) {
+    const auto total = static_cast<long long>(seconds + 0.5);
+    if (total >= 3600) return fmt::format("{}h{:02}m", total / 3600, total % 3600 / 60);
+    if (total >= 60) return fmt::format("{}m{:02}s", total / 60, total % 60);
+    return fmt::format("{}s", total);
+}
+
+struct Corpus {
+    Vocab vocab;
+    std::vector<TokenId> train;
+    std::vector<TokenId> validation;
+};
+
+// With `vocab` given (a resumed run), the text must not hold characters outside it.
+Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
+    const std::u32string text = read_text_file(options.corpus);
+    std::u32string validation_text;
+    if (options.validation_file) validation_text = read_text_file(*options.validation_file);
+    Corpus corpus;
+    corpus.vocab = vocab ? *vocab : Vocab::from_text(text + validation_text);
+    if (corpus.vocab.size() < 2)
+        throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
+                                options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
+    auto encode = [&](const std::u32string& source, const std::filesystem::path& path) {
+        try {
+            return corpus.vocab.encode(source);
+        } catch (const Error& error) {
+            throw Error(fmt::format("{}: {} of the checkpoint being resumed", path.string(), error.what()));
+        }
+    };
+    std::vector<TokenId> ids = encode(text, options.corpus);
+    if (options.validation_file) {
+        corpus.train = std::move(ids);
+        corpus.validation = encode(validation_text, *options.validation_file);
+    } else {
+        Split split = split_for_validation(ids, options.validation_fraction);
+        corpus.train = std::move(split.train);
+        corpus.validation = std::move(split.validation);
+    }
+    if (corpus.train.size() < static_cast<std::size_t>(options.seq_length) + 1)
+        throw Error(fmt::format("{}: the training text has {} characters, shorter than one window of --seq {} plus one; "
+                                "use a longer text or a smaller --seq",
+                                options.corpus.string(), corpus.train.size(), options.seq_length));
+    return corpus;
+}
+
+std::string rng_to_string(const std::mt19937_64& rng) {
+    std::ostringstream out;
+    out << rng;
+    return out.str();
+}
+
+std::mt19937_64 rng_from_string(const std::string& text) {
+    std::mt19937_64 rng;
+    std::istringstream in(text);
+    in >> rng;
+    if (in.fail()) throw Error("the checkpoint's random generator state is corrupt");
+    return rng;
+}
+
+// Everything one run of the loop works on; a fresh run and a resumed one differ only in how it starts.
+struct Session {
+    TrainOptions options;
+    Corpus corpus;
+    Model<float> model;
+    Adam optimizer;
+    TrainingState state;
+    ModelState<float> carried;
+    std::mt19937_64 rng;
+};
+
+TrainResult run_loop(Session& session) {
+    const TrainOptions& options = session.options;
+    auto& model = session.model;
+    const auto last_path = options.run_directory / "last.safetensors";
+    const auto best_path = options.run_directory / "best.safetensors";
+    std::ofstream metrics(options.run_directory / "metrics.jsonl", std::ios::app);
+    if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
+
+    BatchStream stream(session.corpus.train, options.seq_length, options.batch_size);
+    stream.set_position(session.state.data_position % stream.windows_per_pass());
+    Batch batch;
+    const bool has_validation = session.corpus.validation.size() >= 2;
+    if (!has_validation) spdlog::warn("no validation text; best.safetensors follows the training loss instead");
+
+    spdlog::info("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
+                 to_string(model.config().cell), model.config().layers, model.config().hidden_size,
+                 model.config().parameter_count(), session.corpus.train.size(), session.corpus.validation.size(),
+                 stream.windows_per_pass(), options.seq_length, options.batch_size);
+
+    TrainResult result;
+    result.last_checkpoint = last_path;
+    result.best_checkpoint = best_path;
+    const auto start = Clock::now();
+    auto last_report = start;
+    double training_seconds = 0, loss_since_report = 0;
+    std::int64_t steps_since_report = 0, steps_this_run = 0;
+    const double characters_per_step = static_cast<double>(options.seq_length) * options.batch_size;
+
+    auto save = [&](const std::filesystem::path& path, bool for_resume) {
+        session.state.data_position = stream.position();
+        session.state.rng_state = rng_to_string(session.rng);
+        session.state.options = options.to_json();
+        save_checkpoint(path, model, session.corpus.vocab, session.state, for_resume ? &session.optimizer : nullptr,
+                        for_resume ? &session.carried : nullptr);
+    };
+    auto done = [&]() {
+        if (options.steps > 0 && session.state.step >= options.steps) return true;
+        if (options.minutes > 0 && seconds_since(start) >= options.minutes * 60) return true;
+        return stop_requested != 0;
+    };
+
+    while (!done()) {
+        const auto step_start = Clock::now();
+        stream.next(batch);
+        if (batch.starts_streams) session.carried.reset();
+        model.zero_gradients();
+        model.forward(batch.inputs, batch.seq_length, batch.batch_size, session.carried);
+        const double loss = model.loss(batch.targets).mean();
+        if (!std::isfinite(loss))
+            throw Error(fmt::format("training diverged: the loss became {} at step {}; {} keeps the last good checkpoint; "
+                                    "try a lower --lr or --clip",
+                                    loss, session.state.step + 1, options.run_directory.string()));
+        model.backward();
+        clip_gradient_norm(model.parameters(), options.clip);
+        session.optimizer.step(model.parameters(), options.learning_rate);
+        ++session.state.step;
+        ++steps_this_run;
+        training_seconds += seconds_since(step_start);
+        loss_since_report += loss;
+        ++steps_since_report;
+        result.last_train_loss = loss;
+        result.chars_per_second = characters_per_step * static_cast<double>(steps_this_run) / training_seconds;
+
+        const bool evaluate_now = session.state.step % options.eval_every == 0 || done();
+        if (!evaluate_now && seconds_since(last_report) < 10) continue;
+
+        const double train_loss = loss_since_report / static_cast<double>(steps_since_report);
+        std::string line = fmt::format("step {}{} | train {:.4f}", session.state.step,
+                                       options.steps > 0 ? fmt::format("/{}", options.steps) : "", train_loss);
+        nlohmann::json record = {{"step", session.state.step}, {"train_loss", train_loss},
+                                 {"learning_rate", options.learning_rate}};
+        if (evaluate_now) {
+            const double validation_loss =
+                has_validation ? evaluate_loss(model, session.corpus.validation, options.seq_length, options.batch_size).mean()
+                               : train_loss;
+            line += fmt::format(" | val {:.4f}", validation_loss);
+            record["validation_loss"] = has_validation ? nlohmann::json(validation_loss) : nlohmann::json(nullptr);
+            if (validation_loss < session.state.best_validation_loss) {
+                session.state.best_validation_loss = validation_loss;
+                save(best_path, false);
+                line += " (best)";
+            }
+            save(last_path, true);
+        }
+        const double elapsed = seconds_since(start);
+        line += fmt::format(" | {:.1f}k chars/s | {}", result.chars_per_second / 1000, format_duration(elapsed));
+        if (options.steps > 0 && steps_this_run > 0) {
+            const double remaining = static_cast<double>(options.steps - session.state.step) * elapsed / static_cast<double>(steps_this_run);
+            line += fmt::format(" | ETA {}", format_duration(options.minutes > 0 ? std::min(remaining, options.minutes * 60 - elapsed) : remaining));
+        }
+        spdlog::info(line);
+        record["chars_per_second"] = result.chars_per_second;
+        record["elapsed_seconds"] = elapsed;
+        metrics << record.dump() << '\n' << std::flush;
+        loss_since_report = 0;
+        steps_since_report = 0;
+        last_report = Clock::now();
+    }
+    if (stop_requested) {
+        save(last_path, true);
+        result.interrupted = true;
+        spdlog::warn("stopped at step {}; continue with: charlm train --resume {}", session.state.step,
+                     options.run_directory.string());
+    }
+    result.steps = session.state.step;
+    result.best_validation_loss = session.state.best_validation_loss;
+    return result;
+}
+
+void validate(const TrainOptions& options) {
+    auto positive = [](const char* name, double value) {
+        if (!(value > 0)) throw Error(fmt::format("{} must be positive, not {}", name, value));
+    };
+    positive("--seq", options.seq_length);
+    positive("--batch", options.batch_size);
+    positive("--lr", options.learning_rate);
+    positive("--eval-every", options.eval_every);
+    if (!(options.clip >= 0)) throw Error("--clip must be zero (off) or positive");
+    if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
+        throw Error("--val-fraction must be at least 0 and below 1");
+    if (options.steps < 0 || !(options.minutes >= 0)) throw Error("--steps and --minutes must not be negative");
+    if (static_cast<double>(options.seq_length) * options.batch_size * std::max(options.model.hidden_size, 1) > 2e9)
+        throw Error("--seq x --batch x --hidden is too large to fit in memory; make one of them smaller");
+}
+
+}  // namespace
+
+nlohmann::json TrainOptions::to_json() const {
+    nlohmann::json json = {
+        {"corpus", std::filesystem::absolute(corpus).string()},
+        {"run_directory", run_directory.string()},
+        {"model", model.to_json()},
+        {"seq_length", seq_length},
+        {"batch_size", batch_size},
+        {"learning_rate", learning_rate},
+        {"clip", clip},
+        {"validation_fraction", validation_fraction},
+        {"steps", steps},
+        {"minutes", minutes},
+        {"eval_every", eval_every},
+        {"seed", seed},
+    };
+    json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
+    return json;
+}
+
+TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
+    TrainOptions options;
+    try {
+        options.corpus = json.at("corpus").get<std::string>();
+        if (!json.at("validation_file").is_null()) options.validation_file = json.at("validation_file").get<std::string>();
+        options.run_directory = json.at("run_directory").get<std::string>();
+        options.model = ModelConfig::from_json(json.at("model"));
+        options.seq_length = json.at("seq_length").get<int>();
+        options.batch_size = json.at("batch_size").get<int>();
+        options.learning_rate = json.at("learning_rate").get<double>();
+        options.clip = json.at("clip").get<double>();
+        options.validation_fraction = json.at("validation_fraction").get<double>();
+        options.steps = json.at("steps").get<std::int64_t>();
+        options.minutes = json.at("minutes").get<double>();
+        options.eval_every = json.at("eval_every").get<int>();
+        options.seed = json.at("seed").get<std::uint64_t>();
+    } catch (const nlohmann::json::exception& error) {
+        throw Error(fmt::format("the checkpoint's training options are incomplete ({})", error.what()));
+    }
+    return options;
+}
+
+TrainResult train(const TrainOptions& options_in) {
+    TrainOptions options = options_in;
+    validate(options);
+    Corpus corpus = load_corpus(options, nullptr);
+    options.model.vocab_size = static_cast<int>(corpus.vocab.size());
+    options.model.validate();
+    std::error_code error;
+    if (!options.overwrite && std::filesystem::exists(options.run_directory / "last.safetensors", error))
+        throw Error(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                "or choose another directory with --out",
+                                options.run_directory.string()));
+    std::filesystem::create_directories(options.run_directory, error);
+    if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
+
+    Session session{options, std::move(corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
+    session.model.initialize(session.rng);
+    session.optimizer = Adam(session.model.parameters());
+    session.carried = session.model.initial_state(options.batch_size);
+    // A fresh run starts a fresh metrics log; checkpoints are replaced only when the new ones are written.
+    std::filesystem::remove(options.run_directory / "metrics.jsonl", error);
+    return run_loop(session);
+}
+
+TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes) {
+    const auto last_path = run_directory / "last.safetensors";
+    Checkpoint checkpoint = load_checkpoint(last_path);
+    if (!checkpoint.optimizer || !checkpoint.carried_state)
+        throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
+    TrainOptions options = TrainOptions::from_json(checkpoint.training.options);
+    options.run_directory = run_directory;
+    if (steps > 0) options.steps = steps;
+    if (minutes > 0) options.minutes = minutes;
+    validate(options);
+    Corpus corpus = load_corpus(options, &checkpoint.vocab);
+    if (checkpoint.carried_state->hidden.front().rows() != options.batch_size)
+        throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
+    Session session{options,
+                    std::move(corpus),
+                    std::move(*checkpoint.model),
+                    std::move(*checkpoint.optimizer),
+                    checkpoint.training,
+                    std::move(*checkpoint.carried_state),
+                    rng_from_string(checkpoint.training.rng_state)};
+    spdlog::info("resuming {} at step {}", run_directory.string(), session.state.step);
+    return run_loop(session);
+}
+
+void request_training_stop() { stop_requested = 1; }
+
+void set_thread_count(int threads) {
+    if (threads <= 0) threads = omp_get_num_procs();
+    omp_set_num_threads(threads);
+    Eigen::setNbThreads(threads);
+}
+
+}  // namespace charlm
