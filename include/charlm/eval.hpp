@@ -22,6 +22,7 @@ struct EvalResult {
 };
 
 // Characters outside the vocabulary are removed from the text before scoring and counted.
+// The text is read as up to 32 streams of at least ~1k characters each, in windows of 100 steps.
 EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text);
 
 }  // namespace charlm

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "charlm/batches.hpp"
+#include "charlm/error.hpp"
 #include "charlm/lstm.hpp"
 #include "charlm/tensor.hpp"
 

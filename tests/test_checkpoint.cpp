@@ -1,0 +1,199 @@
+// Checks checkpoint.cpp: round trips, the safetensors layout, atomic writes and refusal of bad files.
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstring>
+
+#include <gtest/gtest.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "test_helpers.hpp"
+
+namespace charlm {
+namespace {
+
+using testing::read_bytes;
+using testing::TemporaryDirectory;
+
+struct Saved {
+    Vocab vocab = Vocab::from_text(U"abcdé\n");
+    Model<float> model;
+    Saved() : model(config()) {
+        std::mt19937_64 rng(5);
+        model.initialize(rng);
+    }
+    static ModelConfig config() {
+        ModelConfig config;
+        config.vocab_size = 6;
+        config.embed_size = 4;
+        config.hidden_size = 8;
+        config.layers = 2;
+        return config;
+    }
+    Matrix<float> logits(Model<float>& m) const {
+        ModelState<float> state = m.initial_state(2);
+        std::vector<TokenId> inputs{0, 1, 2, 3, 4, 5};
+        m.forward(inputs, 3, 2, state);
+        return m.logits();
+    }
+};
+
+TEST(Checkpoint, SaveThenLoadGivesIdenticalLogits) {
+    TemporaryDirectory directory;
+    Saved saved;
+    TrainingState training;
+    training.step = 42;
+    training.best_validation_loss = 1.25;
+    training.options = {{"note", "kept"}};
+    const auto path = directory.path() / "model.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, training, nullptr, nullptr);
+    Checkpoint loaded = load_checkpoint(path);
+    EXPECT_EQ(loaded.vocab.code_points(), saved.vocab.code_points());
+    EXPECT_EQ(loaded.training.step, 42);
+    EXPECT_DOUBLE_EQ(loaded.training.best_validation_loss, 1.25);
+    EXPECT_EQ(loaded.training.options["note"], "kept");
+    EXPECT_FALSE(loaded.optimizer.has_value());
+    const Matrix<float> expected = saved.logits(saved.model);
+    const Matrix<float> actual = saved.logits(*loaded.model);
+    EXPECT_EQ(expected, actual);  // bit for bit
+}
+
+TEST(Checkpoint, OptimizerAndCarriedStateRoundTrip) {
+    TemporaryDirectory directory;
+    Saved saved;
+    Adam adam(saved.model.parameters());
+    for (auto& parameter : saved.model.parameters()) parameter.gradient.setConstant(0.5f);
+    adam.step(saved.model.parameters(), 0.01);
+    ModelState<float> state = saved.model.initial_state(3);
+    state.hidden[1].setConstant(0.25f);
+    state.cell[0].setConstant(-2.0f);
+    const auto path = directory.path() / "last.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, {}, &adam, &state);
+    Checkpoint loaded = load_checkpoint(path);
+    ASSERT_TRUE(loaded.optimizer.has_value());
+    ASSERT_TRUE(loaded.carried_state.has_value());
+    EXPECT_EQ(loaded.optimizer->step_count(), 1);
+    EXPECT_EQ(loaded.optimizer->second_moments()[3], adam.second_moments()[3]);
+    EXPECT_EQ(loaded.carried_state->hidden[1], state.hidden[1]);
+    EXPECT_EQ(loaded.carried_state->cell[0], state.cell[0]);
+}
+
+TEST(Checkpoint, FileIsSafetensorsWithPyTorchNames) {
+    TemporaryDirectory directory;
+    Saved saved;
+    const auto path = directory.path() / "model.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr);
+    const std::string bytes = read_bytes(path);
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, bytes.data(), 8);
+    EXPECT_EQ((8 + header_length) % 8, 0u);
+    const auto header = nlohmann::json::parse(bytes.substr(8, header_length));
+    EXPECT_EQ(header["rnn.weight_ih_l1"]["shape"], nlohmann::json({32, 8}));
+    EXPECT_EQ(header["rnn.bias_hh_l0"]["dtype"], "F32");
+    EXPECT_EQ(header["embedding.weight"]["shape"], nlohmann::json({6, 4}));
+    EXPECT_TRUE(header.contains("head.weight"));
+    EXPECT_TRUE(header["__metadata__"].contains("vocab"));
+}
+
+// Every way a file can be wrong must be an Error naming the problem, never a crash.
+TEST(Checkpoint, RefusesDamagedFiles) {
+    TemporaryDirectory directory;
+    Saved saved;
+    const auto path = directory.path() / "good.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr);
+    const std::string good = read_bytes(path);
+    auto expect_refused = [&](const std::string& bytes, const std::string& fragment) {
+        try {
+            parse_checkpoint(bytes, "bad.safetensors");
+            ADD_FAILURE() << "accepted a file that should mention: " << fragment;
+        } catch (const Error& error) {
+            EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
+            EXPECT_NE(std::string(error.what()).find("bad.safetensors"), std::string::npos) << error.what();
+        }
+    };
+    expect_refused("", "too short");
+    expect_refused(good.substr(0, good.size() / 2), "outside");
+    expect_refused(good.substr(0, 20), "header length");
+    std::mt19937_64 rng(1);
+    std::string random_bytes(4096, '\0');
+    for (auto& byte : random_bytes) byte = static_cast<char>(rng());
+    expect_refused(random_bytes, "header length");
+
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, good.data(), 8);
+    auto header = nlohmann::json::parse(good.substr(8, header_length));
+    const std::string data = good.substr(8 + header_length);
+    auto with_header = [&](const nlohmann::json& changed) {
+        std::string text = changed.dump();
+        std::string bytes(8, '\0');
+        const std::uint64_t length = text.size();
+        std::memcpy(bytes.data(), &length, 8);
+        return bytes + text + data;
+    };
+    auto changed = header;
+    changed["head.bias"]["shape"] = {5};
+    expect_refused(with_header(changed), "head.bias");
+    changed = header;
+    changed["head.bias"]["dtype"] = "F16";
+    expect_refused(with_header(changed), "F16");
+    changed = header;
+    changed["rnn.bias_ih_l0"]["data_offsets"] = changed["rnn.weight_hh_l0"]["data_offsets"];
+    changed["rnn.bias_ih_l0"]["shape"] = changed["rnn.weight_hh_l0"]["shape"];
+    expect_refused(with_header(changed), "overlap");
+    changed = header;
+    changed.erase("rnn.weight_hh_l1");
+    expect_refused(with_header(changed), "rnn.weight_hh_l1' is missing");
+    changed = header;
+    changed["__metadata__"].erase("format");
+    expect_refused(with_header(changed), "not a charlm checkpoint");
+    changed = header;
+    changed["__metadata__"]["vocab"] = "[97, 98]";
+    expect_refused(with_header(changed), "vocabulary has 2 entries");
+    changed = header;
+    changed["__metadata__"]["config"] = R"({"cell":"lstm","vocab_size":6,"embed_size":4,"hidden_size":9,"layers":2})";
+    expect_refused(with_header(changed), "shape");
+    expect_refused(with_header(nlohmann::json::array()), "not a valid JSON object");
+    expect_refused(with_header(nlohmann::json::parse(std::string(500, '[') + std::string(500, ']'))), "nested too deeply");
+
+    // A NaN weight.
+    std::string nan_file = good;
+    const auto offset = header["head.bias"]["data_offsets"][0].get<std::size_t>();
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    std::memcpy(nan_file.data() + 8 + header_length + offset, &nan, 4);
+    expect_refused(nan_file, "non-finite");
+}
+
+TEST(Checkpoint, MissingFileOrDirectoryIsAnError) {
+    TemporaryDirectory directory;
+    EXPECT_THROW(load_checkpoint(directory.path() / "none.safetensors"), Error);
+    EXPECT_THROW(load_checkpoint(directory.path()), Error);
+}
+
+TEST(Checkpoint, FailedWriteLeavesThePreviousFileIntact) {
+    TemporaryDirectory directory;
+    Saved saved;
+    const auto path = directory.path() / "last.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr);
+    const std::string before = read_bytes(path);
+
+    // A full disk, simulated by a file-size limit smaller than the checkpoint.
+    struct rlimit old_limit {};
+    getrlimit(RLIMIT_FSIZE, &old_limit);
+    auto old_handler = std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small_limit = old_limit;
+    small_limit.rlim_cur = 1000;
+    setrlimit(RLIMIT_FSIZE, &small_limit);
+    saved.model.parameters()[0].value.setConstant(7.0f);
+    EXPECT_THROW(save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr), Error);
+    setrlimit(RLIMIT_FSIZE, &old_limit);
+    std::signal(SIGXFSZ, old_handler);
+
+    EXPECT_EQ(read_bytes(path), before);
+    std::size_t files = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
+    EXPECT_EQ(files, 1u) << "the temporary file was left behind";
+}
+
+}  // namespace
+}  // namespace charlm

@@ -1,0 +1,78 @@
+// Checks eval.cpp: evaluation is the training forward pass and loss, summed exactly over the text.
+#include <gtest/gtest.h>
+
+#include "charlm/batches.hpp"
+#include "charlm/error.hpp"
+#include "charlm/eval.hpp"
+
+namespace charlm {
+namespace {
+
+struct Fixture {
+    Vocab vocab = Vocab::from_text(U"the quick brown fox jumps over the lazy dog\n");
+    Model<float> model;
+    Fixture() : model(config(vocab)) {
+        std::mt19937_64 rng(9);
+        model.initialize(rng);
+    }
+    static ModelConfig config(const Vocab& vocab) {
+        ModelConfig config;
+        config.vocab_size = static_cast<int>(vocab.size());
+        config.embed_size = 8;
+        config.hidden_size = 16;
+        config.layers = 2;
+        return config;
+    }
+};
+
+std::u32string sample_text(std::size_t length) {
+    const std::u32string pangram = U"the quick brown fox jumps over the lazy dog\n";
+    std::u32string text;
+    while (text.size() < length) text += pangram;
+    text.resize(length);
+    return text;
+}
+
+TEST(Eval, EqualsTheMeanLossOfTheTrainingCodeOnTheSameText) {
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(sample_text(121));  // 120 pairs: 6 windows of 20
+    // The training code: one stream, windows of 20 with the state carried between them.
+    BatchStream stream(ids, 20, 1);
+    ModelState<float> state = fixture.model.initial_state(1);
+    Batch batch;
+    double total = 0;
+    for (std::size_t window = 0; window < stream.windows_per_pass(); ++window) {
+        stream.next(batch);
+        fixture.model.forward(batch.inputs, batch.seq_length, batch.batch_size, state);
+        total += fixture.model.loss(batch.targets).total_nats;
+    }
+    const LossSum evaluated = evaluate_loss(fixture.model, ids, 20, 1);
+    EXPECT_EQ(evaluated.count, 120u);
+    EXPECT_NEAR(evaluated.mean(), total / 120, 1e-6);
+}
+
+TEST(Eval, ReportsPerplexityAndBitsConsistently) {
+    Fixture fixture;
+    const EvalResult result = evaluate_text(fixture.model, fixture.vocab, sample_text(3000));
+    EXPECT_EQ(result.characters_scored, 2999u);
+    EXPECT_EQ(result.unknown_characters, 0u);
+    EXPECT_NEAR(result.perplexity, std::exp(result.nats_per_character), 1e-9);
+    EXPECT_NEAR(result.bits_per_character, result.nats_per_character / std::log(2.0), 1e-9);
+    // An untrained model is close to uniform over the vocabulary.
+    EXPECT_NEAR(result.nats_per_character, std::log(static_cast<double>(fixture.vocab.size())), 0.5);
+    const auto json = result.to_json();
+    EXPECT_DOUBLE_EQ(json["nats_per_character"].get<double>(), result.nats_per_character);
+}
+
+TEST(Eval, UnknownCharactersAreLeftOutAndCounted) {
+    Fixture fixture;
+    const EvalResult with_unknown = evaluate_text(fixture.model, fixture.vocab, U"the QUICK dog" + sample_text(200));
+    const EvalResult without = evaluate_text(fixture.model, fixture.vocab, U"the  dog" + sample_text(200));
+    EXPECT_EQ(with_unknown.unknown_characters, 5u);
+    EXPECT_EQ(with_unknown.characters_scored, without.characters_scored);
+    EXPECT_DOUBLE_EQ(with_unknown.nats_per_character, without.nats_per_character);
+    EXPECT_THROW(evaluate_text(fixture.model, fixture.vocab, U"XYZ"), Error);
+}
+
+}  // namespace
+}  // namespace charlm

@@ -1,0 +1,72 @@
+// Shared test helpers: temporary directories and finite-difference gradient checks.
+#pragma once
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <random>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "charlm/tensor.hpp"
+
+namespace charlm::testing {
+
+// A fresh directory under the system's temporary folder, removed when the test ends.
+class TemporaryDirectory {
+public:
+    TemporaryDirectory() {
+        std::random_device device;
+        path_ = std::filesystem::temp_directory_path() / ("charlm-test-" + std::to_string(device()) + std::to_string(device()));
+        std::filesystem::create_directories(path_);
+    }
+    ~TemporaryDirectory() {
+        std::error_code error;
+        std::filesystem::remove_all(path_, error);
+    }
+    const std::filesystem::path& path() const { return path_; }
+    std::filesystem::path write(const std::string& name, const std::string& bytes) const {
+        auto file = path_ / name;
+        std::ofstream(file, std::ios::binary) << bytes;
+        return file;
+    }
+
+private:
+    std::filesystem::path path_;
+};
+
+inline std::string read_bytes(const std::filesystem::path& path) {
+    std::ifstream file(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+template <typename Scalar>
+void fill_random(Matrix<Scalar>& matrix, std::mt19937_64& rng, double scale = 0.5) {
+    std::uniform_real_distribution<double> uniform(-scale, scale);
+    for (Eigen::Index i = 0; i < matrix.size(); ++i) matrix.data()[i] = static_cast<Scalar>(uniform(rng));
+}
+
+// Compares `analytic` with central differences of `loss` in every element of `value`
+// (or `max_checks` of them, spread evenly), in double precision.
+inline void expect_gradient_matches(const std::string& name, Matrix<double>& value, const Matrix<double>& analytic,
+                                    const std::function<double()>& loss, Eigen::Index max_checks = 400) {
+    const double epsilon = 1e-6;
+    const Eigen::Index stride = std::max<Eigen::Index>(1, value.size() / max_checks);
+    double worst = 0;
+    for (Eigen::Index i = 0; i < value.size(); i += stride) {
+        const double saved = value.data()[i];
+        value.data()[i] = saved + epsilon;
+        const double plus = loss();
+        value.data()[i] = saved - epsilon;
+        const double minus = loss();
+        value.data()[i] = saved;
+        const double numeric = (plus - minus) / (2 * epsilon);
+        const double error = std::abs(numeric - analytic.data()[i]) / std::max(1.0, std::abs(numeric) + std::abs(analytic.data()[i]));
+        worst = std::max(worst, error);
+        ASSERT_LT(error, 1e-6) << name << " element " << i << ": numeric " << numeric << ", analytic " << analytic.data()[i];
+    }
+    EXPECT_LT(worst, 1e-6) << name;
+}
+
+}  // namespace charlm::testing

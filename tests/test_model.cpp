@@ -1,0 +1,121 @@
+// Checks model.cpp: whole-network gradients (embedding, stacked LSTM, head and loss) and that it can learn.
+#include <gtest/gtest.h>
+
+#include "charlm/model.hpp"
+#include "charlm/optim.hpp"
+#include "test_helpers.hpp"
+
+namespace charlm {
+namespace {
+
+using testing::expect_gradient_matches;
+
+ModelConfig small_config(int layers) {
+    ModelConfig config;
+    config.vocab_size = 7;
+    config.embed_size = 3;
+    config.hidden_size = 5;
+    config.layers = layers;
+    return config;
+}
+
+// Steps x batch windows of ids, with one ignored target to check that masking is differentiated too.
+struct Window {
+    int steps = 4, batch = 2;
+    std::vector<TokenId> inputs{0, 3, 6, 2, 5, 1, 4, 4};
+    std::vector<TokenId> targets{3, 6, 2, kIgnoreTarget, 1, 4, 4, 0};
+};
+
+void check_all_gradients(int layers) {
+    Model<double> model(small_config(layers));
+    std::mt19937_64 rng(3);
+    model.initialize(rng);
+    Window window;
+    // A carried state that is not zero, as in the middle of training.
+    ModelState<double> carried = model.initial_state(window.batch);
+    for (auto& h : carried.hidden) testing::fill_random(h, rng);
+    for (auto& c : carried.cell) testing::fill_random(c, rng);
+
+    auto loss = [&] {
+        ModelState<double> state = carried;
+        model.forward(window.inputs, window.steps, window.batch, state);
+        return model.loss(window.targets).mean();
+    };
+    loss();
+    model.zero_gradients();
+    model.backward();
+    for (auto& parameter : model.parameters()) {
+        const Matrix<double> analytic = parameter.gradient;
+        expect_gradient_matches(parameter.name, parameter.value, analytic, loss);
+    }
+}
+
+TEST(Model, OneLayerGradientsMatchFiniteDifferences) { check_all_gradients(1); }
+TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(2); }
+
+TEST(Model, ParametersFollowPyTorchNamesAndShapes) {
+    Model<float> model(small_config(2));
+    std::vector<std::string> names;
+    for (const auto& parameter : model.parameters()) names.push_back(parameter.name);
+    EXPECT_EQ(names, (std::vector<std::string>{"embedding.weight", "rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.bias_ih_l0",
+                                               "rnn.bias_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1", "rnn.bias_ih_l1",
+                                               "rnn.bias_hh_l1", "head.weight", "head.bias"}));
+    EXPECT_EQ(model.find_parameter("rnn.weight_ih_l0")->shape, (std::vector<std::int64_t>{20, 3}));
+    EXPECT_EQ(model.find_parameter("rnn.weight_hh_l1")->shape, (std::vector<std::int64_t>{20, 5}));
+    EXPECT_EQ(model.find_parameter("head.bias")->shape, (std::vector<std::int64_t>{7}));
+    std::size_t count = 0;
+    for (const auto& parameter : model.parameters()) count += static_cast<std::size_t>(parameter.value.size());
+    EXPECT_EQ(count, model.config().parameter_count());
+}
+
+TEST(Model, LossOfUniformLogitsIsLogVocabularySize) {
+    Model<float> model(small_config(1));  // all-zero parameters give uniform predictions
+    ModelState<float> state = model.initial_state(1);
+    std::vector<TokenId> inputs{1, 2}, targets{2, 3};
+    model.forward(inputs, 2, 1, state);
+    EXPECT_NEAR(model.loss(targets).mean(), std::log(7.0), 1e-6);
+}
+
+TEST(Model, OverfitsATinyCorpus) {
+    // 40 characters seen again and again: the model must memorize them.
+    const std::vector<TokenId> text = {0, 1, 2, 3, 4, 5, 6, 0, 2, 4, 6, 1, 3, 5, 0, 6, 5, 4, 3, 2,
+                                       1, 0, 3, 3, 6, 6, 1, 2, 5, 4, 0, 0, 2, 1, 6, 3, 4, 5, 2, 1};
+    ModelConfig config = small_config(2);
+    config.hidden_size = 48;
+    config.embed_size = 8;
+    Model<float> model(config);
+    std::mt19937_64 rng(1);
+    model.initialize(rng);
+    Adam optimizer(model.parameters());
+    std::vector<TokenId> inputs(text.begin(), text.end() - 1), targets(text.begin() + 1, text.end());
+    const int steps = static_cast<int>(inputs.size());
+    double loss = 0;
+    for (int step = 0; step < 400; ++step) {
+        ModelState<float> state = model.initial_state(1);
+        model.zero_gradients();
+        model.forward(inputs, steps, 1, state);
+        loss = model.loss(targets).mean();
+        model.backward();
+        clip_gradient_norm(model.parameters(), 5.0);
+        optimizer.step(model.parameters(), 1e-2);
+    }
+    EXPECT_LT(loss, 0.05);
+}
+
+TEST(Model, ConfigRejectsNonsenseSizes) {
+    ModelConfig config = small_config(1);
+    config.hidden_size = 0;
+    EXPECT_THROW(config.validate(), Error);
+    config.hidden_size = -3;
+    EXPECT_THROW(config.validate(), Error);
+    config = small_config(1);
+    config.layers = 1000;
+    EXPECT_THROW(config.validate(), Error);
+    config = small_config(1);
+    config.hidden_size = 16384;
+    config.layers = 64;
+    EXPECT_THROW(config.validate(), Error);  // billions of parameters
+}
+
+}  // namespace
+}  // namespace charlm

@@ -1,0 +1,45 @@
+// Checks optim.cpp: Adam's first steps by hand, and global-norm clipping.
+#include <gtest/gtest.h>
+
+#include "charlm/optim.hpp"
+
+namespace charlm {
+namespace {
+
+std::vector<Parameter<float>> two_parameters() {
+    std::vector<Parameter<float>> parameters(2);
+    parameters[0].value = Matrix<float>::Constant(1, 2, 1.0f);
+    parameters[0].gradient.resize(1, 2);
+    parameters[0].gradient << 3.0f, 0.0f;
+    parameters[1].value = Matrix<float>::Constant(2, 1, -1.0f);
+    parameters[1].gradient.resize(2, 1);
+    parameters[1].gradient << 0.0f, 4.0f;
+    return parameters;
+}
+
+TEST(Optim, ClippingScalesToTheGlobalNorm) {
+    auto parameters = two_parameters();
+    EXPECT_NEAR(clip_gradient_norm(parameters, 10.0), 5.0, 1e-6);  // below the bound: unchanged
+    EXPECT_FLOAT_EQ(parameters[0].gradient(0, 0), 3.0f);
+    EXPECT_NEAR(clip_gradient_norm(parameters, 1.0), 5.0, 1e-6);
+    EXPECT_NEAR(parameters[0].gradient(0, 0), 0.6f, 1e-5);
+    EXPECT_NEAR(parameters[1].gradient(1, 0), 0.8f, 1e-5);
+    EXPECT_NEAR(clip_gradient_norm(parameters, 0.0), 1.0, 1e-5);  // 0 turns clipping off
+}
+
+TEST(Optim, AdamFirstStepMovesEachWeightByTheLearningRate) {
+    auto parameters = two_parameters();
+    Adam adam(parameters);
+    adam.step(parameters, 0.1);
+    // After bias correction the first update is lr * g / (|g| + eps): -0.1 where g > 0, none where g = 0.
+    EXPECT_NEAR(parameters[0].value(0, 0), 0.9f, 1e-6);
+    EXPECT_NEAR(parameters[0].value(0, 1), 1.0f, 1e-6);
+    EXPECT_NEAR(parameters[1].value(1, 0), -1.1f, 1e-6);
+    EXPECT_EQ(adam.step_count(), 1);
+    // Second step with the same gradient: m = g (corrected), v = g^2 (corrected), again lr.
+    adam.step(parameters, 0.1);
+    EXPECT_NEAR(parameters[0].value(0, 0), 0.8f, 1e-5);
+}
+
+}  // namespace
+}  // namespace charlm

@@ -1,0 +1,78 @@
+// Checks text.cpp: UTF-8 decoding, the code-point vocabulary and the validation split.
+#include <gtest/gtest.h>
+
+#include "charlm/error.hpp"
+#include "charlm/text.hpp"
+#include "test_helpers.hpp"
+
+namespace charlm {
+namespace {
+
+TEST(Text, MultiByteTextRoundTripsThroughTheVocabulary) {
+    // Polish, Chinese and Burmese: two-, three- and three-byte sequences with combining marks.
+    const std::string original = "Zażółć gęślą jaźń. 你好，世界！ မင်္ဂလာပါ 🙂";
+    const std::u32string text = decode_utf8(original, "test");
+    EXPECT_EQ(text.size(), 37u);
+    const Vocab vocab = Vocab::from_text(text);
+    const std::vector<TokenId> ids = vocab.encode(text);
+    EXPECT_EQ(encode_utf8(vocab.decode(ids)), original);
+    EXPECT_TRUE(vocab.contains(U'你'));
+    EXPECT_TRUE(vocab.contains(U'🙂'));
+    EXPECT_FALSE(vocab.contains(U'x'));
+}
+
+TEST(Text, VocabularyIsSortedAndDistinct) {
+    const Vocab vocab = Vocab::from_text(U"banana");
+    EXPECT_EQ(vocab.code_points(), (std::vector<char32_t>{U'a', U'b', U'n'}));
+    EXPECT_EQ(vocab.id_of(U'n'), 2);
+    EXPECT_THROW(vocab.id_of(U'z'), Error);
+    EXPECT_THROW(Vocab::from_code_points({U'b', U'a'}), Error);
+    EXPECT_THROW(Vocab::from_code_points({U'a', U'a'}), Error);
+    EXPECT_THROW(Vocab::from_code_points({0xD800}), Error);
+}
+
+TEST(Text, InvalidUtf8NamesTheByteOffset) {
+    try {
+        decode_utf8(std::string("abc\xff" "def", 7), "input.txt");
+        FAIL() << "no error";
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("input.txt"), std::string::npos);
+        EXPECT_NE(std::string(error.what()).find("byte offset 3"), std::string::npos) << error.what();
+    }
+    EXPECT_THROW(decode_utf8("truncated \xe4\xbd", "x"), Error);
+    EXPECT_THROW(decode_utf8("overlong \xc0\xaf", "x"), Error);
+    EXPECT_THROW(decode_utf8("surrogate \xed\xa0\x80", "x"), Error);
+}
+
+TEST(Text, ByteOrderMarkIsSkipped) {
+    EXPECT_EQ(decode_utf8("\xef\xbb\xbfhi", "x"), U"hi");
+}
+
+TEST(Text, ReadTextFileRefusesMissingEmptyAndDirectories) {
+    testing::TemporaryDirectory directory;
+    EXPECT_THROW(read_text_file(directory.path() / "missing.txt"), Error);
+    EXPECT_THROW(read_text_file(directory.write("empty.txt", "")), Error);
+    EXPECT_THROW(read_text_file(directory.path()), Error);
+    EXPECT_EQ(read_text_file(directory.write("ok.txt", "héllo")), U"héllo");
+}
+
+TEST(Text, EncodeKnownDropsAndCountsUnknownCharacters) {
+    const Vocab vocab = Vocab::from_text(U"abc");
+    std::size_t unknown = 0;
+    EXPECT_EQ(vocab.encode_known(U"axbyyc", unknown), (std::vector<TokenId>{0, 1, 2}));
+    EXPECT_EQ(unknown, 3u);
+}
+
+TEST(Text, SplitHoldsOutTheEnd) {
+    std::vector<TokenId> ids(100);
+    for (int i = 0; i < 100; ++i) ids[static_cast<std::size_t>(i)] = i;
+    const Split split = split_for_validation(ids, 0.1);
+    ASSERT_EQ(split.train.size(), 90u);
+    ASSERT_EQ(split.validation.size(), 10u);
+    EXPECT_EQ(split.validation.front(), 90);
+    EXPECT_THROW(split_for_validation(ids, 1.0), Error);
+    EXPECT_THROW(split_for_validation(ids, -0.1), Error);
+}
+
+}  // namespace
+}  // namespace charlm

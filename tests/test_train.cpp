@@ -1,0 +1,109 @@
+// Checks train.cpp: a run writes its files, resuming is exact, and existing runs are not overwritten.
+#include <gtest/gtest.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "charlm/train.hpp"
+#include "test_helpers.hpp"
+
+namespace charlm {
+namespace {
+
+using testing::read_bytes;
+using testing::TemporaryDirectory;
+
+std::string small_corpus() {
+    std::string text;
+    for (int i = 0; i < 60; ++i) text += "To be, or not to be: that is the question. Ser o no ser, ésa es la cuestión.\n";
+    return text;
+}
+
+TrainOptions tiny_options(const TemporaryDirectory& directory, const std::string& run) {
+    TrainOptions options;
+    options.corpus = directory.path() / "corpus.txt";
+    options.run_directory = directory.path() / run;
+    options.model.layers = 2;
+    options.model.hidden_size = 16;
+    options.model.embed_size = 8;
+    options.seq_length = 16;
+    options.batch_size = 4;
+    options.eval_every = 7;
+    options.steps = 20;
+    return options;
+}
+
+TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 60;
+    options.learning_rate = 1e-2;
+    const TrainResult result = train(options);
+    EXPECT_EQ(result.steps, 60);
+    EXPECT_TRUE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+    EXPECT_TRUE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+    const std::string metrics = read_bytes(options.run_directory / "metrics.jsonl");
+    EXPECT_NE(metrics.find("\"validation_loss\""), std::string::npos);
+    const Checkpoint best = load_checkpoint(options.run_directory / "best.safetensors");
+    EXPECT_DOUBLE_EQ(best.training.best_validation_loss, result.best_validation_loss);
+    EXPECT_LT(result.best_validation_loss, std::log(static_cast<double>(best.vocab.size())) - 0.5);
+}
+
+TEST(Train, ResumingGivesTheSameParametersBitForBit) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions straight = tiny_options(directory, "straight");
+    straight.steps = 24;
+    train(straight);
+
+    TrainOptions halves = tiny_options(directory, "halves");
+    halves.steps = 12;
+    train(halves);
+    const TrainResult resumed = resume_training(halves.run_directory, 24, 0);
+    EXPECT_EQ(resumed.steps, 24);
+
+    const Checkpoint a = load_checkpoint(straight.run_directory / "last.safetensors");
+    const Checkpoint b = load_checkpoint(halves.run_directory / "last.safetensors");
+    for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
+        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+    EXPECT_EQ(a.optimizer->first_moments()[1], b.optimizer->first_moments()[1]);
+    EXPECT_EQ(a.training.data_position, b.training.data_position);
+}
+
+TEST(Train, RefusesToOverwriteAnExistingRun) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 3;
+    train(options);
+    const std::string before = read_bytes(options.run_directory / "last.safetensors");
+    EXPECT_THROW(train(options), Error);
+    EXPECT_EQ(read_bytes(options.run_directory / "last.safetensors"), before);
+    options.overwrite = true;
+    EXPECT_NO_THROW(train(options));
+}
+
+TEST(Train, RefusesBadTextsAndOptions) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    directory.write("one.txt", std::string(500, 'a'));
+    directory.write("short.txt", "tiny text");
+    TrainOptions options = tiny_options(directory, "run");
+    options.corpus = directory.path() / "one.txt";
+    EXPECT_THROW(train(options), Error);
+    options.corpus = directory.path() / "short.txt";
+    EXPECT_THROW(train(options), Error);
+    options = tiny_options(directory, "run");
+    options.seq_length = 0;
+    EXPECT_THROW(train(options), Error);
+    options = tiny_options(directory, "run");
+    options.learning_rate = -1;
+    EXPECT_THROW(train(options), Error);
+    options = tiny_options(directory, "run");
+    options.model.hidden_size = 1 << 20;
+    EXPECT_THROW(train(options), Error);
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+}
+
+}  // namespace
+}  // namespace charlm
