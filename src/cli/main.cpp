@@ -63,7 +63,7 @@ int run_train(TrainArguments& arguments) {
 struct SampleArguments {
     std::string checkpoint;
     std::string prompt;
-    std::size_t length = 500;
+    long long length = 500;
     std::uint64_t seed = 0;
     bool seed_given = false;
     charlm::SampleOptions options;
@@ -78,7 +78,7 @@ int run_sample(SampleArguments& arguments) {
     const std::uint64_t seed = arguments.seed_given ? arguments.seed : std::random_device{}();
     const bool to_terminal = ::isatty(STDOUT_FILENO);
     std::fputs(arguments.prompt.c_str(), stdout);
-    charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, arguments.length, arguments.options, seed,
+    charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length), arguments.options, seed,
                      [&](char32_t c) {
                          const std::string bytes = charlm::encode_utf8(c);
                          std::fwrite(bytes.data(), 1, bytes.size(), stdout);
@@ -146,27 +146,29 @@ int main(int argc, char** argv) {
     train->add_option("--minutes", train_options.minutes, "Stop after this many minutes of wall-clock time");
     train->add_option("--eval-every", train_options.eval_every, "Validate and save checkpoints every N steps")->capture_default_str();
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
-    train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->capture_default_str();
+    train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
     SampleArguments sample_arguments;
     auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint, streamed to stdout");
     sample->add_option("CHECKPOINT", sample_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
     sample->add_option("--prompt", sample_arguments.prompt, "Text that primes the model; it is printed first");
-    sample->add_option("--length", sample_arguments.length, "Characters to generate")->capture_default_str();
+    sample->add_option("--length", sample_arguments.length, "Characters to generate")
+        ->check(CLI::Range(0LL, 1LL << 40))
+        ->capture_default_str();
     sample->add_option("--temperature", sample_arguments.options.temperature,
                        "Below 1 is safer and more repetitive, above 1 wilder")->capture_default_str();
     sample->add_option("--top-k", sample_arguments.options.top_k, "Draw only from the k most likely characters; 0 for all")->capture_default_str();
     sample->add_option("--top-p", sample_arguments.options.top_p, "Draw only from the most likely characters whose probability adds up to p")->capture_default_str();
     sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
     auto* seed_option = sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
-    sample->add_option("--threads", sample_arguments.threads, "CPU threads")->capture_default_str();
+    sample->add_option("--threads", sample_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
     EvalArguments eval_arguments;
     auto* eval = app.add_subcommand("eval", "Score a text: nats per character, perplexity, bits per character");
     eval->add_option("CHECKPOINT", eval_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
     eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
     eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
-    eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->capture_default_str();
+    eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
     try {
         app.parse(argc, argv);

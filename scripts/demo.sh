@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on the default corpus: set up, build, make data/kjv.txt, train a small LSTM for a few minutes,
+# then print a sample and the validation perplexity.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --demo
+[ -s data/kjv.txt ] || scripts/get-corpus.sh
+minutes="${CHARLM_DEMO_MINUTES:-2.5}"
+echo "demo: training a 2x256 LSTM on data/kjv.txt for $minutes minutes (Ctrl-C stops early and keeps the checkpoint)" >&2
+./build/charlm train data/kjv.txt --out runs/kjv --force --layers 2 --hidden 256 --seq 100 --batch 32 \
+  --lr 3e-3 --minutes "$minutes" --eval-every 100
+echo
+echo "demo: a sample from the best checkpoint:" >&2
+./build/charlm sample runs/kjv/best.safetensors --prompt "And God said" --length 400 --temperature 0.7 --seed 1

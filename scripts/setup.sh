@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what charlm needs from Debian's packages (only what is missing), then builds it with CMake.
+# Usage: scripts/setup.sh [--demo] [--bench] [--build-dir DIR] [-- extra cmake arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libutfcpp-dev libgtest-dev)
+build_dir=build
+cmake_arguments=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --demo) packages+=(bible-kjv) ;;
+    --bench) packages+=(libdnnl-dev python3-torch) ;;
+    --build-dir) build_dir="$2"; shift ;;
+    --) shift; cmake_arguments=("$@"); break ;;
+    *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${cmake_arguments[@]}" >&2
+cmake --build "$build_dir" -j "$(nproc)" >&2
