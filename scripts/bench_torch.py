@@ -11,17 +11,45 @@ Speed mode (default) prints one JSON line with
 Quality mode (--quality CORPUS --minutes M) trains on a text file for M minutes of wall clock (evaluation
 included) and prints the best validation loss in nats per character.
 
+Threads: --threads N gives N threads to OpenBLAS (OPENBLAS_NUM_THREADS, set before torch loads; a value already in
+the environment wins), which does all the matrix products of Debian's torch (BLAS_INFO=generic -> OpenBLAS pthreads).
+torch's own OpenMP pool (torch.set_num_threads) gets --torch-threads, default 1: on this 2-core machine two spinning
+OpenMP threads plus two OpenBLAS threads halve training speed (2x128: 13k vs 27k chars/s), and torch=1/BLAS=2 was the
+fastest or level with the fastest of the splits tried (torch 2 / BLAS 1, torch 2 / BLAS 2 with OMP_WAIT_POLICY=passive).
+
 Run with the system interpreter that has python3-torch:  /usr/bin/python3 scripts/bench_torch.py --help
 """
 import argparse
 import json
 import math
+import os
 import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+
+def parse_arguments():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--embed", type=int, default=64)
+    parser.add_argument("--seq", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=50)
+    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size for the speed mode")
+    parser.add_argument("--threads", type=int, default=2, help="OpenBLAS threads (the cores used)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch's own OpenMP threads")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per speed figure")
+    parser.add_argument("--quality", metavar="CORPUS", help="train on this text file and report validation loss")
+    parser.add_argument("--minutes", type=float, default=10.0, help="quality mode: wall-clock training budget")
+    parser.add_argument("--eval-every", type=int, default=100, help="quality mode: steps between evaluations")
+    return parser.parse_args()
+
+
+ARGUMENTS = parse_arguments()
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(ARGUMENTS.threads))  # must precede loading torch (and OpenBLAS)
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 
 class CharModel(nn.Module):
@@ -103,7 +131,7 @@ def measure_speed(args):
 
     print(json.dumps({
         "peer": "pytorch", "model": f"{args.layers}x{args.hidden}", "layers": args.layers, "hidden": args.hidden,
-        "embed": args.embed, "vocab": args.vocab, "seq": args.seq, "batch": args.batch, "threads": args.threads,
+        "embed": args.embed, "vocab": args.vocab, "seq": args.seq, "batch": args.batch, **thread_fields(args),
         "torch": torch.__version__,
         "train_cps": round(chars / train_seconds), "eval_cps": round(chars / eval_seconds),
         "sample_b1_cps": round(1.0 / sample_seconds),
@@ -172,26 +200,19 @@ def measure_quality(args):
     print(json.dumps({
         "peer": "pytorch", "mode": "quality", "model": f"{args.layers}x{args.hidden}", "layers": args.layers,
         "hidden": args.hidden, "embed": args.embed, "vocab": len(vocabulary), "seq": args.seq, "batch": args.batch,
-        "threads": args.threads, "minutes": args.minutes, "steps": step, "chars_trained": step * args.seq * args.batch,
+        **thread_fields(args), "minutes": args.minutes, "steps": step, "chars_trained": step * args.seq * args.batch,
         "best_validation_loss": round(best, 4), "history": history,
     }), flush=True)
 
 
+def thread_fields(args):
+    return {"threads": args.threads, "blas_threads": int(os.environ["OPENBLAS_NUM_THREADS"]),
+            "torch_threads": torch.get_num_threads()}
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--embed", type=int, default=64)
-    parser.add_argument("--seq", type=int, default=50)
-    parser.add_argument("--batch", type=int, default=50)
-    parser.add_argument("--vocab", type=int, default=65, help="vocabulary size for the speed mode")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per speed figure")
-    parser.add_argument("--quality", metavar="CORPUS", help="train on this text file and report validation loss")
-    parser.add_argument("--minutes", type=float, default=10.0, help="quality mode: wall-clock training budget")
-    parser.add_argument("--eval-every", type=int, default=100, help="quality mode: steps between evaluations")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    args = ARGUMENTS
+    torch.set_num_threads(args.torch_threads)
     if args.quality:
         measure_quality(args)
     else:

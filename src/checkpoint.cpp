@@ -210,6 +210,7 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
         {"step", training.step},
         {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)
                                                                                : nlohmann::json(nullptr)},
+        {"evaluations_since_best", training.evaluations_since_best},
         {"data_position", training.data_position},
         {"rng_state", training.rng_state},
         {"options", training.options},
@@ -269,6 +270,7 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         const auto& best = training_json.at("best_validation_loss");
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
         checkpoint.training.data_position = training_json.at("data_position").get<std::size_t>();
+        checkpoint.training.evaluations_since_best = training_json.value("evaluations_since_best", std::int64_t{0});
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {
@@ -318,6 +320,18 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         checkpoint.carried_state = std::move(state);
     }
     return checkpoint;
+}
+
+nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
+    nlohmann::json description = checkpoint.config.to_json();
+    description["parameters"] = checkpoint.config.parameter_count();
+    description["vocabulary"] = encode_utf8(std::u32string(checkpoint.vocab.code_points().begin(), checkpoint.vocab.code_points().end()));
+    description["steps_trained"] = checkpoint.training.step;
+    description["best_validation_loss"] = std::isfinite(checkpoint.training.best_validation_loss)
+                                              ? nlohmann::json(checkpoint.training.best_validation_loss)
+                                              : nlohmann::json(nullptr);
+    description["resumable"] = checkpoint.optimizer.has_value();
+    return description;
 }
 
 Checkpoint load_checkpoint(const std::filesystem::path& path) {

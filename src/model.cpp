@@ -12,18 +12,24 @@ namespace charlm {
 std::string to_string(CellType cell) {
     switch (cell) {
         case CellType::lstm: return "lstm";
+        case CellType::gru: return "gru";
+        case CellType::rnn: return "rnn";
     }
     return "unknown";
 }
 
 CellType parse_cell_type(const std::string& name) {
     if (name == "lstm") return CellType::lstm;
-    throw Error(fmt::format("unknown cell type '{}'; use lstm", name));
+    if (name == "gru") return CellType::gru;
+    if (name == "rnn") return CellType::rnn;
+    throw Error(fmt::format("unknown cell type '{}'; use lstm, gru or rnn", name));
 }
 
 static int gate_count(CellType cell) {
     switch (cell) {
         case CellType::lstm: return 4;
+        case CellType::gru: return 3;
+        case CellType::rnn: return 1;
     }
     return 0;
 }
@@ -38,6 +44,7 @@ void ModelConfig::validate() const {
     check("embedding size", embed_size, 1 << 14);
     check("hidden size", hidden_size, 1 << 14);
     check("layers", layers, 64);
+    if (!(dropout >= 0 && dropout < 1)) throw Error(fmt::format("dropout must be at least 0 and below 1, not {}", dropout));
     if (parameter_count() > (std::size_t{1} << 31))
         throw Error(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
 }
@@ -55,7 +62,7 @@ std::size_t ModelConfig::parameter_count() const {
 
 nlohmann::json ModelConfig::to_json() const {
     return {{"cell", to_string(cell)}, {"vocab_size", vocab_size}, {"embed_size", embed_size},
-            {"hidden_size", hidden_size}, {"layers", layers}};
+            {"hidden_size", hidden_size}, {"layers", layers}, {"dropout", dropout}};
 }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
@@ -66,6 +73,7 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
         config.embed_size = json.at("embed_size").get<int>();
         config.hidden_size = json.at("hidden_size").get<int>();
         config.layers = json.at("layers").get<int>();
+        config.dropout = json.value("dropout", 0.0);
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("model config is incomplete or has the wrong types ({})", error.what()));
     }
@@ -158,7 +166,18 @@ CellGradients<Scalar> Model<Scalar>::layer_gradients(int layer) {
 
 template <typename Scalar>
 const Matrix<Scalar>& Model<Scalar>::layer_input(int layer) const {
-    return layer == 0 ? embedded_ : caches_[static_cast<std::size_t>(layer - 1)].hidden;
+    if (layer == 0) return embedded_;
+    return dropping(layer - 1) ? caches_[static_cast<std::size_t>(layer - 1)].dropped : layer_output(layer - 1);
+}
+
+template <typename Scalar>
+const Matrix<Scalar>& Model<Scalar>::layer_output(int layer) const {
+    const LayerCache& cache = caches_[static_cast<std::size_t>(layer)];
+    switch (config_.cell) {
+        case CellType::gru: return cache.gru.hidden;
+        case CellType::rnn: return cache.rnn.hidden;
+        default: return cache.lstm.hidden;
+    }
 }
 
 template <typename Scalar>
@@ -174,15 +193,32 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     embedded_.resize(TB, config_.embed_size);
     for (Eigen::Index row = 0; row < TB; ++row) embedded_.row(row) = embedding.row(inputs_[static_cast<std::size_t>(row)]);
 
+    dropping_ = dropout_rng_ != nullptr && config_.dropout > 0;
     for (int layer = 0; layer < config_.layers; ++layer) {
         const auto l = static_cast<std::size_t>(layer);
-        lstm_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], state.cell[l], caches_[l]);
+        LayerCache& cache = caches_[l];
+        switch (config_.cell) {
+            case CellType::lstm:
+                lstm_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], state.cell[l], cache.lstm);
+                break;
+            case CellType::gru: gru_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], cache.gru); break;
+            case CellType::rnn: rnn_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], cache.rnn); break;
+        }
+        if (dropping(layer)) {
+            // Inverted dropout: survivors are scaled by 1/(1-p) so evaluation needs no change.
+            const auto keep = static_cast<Scalar>(1 - config_.dropout), scale = Scalar(1) / keep;
+            const Matrix<Scalar>& output = layer_output(layer);
+            cache.dropout_mask.resize(output.rows(), output.cols());
+            for (Eigen::Index i = 0; i < cache.dropout_mask.size(); ++i)
+                cache.dropout_mask.data()[i] = static_cast<Scalar>((*dropout_rng_)() >> 40) * Scalar(0x1.0p-24) < keep ? scale : Scalar(0);
+            cache.dropped = output.cwiseProduct(cache.dropout_mask);
+        }
     }
 
     // head: (T*B) x V = (T*B) x H . H x V
     const auto& head_weight = parameters_[parameters_.size() - 2].value;
     const auto& head_bias = parameters_.back().value;
-    logits_.noalias() = caches_.back().hidden * head_weight.transpose();
+    logits_.noalias() = layer_output(config_.layers - 1) * head_weight.transpose();
     logits_.rowwise() += head_bias.row(0);
 }
 
@@ -223,7 +259,7 @@ void Model<Scalar>::backward() {
     }
     auto& head_weight = parameters_[parameters_.size() - 2];
     auto& head_bias = parameters_.back();
-    const auto& top_hidden = caches_.back().hidden;
+    const auto& top_hidden = layer_output(config_.layers - 1);
     head_weight.gradient.noalias() += d_logits_.transpose() * top_hidden;  // V x H = V x (T*B) . (T*B) x H
     head_bias.gradient.row(0) += d_logits_.colwise().sum();
     d_outputs_.back().noalias() = d_logits_ * head_weight.value;  // (T*B) x H = (T*B) x V . V x H
@@ -231,8 +267,21 @@ void Model<Scalar>::backward() {
     for (int layer = config_.layers - 1; layer >= 0; --layer) {
         const auto l = static_cast<std::size_t>(layer);
         Matrix<Scalar>& d_input = layer == 0 ? d_embedded_ : d_outputs_[l - 1];
-        lstm_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l], layer_gradients(layer),
-                      d_input);
+        switch (config_.cell) {
+            case CellType::lstm:
+                lstm_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].lstm,
+                              layer_gradients(layer), d_input);
+                break;
+            case CellType::gru:
+                gru_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].gru,
+                             layer_gradients(layer), d_input);
+                break;
+            case CellType::rnn:
+                rnn_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].rnn,
+                             layer_gradients(layer), d_input);
+                break;
+        }
+        if (layer > 0 && dropping(layer - 1)) d_input.array() *= caches_[l - 1].dropout_mask.array();
     }
 
     auto& embedding_gradient = parameters_.front().gradient;

@@ -1,9 +1,45 @@
 // Adam (Kingma and Ba, with PyTorch's bias correction) and global-norm clipping.
 #include "charlm/optim.hpp"
 
+#include <algorithm>
 #include <cmath>
 
+#include <fmt/format.h>
+
+#include "charlm/error.hpp"
+
 namespace charlm {
+
+double LearningRateSchedule::at(std::int64_t step) const {
+    if (warmup_steps > 0 && step <= warmup_steps) return base * static_cast<double>(step) / static_cast<double>(warmup_steps);
+    switch (kind) {
+        case Kind::constant: return base;
+        case Kind::cosine: {
+            const double span = static_cast<double>(std::max<std::int64_t>(1, total_steps - warmup_steps));
+            const double progress = std::clamp(static_cast<double>(step - warmup_steps) / span, 0.0, 1.0);
+            return base * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)));
+        }
+        case Kind::step:
+            return base * std::pow(decay_factor, static_cast<double>((step - 1 - warmup_steps) / std::max<std::int64_t>(1, decay_every)));
+    }
+    return base;
+}
+
+LearningRateSchedule::Kind LearningRateSchedule::parse(const std::string& name) {
+    if (name == "constant") return Kind::constant;
+    if (name == "cosine") return Kind::cosine;
+    if (name == "step") return Kind::step;
+    throw Error(fmt::format("unknown learning-rate schedule '{}'; use constant, cosine or step", name));
+}
+
+std::string LearningRateSchedule::name(Kind kind) {
+    switch (kind) {
+        case Kind::constant: return "constant";
+        case Kind::cosine: return "cosine";
+        case Kind::step: return "step";
+    }
+    return "constant";
+}
 
 double clip_gradient_norm(std::vector<Parameter<float>>& parameters, double max_norm) {
     double squared = 0;

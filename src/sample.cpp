@@ -27,13 +27,17 @@ void Sampler::feed(TokenId id) {
     model_.forward(std::span<const TokenId>(&input_, 1), 1, 1, state_);
 }
 
-void Sampler::prime(const std::u32string& prompt) {
+void check_prompt(const Vocab& vocab, const std::u32string& prompt) {
     std::string unknown;
     for (char32_t c : prompt)
-        if (!vocab_.contains(c) && unknown.find(describe_code_point(c)) == std::string::npos)
+        if (!vocab.contains(c) && unknown.find(describe_code_point(c)) == std::string::npos)
             unknown += (unknown.empty() ? "" : ", ") + describe_code_point(c);
     if (!unknown.empty())
-        throw Error(fmt::format("the prompt has characters the model never saw: {}; remove them", unknown));
+        throw Error(fmt::format("the prompt has characters the model never saw: {}; remove them or pass --skip-unknown", unknown));
+}
+
+void Sampler::prime(const std::u32string& prompt) {
+    check_prompt(vocab_, prompt);
     state_.reset();
     if (prompt.empty()) {
         // Start as if after a line break when the text has one, else after the first character.
@@ -96,12 +100,18 @@ char32_t Sampler::next(const SampleOptions& options) {
     return vocab_.code_point_of(chosen);
 }
 
-void generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
-              const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
+std::u32string generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+                        const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
     validate(options);
     Sampler sampler(model, vocab, seed);
     sampler.prime(prompt);
-    for (std::size_t i = 0; i < length; ++i) emit(sampler.next(options));
+    std::u32string text;
+    for (std::size_t i = 0; i < length; ++i) {
+        text += sampler.next(options);
+        emit(text.back());
+        if (!options.stop.empty() && text.ends_with(options.stop)) break;
+    }
+    return text;
 }
 
 }  // namespace charlm

@@ -34,7 +34,7 @@ std::u32string decode_utf8(const std::string& bytes, const std::string& source_n
     auto invalid = utf8::find_invalid(begin, bytes.end());
     if (invalid != bytes.end()) {
         auto offset = static_cast<std::size_t>(invalid - bytes.begin());
-        throw Error(fmt::format("{}: invalid UTF-8 at byte offset {} (byte 0x{:02x}); convert the file to UTF-8 first",
+        throw Error(fmt::format("{}: invalid UTF-8 at byte offset {} (byte 0x{:02x}); give UTF-8 text",
                                 source_name, offset, static_cast<unsigned char>(*invalid)));
     }
     std::u32string code_points;

@@ -109,6 +109,14 @@ TrainResult run_loop(Session& session) {
     std::ofstream metrics(options.run_directory / "metrics.jsonl", std::ios::app);
     if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
 
+    LearningRateSchedule schedule;
+    schedule.kind = LearningRateSchedule::parse(options.lr_schedule);
+    schedule.base = options.learning_rate;
+    schedule.warmup_steps = options.warmup_steps;
+    schedule.total_steps = options.steps;
+    schedule.decay_every = options.lr_decay_every;
+    schedule.decay_factor = options.lr_decay_factor;
+
     BatchStream stream(session.corpus.train, options.seq_length, options.batch_size);
     stream.set_position(session.state.data_position % stream.windows_per_pass());
     Batch batch;
@@ -139,14 +147,20 @@ TrainResult run_loop(Session& session) {
     auto done = [&]() {
         if (options.steps > 0 && session.state.step >= options.steps) return true;
         if (options.minutes > 0 && seconds_since(start) >= options.minutes * 60) return true;
+        if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) return true;
         return stop_requested != 0;
     };
+    auto clear_status = [&]() {
+        if (options.live_progress) std::fputs("\r\033[K", stderr);
+    };
+    auto last_status = start;
 
     while (!done()) {
         const auto step_start = Clock::now();
         stream.next(batch);
         if (batch.starts_streams) session.carried.reset();
         model.zero_gradients();
+        model.set_dropout_generator(&session.rng);
         model.forward(batch.inputs, batch.seq_length, batch.batch_size, session.carried);
         const double loss = model.loss(batch.targets).mean();
         if (!std::isfinite(loss))
@@ -155,7 +169,8 @@ TrainResult run_loop(Session& session) {
                                     loss, session.state.step + 1, options.run_directory.string()));
         model.backward();
         clip_gradient_norm(model.parameters(), options.clip);
-        session.optimizer.step(model.parameters(), options.learning_rate);
+        const double learning_rate = schedule.at(session.state.step + 1);
+        session.optimizer.step(model.parameters(), learning_rate);
         ++session.state.step;
         ++steps_this_run;
         training_seconds += seconds_since(step_start);
@@ -165,14 +180,29 @@ TrainResult run_loop(Session& session) {
         result.chars_per_second = characters_per_step * static_cast<double>(steps_this_run) / training_seconds;
 
         const bool evaluate_now = session.state.step % options.eval_every == 0 || done();
-        if (!evaluate_now && seconds_since(last_report) < 10) continue;
+        if (options.live_progress && !evaluate_now && seconds_since(last_status) > 0.1) {
+            const double elapsed = seconds_since(start);
+            std::string status = fmt::format("\r\033[Kstep {}{} | train {:.4f} | {:.1f}k chars/s | {}", session.state.step,
+                                             options.steps > 0 ? fmt::format("/{}", options.steps) : "",
+                                             loss_since_report / static_cast<double>(steps_since_report),
+                                             result.chars_per_second / 1000, format_duration(elapsed));
+            if (options.steps > 0)
+                status += fmt::format(" | ETA {}", format_duration(static_cast<double>(options.steps - session.state.step) *
+                                                                   elapsed / static_cast<double>(steps_this_run)));
+            std::fputs(status.c_str(), stderr);
+            std::fflush(stderr);
+            last_status = Clock::now();
+        }
+        if (!evaluate_now && (options.live_progress || seconds_since(last_report) < 10)) continue;
+        clear_status();
 
         const double train_loss = loss_since_report / static_cast<double>(steps_since_report);
         std::string line = fmt::format("step {}{} | train {:.4f}", session.state.step,
                                        options.steps > 0 ? fmt::format("/{}", options.steps) : "", train_loss);
         nlohmann::json record = {{"step", session.state.step}, {"train_loss", train_loss},
-                                 {"learning_rate", options.learning_rate}};
+                                 {"learning_rate", learning_rate}};
         if (evaluate_now) {
+            model.set_dropout_generator(nullptr);
             const double validation_loss =
                 has_validation ? evaluate_loss(model, session.corpus.validation, options.seq_length, options.batch_size).mean()
                                : train_loss;
@@ -180,13 +210,17 @@ TrainResult run_loop(Session& session) {
             record["validation_loss"] = has_validation ? nlohmann::json(validation_loss) : nlohmann::json(nullptr);
             if (validation_loss < session.state.best_validation_loss) {
                 session.state.best_validation_loss = validation_loss;
+                session.state.evaluations_since_best = 0;
                 save(best_path, false);
                 line += " (best)";
+            } else {
+                ++session.state.evaluations_since_best;
             }
             save(last_path, true);
         }
         const double elapsed = seconds_since(start);
-        line += fmt::format(" | {:.1f}k chars/s | {}", result.chars_per_second / 1000, format_duration(elapsed));
+        line += fmt::format(" | lr {:.2e} | {:.1f}k chars/s | {}", learning_rate, result.chars_per_second / 1000,
+                            format_duration(elapsed));
         if (options.steps > 0 && steps_this_run > 0) {
             const double remaining = static_cast<double>(options.steps - session.state.step) * elapsed / static_cast<double>(steps_this_run);
             line += fmt::format(" | ETA {}", format_duration(options.minutes > 0 ? std::min(remaining, options.minutes * 60 - elapsed) : remaining));
@@ -198,6 +232,11 @@ TrainResult run_loop(Session& session) {
         loss_since_report = 0;
         steps_since_report = 0;
         last_report = Clock::now();
+    }
+    clear_status();
+    if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) {
+        result.stopped_early = true;
+        spdlog::info("stopped early: no better validation loss in {} evaluations", options.patience);
     }
     if (stop_requested) {
         save(last_path, true);
@@ -218,6 +257,12 @@ void validate(const TrainOptions& options) {
     positive("--batch", options.batch_size);
     positive("--lr", options.learning_rate);
     positive("--eval-every", options.eval_every);
+    positive("--lr-decay-every", static_cast<double>(options.lr_decay_every));
+    const auto schedule = LearningRateSchedule::parse(options.lr_schedule);
+    if (schedule == LearningRateSchedule::Kind::cosine && options.steps == 0)
+        throw Error("--lr-schedule cosine decays over the run's --steps; give --steps");
+    if (options.warmup_steps < 0 || options.patience < 0) throw Error("--warmup and --patience must not be negative");
+    if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw Error("--lr-decay must be in (0, 1]");
     if (!(options.clip >= 0)) throw Error("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
         throw Error("--val-fraction must be at least 0 and below 1");
@@ -236,6 +281,11 @@ nlohmann::json TrainOptions::to_json() const {
         {"seq_length", seq_length},
         {"batch_size", batch_size},
         {"learning_rate", learning_rate},
+        {"lr_schedule", lr_schedule},
+        {"warmup_steps", warmup_steps},
+        {"lr_decay_every", lr_decay_every},
+        {"lr_decay_factor", lr_decay_factor},
+        {"patience", patience},
         {"clip", clip},
         {"validation_fraction", validation_fraction},
         {"steps", steps},
@@ -258,6 +308,11 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.batch_size = json.at("batch_size").get<int>();
         options.learning_rate = json.at("learning_rate").get<double>();
         options.clip = json.at("clip").get<double>();
+        options.lr_schedule = json.at("lr_schedule").get<std::string>();
+        options.warmup_steps = json.at("warmup_steps").get<std::int64_t>();
+        options.lr_decay_every = json.at("lr_decay_every").get<std::int64_t>();
+        options.lr_decay_factor = json.at("lr_decay_factor").get<double>();
+        options.patience = json.at("patience").get<int>();
         options.validation_fraction = json.at("validation_fraction").get<double>();
         options.steps = json.at("steps").get<std::int64_t>();
         options.minutes = json.at("minutes").get<double>();
@@ -292,7 +347,8 @@ TrainResult train(const TrainOptions& options_in) {
     return run_loop(session);
 }
 
-TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes) {
+TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes,
+                            bool live_progress) {
     const auto last_path = run_directory / "last.safetensors";
     Checkpoint checkpoint = load_checkpoint(last_path);
     if (!checkpoint.optimizer || !checkpoint.carried_state)
@@ -301,6 +357,7 @@ TrainResult resume_training(const std::filesystem::path& run_directory, std::int
     options.run_directory = run_directory;
     if (steps > 0) options.steps = steps;
     if (minutes > 0) options.minutes = minutes;
+    options.live_progress = live_progress;
     validate(options);
     Corpus corpus = load_corpus(options, &checkpoint.vocab);
     if (checkpoint.carried_state->hidden.front().rows() != options.batch_size)
@@ -313,6 +370,8 @@ TrainResult resume_training(const std::filesystem::path& run_directory, std::int
                     std::move(*checkpoint.carried_state),
                     rng_from_string(checkpoint.training.rng_state)};
     spdlog::info("resuming {} at step {}", run_directory.string(), session.state.step);
+    if (options.steps > 0 && session.state.step >= options.steps)
+        spdlog::warn("the run is already at step {}, not below --steps {}; nothing to do", session.state.step, options.steps);
     return run_loop(session);
 }
 

@@ -26,8 +26,11 @@ struct Window {
     std::vector<TokenId> targets{3, 6, 2, kIgnoreTarget, 1, 4, 4, 0};
 };
 
-void check_all_gradients(int layers) {
-    Model<double> model(small_config(layers));
+void check_all_gradients(int layers, CellType cell = CellType::lstm, double dropout = 0) {
+    ModelConfig config = small_config(layers);
+    config.cell = cell;
+    config.dropout = dropout;
+    Model<double> model(config);
     std::mt19937_64 rng(3);
     model.initialize(rng);
     Window window;
@@ -36,7 +39,11 @@ void check_all_gradients(int layers) {
     for (auto& h : carried.hidden) testing::fill_random(h, rng);
     for (auto& c : carried.cell) testing::fill_random(c, rng);
 
+    // Dropout draws from this generator; restarting it for each evaluation keeps the mask fixed.
+    std::mt19937_64 dropout_rng;
+    model.set_dropout_generator(dropout > 0 ? &dropout_rng : nullptr);
     auto loss = [&] {
+        dropout_rng.seed(99);
         ModelState<double> state = carried;
         model.forward(window.inputs, window.steps, window.batch, state);
         return model.loss(window.targets).mean();
@@ -52,6 +59,37 @@ void check_all_gradients(int layers) {
 
 TEST(Model, OneLayerGradientsMatchFiniteDifferences) { check_all_gradients(1); }
 TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(2); }
+TEST(Model, GruStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::gru); }
+TEST(Model, RnnStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::rnn); }
+TEST(Model, GradientsWithDropoutMatchFiniteDifferences) { check_all_gradients(3, CellType::lstm, 0.4); }
+
+TEST(Model, DropoutActsOnlyWithAGenerator) {
+    ModelConfig config = small_config(2);
+    config.dropout = 0.5;
+    Model<float> model(config);
+    std::mt19937_64 rng(2);
+    model.initialize(rng);
+    std::vector<TokenId> inputs{1, 2, 3, 4};
+    auto logits = [&](std::mt19937_64* generator) {
+        model.set_dropout_generator(generator);
+        ModelState<float> state = model.initial_state(1);
+        model.forward(inputs, 4, 1, state);
+        return Matrix<float>(model.logits());
+    };
+    const Matrix<float> evaluation = logits(nullptr);
+    EXPECT_EQ(logits(nullptr), evaluation);
+    EXPECT_NE(logits(&rng), evaluation);
+}
+
+TEST(Model, GruAndRnnParametersHavePyTorchShapes) {
+    ModelConfig config = small_config(2);
+    config.cell = CellType::gru;
+    EXPECT_EQ(Model<float>(config).find_parameter("rnn.weight_ih_l0")->shape, (std::vector<std::int64_t>{15, 3}));
+    config.cell = CellType::rnn;
+    EXPECT_EQ(Model<float>(config).find_parameter("rnn.weight_hh_l1")->shape, (std::vector<std::int64_t>{5, 5}));
+    EXPECT_EQ(parse_cell_type("gru"), CellType::gru);
+    EXPECT_THROW(parse_cell_type("transformer"), Error);
+}
 
 TEST(Model, ParametersFollowPyTorchNamesAndShapes) {
     Model<float> model(small_config(2));
@@ -115,6 +153,9 @@ TEST(Model, ConfigRejectsNonsenseSizes) {
     config.hidden_size = 16384;
     config.layers = 64;
     EXPECT_THROW(config.validate(), Error);  // billions of parameters
+    config = small_config(1);
+    config.dropout = 1.0;
+    EXPECT_THROW(config.validate(), Error);
 }
 
 }  // namespace

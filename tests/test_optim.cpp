@@ -1,6 +1,7 @@
 // Checks optim.cpp: Adam's first steps by hand, and global-norm clipping.
 #include <gtest/gtest.h>
 
+#include "charlm/error.hpp"
 #include "charlm/optim.hpp"
 
 namespace charlm {
@@ -39,6 +40,28 @@ TEST(Optim, AdamFirstStepMovesEachWeightByTheLearningRate) {
     // Second step with the same gradient: m = g (corrected), v = g^2 (corrected), again lr.
     adam.step(parameters, 0.1);
     EXPECT_NEAR(parameters[0].value(0, 0), 0.8f, 1e-5);
+}
+
+TEST(Optim, ScheduleWarmsUpThenDecays) {
+    LearningRateSchedule schedule;
+    schedule.base = 1.0;
+    schedule.warmup_steps = 10;
+    EXPECT_DOUBLE_EQ(schedule.at(1), 0.1);
+    EXPECT_DOUBLE_EQ(schedule.at(10), 1.0);
+    EXPECT_DOUBLE_EQ(schedule.at(500), 1.0);  // constant
+    schedule.kind = LearningRateSchedule::Kind::cosine;
+    schedule.total_steps = 110;
+    EXPECT_DOUBLE_EQ(schedule.at(10), 1.0);
+    EXPECT_NEAR(schedule.at(60), 0.55, 1e-12);  // halfway: midway between 1 and 0.1
+    EXPECT_NEAR(schedule.at(110), 0.1, 1e-12);
+    schedule.kind = LearningRateSchedule::Kind::step;
+    schedule.warmup_steps = 0;
+    schedule.decay_every = 100;
+    EXPECT_DOUBLE_EQ(schedule.at(100), 1.0);
+    EXPECT_DOUBLE_EQ(schedule.at(101), 0.5);
+    EXPECT_DOUBLE_EQ(schedule.at(250), 0.25);
+    EXPECT_EQ(LearningRateSchedule::parse("cosine"), LearningRateSchedule::Kind::cosine);
+    EXPECT_THROW(LearningRateSchedule::parse("linear"), Error);
 }
 
 }  // namespace

@@ -62,6 +62,16 @@ TEST(Sample, TopKOfOneIsGreedy) {
     EXPECT_EQ(fixture.run(U"ż", tiny_p, 7), expected);
 }
 
+TEST(Sample, StopStringEndsTheSample) {
+    Fixture fixture;
+    SampleOptions options;
+    const auto full = fixture.run(U"a", options, 8, 300);
+    const char32_t stop_character = full[40];  // whatever the model draws at position 40
+    options.stop = std::u32string(1, stop_character);
+    const auto stopped = fixture.run(U"a", options, 8, 300);
+    EXPECT_EQ(stopped, full.substr(0, full.find(stop_character) + 1));
+}
+
 TEST(Sample, SamplesOfMultiByteTextAreValidUtf8) {
     Fixture fixture;
     const std::string bytes = encode_utf8(fixture.run(U"မင်", SampleOptions{}, 3, 500));

@@ -70,6 +70,44 @@ TEST(Train, ResumingGivesTheSameParametersBitForBit) {
     EXPECT_EQ(a.training.data_position, b.training.data_position);
 }
 
+TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    auto configure = [&](const std::string& run, std::int64_t steps) {
+        TrainOptions options = tiny_options(directory, run);
+        options.model.dropout = 0.3;
+        options.lr_schedule = "step";
+        options.lr_decay_every = 6;
+        options.warmup_steps = 5;
+        options.steps = steps;
+        return options;
+    };
+    train(configure("straight", 20));
+    // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
+    // decay), the same dropout masks and the same data.
+    train(configure("halves", 9));
+    resume_training(directory.path() / "halves", 20, 0);
+    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
+    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+    EXPECT_EQ(b.training.step, 20);
+    EXPECT_EQ(a.training.data_position, b.training.data_position);
+    for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
+        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+}
+
+TEST(Train, PatienceStopsEarly) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.learning_rate = 0.5;  // far too high: validation stops improving at once
+    options.eval_every = 2;
+    options.patience = 2;
+    options.steps = 200;
+    const TrainResult result = train(options);
+    EXPECT_TRUE(result.stopped_early);
+    EXPECT_LT(result.steps, 200);
+}
+
 TEST(Train, RefusesToOverwriteAnExistingRun) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());

@@ -52,6 +52,7 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view b
 struct TrainingState {
     std::int64_t step = 0;
     double best_validation_loss = std::numeric_limits<double>::infinity();
+    std::int64_t evaluations_since_best = 0;  // for --patience
     std::size_t data_position = 0;
     std::string rng_state;       // std::mt19937_64 as text
     nlohmann::json options;      // the training options of the run
@@ -72,5 +73,8 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
 // Throws Error naming the file and the problem for anything missing, inconsistent or not finite.
 Checkpoint load_checkpoint(const std::filesystem::path& path);
 Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_name);
+
+// What `charlm info` shows: cell, sizes, parameter count, vocabulary, steps trained, best validation loss.
+nlohmann::json describe_checkpoint(const Checkpoint& checkpoint);
 
 }  // namespace charlm

@@ -10,12 +10,14 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
+#include "charlm/gru.hpp"
 #include "charlm/lstm.hpp"
+#include "charlm/rnn.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
 
-enum class CellType { lstm };
+enum class CellType { lstm, gru, rnn };
 std::string to_string(CellType cell);
 CellType parse_cell_type(const std::string& name);  // throws Error for an unknown name
 
@@ -25,6 +27,7 @@ struct ModelConfig {
     int embed_size = 64;
     int hidden_size = 256;
     int layers = 2;
+    double dropout = 0.0;  // between layers, in training only (as nn.LSTM's dropout)
 
     void validate() const;  // throws Error naming the bad field
     std::size_t parameter_count() const;
@@ -66,6 +69,10 @@ public:
 
     ModelState<Scalar> initial_state(int batch_size) const;
 
+    // With a generator, forward() drops units between layers at the config's rate (training);
+    // without one (the default) it does not (evaluation and sampling).
+    void set_dropout_generator(std::mt19937_64* rng) { dropout_rng_ = rng; }
+
     // inputs: T*B ids, step-major. Fills logits(): (T*B) x V. Carries `state` to the window's end.
     void forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state);
     const Matrix<Scalar>& logits() const { return logits_; }
@@ -78,6 +85,17 @@ private:
     CellWeights<Scalar> layer_weights(int layer) const;
     CellGradients<Scalar> layer_gradients(int layer);
     const Matrix<Scalar>& layer_input(int layer) const;
+    const Matrix<Scalar>& layer_output(int layer) const;
+    bool dropping(int layer) const { return dropping_ && layer + 1 < config_.layers; }
+
+    // One recurrent layer's forward record; only the member of the config's cell is used.
+    struct LayerCache {
+        LstmCache<Scalar> lstm;
+        GruCache<Scalar> gru;
+        RnnCache<Scalar> rnn;
+        Matrix<Scalar> dropout_mask;  // (T*B) x H, 0 or 1/(1-p)
+        Matrix<Scalar> dropped;       // (T*B) x H, output times mask: the next layer's input
+    };
 
     ModelConfig config_;
     std::vector<Parameter<Scalar>> parameters_;  // embedding, 4 per layer, head weight, head bias
@@ -88,7 +106,9 @@ private:
     int batch_size_ = 0;
     std::size_t target_count_ = 0;
     Matrix<Scalar> embedded_;                 // (T*B) x E
-    std::vector<LstmCache<Scalar>> caches_;   // per layer
+    std::vector<LayerCache> caches_;          // per layer
+    std::mt19937_64* dropout_rng_ = nullptr;
+    bool dropping_ = false;                   // whether the last forward() dropped units
     Matrix<Scalar> logits_;                   // (T*B) x V
     Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
     std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output

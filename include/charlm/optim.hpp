@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "charlm/tensor.hpp"
@@ -15,6 +16,21 @@ struct AdamConfig {
     double beta1 = 0.9;
     double beta2 = 0.999;
     double epsilon = 1e-8;
+};
+
+// Learning rate by step: linear warmup, then constant, cosine decay to a tenth, or step decay.
+struct LearningRateSchedule {
+    enum class Kind { constant, cosine, step };
+    Kind kind = Kind::constant;
+    double base = 2e-3;
+    std::int64_t warmup_steps = 0;
+    std::int64_t total_steps = 0;      // cosine reaches base / 10 here
+    std::int64_t decay_every = 1000;   // step decay multiplies by decay_factor this often
+    double decay_factor = 0.5;
+
+    double at(std::int64_t step) const;  // step counts from 1
+    static Kind parse(const std::string& name);  // throws Error for an unknown name
+    static std::string name(Kind kind);
 };
 
 class Adam {

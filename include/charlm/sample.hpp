@@ -16,9 +16,12 @@ struct SampleOptions {
     int top_k = 0;             // keep the k most likely characters; 0 keeps all
     double top_p = 1.0;        // keep the smallest set whose probability reaches p; 1 keeps all
     bool greedy = false;       // always the most likely character
+    std::u32string stop;       // end a sample as soon as it ends with this text (kept); empty never
 };
 
 void validate(const SampleOptions& options);  // throws Error for a temperature or top-p out of range
+// Throws Error listing the prompt's characters that are not in the vocabulary.
+void check_prompt(const Vocab& vocab, const std::u32string& prompt);
 
 class Sampler {
 public:
@@ -42,8 +45,9 @@ private:
     TokenId input_ = 0;
 };
 
-// Primes with `prompt`, then calls `emit` for each of `length` generated characters as it is drawn.
-void generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+// Primes with `prompt`, then calls `emit` for each of up to `length` generated characters as it is
+// drawn (fewer when options.stop ends the sample). Returns the generated text.
+std::u32string generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
               const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit);
 
 }  // namespace charlm

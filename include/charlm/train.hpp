@@ -18,14 +18,20 @@ struct TrainOptions {
     ModelConfig model;                 // vocab_size comes from the corpus
     int seq_length = 100;
     int batch_size = 64;
-    double learning_rate = 2e-3;
+    double learning_rate = 2e-3;       // the peak: after warmup, before decay
+    std::string lr_schedule = "constant";  // constant, cosine (to a tenth at --steps) or step
+    std::int64_t warmup_steps = 0;
+    std::int64_t lr_decay_every = 1000;    // step schedule
+    double lr_decay_factor = 0.5;          // step schedule
     double clip = 5.0;                 // global gradient norm; 0 turns clipping off
     double validation_fraction = 0.05;
     std::int64_t steps = 0;            // total steps of the run, resumed ones included; 0 for no bound
     double minutes = 0;                // wall-clock bound of this invocation; 0 for no bound
     int eval_every = 200;
+    int patience = 0;                  // stop after this many evaluations without a new best; 0 never
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
+    bool live_progress = false;        // redraw one status line on stderr (for a terminal); not stored
 
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& json);
@@ -37,6 +43,7 @@ struct TrainResult {
     double best_validation_loss = 0;
     double chars_per_second = 0;
     bool interrupted = false;
+    bool stopped_early = false;        // by --patience
     std::filesystem::path best_checkpoint;
     std::filesystem::path last_checkpoint;
 };
@@ -45,7 +52,8 @@ struct TrainResult {
 TrainResult train(const TrainOptions& options);
 // Continues the run in `run_directory` from its last.safetensors, with the options stored there;
 // `steps` and `minutes`, when nonzero, replace the stored bounds.
-TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes);
+TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes,
+                            bool live_progress = false);
 
 // Asks a running train() to save and return after the current step; safe to call from a signal handler.
 void request_training_stop();

@@ -13,6 +13,7 @@
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
+#include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/train.hpp"
 
@@ -31,15 +32,20 @@ struct TrainArguments {
     std::string cell = "lstm";
     charlm::TrainOptions options;
     int threads = 0;
+    bool quiet = false;
 };
 
 int run_train(TrainArguments& arguments) {
     charlm::set_thread_count(arguments.threads);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
+    if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
+    const bool live_progress = !arguments.quiet && ::isatty(STDERR_FILENO);
     charlm::TrainResult result;
     if (!arguments.resume.empty()) {
-        result = charlm::resume_training(arguments.resume, arguments.options.steps, arguments.options.minutes);
+        if (!arguments.corpus.empty())
+            throw charlm::Error("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with");
+        result = charlm::resume_training(arguments.resume, arguments.options.steps, arguments.options.minutes, live_progress);
     } else {
         if (arguments.corpus.empty()) throw charlm::Error("give a CORPUS text file to train on, or --resume RUN_DIR");
         auto& options = arguments.options;
@@ -50,6 +56,7 @@ int run_train(TrainArguments& arguments) {
                                     ? std::filesystem::path("runs") / std::filesystem::path(arguments.corpus).stem()
                                     : std::filesystem::path(arguments.run_directory);
         if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
+        options.live_progress = live_progress;
         result = charlm::train(options);
     }
     const double best = result.best_validation_loss;
@@ -63,29 +70,84 @@ int run_train(TrainArguments& arguments) {
 struct SampleArguments {
     std::string checkpoint;
     std::string prompt;
+    std::string prompt_file;
+    std::string stop;
     long long length = 500;
+    int count = 1;
     std::uint64_t seed = 0;
     bool seed_given = false;
+    bool skip_unknown = false;
+    bool json = false;
     charlm::SampleOptions options;
     int threads = 1;
 };
 
+std::string read_prompt_file(const std::string& path) {
+    if (path == "-") return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+    return charlm::encode_utf8(charlm::read_text_file(path));
+}
+
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
+    if (arguments.count < 1) throw charlm::Error("--count must be at least 1");
     charlm::set_thread_count(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const std::u32string prompt = charlm::decode_utf8(arguments.prompt, "--prompt");
-    const std::uint64_t seed = arguments.seed_given ? arguments.seed : std::random_device{}();
+    const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
+    std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : arguments.prompt_file);
+    if (arguments.skip_unknown) {
+        std::size_t unknown = 0;
+        prompt = checkpoint.vocab.decode(checkpoint.vocab.encode_known(prompt, unknown));
+        if (unknown > 0) spdlog::warn("left {} prompt characters out that the model never saw", unknown);
+    }
+    charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
+    arguments.options.stop = charlm::decode_utf8(arguments.stop, "--stop");
+    const std::uint64_t first_seed = arguments.seed_given ? arguments.seed : std::random_device{}();
     const bool to_terminal = ::isatty(STDOUT_FILENO);
-    std::fputs(arguments.prompt.c_str(), stdout);
-    charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length), arguments.options, seed,
-                     [&](char32_t c) {
-                         const std::string bytes = charlm::encode_utf8(c);
-                         std::fwrite(bytes.data(), 1, bytes.size(), stdout);
-                         if (to_terminal || c == U'\n') std::fflush(stdout);
-                     });
-    std::fputc('\n', stdout);
+    const std::string shown_prompt = charlm::encode_utf8(prompt);
+    for (int index = 0; index < arguments.count; ++index) {
+        const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(index);
+        if (arguments.json) {
+            const std::u32string text = charlm::generate(*checkpoint.model, checkpoint.vocab, prompt,
+                                                         static_cast<std::size_t>(arguments.length), arguments.options, seed,
+                                                         [](char32_t) {});
+            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", charlm::encode_utf8(text)}, {"seed", seed}};
+            fmt::print("{}\n", record.dump());
+            continue;
+        }
+        if (index > 0) std::fputs("\n", stdout);
+        std::fputs(shown_prompt.c_str(), stdout);
+        charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
+                         arguments.options, seed, [&](char32_t c) {
+                             const std::string bytes = charlm::encode_utf8(c);
+                             std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+                             if (to_terminal || c == U'\n') std::fflush(stdout);
+                         });
+        std::fputc('\n', stdout);
+    }
     return std::fflush(stdout) == 0 ? 0 : 1;
+}
+
+int run_info(const std::string& checkpoint_path, bool json) {
+    const charlm::Checkpoint checkpoint = charlm::load_checkpoint(checkpoint_path);
+    const nlohmann::json description = charlm::describe_checkpoint(checkpoint);
+    if (json) {
+        fmt::print("{}\n", description.dump());
+        return 0;
+    }
+    std::string vocabulary;
+    for (char32_t c : checkpoint.vocab.code_points())
+        vocabulary += c == U'\n' ? "\\n" : c == U'\t' ? "\\t" : c < 0x20 ? "?" : charlm::encode_utf8(c);
+    const double best = checkpoint.training.best_validation_loss;
+    fmt::print("model       {} {} layers x {} hidden, embedding {}{}\n", description["cell"].get<std::string>(),
+               checkpoint.config.layers, checkpoint.config.hidden_size, checkpoint.config.embed_size,
+               checkpoint.config.dropout > 0 ? fmt::format(", dropout {}", checkpoint.config.dropout) : "");
+    fmt::print("parameters  {}\n", checkpoint.config.parameter_count());
+    fmt::print("vocabulary  {} characters: {}\n", checkpoint.vocab.size(), vocabulary);
+    fmt::print("trained     {} steps\n", checkpoint.training.step);
+    fmt::print("best val    {}\n", std::isfinite(best) ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best, std::exp(best))
+                                                       : std::string("none yet"));
+    fmt::print("resumable   {}\n", checkpoint.optimizer ? "yes (optimizer state included)" : "no (weights only)");
+    return 0;
 }
 
 struct EvalArguments {
@@ -124,6 +186,7 @@ int main(int argc, char** argv) {
                  "Start with 'charlm train FILE.txt', then 'charlm sample runs/FILE/best.safetensors --prompt \"...\"'."};
     app.require_subcommand(1);
     app.set_version_flag("--version", "charlm 0.1.0");
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last --x wins, as in most tools
 
     TrainArguments train_arguments;
     auto& train_options = train_arguments.options;
@@ -132,19 +195,28 @@ int main(int argc, char** argv) {
     train->add_option("--out", train_arguments.run_directory, "Run directory for checkpoints and metrics [default: runs/<corpus name>]");
     train->add_option("--resume", train_arguments.resume, "Continue the run in RUN_DIR from its last.safetensors")->type_name("RUN_DIR");
     train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
-    train->add_option("--cell", train_arguments.cell, "Recurrent cell")->capture_default_str();
+    train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
     train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
     train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
     train->add_option("--embed", train_options.model.embed_size, "Character embedding size")->capture_default_str();
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
-    train->add_option("--lr", train_options.learning_rate, "Adam learning rate")->capture_default_str();
+    train->add_option("--dropout", train_options.model.dropout, "Dropout between layers while training")->capture_default_str();
+    train->add_option("--lr", train_options.learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
+    train->add_option("--lr-schedule", train_options.lr_schedule,
+                      "constant; cosine: down to lr/10 at --steps; step: times --lr-decay every --lr-decay-every steps")
+        ->capture_default_str();
+    train->add_option("--warmup", train_options.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
+    train->add_option("--lr-decay-every", train_options.lr_decay_every, "Steps between decays of the step schedule")->capture_default_str();
+    train->add_option("--lr-decay", train_options.lr_decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
     train->add_option("--clip", train_options.clip, "Clip the global gradient norm to this; 0 turns clipping off")->capture_default_str();
     train->add_option("--val-fraction", train_options.validation_fraction, "Fraction of the corpus held out for validation")->capture_default_str();
     train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");
     train->add_option("--steps", train_options.steps, "Stop after this many steps in all, resumed ones included [default: 2000 unless --minutes]");
     train->add_option("--minutes", train_options.minutes, "Stop after this many minutes of wall-clock time");
     train->add_option("--eval-every", train_options.eval_every, "Validate and save checkpoints every N steps")->capture_default_str();
+    train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
+    train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
@@ -152,6 +224,12 @@ int main(int argc, char** argv) {
     auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint, streamed to stdout");
     sample->add_option("CHECKPOINT", sample_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
     sample->add_option("--prompt", sample_arguments.prompt, "Text that primes the model; it is printed first");
+    sample->add_option("--prompt-file", sample_arguments.prompt_file, "Read the prompt from a file; - reads standard input")
+        ->excludes(sample->get_option("--prompt"));
+    sample->add_flag("--skip-unknown", sample_arguments.skip_unknown, "Leave out prompt characters the model never saw");
+    sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
+    sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text");
+    sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed");
     sample->add_option("--length", sample_arguments.length, "Characters to generate")
         ->check(CLI::Range(0LL, 1LL << 40))
         ->capture_default_str();
@@ -169,6 +247,17 @@ int main(int argc, char** argv) {
     eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
     eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
     eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+
+    std::string info_checkpoint;
+    bool info_json = false;
+    auto* info = app.add_subcommand("info", "Describe a checkpoint: model, parameters, vocabulary, training");
+    info->add_option("CHECKPOINT", info_checkpoint, "A .safetensors file written by 'charlm train'")->required();
+    info->add_flag("--json", info_json, "Print one JSON object");
+
+    std::string plot_run_directory, plot_output;
+    auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG (needs gnuplot)");
+    plot->add_option("RUN_DIR", plot_run_directory, "A run directory with metrics.jsonl")->required();
+    plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png]");
 
     try {
         app.parse(argc, argv);
@@ -189,6 +278,14 @@ int main(int argc, char** argv) {
         if (*train) return run_train(train_arguments);
         if (*sample) return run_sample(sample_arguments);
         if (*eval) return run_eval(eval_arguments);
+        if (*info) return run_info(info_checkpoint, info_json);
+        if (*plot) {
+            const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directory) / "loss.png"
+                                                                     : std::filesystem::path(plot_output);
+            charlm::plot_losses(plot_run_directory, output);
+            fmt::print("{}\n", output.string());
+            return 0;
+        }
     } catch (const charlm::Error& error) {
         std::fflush(stdout);
         fmt::print(stderr, "charlm: error: {}\n", error.what());

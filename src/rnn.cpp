@@ -1,0 +1,64 @@
+// Elman RNN forward and backward over a window (h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh), as PyTorch's nn.RNN).
+#include "charlm/rnn.hpp"
+
+namespace charlm {
+
+template <typename Scalar>
+using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
+
+template <typename Scalar>
+void rnn_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+                 Matrix<Scalar>& hidden_state, RnnCache<Scalar>& cache) {
+    const Eigen::Index B = hidden_state.rows(), TB = input.rows();
+    cache.hidden.resize(TB, weights.weight_hh.cols());
+    cache.initial_hidden = hidden_state;
+
+    // (T*B) x H = (T*B) x I . I x H: every step's input projection in one GEMM, before the time loop
+    cache.hidden.noalias() = input * weights.weight_ih.transpose();
+    cache.hidden.rowwise() += weights.bias_ih.row(0) + weights.bias_hh.row(0);
+
+    for (int t = 0; t < steps; ++t) {
+        ConstRef<Scalar> hidden_prev = t == 0 ? ConstRef<Scalar>(cache.initial_hidden) : cache.hidden.middleRows((t - 1) * B, B);
+        auto hidden = cache.hidden.middleRows(t * B, B);  // B x H
+        hidden.noalias() += hidden_prev * weights.weight_hh.transpose();
+        hidden = hidden.array().tanh();
+    }
+    hidden_state = cache.hidden.bottomRows(B);
+}
+
+template <typename Scalar>
+void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+                  const CellWeights<Scalar>& weights, RnnCache<Scalar>& cache,
+                  const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
+    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.rows();
+    cache.d_preactivation.resize(TB, H);
+    cache.d_hidden_next.setZero(B, H);
+
+    for (int t = steps - 1; t >= 0; --t) {
+        auto hidden = cache.hidden.middleRows(t * B, B).array();
+        auto d_preactivation = cache.d_preactivation.middleRows(t * B, B);
+        d_preactivation.array() = (d_output.middleRows(t * B, B) + cache.d_hidden_next).array() * (1 - hidden.square());
+        // B x H = B x H . H x H
+        cache.d_hidden_next.noalias() = d_preactivation * weights.weight_hh;
+    }
+
+    // Weight gradients as one GEMM per matrix over all steps: H x I = H x (T*B) . (T*B) x I
+    gradients.weight_ih.noalias() += cache.d_preactivation.transpose() * input;
+    gradients.weight_hh.noalias() += cache.d_preactivation.topRows(B).transpose() * cache.initial_hidden;
+    if (steps > 1)
+        gradients.weight_hh.noalias() += cache.d_preactivation.bottomRows(TB - B).transpose() * cache.hidden.topRows(TB - B);
+    RowVector<Scalar> d_bias = cache.d_preactivation.colwise().sum();
+    gradients.bias_ih.row(0) += d_bias;
+    gradients.bias_hh.row(0) += d_bias;
+    // (T*B) x I = (T*B) x H . H x I
+    d_input.noalias() = cache.d_preactivation * weights.weight_ih;
+}
+
+template void rnn_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, RnnCache<float>&);
+template void rnn_forward<double>(const Matrix<double>&, int, const CellWeights<double>&, Matrix<double>&, RnnCache<double>&);
+template void rnn_backward<float>(const Matrix<float>&, const Matrix<float>&, int, const CellWeights<float>&, RnnCache<float>&,
+                                  const CellGradients<float>&, Matrix<float>&);
+template void rnn_backward<double>(const Matrix<double>&, const Matrix<double>&, int, const CellWeights<double>&, RnnCache<double>&,
+                                   const CellGradients<double>&, Matrix<double>&);
+
+}  // namespace charlm

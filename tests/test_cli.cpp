@@ -1,0 +1,851 @@
+// End-to-end tests of the charlm binary: real processes on tiny texts, stdout, stderr and exit code kept apart.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <regex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <utf8.h>
+
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+// ---- running the binary ----
+
+struct RunResult {
+    int exit_code = -1;  // the exit status, or 128 + signal number when killed
+    bool timed_out = false;
+    std::string out;
+    std::string err;
+};
+
+// Keeps at most this much of each stream; the rest is read and dropped so that the child never blocks.
+constexpr std::size_t kMaxCapturedBytes = 1 << 20;
+
+// Runs CHARLM_BINARY with `arguments` exactly as given (no shell), stdin from /dev/null, in `working_directory`.
+RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& working_directory,
+                     double timeout_seconds) {
+    RunResult result;
+    int out_pipe[2], err_pipe[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
+        ADD_FAILURE() << "pipe2 failed: " << std::strerror(errno);
+        return result;
+    }
+    // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
+    const std::string binary = CHARLM_BINARY;
+    std::vector<std::string> argv_strings;
+    argv_strings.push_back(binary);
+    argv_strings.insert(argv_strings.end(), arguments.begin(), arguments.end());
+    std::vector<char*> argv;
+    for (auto& argument : argv_strings) argv.push_back(argument.data());
+    argv.push_back(nullptr);
+    const std::string directory = working_directory.string();
+
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+        ADD_FAILURE() << "fork failed: " << std::strerror(errno);
+        return result;
+    }
+    if (pid == 0) {
+        const int null_fd = ::open("/dev/null", O_RDONLY);
+        if (null_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(out_pipe[1], STDOUT_FILENO) < 0 ||
+            ::dup2(err_pipe[1], STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
+            ::_exit(126);
+        ::execv(binary.c_str(), argv.data());
+        ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_seconds);
+    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+    std::string* sinks[2] = {&result.out, &result.err};
+    int open_streams = 2;
+    char buffer[65536];
+    while (open_streams > 0) {
+        const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (!result.timed_out && remaining.count() <= 0) {
+            result.timed_out = true;
+            ::kill(pid, SIGKILL);  // the pipes reach end-of-file once it is gone
+        }
+        const int ready = ::poll(fds, 2, result.timed_out ? 1000 : static_cast<int>(std::max<long long>(remaining.count(), 1)));
+        if (ready < 0 && errno != EINTR) break;
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || !(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            const ssize_t count = ::read(fds[i].fd, buffer, sizeof buffer);
+            if (count > 0) {
+                const auto room = kMaxCapturedBytes - std::min(kMaxCapturedBytes, sinks[i]->size());
+                sinks[i]->append(buffer, std::min(room, static_cast<std::size_t>(count)));
+            } else if (count == 0 || errno != EINTR) {
+                ::close(fds[i].fd);
+                fds[i].fd = -1;
+                --open_streams;
+            }
+        }
+    }
+    for (auto& fd : fds)
+        if (fd.fd >= 0) ::close(fd.fd);
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return result;
+}
+
+std::string describe(const RunResult& result) {
+    return "exit " + std::to_string(result.exit_code) + (result.timed_out ? " (timed out)" : "") + "\n--- stdout (" +
+           std::to_string(result.out.size()) + " bytes) ---\n" + result.out.substr(0, 600) + "\n--- stderr ---\n" +
+           result.err.substr(0, 4000);
+}
+
+// ---- files ----
+
+std::string read_bytes(const fs::path& path) {
+    std::ifstream file(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+void write_bytes(const fs::path& path, std::string_view bytes) {
+    std::ofstream file(path, std::ios::binary | std::ios::trunc);
+    file.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    ASSERT_TRUE(file.good()) << "cannot write " << path;
+}
+
+// Every regular file under `directory` (relative name -> bytes), to prove that a failed command changed nothing.
+std::map<std::string, std::string> snapshot(const fs::path& directory) {
+    std::map<std::string, std::string> files;
+    for (const auto& entry : fs::recursive_directory_iterator(directory))
+        if (entry.is_regular_file()) files[fs::relative(entry.path(), directory).string()] = read_bytes(entry.path());
+    return files;
+}
+
+void expect_unchanged(const std::map<std::string, std::string>& before, const std::map<std::string, std::string>& after) {
+    std::set<std::string> names_before, names_after;
+    for (const auto& [name, bytes] : before) names_before.insert(name);
+    for (const auto& [name, bytes] : after) names_after.insert(name);
+    EXPECT_EQ(names_before, names_after) << "the run directory gained or lost files";
+    for (const auto& [name, bytes] : before) {
+        auto found = after.find(name);
+        if (found == after.end()) continue;
+        EXPECT_TRUE(found->second == bytes) << name << " changed (" << bytes.size() << " -> " << found->second.size()
+                                            << " bytes)";
+    }
+}
+
+std::vector<json> read_metrics(const fs::path& path) {
+    std::vector<json> records;
+    std::ifstream file(path);
+    std::string line;
+    while (std::getline(file, line))
+        if (!line.empty()) records.push_back(json::parse(line));
+    return records;
+}
+
+// The JSON header of a safetensors file: 8-byte little-endian length, then the header.
+json safetensors_header(const std::string& bytes) {
+    if (bytes.size() < 8) return json();
+    std::uint64_t length = 0;
+    std::memcpy(&length, bytes.data(), 8);
+    if (length > bytes.size() - 8) return json();
+    return json::parse(bytes.substr(8, length), nullptr, false);
+}
+
+std::string with_header(const std::string& bytes, const json& header) {
+    std::uint64_t old_length = 0;
+    std::memcpy(&old_length, bytes.data(), 8);
+    std::string text = header.dump();
+    text.append((8 - text.size() % 8) % 8, ' ');
+    const std::uint64_t length = text.size();
+    std::string result(8, '\0');
+    std::memcpy(result.data(), &length, 8);
+    return result + text + bytes.substr(8 + old_length);
+}
+
+// ---- text ----
+
+std::u32string code_points_of(const std::string& bytes) {
+    std::u32string result;
+    utf8::utf8to32(bytes.begin(), bytes.end(), std::back_inserter(result));
+    return result;
+}
+
+std::set<char32_t> distinct_characters(const std::string& text) {
+    const std::u32string characters = code_points_of(text);
+    return {characters.begin(), characters.end()};
+}
+
+std::string fixed4(double value) {
+    char text[64];
+    std::snprintf(text, sizeof text, "%.4f", value);
+    return text;
+}
+
+std::size_t count_lines(const std::string& text) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n')); }
+
+// A small corpus with multi-byte characters, the same every time: enough for a few windows of --seq 16 x --batch 4.
+std::string make_corpus(std::size_t words = 320) {
+    const std::vector<std::string> vocabulary = {"the", "cat", "sat", "on", "a", "mat", "café", "naïve", "→", "日本", "dog", "ran"};
+    std::mt19937 rng(12345);
+    std::string text;
+    for (std::size_t i = 0; i < words; ++i) {
+        text += vocabulary[rng() % vocabulary.size()];
+        text += (i % 9 == 8) ? "\n" : " ";
+    }
+    return text + "\n";
+}
+
+const std::vector<std::string> kTinyModel = {"--layers", "1", "--hidden", "16", "--embed", "8", "--seq", "16",
+                                             "--batch", "4", "--eval-every", "10", "--threads", "1"};
+
+// `base` with `overrides` (both "--name value" pairs) laid over it: an option given twice is a usage error.
+std::vector<std::string> with_options(std::vector<std::string> base, const std::vector<std::string>& overrides) {
+    for (std::size_t i = 0; i + 1 < overrides.size(); i += 2) {
+        auto found = std::find(base.begin(), base.end(), overrides[i]);
+        if (found != base.end() && found + 1 != base.end()) {
+            *(found + 1) = overrides[i + 1];
+        } else {
+            base.push_back(overrides[i]);
+            base.push_back(overrides[i + 1]);
+        }
+    }
+    return base;
+}
+
+// ---- the fixture: a fresh directory per test ----
+
+class Cli : public ::testing::Test {
+protected:
+    void SetUp() override {
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        std::random_device random;
+        directory_ = fs::temp_directory_path() /
+                     ("charlm-cli-" + std::string(info->name()) + "-" + std::to_string(::getpid()) + "-" + std::to_string(random()));
+        fs::create_directories(directory_);
+    }
+    void TearDown() override {
+        std::error_code error;
+        fs::remove_all(directory_, error);
+    }
+
+    fs::path path(const std::string& name) const { return directory_ / name; }
+    fs::path write(const std::string& name, std::string_view bytes) const {
+        write_bytes(directory_ / name, bytes);
+        return directory_ / name;
+    }
+
+    RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60) const {
+        return run_binary(arguments, directory_, timeout_seconds);
+    }
+
+    // Trains the tiny model on `corpus` into `run` (relative to the test directory) and checks that it worked.
+    RunResult train_tiny(const fs::path& corpus, const std::string& run, int steps = 30,
+                         const std::vector<std::string>& extra = {}) const {
+        std::vector<std::string> arguments = {"train", corpus.string(), "--out", path(run).string(), "--steps", std::to_string(steps)};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        arguments.insert(arguments.end(), extra.begin(), extra.end());
+        RunResult result = charlm(arguments);
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        EXPECT_TRUE(fs::exists(path(run) / "last.safetensors")) << describe(result);
+        return result;
+    }
+
+    // A trained run in "run" on the standard corpus "corpus.txt"; returns the path of its best checkpoint.
+    fs::path trained_run() {
+        const auto corpus = write("corpus.txt", make_corpus());
+        train_tiny(corpus, "run");
+        return path("run") / "best.safetensors";
+    }
+
+    // A refused command: nonzero exit (1 for runtime errors), nothing on stdout, one line on stderr that starts
+    // with "charlm: error: " and mentions every one of `mentions`.
+    static void expect_error(const RunResult& result, const std::vector<std::string>& mentions, bool usage_error = false) {
+        if (result.timed_out) {
+            ADD_FAILURE() << "still running at the time limit, so killed; it should have been refused at once\n" << describe(result);
+            return;
+        }
+        if (usage_error) EXPECT_NE(result.exit_code, 0) << describe(result);
+        else EXPECT_EQ(result.exit_code, 1) << describe(result);
+        EXPECT_TRUE(result.out.empty()) << "stdout must stay empty on an error\n" << describe(result);
+        EXPECT_EQ(result.err.rfind("charlm: error: ", 0), 0u) << describe(result);
+        EXPECT_EQ(count_lines(result.err), 1u) << "stderr must be exactly one line\n" << describe(result);
+        EXPECT_TRUE(!result.err.empty() && result.err.back() == '\n') << describe(result);
+        for (const auto& mention : mentions)
+            EXPECT_NE(result.err.find(mention), std::string::npos) << "stderr should mention \"" << mention << "\"\n" << describe(result);
+    }
+
+    // Training on `corpus` must be refused with `mentions`, even with --force over a good run, leaving that run intact.
+    void expect_train_refused(const fs::path& corpus, const std::vector<std::string>& mentions,
+                              const std::vector<std::string>& extra = {}) {
+        if (!fs::exists(path("run") / "last.safetensors")) train_tiny(write("good.txt", make_corpus()), "run");
+        const auto before = snapshot(path("run"));
+        std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--force", "--steps", "30"};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        const RunResult result = charlm(with_options(arguments, extra));
+        expect_error(result, mentions);
+        EXPECT_EQ(result.out.find("trained"), std::string::npos) << "no summary after a failure";
+        expect_unchanged(before, snapshot(path("run")));
+    }
+
+    fs::path directory_;
+};
+
+// =============================== train ===============================
+
+TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
+    const std::string text = make_corpus();
+    const auto corpus = write("corpus.txt", text);
+    const RunResult result = train_tiny(corpus, "run");
+
+    for (const char* name : {"last.safetensors", "best.safetensors", "metrics.jsonl"}) {
+        EXPECT_TRUE(fs::is_regular_file(path("run") / name)) << name;
+        EXPECT_GT(fs::file_size(path("run") / name), 0u) << name;
+    }
+    // No temporary files left behind by the atomic writes.
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        EXPECT_TRUE(entry.path().filename() == "last.safetensors" || entry.path().filename() == "best.safetensors" ||
+                    entry.path().filename() == "metrics.jsonl")
+            << "unexpected file " << entry.path();
+
+    // The summary on stdout, the progress log on stderr.
+    std::smatch match;
+    const std::regex summary(R"(^trained (\d+) steps; best validation loss ([0-9.]+) nats/char \(perplexity ([0-9.]+), ([0-9.]+) bits/char\)\n)"
+                             R"(checkpoints: (.*) \(best\), (.*) \(to resume\)\n$)");
+    ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
+    EXPECT_EQ(match[1].str(), "30");
+    const double best = std::stod(match[2].str());
+    EXPECT_NEAR(std::stod(match[3].str()), std::exp(best), 0.01);
+    EXPECT_NEAR(std::stod(match[4].str()), best / std::log(2.0), 0.001);
+    EXPECT_EQ(fs::path(match[5].str()), path("run") / "best.safetensors");
+    EXPECT_EQ(fs::path(match[6].str()), path("run") / "last.safetensors");
+    EXPECT_EQ(result.out.find("[", 0), std::string::npos) << "log lines belong on stderr";
+    EXPECT_NE(result.err.find("step 30"), std::string::npos) << describe(result);
+
+    // One record per evaluation, the best of them in the summary.
+    const auto metrics = read_metrics(path("run") / "metrics.jsonl");
+    ASSERT_EQ(metrics.size(), 3u);
+    double lowest = INFINITY;
+    for (std::size_t i = 0; i < metrics.size(); ++i) {
+        EXPECT_EQ(metrics[i].at("step").get<int>(), static_cast<int>(10 * (i + 1)));
+        EXPECT_TRUE(std::isfinite(metrics[i].at("train_loss").get<double>()));
+        lowest = std::min(lowest, metrics[i].at("validation_loss").get<double>());
+    }
+    EXPECT_NEAR(best, lowest, 6e-5);
+
+    // Safetensors with PyTorch's names and shapes, vocabulary and config in the metadata.
+    const std::size_t vocab_size = distinct_characters(text).size();
+    for (const char* name : {"best.safetensors", "last.safetensors"}) {
+        SCOPED_TRACE(name);
+        const json header = safetensors_header(read_bytes(path("run") / name));
+        ASSERT_TRUE(header.is_object());
+        EXPECT_EQ(header.at("__metadata__").at("format"), "charlm-checkpoint-1");
+        EXPECT_EQ(json::parse(header.at("__metadata__").at("vocab").get<std::string>()).size(), vocab_size);
+        EXPECT_EQ(header.at("embedding.weight").at("shape"), json({vocab_size, 8}));
+        EXPECT_EQ(header.at("rnn.weight_ih_l0").at("shape"), json({64, 8}));
+        EXPECT_EQ(header.at("rnn.weight_hh_l0").at("shape"), json({64, 16}));
+        EXPECT_EQ(header.at("rnn.bias_ih_l0").at("shape"), json({64}));
+        EXPECT_EQ(header.at("rnn.bias_hh_l0").at("shape"), json({64}));
+        EXPECT_EQ(header.at("head.weight").at("shape"), json({vocab_size, 16}));
+        EXPECT_EQ(header.at("head.bias").at("shape"), json({vocab_size}));
+        for (const auto& [key, entry] : header.items())
+            if (key != "__metadata__") {
+                EXPECT_EQ(entry.at("dtype"), "F32") << key;
+            }
+    }
+}
+
+TEST_F(Cli, TrainWithoutOutWritesToRunsCorpusName) {
+    write("story.txt", make_corpus());
+    std::vector<std::string> arguments = {"train", "story.txt", "--steps", "10"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    const RunResult result = charlm(arguments);
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_TRUE(fs::is_regular_file(path("runs") / "story" / "last.safetensors"));
+    EXPECT_TRUE(fs::is_regular_file(path("runs") / "story" / "best.safetensors"));
+    EXPECT_TRUE(fs::is_regular_file(path("runs") / "story" / "metrics.jsonl"));
+}
+
+TEST_F(Cli, TrainIsReproducibleWithTheSameSeed) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "first", 20, {"--seed", "7"});
+    train_tiny(corpus, "second", 20, {"--seed", "7"});
+    const auto first = read_metrics(path("first") / "metrics.jsonl"), second = read_metrics(path("second") / "metrics.jsonl");
+    ASSERT_EQ(first.size(), second.size());
+    for (std::size_t i = 0; i < first.size(); ++i) {
+        EXPECT_EQ(first[i].at("train_loss"), second[i].at("train_loss"));
+        EXPECT_EQ(first[i].at("validation_loss"), second[i].at("validation_loss"));
+    }
+}
+
+TEST_F(Cli, TrainResumeContinuesToTheTotalStepCount) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30);
+    train_tiny(corpus, "straight", 50);
+
+    const RunResult resumed = charlm({"train", "--resume", path("run").string(), "--steps", "50"});
+    ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
+    EXPECT_EQ(resumed.out.rfind("trained 50 steps;", 0), 0u) << describe(resumed);
+    EXPECT_NE(resumed.err.find("step 30"), std::string::npos) << "should say where it resumes\n" << describe(resumed);
+
+    // The log keeps the first 30 steps and continues to 50.
+    const auto metrics = read_metrics(path("run") / "metrics.jsonl");
+    ASSERT_EQ(metrics.size(), 5u);
+    for (std::size_t i = 0; i < metrics.size(); ++i) EXPECT_EQ(metrics[i].at("step").get<int>(), static_cast<int>(10 * (i + 1)));
+    const json header = safetensors_header(read_bytes(path("run") / "last.safetensors"));
+    EXPECT_EQ(json::parse(header.at("__metadata__").at("training").get<std::string>()).at("step"), 50);
+
+    // And it continues exactly: the same losses as a run of 50 steps without a break.
+    const auto straight = read_metrics(path("straight") / "metrics.jsonl");
+    ASSERT_EQ(straight.size(), 5u);
+    for (std::size_t i = 0; i < 5; ++i) {
+        EXPECT_EQ(metrics[i].at("train_loss"), straight[i].at("train_loss")) << "step " << 10 * (i + 1);
+        EXPECT_EQ(metrics[i].at("validation_loss"), straight[i].at("validation_loss")) << "step " << 10 * (i + 1);
+    }
+    const RunResult eval_resumed = charlm({"eval", (path("run") / "last.safetensors").string(), corpus.string(), "--json"});
+    const RunResult eval_straight = charlm({"eval", (path("straight") / "last.safetensors").string(), corpus.string(), "--json"});
+    ASSERT_EQ(eval_resumed.exit_code, 0) << describe(eval_resumed);
+    EXPECT_EQ(eval_resumed.out, eval_straight.out);
+}
+
+TEST_F(Cli, TrainForceStartsOverInAnExistingRun) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30);
+    train_tiny(corpus, "run", 20, {"--force", "--seed", "3"});
+    const auto metrics = read_metrics(path("run") / "metrics.jsonl");
+    ASSERT_EQ(metrics.size(), 2u) << "a fresh run starts a fresh metrics log";
+    EXPECT_EQ(metrics.back().at("step"), 20);
+}
+
+// =============================== sample ===============================
+
+TEST_F(Cli, SamplePrintsThePromptThenLengthCharacters) {
+    const std::string text = make_corpus();
+    const auto checkpoint = trained_run();
+    const std::set<char32_t> vocabulary = distinct_characters(text);
+    const std::string prompt = "the café → ";
+    const RunResult result = charlm({"sample", checkpoint.string(), "--prompt", prompt, "--length", "40", "--seed", "7"});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    ASSERT_EQ(result.out.rfind(prompt, 0), 0u) << "stdout starts with the prompt\n" << describe(result);
+    ASSERT_TRUE(!result.out.empty() && result.out.back() == '\n') << describe(result);
+    const std::string generated = result.out.substr(prompt.size(), result.out.size() - prompt.size() - 1);
+    ASSERT_TRUE(utf8::is_valid(generated.begin(), generated.end())) << describe(result);
+    const std::u32string characters = code_points_of(generated);
+    EXPECT_EQ(characters.size(), 40u) << describe(result);
+    for (char32_t c : characters) EXPECT_TRUE(vocabulary.count(c)) << "U+" << std::hex << static_cast<std::uint32_t>(c);
+}
+
+TEST_F(Cli, SampleWithTheSameSeedRepeatsItself) {
+    const auto checkpoint = trained_run();
+    auto sample = [&](const std::string& seed) {
+        const RunResult result = charlm({"sample", checkpoint.string(), "--prompt", "the ", "--length", "60", "--seed", seed});
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        return result.out;
+    };
+    const std::string first = sample("11");
+    EXPECT_EQ(first, sample("11"));
+    EXPECT_NE(first, sample("12")) << "60 characters from a barely trained model should differ between seeds";
+}
+
+TEST_F(Cli, SampleWithoutPromptAndWithZeroLength) {
+    const auto checkpoint = trained_run();
+    const RunResult empty_prompt = charlm({"sample", checkpoint.string(), "--length", "25", "--seed", "1"});
+    ASSERT_EQ(empty_prompt.exit_code, 0) << describe(empty_prompt);
+    ASSERT_FALSE(empty_prompt.out.empty());
+    EXPECT_EQ(empty_prompt.out.back(), '\n');
+    const std::string generated = empty_prompt.out.substr(0, empty_prompt.out.size() - 1);
+    ASSERT_TRUE(utf8::is_valid(generated.begin(), generated.end()));
+    EXPECT_EQ(code_points_of(generated).size(), 25u) << describe(empty_prompt);
+
+    const RunResult zero = charlm({"sample", checkpoint.string(), "--prompt", "naïve", "--length", "0", "--seed", "1"});
+    ASSERT_EQ(zero.exit_code, 0) << describe(zero);
+    EXPECT_EQ(zero.out, "naïve\n");
+}
+
+TEST_F(Cli, SampleGreedyIsTheSameForEverySeedAndMatchesTopKOne) {
+    const auto checkpoint = trained_run();
+    auto sample = [&](std::vector<std::string> options) {
+        std::vector<std::string> arguments = {"sample", checkpoint.string(), "--prompt", "the cat ", "--length", "30"};
+        arguments.insert(arguments.end(), options.begin(), options.end());
+        const RunResult result = charlm(arguments);
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        return result.out;
+    };
+    const std::string greedy = sample({"--greedy", "--seed", "1"});
+    ASSERT_EQ(greedy.rfind("the cat ", 0), 0u);
+    const std::string generated = greedy.substr(8, greedy.size() - 9);
+    EXPECT_EQ(code_points_of(generated).size(), 30u) << greedy;
+    EXPECT_EQ(greedy, sample({"--greedy", "--seed", "2"}));
+    EXPECT_EQ(greedy, sample({"--greedy"}));
+    // Keeping only the most likely character is greedy decoding by another name.
+    EXPECT_EQ(greedy, sample({"--top-k", "1", "--seed", "5"}));
+    EXPECT_EQ(greedy, sample({"--top-p", "1e-9", "--seed", "6"}));
+    // Other settings run and print the right amount.
+    for (const auto& options : std::vector<std::vector<std::string>>{
+             {"--temperature", "0.5", "--seed", "3"}, {"--temperature", "2", "--top-k", "3", "--seed", "3"},
+             {"--top-p", "0.9", "--seed", "3"}}) {
+        const std::string out = sample(options);
+        ASSERT_EQ(out.rfind("the cat ", 0), 0u);
+        EXPECT_EQ(code_points_of(out.substr(8, out.size() - 9)).size(), 30u) << out;
+    }
+}
+
+// =============================== eval ===============================
+
+TEST_F(Cli, EvalPrintsNatsPerplexityAndBits) {
+    const std::string text = make_corpus();
+    const auto checkpoint = trained_run();
+    const RunResult result = charlm({"eval", checkpoint.string(), path("corpus.txt").string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    std::smatch match;
+    const std::regex figures(R"(^nats/char\s+([0-9.]+)\nperplexity\s+([0-9.]+)\nbits/char\s+([0-9.]+)\n)"
+                             R"(characters\s+(\d+) scored, (\d+) unknown left out\n$)");
+    ASSERT_TRUE(std::regex_match(result.out, match, figures)) << describe(result);
+    const double nats = std::stod(match[1].str());
+    EXPECT_GT(nats, 0.0);
+    EXPECT_NEAR(std::stod(match[2].str()), std::exp(nats), 1e-3 * std::exp(nats));
+    EXPECT_NEAR(std::stod(match[3].str()), nats / std::log(2.0), 2e-4);
+    EXPECT_EQ(std::stoul(match[4].str()), code_points_of(text).size() - 1);
+    EXPECT_EQ(match[5].str(), "0");
+}
+
+TEST_F(Cli, EvalJsonPrintsOneObject) {
+    const std::string text = make_corpus();
+    const auto checkpoint = trained_run();
+    const RunResult result = charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--json"});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(count_lines(result.out), 1u) << describe(result);
+    const json figures = json::parse(result.out, nullptr, false);
+    ASSERT_TRUE(figures.is_object()) << describe(result);
+    const double nats = figures.at("nats_per_character").get<double>();
+    EXPECT_GT(nats, 0.0);
+    EXPECT_NEAR(figures.at("perplexity").get<double>(), std::exp(nats), 1e-9 * std::exp(nats));
+    EXPECT_NEAR(figures.at("bits_per_character").get<double>(), nats / std::log(2.0), 1e-9);
+    EXPECT_EQ(figures.at("characters_scored").get<std::size_t>(), code_points_of(text).size() - 1);
+    EXPECT_EQ(figures.at("unknown_characters").get<std::size_t>(), 0u);
+
+    // The same figures as the table.
+    const RunResult table = charlm({"eval", checkpoint.string(), path("corpus.txt").string()});
+    EXPECT_NE(table.out.find(fixed4(nats)), std::string::npos) << table.out;
+}
+
+TEST_F(Cli, EvalLeavesOutUnknownCharactersAndSaysSoOnStderr) {
+    const auto checkpoint = trained_run();
+    const auto file = write("other.txt", "the cat sat on ZQZ mat!\n");  // Z, Q, Z, ! are not in the corpus
+    const RunResult result = charlm({"eval", checkpoint.string(), file.string(), "--json"});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    const json figures = json::parse(result.out, nullptr, false);
+    ASSERT_TRUE(figures.is_object()) << describe(result);
+    EXPECT_EQ(figures.at("unknown_characters").get<int>(), 4);
+    EXPECT_EQ(figures.at("characters_scored").get<int>(), 24 - 4 - 1);
+    EXPECT_NE(result.err.find("4 characters"), std::string::npos) << describe(result);
+}
+
+// =============================== help and version ===============================
+
+TEST_F(Cli, HelpForTheAppAndEachSubcommand) {
+    const std::map<std::vector<std::string>, std::vector<std::string>> expected = {
+        {{"--help"}, {"train", "sample", "eval", "--help"}},
+        {{"train", "--help"},
+         {"CORPUS", "--out", "--resume", "--force", "--cell", "--layers", "--hidden", "--embed", "--seq", "--batch", "--lr",
+          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads"}},
+        {{"sample", "--help"},
+         {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads"}},
+        {{"eval", "--help"}, {"CHECKPOINT", "FILE", "--json", "--threads"}},
+    };
+    for (const auto& [arguments, mentions] : expected) {
+        SCOPED_TRACE(arguments.size() == 1 ? "charlm --help" : "charlm " + arguments[0] + " --help");
+        const RunResult result = charlm(arguments);
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        EXPECT_EQ(result.err, "");
+        for (const auto& mention : mentions) EXPECT_NE(result.out.find(mention), std::string::npos) << mention << "\n" << result.out;
+    }
+}
+
+TEST_F(Cli, VersionPrintsTheVersion) {
+    const RunResult result = charlm({"--version"});
+    EXPECT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out.rfind("charlm ", 0), 0u) << describe(result);
+}
+
+// =============================== bad input: train ===============================
+
+TEST_F(Cli, TrainRefusesAMissingCorpus) { expect_train_refused(path("missing.txt"), {"missing.txt", "no such file"}); }
+
+TEST_F(Cli, TrainRefusesAnEmptyCorpus) { expect_train_refused(write("empty.txt", ""), {"empty.txt", "empty"}); }
+
+TEST_F(Cli, TrainRefusesADirectoryAsCorpus) {
+    fs::create_directories(path("texts"));
+    expect_train_refused(path("texts"), {"texts", "directory"});
+}
+
+TEST_F(Cli, TrainRefusesInvalidUtf8AndNamesTheByteOffset) {
+    expect_train_refused(write("latin1.txt", "hello\xff world, hello world\n"), {"latin1.txt", "UTF-8", "byte offset 5"});
+}
+
+TEST_F(Cli, TrainRefusesACorpusWithOneDistinctCharacter) {
+    expect_train_refused(write("same.txt", std::string(500, 'a')), {"same.txt", "one distinct character", "'a'"});
+}
+
+TEST_F(Cli, TrainRefusesACorpusShorterThanOneWindow) {
+    expect_train_refused(write("short.txt", "the cat sat\n"), {"short.txt", "--seq"});
+}
+
+TEST_F(Cli, TrainRefusesBadOptions) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    expect_train_refused(corpus, {"--seq"}, {"--seq", "0"});
+    expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"});
+    expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"});
+    expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"});
+    {
+        const auto before = snapshot(path("run"));
+        const RunResult result = charlm({"train", corpus.string(), "--out", path("run").string(), "--force", "--layers", "two"});
+        expect_error(result, {"--layers"}, /*usage_error=*/true);
+        expect_unchanged(before, snapshot(path("run")));
+    }
+}
+
+TEST_F(Cli, TrainRefusesARunDirectoryThatHoldsARunWithoutForce) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run");
+    const auto before = snapshot(path("run"));
+    std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--steps", "10"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    const RunResult result = charlm(arguments);
+    expect_error(result, {path("run").string(), "--resume", "--force"});
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {
+    const RunResult result = charlm({"train"});
+    expect_error(result, {"CORPUS"});
+}
+
+TEST_F(Cli, TrainResumeRefusesAMissingRun) {
+    const RunResult result = charlm({"train", "--resume", path("nowhere").string(), "--steps", "10"});
+    expect_error(result, {"nowhere"});
+    EXPECT_FALSE(fs::exists(path("nowhere")));
+}
+
+TEST_F(Cli, TrainResumeRefusesACorruptLastCheckpointAndChangesNothing) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run");
+    const std::string good = read_bytes(path("run") / "last.safetensors");
+    write_bytes(path("run") / "last.safetensors", good.substr(0, good.size() / 2));
+    const auto before = snapshot(path("run"));
+    const RunResult result = charlm({"train", "--resume", path("run").string(), "--steps", "50"});
+    expect_error(result, {"last.safetensors"});
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, TrainResumeRefusesACorpusThatGainedNewCharacters) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run");
+    const auto before = snapshot(path("run"));
+    write("corpus.txt", make_corpus() + "Zebra!\n");
+    const RunResult result = charlm({"train", "--resume", path("run").string(), "--steps", "50"});
+    expect_error(result, {"corpus.txt", "'Z'"});
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+// =============================== bad input: sample ===============================
+
+class CliSampleOptions : public Cli {
+protected:
+    void expect_sample_refused(const std::vector<std::string>& options, const std::vector<std::string>& mentions,
+                               bool usage_error = false) {
+        SCOPED_TRACE(::testing::PrintToString(options));
+        const std::vector<std::string> arguments = {"sample", checkpoint_.string(), "--prompt", "the", "--length", "20", "--seed", "1"};
+        const auto before = snapshot(path("run"));
+        // A refusal is immediate; the limit only stops a sampler that would otherwise run on.
+        expect_error(charlm(with_options(arguments, options), 5), mentions, usage_error);
+        expect_unchanged(before, snapshot(path("run")));
+    }
+    void SetUp() override {
+        Cli::SetUp();
+        checkpoint_ = trained_run();
+    }
+    fs::path checkpoint_;
+};
+
+TEST_F(CliSampleOptions, TheCommandTheyVaryWorks) {
+    const RunResult result = charlm({"sample", checkpoint_.string(), "--prompt", "the", "--length", "20", "--seed", "1"});
+    EXPECT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out.rfind("the", 0), 0u) << describe(result);
+}
+
+TEST_F(CliSampleOptions, RefusesTemperatureZero) { expect_sample_refused({"--temperature", "0"}, {"--temperature", "--greedy"}); }
+TEST_F(CliSampleOptions, RefusesNegativeTemperature) { expect_sample_refused({"--temperature", "-1"}, {"--temperature", "-1"}); }
+TEST_F(CliSampleOptions, RefusesTemperatureThatIsNotANumber) {
+    expect_sample_refused({"--temperature", "abc"}, {"--temperature", "abc"}, /*usage_error=*/true);
+}
+TEST_F(CliSampleOptions, RefusesTemperatureNan) { expect_sample_refused({"--temperature", "nan"}, {"--temperature", "nan"}); }
+TEST_F(CliSampleOptions, RefusesTemperatureInfinity) { expect_sample_refused({"--temperature", "inf"}, {"--temperature"}); }
+TEST_F(CliSampleOptions, RefusesTopPZero) { expect_sample_refused({"--top-p", "0"}, {"--top-p", "0"}); }
+TEST_F(CliSampleOptions, RefusesTopPAboveOne) { expect_sample_refused({"--top-p", "1.5"}, {"--top-p", "1.5"}); }
+TEST_F(CliSampleOptions, RefusesTopPNan) { expect_sample_refused({"--top-p", "nan"}, {"--top-p"}); }
+TEST_F(CliSampleOptions, RefusesNegativeTopK) { expect_sample_refused({"--top-k", "-1"}, {"--top-k"}); }
+TEST_F(CliSampleOptions, RefusesLengthThatIsNotANumber) {
+    expect_sample_refused({"--length", "ten"}, {"--length"}, /*usage_error=*/true);
+}
+TEST_F(CliSampleOptions, RefusesNegativeLength) {
+    // Must not wrap around to 2^64 - 5 characters and print forever.
+    expect_sample_refused({"--length", "-5"}, {"--length"}, /*usage_error=*/true);
+}
+TEST_F(CliSampleOptions, RefusesAnUnknownOption) {
+    expect_sample_refused({"--temprature", "0.5"}, {"--temprature", "charlm sample --help"}, /*usage_error=*/true);
+}
+
+TEST_F(CliSampleOptions, RefusesAPromptWithCharactersOutsideTheVocabulary) {
+    // 'Z' and '!' never occur in the corpus: the error lists both, and nothing reaches stdout, not even the prompt.
+    expect_sample_refused({"--prompt", "Zebra sat!"}, {"prompt", "'Z' (U+005A)", "'!' (U+0021)"});
+}
+
+TEST_F(CliSampleOptions, RefusesAPromptThatIsNotUtf8) {
+    expect_sample_refused({"--prompt", "the\xff"}, {"--prompt", "UTF-8"});
+}
+
+TEST_F(Cli, SampleRequiresACheckpoint) {
+    expect_error(charlm({"sample"}), {"CHECKPOINT"}, /*usage_error=*/true);
+}
+
+TEST_F(Cli, NoSubcommandIsAUsageError) {
+    expect_error(charlm({}), {"charlm --help"}, /*usage_error=*/true);
+    expect_error(charlm({"frobnicate"}), {"charlm --help"}, /*usage_error=*/true);
+}
+
+// =============================== bad checkpoints (sample and eval) ===============================
+
+class CliBadCheckpoint : public Cli {
+protected:
+    void SetUp() override {
+        Cli::SetUp();
+        checkpoint_ = trained_run();
+        good_bytes_ = read_bytes(checkpoint_);
+    }
+    // Both commands that read a checkpoint refuse `bad`, and the good run stays as it was.
+    void expect_checkpoint_refused(const fs::path& bad, const std::vector<std::string>& mentions) {
+        const auto before = snapshot(path("run"));
+        {
+            SCOPED_TRACE("sample " + bad.filename().string());
+            expect_error(charlm({"sample", bad.string(), "--prompt", "the", "--length", "10", "--seed", "1"}), mentions);
+        }
+        {
+            SCOPED_TRACE("eval " + bad.filename().string());
+            expect_error(charlm({"eval", bad.string(), path("corpus.txt").string()}), mentions);
+        }
+        {
+            SCOPED_TRACE("eval --json " + bad.filename().string());
+            expect_error(charlm({"eval", bad.string(), path("corpus.txt").string(), "--json"}), mentions);
+        }
+        expect_unchanged(before, snapshot(path("run")));
+    }
+    fs::path checkpoint_;
+    std::string good_bytes_;
+};
+
+TEST_F(CliBadCheckpoint, Missing) {
+    expect_checkpoint_refused(path("run") / "nothing.safetensors", {"nothing.safetensors", "no such checkpoint"});
+}
+
+TEST_F(CliBadCheckpoint, ADirectory) { expect_checkpoint_refused(path("run"), {"directory"}); }
+
+TEST_F(CliBadCheckpoint, RandomBytes) {
+    std::mt19937 rng(99);
+    std::string noise(4096, '\0');
+    for (auto& byte : noise) byte = static_cast<char>(rng());
+    expect_checkpoint_refused(write("noise.safetensors", noise), {"noise.safetensors"});
+}
+
+TEST_F(CliBadCheckpoint, Empty) { expect_checkpoint_refused(write("empty.safetensors", ""), {"empty.safetensors"}); }
+
+TEST_F(CliBadCheckpoint, TruncatedCopy) {
+    expect_checkpoint_refused(write("truncated.safetensors", good_bytes_.substr(0, good_bytes_.size() / 2)),
+                              {"truncated.safetensors", "truncated"});
+    expect_checkpoint_refused(write("short.safetensors", good_bytes_.substr(0, good_bytes_.size() - 1)),
+                              {"short.safetensors"});
+}
+
+TEST_F(CliBadCheckpoint, ATextFileRenamed) {
+    expect_checkpoint_refused(write("text.safetensors", make_corpus()), {"text.safetensors"});
+}
+
+TEST_F(CliBadCheckpoint, ATensorShapeEdited) {
+    // Same number of elements, so the byte ranges still agree: only the model's shape check can catch it.
+    json header = safetensors_header(good_bytes_);
+    ASSERT_EQ(header.at("rnn.weight_hh_l0").at("shape"), json({64, 16}));
+    header["rnn.weight_hh_l0"]["shape"] = {16, 64};
+    expect_checkpoint_refused(write("transposed.safetensors", with_header(good_bytes_, header)),
+                              {"transposed.safetensors", "rnn.weight_hh_l0"});
+}
+
+TEST_F(CliBadCheckpoint, AVocabularyThatDisagreesWithTheConfig) {
+    json header = safetensors_header(good_bytes_);
+    json vocab = json::parse(header.at("__metadata__").at("vocab").get<std::string>());
+    vocab.erase(vocab.size() - 1);
+    header["__metadata__"]["vocab"] = vocab.dump();
+    expect_checkpoint_refused(write("vocab.safetensors", with_header(good_bytes_, header)), {"vocab.safetensors", "vocab"});
+}
+
+TEST_F(CliBadCheckpoint, ANonFiniteWeight) {
+    const json header = safetensors_header(good_bytes_);
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, good_bytes_.data(), 8);
+    const auto begin = header.at("head.bias").at("data_offsets")[0].get<std::uint64_t>();
+    std::string bytes = good_bytes_;
+    const float nan = std::nanf("");
+    std::memcpy(bytes.data() + 8 + header_length + begin, &nan, 4);
+    expect_checkpoint_refused(write("nan.safetensors", bytes), {"nan.safetensors", "head.bias", "finite"});
+}
+
+// =============================== bad input: eval ===============================
+
+TEST_F(Cli, EvalRefusesAnEmptyFile) {
+    const auto checkpoint = trained_run();
+    const auto before = snapshot(path("run"));
+    expect_error(charlm({"eval", checkpoint.string(), write("empty.txt", "").string()}), {"empty.txt", "empty"});
+    expect_error(charlm({"eval", checkpoint.string(), path("empty.txt").string(), "--json"}), {"empty.txt", "empty"});
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, EvalRefusesAMissingFileADirectoryAndInvalidUtf8) {
+    const auto checkpoint = trained_run();
+    const auto before = snapshot(path("run"));
+    expect_error(charlm({"eval", checkpoint.string(), path("missing.txt").string()}), {"missing.txt", "no such file"});
+    fs::create_directories(path("texts"));
+    expect_error(charlm({"eval", checkpoint.string(), path("texts").string()}), {"texts", "directory"});
+    expect_error(charlm({"eval", checkpoint.string(), write("bad.txt", "the c\xc3t").string()}), {"bad.txt", "byte offset 5"});
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, EvalRefusesATextWithNothingToScore) {
+    const auto checkpoint = trained_run();
+    expect_error(charlm({"eval", checkpoint.string(), write("unknown.txt", "ZZZZ QQQQ").string()}), {"nothing to score"});
+    expect_error(charlm({"eval", checkpoint.string(), write("one.txt", "a").string()}), {"nothing to score"});
+}
+
+TEST_F(Cli, EvalRequiresCheckpointAndFile) {
+    expect_error(charlm({"eval"}), {"CHECKPOINT"}, /*usage_error=*/true);
+    expect_error(charlm({"eval", path("x.safetensors").string()}), {"FILE"}, /*usage_error=*/true);
+}
+
+}  // namespace
