@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what charlm needs from Debian's packages (only what is missing), then builds it with CMake.
-# Usage: scripts/setup.sh [--demo] [--bench] [--build-dir DIR] [-- extra cmake arguments]
+# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--fuzz] [--build-dir DIR] [-- extra cmake arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --demo) packages+=(bible-kjv) ;;
     --bench) packages+=(libdnnl-dev python3-torch) ;;
+    --interop) packages+=(python3-torch gnuplot-nox) ;;
+    --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev) ;;
     --build-dir) build_dir="$2"; shift ;;
     --) shift; cmake_arguments=("$@"); break ;;
     *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;

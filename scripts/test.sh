@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite with ctest.
+# Usage: scripts/test.sh [--sanitize]   (--sanitize: the same suite under AddressSanitizer and UBSan, in build-sanitize)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --build-dir build -- -DCHARLM_TESTS=ON
-ctest --test-dir build --output-on-failure -j "$(nproc)" --timeout 600
+build_dir=build
+cmake_arguments=(-DCHARLM_TESTS=ON)
+if [ "${1:-}" = "--sanitize" ]; then
+  build_dir=build-sanitize
+  cmake_arguments+=(-DCHARLM_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo)
+  export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+fi
+# PyTorch checks that checkpoints load into nn.LSTM/GRU/RNN; gnuplot draws `charlm plot`.
+scripts/setup.sh --interop --build-dir "$build_dir" -- "${cmake_arguments[@]}"
+ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 900

@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "charlm/json_integer.hpp"
 
 namespace charlm {
 
@@ -266,11 +267,11 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
 
     const auto training_json = metadata_json("training");
     try {
-        checkpoint.training.step = training_json.at("step").get<std::int64_t>();
+        checkpoint.training.step = integer_value<std::int64_t>(training_json.at("step"));
         const auto& best = training_json.at("best_validation_loss");
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
-        checkpoint.training.data_position = training_json.at("data_position").get<std::size_t>();
-        checkpoint.training.evaluations_since_best = training_json.value("evaluations_since_best", std::int64_t{0});
+        checkpoint.training.data_position = integer_value<std::size_t>(training_json.at("data_position"));
+        checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? integer_value<std::int64_t>(training_json.at("evaluations_since_best")) : 0;
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {
@@ -290,6 +291,10 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
                 throw fail(fmt::format("tensor '{}' holds a non-finite value at element {}", name, i));
         std::copy(values.begin(), values.end(), into.data());
     };
+    // The file must hold the parameters before they are allocated: a few bytes that claim a huge model are refused here.
+    if (checkpoint.config.parameter_count() * sizeof(float) > bytes.size())
+        throw fail(fmt::format("the config needs {} parameters but the file holds only {} bytes; it is truncated or corrupt",
+                               checkpoint.config.parameter_count(), bytes.size()));
     checkpoint.model.emplace(checkpoint.config);
     auto& parameters = checkpoint.model->parameters();
     for (auto& parameter : parameters) take(parameter.name, parameter.value, parameter.shape);
@@ -302,7 +307,7 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
             take(optimizer_name("exp_avg_sq", parameters[i].name), optimizer.second_moments()[i], parameters[i].shape);
         }
         try {
-            optimizer.set_step_count(training_json.at("optimizer_steps").get<std::int64_t>());
+            optimizer.set_step_count(integer_value<std::int64_t>(training_json.at("optimizer_steps")));
         } catch (const nlohmann::json::exception&) {
             throw fail("metadata 'training' lacks the optimizer's step count");
         }
@@ -311,6 +316,9 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
     if (file.tensors.count("state.hidden_l0")) {
         const auto batch_size = file.tensors.at("state.hidden_l0").shape.empty() ? 0 : file.tensors.at("state.hidden_l0").shape[0];
         if (batch_size < 1 || batch_size > (1 << 20)) throw fail("tensor 'state.hidden_l0' has an invalid batch size");
+        const auto state_bytes = static_cast<std::uint64_t>(batch_size) * static_cast<std::uint64_t>(checkpoint.config.hidden_size) *
+                                 static_cast<std::uint64_t>(checkpoint.config.layers) * 2 * sizeof(float);
+        if (state_bytes > bytes.size()) throw fail("the carried state needs more data than the file holds; it is truncated or corrupt");
         ModelState<float> state = checkpoint.model->initial_state(static_cast<int>(batch_size));
         const std::vector<std::int64_t> shape = {batch_size, checkpoint.config.hidden_size};
         for (std::size_t layer = 0; layer < state.hidden.size(); ++layer) {

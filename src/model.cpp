@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "charlm/json_integer.hpp"
 
 namespace charlm {
 
@@ -69,10 +70,10 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
     ModelConfig config;
     try {
         config.cell = parse_cell_type(json.at("cell").get<std::string>());
-        config.vocab_size = json.at("vocab_size").get<int>();
-        config.embed_size = json.at("embed_size").get<int>();
-        config.hidden_size = json.at("hidden_size").get<int>();
-        config.layers = json.at("layers").get<int>();
+        config.vocab_size = integer_value<int>(json.at("vocab_size"));
+        config.embed_size = integer_value<int>(json.at("embed_size"));
+        config.hidden_size = integer_value<int>(json.at("hidden_size"));
+        config.layers = integer_value<int>(json.at("layers"));
         config.dropout = json.value("dropout", 0.0);
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("model config is incomplete or has the wrong types ({})", error.what()));

@@ -16,6 +16,7 @@
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
+#include "charlm/json_integer.hpp"
 #include "charlm/optim.hpp"
 
 namespace charlm {
@@ -106,6 +107,13 @@ TrainResult run_loop(Session& session) {
     auto& model = session.model;
     const auto last_path = options.run_directory / "last.safetensors";
     const auto best_path = options.run_directory / "best.safetensors";
+    // Temporaries of checkpoint writes that a killed process never renamed.
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(options.run_directory, ignored)) {
+        const std::string name = entry.path().filename().string();
+        if (name.starts_with(".last.safetensors.tmp-") || name.starts_with(".best.safetensors.tmp-"))
+            std::filesystem::remove(entry.path(), ignored);
+    }
     std::ofstream metrics(options.run_directory / "metrics.jsonl", std::ios::app);
     if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
 
@@ -304,20 +312,20 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         if (!json.at("validation_file").is_null()) options.validation_file = json.at("validation_file").get<std::string>();
         options.run_directory = json.at("run_directory").get<std::string>();
         options.model = ModelConfig::from_json(json.at("model"));
-        options.seq_length = json.at("seq_length").get<int>();
-        options.batch_size = json.at("batch_size").get<int>();
+        options.seq_length = integer_value<int>(json.at("seq_length"));
+        options.batch_size = integer_value<int>(json.at("batch_size"));
         options.learning_rate = json.at("learning_rate").get<double>();
         options.clip = json.at("clip").get<double>();
         options.lr_schedule = json.at("lr_schedule").get<std::string>();
-        options.warmup_steps = json.at("warmup_steps").get<std::int64_t>();
-        options.lr_decay_every = json.at("lr_decay_every").get<std::int64_t>();
+        options.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
+        options.lr_decay_every = integer_value<std::int64_t>(json.at("lr_decay_every"));
         options.lr_decay_factor = json.at("lr_decay_factor").get<double>();
-        options.patience = json.at("patience").get<int>();
+        options.patience = integer_value<int>(json.at("patience"));
         options.validation_fraction = json.at("validation_fraction").get<double>();
-        options.steps = json.at("steps").get<std::int64_t>();
+        options.steps = integer_value<std::int64_t>(json.at("steps"));
         options.minutes = json.at("minutes").get<double>();
-        options.eval_every = json.at("eval_every").get<int>();
-        options.seed = json.at("seed").get<std::uint64_t>();
+        options.eval_every = integer_value<int>(json.at("eval_every"));
+        options.seed = integer_value<std::uint64_t>(json.at("seed"));
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("the checkpoint's training options are incomplete ({})", error.what()));
     }

@@ -156,6 +156,20 @@ TEST(Checkpoint, RefusesDamagedFiles) {
     expect_refused(with_header(nlohmann::json::array()), "not a valid JSON object");
     expect_refused(with_header(nlohmann::json::parse(std::string(500, '[') + std::string(500, ']'))), "nested too deeply");
 
+    // Found by fuzzing: a float where an integer belongs (undefined behaviour in a plain cast),
+    // an integer that wraps, and a tiny file that claims a model of many gigabytes.
+    changed = header;
+    changed["__metadata__"]["config"] = R"({"cell":"lstm","vocab_size":6,"embed_size":4,"hidden_size":8,"layers":1e10})";
+    expect_refused(with_header(changed), "wrong types");
+    changed["__metadata__"]["config"] = R"({"cell":"lstm","vocab_size":6,"embed_size":4,"hidden_size":8,"layers":4294967298})";
+    expect_refused(with_header(changed), "wrong types");
+    changed = header;
+    changed["__metadata__"]["training"] = R"({"step":1e300,"best_validation_loss":null,"data_position":0,"rng_state":"","options":{}})";
+    expect_refused(with_header(changed), "training");
+    changed = header;
+    changed["__metadata__"]["config"] = R"({"cell":"lstm","vocab_size":6,"embed_size":16000,"hidden_size":16384,"layers":1})";
+    expect_refused(with_header(changed), "truncated or corrupt");
+
     // A NaN weight.
     std::string nan_file = good;
     const auto offset = header["head.bias"]["data_offsets"][0].get<std::size_t>();

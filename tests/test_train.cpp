@@ -3,6 +3,7 @@
 
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
+#include "charlm/plot.hpp"
 #include "charlm/train.hpp"
 #include "test_helpers.hpp"
 
@@ -106,6 +107,20 @@ TEST(Train, PatienceStopsEarly) {
     const TrainResult result = train(options);
     EXPECT_TRUE(result.stopped_early);
     EXPECT_LT(result.steps, 200);
+}
+
+TEST(Train, PlotDrawsTheLossCurves) {
+    if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed (apt-get install gnuplot-nox)";
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    train(options);
+    const auto png = directory.path() / "loss.png";
+    plot_losses(options.run_directory, png);
+    const std::string bytes = read_bytes(png);
+    ASSERT_GT(bytes.size(), 1000u);
+    EXPECT_EQ(bytes.substr(1, 3), "PNG");
+    EXPECT_THROW(plot_losses(directory.path(), png), Error);  // no metrics.jsonl there
 }
 
 TEST(Train, RefusesToOverwriteAnExistingRun) {

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Fuzzes the checkpoint loader and the text pipeline with libFuzzer (clang, ASan, UBSan) for SECONDS each.
+# Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${1:-60}"
+build_dir=build-fuzz
+export CC="${CC:-clang-14}" CXX="${CXX:-clang++-14}"
+if [ -f "$build_dir/CMakeCache.txt" ] && ! grep -q '^CMAKE_CXX_COMPILER:.*clang' "$build_dir/CMakeCache.txt"; then
+  echo "fuzz: $build_dir was configured with another compiler; remove it and run again" >&2
+  exit 2
+fi
+scripts/setup.sh --fuzz --build-dir "$build_dir" -- -DCHARLM_FUZZ=ON -DCHARLM_TESTS=OFF
+
+# Seeds are made fresh by the binary just built, so that they follow the current checkpoint format
+# (nothing binary is committed): a real checkpoint with and without resume state, and truncations.
+seeds="$(mktemp -d)"
+trap 'rm -rf "$seeds"' EXIT
+mkdir -p "$seeds/checkpoint" "$seeds/text" "$build_dir/crashes"
+printf 'In the beginning was the word, and the word was with God.\nÀ bientôt — 你好, κόσμε! 🙂\n%.0s' {1..8} > "$seeds/corpus.txt"
+# A model as small as charlm trains, so that most of each seed is header, where the parsing happens.
+"$build_dir/charlm" train "$seeds/corpus.txt" --out "$seeds/run" --layers 1 --hidden 2 --embed 2 --seq 8 --batch 2 \
+  --steps 4 --eval-every 2 --threads 1 >/dev/null 2>&1
+for name in last best; do
+  checkpoint="$seeds/run/$name.safetensors"
+  cp "$checkpoint" "$seeds/checkpoint/$name"
+  size=$(stat -c %s "$checkpoint")
+  header_end=$((8 + $(od -An -t u8 -N 8 "$checkpoint" | tr -d ' ')))
+  for cut in 7 8 $((header_end - 1)) "$header_end" $((size / 2)) $((size - 1)); do
+    head -c "$cut" "$checkpoint" > "$seeds/checkpoint/$name-first-$cut"
+  done
+  # The fuzz target's second reading: "JSON header, NUL, tensor data", the header length computed for it.
+  { tail -c +9 "$checkpoint" | head -c $((header_end - 8)); printf '\0'; tail -c +$((header_end + 1)) "$checkpoint"; } \
+    > "$seeds/checkpoint/$name-unprefixed"
+  # Without the generator's state (most of the header's bytes), mutations land on the fields that matter more often.
+  LC_ALL=C sed 's/\\"rng_state\\":\\"[0-9 ]*\\"/\\"rng_state\\":\\"\\"/' "$seeds/checkpoint/$name-unprefixed" \
+    > "$seeds/checkpoint/$name-unprefixed-short"
+done
+# The metadata's JSON objects on their own (the fuzz target reads any '{' input as a config and as options too).
+python3 - "$seeds/run/last.safetensors" "$seeds/checkpoint" <<'PYTHON'
+import json, struct, sys
+data = open(sys.argv[1], "rb").read()
+metadata = json.loads(data[8:8 + struct.unpack("<Q", data[:8])[0]])["__metadata__"]
+training = json.loads(metadata["training"])
+training["rng_state"] = ""
+seeds = {"config": json.loads(metadata["config"]), "options": training["options"], "training": training}
+for name, value in seeds.items():
+    open(f"{sys.argv[2]}/json-{name}", "w").write(json.dumps(value))
+PYTHON
+# Inputs that once failed (out-of-range floats read as integers: undefined behaviour; a 300-byte file
+# that claimed a 2-billion-parameter model and was allocated before its tensors were looked for).
+printf '%s' '{"cell":"lstm","vocab_size":2,"embed_size":1,"hidden_size":1,"layers":1e10}' > "$seeds/checkpoint/found-config-float"
+printf '%s' '{"corpus":"c","validation_file":null,"run_directory":"r","model":{"cell":"lstm","vocab_size":2,"embed_size":1,"hidden_size":1,"layers":1},"seq_length":1e10,"batch_size":1,"learning_rate":0.1,"clip":1,"validation_fraction":0,"steps":1,"minutes":0,"eval_every":1,"seed":1}' \
+  > "$seeds/checkpoint/found-options-float"
+printf '%s' '{"__metadata__":{"format":"charlm-checkpoint-1","config":"{\"cell\":\"lstm\",\"vocab_size\":2,\"embed_size\":1,\"hidden_size\":1,\"layers\":1}","vocab":"[97,98]","training":"{\"step\":1e300,\"best_validation_loss\":null,\"data_position\":0,\"rng_state\":\"\",\"options\":{}}"}}' \
+  > "$seeds/checkpoint/found-training-float"
+printf '%s' '{"__metadata__":{"format":"charlm-checkpoint-1","config":"{\"cell\":\"lstm\",\"vocab_size\":2,\"embed_size\":16000,\"hidden_size\":16384,\"layers\":1}","vocab":"[97,98]","training":"{\"step\":0,\"best_validation_loss\":null,\"data_position\":0,\"rng_state\":\"\",\"options\":{}}"}}' \
+  > "$seeds/checkpoint/found-huge-config"
+cp "$seeds/corpus.txt" "$seeds/text/corpus"
+printf '\xef\xbb\xbfwith a byte order mark' > "$seeds/text/bom"
+printf 'a\xc3(invalid)' > "$seeds/text/invalid"
+printf '\xf4\x8f\xbf\xbf\xed\x9f\xbf\x00\x7f' > "$seeds/text/edges"
+# Words of the checkpoint format, so that mutations reach the values behind the JSON syntax.
+cat > "$seeds/checkpoint.dict" <<'WORDS'
+"__metadata__"
+"dtype"
+"F32"
+"F16"
+"shape"
+"data_offsets"
+"format"
+"config"
+"vocab"
+"training"
+"lstm"
+"gru"
+"rnn"
+"vocab_size"
+"embed_size"
+"hidden_size"
+"layers"
+"step"
+"data_position"
+"optimizer_steps"
+"best_validation_loss"
+"rng_state"
+"options"
+"state.hidden_l0"
+"state.cell_l0"
+"optimizer.exp_avg."
+"optimizer.exp_avg_sq."
+"rnn.weight_ih_l1"
+"\\\""
+"null"
+"true"
+"e10"
+"e19"
+"e300"
+"E-5"
+".5"
+"-"
+"1e300"
+"-1"
+"-1.5"
+"0.5"
+"16384"
+"2147483648"
+"4294967296"
+"18446744073709551615"
+"\x00\x00\xc0\x7f"
+"\x00\x00\x80\x7f"
+WORDS
+
+export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}"
+export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
+status=0
+for target in checkpoint text; do
+  case "$target" in
+    checkpoint) max_length=65536 dictionary=(-dict="$seeds/checkpoint.dict") ;;
+    text) max_length=4096 dictionary=() ;;
+  esac
+  corpus="$build_dir/corpus/$target"  # kept between runs, so that later runs start where this one stopped
+  mkdir -p "$corpus"
+  log="$build_dir/fuzz_$target.log"
+  echo "fuzz: fuzz_$target for $seconds s (log: $log)" >&2
+  if "$build_dir/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$max_length" -timeout=30 \
+       "${dictionary[@]}" -print_final_stats=1 -artifact_prefix="$build_dir/crashes/$target-" "$corpus" "$seeds/$target" > "$log" 2>&1; then
+    runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1)
+    echo "fuzz_$target: ${runs:-no 'Done N runs' line} in $seconds s, no crash"
+  else
+    status=1
+    echo "fuzz_$target: FAILED; the report:" >&2
+    grep -E 'ERROR|runtime error| in charlm::| in LLVMFuzzerTestOneInput|Test unit written|SUMMARY' "$log" | cut -c 1-240 | head -30 >&2 \
+      || tail -5 "$log" >&2
+  fi
+done
+if [ "$status" -ne 0 ]; then
+  echo "fuzz: crash inputs are in $build_dir/crashes; minimize one with: $build_dir/fuzz_TARGET -minimize_crash=1 -runs=10000 FILE" >&2
+fi
+exit "$status"

@@ -1,0 +1,262 @@
+// Crash safety of `charlm train`: SIGKILL at any moment leaves checkpoints that load and a run that resumes; SIGTERM and SIGINT save and exit 130.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using charlm::testing::TemporaryDirectory;
+
+std::string read_file(const fs::path& path) {
+    std::ifstream file(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+// A running charlm process whose stdout and stderr go to files, so that nothing needs draining while
+// the test sleeps before killing it. The destructor kills and reaps it if a failed assertion left it running.
+class ChildProcess {
+public:
+    ChildProcess(const std::vector<std::string>& arguments, const fs::path& output_directory)
+        : stdout_path_(output_directory / "stdout.txt"), stderr_path_(output_directory / "stderr.txt") {
+        // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
+        std::vector<std::string> argv_strings = {CHARLM_BINARY};
+        argv_strings.insert(argv_strings.end(), arguments.begin(), arguments.end());
+        std::vector<char*> argv;
+        for (auto& argument : argv_strings) argv.push_back(argument.data());
+        argv.push_back(nullptr);
+        const int out_fd = ::open(stdout_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        const int err_fd = ::open(stderr_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        const int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        if (out_fd < 0 || err_fd < 0 || null_fd < 0) {
+            ADD_FAILURE() << "cannot open the child's output files: " << std::strerror(errno);
+            return;
+        }
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            if (::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(out_fd, STDOUT_FILENO) < 0 || ::dup2(err_fd, STDERR_FILENO) < 0)
+                ::_exit(126);
+            ::execv(argv[0], argv.data());
+            ::_exit(127);
+        }
+        if (pid_ < 0) ADD_FAILURE() << "fork failed: " << std::strerror(errno);
+        ::close(out_fd);
+        ::close(err_fd);
+        ::close(null_fd);
+    }
+    ChildProcess(const ChildProcess&) = delete;
+    ChildProcess& operator=(const ChildProcess&) = delete;
+    ~ChildProcess() {
+        if (running()) {
+            ::kill(pid_, SIGKILL);
+            wait_for_exit(10);
+        }
+    }
+
+    pid_t pid() const { return pid_; }
+    bool running() const { return pid_ > 0 && !exit_code_; }
+    void send(int signal_number) const {
+        if (pid_ > 0) ::kill(pid_, signal_number);
+    }
+
+    // Polls rather than blocks, so that a process that has already exited is noticed at once.
+    bool poll_exit() {
+        if (exit_code_) return true;
+        if (pid_ <= 0) return false;
+        int status = 0;
+        const pid_t result = ::waitpid(pid_, &status, WNOHANG);
+        if (result == pid_) exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        return exit_code_.has_value();
+    }
+    // The exit status, or 128 + the signal's number for a process killed by a signal; nullopt on timeout.
+    std::optional<int> wait_for_exit(double timeout_seconds) {
+        const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_seconds);
+        while (!poll_exit() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        return exit_code_;
+    }
+    std::string err() const { return read_file(stderr_path_); }
+    std::string out() const { return read_file(stdout_path_); }
+
+private:
+    fs::path stdout_path_, stderr_path_;
+    pid_t pid_ = -1;
+    std::optional<int> exit_code_;
+};
+
+// A corpus of a few thousand words with multi-byte characters, the same on every run.
+fs::path write_corpus(const TemporaryDirectory& directory) {
+    const std::vector<std::string> words = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "naïve",
+                                            "café", "κόσμε", "日本語", "crème", "brûlée", "and", "of", "to", "a"};
+    std::mt19937_64 rng(7);
+    std::string text;
+    for (int i = 0; i < 2500; ++i) {
+        text += words[rng() % words.size()];
+        text += (i % 12 == 11) ? ".\n" : " ";
+    }
+    return directory.write("corpus.txt", text);
+}
+
+// The step bound is out of reach: a run that finished by itself before its kill would test nothing.
+const std::vector<std::string> kTinyModel = {"--layers", "1", "--hidden", "32", "--embed", "8", "--seq", "16",
+                                             "--batch", "4", "--steps", "10000000", "--threads", "1"};
+
+std::vector<std::string> fresh_train(const fs::path& corpus, const fs::path& run, const std::string& eval_every) {
+    std::vector<std::string> arguments = {"train", corpus.string(), "--out", run.string(), "--eval-every", eval_every};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    return arguments;
+}
+
+// Loads a checkpoint as sample, eval and --resume do; a half-written file fails here.
+std::optional<charlm::Checkpoint> load(const fs::path& path) {
+    try {
+        return charlm::load_checkpoint(path);
+    } catch (const charlm::Error& error) {
+        ADD_FAILURE() << path << " does not load: " << error.what();
+        return std::nullopt;
+    }
+}
+
+// What a killed run may leave in its directory: the checkpoints, the metrics, and temporary files
+// (".NAME.tmp-PID") that are never read, since rename() is the only way a checkpoint appears.
+// Returns how many temporary files there are.
+int expect_only_expected_files(const fs::path& run) {
+    int temporaries = 0;
+    for (const auto& entry : fs::directory_iterator(run)) {
+        const std::string name = entry.path().filename().string();
+        const bool temporary = name.rfind(".last.safetensors.tmp-", 0) == 0 || name.rfind(".best.safetensors.tmp-", 0) == 0;
+        temporaries += temporary;
+        EXPECT_TRUE(temporary || name == "last.safetensors" || name == "best.safetensors" || name == "metrics.jsonl")
+            << "unexpected file in the run directory: " << name;
+    }
+    return temporaries;
+}
+
+TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResumeContinues) {
+    TemporaryDirectory directory;
+    const fs::path corpus = write_corpus(directory);
+    const fs::path run = directory.path() / "run";
+    const fs::path last = run / "last.safetensors", best = run / "best.safetensors";
+    std::mt19937_64 rng(20240611);
+    std::uniform_real_distribution<double> kill_after_seconds(0.2, 1.5);
+
+    std::int64_t previous_step = -1;
+    int temporaries_left = 0;
+    std::vector<std::int64_t> steps_after_round;
+    constexpr int kRounds = 8;
+    for (int round = 0; round < kRounds; ++round) {
+        // Until a last.safetensors exists there is nothing to resume, so the run starts afresh.
+        const bool resuming = fs::exists(last);
+        const auto arguments = resuming ? std::vector<std::string>{"train", "--resume", run.string(), "--threads", "1"}
+                                        : fresh_train(corpus, run, "5");
+        fs::create_directories(directory.path() / "logs");
+        ChildProcess child(arguments, directory.path() / "logs");
+        const double delay = kill_after_seconds(rng);
+        std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+        ASSERT_FALSE(child.poll_exit()) << "round " << round << ": charlm exited with " << *child.wait_for_exit(0)
+                                        << " before it was killed\n--- stderr ---\n" << child.err();
+        child.send(SIGKILL);
+        ASSERT_EQ(child.wait_for_exit(20), 128 + SIGKILL) << "round " << round;
+
+        SCOPED_TRACE("round " + std::to_string(round) + (resuming ? " (--resume)" : " (fresh)") + ", killed after " +
+                     std::to_string(delay) + " s");
+        temporaries_left = expect_only_expected_files(run);
+        if (fs::exists(best)) load(best);
+        if (!fs::exists(last)) {
+            EXPECT_FALSE(resuming) << "last.safetensors disappeared";
+            steps_after_round.push_back(previous_step);
+            continue;
+        }
+        const auto checkpoint = load(last);
+        ASSERT_TRUE(checkpoint.has_value());
+        EXPECT_TRUE(checkpoint->optimizer.has_value() && checkpoint->carried_state.has_value())
+            << "last.safetensors lacks what --resume needs";
+        const std::int64_t step = checkpoint->training.step;
+        EXPECT_GE(step, previous_step) << "the step count went backwards";
+        EXPECT_TRUE(fs::exists(best)) << "last.safetensors exists but best.safetensors does not";
+        previous_step = step;
+        steps_after_round.push_back(step);
+    }
+    std::string trail;
+    for (auto step : steps_after_round) trail += std::to_string(step) + " ";
+    RecordProperty("steps_after_each_round", trail);
+    std::cout << "[          ] steps in last.safetensors after each kill: " << trail << "; temporary files left by kills: "
+              << temporaries_left << "\n";
+    ASSERT_GT(previous_step, 0) << "no round ever wrote a checkpoint";
+    // Resuming must make progress, not just survive: the run ends well past where the first checkpoint was.
+    const auto first_checkpointed = std::find_if(steps_after_round.begin(), steps_after_round.end(), [](auto s) { return s >= 0; });
+    EXPECT_GT(previous_step, *first_checkpointed) << "--resume never advanced the run";
+
+    // And the run that survived eight kills still resumes cleanly to a bound.
+    ChildProcess finish({"train", "--resume", run.string(), "--threads", "1", "--steps", std::to_string(previous_step + 10)},
+                        directory.path() / "logs");
+    ASSERT_EQ(finish.wait_for_exit(60), 0) << finish.err();
+    const auto final_checkpoint = load(last);
+    ASSERT_TRUE(final_checkpoint.has_value());
+    EXPECT_EQ(final_checkpoint->training.step, previous_step + 10);
+}
+
+// Ctrl-C (SIGINT) and SIGTERM both stop after the current step, save last.safetensors and say how to resume.
+void expect_stop_signal_saves(int signal_number) {
+    TemporaryDirectory directory;
+    const fs::path corpus = write_corpus(directory);
+    const fs::path run = directory.path() / "run";
+    // No periodic checkpoint for a very long time: whatever last.safetensors holds, the signal saved.
+    fs::create_directories(directory.path() / "logs");
+    ChildProcess child(fresh_train(corpus, run, "1000000"), directory.path() / "logs");
+    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (child.err().find("training ") == std::string::npos && Clock::now() < deadline && !child.poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(child.running()) << "charlm exited early\n--- stderr ---\n" << child.err();
+    ASSERT_NE(child.err().find("training "), std::string::npos) << "training never started\n" << child.err();
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // some steps into the loop
+    ASSERT_FALSE(fs::exists(run / "last.safetensors")) << "a checkpoint was written before the signal";
+
+    child.send(signal_number);
+    const auto exit_code = child.wait_for_exit(20);
+    ASSERT_TRUE(exit_code.has_value()) << "charlm did not stop within 20 s of the signal";
+    EXPECT_EQ(*exit_code, 130) << child.err();
+    EXPECT_NE(child.err().find("--resume"), std::string::npos) << "stderr does not say how to resume:\n" << child.err();
+    ASSERT_TRUE(fs::exists(run / "last.safetensors")) << "the signal did not save last.safetensors\n" << child.err();
+    const auto checkpoint = load(run / "last.safetensors");
+    ASSERT_TRUE(checkpoint.has_value());
+    EXPECT_GT(checkpoint->training.step, 0);
+    EXPECT_TRUE(checkpoint->optimizer.has_value() && checkpoint->carried_state.has_value());
+    expect_only_expected_files(run);
+
+    // The saved run resumes from there.
+    ChildProcess resume({"train", "--resume", run.string(), "--threads", "1", "--steps",
+                         std::to_string(checkpoint->training.step + 5)},
+                        directory.path() / "logs");
+    ASSERT_EQ(resume.wait_for_exit(60), 0) << resume.err();
+    const auto resumed = load(run / "last.safetensors");
+    ASSERT_TRUE(resumed.has_value());
+    EXPECT_EQ(resumed->training.step, checkpoint->training.step + 5);
+}
+
+TEST(CrashSafety, SigtermSavesLastCheckpointAndExits130) { expect_stop_signal_saves(SIGTERM); }
+
+TEST(CrashSafety, SigintSavesLastCheckpointAndExits130) { expect_stop_signal_saves(SIGINT); }
+
+}  // namespace
