@@ -17,6 +17,7 @@
 #include <map>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <set>
 #include <string>
 #include <string_view>
@@ -849,3 +850,61 @@ TEST_F(Cli, EvalRequiresCheckpointAndFile) {
 }
 
 }  // namespace
+
+// ======================= more bad input (docs/bad-input.md) =======================
+
+TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    expect_train_refused(corpus, {"hidden size", "0"}, {"--hidden", "0"});
+    expect_train_refused(corpus, {"layers", "-2"}, {"--layers", "-2"});
+    expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"});
+    expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"});
+    expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"});
+    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"});
+    expect_train_refused(corpus, {"cosine", "--steps"}, {"--lr-schedule", "cosine", "--steps", "0", "--minutes", "1"});
+}
+
+TEST_F(Cli, TrainRefusesAnUnreadableCorpus) {
+    if (::geteuid() == 0) GTEST_SKIP() << "root reads files whatever their permissions";
+    const auto corpus = write("locked.txt", make_corpus());
+    fs::permissions(corpus, fs::perms::none);
+    expect_train_refused(corpus, {"locked.txt", "cannot open"});
+}
+
+TEST_F(CliBadCheckpoint, AnotherProgramsSafetensors) {
+    // A valid safetensors file without charlm's metadata, as another program would write it.
+    const std::string header = R"({"weight":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+    std::string bytes(8, '\0');
+    const std::uint64_t length = header.size();
+    std::memcpy(bytes.data(), &length, 8);
+    bytes += header + std::string(8, '\0');
+    expect_checkpoint_refused(write("other.safetensors", bytes), {"other.safetensors", "not a charlm checkpoint"});
+}
+
+TEST_F(Cli, InfoDescribesACheckpoint) {
+    const auto checkpoint = trained_run();
+    const RunResult text = charlm({"info", checkpoint.string()});
+    EXPECT_EQ(text.exit_code, 0) << text.err;
+    EXPECT_NE(text.out.find("parameters"), std::string::npos);
+    const RunResult json_result = charlm({"info", checkpoint.string(), "--json"});
+    ASSERT_EQ(json_result.exit_code, 0) << json_result.err;
+    const auto description = json::parse(json_result.out);
+    EXPECT_EQ(description.at("cell"), "lstm");
+    EXPECT_GT(description.at("parameters").get<int>(), 0);
+    expect_error(charlm({"info", path("none.safetensors").string()}), {"none.safetensors"});
+}
+
+TEST_F(Cli, SampleJsonCountAndStop) {
+    const auto checkpoint = trained_run();
+    const RunResult result = charlm({"sample", checkpoint.string(), "--count", "3", "--length", "20", "--seed", "4", "--json"});
+    ASSERT_EQ(result.exit_code, 0) << result.err;
+    std::istringstream lines(result.out);
+    std::string line;
+    int count = 0;
+    while (std::getline(lines, line)) {
+        const auto record = json::parse(line);
+        EXPECT_EQ(record.at("seed").get<int>(), 4 + count);
+        ++count;
+    }
+    EXPECT_EQ(count, 3);
+}
