@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libutfcpp-dev libgtest-dev)
+packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libutfcpp-dev libgtest-dev
+  libdnnl-dev ocl-icd-opencl-dev)
 build_dir=build
 cmake_arguments=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) packages+=(bible-kjv) ;;
-    --bench) packages+=(libdnnl-dev python3-torch) ;;
+    --bench) packages+=(python3-torch) ;;
     --interop) packages+=(python3-torch gnuplot-nox) ;;
     --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev) ;;
     --build-dir) build_dir="$2"; shift ;;

@@ -3,8 +3,8 @@
 
 namespace charlm {
 
-template <typename Scalar>
-using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
+// Fewer rows than this per thread and the packed product stops paying for a second thread.
+constexpr Eigen::Index kMinRowsPerThread = 8;
 
 template <typename Scalar>
 void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
@@ -15,25 +15,39 @@ void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scal
     cache.hidden.resize(TB, H);
     cache.initial_hidden = hidden_state;
     cache.initial_cell = cell_state;
+    cache.bias = weights.bias_ih + weights.bias_hh;
 
-    // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection in one GEMM, before the time loop
-    cache.gates.noalias() = input * weights.weight_ih.transpose();
-    cache.gates.rowwise() += weights.bias_ih.row(0) + weights.bias_hh.row(0);
-
-    for (int t = 0; t < steps; ++t) {
-        ConstRef<Scalar> hidden_prev = t == 0 ? ConstRef<Scalar>(cache.initial_hidden) : cache.hidden.middleRows((t - 1) * B, B);
-        ConstRef<Scalar> cell_prev = t == 0 ? ConstRef<Scalar>(cache.initial_cell) : cache.cell.middleRows((t - 1) * B, B);
-        auto gates = cache.gates.middleRows(t * B, B);  // B x 4H
-        gates.noalias() += hidden_prev * weights.weight_hh.transpose();
-
-        gates.leftCols(2 * H) = gates.leftCols(2 * H).array().logistic();  // i, f
-        gates.middleCols(2 * H, H) = gates.middleCols(2 * H, H).array().tanh();  // g
-        gates.rightCols(H) = gates.rightCols(H).array().logistic();  // o
-        auto cell = cache.cell.middleRows(t * B, B);
-        cell.array() = gates.middleCols(H, H).array() * cell_prev.array() +
-                       gates.leftCols(H).array() * gates.middleCols(2 * H, H).array();
-        cache.hidden.middleRows(t * B, B).array() = gates.rightCols(H).array() * cell.array().tanh();
+    // Packed once per window, or once for all of sampling while the weights are frozen.
+    const bool repack = weights.version == 0 || weights.version != cache.packed_version;
+    if (repack) cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+    // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection in one GEMM, before the time loop.
+    // A few rows against frozen weights (sampling) go through a packed copy instead: no per-call overhead.
+    if (weights.version != 0 && TB <= kMinRowsPerThread) {
+        if (repack) cache.input_forward.pack(weights.weight_ih, Transpose::yes);
+        cache.input_forward.multiply(input, Scalar(0), cache.gates);
+    } else {
+        gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.gates);
     }
+    cache.packed_version = weights.version;
+
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = 0; t < steps; ++t) {
+            const Eigen::Index row = t * B + first;
+            const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
+            const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
+            auto gates = cache.gates.middleRows(row, rows);  // rows x 4H
+            cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
+            gates.rowwise() += cache.bias;
+
+            gates.leftCols(2 * H) = gates.leftCols(2 * H).array().logistic();  // i, f
+            gates.middleCols(2 * H, H) = gates.middleCols(2 * H, H).array().tanh();  // g
+            gates.rightCols(H) = gates.rightCols(H).array().logistic();  // o
+            auto cell = cache.cell.middleRows(row, rows);
+            cell.array() = gates.middleCols(H, H).array() * cell_prev.array() +
+                           gates.leftCols(H).array() * gates.middleCols(2 * H, H).array();
+            cache.hidden.middleRows(row, rows).array() = gates.rightCols(H).array() * cell.array().tanh();
+        }
+    });
     hidden_state = cache.hidden.bottomRows(B);
     cell_state = cache.cell.bottomRows(B);
 }
@@ -43,45 +57,52 @@ void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, 
                    const CellWeights<Scalar>& weights, LstmCache<Scalar>& cache,
                    const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
     const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.rows();
-    cache.d_gates.resize(TB, 4 * H);
     cache.d_hidden_next.setZero(B, H);
     cache.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
+    cache.tanh_cell.resize(B, H);
+    cache.d_hidden.resize(B, H);
+    cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
-    for (int t = steps - 1; t >= 0; --t) {
-        ConstRef<Scalar> cell_prev = t == 0 ? ConstRef<Scalar>(cache.initial_cell) : cache.cell.middleRows((t - 1) * B, B);
-        auto gates = cache.gates.middleRows(t * B, B);
-        auto input_gate = gates.leftCols(H).array();
-        auto forget_gate = gates.middleCols(H, H).array();
-        auto candidate = gates.middleCols(2 * H, H).array();
-        auto output_gate = gates.rightCols(H).array();
-        auto d_gates = cache.d_gates.middleRows(t * B, B);
-
-        cache.d_hidden = d_output.middleRows(t * B, B) + cache.d_hidden_next;
-        cache.tanh_cell = cache.cell.middleRows(t * B, B).array().tanh();
-        auto d_hidden = cache.d_hidden.array();
-        auto tanh_cell = cache.tanh_cell.array();
-        auto d_cell = cache.d_cell_next.array();
-        d_cell += d_hidden * output_gate * (1 - tanh_cell.square());
-
-        d_gates.leftCols(H).array() = d_cell * candidate * input_gate * (1 - input_gate);
-        d_gates.middleCols(H, H).array() = d_cell * cell_prev.array() * forget_gate * (1 - forget_gate);
-        d_gates.middleCols(2 * H, H).array() = d_cell * input_gate * (1 - candidate.square());
-        d_gates.rightCols(H).array() = d_hidden * tanh_cell * output_gate * (1 - output_gate);
-        d_cell *= forget_gate;
-        // B x H = B x 4H . 4H x H
-        cache.d_hidden_next.noalias() = d_gates * weights.weight_hh;
-    }
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = steps - 1; t >= 0; --t) {
+            const Eigen::Index row = t * B + first;
+            const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
+            auto gates = cache.gates.middleRows(row, rows);
+            auto input_gate = gates.leftCols(H).array(), forget_gate = gates.middleCols(H, H).array();
+            auto candidate = gates.middleCols(2 * H, H).array(), output_gate = gates.rightCols(H).array();
+            auto tanh_cell = cache.tanh_cell.middleRows(first, rows).array();
+            auto d_hidden = cache.d_hidden.middleRows(first, rows).array();
+            auto d_cell = cache.d_cell_next.middleRows(first, rows).array();
+            // Each gate's gradient replaces its activation once nothing else needs that: the order matters.
+            tanh_cell = cache.cell.middleRows(row, rows).array().tanh();
+            d_hidden = d_output.middleRows(row, rows).array() + cache.d_hidden_next.middleRows(first, rows).array();
+            d_cell += d_hidden * output_gate * (1 - tanh_cell.square());
+            output_gate = d_hidden * tanh_cell * output_gate * (1 - output_gate);
+            tanh_cell = d_cell * forget_gate;  // dL/dc_{t-1}, the next step's d_cell
+            forget_gate = d_cell * cell_prev.array() * forget_gate * (1 - forget_gate);
+            d_hidden = d_cell * candidate * input_gate * (1 - input_gate);
+            candidate = d_cell * input_gate * (1 - candidate.square());
+            input_gate = d_hidden;
+            d_cell = tanh_cell;
+            // rows x H = rows x 4H . 4H x H; the carried state gets no gradient, so step 0 needs none
+            if (t > 0)
+                cache.recurrent_backward.multiply(cache.gates.middleRows(row, rows), Scalar(0), cache.d_hidden_next.middleRows(first, rows));
+        }
+    });
 
     // Weight gradients as one GEMM per matrix over all steps: 4H x I = 4H x (T*B) . (T*B) x I
-    gradients.weight_ih.noalias() += cache.d_gates.transpose() * input;
-    gradients.weight_hh.noalias() += cache.d_gates.topRows(B).transpose() * cache.initial_hidden;
+    const Matrix<Scalar>& d_gates = cache.gates;
+    gemm<Scalar>(d_gates, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
+    gemm<Scalar>(d_gates.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh);
     if (steps > 1)
-        gradients.weight_hh.noalias() += cache.d_gates.bottomRows(TB - B).transpose() * cache.hidden.topRows(TB - B);
-    RowVector<Scalar> d_bias = cache.d_gates.colwise().sum();
+        gemm<Scalar>(d_gates.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no, Scalar(1),
+                     gradients.weight_hh);
+    RowVector<Scalar> d_bias = d_gates.colwise().sum();
     gradients.bias_ih.row(0) += d_bias;
     gradients.bias_hh.row(0) += d_bias;
     // (T*B) x I = (T*B) x 4H . 4H x I
-    d_input.noalias() = cache.d_gates * weights.weight_ih;
+    d_input.resize(TB, input.cols());
+    gemm<Scalar>(d_gates, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
 }
 
 template void lstm_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, Matrix<float>&, LstmCache<float>&);

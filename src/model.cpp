@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "charlm/gemm.hpp"
 #include "charlm/json_integer.hpp"
 
 namespace charlm {
@@ -155,7 +156,7 @@ template <typename Scalar>
 CellWeights<Scalar> Model<Scalar>::layer_weights(int layer) const {
     const std::size_t first = 1 + 4 * static_cast<std::size_t>(layer);
     return {parameters_[first].value, parameters_[first + 1].value, parameters_[first + 2].value,
-            parameters_[first + 3].value};
+            parameters_[first + 3].value, weights_frozen_ ? freezes_ : 0};
 }
 
 template <typename Scalar>
@@ -219,7 +220,14 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     // head: (T*B) x V = (T*B) x H . H x V
     const auto& head_weight = parameters_[parameters_.size() - 2].value;
     const auto& head_bias = parameters_.back().value;
-    logits_.noalias() = layer_output(config_.layers - 1) * head_weight.transpose();
+    logits_.resize(TB, config_.vocab_size);
+    if (weights_frozen_ && TB == 1) {  // sampling: a packed copy, made once per freeze
+        if (head_packed_version_ != freezes_) head_packed_.pack(head_weight, Transpose::yes);
+        head_packed_version_ = freezes_;
+        head_packed_.multiply(layer_output(config_.layers - 1), Scalar(0), logits_);
+    } else {
+        gemm<Scalar>(layer_output(config_.layers - 1), Transpose::no, head_weight, Transpose::yes, Scalar(0), logits_);
+    }
     logits_.rowwise() += head_bias.row(0);
 }
 
@@ -229,7 +237,9 @@ LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
     if (static_cast<Eigen::Index>(targets.size()) != TB) throw Error("window has the wrong number of targets");
     targets_.assign(targets.begin(), targets.end());
     d_logits_.resize(TB, V);
-    LossSum sum;
+    row_losses_.resize(static_cast<std::size_t>(TB));
+    // Rows in parallel; their losses are summed in order afterwards, so the total does not depend on threads.
+#pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {
         const TokenId target = targets_[static_cast<std::size_t>(row)];
         if (target == kIgnoreTarget) continue;
@@ -237,7 +247,12 @@ LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
         d_logits_.row(row) = (logits_.row(row).array() - max_logit).exp();
         const Scalar partition = d_logits_.row(row).sum();
         d_logits_.row(row) /= partition;
-        sum.total_nats += static_cast<double>(std::log(partition) + max_logit - logits_(row, target));
+        row_losses_[static_cast<std::size_t>(row)] = static_cast<double>(std::log(partition) + max_logit - logits_(row, target));
+    }
+    LossSum sum;
+    for (std::size_t row = 0; row < row_losses_.size(); ++row) {
+        if (targets_[row] == kIgnoreTarget) continue;
+        sum.total_nats += row_losses_[row];
         ++sum.count;
     }
     target_count_ = sum.count;
@@ -249,6 +264,7 @@ void Model<Scalar>::backward() {
     const Eigen::Index TB = logits_.rows();
     const Scalar scale = target_count_ ? Scalar(1) / static_cast<Scalar>(target_count_) : Scalar(0);
     // softmax cross-entropy: d logits = (p - onehot) / count
+#pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {
         const TokenId target = targets_[static_cast<std::size_t>(row)];
         if (target == kIgnoreTarget) {
@@ -261,9 +277,12 @@ void Model<Scalar>::backward() {
     auto& head_weight = parameters_[parameters_.size() - 2];
     auto& head_bias = parameters_.back();
     const auto& top_hidden = layer_output(config_.layers - 1);
-    head_weight.gradient.noalias() += d_logits_.transpose() * top_hidden;  // V x H = V x (T*B) . (T*B) x H
+    // V x H = V x (T*B) . (T*B) x H
+    gemm<Scalar>(d_logits_, Transpose::yes, top_hidden, Transpose::no, Scalar(1), head_weight.gradient);
     head_bias.gradient.row(0) += d_logits_.colwise().sum();
-    d_outputs_.back().noalias() = d_logits_ * head_weight.value;  // (T*B) x H = (T*B) x V . V x H
+    // (T*B) x H = (T*B) x V . V x H
+    d_outputs_.back().resize(TB, config_.hidden_size);
+    gemm<Scalar>(d_logits_, Transpose::no, head_weight.value, Transpose::no, Scalar(0), d_outputs_.back());
 
     for (int layer = config_.layers - 1; layer >= 0; --layer) {
         const auto l = static_cast<std::size_t>(layer);

@@ -41,13 +41,32 @@ std::string LearningRateSchedule::name(Kind kind) {
     return "constant";
 }
 
+namespace {
+
+// Runs body(first, count) over contiguous chunks of [0, size) in parallel: the optimizer's loops are
+// elementwise, so the chunks are independent and the result does not depend on the thread count.
+template <typename Body>
+void for_each_chunk(Eigen::Index size, const Body& body) {
+    constexpr Eigen::Index chunk = 16384;
+    const Eigen::Index chunks = (size + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (chunks > 1)
+    for (Eigen::Index index = 0; index < chunks; ++index) body(index * chunk, std::min(chunk, size - index * chunk));
+}
+
+}  // namespace
+
 double clip_gradient_norm(std::vector<Parameter<float>>& parameters, double max_norm) {
     double squared = 0;
     for (const auto& parameter : parameters) squared += parameter.gradient.template cast<double>().squaredNorm();
     const double norm = std::sqrt(squared);
     if (max_norm > 0 && norm > max_norm) {
         const float scale = static_cast<float>(max_norm / (norm + 1e-6));
-        for (auto& parameter : parameters) parameter.gradient *= scale;
+        for (auto& parameter : parameters) {
+            float* gradient = parameter.gradient.data();
+            for_each_chunk(parameter.gradient.size(), [&](Eigen::Index first, Eigen::Index count) {
+                Eigen::Map<Eigen::ArrayXf>(gradient + first, count) *= scale;
+            });
+        }
     }
     return norm;
 }
@@ -68,12 +87,15 @@ void Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
     const auto root_correction2 = static_cast<float>(std::sqrt(correction2));
     const auto epsilon = static_cast<float>(config_.epsilon);
     for (std::size_t i = 0; i < parameters.size(); ++i) {
-        auto gradient = parameters[i].gradient.array();
-        auto first = first_moments_[i].array();
-        auto second = second_moments_[i].array();
-        first = beta1 * first + (1 - beta1) * gradient;
-        second = beta2 * second + (1 - beta2) * gradient.square();
-        parameters[i].value.array() -= step_size * first / (second.sqrt() / root_correction2 + epsilon);
+        float *value = parameters[i].value.data(), *gradient = parameters[i].gradient.data();
+        float *first_moment = first_moments_[i].data(), *second_moment = second_moments_[i].data();
+        for_each_chunk(parameters[i].value.size(), [&](Eigen::Index first, Eigen::Index count) {
+            const Eigen::Map<const Eigen::ArrayXf> g(gradient + first, count);
+            Eigen::Map<Eigen::ArrayXf> m(first_moment + first, count), v(second_moment + first, count);
+            m = beta1 * m + (1 - beta1) * g;
+            v = beta2 * v + (1 - beta2) * g.square();
+            Eigen::Map<Eigen::ArrayXf>(value + first, count) -= step_size * m / (v.sqrt() / root_correction2 + epsilon);
+        });
     }
 }
 

@@ -20,7 +20,9 @@ void validate(const SampleOptions& options) {
 }
 
 Sampler::Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed)
-    : model_(model), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {}
+    : model_(model), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {
+    model_.set_weights_frozen(true);
+}
 
 void Sampler::feed(TokenId id) {
     input_ = id;

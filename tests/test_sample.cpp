@@ -31,6 +31,30 @@ struct Fixture {
     }
 };
 
+// The logits of one step from the zero state, through the same forward() that sampling uses.
+Matrix<float> first_logits(Model<float>& model, TokenId input) {
+    ModelState<float> state = model.initial_state(1);
+    model.forward(std::span<const TokenId>(&input, 1), 1, 1, state);
+    return model.logits();
+}
+
+TEST(Sample, SamplingMatchesTheUnfrozenModelAndSeesLaterWeightChanges) {
+    // A sampler freezes the weights and works from packed copies of them; the copies must give the
+    // unfrozen model's logits, and a change made after the sampler is gone must show.
+    Fixture fixture;
+    const Matrix<float> unfrozen = first_logits(fixture.model, 3);
+    {
+        Sampler sampler(fixture.model, fixture.vocab, 1);
+        const Matrix<float> frozen = first_logits(fixture.model, 3);
+        EXPECT_LE((frozen - unfrozen).cwiseAbs().maxCoeff(), 1e-5f);
+    }
+    for (const char* name : {"rnn.weight_ih_l0", "rnn.weight_hh_l1", "head.weight"}) fixture.model.find_parameter(name)->value *= 2.0f;
+    const Matrix<float> changed = first_logits(fixture.model, 3);
+    EXPECT_GT((changed - unfrozen).cwiseAbs().maxCoeff(), 1e-3f);
+    Sampler sampler(fixture.model, fixture.vocab, 1);  // a new freeze packs the new weights
+    EXPECT_LE((first_logits(fixture.model, 3) - changed).cwiseAbs().maxCoeff(), 1e-5f);
+}
+
 TEST(Sample, SameSeedGivesTheSameSample) {
     Fixture fixture;
     const SampleOptions options;

@@ -1,6 +1,7 @@
 // The LSTM layer over a window of T steps x B streams: forward and backward side by side.
 #pragma once
 
+#include "charlm/gemm.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -8,17 +9,21 @@ namespace charlm {
 // Everything the backward pass needs from the forward pass, sized once per window shape.
 template <typename Scalar>
 struct LstmCache {
-    Matrix<Scalar> gates;          // (T*B) x 4H, activated: i, f, g, o
+    Matrix<Scalar> gates;          // (T*B) x 4H: i, f, g, o activated; after backward, their pre-activation gradients
     Matrix<Scalar> cell;           // (T*B) x H, c_t
     Matrix<Scalar> hidden;         // (T*B) x H, h_t: the layer's output
     Matrix<Scalar> initial_hidden; // B x H, h_{-1}
     Matrix<Scalar> initial_cell;   // B x H, c_{-1}
+    RowVector<Scalar> bias;        // 1 x 4H, b_ih + b_hh
+    PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
+    PackedMatrix<Scalar> input_forward;       // W_ih^T, for sampling only
+    std::uint64_t packed_version = 0;         // the CellWeights::version the forward copies were packed from
+    PackedMatrix<Scalar> recurrent_backward;  // W_hh
     // backward workspaces
-    Matrix<Scalar> d_gates;        // (T*B) x 4H, pre-activation gradients
     Matrix<Scalar> d_hidden_next;  // B x H
     Matrix<Scalar> d_cell_next;    // B x H
     Matrix<Scalar> d_hidden;       // B x H
-    Matrix<Scalar> tanh_cell;      // B x H
+    Matrix<Scalar> tanh_cell;      // B x H, then dL/dc_{t-1}
 };
 
 // input: (T*B) x I, step-major. hidden_state, cell_state: B x H, carried in and updated to the last step.
@@ -28,7 +33,9 @@ void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scal
                   Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state, LstmCache<Scalar>& cache);
 
 // d_output: (T*B) x H, the loss gradient with respect to cache.hidden. Gradients do not flow into the
-// carried state (truncated BPTT). Accumulates into `gradients`; writes d_input: (T*B) x I.
+// carried state (truncated BPTT). Accumulates into `gradients`; writes d_input: (T*B) x I. Overwrites
+// cache.gates with the gates' gradients, so that training keeps one (T*B) x 4H array per layer, not two.
+// Both passes split the batch among the threads, each running the whole time loop on its share.
 template <typename Scalar>
 void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
                    const CellWeights<Scalar>& weights, LstmCache<Scalar>& cache,

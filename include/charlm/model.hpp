@@ -69,6 +69,14 @@ public:
 
     ModelState<Scalar> initial_state(int batch_size) const;
 
+    // A promise that the weights stay as they are until set_weights_frozen(false): forward() then keeps
+    // what it derives from them (packed copies of the recurrent weights) instead of redoing it on every
+    // call. Sampling, one forward() per character, holds a freeze while it lives.
+    void set_weights_frozen(bool frozen) {
+        weights_frozen_ = frozen;
+        if (frozen) ++freezes_;
+    }
+
     // With a generator, forward() drops units between layers at the config's rate (training);
     // without one (the default) it does not (evaluation and sampling).
     void set_dropout_generator(std::mt19937_64* rng) { dropout_rng_ = rng; }
@@ -99,6 +107,8 @@ private:
 
     ModelConfig config_;
     std::vector<Parameter<Scalar>> parameters_;  // embedding, 4 per layer, head weight, head bias
+    bool weights_frozen_ = false;
+    std::uint64_t freezes_ = 0;                  // the CellWeights::version of the current freeze
     // workspaces, sized on the first window of a shape
     std::vector<TokenId> inputs_;
     std::vector<TokenId> targets_;
@@ -109,8 +119,11 @@ private:
     std::vector<LayerCache> caches_;          // per layer
     std::mt19937_64* dropout_rng_ = nullptr;
     bool dropping_ = false;                   // whether the last forward() dropped units
+    PackedMatrix<Scalar> head_packed_;        // head weight^T while frozen
+    std::uint64_t head_packed_version_ = 0;
     Matrix<Scalar> logits_;                   // (T*B) x V
     Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
+    std::vector<double> row_losses_;          // T*B, each row's loss (unset where the target is ignored)
     std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output
     Matrix<Scalar> d_embedded_;               // (T*B) x E
 };

@@ -25,7 +25,11 @@ void check_prompt(const Vocab& vocab, const std::u32string& prompt);
 
 class Sampler {
 public:
+    // Freezes the model's weights (Model::set_weights_frozen) until the sampler is destroyed.
     Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed);
+    ~Sampler() { model_.set_weights_frozen(false); }
+    Sampler(const Sampler&) = delete;
+    Sampler& operator=(const Sampler&) = delete;
 
     // Feeds the prompt through the model; an empty prompt starts from the zero state and a newline.
     // Throws Error listing the prompt's characters that are not in the vocabulary.

@@ -31,6 +31,9 @@ struct CellWeights {
     const Matrix<Scalar>& weight_hh;  // G*H x H
     const Matrix<Scalar>& bias_ih;    // 1 x G*H
     const Matrix<Scalar>& bias_hh;    // 1 x G*H
+    // Changes whenever the weights may have: a cell keeps what it derives from them (packed copies) for
+    // as long as it stays the same. 0 means unknown, derive afresh.
+    std::uint64_t version = 0;
 };
 
 template <typename Scalar>

@@ -10,6 +10,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include "charlm/bench.hpp"
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
@@ -157,6 +158,15 @@ struct EvalArguments {
     int threads = 0;
 };
 
+int run_bench(charlm::BenchOptions options, const std::string& corpus, const std::vector<std::string>& models, bool json) {
+    options.corpus = corpus;
+    if (!models.empty()) options.models = charlm::select_bench_models(models);
+    const nlohmann::json result = charlm::run_benchmark(options);
+    if (json) fmt::print("{}\n", result.dump());
+    else fmt::print("{}", charlm::format_benchmark_table(result));
+    return 0;
+}
+
 int run_eval(EvalArguments& arguments) {
     charlm::set_thread_count(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
@@ -259,6 +269,20 @@ int main(int argc, char** argv) {
     plot->add_option("RUN_DIR", plot_run_directory, "A run directory with metrics.jsonl")->required();
     plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png]");
 
+    charlm::BenchOptions bench_options;
+    std::string bench_corpus = bench_options.corpus.string();
+    std::vector<std::string> bench_models;
+    bool bench_json = false;
+    auto* bench = app.add_subcommand("bench", "Measure training, evaluation and sampling speed on the reference LSTMs");
+    bench->add_option("--threads", bench_options.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    bench->add_option("--model", bench_models, "Measure only these, e.g. --model 2x128 --model 3x512 [default: 2x128, 2x256, 3x512]")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    bench->add_option("--seconds", bench_options.seconds_per_measurement, "Seconds of each measurement")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+    bench->add_option("--corpus", bench_corpus, "Text for the vocabulary and the windows")->capture_default_str();
+    bench->add_flag("--json", bench_json, "Print one JSON object instead of a table");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& success) {
@@ -279,6 +303,7 @@ int main(int argc, char** argv) {
         if (*sample) return run_sample(sample_arguments);
         if (*eval) return run_eval(eval_arguments);
         if (*info) return run_info(info_checkpoint, info_json);
+        if (*bench) return run_bench(bench_options, bench_corpus, bench_models, bench_json);
         if (*plot) {
             const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directory) / "loss.png"
                                                                      : std::filesystem::path(plot_output);

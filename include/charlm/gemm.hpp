@@ -1,0 +1,71 @@
+// Matrix products for the hot paths: one interface over the fastest single-precision GEMM this build
+// has (oneDNN's dnnl_sgemm where libdnnl-dev was found, else Eigen's), and a small-batch product
+// against a right-hand factor packed once, for the recurrent weights inside the time loop.
+#pragma once
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include <Eigen/Core>
+#include <omp.h>
+
+#include "charlm/tensor.hpp"
+
+namespace charlm {
+
+template <typename Scalar>
+using ConstMatrixRef = Eigen::Ref<const Matrix<Scalar>>;
+template <typename Scalar>
+using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
+
+enum class Transpose { no, yes };
+
+// c = op(a) * op(b) + beta * c, where beta is 0 or 1. Called outside a parallel region it uses every
+// thread of set_thread_count(); inside one, just the caller's. Double precision (the gradient checks)
+// always runs on Eigen.
+template <typename Scalar>
+void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
+          Scalar beta, MatrixRef<Scalar> c);
+
+// "oneDNN" or "Eigen": which library gemm() sends single precision to.
+std::string gemm_backend();
+
+// A K x N right-hand factor cut into panels of a few SIMD registers' width, each panel K rows of its
+// columns back to back (zero-padded at the right edge), so that a product with few rows streams it
+// straight from cache with no per-call packing (which Eigen's and oneDNN's GEMMs redo on every call).
+template <typename Scalar>
+class PackedMatrix {
+public:
+    // Copies op(b); no allocation once the shape has been seen.
+    void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b);
+    Eigen::Index rows() const { return rows_; }
+    Eigen::Index cols() const { return cols_; }
+    // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
+    // calling thread; outside one, a large enough product splits its panels among the threads.
+    void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
+
+private:
+    Eigen::Index rows_ = 0, cols_ = 0;
+    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> panels_;
+};
+
+// Splits `rows` rows into one contiguous share per thread (at least `min_rows` each) and runs
+// body(first_row, row_count) for each share in parallel, one call per thread: a time loop over a
+// share of the batch needs no synchronization between steps.
+template <typename Body>
+void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, const Body& body) {
+    const Eigen::Index most = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const Eigen::Index shares = std::clamp<Eigen::Index>(rows / std::max<Eigen::Index>(min_rows, 1), 1, most);
+    if (shares == 1) {
+        body(Eigen::Index{0}, rows);
+        return;
+    }
+#pragma omp parallel num_threads(static_cast<int>(shares))
+    {
+        const Eigen::Index share = omp_get_thread_num(), first = rows * share / shares;
+        body(first, rows * (share + 1) / shares - first);
+    }
+}
+
+}  // namespace charlm

@@ -1,0 +1,223 @@
+// Measures training, evaluation and sampling speed of the library's own code, and the machine's GEMM peak.
+#include "charlm/bench.hpp"
+
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <random>
+
+#include <Eigen/Core>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "charlm/batches.hpp"
+#include "charlm/error.hpp"
+#include "charlm/gemm.hpp"
+#include "charlm/model.hpp"
+#include "charlm/optim.hpp"
+#include "charlm/sample.hpp"
+#include "charlm/text.hpp"
+#include "charlm/train.hpp"
+
+namespace charlm {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Calls `work` for a short warm-up (caches, workspaces sized on the first window, thread pools spun up),
+// then repeatedly for about `seconds`; returns seconds per call.
+double seconds_per_call(const std::function<void()>& work, double seconds) {
+    const double warmup_seconds = std::min(0.5, seconds / 4);
+    const auto warmup_start = Clock::now();
+    do work();
+    while (seconds_since(warmup_start) < warmup_seconds);
+    long calls = 0;
+    const auto start = Clock::now();
+    double elapsed_seconds = 0;
+    do {
+        work();
+        ++calls;
+        elapsed_seconds = seconds_since(start);
+    } while (elapsed_seconds < seconds);
+    return elapsed_seconds / static_cast<double>(calls);
+}
+
+double peak_rss_megabytes() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_maxrss) / 1024.0;  // Linux reports kilobytes
+}
+
+// The same product size as the oneDNN peer's --gemm, so the two peaks compare directly; through gemm(),
+// the fastest product this build has.
+double measure_gemm_gflops(double seconds) {
+    const Eigen::Index size = 2048;
+    Matrix<float> left = Matrix<float>::Constant(size, size, 0.5f);
+    Matrix<float> right = Matrix<float>::Constant(size, size, 0.25f);
+    Matrix<float> product(size, size);
+    const double seconds_each = seconds_per_call(
+        [&] { gemm<float>(left, Transpose::no, right, Transpose::no, 0.0f, product); }, seconds);
+    return 2.0 * static_cast<double>(size) * size * size / seconds_each / 1e9;
+}
+
+nlohmann::json measure_model(const BenchModel& shape, const std::vector<TokenId>& ids, const Vocab& vocab,
+                             double seconds) {
+    ModelConfig config;
+    config.cell = CellType::lstm;
+    config.vocab_size = static_cast<int>(vocab.size());
+    config.embed_size = shape.embed_size;
+    config.hidden_size = shape.hidden_size;
+    config.layers = shape.layers;
+    config.validate();
+    Model<float> model(config);
+    std::mt19937_64 rng(1);
+    model.initialize(rng);
+    const double chars_per_window = static_cast<double>(shape.seq_length) * shape.batch_size;
+
+    // Training: what train() does per step, without its validation and checkpoints.
+    Adam optimizer(model.parameters());
+    BatchStream stream(ids, shape.seq_length, shape.batch_size);
+    Batch batch;
+    ModelState<float> state = model.initial_state(shape.batch_size);
+    const double train_seconds = seconds_per_call(
+        [&] {
+            stream.next(batch);
+            if (batch.starts_streams) state.reset();
+            model.zero_gradients();
+            model.forward(batch.inputs, shape.seq_length, shape.batch_size, state);
+            model.loss(batch.targets);
+            model.backward();
+            clip_gradient_norm(model.parameters(), 5.0);
+            optimizer.step(model.parameters(), 2e-3);
+        },
+        seconds);
+    const double memory_megabytes = peak_rss_megabytes();
+
+    // Evaluation: the same windows, forward and loss only.
+    BatchStream eval_stream(ids, shape.seq_length, shape.batch_size);
+    ModelState<float> eval_state = model.initial_state(shape.batch_size);
+    const double eval_seconds = seconds_per_call(
+        [&] {
+            eval_stream.next(batch);
+            if (batch.starts_streams) eval_state.reset();
+            model.forward(batch.inputs, shape.seq_length, shape.batch_size, eval_state);
+            model.loss(batch.targets);
+        },
+        seconds);
+
+    // Sampling: batch 1, one character per call, as 'charlm sample' draws them.
+    Sampler sampler(model, vocab, 1);
+    sampler.prime(U"");
+    SampleOptions sample_options;
+    sample_options.temperature = 1.0;
+    const double sample_seconds = seconds_per_call([&] { sampler.next(sample_options); }, seconds);
+
+    const double parameters = static_cast<double>(config.parameter_count());
+    const double train_chars_per_second = chars_per_window / train_seconds;
+    return {
+        {"model", fmt::format("lstm {}x{}", shape.layers, shape.hidden_size)},
+        {"layers", shape.layers},
+        {"hidden", shape.hidden_size},
+        {"embed", shape.embed_size},
+        {"seq", shape.seq_length},
+        {"batch", shape.batch_size},
+        {"parameters", config.parameter_count()},
+        {"train_chars_per_second", train_chars_per_second},
+        {"eval_chars_per_second", chars_per_window / eval_seconds},
+        {"sample_chars_per_second", 1.0 / sample_seconds},
+        // 2 flops per parameter per char forward, 4 backward: the usual 6N estimate
+        {"train_gflops", 6.0 * parameters * train_chars_per_second / 1e9},
+        {"peak_rss_megabytes", memory_megabytes},
+    };
+}
+
+}  // namespace
+
+std::vector<BenchModel> default_bench_models() {
+    return {
+        {.layers = 2, .hidden_size = 128, .embed_size = 64, .seq_length = 50, .batch_size = 50},
+        {.layers = 2, .hidden_size = 256, .embed_size = 64, .seq_length = 100, .batch_size = 64},
+        {.layers = 3, .hidden_size = 512, .embed_size = 64, .seq_length = 100, .batch_size = 50},
+    };
+}
+
+std::vector<BenchModel> select_bench_models(const std::vector<std::string>& names) {
+    std::vector<BenchModel> selected;
+    for (const BenchModel& model : default_bench_models()) {
+        const std::string name = fmt::format("{}x{}", model.layers, model.hidden_size);
+        if (std::find(names.begin(), names.end(), name) != names.end()) selected.push_back(model);
+    }
+    for (const std::string& name : names) {
+        const bool known = std::any_of(selected.begin(), selected.end(), [&](const BenchModel& model) {
+            return fmt::format("{}x{}", model.layers, model.hidden_size) == name;
+        });
+        if (!known) throw Error(fmt::format("unknown benchmark model '{}'; use 2x128, 2x256 or 3x512", name));
+    }
+    return selected;
+}
+
+std::filesystem::path default_bench_corpus() {
+    const std::filesystem::path shakespeare = "../shared/data/tinyshakespeare.txt";
+    std::error_code error;
+    if (std::filesystem::exists(shakespeare, error)) return shakespeare;
+    return "data/kjv.txt";
+}
+
+nlohmann::json run_benchmark(const BenchOptions& options) {
+    if (options.seconds_per_measurement <= 0) throw Error("the seconds per measurement must be positive");
+    set_thread_count(options.threads);
+    const std::u32string text = read_text_file(options.corpus);
+    const Vocab vocab = Vocab::from_text(text);
+    const std::vector<TokenId> ids = vocab.encode(text);
+    for (const BenchModel& shape : options.models) {
+        if (ids.size() < static_cast<std::size_t>(shape.seq_length) * shape.batch_size + 1)
+            throw Error(fmt::format("{} is too short for windows of {} x {} characters; give a longer corpus",
+                                    options.corpus.string(), shape.seq_length, shape.batch_size));
+    }
+
+    const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement);
+    spdlog::info("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} threads", gemm_backend(), gemm_gflops, Eigen::nbThreads());
+    nlohmann::json models = nlohmann::json::array();
+    for (const BenchModel& shape : options.models) {
+        spdlog::info("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size);
+        nlohmann::json row = measure_model(shape, ids, vocab, options.seconds_per_measurement);
+        row["fraction_of_gemm_peak"] = row["train_gflops"].get<double>() / gemm_gflops;
+        models.push_back(std::move(row));
+    }
+    return {
+        {"threads", Eigen::nbThreads()},
+        {"seconds_per_measurement", options.seconds_per_measurement},
+        {"corpus", options.corpus.string()},
+        {"vocab_size", vocab.size()},
+        {"gemm_backend", gemm_backend()},
+        {"gemm_gflops", gemm_gflops},
+        {"models", models},
+    };
+}
+
+std::string format_benchmark_table(const nlohmann::json& result) {
+    std::string table = fmt::format("charlm bench: {} threads, GEMM 2048^3 through {}: {:.1f} GFLOP/s\n", result.at("threads").get<int>(),
+                                    result.at("gemm_backend").get<std::string>(), result.at("gemm_gflops").get<double>());
+    table += fmt::format("{:<14} {:>8} {:>12} {:>12} {:>12} {:>9} {:>8} {:>9}\n", "model", "seq x b", "train ch/s",
+                         "eval ch/s", "sample ch/s", "GFLOP/s", "% peak", "peak MB");
+    for (const auto& row : result.at("models")) {
+        table += fmt::format("{:<14} {:>8} {:>12.0f} {:>12.0f} {:>12.0f} {:>9.2f} {:>7.1f}% {:>9.0f}\n",
+                             row.at("model").get<std::string>(),
+                             fmt::format("{}x{}", row.at("seq").get<int>(), row.at("batch").get<int>()),
+                             row.at("train_chars_per_second").get<double>(), row.at("eval_chars_per_second").get<double>(),
+                             row.at("sample_chars_per_second").get<double>(), row.at("train_gflops").get<double>(),
+                             100.0 * row.at("fraction_of_gemm_peak").get<double>(),
+                             row.at("peak_rss_megabytes").get<double>());
+    }
+    table += "peak MB is the process's high-water mark so far: models run smallest first.\n";
+    return table;
+}
+
+}  // namespace charlm

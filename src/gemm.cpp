@@ -1,0 +1,195 @@
+// GEMM through oneDNN or Eigen, and the packed small-batch product of the time loops.
+#include "charlm/gemm.hpp"
+
+#include <algorithm>
+#include <array>
+
+#include "charlm/error.hpp"
+
+#ifdef CHARLM_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.h>
+#endif
+
+namespace charlm {
+
+namespace {
+
+template <typename Scalar>
+void eigen_gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
+                Scalar beta, MatrixRef<Scalar> c) {
+    auto accumulate = [&](const auto& left, const auto& right) {
+        if (beta == Scalar(0)) c.noalias() = left * right;
+        else c.noalias() += left * right;
+    };
+    const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
+    if (ta && tb) accumulate(a.transpose(), b.transpose());
+    else if (ta) accumulate(a.transpose(), b);
+    else if (tb) accumulate(a, b.transpose());
+    else accumulate(a, b);
+}
+
+}  // namespace
+
+template <typename Scalar>
+void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
+          Scalar beta, MatrixRef<Scalar> c) {
+    const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
+    const Eigen::Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols(), n = tb ? b.rows() : b.cols();
+    if ((tb ? b.cols() : b.rows()) != k || c.rows() != m || c.cols() != n) throw Error("gemm: shapes do not match");
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        if (beta == Scalar(0)) c.setZero();
+        return;
+    }
+#ifdef CHARLM_HAVE_ONEDNN
+    if constexpr (std::is_same_v<Scalar, float>) {
+        // dnnl_sgemm takes row-major operands, as ours are.
+        const dnnl_status_t status =
+            dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), a.outerStride(), b.data(),
+                       b.outerStride(), beta, c.data(), c.outerStride());
+        if (status != dnnl_success) throw Error("oneDNN's sgemm failed");
+        return;
+    }
+#endif
+    eigen_gemm<Scalar>(a, transpose_a, b, transpose_b, beta, c);
+}
+
+std::string gemm_backend() {
+#ifdef CHARLM_HAVE_ONEDNN
+    return "oneDNN";
+#else
+    return "Eigen";
+#endif
+}
+
+// Eigen's SIMD packet for the scalar (16 floats with AVX-512, 8 with AVX2, 4 with SSE) and the panel
+// width: two packets, so that a block of kBlockRows rows keeps 2 * kBlockRows accumulators in registers
+// (16 of AVX-512's 32).
+template <typename Scalar>
+using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+template <typename Scalar>
+constexpr Eigen::Index kPacketSize = Eigen::internal::unpacket_traits<Packet<Scalar>>::size;
+template <typename Scalar>
+constexpr Eigen::Index kPanelWidth = 2 * kPacketSize<Scalar>;
+constexpr Eigen::Index kBlockRows = 8;
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::pack(ConstMatrixRef<Scalar> b, Transpose transpose_b) {
+    const bool tb = transpose_b == Transpose::yes;
+    rows_ = tb ? b.cols() : b.rows();
+    cols_ = tb ? b.rows() : b.cols();
+    constexpr Eigen::Index width = kPanelWidth<Scalar>;
+    const Eigen::Index panels = (cols_ + width - 1) / width;
+    panels_.resize(static_cast<std::size_t>(panels * rows_ * width));
+    for (Eigen::Index panel = 0; panel < panels; ++panel) {
+        Scalar* out = panels_.data() + panel * rows_ * width;
+        const Eigen::Index first = panel * width, count = std::min(width, cols_ - first);
+        for (Eigen::Index k = 0; k < rows_; ++k, out += width) {
+            for (Eigen::Index j = 0; j < count; ++j) out[j] = tb ? b(first + j, k) : b(k, first + j);
+            std::fill(out + count, out + width, Scalar(0));
+        }
+    }
+}
+
+namespace {
+
+// rows x kPanelWidth of c (+)= rows x K of a times one K x kPanelWidth panel: the accumulators stay in
+// registers for the whole K loop. `count` < kPanelWidth at the right edge of c.
+template <typename Scalar, int Rows>
+void multiply_block(const Scalar* a, Eigen::Index lda, const Scalar* panel, Eigen::Index depth, bool accumulate,
+                    Scalar* c, Eigen::Index ldc, Eigen::Index count) {
+    using namespace Eigen::internal;
+    using P = Packet<Scalar>;
+    constexpr Eigen::Index size = kPacketSize<Scalar>;
+    // An FMA waits on the previous one into the same accumulator, so a block of few rows also splits
+    // the depth among Chains accumulators each: at least 8 independent chains keep both FMA units busy.
+    constexpr int Chains = Rows >= 4 ? 1 : (Rows == 1 ? 4 : 2);
+    P low[Chains][Rows], high[Chains][Rows];
+    for (int chain = 0; chain < Chains; ++chain)
+        for (int r = 0; r < Rows; ++r) low[chain][r] = high[chain][r] = pset1<P>(Scalar(0));
+    Eigen::Index k = 0;
+    for (; k + Chains <= depth; k += Chains) {
+        for (int chain = 0; chain < Chains; ++chain, panel += 2 * size) {
+            const P right_low = pload<P>(panel), right_high = pload<P>(panel + size);
+            for (int r = 0; r < Rows; ++r) {
+                const P left = pset1<P>(a[r * lda + k + chain]);
+                low[chain][r] = pmadd(left, right_low, low[chain][r]);
+                high[chain][r] = pmadd(left, right_high, high[chain][r]);
+            }
+        }
+    }
+    for (; k < depth; ++k, panel += 2 * size) {
+        const P right_low = pload<P>(panel), right_high = pload<P>(panel + size);
+        for (int r = 0; r < Rows; ++r) {
+            const P left = pset1<P>(a[r * lda + k]);
+            low[0][r] = pmadd(left, right_low, low[0][r]);
+            high[0][r] = pmadd(left, right_high, high[0][r]);
+        }
+    }
+    for (int chain = 1; chain < Chains; ++chain)
+        for (int r = 0; r < Rows; ++r) {
+            low[0][r] = padd(low[0][r], low[chain][r]);
+            high[0][r] = padd(high[0][r], high[chain][r]);
+        }
+    for (int r = 0; r < Rows; ++r) {
+        Scalar* out = c + r * ldc;
+        if (count == 2 * size) {
+            if (accumulate) {
+                low[0][r] = padd(low[0][r], ploadu<P>(out));
+                high[0][r] = padd(high[0][r], ploadu<P>(out + size));
+            }
+            pstoreu(out, low[0][r]);
+            pstoreu(out + size, high[0][r]);
+        } else {
+            alignas(64) std::array<Scalar, 2 * size> edge;
+            pstore(edge.data(), low[0][r]);
+            pstore(edge.data() + size, high[0][r]);
+            for (Eigen::Index j = 0; j < count; ++j) out[j] = accumulate ? out[j] + edge[j] : edge[j];
+        }
+    }
+}
+
+template <typename Scalar>
+using BlockFunction = void (*)(const Scalar*, Eigen::Index, const Scalar*, Eigen::Index, bool, Scalar*, Eigen::Index,
+                               Eigen::Index);
+
+// Every row of a against one panel, in blocks of at most kBlockRows rows made as even as possible (25
+// rows: 7, 6, 6, 6, not 8, 8, 8, 1), so that the panel stays in L1 while a streams past it.
+template <typename Scalar>
+void multiply_panel(const Scalar* a, Eigen::Index lda, Eigen::Index rows, const Scalar* panel, Eigen::Index depth,
+                    bool accumulate, Scalar* c, Eigen::Index ldc, Eigen::Index count) {
+    static constexpr BlockFunction<Scalar> kernels[kBlockRows + 1] = {
+        nullptr,
+        multiply_block<Scalar, 1>, multiply_block<Scalar, 2>, multiply_block<Scalar, 3>, multiply_block<Scalar, 4>,
+        multiply_block<Scalar, 5>, multiply_block<Scalar, 6>, multiply_block<Scalar, 7>, multiply_block<Scalar, 8>};
+    const Eigen::Index blocks = (rows + kBlockRows - 1) / kBlockRows;
+    for (Eigen::Index block = 0, row = 0; block < blocks; ++block) {
+        const Eigen::Index block_rows = rows / blocks + (block < rows % blocks ? 1 : 0);
+        kernels[block_rows](a + row * lda, lda, panel, depth, accumulate, c + row * ldc, ldc, count);
+        row += block_rows;
+    }
+}
+
+}  // namespace
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const {
+    if (a.cols() != rows_ || c.rows() != a.rows() || c.cols() != cols_) throw Error("packed product: shapes do not match");
+    constexpr Eigen::Index width = kPanelWidth<Scalar>;
+    const Eigen::Index panels = (cols_ + width - 1) / width;
+    // Large enough products made outside a parallel region (sampling one stream) split the panels.
+    const bool split = !omp_in_parallel() && a.rows() * rows_ * cols_ >= (Eigen::Index{1} << 18);
+#pragma omp parallel for schedule(static) if (split)
+    for (Eigen::Index panel = 0; panel < panels; ++panel) {
+        const Eigen::Index first = panel * width;
+        multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_,
+                       beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first));
+    }
+}
+
+template void gemm<float>(ConstMatrixRef<float>, Transpose, ConstMatrixRef<float>, Transpose, float, MatrixRef<float>);
+template void gemm<double>(ConstMatrixRef<double>, Transpose, ConstMatrixRef<double>, Transpose, double, MatrixRef<double>);
+template class PackedMatrix<float>;
+template class PackedMatrix<double>;
+
+}  // namespace charlm
