@@ -9,7 +9,7 @@
 
 namespace charlm {
 
-BatchStream::BatchStream(std::span<const TokenId> ids, int seq_length, int batch_size)
+BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size)
     : ids_(ids), seq_length_(seq_length), batch_size_(batch_size) {
     if (seq_length <= 0 || batch_size <= 0) throw Error("sequence length and batch size must be positive");
     std::size_t pairs = ids.size() > 0 ? ids.size() - 1 : 0;
@@ -35,24 +35,23 @@ void BatchStream::next(Batch& batch) {
     batch.targets.resize(T * B);
     batch.starts_streams = position_ == 0;
     for (std::size_t b = 0; b < B; ++b) {
-        const TokenId* source = ids_.data() + b * stream_length_ + position_ * T;
+        const std::size_t first = b * stream_length_ + position_ * T;
         for (std::size_t t = 0; t < T; ++t) {
-            batch.inputs[t * B + b] = source[t];
-            batch.targets[t * B + b] = source[t + 1];
+            batch.inputs[t * B + b] = ids_[first + t];
+            batch.targets[t * B + b] = ids_[first + t + 1];
         }
     }
     position_ = (position_ + 1) % windows_per_pass_;
 }
 
-std::vector<Batch> evaluation_windows(std::span<const TokenId> ids, int seq_length, int batch_size) {
-    std::vector<Batch> windows;
-    if (ids.size() < 2) return windows;
+void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit) {
+    if (ids.size() < 2) return;
     const std::size_t pairs = ids.size() - 1;
     const std::size_t B = std::min<std::size_t>(static_cast<std::size_t>(batch_size), pairs);
     const std::size_t stream_length = (pairs + B - 1) / B;
+    Batch batch;
     for (std::size_t start = 0; start < stream_length; start += static_cast<std::size_t>(seq_length)) {
         const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), stream_length - start);
-        Batch batch;
         batch.seq_length = static_cast<int>(T);
         batch.batch_size = static_cast<int>(B);
         batch.inputs.assign(T * B, 0);
@@ -66,8 +65,13 @@ std::vector<Batch> evaluation_windows(std::span<const TokenId> ids, int seq_leng
                 batch.targets[t * B + b] = ids[pair + 1];
             }
         }
-        windows.push_back(std::move(batch));
+        visit(batch);
     }
+}
+
+std::vector<Batch> evaluation_windows(TokenSpan ids, int seq_length, int batch_size) {
+    std::vector<Batch> windows;
+    for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& batch) { windows.push_back(batch); });
     return windows;
 }
 

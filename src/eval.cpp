@@ -8,17 +8,16 @@
 
 namespace charlm {
 
-LossSum evaluate_loss(Model<float>& model, std::span<const TokenId> ids, int seq_length, int batch_size) {
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size) {
     LossSum total;
-    std::vector<Batch> windows = evaluation_windows(ids, seq_length, batch_size);
-    if (windows.empty()) return total;
-    ModelState<float> state = model.initial_state(windows.front().batch_size);
-    for (const Batch& window : windows) {
+    ModelState<float> state;
+    for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
+        if (window.starts_streams) state = model.initial_state(window.batch_size);
         model.forward(window.inputs, window.seq_length, window.batch_size, state);
         LossSum window_loss = model.loss(window.targets);
         total.total_nats += window_loss.total_nats;
         total.count += window_loss.count;
-    }
+    });
     return total;
 }
 

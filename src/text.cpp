@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <sstream>
@@ -14,7 +15,8 @@
 
 namespace charlm {
 
-std::u32string read_text_file(const std::filesystem::path& path) {
+// Opens a text file for reading, or throws Error saying what is wrong with the path.
+static std::ifstream open_text_file(const std::filesystem::path& path) {
     std::error_code error;
     if (!std::filesystem::exists(path, error))
         throw Error(fmt::format("{}: no such file; check the path", path.string()));
@@ -22,21 +24,69 @@ std::u32string read_text_file(const std::filesystem::path& path) {
         throw Error(fmt::format("{}: is a directory; give a text file", path.string()));
     std::ifstream file(path, std::ios::binary);
     if (!file) throw Error(fmt::format("{}: cannot open for reading; check its permissions", path.string()));
+    return file;
+}
+
+static Error invalid_utf8(const std::string& source_name, std::size_t offset, unsigned char byte) {
+    return Error(fmt::format("{}: invalid UTF-8 at byte offset {} (byte 0x{:02x}); give UTF-8 text", source_name, offset, byte));
+}
+
+std::u32string read_text_file(const std::filesystem::path& path) {
+    std::ifstream file = open_text_file(path);
     std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
     if (file.bad()) throw Error(fmt::format("{}: read failed", path.string()));
     if (bytes.empty()) throw Error(fmt::format("{}: the file is empty; give a UTF-8 text", path.string()));
     return decode_utf8(bytes, path.string());
 }
 
+void for_each_text_piece(const std::filesystem::path& path, const std::function<void(std::u32string_view)>& visit) {
+    std::ifstream file = open_text_file(path);
+    constexpr std::size_t kPieceBytes = std::size_t{1} << 20;
+    std::string bytes;         // the unread tail of the last piece (an unfinished sequence), then the new piece
+    std::u32string decoded;
+    std::size_t offset = 0;    // of bytes[0] in the file
+    bool first = true, any = false;
+    while (true) {
+        const std::size_t kept = bytes.size();
+        bytes.resize(kept + kPieceBytes);
+        file.read(bytes.data() + kept, static_cast<std::streamsize>(kPieceBytes));
+        bytes.resize(kept + static_cast<std::size_t>(file.gcount()));
+        if (file.bad()) throw Error(fmt::format("{}: read failed", path.string()));
+        const bool at_end = file.eof();
+        any = any || !bytes.empty();
+        auto begin = bytes.begin();
+        if (first && utf8::starts_with_bom(begin, bytes.end())) begin += 3;
+        first = false;
+        // A sequence cut by the piece's end waits for the next piece (at the file's end it is invalid).
+        auto end = bytes.end();
+        if (!at_end) {
+            for (int back = 1; back <= 3 && end - begin >= back; ++back) {
+                const auto lead = static_cast<unsigned char>(*(bytes.end() - back));
+                if ((lead & 0xC0) == 0x80) continue;  // a continuation byte: look further back
+                const int length = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+                if (length > back) end = bytes.end() - back;
+                break;
+            }
+        }
+        auto invalid = utf8::find_invalid(begin, end);
+        if (invalid != end)
+            throw invalid_utf8(path.string(), offset + static_cast<std::size_t>(invalid - bytes.begin()), static_cast<unsigned char>(*invalid));
+        decoded.clear();
+        utf8::unchecked::utf8to32(begin, end, std::back_inserter(decoded));
+        if (!decoded.empty()) visit(decoded);
+        if (at_end) break;
+        offset += static_cast<std::size_t>(end - bytes.begin());
+        bytes.erase(bytes.begin(), end);
+    }
+    if (!any) throw Error(fmt::format("{}: the file is empty; give a UTF-8 text", path.string()));
+}
+
 std::u32string decode_utf8(const std::string& bytes, const std::string& source_name) {
     auto begin = bytes.begin();
     if (utf8::starts_with_bom(begin, bytes.end())) begin += 3;
     auto invalid = utf8::find_invalid(begin, bytes.end());
-    if (invalid != bytes.end()) {
-        auto offset = static_cast<std::size_t>(invalid - bytes.begin());
-        throw Error(fmt::format("{}: invalid UTF-8 at byte offset {} (byte 0x{:02x}); give UTF-8 text",
-                                source_name, offset, static_cast<unsigned char>(*invalid)));
-    }
+    if (invalid != bytes.end())
+        throw invalid_utf8(source_name, static_cast<std::size_t>(invalid - bytes.begin()), static_cast<unsigned char>(*invalid));
     std::u32string code_points;
     code_points.reserve(static_cast<std::size_t>(bytes.end() - begin));
     utf8::unchecked::utf8to32(begin, bytes.end(), std::back_inserter(code_points));
@@ -69,6 +119,20 @@ Vocab Vocab::from_text(const std::u32string& text) {
     }
     std::sort(code_points.begin(), code_points.end());
     code_points.erase(std::unique(code_points.begin(), code_points.end()), code_points.end());
+    Vocab vocab;
+    vocab.code_points_ = std::move(code_points);
+    return vocab;
+}
+
+Vocab Vocab::from_files(const std::vector<std::filesystem::path>& paths) {
+    std::vector<bool> seen(0x110000, false);
+    for (const auto& path : paths)
+        for_each_text_piece(path, [&](std::u32string_view piece) {
+            for (char32_t c : piece) seen[c] = true;
+        });
+    std::vector<char32_t> code_points;
+    for (char32_t c = 0; c < 0x110000; ++c)
+        if (seen[c]) code_points.push_back(c);
     Vocab vocab;
     vocab.code_points_ = std::move(code_points);
     return vocab;
@@ -123,13 +187,47 @@ std::vector<TokenId> Vocab::encode_known(const std::u32string& text, std::size_t
     return ids;
 }
 
-Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction) {
+std::vector<TokenId> TokenSpan::to_vector() const {
+    std::vector<TokenId> ids(size_);
+    for (std::size_t i = 0; i < size_; ++i) ids[i] = (*this)[i];
+    return ids;
+}
+
+CompactIds::CompactIds(std::size_t vocab_size) : width_(vocab_size <= 256 ? 1 : vocab_size <= 65536 ? 2 : 4) {}
+
+CompactIds CompactIds::encode_file(const std::filesystem::path& path, const Vocab& vocab) {
+    CompactIds ids(vocab.size());
+    std::error_code error;
+    const auto file_size = std::filesystem::file_size(path, error);
+    if (!error) ids.bytes_.reserve(static_cast<std::size_t>(file_size) * static_cast<std::size_t>(ids.width_));  // chars <= bytes
+    // A table from code point to id: constant time per character over a gigabyte.
+    std::vector<TokenId> id_of(0x110000, -1);
+    for (std::size_t id = 0; id < vocab.size(); ++id) id_of[vocab.code_point_of(static_cast<TokenId>(id))] = static_cast<TokenId>(id);
+    for_each_text_piece(path, [&](std::u32string_view piece) {
+        const std::size_t first = ids.bytes_.size();
+        ids.bytes_.resize(first + piece.size() * static_cast<std::size_t>(ids.width_));
+        std::uint8_t* out = ids.bytes_.data() + first;
+        for (char32_t c : piece) {
+            const TokenId id = id_of[c];
+            if (id < 0) vocab.id_of(c);  // throws, naming the character
+            std::memcpy(out, &id, static_cast<std::size_t>(ids.width_));  // little-endian: the low bytes
+            out += ids.width_;
+        }
+    });
+    return ids;
+}
+
+std::size_t validation_size(std::size_t count, double validation_fraction) {
     if (!(validation_fraction >= 0.0 && validation_fraction < 1.0))
         throw Error("validation fraction must be in [0, 1)");
-    auto validation_size = static_cast<std::size_t>(std::llround(validation_fraction * static_cast<double>(ids.size())));
+    return static_cast<std::size_t>(std::llround(validation_fraction * static_cast<double>(count)));
+}
+
+Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction) {
+    const auto held_out = static_cast<std::ptrdiff_t>(validation_size(ids.size(), validation_fraction));
     Split split;
-    split.train.assign(ids.begin(), ids.end() - static_cast<std::ptrdiff_t>(validation_size));
-    split.validation.assign(ids.end() - static_cast<std::ptrdiff_t>(validation_size), ids.end());
+    split.train.assign(ids.begin(), ids.end() - held_out);
+    split.validation.assign(ids.end() - held_out, ids.end());
     return split;
 }
 

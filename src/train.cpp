@@ -38,42 +38,52 @@ std::string format_duration(double seconds) {
     return fmt::format("{}s", total);
 }
 
+// The ids live compactly (CompactIds); the train and validation parts are views of them.
 struct Corpus {
     Vocab vocab;
-    std::vector<TokenId> train;
-    std::vector<TokenId> validation;
+    CompactIds ids;             // the corpus file
+    CompactIds validation_ids;  // the --val file, when there is one
+    std::size_t train_size = 0;
+    bool separate_validation = false;
+
+    TokenSpan train() const { return ids.span().subspan(0, train_size); }
+    TokenSpan validation() const {
+        return separate_validation ? validation_ids.span() : ids.span().subspan(train_size, ids.size() - train_size);
+    }
 };
 
-// With `vocab` given (a resumed run), the text must not hold characters outside it.
+// With `vocab` given (a resumed run), the text must not hold characters outside it. The files are
+// streamed, never held whole, so that a gigabyte of text needs about a gigabyte of memory.
 Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
-    const std::u32string text = read_text_file(options.corpus);
-    std::u32string validation_text;
-    if (options.validation_file) validation_text = read_text_file(*options.validation_file);
     Corpus corpus;
-    corpus.vocab = vocab ? *vocab : Vocab::from_text(text + validation_text);
+    std::vector<std::filesystem::path> files{options.corpus};
+    if (options.validation_file) files.push_back(*options.validation_file);
+    corpus.vocab = vocab ? *vocab : Vocab::from_files(files);
+    if (corpus.vocab.size() == 0)
+        throw Error(fmt::format("{}: the text has no characters; give a longer text", options.corpus.string()));
     if (corpus.vocab.size() < 2)
         throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
                                 options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
-    auto encode = [&](const std::u32string& source, const std::filesystem::path& path) {
+    auto encode = [&](const std::filesystem::path& path) {
         try {
-            return corpus.vocab.encode(source);
+            return CompactIds::encode_file(path, corpus.vocab);
         } catch (const Error& error) {
+            if (!vocab) throw;
             throw Error(fmt::format("{}: {} of the checkpoint being resumed", path.string(), error.what()));
         }
     };
-    std::vector<TokenId> ids = encode(text, options.corpus);
+    corpus.ids = encode(options.corpus);
     if (options.validation_file) {
-        corpus.train = std::move(ids);
-        corpus.validation = encode(validation_text, *options.validation_file);
+        corpus.validation_ids = encode(*options.validation_file);
+        corpus.separate_validation = true;
+        corpus.train_size = corpus.ids.size();
     } else {
-        Split split = split_for_validation(ids, options.validation_fraction);
-        corpus.train = std::move(split.train);
-        corpus.validation = std::move(split.validation);
+        corpus.train_size = corpus.ids.size() - validation_size(corpus.ids.size(), options.validation_fraction);
     }
-    if (corpus.train.size() < static_cast<std::size_t>(options.seq_length) + 1)
+    if (corpus.train_size < static_cast<std::size_t>(options.seq_length) + 1)
         throw Error(fmt::format("{}: the training text has {} characters, shorter than one window of --seq {} plus one; "
                                 "use a longer text or a smaller --seq",
-                                options.corpus.string(), corpus.train.size(), options.seq_length));
+                                options.corpus.string(), corpus.train_size, options.seq_length));
     return corpus;
 }
 
@@ -125,15 +135,15 @@ TrainResult run_loop(Session& session) {
     schedule.decay_every = options.lr_decay_every;
     schedule.decay_factor = options.lr_decay_factor;
 
-    BatchStream stream(session.corpus.train, options.seq_length, options.batch_size);
+    BatchStream stream(session.corpus.train(), options.seq_length, options.batch_size);
     stream.set_position(session.state.data_position % stream.windows_per_pass());
     Batch batch;
-    const bool has_validation = session.corpus.validation.size() >= 2;
+    const bool has_validation = session.corpus.validation().size() >= 2;
     if (!has_validation) spdlog::warn("no validation text; best.safetensors follows the training loss instead");
 
     spdlog::info("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
                  to_string(model.config().cell), model.config().layers, model.config().hidden_size,
-                 model.config().parameter_count(), session.corpus.train.size(), session.corpus.validation.size(),
+                 model.config().parameter_count(), session.corpus.train().size(), session.corpus.validation().size(),
                  stream.windows_per_pass(), options.seq_length, options.batch_size);
 
     TrainResult result;
@@ -212,7 +222,7 @@ TrainResult run_loop(Session& session) {
         if (evaluate_now) {
             model.set_dropout_generator(nullptr);
             const double validation_loss =
-                has_validation ? evaluate_loss(model, session.corpus.validation, options.seq_length, options.batch_size).mean()
+                has_validation ? evaluate_loss(model, session.corpus.validation(), options.seq_length, options.batch_size).mean()
                                : train_loss;
             line += fmt::format(" | val {:.4f}", validation_loss);
             record["validation_loss"] = has_validation ? nlohmann::json(validation_loss) : nlohmann::json(nullptr);

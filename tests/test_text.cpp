@@ -63,6 +63,64 @@ TEST(Text, EncodeKnownDropsAndCountsUnknownCharacters) {
     EXPECT_EQ(unknown, 3u);
 }
 
+TEST(Text, StreamedReadingMatchesWholeFileReadingAcrossPieceBoundaries) {
+    // Over 2 MB of one- to four-byte characters at every alignment to the 1 MB pieces, after a BOM.
+    testing::TemporaryDirectory directory;
+    std::string bytes = "\xef\xbb\xbf";
+    for (int i = 0; bytes.size() < (std::size_t{5} << 19); ++i) bytes += i % 7 == 0 ? "a\n" : "é你🙂x";
+    const auto path = directory.write("big.txt", bytes);
+    std::u32string streamed;
+    int pieces = 0;
+    for_each_text_piece(path, [&](std::u32string_view piece) {
+        streamed += piece;
+        ++pieces;
+    });
+    EXPECT_GE(pieces, 3);
+    EXPECT_EQ(streamed, read_text_file(path));
+    EXPECT_EQ(Vocab::from_files({path}).code_points(), Vocab::from_text(streamed).code_points());
+}
+
+TEST(Text, StreamedReadingNamesTheByteOffsetOfInvalidUtf8FarIntoTheFile) {
+    testing::TemporaryDirectory directory;
+    const std::size_t offset = (std::size_t{3} << 19) + 1;  // past the first piece
+    std::string bytes(offset, 'a');
+    bytes += "\xc3(";
+    const auto path = directory.write("bad.txt", bytes);
+    try {
+        for_each_text_piece(path, [](std::u32string_view) {});
+        FAIL() << "no error";
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("byte offset " + std::to_string(offset)), std::string::npos) << error.what();
+    }
+    // A sequence cut off by the end of the file is invalid too.
+    EXPECT_THROW(for_each_text_piece(directory.write("cut.txt", std::string(10, 'a') + "\xe4\xbd"), [](std::u32string_view) {}),
+                 Error);
+    EXPECT_THROW(for_each_text_piece(directory.write("empty.txt", ""), [](std::u32string_view) {}), Error);
+}
+
+TEST(Text, CompactIdsUseTheFewestBytesAndReadBackTheSameIds) {
+    testing::TemporaryDirectory directory;
+    std::u32string small_text = U"abcabca", large_text;
+    for (char32_t c = 0x4E00; c < 0x4E00 + 300; ++c) large_text += c;  // 300 characters: two bytes each
+    for (const std::u32string& text : {small_text, large_text}) {
+        const auto path = directory.write("text.txt", encode_utf8(text));
+        const Vocab vocab = Vocab::from_files({path});
+        const CompactIds ids = CompactIds::encode_file(path, vocab);
+        const std::vector<TokenId> expected = vocab.encode(text);
+        EXPECT_EQ(ids.span().to_vector(), expected);
+        EXPECT_EQ(ids.span().subspan(2, 3).to_vector(), std::vector<TokenId>(expected.begin() + 2, expected.begin() + 5));
+    }
+    // Encoding against a vocabulary that lacks a character names it.
+    const auto path = directory.write("other.txt", "abcz");
+    const Vocab vocab = Vocab::from_text(U"abc");
+    try {
+        CompactIds::encode_file(path, vocab);
+        FAIL() << "no error";
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("U+007A"), std::string::npos) << error.what();
+    }
+}
+
 TEST(Text, SplitHoldsOutTheEnd) {
     std::vector<TokenId> ids(100);
     for (int i = 0; i < 100; ++i) ids[static_cast<std::size_t>(i)] = i;

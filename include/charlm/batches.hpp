@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -26,7 +27,7 @@ struct Batch {
 // start again from the beginning of their slices.
 class BatchStream {
 public:
-    BatchStream(std::span<const TokenId> ids, int seq_length, int batch_size);
+    BatchStream(TokenSpan ids, int seq_length, int batch_size);
 
     void next(Batch& batch);
     std::size_t windows_per_pass() const { return windows_per_pass_; }
@@ -34,7 +35,7 @@ public:
     void set_position(std::size_t position);
 
 private:
-    std::span<const TokenId> ids_;
+    TokenSpan ids_;
     int seq_length_;
     int batch_size_;
     std::size_t stream_length_;
@@ -43,7 +44,9 @@ private:
 };
 
 // Covers every (input, target) pair of `ids` exactly once, for evaluation: B streams of equal
-// length (the last padded with ignored targets), cut into windows of up to T steps.
-std::vector<Batch> evaluation_windows(std::span<const TokenId> ids, int seq_length, int batch_size);
+// length (the last padded with ignored targets), cut into windows of up to T steps, made one at a
+// time and handed to `visit`.
+void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit);
+std::vector<Batch> evaluation_windows(TokenSpan ids, int seq_length, int batch_size);  // all of them at once
 
 }  // namespace charlm

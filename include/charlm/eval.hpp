@@ -10,7 +10,7 @@
 namespace charlm {
 
 // Summed loss over every (input, target) pair of `ids`, read as B streams in windows of T steps.
-LossSum evaluate_loss(Model<float>& model, std::span<const TokenId> ids, int seq_length = 100, int batch_size = 32);
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length = 100, int batch_size = 32);
 
 struct EvalResult {
     double nats_per_character = 0;
