@@ -8,6 +8,7 @@
 #include <string>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "charlm/tensor.hpp"
 
@@ -45,6 +46,31 @@ template <typename Scalar>
 void fill_random(Matrix<Scalar>& matrix, std::mt19937_64& rng, double scale = 0.5) {
     std::uniform_real_distribution<double> uniform(-scale, scale);
     for (Eigen::Index i = 0; i < matrix.size(); ++i) matrix.data()[i] = static_cast<Scalar>(uniform(rng));
+}
+
+template <typename Scalar>
+Matrix<Scalar> random_matrix(Eigen::Index rows, Eigen::Index cols, std::mt19937_64& rng) {
+    Matrix<Scalar> matrix(rows, cols);
+    fill_random(matrix, rng, 1.0);
+    return matrix;
+}
+
+// Sets the thread count for one test and puts the previous one back.
+class Threads {
+public:
+    explicit Threads(int count) : previous_(omp_get_max_threads()) { omp_set_num_threads(count); }
+    ~Threads() { omp_set_num_threads(previous_); }
+
+private:
+    int previous_;
+};
+
+template <typename Scalar>
+void expect_near(const Matrix<Scalar>& actual, const Matrix<Scalar>& expected, double tolerance, const std::string& what) {
+    ASSERT_EQ(actual.rows(), expected.rows()) << what;
+    ASSERT_EQ(actual.cols(), expected.cols()) << what;
+    const double scale = std::max(1.0, static_cast<double>(expected.cwiseAbs().maxCoeff()));
+    EXPECT_LE(static_cast<double>((actual - expected).cwiseAbs().maxCoeff()), tolerance * scale) << what;
 }
 
 // Compares `analytic` with central differences of `loss` in every element of `value`
