@@ -13,7 +13,7 @@ while [ $# -gt 0 ]; do
     --demo) packages+=(bible-kjv) ;;
     --bench) packages+=(python3-torch) ;;
     --interop) packages+=(python3-torch gnuplot-nox) ;;
-    --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev) ;;
+    --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev python3) ;;
     --build-dir) build_dir="$2"; shift ;;
     --) shift; cmake_arguments=("$@"); break ;;
     *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
