@@ -11,6 +11,16 @@ namespace charlm {
 LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size) {
     LossSum total;
     ModelState<float> state;
+    // The weights stay as they are throughout: pack them once, not once per window.
+    const bool was_frozen = model.weights_frozen();
+    if (!was_frozen) model.set_weights_frozen(true);
+    struct Unfreeze {
+        Model<float>& model;
+        bool was_frozen;
+        ~Unfreeze() {
+            if (!was_frozen) model.set_weights_frozen(false);
+        }
+    } unfreeze{model, was_frozen};
     for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
         if (window.starts_streams) state = model.initial_state(window.batch_size);
         model.forward(window.inputs, window.seq_length, window.batch_size, state);

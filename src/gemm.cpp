@@ -54,6 +54,13 @@ void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar
     eigen_gemm<Scalar>(a, transpose_a, b, transpose_b, beta, c);
 }
 
+template <typename Scalar>
+void column_sums(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> sums) {
+    thread_local Matrix<Scalar> ones;
+    if (ones.cols() < a.rows()) ones.setOnes(1, a.rows());
+    gemm<Scalar>(ones.leftCols(a.rows()), Transpose::no, a, Transpose::no, beta, sums);
+}
+
 std::string gemm_backend() {
 #ifdef CHARLM_HAVE_ONEDNN
     return "oneDNN";
@@ -177,18 +184,30 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
     if (a.cols() != rows_ || c.rows() != a.rows() || c.cols() != cols_) throw Error("packed product: shapes do not match");
     constexpr Eigen::Index width = kPanelWidth<Scalar>;
     const Eigen::Index panels = (cols_ + width - 1) / width;
-    // Large enough products made outside a parallel region (sampling one stream) split the panels.
-    const bool split = !omp_in_parallel() && a.rows() * rows_ * cols_ >= (Eigen::Index{1} << 18);
-#pragma omp parallel for schedule(static) if (split)
-    for (Eigen::Index panel = 0; panel < panels; ++panel) {
-        const Eigen::Index first = panel * width;
-        multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_,
-                       beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first));
+    auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
+        for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
+            const Eigen::Index first = panel * width;
+            multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_,
+                           beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first));
+        }
+    };
+    // Large enough products made outside a parallel region (sampling one stream) split the panels;
+    // the others do not even enter one, which costs a microsecond per call.
+    if (omp_in_parallel() || omp_get_max_threads() == 1 || a.rows() * rows_ * cols_ < (Eigen::Index{1} << 18)) {
+        multiply_panels(0, panels);
+        return;
+    }
+#pragma omp parallel
+    {
+        const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
+        multiply_panels(panels * share / shares, panels * (share + 1) / shares);
     }
 }
 
 template void gemm<float>(ConstMatrixRef<float>, Transpose, ConstMatrixRef<float>, Transpose, float, MatrixRef<float>);
 template void gemm<double>(ConstMatrixRef<double>, Transpose, ConstMatrixRef<double>, Transpose, double, MatrixRef<double>);
+template void column_sums<float>(ConstMatrixRef<float>, float, MatrixRef<float>);
+template void column_sums<double>(ConstMatrixRef<double>, double, MatrixRef<double>);
 template class PackedMatrix<float>;
 template class PackedMatrix<double>;
 

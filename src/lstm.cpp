@@ -17,18 +17,22 @@ void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scal
     cache.initial_cell = cell_state;
     cache.bias = weights.bias_ih + weights.bias_hh;
 
-    // Packed once per window, or once for all of sampling while the weights are frozen.
-    const bool repack = weights.version == 0 || weights.version != cache.packed_version;
-    if (repack) cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+    // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
+    if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
+        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+        cache.recurrent_forward_version = weights.version;
+    }
     // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection in one GEMM, before the time loop.
     // A few rows against frozen weights (sampling) go through a packed copy instead: no per-call overhead.
     if (weights.version != 0 && TB <= kMinRowsPerThread) {
-        if (repack) cache.input_forward.pack(weights.weight_ih, Transpose::yes);
+        if (weights.version != cache.input_forward_version) {
+            cache.input_forward.pack(weights.weight_ih, Transpose::yes);
+            cache.input_forward_version = weights.version;
+        }
         cache.input_forward.multiply(input, Scalar(0), cache.gates);
     } else {
         gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.gates);
     }
-    cache.packed_version = weights.version;
 
     for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
@@ -97,9 +101,10 @@ void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, 
     if (steps > 1)
         gemm<Scalar>(d_gates.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no, Scalar(1),
                      gradients.weight_hh);
-    RowVector<Scalar> d_bias = d_gates.colwise().sum();
-    gradients.bias_ih.row(0) += d_bias;
-    gradients.bias_hh.row(0) += d_bias;
+    cache.d_bias.resize(1, 4 * H);
+    column_sums<Scalar>(d_gates, Scalar(0), cache.d_bias);
+    gradients.bias_ih += cache.d_bias;
+    gradients.bias_hh += cache.d_bias;
     // (T*B) x I = (T*B) x 4H . 4H x I
     d_input.resize(TB, input.cols());
     gemm<Scalar>(d_gates, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);

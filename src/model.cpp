@@ -279,7 +279,7 @@ void Model<Scalar>::backward() {
     const auto& top_hidden = layer_output(config_.layers - 1);
     // V x H = V x (T*B) . (T*B) x H
     gemm<Scalar>(d_logits_, Transpose::yes, top_hidden, Transpose::no, Scalar(1), head_weight.gradient);
-    head_bias.gradient.row(0) += d_logits_.colwise().sum();
+    column_sums<Scalar>(d_logits_, Scalar(1), head_bias.gradient);
     // (T*B) x H = (T*B) x V . V x H
     d_outputs_.back().resize(TB, config_.hidden_size);
     gemm<Scalar>(d_logits_, Transpose::no, head_weight.value, Transpose::no, Scalar(0), d_outputs_.back());

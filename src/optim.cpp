@@ -45,19 +45,34 @@ namespace {
 
 // Runs body(first, count) over contiguous chunks of [0, size) in parallel: the optimizer's loops are
 // elementwise, so the chunks are independent and the result does not depend on the thread count.
+constexpr Eigen::Index kChunk = 16384;
+
 template <typename Body>
 void for_each_chunk(Eigen::Index size, const Body& body) {
-    constexpr Eigen::Index chunk = 16384;
-    const Eigen::Index chunks = (size + chunk - 1) / chunk;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-    for (Eigen::Index index = 0; index < chunks; ++index) body(index * chunk, std::min(chunk, size - index * chunk));
+    const Eigen::Index chunks = (size + kChunk - 1) / kChunk;
+    if (chunks <= 1) {
+        if (size > 0) body(0, size);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (Eigen::Index index = 0; index < chunks; ++index) body(index * kChunk, std::min(kChunk, size - index * kChunk));
 }
 
 }  // namespace
 
 double clip_gradient_norm(std::vector<Parameter<float>>& parameters, double max_norm) {
+    // Chunks summed in parallel, then in order: the norm does not depend on the thread count.
     double squared = 0;
-    for (const auto& parameter : parameters) squared += parameter.gradient.template cast<double>().squaredNorm();
+    std::vector<double> chunk_sums;
+    for (const auto& parameter : parameters) {
+        const float* gradient = parameter.gradient.data();
+        chunk_sums.assign(static_cast<std::size_t>((parameter.gradient.size() + kChunk - 1) / kChunk), 0.0);
+        for_each_chunk(parameter.gradient.size(), [&](Eigen::Index first, Eigen::Index count) {
+            chunk_sums[static_cast<std::size_t>(first / kChunk)] =
+                Eigen::Map<const Eigen::ArrayXf>(gradient + first, count).cast<double>().square().sum();
+        });
+        for (const double sum : chunk_sums) squared += sum;
+    }
     const double norm = std::sqrt(squared);
     if (max_norm > 0 && norm > max_norm) {
         const float scale = static_cast<float>(max_norm / (norm + 1e-6));

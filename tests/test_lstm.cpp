@@ -202,6 +202,24 @@ TEST(Lstm, OptimizedMatchesThePlainOneWithTheBatchSplitBetweenThreads) {
     check_lstm_against_plain(2, 1);   // one stream: no split
 }
 
+TEST(Lstm, FrozenWeightsServeWindowsOfEverySizeInTurn) {
+    // Evaluation's last window is short: one cache, frozen weights, many rows then one row then many.
+    const int H = 16, input_size = 8;
+    std::mt19937_64 rng(12);
+    const Matrix<float> weight_ih = random_matrix<float>(4 * H, input_size, rng), weight_hh = random_matrix<float>(4 * H, H, rng);
+    const Matrix<float> bias_ih = random_matrix<float>(1, 4 * H, rng), bias_hh = random_matrix<float>(1, 4 * H, rng);
+    LstmCache<float> frozen_cache;
+    for (int batch : {20, 1, 20}) {
+        const Matrix<float> input = random_matrix<float>(3 * batch, input_size, rng);
+        Matrix<float> hidden = Matrix<float>::Zero(batch, H), cell = Matrix<float>::Zero(batch, H);
+        lstm_forward(input, 3, CellWeights<float>{weight_ih, weight_hh, bias_ih, bias_hh, 7}, hidden, cell, frozen_cache);
+        LstmCache<float> fresh_cache;
+        Matrix<float> fresh_hidden = Matrix<float>::Zero(batch, H), fresh_cell = Matrix<float>::Zero(batch, H);
+        lstm_forward(input, 3, CellWeights<float>{weight_ih, weight_hh, bias_ih, bias_hh}, fresh_hidden, fresh_cell, fresh_cache);
+        expect_near<float>(frozen_cache.hidden, fresh_cache.hidden, 1e-6, "batch " + std::to_string(batch));
+    }
+}
+
 TEST(Lstm, OptimizedMatchesThePlainOneWithFrozenWeights) {
     // Frozen weights (a nonzero version) and one stream take the sampling path: packed input weights too.
     check_lstm_against_plain(1, 1, 1);

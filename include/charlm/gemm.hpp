@@ -28,6 +28,11 @@ template <typename Scalar>
 void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
           Scalar beta, MatrixRef<Scalar> c);
 
+// sums = (each column's sum of a) + beta * sums, 1 x N: a product with a row of ones through gemm(),
+// so that it runs on every thread (the bias gradients sum T*B rows of the gate gradients).
+template <typename Scalar>
+void column_sums(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> sums);
+
 // "oneDNN" or "Eigen": which library gemm() sends single precision to.
 std::string gemm_backend();
 

@@ -15,14 +15,17 @@ struct LstmCache {
     Matrix<Scalar> initial_hidden; // B x H, h_{-1}
     Matrix<Scalar> initial_cell;   // B x H, c_{-1}
     RowVector<Scalar> bias;        // 1 x 4H, b_ih + b_hh
+    // Packed copies of the weights and the CellWeights::version each was packed from.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
+    std::uint64_t recurrent_forward_version = 0;
     PackedMatrix<Scalar> input_forward;       // W_ih^T, for sampling only
-    std::uint64_t packed_version = 0;         // the CellWeights::version the forward copies were packed from
+    std::uint64_t input_forward_version = 0;
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
     // backward workspaces
     Matrix<Scalar> d_hidden_next;  // B x H
     Matrix<Scalar> d_cell_next;    // B x H
     Matrix<Scalar> d_hidden;       // B x H
+    Matrix<Scalar> d_bias;         // 1 x 4H
     Matrix<Scalar> tanh_cell;      // B x H, then dL/dc_{t-1}
 };
 

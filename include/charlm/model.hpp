@@ -71,11 +71,13 @@ public:
 
     // A promise that the weights stay as they are until set_weights_frozen(false): forward() then keeps
     // what it derives from them (packed copies of the recurrent weights) instead of redoing it on every
-    // call. Sampling, one forward() per character, holds a freeze while it lives.
+    // call. Sampling, one forward() per character, holds a freeze while it lives; evaluation, one per window,
+    // while it runs.
     void set_weights_frozen(bool frozen) {
         weights_frozen_ = frozen;
         if (frozen) ++freezes_;
     }
+    bool weights_frozen() const { return weights_frozen_; }
 
     // With a generator, forward() drops units between layers at the config's rate (training);
     // without one (the default) it does not (evaluation and sampling).
