@@ -1,0 +1,62 @@
+#!/usr/bin/python3
+"""Turns the JSON lines of scripts/bench.sh (charlm bench --json, the oneDNN peer, bench_torch.py) into
+markdown tables: per thread count, training, evaluation and batch-1 sampling in characters per second,
+with charlm's ratio to each peer (above 1: charlm is faster)."""
+import json
+import sys
+
+
+def main(path):
+    charlm, onednn, torch, gemm = {}, {}, {}, {}
+    for line in open(path, encoding="utf-8"):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        record = json.loads(line)
+        if "models" in record:  # charlm bench
+            for row in record["models"]:
+                charlm[(record["threads"], f"{row['layers']}x{row['hidden']}")] = row
+            gemm[("charlm", record["threads"])] = (record["gemm_backend"], record["gemm_gflops"])
+        elif record.get("peer") == "onednn" and "gemm_gflops" in record:
+            gemm[("onednn", record["threads"])] = record["gemm_gflops"]
+        elif record.get("peer") == "onednn":
+            onednn[(record["threads"], record["model"])] = record
+        elif record.get("peer") == "pytorch":
+            torch[(record["threads"], record["model"])] = record
+
+    def ratio(ours, theirs):
+        return f"{ours / theirs:.2f}x" if ours and theirs else "-"
+
+    def count(value):
+        return f"{value / 1000:.1f}k" if value else "-"
+
+    for threads in sorted({threads for threads, _ in charlm}):
+        backend, ours = gemm.get(("charlm", threads), ("?", 0))
+        print(f"\n### {threads} thread{'s' if threads > 1 else ''}: characters per second (GEMM 2048^3: charlm via "
+              f"{backend} {ours:.0f} GFLOP/s, oneDNN {gemm.get(('onednn', threads), 0):.0f} GFLOP/s)\n")
+        print("| model | seq x batch | train: charlm | oneDNN LSTM | ratio | PyTorch | ratio | GFLOP/s | of GEMM peak | peak MB |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        models = [model for t, model in charlm if t == threads]
+        for model in models:
+            row, peer, py = charlm[(threads, model)], onednn.get((threads, model), {}), torch.get((threads, model), {})
+            print(f"| {model} | {row['seq']} x {row['batch']} | {count(row['train_chars_per_second'])} | "
+                  f"{count(peer.get('train_cps'))} | {ratio(row['train_chars_per_second'], peer.get('train_cps'))} | "
+                  f"{count(py.get('train_cps'))} | {ratio(row['train_chars_per_second'], py.get('train_cps'))} | "
+                  f"{row['train_gflops']:.0f} | {100 * row['fraction_of_gemm_peak']:.0f}% | {row['peak_rss_megabytes']:.0f} |")
+        print("\n| model | eval: charlm | oneDNN forward | ratio | PyTorch | ratio | sample b1: charlm | oneDNN step loop | ratio | PyTorch | ratio |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for model in models:
+            row, peer, py = charlm[(threads, model)], onednn.get((threads, model), {}), torch.get((threads, model), {})
+            print(f"| {model} | {count(row['eval_chars_per_second'])} | {count(peer.get('forward_cps'))} | "
+                  f"{ratio(row['eval_chars_per_second'], peer.get('forward_cps'))} | {count(py.get('eval_cps'))} | "
+                  f"{ratio(row['eval_chars_per_second'], py.get('eval_cps'))} | {count(row['sample_chars_per_second'])} | "
+                  f"{count(peer.get('step1_cps'))} | {ratio(row['sample_chars_per_second'], peer.get('step1_cps'))} | "
+                  f"{count(py.get('sample_b1_cps'))} | {ratio(row['sample_chars_per_second'], py.get('sample_b1_cps'))} |")
+    print("\noneDNN times the bare LSTM stack (no embedding, output layer, loss or optimizer); charlm and PyTorch "
+          "time the whole step.")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: bench_table.py RESULTS.jsonl")
+    main(sys.argv[1])
