@@ -70,9 +70,8 @@ public:
     ModelState<Scalar> initial_state(int batch_size) const;
 
     // A promise that the weights stay as they are until set_weights_frozen(false): forward() then keeps
-    // what it derives from them (packed copies of the recurrent weights) instead of redoing it on every
-    // call. Sampling, one forward() per character, holds a freeze while it lives; evaluation, one per window,
-    // while it runs.
+    // what it derives from them (packed copies) instead of redoing it on every call. Sampling, one
+    // forward() per character, holds a freeze while it lives; evaluation, one per window, while it runs.
     void set_weights_frozen(bool frozen) {
         weights_frozen_ = frozen;
         if (frozen) ++freezes_;
