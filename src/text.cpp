@@ -6,7 +6,6 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <utf8.h>
@@ -32,11 +31,9 @@ static Error invalid_utf8(const std::string& source_name, std::size_t offset, un
 }
 
 std::u32string read_text_file(const std::filesystem::path& path) {
-    std::ifstream file = open_text_file(path);
-    std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-    if (file.bad()) throw Error(fmt::format("{}: read failed", path.string()));
-    if (bytes.empty()) throw Error(fmt::format("{}: the file is empty; give a UTF-8 text", path.string()));
-    return decode_utf8(bytes, path.string());
+    std::u32string text;
+    for_each_text_piece(path, [&](std::u32string_view piece) { text += piece; });
+    return text;
 }
 
 void for_each_text_piece(const std::filesystem::path& path, const std::function<void(std::u32string_view)>& visit) {
@@ -107,34 +104,44 @@ std::string describe_code_point(char32_t code_point) {
     return fmt::format("'{}' (U+{:04X})", shown, static_cast<std::uint32_t>(code_point));
 }
 
-Vocab Vocab::from_text(const std::u32string& text) {
-    std::vector<bool> seen_ascii(128, false);
-    std::vector<char32_t> code_points;
-    for (char32_t c : text) {
-        if (c < 128) {
-            if (!seen_ascii[c]) { seen_ascii[c] = true; code_points.push_back(c); }
-        } else {
-            code_points.push_back(c);
+namespace {
+
+// Which code points a text holds: the vocabulary in the making, sorted by construction. The table
+// grows only as far as the largest code point seen, so that a short ASCII text costs 128 bits.
+class CodePointSet {
+public:
+    void add(std::u32string_view text) {
+        for (char32_t c : text) {
+            if (c >= seen_.size()) seen_.resize(c + 1, false);
+            seen_[c] = true;
         }
     }
-    std::sort(code_points.begin(), code_points.end());
-    code_points.erase(std::unique(code_points.begin(), code_points.end()), code_points.end());
+    std::vector<char32_t> sorted() const {
+        std::vector<char32_t> code_points;
+        for (char32_t c = 0; c < seen_.size(); ++c)
+            if (seen_[c]) code_points.push_back(c);
+        return code_points;
+    }
+
+private:
+    std::vector<bool> seen_;
+};
+
+}  // namespace
+
+Vocab Vocab::from_text(const std::u32string& text) {
+    CodePointSet set;
+    set.add(text);
     Vocab vocab;
-    vocab.code_points_ = std::move(code_points);
+    vocab.code_points_ = set.sorted();
     return vocab;
 }
 
 Vocab Vocab::from_files(const std::vector<std::filesystem::path>& paths) {
-    std::vector<bool> seen(0x110000, false);
-    for (const auto& path : paths)
-        for_each_text_piece(path, [&](std::u32string_view piece) {
-            for (char32_t c : piece) seen[c] = true;
-        });
-    std::vector<char32_t> code_points;
-    for (char32_t c = 0; c < 0x110000; ++c)
-        if (seen[c]) code_points.push_back(c);
+    CodePointSet set;
+    for (const auto& path : paths) for_each_text_piece(path, [&](std::u32string_view piece) { set.add(piece); });
     Vocab vocab;
-    vocab.code_points_ = std::move(code_points);
+    vocab.code_points_ = set.sorted();
     return vocab;
 }
 
