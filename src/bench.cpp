@@ -81,7 +81,7 @@ nlohmann::json measure_model(const BenchModel& shape, const std::vector<TokenId>
     model.initialize(rng);
     const double chars_per_window = static_cast<double>(shape.seq_length) * shape.batch_size;
 
-    // Training: what train() does per step, without its validation and checkpoints.
+    // Training: train()'s own step, without its validation and checkpoints.
     Adam optimizer(model.parameters());
     BatchStream stream(ids, shape.seq_length, shape.batch_size);
     Batch batch;
@@ -89,13 +89,7 @@ nlohmann::json measure_model(const BenchModel& shape, const std::vector<TokenId>
     const double train_seconds = seconds_per_call(
         [&] {
             stream.next(batch);
-            if (batch.starts_streams) state.reset();
-            model.zero_gradients();
-            model.forward(batch.inputs, shape.seq_length, shape.batch_size, state);
-            model.loss(batch.targets);
-            model.backward();
-            clip_gradient_norm(model.parameters(), 5.0);
-            optimizer.step(model.parameters(), 2e-3);
+            train_step(model, optimizer, batch, state, 5.0, 2e-3);
         },
         seconds);
     const double memory_megabytes = peak_rss_megabytes();

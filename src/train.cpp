@@ -176,19 +176,13 @@ TrainResult run_loop(Session& session) {
     while (!done()) {
         const auto step_start = Clock::now();
         stream.next(batch);
-        if (batch.starts_streams) session.carried.reset();
-        model.zero_gradients();
         model.set_dropout_generator(&session.rng);
-        model.forward(batch.inputs, batch.seq_length, batch.batch_size, session.carried);
-        const double loss = model.loss(batch.targets).mean();
+        const double learning_rate = schedule.at(session.state.step + 1);
+        const double loss = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
         if (!std::isfinite(loss))
             throw Error(fmt::format("training diverged: the loss became {} at step {}; {} keeps the last good checkpoint; "
                                     "try a lower --lr or --clip",
                                     loss, session.state.step + 1, options.run_directory.string()));
-        model.backward();
-        clip_gradient_norm(model.parameters(), options.clip);
-        const double learning_rate = schedule.at(session.state.step + 1);
-        session.optimizer.step(model.parameters(), learning_rate);
         ++session.state.step;
         ++steps_this_run;
         training_seconds += seconds_since(step_start);
@@ -391,6 +385,19 @@ TrainResult resume_training(const std::filesystem::path& run_directory, std::int
     if (options.steps > 0 && session.state.step >= options.steps)
         spdlog::warn("the run is already at step {}, not below --steps {}; nothing to do", session.state.step, options.steps);
     return run_loop(session);
+}
+
+double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
+                  double learning_rate) {
+    if (batch.starts_streams) carried.reset();
+    model.zero_gradients();
+    model.forward(batch.inputs, batch.seq_length, batch.batch_size, carried);
+    const double loss = model.loss(batch.targets).mean();
+    if (!std::isfinite(loss)) return loss;
+    model.backward();
+    clip_gradient_norm(model.parameters(), clip);
+    optimizer.step(model.parameters(), learning_rate);
+    return loss;
 }
 
 void request_training_stop() { stop_requested = 1; }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "charlm/model.hpp"
+#include "charlm/optim.hpp"
 
 namespace charlm {
 
@@ -54,6 +55,12 @@ TrainResult train(const TrainOptions& options);
 // `steps` and `minutes`, when nonzero, replace the stored bounds.
 TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes,
                             bool live_progress = false);
+
+// One training step on a window, as train() takes it: the carried state reset where the window starts
+// the streams, forward, loss, backward, global-norm clipping to `clip` (0: none) and an Adam step.
+// Returns the window's mean loss; when that is not finite, returns it before touching the parameters.
+double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
+                  double learning_rate);
 
 // Asks a running train() to save and return after the current step; safe to call from a signal handler.
 void request_training_stop();
