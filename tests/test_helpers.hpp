@@ -95,4 +95,47 @@ inline void expect_gradient_matches(const std::string& name, Matrix<double>& val
     EXPECT_LT(worst, 1e-6) << name;
 }
 
+// One recurrent layer's inputs, weights (G gates of H units, PyTorch's layout) and a projection of its
+// outputs to a scalar loss, in double: what each cell's gradient and carried-state tests start from.
+struct CellTestData {
+    int steps = 5, batch = 3, input_size = 4, hidden_size = 6;
+    Matrix<double> input, weight_ih, weight_hh, bias_ih, bias_hh, initial_hidden, initial_cell, projection;
+
+    // `with_cell`: an LSTM's initial cell state too.
+    CellTestData(int gates, std::uint64_t seed, bool with_cell = false) {
+        std::mt19937_64 rng(seed);
+        const int G = gates * hidden_size;
+        input.resize(steps * batch, input_size);
+        weight_ih.resize(G, input_size);
+        weight_hh.resize(G, hidden_size);
+        bias_ih.resize(1, G);
+        bias_hh.resize(1, G);
+        initial_hidden.resize(batch, hidden_size);
+        if (with_cell) initial_cell.resize(batch, hidden_size);
+        projection.resize(steps * batch, hidden_size);
+        for (auto* matrix : {&input, &weight_ih, &weight_hh, &bias_ih, &bias_hh, &initial_hidden, &initial_cell, &projection})
+            if (matrix->size() > 0) fill_random(*matrix, rng, 0.8);
+    }
+    CellWeights<double> weights() const { return {weight_ih, weight_hh, bias_ih, bias_hh}; }
+};
+
+// Runs `backward(gradients, d_input)` with the projection as the output gradient (after `loss` has run
+// the forward pass), then checks every weight's and the input's gradient against finite differences.
+inline void expect_cell_gradients_match(
+    CellTestData& data, const std::function<double()>& loss,
+    const std::function<void(const CellGradients<double>&, Matrix<double>&)>& backward) {
+    loss();
+    Matrix<double> d_weight_ih = Matrix<double>::Zero(data.weight_ih.rows(), data.weight_ih.cols());
+    Matrix<double> d_weight_hh = Matrix<double>::Zero(data.weight_hh.rows(), data.weight_hh.cols());
+    Matrix<double> d_bias_ih = Matrix<double>::Zero(1, data.bias_ih.cols());
+    Matrix<double> d_bias_hh = Matrix<double>::Zero(1, data.bias_hh.cols());
+    Matrix<double> d_input;
+    backward(CellGradients<double>{d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh}, d_input);
+    expect_gradient_matches("weight_ih", data.weight_ih, d_weight_ih, loss);
+    expect_gradient_matches("weight_hh", data.weight_hh, d_weight_hh, loss);
+    expect_gradient_matches("bias_ih", data.bias_ih, d_bias_ih, loss);
+    expect_gradient_matches("bias_hh", data.bias_hh, d_bias_hh, loss);
+    expect_gradient_matches("input", data.input, d_input, loss);
+}
+
 }  // namespace charlm::testing

@@ -8,32 +8,14 @@
 namespace charlm {
 namespace {
 
-using testing::expect_gradient_matches;
 using testing::expect_near;
-using testing::fill_random;
 using testing::random_matrix;
 using testing::Threads;
 
-struct LstmFixture {
-    int steps = 5, batch = 3, input_size = 4, hidden_size = 6;
-    Matrix<double> input, weight_ih, weight_hh, bias_ih, bias_hh, initial_hidden, initial_cell, projection;
+struct LstmFixture : testing::CellTestData {
     LstmCache<double> cache;
 
-    explicit LstmFixture(std::uint64_t seed) {
-        std::mt19937_64 rng(seed);
-        const int G = 4 * hidden_size;
-        input.resize(steps * batch, input_size);
-        weight_ih.resize(G, input_size);
-        weight_hh.resize(G, hidden_size);
-        bias_ih.resize(1, G);
-        bias_hh.resize(1, G);
-        initial_hidden.resize(batch, hidden_size);
-        initial_cell.resize(batch, hidden_size);
-        projection.resize(steps * batch, hidden_size);
-        for (auto* matrix : {&input, &weight_ih, &weight_hh, &bias_ih, &bias_hh, &initial_hidden, &initial_cell, &projection})
-            fill_random(*matrix, rng, 0.8);
-    }
-    CellWeights<double> weights() const { return {weight_ih, weight_hh, bias_ih, bias_hh}; }
+    explicit LstmFixture(std::uint64_t seed) : CellTestData(4, seed, true) {}
     // A scalar loss of every output: sum of projection .* h over all steps.
     double loss() {
         Matrix<double> hidden = initial_hidden, cell = initial_cell;
@@ -44,20 +26,11 @@ struct LstmFixture {
 
 TEST(Lstm, GradientsMatchFiniteDifferencesOverStepsWithCarriedState) {
     LstmFixture fixture(7);
-    fixture.loss();
-    Matrix<double> d_weight_ih = Matrix<double>::Zero(fixture.weight_ih.rows(), fixture.weight_ih.cols());
-    Matrix<double> d_weight_hh = Matrix<double>::Zero(fixture.weight_hh.rows(), fixture.weight_hh.cols());
-    Matrix<double> d_bias_ih = Matrix<double>::Zero(1, fixture.bias_ih.cols());
-    Matrix<double> d_bias_hh = Matrix<double>::Zero(1, fixture.bias_hh.cols());
-    Matrix<double> d_input;
-    lstm_backward(fixture.input, fixture.projection, fixture.steps, fixture.weights(), fixture.cache,
-                  CellGradients<double>{d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh}, d_input);
-    auto loss = [&] { return fixture.loss(); };
-    expect_gradient_matches("weight_ih", fixture.weight_ih, d_weight_ih, loss);
-    expect_gradient_matches("weight_hh", fixture.weight_hh, d_weight_hh, loss);
-    expect_gradient_matches("bias_ih", fixture.bias_ih, d_bias_ih, loss);
-    expect_gradient_matches("bias_hh", fixture.bias_hh, d_bias_hh, loss);
-    expect_gradient_matches("input", fixture.input, d_input, loss);
+    testing::expect_cell_gradients_match(
+        fixture, [&] { return fixture.loss(); },
+        [&](const CellGradients<double>& gradients, Matrix<double>& d_input) {
+            lstm_backward(fixture.input, fixture.projection, fixture.steps, fixture.weights(), fixture.cache, gradients, d_input);
+        });
 }
 
 TEST(Lstm, ForwardCarriesStateAcrossWindows) {
