@@ -1,6 +1,8 @@
 // GRU forward and backward over a window (gate order r, z, n and b_hn inside r, as PyTorch's nn.GRU).
 #include "charlm/gru.hpp"
 
+#include "charlm/gemm.hpp"
+
 namespace charlm {
 
 template <typename Scalar>
@@ -17,7 +19,7 @@ void gru_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scala
 
     // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection in one GEMM, before the time loop.
     // The biases stay apart because r multiplies h W_hn^T + b_hn but not x W_in^T + b_in.
-    cache.gates.noalias() = input * weights.weight_ih.transpose();
+    gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.gates);
     cache.gates.rowwise() += weights.bias_ih.row(0);
     cache.hidden_gates = weights.bias_hh.replicate(TB, 1);
 
@@ -70,14 +72,17 @@ void gru_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
     }
 
     // Weight gradients as one GEMM per matrix over all steps: 3H x I = 3H x (T*B) . (T*B) x I
-    gradients.weight_ih.noalias() += cache.d_gates.transpose() * input;
-    gradients.weight_hh.noalias() += cache.d_hidden_gates.topRows(B).transpose() * cache.initial_hidden;
+    gemm<Scalar>(cache.d_gates, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
+    gemm<Scalar>(cache.d_hidden_gates.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),
+                 gradients.weight_hh);
     if (steps > 1)
-        gradients.weight_hh.noalias() += cache.d_hidden_gates.bottomRows(TB - B).transpose() * cache.hidden.topRows(TB - B);
-    gradients.bias_ih.row(0) += cache.d_gates.colwise().sum();
-    gradients.bias_hh.row(0) += cache.d_hidden_gates.colwise().sum();
+        gemm<Scalar>(cache.d_hidden_gates.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no,
+                     Scalar(1), gradients.weight_hh);
+    column_sums<Scalar>(cache.d_gates, Scalar(1), gradients.bias_ih);
+    column_sums<Scalar>(cache.d_hidden_gates, Scalar(1), gradients.bias_hh);
     // (T*B) x I = (T*B) x 3H . 3H x I
-    d_input.noalias() = cache.d_gates * weights.weight_ih;
+    d_input.resize(TB, input.cols());
+    gemm<Scalar>(cache.d_gates, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
 }
 
 template void gru_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, GruCache<float>&);

@@ -1,6 +1,8 @@
 // Elman RNN forward and backward over a window (h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh), as PyTorch's nn.RNN).
 #include "charlm/rnn.hpp"
 
+#include "charlm/gemm.hpp"
+
 namespace charlm {
 
 template <typename Scalar>
@@ -14,7 +16,7 @@ void rnn_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scala
     cache.initial_hidden = hidden_state;
 
     // (T*B) x H = (T*B) x I . I x H: every step's input projection in one GEMM, before the time loop
-    cache.hidden.noalias() = input * weights.weight_ih.transpose();
+    gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.hidden);
     cache.hidden.rowwise() += weights.bias_ih.row(0) + weights.bias_hh.row(0);
 
     for (int t = 0; t < steps; ++t) {
@@ -43,15 +45,19 @@ void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
     }
 
     // Weight gradients as one GEMM per matrix over all steps: H x I = H x (T*B) . (T*B) x I
-    gradients.weight_ih.noalias() += cache.d_preactivation.transpose() * input;
-    gradients.weight_hh.noalias() += cache.d_preactivation.topRows(B).transpose() * cache.initial_hidden;
+    gemm<Scalar>(cache.d_preactivation, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
+    gemm<Scalar>(cache.d_preactivation.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),
+                 gradients.weight_hh);
     if (steps > 1)
-        gradients.weight_hh.noalias() += cache.d_preactivation.bottomRows(TB - B).transpose() * cache.hidden.topRows(TB - B);
-    RowVector<Scalar> d_bias = cache.d_preactivation.colwise().sum();
-    gradients.bias_ih.row(0) += d_bias;
-    gradients.bias_hh.row(0) += d_bias;
+        gemm<Scalar>(cache.d_preactivation.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no,
+                     Scalar(1), gradients.weight_hh);
+    Matrix<Scalar> d_bias(1, cache.d_preactivation.cols());
+    column_sums<Scalar>(cache.d_preactivation, Scalar(0), d_bias);
+    gradients.bias_ih += d_bias;
+    gradients.bias_hh += d_bias;
     // (T*B) x I = (T*B) x H . H x I
-    d_input.noalias() = cache.d_preactivation * weights.weight_ih;
+    d_input.resize(TB, input.cols());
+    gemm<Scalar>(cache.d_preactivation, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
 }
 
 template void rnn_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, RnnCache<float>&);
