@@ -9,17 +9,17 @@ template <typename Scalar>
 using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
 
 template <typename Scalar>
-void gru_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                  Matrix<Scalar>& hidden_state, GruCache<Scalar>& cache) {
-    const Eigen::Index H = weights.weight_hh.cols(), B = hidden_state.rows(), TB = input.rows();
+    const Eigen::Index H = weights.weight_hh.cols(), B = hidden_state.rows(), TB = input.count();
     cache.gates.resize(TB, 3 * H);
     cache.hidden_gates.resize(TB, 3 * H);
     cache.hidden.resize(TB, H);
     cache.initial_hidden = hidden_state;
 
-    // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection in one GEMM, before the time loop.
+    // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection at once, before the time loop.
     // The biases stay apart because r multiplies h W_hn^T + b_hn but not x W_in^T + b_in.
-    gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.gates);
+    project_input<Scalar>(input, weights, cache.projection, cache.gates);
     cache.gates.rowwise() += weights.bias_ih.row(0);
     cache.hidden_gates = weights.bias_hh.replicate(TB, 1);
 
@@ -40,10 +40,10 @@ void gru_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scala
 }
 
 template <typename Scalar>
-void gru_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void gru_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                   const CellWeights<Scalar>& weights, GruCache<Scalar>& cache,
                   const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
-    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.rows();
+    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.count();
     cache.d_gates.resize(TB, 3 * H);
     cache.d_hidden_gates.resize(TB, 3 * H);
     cache.d_hidden_next.setZero(B, H);
@@ -71,8 +71,7 @@ void gru_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
         cache.d_hidden_next.array() += d_hidden * update;
     }
 
-    // Weight gradients as one GEMM per matrix over all steps: 3H x I = 3H x (T*B) . (T*B) x I
-    gemm<Scalar>(cache.d_gates, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
+    // Weight gradients as one GEMM per matrix over all steps: 3H x H = 3H x (T*B) . (T*B) x H
     gemm<Scalar>(cache.d_hidden_gates.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),
                  gradients.weight_hh);
     if (steps > 1)
@@ -80,16 +79,14 @@ void gru_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
                      Scalar(1), gradients.weight_hh);
     column_sums<Scalar>(cache.d_gates, Scalar(1), gradients.bias_ih);
     column_sums<Scalar>(cache.d_hidden_gates, Scalar(1), gradients.bias_hh);
-    // (T*B) x I = (T*B) x 3H . 3H x I
-    d_input.resize(TB, input.cols());
-    gemm<Scalar>(cache.d_gates, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
+    project_input_backward<Scalar>(input, cache.d_gates, weights, cache.projection, gradients.weight_ih, d_input);
 }
 
-template void gru_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, GruCache<float>&);
-template void gru_forward<double>(const Matrix<double>&, int, const CellWeights<double>&, Matrix<double>&, GruCache<double>&);
-template void gru_backward<float>(const Matrix<float>&, const Matrix<float>&, int, const CellWeights<float>&, GruCache<float>&,
+template void gru_forward<float>(LayerInputRef<float>, int, const CellWeights<float>&, Matrix<float>&, GruCache<float>&);
+template void gru_forward<double>(LayerInputRef<double>, int, const CellWeights<double>&, Matrix<double>&, GruCache<double>&);
+template void gru_backward<float>(LayerInputRef<float>, const Matrix<float>&, int, const CellWeights<float>&, GruCache<float>&,
                                   const CellGradients<float>&, Matrix<float>&);
-template void gru_backward<double>(const Matrix<double>&, const Matrix<double>&, int, const CellWeights<double>&, GruCache<double>&,
+template void gru_backward<double>(LayerInputRef<double>, const Matrix<double>&, int, const CellWeights<double>&, GruCache<double>&,
                                    const CellGradients<double>&, Matrix<double>&);
 
 }  // namespace charlm

@@ -7,9 +7,9 @@ namespace charlm {
 constexpr Eigen::Index kMinRowsPerThread = 8;
 
 template <typename Scalar>
-void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                   Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state, LstmCache<Scalar>& cache) {
-    const Eigen::Index H = weights.weight_hh.cols(), B = hidden_state.rows(), TB = input.rows();
+    const Eigen::Index H = weights.weight_hh.cols(), B = hidden_state.rows(), TB = input.count();
     cache.gates.resize(TB, 4 * H);
     cache.cell.resize(TB, H);
     cache.hidden.resize(TB, H);
@@ -22,17 +22,8 @@ void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scal
         cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
         cache.recurrent_forward_version = weights.version;
     }
-    // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection in one GEMM, before the time loop.
-    // A few rows against frozen weights (sampling) go through a packed copy instead: no per-call overhead.
-    if (weights.version != 0 && TB <= kMinRowsPerThread) {
-        if (weights.version != cache.input_forward_version) {
-            cache.input_forward.pack(weights.weight_ih, Transpose::yes);
-            cache.input_forward_version = weights.version;
-        }
-        cache.input_forward.multiply(input, Scalar(0), cache.gates);
-    } else {
-        gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.gates);
-    }
+    // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
+    project_input<Scalar>(input, weights, cache.projection, cache.gates);
 
     for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
@@ -57,10 +48,10 @@ void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scal
 }
 
 template <typename Scalar>
-void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void lstm_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                    const CellWeights<Scalar>& weights, LstmCache<Scalar>& cache,
                    const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
-    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.rows();
+    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.count();
     cache.d_hidden_next.setZero(B, H);
     cache.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
     cache.tanh_cell.resize(B, H);
@@ -94,9 +85,8 @@ void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, 
         }
     });
 
-    // Weight gradients as one GEMM per matrix over all steps: 4H x I = 4H x (T*B) . (T*B) x I
+    // Weight gradients as one GEMM per matrix over all steps: 4H x H = 4H x (T*B) . (T*B) x H
     const Matrix<Scalar>& d_gates = cache.gates;
-    gemm<Scalar>(d_gates, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
     gemm<Scalar>(d_gates.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh);
     if (steps > 1)
         gemm<Scalar>(d_gates.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no, Scalar(1),
@@ -105,16 +95,14 @@ void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, 
     column_sums<Scalar>(d_gates, Scalar(0), cache.d_bias);
     gradients.bias_ih += cache.d_bias;
     gradients.bias_hh += cache.d_bias;
-    // (T*B) x I = (T*B) x 4H . 4H x I
-    d_input.resize(TB, input.cols());
-    gemm<Scalar>(d_gates, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
+    project_input_backward<Scalar>(input, d_gates, weights, cache.projection, gradients.weight_ih, d_input);
 }
 
-template void lstm_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, Matrix<float>&, LstmCache<float>&);
-template void lstm_forward<double>(const Matrix<double>&, int, const CellWeights<double>&, Matrix<double>&, Matrix<double>&, LstmCache<double>&);
-template void lstm_backward<float>(const Matrix<float>&, const Matrix<float>&, int, const CellWeights<float>&, LstmCache<float>&,
+template void lstm_forward<float>(LayerInputRef<float>, int, const CellWeights<float>&, Matrix<float>&, Matrix<float>&, LstmCache<float>&);
+template void lstm_forward<double>(LayerInputRef<double>, int, const CellWeights<double>&, Matrix<double>&, Matrix<double>&, LstmCache<double>&);
+template void lstm_backward<float>(LayerInputRef<float>, const Matrix<float>&, int, const CellWeights<float>&, LstmCache<float>&,
                                    const CellGradients<float>&, Matrix<float>&);
-template void lstm_backward<double>(const Matrix<double>&, const Matrix<double>&, int, const CellWeights<double>&, LstmCache<double>&,
+template void lstm_backward<double>(LayerInputRef<double>, const Matrix<double>&, int, const CellWeights<double>&, LstmCache<double>&,
                                     const CellGradients<double>&, Matrix<double>&);
 
 }  // namespace charlm

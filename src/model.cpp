@@ -167,8 +167,8 @@ CellGradients<Scalar> Model<Scalar>::layer_gradients(int layer) {
 }
 
 template <typename Scalar>
-const Matrix<Scalar>& Model<Scalar>::layer_input(int layer) const {
-    if (layer == 0) return embedded_;
+LayerInput<Scalar> Model<Scalar>::layer_input(int layer) const {
+    if (layer == 0) return {inputs_, parameters_.front().value};  // the embedding's rows, by token
     return dropping(layer - 1) ? caches_[static_cast<std::size_t>(layer - 1)].dropped : layer_output(layer - 1);
 }
 
@@ -189,11 +189,6 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     inputs_.assign(inputs.begin(), inputs.end());
     steps_ = steps;
     batch_size_ = batch_size;
-
-    // embedding: (T*B) x E, row r = E[inputs[r]]
-    const auto& embedding = parameters_.front().value;
-    embedded_.resize(TB, config_.embed_size);
-    for (Eigen::Index row = 0; row < TB; ++row) embedded_.row(row) = embedding.row(inputs_[static_cast<std::size_t>(row)]);
 
     dropping_ = dropout_rng_ != nullptr && config_.dropout > 0;
     for (int layer = 0; layer < config_.layers; ++layer) {
@@ -286,7 +281,8 @@ void Model<Scalar>::backward() {
 
     for (int layer = config_.layers - 1; layer >= 0; --layer) {
         const auto l = static_cast<std::size_t>(layer);
-        Matrix<Scalar>& d_input = layer == 0 ? d_embedded_ : d_outputs_[l - 1];
+        // The first layer's input gradient is the embedding's; it accumulates as a weight's does.
+        Matrix<Scalar>& d_input = layer == 0 ? parameters_.front().gradient : d_outputs_[l - 1];
         switch (config_.cell) {
             case CellType::lstm:
                 lstm_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].lstm,
@@ -303,10 +299,6 @@ void Model<Scalar>::backward() {
         }
         if (layer > 0 && dropping(layer - 1)) d_input.array() *= caches_[l - 1].dropout_mask.array();
     }
-
-    auto& embedding_gradient = parameters_.front().gradient;
-    for (Eigen::Index row = 0; row < TB; ++row)
-        embedding_gradient.row(inputs_[static_cast<std::size_t>(row)]) += d_embedded_.row(row);
 }
 
 template class Model<float>;

@@ -9,14 +9,14 @@ template <typename Scalar>
 using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
 
 template <typename Scalar>
-void rnn_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                  Matrix<Scalar>& hidden_state, RnnCache<Scalar>& cache) {
-    const Eigen::Index B = hidden_state.rows(), TB = input.rows();
+    const Eigen::Index B = hidden_state.rows(), TB = input.count();
     cache.hidden.resize(TB, weights.weight_hh.cols());
     cache.initial_hidden = hidden_state;
 
-    // (T*B) x H = (T*B) x I . I x H: every step's input projection in one GEMM, before the time loop
-    gemm<Scalar>(input, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.hidden);
+    // (T*B) x H = (T*B) x I . I x H: every step's input projection at once, before the time loop
+    project_input<Scalar>(input, weights, cache.projection, cache.hidden);
     cache.hidden.rowwise() += weights.bias_ih.row(0) + weights.bias_hh.row(0);
 
     for (int t = 0; t < steps; ++t) {
@@ -29,10 +29,10 @@ void rnn_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scala
 }
 
 template <typename Scalar>
-void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void rnn_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                   const CellWeights<Scalar>& weights, RnnCache<Scalar>& cache,
                   const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
-    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.rows();
+    const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.count();
     cache.d_preactivation.resize(TB, H);
     cache.d_hidden_next.setZero(B, H);
 
@@ -44,8 +44,7 @@ void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
         cache.d_hidden_next.noalias() = d_preactivation * weights.weight_hh;
     }
 
-    // Weight gradients as one GEMM per matrix over all steps: H x I = H x (T*B) . (T*B) x I
-    gemm<Scalar>(cache.d_preactivation, Transpose::yes, input, Transpose::no, Scalar(1), gradients.weight_ih);
+    // Weight gradients as one GEMM per matrix over all steps: H x H = H x (T*B) . (T*B) x H
     gemm<Scalar>(cache.d_preactivation.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),
                  gradients.weight_hh);
     if (steps > 1)
@@ -55,16 +54,14 @@ void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, i
     column_sums<Scalar>(cache.d_preactivation, Scalar(0), d_bias);
     gradients.bias_ih += d_bias;
     gradients.bias_hh += d_bias;
-    // (T*B) x I = (T*B) x H . H x I
-    d_input.resize(TB, input.cols());
-    gemm<Scalar>(cache.d_preactivation, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
+    project_input_backward<Scalar>(input, cache.d_preactivation, weights, cache.projection, gradients.weight_ih, d_input);
 }
 
-template void rnn_forward<float>(const Matrix<float>&, int, const CellWeights<float>&, Matrix<float>&, RnnCache<float>&);
-template void rnn_forward<double>(const Matrix<double>&, int, const CellWeights<double>&, Matrix<double>&, RnnCache<double>&);
-template void rnn_backward<float>(const Matrix<float>&, const Matrix<float>&, int, const CellWeights<float>&, RnnCache<float>&,
+template void rnn_forward<float>(LayerInputRef<float>, int, const CellWeights<float>&, Matrix<float>&, RnnCache<float>&);
+template void rnn_forward<double>(LayerInputRef<double>, int, const CellWeights<double>&, Matrix<double>&, RnnCache<double>&);
+template void rnn_backward<float>(LayerInputRef<float>, const Matrix<float>&, int, const CellWeights<float>&, RnnCache<float>&,
                                   const CellGradients<float>&, Matrix<float>&);
-template void rnn_backward<double>(const Matrix<double>&, const Matrix<double>&, int, const CellWeights<double>&, RnnCache<double>&,
+template void rnn_backward<double>(LayerInputRef<double>, const Matrix<double>&, int, const CellWeights<double>&, RnnCache<double>&,
                                    const CellGradients<double>&, Matrix<double>&);
 
 }  // namespace charlm

@@ -26,14 +26,22 @@ struct Window {
     std::vector<TokenId> targets{3, 6, 2, kIgnoreTarget, 1, 4, 4, 0};
 };
 
-void check_all_gradients(int layers, CellType cell = CellType::lstm, double dropout = 0) {
+// A window of 16 rows, at least twice the vocabulary: the first layer looks its projection up in a table.
+Window long_window() {
+    Window window;
+    window.steps = 8;
+    window.inputs = {0, 3, 6, 2, 5, 1, 4, 4, 1, 1, 0, 6, 2, 3, 3, 5};
+    window.targets = {3, 6, 2, kIgnoreTarget, 1, 4, 4, 0, 1, 0, 6, 2, 3, 3, 5, 4};
+    return window;
+}
+
+void check_all_gradients(int layers, CellType cell = CellType::lstm, double dropout = 0, const Window& window = {}) {
     ModelConfig config = small_config(layers);
     config.cell = cell;
     config.dropout = dropout;
     Model<double> model(config);
     std::mt19937_64 rng(3);
     model.initialize(rng);
-    Window window;
     // A carried state that is not zero, as in the middle of training.
     ModelState<double> carried = model.initial_state(window.batch);
     for (auto& h : carried.hidden) testing::fill_random(h, rng);
@@ -62,6 +70,9 @@ TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(
 TEST(Model, GruStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::gru); }
 TEST(Model, RnnStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::rnn); }
 TEST(Model, GradientsWithDropoutMatchFiniteDifferences) { check_all_gradients(3, CellType::lstm, 0.4); }
+TEST(Model, GradientsThroughTheFirstLayersInputTableMatchFiniteDifferences) {
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) check_all_gradients(2, cell, 0, long_window());
+}
 
 TEST(Model, DropoutActsOnlyWithAGenerator) {
     ModelConfig config = small_config(2);

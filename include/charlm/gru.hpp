@@ -1,6 +1,7 @@
 // The GRU layer over a window of T steps x B streams: forward and backward side by side.
 #pragma once
 
+#include "charlm/layer_input.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -17,18 +18,20 @@ struct GruCache {
     Matrix<Scalar> d_hidden_gates;  // (T*B) x 3H, gradients w.r.t. h W_hh^T + b_hh (n's part scaled by r)
     Matrix<Scalar> d_hidden_next;   // B x H
     Matrix<Scalar> d_hidden;        // B x H
+    ProjectionCache<Scalar> projection;  // of the input by W_ih
 };
 
-// input: (T*B) x I, step-major. hidden_state: B x H, carried in and updated to the last step.
+// input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state: B x H, carried in and updated to the last step.
 // Output h_t for every step lands in cache.hidden.
 template <typename Scalar>
-void gru_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                  Matrix<Scalar>& hidden_state, GruCache<Scalar>& cache);
 
 // d_output: (T*B) x H, the loss gradient with respect to cache.hidden. Gradients do not flow into the
-// carried state (truncated BPTT). Accumulates into `gradients`; writes d_input: (T*B) x I.
+// carried state (truncated BPTT). Accumulates into `gradients`; gives d_input as
+// project_input_backward() does.
 template <typename Scalar>
-void gru_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void gru_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                   const CellWeights<Scalar>& weights, GruCache<Scalar>& cache,
                   const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input);
 

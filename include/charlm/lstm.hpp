@@ -2,6 +2,7 @@
 #pragma once
 
 #include "charlm/gemm.hpp"
+#include "charlm/layer_input.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -18,9 +19,8 @@ struct LstmCache {
     // Packed copies of the weights and the CellWeights::version each was packed from.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
     std::uint64_t recurrent_forward_version = 0;
-    PackedMatrix<Scalar> input_forward;       // W_ih^T, for sampling only
-    std::uint64_t input_forward_version = 0;
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
+    ProjectionCache<Scalar> projection;       // of the input by W_ih
     // backward workspaces
     Matrix<Scalar> d_hidden_next;  // B x H
     Matrix<Scalar> d_cell_next;    // B x H
@@ -29,18 +29,19 @@ struct LstmCache {
     Matrix<Scalar> tanh_cell;      // B x H, then dL/dc_{t-1}
 };
 
-// input: (T*B) x I, step-major. hidden_state, cell_state: B x H, carried in and updated to the last step.
-// Output h_t for every step lands in cache.hidden.
+// input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state, cell_state: B x H,
+// carried in and updated to the last step. Output h_t for every step lands in cache.hidden.
 template <typename Scalar>
-void lstm_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                   Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state, LstmCache<Scalar>& cache);
 
 // d_output: (T*B) x H, the loss gradient with respect to cache.hidden. Gradients do not flow into the
-// carried state (truncated BPTT). Accumulates into `gradients`; writes d_input: (T*B) x I. Overwrites
-// cache.gates with the gates' gradients, so that training keeps one (T*B) x 4H array per layer, not two.
+// carried state (truncated BPTT). Accumulates into `gradients`; gives d_input as project_input_backward()
+// does. Overwrites cache.gates with the gates' gradients, so that training keeps one (T*B) x 4H array per
+// layer, not two.
 // Both passes split the batch among the threads, each running the whole time loop on its share.
 template <typename Scalar>
-void lstm_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void lstm_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                    const CellWeights<Scalar>& weights, LstmCache<Scalar>& cache,
                    const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input);
 

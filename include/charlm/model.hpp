@@ -93,7 +93,7 @@ public:
 private:
     CellWeights<Scalar> layer_weights(int layer) const;
     CellGradients<Scalar> layer_gradients(int layer);
-    const Matrix<Scalar>& layer_input(int layer) const;
+    LayerInput<Scalar> layer_input(int layer) const;
     const Matrix<Scalar>& layer_output(int layer) const;
     bool dropping(int layer) const { return dropping_ && layer + 1 < config_.layers; }
 
@@ -116,7 +116,6 @@ private:
     int steps_ = 0;
     int batch_size_ = 0;
     std::size_t target_count_ = 0;
-    Matrix<Scalar> embedded_;                 // (T*B) x E
     std::vector<LayerCache> caches_;          // per layer
     std::mt19937_64* dropout_rng_ = nullptr;
     bool dropping_ = false;                   // whether the last forward() dropped units
@@ -126,7 +125,6 @@ private:
     Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
     std::vector<double> row_losses_;          // T*B, each row's loss (unset where the target is ignored)
     std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output
-    Matrix<Scalar> d_embedded_;               // (T*B) x E
 };
 
 }  // namespace charlm

@@ -1,6 +1,7 @@
 // The Elman RNN layer (tanh) over a window of T steps x B streams: forward and backward side by side.
 #pragma once
 
+#include "charlm/layer_input.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -13,18 +14,20 @@ struct RnnCache {
     // backward workspaces
     Matrix<Scalar> d_preactivation; // (T*B) x H, gradients w.r.t. x W_ih^T + b_ih + h W_hh^T + b_hh
     Matrix<Scalar> d_hidden_next;   // B x H
+    ProjectionCache<Scalar> projection;  // of the input by W_ih
 };
 
-// input: (T*B) x I, step-major. hidden_state: B x H, carried in and updated to the last step.
+// input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state: B x H, carried in and updated to the last step.
 // Output h_t for every step lands in cache.hidden.
 template <typename Scalar>
-void rnn_forward(const Matrix<Scalar>& input, int steps, const CellWeights<Scalar>& weights,
+void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                  Matrix<Scalar>& hidden_state, RnnCache<Scalar>& cache);
 
 // d_output: (T*B) x H, the loss gradient with respect to cache.hidden. Gradients do not flow into the
-// carried state (truncated BPTT). Accumulates into `gradients`; writes d_input: (T*B) x I.
+// carried state (truncated BPTT). Accumulates into `gradients`; gives d_input as
+// project_input_backward() does.
 template <typename Scalar>
-void rnn_backward(const Matrix<Scalar>& input, const Matrix<Scalar>& d_output, int steps,
+void rnn_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                   const CellWeights<Scalar>& weights, RnnCache<Scalar>& cache,
                   const CellGradients<Scalar>& gradients, Matrix<Scalar>& d_input);
 

@@ -1,0 +1,64 @@
+// A recurrent layer's input and its projection x W_ih^T, the product every cell begins with.
+//
+// The first layer's input is the embedding of token ids. The lookup and the projection compose, so
+// that layer's projection can be a lookup too: row v of a V x G*H table, embedding . W_ih^T, made once
+// per window (or once per freeze of the weights) in place of a (T*B) x I x G*H product; its backward
+// pass sums the gradient rows per token into V x G*H and needs two small products in place of two
+// (T*B)-sized ones. Character vocabularies are small, so that is 13% of a 2x128 LSTM's step saved.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <type_traits>
+
+#include "charlm/gemm.hpp"
+#include "charlm/tensor.hpp"
+#include "charlm/text.hpp"
+
+namespace charlm {
+
+// Either dense rows, (T*B) x I, step-major; or T*B token ids into an embedding, V x I.
+template <typename Scalar>
+struct LayerInput {
+    const Matrix<Scalar>* rows = nullptr;
+    std::span<const TokenId> tokens;
+    const Matrix<Scalar>* embedding = nullptr;
+
+    LayerInput(const Matrix<Scalar>& dense) : rows(&dense) {}  // NOLINT: implicit, a Matrix is an input
+    LayerInput(std::span<const TokenId> ids, const Matrix<Scalar>& table) : tokens(ids), embedding(&table) {}
+    Eigen::Index count() const { return rows ? rows->rows() : static_cast<Eigen::Index>(tokens.size()); }  // T*B
+    Eigen::Index size() const { return rows ? rows->cols() : embedding->cols(); }                          // I
+};
+
+// How the cells take an input: the Scalar comes from their other arguments, so a Matrix converts.
+template <typename Scalar>
+using LayerInputRef = const std::type_identity_t<LayerInput<Scalar>>&;
+
+// What project_input() keeps between calls, and what its backward pass needs.
+template <typename Scalar>
+struct ProjectionCache {
+    bool through_table = false;   // whether the last projection looked tokens up in the table
+    Matrix<Scalar> table;         // V x G*H, embedding . W_ih^T
+    std::uint64_t table_version = 0;
+    Matrix<Scalar> gathered;      // (T*B) x I, the embedding's rows, where the table would cost more
+    PackedMatrix<Scalar> packed;  // W_ih^T, for a few rows against frozen weights (sampling)
+    std::uint64_t packed_version = 0;
+    Matrix<Scalar> d_table;       // V x G*H
+    Matrix<Scalar> d_gathered;    // (T*B) x I
+};
+
+// projection = input . W_ih^T: (T*B) x G*H, no bias. Derived copies of the weights are kept while
+// weights.version stays the same and nonzero.
+template <typename Scalar>
+void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                   MatrixRef<Scalar> projection);
+
+// d_projection: the loss gradient with respect to the last projection. Accumulates d_projection^T .
+// input into d_weight_ih, and gives the input's gradient: for rows, d_input becomes (T*B) x I; for
+// tokens, d_input is the embedding's gradient, V x I, and is accumulated into.
+template <typename Scalar>
+void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
+                            const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input);
+
+}  // namespace charlm

@@ -1,0 +1,116 @@
+// A layer's input projection: a GEMM over dense rows, or a lookup into embedding . W_ih^T for tokens.
+#include "charlm/layer_input.hpp"
+
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+namespace {
+
+// A table of at most this many entries (64 MB of floats) is kept for as long as the weights are frozen.
+constexpr Eigen::Index kMostTableEntries = Eigen::Index{1} << 24;
+// Up to this many rows against frozen weights go through a packed copy of W_ih^T (sampling: one row).
+constexpr Eigen::Index kMostPackedRows = 8;
+// Row copies are split among threads only in shares of at least this many rows, or columns.
+constexpr Eigen::Index kMinCopyRowsPerThread = 256;
+constexpr Eigen::Index kMinSumColumnsPerThread = 64;
+
+// The table pays where it is reused (frozen weights) or has fewer rows than the window: it costs
+// V x I x G*H to make and saves (T*B) x I x G*H, twice over in training.
+template <typename Scalar>
+bool through_table(const LayerInput<Scalar>& input, const CellWeights<Scalar>& weights) {
+    if (input.rows) return false;
+    const Eigen::Index vocab = input.embedding->rows();
+    return weights.version != 0 ? vocab * weights.weight_ih.rows() <= kMostTableEntries : 2 * vocab <= input.count();
+}
+
+// destination.row(r) = source.row(tokens[r]) for every r.
+template <typename Scalar>
+void gather_rows(std::span<const TokenId> tokens, const Matrix<Scalar>& source, MatrixRef<Scalar> destination) {
+    for_each_row_share(static_cast<Eigen::Index>(tokens.size()), kMinCopyRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (Eigen::Index row = first; row < first + rows; ++row) destination.row(row) = source.row(tokens[static_cast<std::size_t>(row)]);
+    });
+}
+
+// destination.row(tokens[r]) += source.row(r) for every r, each thread summing its own columns, so
+// that the sums come out the same at every thread count.
+template <typename Scalar>
+void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source, Matrix<Scalar>& destination) {
+    for_each_row_share(source.cols(), kMinSumColumnsPerThread, [&](Eigen::Index first, Eigen::Index columns) {
+        for (Eigen::Index row = 0; row < source.rows(); ++row)
+            destination.row(tokens[static_cast<std::size_t>(row)]).segment(first, columns) += source.row(row).segment(first, columns);
+    });
+}
+
+}  // namespace
+
+template <typename Scalar>
+void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                   MatrixRef<Scalar> projection) {
+    const Eigen::Index rows = input.count(), width = weights.weight_ih.rows();
+    if (input.size() != weights.weight_ih.cols() || projection.rows() != rows || projection.cols() != width)
+        throw Error("input projection: shapes do not match");
+    cache.through_table = through_table(input, weights);
+    if (cache.through_table) {
+        if (weights.version == 0 || weights.version != cache.table_version) {
+            cache.table.resize(input.embedding->rows(), width);
+            gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table);
+            cache.table_version = weights.version;
+        }
+        gather_rows<Scalar>(input.tokens, cache.table, projection);
+        return;
+    }
+    if (!input.rows) {
+        cache.gathered.resize(rows, input.size());
+        gather_rows<Scalar>(input.tokens, *input.embedding, cache.gathered);
+    }
+    const Matrix<Scalar>& dense = input.rows ? *input.rows : cache.gathered;
+    if (weights.version != 0 && rows <= kMostPackedRows) {  // no per-call overhead for a product this small
+        if (weights.version != cache.packed_version) {
+            cache.packed.pack(weights.weight_ih, Transpose::yes);
+            cache.packed_version = weights.version;
+        }
+        cache.packed.multiply(dense, Scalar(0), projection);
+    } else {
+        gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection);
+    }
+}
+
+template <typename Scalar>
+void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
+                            const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input) {
+    if (input.rows) {
+        // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
+        gemm<Scalar>(d_projection, Transpose::yes, *input.rows, Transpose::no, Scalar(1), d_weight_ih);
+        d_input.resize(input.count(), input.size());
+        gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
+        return;
+    }
+    const Matrix<Scalar>& embedding = *input.embedding;
+    if (d_input.rows() != embedding.rows() || d_input.cols() != embedding.cols())
+        throw Error("input projection: the embedding's gradient has the wrong shape");
+    if (cache.through_table) {
+        // Per token, the sum of its rows' gradients: V x G*H. Then G*H x I = G*H x V . V x I for the
+        // weights and V x I = V x G*H . G*H x I for the embedding.
+        cache.d_table.setZero(embedding.rows(), d_projection.cols());
+        scatter_rows<Scalar>(input.tokens, d_projection, cache.d_table);
+        gemm<Scalar>(cache.d_table, Transpose::yes, embedding, Transpose::no, Scalar(1), d_weight_ih);
+        gemm<Scalar>(cache.d_table, Transpose::no, weights.weight_ih, Transpose::no, Scalar(1), d_input);
+        return;
+    }
+    // A vocabulary too large for the table: the rows' gradients, summed per token into the embedding's.
+    gemm<Scalar>(d_projection, Transpose::yes, cache.gathered, Transpose::no, Scalar(1), d_weight_ih);
+    cache.d_gathered.resize(input.count(), input.size());
+    gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), cache.d_gathered);
+    scatter_rows<Scalar>(input.tokens, cache.d_gathered, d_input);
+}
+
+template void project_input<float>(LayerInputRef<float>, const CellWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
+template void project_input<double>(LayerInputRef<double>, const CellWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
+template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const CellWeights<float>&,
+                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&);
+template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const CellWeights<double>&,
+                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&);
+
+}  // namespace charlm
