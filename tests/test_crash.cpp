@@ -13,6 +13,7 @@
 #include <iostream>
 #include <iterator>
 #include <optional>
+#include <sstream>
 #include <random>
 #include <string>
 #include <thread>
@@ -98,6 +99,17 @@ public:
     }
     std::string err() const { return read_file(stderr_path_); }
     std::string out() const { return read_file(stdout_path_); }
+    // CPU time the process has used (user + system, from /proc), or 0 once it is gone: unlike wall
+    // time, a measure of how far it got that a busy machine does not stretch.
+    double cpu_seconds() const {
+        std::istringstream stat(read_file(fs::path("/proc") / std::to_string(pid_) / "stat"));
+        std::string field;
+        double ticks = 0;
+        // Fields 14 and 15 are utime and stime; field 2, the command, is "(charlm)" without spaces.
+        for (int index = 1; stat >> field && index <= 15; ++index)
+            if (index >= 14) ticks += std::stod(field);
+        return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
+    }
 
 private:
     fs::path stdout_path_, stderr_path_;
@@ -230,7 +242,9 @@ void expect_stop_signal_saves(int signal_number) {
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_TRUE(child.running()) << "charlm exited early\n--- stderr ---\n" << child.err();
     ASSERT_NE(child.err().find("training "), std::string::npos) << "training never started\n" << child.err();
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // some steps into the loop
+    // Some steps into the loop: a step of this model takes about a millisecond of CPU time.
+    while (child.cpu_seconds() < 0.3 && Clock::now() < deadline && !child.poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_FALSE(fs::exists(run / "last.safetensors")) << "a checkpoint was written before the signal";
 
     child.send(signal_number);
