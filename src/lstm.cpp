@@ -6,6 +6,34 @@ namespace charlm {
 // Fewer rows than this per thread and the packed product stops paying for a second thread.
 constexpr Eigen::Index kMinRowsPerThread = 8;
 
+// One row of one step, in one pass over its units: the gates' activations over their pre-activations
+// plus bias (i, f, o logistic, g tanh), then c = f c_prev + i g and h = o tanh(c). Chunks of a fixed
+// size compile to a few SIMD registers each, so nothing goes back to memory between the operations.
+template <typename Scalar, int Size>
+void activate_units(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev, Scalar* gates, Scalar* cell,
+                    Scalar* hidden, Eigen::Index unit, Eigen::Index count) {
+    using Chunk = Eigen::Array<Scalar, Size, 1>;
+    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk>(data + unit, count); };
+    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk>(data + unit, count); };
+    auto input_gate = chunk(gates), forget_gate = chunk(gates + H), candidate = chunk(gates + 2 * H),
+         output_gate = chunk(gates + 3 * H);
+    input_gate = (input_gate + constant_chunk(bias)).logistic();
+    forget_gate = (forget_gate + constant_chunk(bias + H)).logistic();
+    candidate = (candidate + constant_chunk(bias + 2 * H)).tanh();
+    output_gate = (output_gate + constant_chunk(bias + 3 * H)).logistic();
+    auto new_cell = chunk(cell);
+    new_cell = forget_gate * constant_chunk(cell_prev) + input_gate * candidate;
+    chunk(hidden) = output_gate * new_cell.tanh();
+}
+
+template <typename Scalar>
+void activate_step(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev, Scalar* gates, Scalar* cell, Scalar* hidden) {
+    constexpr Eigen::Index kChunk = 16;
+    Eigen::Index unit = 0;
+    for (; unit + kChunk <= H; unit += kChunk) activate_units<Scalar, kChunk>(H, bias, cell_prev, gates, cell, hidden, unit, kChunk);
+    if (unit < H) activate_units<Scalar, Eigen::Dynamic>(H, bias, cell_prev, gates, cell, hidden, unit, H - unit);
+}
+
 template <typename Scalar>
 void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
                   Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state, LstmCache<Scalar>& cache) {
@@ -32,15 +60,9 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
             const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
             auto gates = cache.gates.middleRows(row, rows);  // rows x 4H
             cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
-            gates.rowwise() += cache.bias;
-
-            gates.leftCols(2 * H) = gates.leftCols(2 * H).array().logistic();  // i, f
-            gates.middleCols(2 * H, H) = gates.middleCols(2 * H, H).array().tanh();  // g
-            gates.rightCols(H) = gates.rightCols(H).array().logistic();  // o
-            auto cell = cache.cell.middleRows(row, rows);
-            cell.array() = gates.middleCols(H, H).array() * cell_prev.array() +
-                           gates.leftCols(H).array() * gates.middleCols(2 * H, H).array();
-            cache.hidden.middleRows(row, rows).array() = gates.rightCols(H).array() * cell.array().tanh();
+            for (Eigen::Index r = 0; r < rows; ++r)
+                activate_step(H, cache.bias.data(), cell_prev.row(r).data(), gates.row(r).data(),
+                              cache.cell.row(row + r).data(), cache.hidden.row(row + r).data());
         }
     });
     hidden_state = cache.hidden.bottomRows(B);
