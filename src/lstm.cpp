@@ -1,10 +1,17 @@
 // LSTM forward and backward over a window (gate order i, f, g, o as PyTorch's nn.LSTM).
 #include "charlm/lstm.hpp"
 
+#include <type_traits>
+
 namespace charlm {
 
 // Fewer rows than this per thread and the packed product stops paying for a second thread.
 constexpr Eigen::Index kMinRowsPerThread = 8;
+// The elementwise passes take the units in chunks of this many: one AVX-512 register of floats.
+constexpr int kChunkUnits = 16;
+// A chunk of units: Size is kChunkUnits, or Eigen::Dynamic for the last few (on the stack all the same).
+template <typename Scalar, int Size>
+using Chunk = Eigen::Array<Scalar, Size, 1, Eigen::ColMajor, kChunkUnits, 1>;
 
 // One row of one step, in one pass over its units: the gates' activations over their pre-activations
 // plus bias (i, f, o logistic, g tanh), then c = f c_prev + i g and h = o tanh(c). Chunks of a fixed
@@ -12,9 +19,8 @@ constexpr Eigen::Index kMinRowsPerThread = 8;
 template <typename Scalar, int Size>
 void activate_units(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev, Scalar* gates, Scalar* cell,
                     Scalar* hidden, Eigen::Index unit, Eigen::Index count) {
-    using Chunk = Eigen::Array<Scalar, Size, 1>;
-    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk>(data + unit, count); };
-    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk>(data + unit, count); };
+    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk<Scalar, Size>>(data + unit, count); };
+    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk<Scalar, Size>>(data + unit, count); };
     auto input_gate = chunk(gates), forget_gate = chunk(gates + H), candidate = chunk(gates + 2 * H),
          output_gate = chunk(gates + 3 * H);
     input_gate = (input_gate + constant_chunk(bias)).logistic();
@@ -26,12 +32,35 @@ void activate_units(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev,
     chunk(hidden) = output_gate * new_cell.tanh();
 }
 
-template <typename Scalar>
-void activate_step(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev, Scalar* gates, Scalar* cell, Scalar* hidden) {
-    constexpr Eigen::Index kChunk = 16;
+// One row of one step of the backward pass, in one pass over its units: from dL/dh_t (the output's
+// gradient plus what step t+1 sent back) and dL/dc_t, the four gates' pre-activation gradients, each
+// written over its activation, and dL/dc_{t-1}, written over dL/dc_t.
+template <typename Scalar, int Size>
+void differentiate_units(Eigen::Index H, const Scalar* cell, const Scalar* cell_prev, const Scalar* d_output,
+                         const Scalar* d_hidden_next, Scalar* d_cell, Scalar* gates, Eigen::Index unit, Eigen::Index count) {
+    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk<Scalar, Size>>(data + unit, count); };
+    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk<Scalar, Size>>(data + unit, count); };
+    auto input_gate = chunk(gates), forget_gate = chunk(gates + H), candidate = chunk(gates + 2 * H),
+         output_gate = chunk(gates + 3 * H), d_cell_chunk = chunk(d_cell);
+    using Values = Chunk<Scalar, Size>;
+    const Values i = input_gate, f = forget_gate, g = candidate, o = output_gate;
+    const Values tanh_cell = constant_chunk(cell).tanh();
+    const Values d_hidden = constant_chunk(d_output) + constant_chunk(d_hidden_next);
+    const Values d_c = d_cell_chunk + d_hidden * o * (1 - tanh_cell.square());
+    output_gate = d_hidden * tanh_cell * o * (1 - o);
+    forget_gate = d_c * constant_chunk(cell_prev) * f * (1 - f);
+    input_gate = d_c * g * i * (1 - i);
+    candidate = d_c * i * (1 - g.square());
+    d_cell_chunk = d_c * f;
+}
+
+// body(size, unit, count) over a row's H units in chunks: size is a std::integral_constant holding
+// kChunkUnits, or Eigen::Dynamic for the last few.
+template <typename Body>
+void for_each_chunk(Eigen::Index H, const Body& body) {
     Eigen::Index unit = 0;
-    for (; unit + kChunk <= H; unit += kChunk) activate_units<Scalar, kChunk>(H, bias, cell_prev, gates, cell, hidden, unit, kChunk);
-    if (unit < H) activate_units<Scalar, Eigen::Dynamic>(H, bias, cell_prev, gates, cell, hidden, unit, H - unit);
+    for (; unit + kChunkUnits <= H; unit += kChunkUnits) body(std::integral_constant<int, kChunkUnits>{}, unit, Eigen::Index{kChunkUnits});
+    if (unit < H) body(std::integral_constant<int, Eigen::Dynamic>{}, unit, H - unit);
 }
 
 template <typename Scalar>
@@ -61,8 +90,11 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
             auto gates = cache.gates.middleRows(row, rows);  // rows x 4H
             cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
             for (Eigen::Index r = 0; r < rows; ++r)
-                activate_step(H, cache.bias.data(), cell_prev.row(r).data(), gates.row(r).data(),
-                              cache.cell.row(row + r).data(), cache.hidden.row(row + r).data());
+                for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {
+                    activate_units<Scalar, decltype(size)::value>(H, cache.bias.data(), cell_prev.row(r).data(), gates.row(r).data(),
+                                                                  cache.cell.row(row + r).data(), cache.hidden.row(row + r).data(),
+                                                                  unit, count);
+                });
         }
     });
     hidden_state = cache.hidden.bottomRows(B);
@@ -76,31 +108,19 @@ void lstm_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, 
     const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.count();
     cache.d_hidden_next.setZero(B, H);
     cache.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
-    cache.tanh_cell.resize(B, H);
-    cache.d_hidden.resize(B, H);
     cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
     for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = steps - 1; t >= 0; --t) {
             const Eigen::Index row = t * B + first;
             const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
-            auto gates = cache.gates.middleRows(row, rows);
-            auto input_gate = gates.leftCols(H).array(), forget_gate = gates.middleCols(H, H).array();
-            auto candidate = gates.middleCols(2 * H, H).array(), output_gate = gates.rightCols(H).array();
-            auto tanh_cell = cache.tanh_cell.middleRows(first, rows).array();
-            auto d_hidden = cache.d_hidden.middleRows(first, rows).array();
-            auto d_cell = cache.d_cell_next.middleRows(first, rows).array();
-            // Each gate's gradient replaces its activation once nothing else needs that: the order matters.
-            tanh_cell = cache.cell.middleRows(row, rows).array().tanh();
-            d_hidden = d_output.middleRows(row, rows).array() + cache.d_hidden_next.middleRows(first, rows).array();
-            d_cell += d_hidden * output_gate * (1 - tanh_cell.square());
-            output_gate = d_hidden * tanh_cell * output_gate * (1 - output_gate);
-            tanh_cell = d_cell * forget_gate;  // dL/dc_{t-1}, the next step's d_cell
-            forget_gate = d_cell * cell_prev.array() * forget_gate * (1 - forget_gate);
-            d_hidden = d_cell * candidate * input_gate * (1 - input_gate);
-            candidate = d_cell * input_gate * (1 - candidate.square());
-            input_gate = d_hidden;
-            d_cell = tanh_cell;
+            for (Eigen::Index r = 0; r < rows; ++r)
+                for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {
+                    differentiate_units<Scalar, decltype(size)::value>(
+                        H, cache.cell.row(row + r).data(), cell_prev.row(r).data(), d_output.row(row + r).data(),
+                        cache.d_hidden_next.row(first + r).data(), cache.d_cell_next.row(first + r).data(),
+                        cache.gates.row(row + r).data(), unit, count);
+                });
             // rows x H = rows x 4H . 4H x H; the carried state gets no gradient, so step 0 needs none
             if (t > 0)
                 cache.recurrent_backward.multiply(cache.gates.middleRows(row, rows), Scalar(0), cache.d_hidden_next.middleRows(first, rows));

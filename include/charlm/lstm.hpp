@@ -24,9 +24,7 @@ struct LstmCache {
     // backward workspaces
     Matrix<Scalar> d_hidden_next;  // B x H
     Matrix<Scalar> d_cell_next;    // B x H
-    Matrix<Scalar> d_hidden;       // B x H
     Matrix<Scalar> d_bias;         // 1 x 4H
-    Matrix<Scalar> tanh_cell;      // B x H, then dL/dc_{t-1}
 };
 
 // input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state, cell_state: B x H,
