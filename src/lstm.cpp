@@ -74,13 +74,29 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
     cache.initial_cell = cell_state;
     cache.bias = weights.bias_ih + weights.bias_hh;
 
-    // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-    if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
-        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
-        cache.recurrent_forward_version = weights.version;
+    // One step of a few dense rows against frozen weights (sampling, a character at a time): the input's
+    // product and the recurrent one become one, [x h] times [W_ih W_hh]^T packed once per freeze, so
+    // that a step makes one pass over the weights and enters one parallel region, not two.
+    const bool stacked = input.rows && steps == 1 && weights.version != 0 && TB <= kMinRowsPerThread;
+    if (stacked) {
+        if (weights.version != cache.stacked_forward_version) {
+            Matrix<Scalar> both(4 * H, input.size() + H);
+            both << weights.weight_ih, weights.weight_hh;
+            cache.stacked_forward.pack(both, Transpose::yes);
+            cache.stacked_forward_version = weights.version;
+        }
+        cache.stacked_input.resize(B, input.size() + H);
+        cache.stacked_input << *input.rows, cache.initial_hidden;
+        cache.stacked_forward.multiply(cache.stacked_input, Scalar(0), cache.gates);
+    } else {
+        // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
+        if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
+            cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+            cache.recurrent_forward_version = weights.version;
+        }
+        // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
+        project_input<Scalar>(input, weights, cache.projection, cache.gates);
     }
-    // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
-    project_input<Scalar>(input, weights, cache.projection, cache.gates);
 
     for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
@@ -88,7 +104,7 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
             const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
             auto gates = cache.gates.middleRows(row, rows);  // rows x 4H
-            cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
+            if (!stacked) cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
             for (Eigen::Index r = 0; r < rows; ++r)
                 for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {
                     activate_units<Scalar, decltype(size)::value>(H, cache.bias.data(), cell_prev.row(r).data(), gates.row(r).data(),

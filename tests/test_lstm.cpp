@@ -132,9 +132,9 @@ struct PlainLstm {
     }
 };
 
-void check_lstm_against_plain(int threads, int batch, std::uint64_t version = 0) {
+void check_lstm_against_plain(int threads, int batch, std::uint64_t version = 0, int steps = 6) {
     Threads thread_count(threads);
-    const int steps = 6, input_size = 24, H = 40;
+    const int input_size = 24, H = 40;
     std::mt19937_64 rng(9);
     const Matrix<float> input = random_matrix<float>(steps * batch, input_size, rng);
     const Matrix<float> weight_ih = random_matrix<float>(4 * H, input_size, rng) * 0.3f;
@@ -197,6 +197,14 @@ TEST(Lstm, OptimizedMatchesThePlainOneWithFrozenWeights) {
     // Frozen weights (a nonzero version) and one stream take the sampling path: packed input weights too.
     check_lstm_against_plain(1, 1, 1);
     check_lstm_against_plain(2, 50, 1);
+}
+
+TEST(Lstm, OptimizedMatchesThePlainOneForSingleStepsAgainstFrozenWeights) {
+    // Sampling's shape: one step, a few rows, [x h] times the stacked input and recurrent weights.
+    check_lstm_against_plain(1, 1, 1, 1);
+    check_lstm_against_plain(2, 1, 1, 1);
+    check_lstm_against_plain(1, 5, 1, 1);
+    check_lstm_against_plain(2, 50, 1, 1);  // too many rows to stack: the usual path
 }
 
 }  // namespace

@@ -19,6 +19,9 @@ struct LstmCache {
     // Packed copies of the weights and the CellWeights::version each was packed from.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
     std::uint64_t recurrent_forward_version = 0;
+    PackedMatrix<Scalar> stacked_forward;     // [W_ih W_hh]^T, for one step of a few rows (sampling)
+    std::uint64_t stacked_forward_version = 0;
+    Matrix<Scalar> stacked_input;             // B x (I + H), [x h]
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
     ProjectionCache<Scalar> projection;       // of the input by W_ih
     // backward workspaces
