@@ -2,11 +2,49 @@
 #include "charlm/gru.hpp"
 
 #include "charlm/gemm.hpp"
+#include "units.hpp"
 
 namespace charlm {
 
-template <typename Scalar>
-using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
+// One row of one step, in one pass over its units: r and z from both products and their biases,
+// n's hidden part h W_hn^T + b_hn kept apart for the backward pass, n = tanh(x W_in^T + b_in + r that),
+// and h = (1 - z) n + z h_prev, with one multiply fewer.
+template <typename Scalar, int Size>
+void activate_units(Eigen::Index H, const Scalar* bias_ih, const Scalar* bias_hh, const Scalar* hidden_prev,
+                    Scalar* gates, Scalar* hidden_gates, Scalar* hidden, Eigen::Index unit, Eigen::Index count) {
+    auto chunk = [&](auto* row) { return units_of<Scalar, Size>(row, unit, count); };
+    auto reset = chunk(gates), update = chunk(gates + H), candidate = chunk(gates + 2 * H);
+    auto hidden_candidate = chunk(hidden_gates + 2 * H);
+    reset = (reset + chunk(bias_ih) + chunk(hidden_gates) + chunk(bias_hh)).logistic();
+    update = (update + chunk(bias_ih + H) + chunk(hidden_gates + H) + chunk(bias_hh + H)).logistic();
+    hidden_candidate += chunk(bias_hh + 2 * H);
+    candidate = (candidate + chunk(bias_ih + 2 * H) + reset * hidden_candidate).tanh();
+    chunk(hidden) = candidate + update * (chunk(hidden_prev) - candidate);
+}
+
+// One row of one step of the backward pass: from dL/dh_t (the output's gradient plus what step t+1
+// sent back), the gradients of x W_ih^T + b_ih and of h W_hh^T + b_hh (n's part times r), and in
+// d_hidden_next, the direct path's share of dL/dh_{t-1}, z dL/dh_t, to which the product through
+// W_hh is added after.
+template <typename Scalar, int Size>
+void differentiate_units(Eigen::Index H, const Scalar* gates, const Scalar* hidden_gates, const Scalar* hidden_prev,
+                         const Scalar* d_output, Scalar* d_hidden_next, Scalar* d_gates, Scalar* d_hidden_gates,
+                         Eigen::Index unit, Eigen::Index count) {
+    auto chunk = [&](auto* row) { return units_of<Scalar, Size>(row, unit, count); };
+    using Values = Chunk<Scalar, Size>;
+    const Values reset = chunk(gates), update = chunk(gates + H), candidate = chunk(gates + 2 * H);
+    const Values d_hidden = chunk(d_output) + chunk(d_hidden_next);
+    const Values d_candidate = d_hidden * (1 - update) * (1 - candidate.square());  // before tanh
+    const Values d_reset = d_candidate * chunk(hidden_gates + 2 * H) * reset * (1 - reset);
+    const Values d_update = d_hidden * (chunk(hidden_prev) - candidate) * update * (1 - update);
+    chunk(d_gates) = d_reset;
+    chunk(d_gates + H) = d_update;
+    chunk(d_gates + 2 * H) = d_candidate;
+    chunk(d_hidden_gates) = d_reset;
+    chunk(d_hidden_gates + H) = d_update;
+    chunk(d_hidden_gates + 2 * H) = d_candidate * reset;
+    chunk(d_hidden_next) = d_hidden * update;
+}
 
 template <typename Scalar>
 void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
@@ -17,25 +55,29 @@ void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     cache.hidden.resize(TB, H);
     cache.initial_hidden = hidden_state;
 
+    // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
+    if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
+        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+        cache.recurrent_forward_version = weights.version;
+    }
     // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection at once, before the time loop.
     // The biases stay apart because r multiplies h W_hn^T + b_hn but not x W_in^T + b_in.
     project_input<Scalar>(input, weights, cache.projection, cache.gates);
-    cache.gates.rowwise() += weights.bias_ih.row(0);
-    cache.hidden_gates = weights.bias_hh.replicate(TB, 1);
 
-    for (int t = 0; t < steps; ++t) {
-        ConstRef<Scalar> hidden_prev = t == 0 ? ConstRef<Scalar>(cache.initial_hidden) : cache.hidden.middleRows((t - 1) * B, B);
-        auto gates = cache.gates.middleRows(t * B, B);                // B x 3H
-        auto hidden_gates = cache.hidden_gates.middleRows(t * B, B);  // B x 3H
-        hidden_gates.noalias() += hidden_prev * weights.weight_hh.transpose();
-
-        gates.leftCols(2 * H) = (gates.leftCols(2 * H) + hidden_gates.leftCols(2 * H)).array().logistic();  // r, z
-        gates.rightCols(H) = (gates.rightCols(H).array() + gates.leftCols(H).array() * hidden_gates.rightCols(H).array()).tanh();  // n
-        auto update = gates.middleCols(H, H).array();
-        auto candidate = gates.rightCols(H).array();
-        // (1 - z) n + z h, with one multiply fewer
-        cache.hidden.middleRows(t * B, B).array() = candidate + update * (hidden_prev.array() - candidate);
-    }
+    // Each thread runs every step for its share of the batch, as the LSTM does.
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = 0; t < steps; ++t) {
+            const Eigen::Index row = t * B + first;
+            const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
+            cache.recurrent_forward.multiply(hidden_prev, Scalar(0), cache.hidden_gates.middleRows(row, rows));
+            for (Eigen::Index r = 0; r < rows; ++r)
+                for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {
+                    activate_units<Scalar, decltype(size)::value>(
+                        H, weights.bias_ih.data(), weights.bias_hh.data(), hidden_prev.row(r).data(), cache.gates.row(row + r).data(),
+                        cache.hidden_gates.row(row + r).data(), cache.hidden.row(row + r).data(), unit, count);
+                });
+        }
+    });
     hidden_state = cache.hidden.bottomRows(B);
 }
 
@@ -47,29 +89,24 @@ void gru_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, i
     cache.d_gates.resize(TB, 3 * H);
     cache.d_hidden_gates.resize(TB, 3 * H);
     cache.d_hidden_next.setZero(B, H);
+    cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
-    for (int t = steps - 1; t >= 0; --t) {
-        ConstRef<Scalar> hidden_prev = t == 0 ? ConstRef<Scalar>(cache.initial_hidden) : cache.hidden.middleRows((t - 1) * B, B);
-        auto gates = cache.gates.middleRows(t * B, B);
-        auto reset = gates.leftCols(H).array();
-        auto update = gates.middleCols(H, H).array();
-        auto candidate = gates.rightCols(H).array();
-        auto hidden_candidate = cache.hidden_gates.middleRows(t * B, B).rightCols(H).array();  // h W_hn^T + b_hn
-        auto d_gates = cache.d_gates.middleRows(t * B, B);
-        auto d_hidden_gates = cache.d_hidden_gates.middleRows(t * B, B);
-
-        cache.d_hidden = d_output.middleRows(t * B, B) + cache.d_hidden_next;
-        auto d_hidden = cache.d_hidden.array();
-        auto d_candidate = d_gates.rightCols(H).array();  // before tanh
-        d_candidate = d_hidden * (1 - update) * (1 - candidate.square());
-        d_gates.leftCols(H).array() = d_candidate * hidden_candidate * reset * (1 - reset);
-        d_gates.middleCols(H, H).array() = d_hidden * (hidden_prev.array() - candidate) * update * (1 - update);
-        d_hidden_gates.leftCols(2 * H) = d_gates.leftCols(2 * H);
-        d_hidden_gates.rightCols(H).array() = d_candidate * reset;
-        // B x H = B x 3H . 3H x H, plus the direct path through z h
-        cache.d_hidden_next.noalias() = d_hidden_gates * weights.weight_hh;
-        cache.d_hidden_next.array() += d_hidden * update;
-    }
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = steps - 1; t >= 0; --t) {
+            const Eigen::Index row = t * B + first;
+            const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
+            auto d_hidden_next = cache.d_hidden_next.middleRows(first, rows);
+            for (Eigen::Index r = 0; r < rows; ++r)
+                for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {
+                    differentiate_units<Scalar, decltype(size)::value>(
+                        H, cache.gates.row(row + r).data(), cache.hidden_gates.row(row + r).data(), hidden_prev.row(r).data(),
+                        d_output.row(row + r).data(), d_hidden_next.row(r).data(), cache.d_gates.row(row + r).data(),
+                        cache.d_hidden_gates.row(row + r).data(), unit, count);
+                });
+            // rows x H += rows x 3H . 3H x H; the carried state gets no gradient, so step 0 needs none
+            if (t > 0) cache.recurrent_backward.multiply(cache.d_hidden_gates.middleRows(row, rows), Scalar(1), d_hidden_next);
+        }
+    });
 
     // Weight gradients as one GEMM per matrix over all steps: 3H x H = 3H x (T*B) . (T*B) x H
     gemm<Scalar>(cache.d_hidden_gates.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),

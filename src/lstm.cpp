@@ -1,34 +1,24 @@
 // LSTM forward and backward over a window (gate order i, f, g, o as PyTorch's nn.LSTM).
 #include "charlm/lstm.hpp"
 
-#include <type_traits>
+#include "units.hpp"
 
 namespace charlm {
 
-// Fewer rows than this per thread and the packed product stops paying for a second thread.
-constexpr Eigen::Index kMinRowsPerThread = 8;
-// The elementwise passes take the units in chunks of this many: one AVX-512 register of floats.
-constexpr int kChunkUnits = 16;
-// A chunk of units: Size is kChunkUnits, or Eigen::Dynamic for the last few (on the stack all the same).
-template <typename Scalar, int Size>
-using Chunk = Eigen::Array<Scalar, Size, 1, Eigen::ColMajor, kChunkUnits, 1>;
-
 // One row of one step, in one pass over its units: the gates' activations over their pre-activations
-// plus bias (i, f, o logistic, g tanh), then c = f c_prev + i g and h = o tanh(c). Chunks of a fixed
-// size compile to a few SIMD registers each, so nothing goes back to memory between the operations.
+// plus bias (i, f, o logistic, g tanh), then c = f c_prev + i g and h = o tanh(c).
 template <typename Scalar, int Size>
 void activate_units(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev, Scalar* gates, Scalar* cell,
                     Scalar* hidden, Eigen::Index unit, Eigen::Index count) {
-    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk<Scalar, Size>>(data + unit, count); };
-    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk<Scalar, Size>>(data + unit, count); };
+    auto chunk = [&](auto* row) { return units_of<Scalar, Size>(row, unit, count); };
     auto input_gate = chunk(gates), forget_gate = chunk(gates + H), candidate = chunk(gates + 2 * H),
          output_gate = chunk(gates + 3 * H);
-    input_gate = (input_gate + constant_chunk(bias)).logistic();
-    forget_gate = (forget_gate + constant_chunk(bias + H)).logistic();
-    candidate = (candidate + constant_chunk(bias + 2 * H)).tanh();
-    output_gate = (output_gate + constant_chunk(bias + 3 * H)).logistic();
+    input_gate = (input_gate + chunk(bias)).logistic();
+    forget_gate = (forget_gate + chunk(bias + H)).logistic();
+    candidate = (candidate + chunk(bias + 2 * H)).tanh();
+    output_gate = (output_gate + chunk(bias + 3 * H)).logistic();
     auto new_cell = chunk(cell);
-    new_cell = forget_gate * constant_chunk(cell_prev) + input_gate * candidate;
+    new_cell = forget_gate * chunk(cell_prev) + input_gate * candidate;
     chunk(hidden) = output_gate * new_cell.tanh();
 }
 
@@ -38,29 +28,19 @@ void activate_units(Eigen::Index H, const Scalar* bias, const Scalar* cell_prev,
 template <typename Scalar, int Size>
 void differentiate_units(Eigen::Index H, const Scalar* cell, const Scalar* cell_prev, const Scalar* d_output,
                          const Scalar* d_hidden_next, Scalar* d_cell, Scalar* gates, Eigen::Index unit, Eigen::Index count) {
-    auto chunk = [&](Scalar* data) { return Eigen::Map<Chunk<Scalar, Size>>(data + unit, count); };
-    auto constant_chunk = [&](const Scalar* data) { return Eigen::Map<const Chunk<Scalar, Size>>(data + unit, count); };
+    auto chunk = [&](auto* row) { return units_of<Scalar, Size>(row, unit, count); };
     auto input_gate = chunk(gates), forget_gate = chunk(gates + H), candidate = chunk(gates + 2 * H),
          output_gate = chunk(gates + 3 * H), d_cell_chunk = chunk(d_cell);
     using Values = Chunk<Scalar, Size>;
     const Values i = input_gate, f = forget_gate, g = candidate, o = output_gate;
-    const Values tanh_cell = constant_chunk(cell).tanh();
-    const Values d_hidden = constant_chunk(d_output) + constant_chunk(d_hidden_next);
+    const Values tanh_cell = chunk(cell).tanh();
+    const Values d_hidden = chunk(d_output) + chunk(d_hidden_next);
     const Values d_c = d_cell_chunk + d_hidden * o * (1 - tanh_cell.square());
     output_gate = d_hidden * tanh_cell * o * (1 - o);
-    forget_gate = d_c * constant_chunk(cell_prev) * f * (1 - f);
+    forget_gate = d_c * chunk(cell_prev) * f * (1 - f);
     input_gate = d_c * g * i * (1 - i);
     candidate = d_c * i * (1 - g.square());
     d_cell_chunk = d_c * f;
-}
-
-// body(size, unit, count) over a row's H units in chunks: size is a std::integral_constant holding
-// kChunkUnits, or Eigen::Dynamic for the last few.
-template <typename Body>
-void for_each_chunk(Eigen::Index H, const Body& body) {
-    Eigen::Index unit = 0;
-    for (; unit + kChunkUnits <= H; unit += kChunkUnits) body(std::integral_constant<int, kChunkUnits>{}, unit, Eigen::Index{kChunkUnits});
-    if (unit < H) body(std::integral_constant<int, Eigen::Dynamic>{}, unit, H - unit);
 }
 
 template <typename Scalar>

@@ -2,11 +2,9 @@
 #include "charlm/rnn.hpp"
 
 #include "charlm/gemm.hpp"
+#include "units.hpp"
 
 namespace charlm {
-
-template <typename Scalar>
-using ConstRef = Eigen::Ref<const Matrix<Scalar>>;
 
 template <typename Scalar>
 void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scalar>& weights,
@@ -14,17 +12,26 @@ void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     const Eigen::Index B = hidden_state.rows(), TB = input.count();
     cache.hidden.resize(TB, weights.weight_hh.cols());
     cache.initial_hidden = hidden_state;
+    cache.bias = weights.bias_ih + weights.bias_hh;
 
+    // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
+    if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
+        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
+        cache.recurrent_forward_version = weights.version;
+    }
     // (T*B) x H = (T*B) x I . I x H: every step's input projection at once, before the time loop
     project_input<Scalar>(input, weights, cache.projection, cache.hidden);
-    cache.hidden.rowwise() += weights.bias_ih.row(0) + weights.bias_hh.row(0);
 
-    for (int t = 0; t < steps; ++t) {
-        ConstRef<Scalar> hidden_prev = t == 0 ? ConstRef<Scalar>(cache.initial_hidden) : cache.hidden.middleRows((t - 1) * B, B);
-        auto hidden = cache.hidden.middleRows(t * B, B);  // B x H
-        hidden.noalias() += hidden_prev * weights.weight_hh.transpose();
-        hidden = hidden.array().tanh();
-    }
+    // Each thread runs every step for its share of the batch, as the LSTM does.
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = 0; t < steps; ++t) {
+            const Eigen::Index row = t * B + first;
+            const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
+            auto hidden = cache.hidden.middleRows(row, rows);  // rows x H
+            cache.recurrent_forward.multiply(hidden_prev, Scalar(1), hidden);
+            hidden = (hidden.rowwise() + cache.bias).array().tanh();
+        }
+    });
     hidden_state = cache.hidden.bottomRows(B);
 }
 
@@ -35,14 +42,19 @@ void rnn_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, i
     const Eigen::Index H = weights.weight_hh.cols(), B = cache.initial_hidden.rows(), TB = input.count();
     cache.d_preactivation.resize(TB, H);
     cache.d_hidden_next.setZero(B, H);
+    cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
-    for (int t = steps - 1; t >= 0; --t) {
-        auto hidden = cache.hidden.middleRows(t * B, B).array();
-        auto d_preactivation = cache.d_preactivation.middleRows(t * B, B);
-        d_preactivation.array() = (d_output.middleRows(t * B, B) + cache.d_hidden_next).array() * (1 - hidden.square());
-        // B x H = B x H . H x H
-        cache.d_hidden_next.noalias() = d_preactivation * weights.weight_hh;
-    }
+    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = steps - 1; t >= 0; --t) {
+            const Eigen::Index row = t * B + first;
+            auto d_preactivation = cache.d_preactivation.middleRows(row, rows);
+            auto d_hidden_next = cache.d_hidden_next.middleRows(first, rows);
+            d_preactivation.array() = (d_output.middleRows(row, rows) + d_hidden_next).array() *
+                                      (1 - cache.hidden.middleRows(row, rows).array().square());
+            // rows x H = rows x H . H x H; the carried state gets no gradient, so step 0 needs none
+            if (t > 0) cache.recurrent_backward.multiply(d_preactivation, Scalar(0), d_hidden_next);
+        }
+    });
 
     // Weight gradients as one GEMM per matrix over all steps: H x H = H x (T*B) . (T*B) x H
     gemm<Scalar>(cache.d_preactivation.topRows(B), Transpose::yes, cache.initial_hidden, Transpose::no, Scalar(1),
@@ -50,10 +62,10 @@ void rnn_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, i
     if (steps > 1)
         gemm<Scalar>(cache.d_preactivation.bottomRows(TB - B), Transpose::yes, cache.hidden.topRows(TB - B), Transpose::no,
                      Scalar(1), gradients.weight_hh);
-    Matrix<Scalar> d_bias(1, cache.d_preactivation.cols());
-    column_sums<Scalar>(cache.d_preactivation, Scalar(0), d_bias);
-    gradients.bias_ih += d_bias;
-    gradients.bias_hh += d_bias;
+    cache.d_bias.resize(1, H);
+    column_sums<Scalar>(cache.d_preactivation, Scalar(0), cache.d_bias);
+    gradients.bias_ih += cache.d_bias;
+    gradients.bias_hh += cache.d_bias;
     project_input_backward<Scalar>(input, cache.d_preactivation, weights, cache.projection, gradients.weight_ih, d_input);
 }
 

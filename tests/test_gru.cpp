@@ -10,7 +10,8 @@ namespace {
 struct GruFixture : testing::CellTestData {
     GruCache<double> cache;
 
-    explicit GruFixture(std::uint64_t seed) : CellTestData(3, seed) {}
+    explicit GruFixture(std::uint64_t seed, int batch_rows = 3, int hidden_units = 6)
+        : CellTestData(3, seed, false, batch_rows, hidden_units) {}
     // A scalar loss of every output: sum of projection .* h over all steps.
     double loss() {
         Matrix<double> hidden = initial_hidden;
@@ -22,6 +23,16 @@ struct GruFixture : testing::CellTestData {
 TEST(Gru, GradientsMatchFiniteDifferencesOverStepsWithCarriedState) {
     GruFixture fixture(7);
     testing::expect_cell_gradients_match(
+        fixture, [&] { return fixture.loss(); },
+        [&](const CellGradients<double>& gradients, Matrix<double>& d_input) {
+            gru_backward(fixture.input, fixture.projection, fixture.steps, fixture.weights(), fixture.cache, gradients, d_input);
+        });
+}
+
+TEST(Gru, SplittingTheBatchBetweenThreadsChangesNothing) {
+    // 20 streams: two shares of 10; 20 units: a chunk of 16 and a tail of 4.
+    GruFixture fixture(5, 20, 20);
+    testing::expect_batch_split_changes_nothing(
         fixture, [&] { return fixture.loss(); },
         [&](const CellGradients<double>& gradients, Matrix<double>& d_input) {
             gru_backward(fixture.input, fixture.projection, fixture.steps, fixture.weights(), fixture.cache, gradients, d_input);

@@ -6,6 +6,8 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <omp.h>
@@ -102,7 +104,8 @@ struct CellTestData {
     Matrix<double> input, weight_ih, weight_hh, bias_ih, bias_hh, initial_hidden, initial_cell, projection;
 
     // `with_cell`: an LSTM's initial cell state too.
-    CellTestData(int gates, std::uint64_t seed, bool with_cell = false) {
+    CellTestData(int gates, std::uint64_t seed, bool with_cell = false, int batch_rows = 3, int hidden_units = 6)
+        : batch(batch_rows), hidden_size(hidden_units) {
         std::mt19937_64 rng(seed);
         const int G = gates * hidden_size;
         input.resize(steps * batch, input_size);
@@ -119,23 +122,41 @@ struct CellTestData {
     CellWeights<double> weights() const { return {weight_ih, weight_hh, bias_ih, bias_hh}; }
 };
 
-// Runs `backward(gradients, d_input)` with the projection as the output gradient (after `loss` has run
-// the forward pass), then checks every weight's and the input's gradient against finite differences.
-inline void expect_cell_gradients_match(
-    CellTestData& data, const std::function<double()>& loss,
-    const std::function<void(const CellGradients<double>&, Matrix<double>&)>& backward) {
+using CellBackward = std::function<void(const CellGradients<double>&, Matrix<double>&)>;
+
+// Runs `backward(gradients, d_input)` into zeroed gradients: weight_ih, weight_hh, bias_ih, bias_hh, input.
+inline std::vector<Matrix<double>> cell_gradients(const CellTestData& data, const CellBackward& backward) {
+    auto zeros = [](const Matrix<double>& like) { return Matrix<double>::Zero(like.rows(), like.cols()).eval(); };
+    std::vector<Matrix<double>> gradients{zeros(data.weight_ih), zeros(data.weight_hh), zeros(data.bias_ih), zeros(data.bias_hh),
+                                          Matrix<double>()};
+    backward(CellGradients<double>{gradients[0], gradients[1], gradients[2], gradients[3]}, gradients[4]);
+    return gradients;
+}
+
+inline const std::vector<std::string> kCellGradientNames{"weight_ih", "weight_hh", "bias_ih", "bias_hh", "input"};
+
+// Runs `backward` with the projection as the output gradient (after `loss` has run the forward pass),
+// then checks every weight's and the input's gradient against finite differences.
+inline void expect_cell_gradients_match(CellTestData& data, const std::function<double()>& loss, const CellBackward& backward) {
     loss();
-    Matrix<double> d_weight_ih = Matrix<double>::Zero(data.weight_ih.rows(), data.weight_ih.cols());
-    Matrix<double> d_weight_hh = Matrix<double>::Zero(data.weight_hh.rows(), data.weight_hh.cols());
-    Matrix<double> d_bias_ih = Matrix<double>::Zero(1, data.bias_ih.cols());
-    Matrix<double> d_bias_hh = Matrix<double>::Zero(1, data.bias_hh.cols());
-    Matrix<double> d_input;
-    backward(CellGradients<double>{d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh}, d_input);
-    expect_gradient_matches("weight_ih", data.weight_ih, d_weight_ih, loss);
-    expect_gradient_matches("weight_hh", data.weight_hh, d_weight_hh, loss);
-    expect_gradient_matches("bias_ih", data.bias_ih, d_bias_ih, loss);
-    expect_gradient_matches("bias_hh", data.bias_hh, d_bias_hh, loss);
-    expect_gradient_matches("input", data.input, d_input, loss);
+    const std::vector<Matrix<double>> gradients = cell_gradients(data, backward);
+    std::vector<Matrix<double>*> values{&data.weight_ih, &data.weight_hh, &data.bias_ih, &data.bias_hh, &data.input};
+    for (std::size_t i = 0; i < values.size(); ++i) expect_gradient_matches(kCellGradientNames[i], *values[i], gradients[i], loss);
+}
+
+// Runs the forward and backward passes at one thread and at two, which split the batch between them,
+// and expects the same loss and gradients.
+inline void expect_batch_split_changes_nothing(CellTestData& data, const std::function<double()>& loss,
+                                               const CellBackward& backward) {
+    auto pass = [&](int threads) {
+        Threads scope(threads);
+        const double value = loss();
+        return std::pair{value, cell_gradients(data, backward)};
+    };
+    const auto [one_loss, one] = pass(1);
+    const auto [two_loss, two] = pass(2);
+    EXPECT_NEAR(two_loss, one_loss, 1e-12 * std::max(1.0, std::abs(one_loss)));
+    for (std::size_t i = 0; i < one.size(); ++i) expect_near<double>(two[i], one[i], 1e-12, kCellGradientNames[i]);
 }
 
 }  // namespace charlm::testing

@@ -10,14 +10,17 @@ namespace charlm {
 template <typename Scalar>
 struct GruCache {
     Matrix<Scalar> gates;           // (T*B) x 3H, activated: r, z, n
-    Matrix<Scalar> hidden_gates;    // (T*B) x 3H, h_{t-1} W_hh^T + b_hh: n's part is needed apart, inside r
+    Matrix<Scalar> hidden_gates;    // (T*B) x 3H, h_{t-1} W_hh^T; n's part plus b_hn, needed apart, inside r
     Matrix<Scalar> hidden;          // (T*B) x H, h_t: the layer's output
     Matrix<Scalar> initial_hidden;  // B x H, h_{-1}
     // backward workspaces
     Matrix<Scalar> d_gates;         // (T*B) x 3H, gradients w.r.t. x W_ih^T + b_ih
     Matrix<Scalar> d_hidden_gates;  // (T*B) x 3H, gradients w.r.t. h W_hh^T + b_hh (n's part scaled by r)
     Matrix<Scalar> d_hidden_next;   // B x H
-    Matrix<Scalar> d_hidden;        // B x H
+    // Packed copies of W_hh^T and W_hh for the time loops, and the CellWeights::version of the first.
+    PackedMatrix<Scalar> recurrent_forward;
+    std::uint64_t recurrent_forward_version = 0;
+    PackedMatrix<Scalar> recurrent_backward;
     ProjectionCache<Scalar> projection;  // of the input by W_ih
 };
 
