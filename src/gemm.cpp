@@ -81,8 +81,9 @@ constexpr Eigen::Index kPanelWidth = 2 * kPacketSize<Scalar>;
 constexpr Eigen::Index kBlockRows = 8;
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::pack(ConstMatrixRef<Scalar> b, Transpose transpose_b) {
+void PackedMatrix<Scalar>::pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version) {
     const bool tb = transpose_b == Transpose::yes;
+    version_ = version;
     rows_ = tb ? b.cols() : b.rows();
     cols_ = tb ? b.rows() : b.cols();
     constexpr Eigen::Index width = kPanelWidth<Scalar>;

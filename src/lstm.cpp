@@ -59,21 +59,18 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
     // that a step makes one pass over the weights and enters one parallel region, not two.
     const bool stacked = input.rows && steps == 1 && weights.version != 0 && TB <= kMinRowsPerThread;
     if (stacked) {
-        if (weights.version != cache.stacked_forward_version) {
+        if (!cache.stacked_forward.packed_from(weights.version)) {
             Matrix<Scalar> both(4 * H, input.size() + H);
             both << weights.weight_ih, weights.weight_hh;
-            cache.stacked_forward.pack(both, Transpose::yes);
-            cache.stacked_forward_version = weights.version;
+            cache.stacked_forward.pack(both, Transpose::yes, weights.version);
         }
         cache.stacked_input.resize(B, input.size() + H);
         cache.stacked_input << *input.rows, cache.initial_hidden;
         cache.stacked_forward.multiply(cache.stacked_input, Scalar(0), cache.gates);
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-        if (weights.version == 0 || weights.version != cache.recurrent_forward_version) {
-            cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes);
-            cache.recurrent_forward_version = weights.version;
-        }
+        if (!cache.recurrent_forward.packed_from(weights.version))
+            cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes, weights.version);
         // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
         project_input<Scalar>(input, weights, cache.projection, cache.gates);
     }

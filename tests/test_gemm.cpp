@@ -59,6 +59,20 @@ TEST(Gemm, PackedProductReadsAndWritesBlocksOfLargerMatrices) {
     EXPECT_EQ(gates.bottomRows(6), untouched_bottom);
 }
 
+TEST(Gemm, APackedCopyKnowsTheWeightsVersionItWasMadeFrom) {
+    std::mt19937_64 rng(4);
+    const Matrix<float> b = random_matrix<float>(5, 7, rng);
+    PackedMatrix<float> packed;
+    EXPECT_FALSE(packed.packed_from(0));
+    EXPECT_FALSE(packed.packed_from(1));
+    packed.pack(b, Transpose::no, 3);
+    EXPECT_TRUE(packed.packed_from(3));
+    EXPECT_FALSE(packed.packed_from(4));
+    packed.pack(b, Transpose::no);  // weights of no known version: never reusable
+    EXPECT_FALSE(packed.packed_from(0));
+    EXPECT_FALSE(packed.packed_from(3));
+}
+
 TEST(Gemm, LargePackedProductSplitAmongThreadsMatchesEigen) {
     // One row against 512 x 2048 splits its panels among the threads (sampling a big model).
     Threads threads(2);

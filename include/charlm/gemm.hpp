@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -42,8 +43,11 @@ std::string gemm_backend();
 template <typename Scalar>
 class PackedMatrix {
 public:
-    // Copies op(b); no allocation once the shape has been seen.
-    void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b);
+    // Copies op(b); no allocation once the shape has been seen. `version`: the CellWeights::version
+    // that b belongs to, where there is one, so that packed_from() can tell when a copy is still good.
+    void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version = 0);
+    // Whether this is a copy of the weights of `version`; never of version 0, which means unknown.
+    bool packed_from(std::uint64_t version) const { return version != 0 && version == version_; }
     Eigen::Index rows() const { return rows_; }
     Eigen::Index cols() const { return cols_; }
     // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
@@ -52,6 +56,7 @@ public:
 
 private:
     Eigen::Index rows_ = 0, cols_ = 0;
+    std::uint64_t version_ = 0;
     std::vector<Scalar, Eigen::aligned_allocator<Scalar>> panels_;
 };
 

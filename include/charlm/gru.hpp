@@ -17,10 +17,8 @@ struct GruCache {
     Matrix<Scalar> d_gates;         // (T*B) x 3H, gradients w.r.t. x W_ih^T + b_ih
     Matrix<Scalar> d_hidden_gates;  // (T*B) x 3H, gradients w.r.t. h W_hh^T + b_hh (n's part scaled by r)
     Matrix<Scalar> d_hidden_next;   // B x H
-    // Packed copies of W_hh^T and W_hh for the time loops, and the CellWeights::version of the first.
-    PackedMatrix<Scalar> recurrent_forward;
-    std::uint64_t recurrent_forward_version = 0;
-    PackedMatrix<Scalar> recurrent_backward;
+    PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
+    PackedMatrix<Scalar> recurrent_backward;  // W_hh
     ProjectionCache<Scalar> projection;  // of the input by W_ih
 };
 

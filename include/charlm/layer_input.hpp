@@ -42,7 +42,6 @@ struct ProjectionCache {
     std::uint64_t table_version = 0;
     Matrix<Scalar> gathered;      // (T*B) x I, the embedding's rows, where the table would cost more
     PackedMatrix<Scalar> packed;  // W_ih^T, for a few rows against frozen weights (sampling)
-    std::uint64_t packed_version = 0;
     Matrix<Scalar> d_table;       // V x G*H
     Matrix<Scalar> d_gathered;    // (T*B) x I
 };

@@ -16,11 +16,9 @@ struct LstmCache {
     Matrix<Scalar> initial_hidden; // B x H, h_{-1}
     Matrix<Scalar> initial_cell;   // B x H, c_{-1}
     RowVector<Scalar> bias;        // 1 x 4H, b_ih + b_hh
-    // Packed copies of the weights and the CellWeights::version each was packed from.
+    // Packed copies of the weights, kept while CellWeights::version stays the same and nonzero.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
-    std::uint64_t recurrent_forward_version = 0;
     PackedMatrix<Scalar> stacked_forward;     // [W_ih W_hh]^T, for one step of a few rows (sampling)
-    std::uint64_t stacked_forward_version = 0;
     Matrix<Scalar> stacked_input;             // B x (I + H), [x h]
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
     ProjectionCache<Scalar> projection;       // of the input by W_ih

@@ -120,7 +120,6 @@ private:
     std::mt19937_64* dropout_rng_ = nullptr;
     bool dropping_ = false;                   // whether the last forward() dropped units
     PackedMatrix<Scalar> head_packed_;        // head weight^T while frozen
-    std::uint64_t head_packed_version_ = 0;
     Matrix<Scalar> logits_;                   // (T*B) x V
     Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
     std::vector<double> row_losses_;          // T*B, each row's loss (unset where the target is ignored)

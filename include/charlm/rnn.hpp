@@ -12,10 +12,8 @@ struct RnnCache {
     Matrix<Scalar> hidden;          // (T*B) x H, h_t: the layer's output, and tanh' = 1 - h_t^2
     Matrix<Scalar> initial_hidden;  // B x H, h_{-1}
     RowVector<Scalar> bias;         // 1 x H, b_ih + b_hh
-    // Packed copies of W_hh^T and W_hh for the time loops, and the CellWeights::version of the first.
-    PackedMatrix<Scalar> recurrent_forward;
-    std::uint64_t recurrent_forward_version = 0;
-    PackedMatrix<Scalar> recurrent_backward;
+    PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
+    PackedMatrix<Scalar> recurrent_backward;  // W_hh
     // backward workspaces
     Matrix<Scalar> d_preactivation; // (T*B) x H, gradients w.r.t. x W_ih^T + b_ih + h W_hh^T + b_hh
     Matrix<Scalar> d_hidden_next;   // B x H
