@@ -37,9 +37,11 @@ nlohmann::json EvalResult::to_json() const {
             {"unknown_characters", unknown_characters}};
 }
 
-EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text) {
+namespace {
+
+EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_characters) {
     EvalResult result;
-    const std::vector<TokenId> ids = vocab.encode_known(text, result.unknown_characters);
+    result.unknown_characters = unknown_characters;
     if (ids.size() < 2)
         throw Error("the text has fewer than two characters in the model's vocabulary; nothing to score");
     // Each stream starts from the zero state; keep streams long (at least ~1k characters) so that
@@ -51,6 +53,20 @@ EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32
     result.perplexity = std::exp(result.nats_per_character);
     result.bits_per_character = result.nats_per_character / std::log(2.0);
     return result;
+}
+
+}  // namespace
+
+EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text) {
+    std::size_t unknown_characters = 0;
+    const std::vector<TokenId> ids = vocab.encode_known(text, unknown_characters);
+    return score(model, ids, unknown_characters);
+}
+
+EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path) {
+    std::size_t unknown_characters = 0;
+    const CompactIds ids = CompactIds::encode_file(path, vocab, &unknown_characters);
+    return score(model, ids.span(), unknown_characters);
 }
 
 }  // namespace charlm

@@ -202,7 +202,7 @@ std::vector<TokenId> TokenSpan::to_vector() const {
 
 CompactIds::CompactIds(std::size_t vocab_size) : width_(vocab_size <= 256 ? 1 : vocab_size <= 65536 ? 2 : 4) {}
 
-CompactIds CompactIds::encode_file(const std::filesystem::path& path, const Vocab& vocab) {
+CompactIds CompactIds::encode_file(const std::filesystem::path& path, const Vocab& vocab, std::size_t* unknown_count) {
     CompactIds ids(vocab.size());
     std::error_code error;
     const auto file_size = std::filesystem::file_size(path, error);
@@ -216,10 +216,15 @@ CompactIds CompactIds::encode_file(const std::filesystem::path& path, const Voca
         std::uint8_t* out = ids.bytes_.data() + first;
         for (char32_t c : piece) {
             const TokenId id = id_of[c];
-            if (id < 0) vocab.id_of(c);  // throws, naming the character
+            if (id < 0) {
+                if (!unknown_count) vocab.id_of(c);  // throws, naming the character
+                ++*unknown_count;
+                continue;
+            }
             std::memcpy(out, &id, static_cast<std::size_t>(ids.width_));  // little-endian: the low bytes
             out += ids.width_;
         }
+        ids.bytes_.resize(static_cast<std::size_t>(out - ids.bytes_.data()));  // less any left out
     });
     return ids;
 }

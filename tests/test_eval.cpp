@@ -4,6 +4,7 @@
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
+#include "test_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -72,6 +73,20 @@ TEST(Eval, UnknownCharactersAreLeftOutAndCounted) {
     EXPECT_EQ(with_unknown.characters_scored, without.characters_scored);
     EXPECT_DOUBLE_EQ(with_unknown.nats_per_character, without.nats_per_character);
     EXPECT_THROW(evaluate_text(fixture.model, fixture.vocab, U"XYZ"), Error);
+}
+
+TEST(Eval, AFileScoresAsItsTextDoes) {
+    // charlm eval streams the file into compact ids; the result must not change.
+    Fixture fixture;
+    testing::TemporaryDirectory directory;
+    const std::u32string text = U"the QUICK dog\n" + sample_text(5000);
+    const auto path = directory.write("text.txt", encode_utf8(text));
+    const EvalResult from_file = evaluate_file(fixture.model, fixture.vocab, path);
+    const EvalResult from_text = evaluate_text(fixture.model, fixture.vocab, text);
+    EXPECT_EQ(from_file.unknown_characters, 5u);
+    EXPECT_EQ(from_file.characters_scored, from_text.characters_scored);
+    EXPECT_DOUBLE_EQ(from_file.nats_per_character, from_text.nats_per_character);
+    EXPECT_THROW(evaluate_file(fixture.model, fixture.vocab, directory.write("unknown.txt", "XYZ")), Error);
 }
 
 }  // namespace

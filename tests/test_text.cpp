@@ -1,4 +1,6 @@
 // Checks text.cpp: UTF-8 decoding, the code-point vocabulary and the validation split.
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
@@ -119,6 +121,23 @@ TEST(Text, CompactIdsUseTheFewestBytesAndReadBackTheSameIds) {
     } catch (const Error& error) {
         EXPECT_NE(std::string(error.what()).find("U+007A"), std::string::npos) << error.what();
     }
+}
+
+TEST(Text, CompactIdsCanLeaveUnknownCharactersOutAndCountThem) {
+    // Unknown characters inside every megabyte piece, and one at the very end.
+    testing::TemporaryDirectory directory;
+    std::u32string text;
+    while (text.size() < 3'000'000) text += U"abzcaé z";
+    text += U"z";
+    const auto path = directory.write("text.txt", encode_utf8(text));
+    const Vocab vocab = Vocab::from_text(U"abc\u00e9 ");
+    std::size_t unknown = 0;
+    const CompactIds ids = CompactIds::encode_file(path, vocab, &unknown);
+    std::size_t expected_unknown = 0;
+    const std::vector<TokenId> expected = vocab.encode_known(text, expected_unknown);
+    EXPECT_EQ(unknown, expected_unknown);
+    EXPECT_EQ(unknown, static_cast<std::size_t>(std::count(text.begin(), text.end(), U'z')));
+    EXPECT_EQ(ids.span().to_vector(), expected);
 }
 
 TEST(Text, SplitHoldsOutTheEnd) {

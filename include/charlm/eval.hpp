@@ -1,6 +1,7 @@
 // Scores a text under a model: cross-entropy in nats per character, perplexity and bits per character.
 #pragma once
 
+#include <filesystem>
 #include <span>
 
 #include <nlohmann/json.hpp>
@@ -24,5 +25,8 @@ struct EvalResult {
 // Characters outside the vocabulary are removed from the text before scoring and counted.
 // The text is read as up to 32 streams of at least ~1k characters each, in windows of 100 steps.
 EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text);
+// The same for a file, streamed into ids of one byte per character (for up to 256 distinct ones), so
+// that scoring a gigabyte takes about a gigabyte. Throws Error for an unreadable or non-UTF-8 file.
+EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path);
 
 }  // namespace charlm

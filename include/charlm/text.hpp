@@ -83,8 +83,9 @@ private:
 class CompactIds {
 public:
     explicit CompactIds(std::size_t vocab_size = 1);
-    // Encodes a file, streamed; throws Error naming a character outside the vocabulary.
-    static CompactIds encode_file(const std::filesystem::path& path, const Vocab& vocab);
+    // Encodes a file, streamed. A character outside the vocabulary throws Error naming it, or, given
+    // `unknown_count`, is left out and counted there (evaluating text the model never saw).
+    static CompactIds encode_file(const std::filesystem::path& path, const Vocab& vocab, std::size_t* unknown_count = nullptr);
 
     std::size_t size() const { return bytes_.size() / static_cast<std::size_t>(width_); }
     TokenSpan span() const { return {bytes_.data(), size(), width_}; }

@@ -170,8 +170,7 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 int run_eval(EvalArguments& arguments) {
     charlm::set_thread_count(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const std::u32string text = charlm::read_text_file(arguments.file);
-    const charlm::EvalResult result = charlm::evaluate_text(*checkpoint.model, checkpoint.vocab, text);
+    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file);
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} are not in the model's vocabulary and were left out", result.unknown_characters,
                      arguments.file);
