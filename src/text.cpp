@@ -218,7 +218,7 @@ CompactIds CompactIds::encode_file(const std::filesystem::path& path, const Voca
             const TokenId id = id_of[c];
             if (id < 0) {
                 if (!unknown_count) vocab.id_of(c);  // throws, naming the character
-                ++*unknown_count;
+                else ++*unknown_count;
                 continue;
             }
             std::memcpy(out, &id, static_cast<std::size_t>(ids.width_));  // little-endian: the low bytes
