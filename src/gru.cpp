@@ -56,8 +56,7 @@ void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     cache.initial_hidden = hidden_state;
 
     // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-    if (!cache.recurrent_forward.packed_from(weights.version))
-        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes, weights.version);
+    cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
     // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection at once, before the time loop.
     // The biases stay apart because r multiplies h W_hn^T + b_hn but not x W_in^T + b_in.
     project_input<Scalar>(input, weights, cache.projection, cache.gates);

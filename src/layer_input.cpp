@@ -66,7 +66,7 @@ void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weigh
     }
     const Matrix<Scalar>& dense = input.rows ? *input.rows : cache.gathered;
     if (weights.version != 0 && rows <= kMostPackedRows) {  // no per-call overhead for a product this small
-        if (!cache.packed.packed_from(weights.version)) cache.packed.pack(weights.weight_ih, Transpose::yes, weights.version);
+        cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version);
         cache.packed.multiply(dense, Scalar(0), projection);
     } else {
         gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection);

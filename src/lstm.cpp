@@ -69,8 +69,7 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
         cache.stacked_forward.multiply(cache.stacked_input, Scalar(0), cache.gates);
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-        if (!cache.recurrent_forward.packed_from(weights.version))
-            cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes, weights.version);
+        cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
         // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
         project_input<Scalar>(input, weights, cache.projection, cache.gates);
     }

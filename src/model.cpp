@@ -217,7 +217,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     const auto& head_bias = parameters_.back().value;
     logits_.resize(TB, config_.vocab_size);
     if (weights_frozen_ && TB == 1) {  // sampling: a packed copy, made once per freeze
-        if (!head_packed_.packed_from(freezes_)) head_packed_.pack(head_weight, Transpose::yes, freezes_);
+        head_packed_.ensure_packed(head_weight, Transpose::yes, freezes_);
         head_packed_.multiply(layer_output(config_.layers - 1), Scalar(0), logits_);
     } else {
         gemm<Scalar>(layer_output(config_.layers - 1), Transpose::no, head_weight, Transpose::yes, Scalar(0), logits_);

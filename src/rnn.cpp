@@ -15,8 +15,7 @@ void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     cache.bias = weights.bias_ih + weights.bias_hh;
 
     // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-    if (!cache.recurrent_forward.packed_from(weights.version))
-        cache.recurrent_forward.pack(weights.weight_hh, Transpose::yes, weights.version);
+    cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
     // (T*B) x H = (T*B) x I . I x H: every step's input projection at once, before the time loop
     project_input<Scalar>(input, weights, cache.projection, cache.hidden);
 

@@ -48,6 +48,10 @@ public:
     void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version = 0);
     // Whether this is a copy of the weights of `version`; never of version 0, which means unknown.
     bool packed_from(std::uint64_t version) const { return version != 0 && version == version_; }
+    // pack(), unless this already is a copy of the weights of `version` (frozen weights: sampling, evaluation).
+    void ensure_packed(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version) {
+        if (!packed_from(version)) pack(b, transpose_b, version);
+    }
     Eigen::Index rows() const { return rows_; }
     Eigen::Index cols() const { return cols_; }
     // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
