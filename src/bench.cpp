@@ -67,7 +67,7 @@ double measure_gemm_gflops(double seconds) {
     return 2.0 * static_cast<double>(size) * size * size / seconds_each / 1e9;
 }
 
-nlohmann::json measure_model(const BenchModel& shape, const std::vector<TokenId>& ids, const Vocab& vocab,
+nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab& vocab,
                              double seconds) {
     ModelConfig config;
     config.cell = CellType::lstm;
@@ -167,9 +167,10 @@ std::filesystem::path default_bench_corpus() {
 nlohmann::json run_benchmark(const BenchOptions& options) {
     if (options.seconds_per_measurement <= 0) throw Error("the seconds per measurement must be positive");
     set_thread_count(options.threads);
-    const std::u32string text = read_text_file(options.corpus);
-    const Vocab vocab = Vocab::from_text(text);
-    const std::vector<TokenId> ids = vocab.encode(text);
+    // Read as 'charlm train' reads it: streamed into ids of as few bytes each as the vocabulary needs.
+    const Vocab vocab = Vocab::from_files({options.corpus});
+    const CompactIds compact_ids = CompactIds::encode_file(options.corpus, vocab);
+    const TokenSpan ids = compact_ids.span();
     for (const BenchModel& shape : options.models) {
         if (ids.size() < static_cast<std::size_t>(shape.seq_length) * shape.batch_size + 1)
             throw Error(fmt::format("{} is too short for windows of {} x {} characters; give a longer corpus",
