@@ -69,10 +69,4 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
     }
 }
 
-std::vector<Batch> evaluation_windows(TokenSpan ids, int seq_length, int batch_size) {
-    std::vector<Batch> windows;
-    for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& batch) { windows.push_back(batch); });
-    return windows;
-}
-
 }  // namespace charlm

@@ -43,7 +43,8 @@ TEST(Batches, TooShortForOneWindowIsAnError) {
 
 TEST(Batches, EvaluationWindowsCoverEveryPairOnce) {
     const auto ids = counting(23);  // 22 pairs in 4 streams of 6, the last one padded
-    const auto windows = evaluation_windows(ids, 4, 4);
+    std::vector<Batch> windows;
+    for_each_evaluation_window(ids, 4, 4, [&](const Batch& window) { windows.push_back(window); });
     std::vector<int> seen(23, 0);
     std::size_t targets = 0;
     for (const auto& window : windows) {

@@ -47,6 +47,5 @@ private:
 // length (the last padded with ignored targets), cut into windows of up to T steps, made one at a
 // time and handed to `visit`.
 void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit);
-std::vector<Batch> evaluation_windows(TokenSpan ids, int seq_length, int batch_size);  // all of them at once
 
 }  // namespace charlm
