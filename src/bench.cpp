@@ -94,7 +94,8 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
         seconds);
     const double memory_megabytes = peak_rss_megabytes();
 
-    // Evaluation: the same windows, forward and loss only.
+    // Evaluation: the same windows, forward and loss only, the weights frozen as 'charlm eval' freezes them.
+    model.set_weights_frozen(true);
     BatchStream eval_stream(ids, shape.seq_length, shape.batch_size);
     ModelState<float> eval_state = model.initial_state(shape.batch_size);
     const double eval_seconds = seconds_per_call(
