@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <array>
 
+#include <omp.h>
+
 #include "charlm/error.hpp"
 
 #ifdef CHARLM_HAVE_ONEDNN

@@ -62,7 +62,7 @@ void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     project_input<Scalar>(input, weights, cache.projection, cache.gates);
 
     // Each thread runs every step for its share of the batch, as the LSTM does.
-    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+    for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
@@ -88,7 +88,7 @@ void gru_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, i
     cache.d_hidden_next.setZero(B, H);
     cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
-    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+    for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = steps - 1; t >= 0; --t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);

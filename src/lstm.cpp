@@ -74,7 +74,7 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
         project_input<Scalar>(input, weights, cache.projection, cache.gates);
     }
 
-    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+    for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
@@ -102,7 +102,7 @@ void lstm_backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, 
     cache.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
     cache.recurrent_backward.pack(weights.weight_hh, Transpose::no);
 
-    for_each_row_share(B, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+    for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = steps - 1; t >= 0; --t) {
             const Eigen::Index row = t * B + first;
             const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);

@@ -7,7 +7,8 @@
 
 namespace charlm {
 
-// Fewer batch rows than this per thread and the packed product stops paying for a second thread.
+// Fewer batch rows than this per thread and the packed product stops paying for a second thread. It
+// also keeps every share at 4 rows or more, where a row's arithmetic does not depend on its share.
 constexpr Eigen::Index kMinRowsPerThread = 8;
 
 // The elementwise passes take the units in chunks of this many: one AVX-512 register of floats.

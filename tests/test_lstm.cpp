@@ -175,6 +175,47 @@ TEST(Lstm, OptimizedMatchesThePlainOneWithTheBatchSplitBetweenThreads) {
     check_lstm_against_plain(2, 1);   // one stream: no split
 }
 
+TEST(Lstm, SharesWeighedByTheThreadsSpeedsGiveTheSameBits) {
+    // The batch's split between threads follows their measured speeds, so it changes from call to
+    // call; the results must not, or the same seed and thread count would not give the same run.
+    Threads threads(2);
+    const int steps = 5, batch = 40, input_size = 12, H = 20;
+    std::mt19937_64 rng(31);
+    const Matrix<float> input = random_matrix<float>(steps * batch, input_size, rng), d_output = random_matrix<float>(steps * batch, H, rng);
+    const Matrix<float> weight_ih = random_matrix<float>(4 * H, input_size, rng), weight_hh = random_matrix<float>(4 * H, H, rng);
+    const Matrix<float> bias_ih = random_matrix<float>(1, 4 * H, rng), bias_hh = random_matrix<float>(1, 4 * H, rng);
+    const CellWeights<float> weights{weight_ih, weight_hh, bias_ih, bias_hh};
+    struct Pass {
+        LstmCache<float> cache;
+        Matrix<float> hidden, cell, w_ih, w_hh, b_ih, b_hh, d_input;
+    };
+    auto run = [&](Pass& pass) {
+        pass.hidden = Matrix<float>::Zero(batch, H);
+        pass.cell = Matrix<float>::Zero(batch, H);
+        pass.w_ih.setZero(4 * H, input_size);
+        pass.w_hh.setZero(4 * H, H);
+        pass.b_ih.setZero(1, 4 * H);
+        pass.b_hh.setZero(1, 4 * H);
+        lstm_forward(input, steps, weights, pass.hidden, pass.cell, pass.cache);
+        lstm_backward(input, d_output, steps, weights, pass.cache, {pass.w_ih, pass.w_hh, pass.b_ih, pass.b_hh}, pass.d_input);
+    };
+    Pass even, skewed;
+    skewed.cache.balance.split(batch, 2, 8);
+    skewed.cache.balance.record(0, 3.0);  // the first thread three times slower: shares of 10 and 30 rows
+    skewed.cache.balance.record(1, 1.0);
+    skewed.cache.balance.update();
+    run(even);
+    run(skewed);
+    auto same = [](const Matrix<float>& a, const Matrix<float>& b) { return (a.array() == b.array()).all(); };
+    EXPECT_TRUE(same(skewed.cache.hidden, even.cache.hidden));
+    EXPECT_TRUE(same(skewed.cell, even.cell));
+    EXPECT_TRUE(same(skewed.cache.gates, even.cache.gates));  // the gates' gradients, after backward
+    EXPECT_TRUE(same(skewed.w_hh, even.w_hh));
+    EXPECT_TRUE(same(skewed.w_ih, even.w_ih));
+    EXPECT_TRUE(same(skewed.b_ih, even.b_ih));
+    EXPECT_TRUE(same(skewed.d_input, even.d_input));
+}
+
 TEST(Lstm, FrozenWeightsServeWindowsOfEverySizeInTurn) {
     // Evaluation's last window is short: one cache, frozen weights, many rows then one row then many.
     const int H = 16, input_size = 8;

@@ -3,13 +3,11 @@
 // against a right-hand factor packed once, for the recurrent weights inside the time loop.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <Eigen/Core>
-#include <omp.h>
 
 #include "charlm/tensor.hpp"
 
@@ -55,7 +53,8 @@ public:
     Eigen::Index rows() const { return rows_; }
     Eigen::Index cols() const { return cols_; }
     // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
-    // calling thread; outside one, a large enough product splits its panels among the threads.
+    // calling thread; outside one, a large enough product splits its panels among the threads. With 4
+    // rows or more, a row of c comes out the same bits whichever other rows a holds.
     void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
 
 private:
@@ -63,23 +62,5 @@ private:
     std::uint64_t version_ = 0;
     std::vector<Scalar, Eigen::aligned_allocator<Scalar>> panels_;
 };
-
-// Splits `rows` rows into one contiguous share per thread (at least `min_rows` each) and runs
-// body(first_row, row_count) for each share in parallel, one call per thread: a time loop over a
-// share of the batch needs no synchronization between steps.
-template <typename Body>
-void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, const Body& body) {
-    const Eigen::Index most = omp_in_parallel() ? 1 : omp_get_max_threads();
-    const Eigen::Index shares = std::clamp<Eigen::Index>(rows / std::max<Eigen::Index>(min_rows, 1), 1, most);
-    if (shares == 1) {
-        body(Eigen::Index{0}, rows);
-        return;
-    }
-#pragma omp parallel num_threads(static_cast<int>(shares))
-    {
-        const Eigen::Index share = omp_get_thread_num(), first = rows * share / shares;
-        body(first, rows * (share + 1) / shares - first);
-    }
-}
 
 }  // namespace charlm

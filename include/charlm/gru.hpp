@@ -2,6 +2,7 @@
 #pragma once
 
 #include "charlm/layer_input.hpp"
+#include "charlm/row_shares.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -20,6 +21,7 @@ struct GruCache {
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
     ProjectionCache<Scalar> projection;  // of the input by W_ih
+    RowBalance balance;                  // the time loops' batch shares, forward and backward
 };
 
 // input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state: B x H, carried in and updated to the last step.

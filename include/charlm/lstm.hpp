@@ -3,6 +3,7 @@
 
 #include "charlm/gemm.hpp"
 #include "charlm/layer_input.hpp"
+#include "charlm/row_shares.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -22,6 +23,7 @@ struct LstmCache {
     Matrix<Scalar> stacked_input;             // B x (I + H), [x h]
     PackedMatrix<Scalar> recurrent_backward;  // W_hh
     ProjectionCache<Scalar> projection;       // of the input by W_ih
+    RowBalance balance;                       // the time loops' batch shares, forward and backward
     // backward workspaces
     Matrix<Scalar> d_hidden_next;  // B x H
     Matrix<Scalar> d_cell_next;    // B x H

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "charlm/layer_input.hpp"
+#include "charlm/row_shares.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -19,6 +20,7 @@ struct RnnCache {
     Matrix<Scalar> d_hidden_next;   // B x H
     Matrix<Scalar> d_bias;          // 1 x H
     ProjectionCache<Scalar> projection;  // of the input by W_ih
+    RowBalance balance;                  // the time loops' batch shares, forward and backward
 };
 
 // input: (T*B) x I, step-major, or tokens (see layer_input.hpp). hidden_state: B x H, carried in and updated to the last step.
