@@ -57,15 +57,17 @@ void gru_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
 
     // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
     cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
-    // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection at once, before the time loop.
+    // (T*B) x 3H = (T*B) x I . I x 3H: every step's input projection at once, before the time loop
+    // (through the table, each step's rows are looked up inside it).
     // The biases stay apart because r multiplies h W_hn^T + b_hn but not x W_in^T + b_in.
-    project_input<Scalar>(input, weights, cache.projection, cache.gates);
+    const bool look_up_by_step = project_input<Scalar>(input, weights, cache.projection, cache.gates);
 
     // Each thread runs every step for its share of the batch, as the LSTM does.
     for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
+            if (look_up_by_step) lookup_rows<Scalar>(input, cache.projection, row, cache.gates.middleRows(row, rows));
             cache.recurrent_forward.multiply(hidden_prev, Scalar(0), cache.hidden_gates.middleRows(row, rows));
             for (Eigen::Index r = 0; r < rows; ++r)
                 for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {

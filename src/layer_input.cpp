@@ -45,7 +45,7 @@ void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source
 }  // namespace
 
 template <typename Scalar>
-void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+bool project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection) {
     const Eigen::Index rows = input.count(), width = weights.weight_ih.rows();
     if (input.size() != weights.weight_ih.cols() || projection.rows() != rows || projection.cols() != width)
@@ -57,8 +57,7 @@ void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weigh
             gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table);
             cache.table_version = weights.version;
         }
-        gather_rows<Scalar>(input.tokens, cache.table, projection);
-        return;
+        return true;
     }
     if (!input.rows) {
         cache.gathered.resize(rows, input.size());
@@ -71,6 +70,13 @@ void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weigh
     } else {
         gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection);
     }
+    return false;
+}
+
+template <typename Scalar>
+void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cache, Eigen::Index first, MatrixRef<Scalar> rows) {
+    for (Eigen::Index row = 0; row < rows.rows(); ++row)
+        rows.row(row) = cache.table.row(input.tokens[static_cast<std::size_t>(first + row)]);
 }
 
 template <typename Scalar>
@@ -103,8 +109,10 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
     scatter_rows<Scalar>(input.tokens, cache.d_gathered, d_input);
 }
 
-template void project_input<float>(LayerInputRef<float>, const CellWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
-template void project_input<double>(LayerInputRef<double>, const CellWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
+template bool project_input<float>(LayerInputRef<float>, const CellWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
+template bool project_input<double>(LayerInputRef<double>, const CellWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
+template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
+template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
 template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const CellWeights<float>&,
                                             ProjectionCache<float>&, Matrix<float>&, Matrix<float>&);
 template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const CellWeights<double>&,

@@ -58,6 +58,7 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
     // product and the recurrent one become one, [x h] times [W_ih W_hh]^T packed once per freeze, so
     // that a step makes one pass over the weights and enters one parallel region, not two.
     const bool stacked = input.rows && steps == 1 && weights.version != 0 && TB <= kMinRowsPerThread;
+    bool look_up_by_step = false;
     if (stacked) {
         if (!cache.stacked_forward.packed_from(weights.version)) {
             Matrix<Scalar> both(4 * H, input.size() + H);
@@ -70,8 +71,9 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
         cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
-        // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop.
-        project_input<Scalar>(input, weights, cache.projection, cache.gates);
+        // (T*B) x 4H = (T*B) x I . I x 4H: every step's input projection at once, before the time loop
+        // (through the table, each step's rows are looked up inside it).
+        look_up_by_step = project_input<Scalar>(input, weights, cache.projection, cache.gates);
     }
 
     for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
@@ -80,6 +82,7 @@ void lstm_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scal
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
             const auto cell_prev = t == 0 ? cache.initial_cell.middleRows(first, rows) : cache.cell.middleRows(row - B, rows);
             auto gates = cache.gates.middleRows(row, rows);  // rows x 4H
+            if (look_up_by_step) lookup_rows<Scalar>(input, cache.projection, row, gates);
             if (!stacked) cache.recurrent_forward.multiply(hidden_prev, Scalar(1), gates);
             for (Eigen::Index r = 0; r < rows; ++r)
                 for_each_chunk(H, [&](auto size, Eigen::Index unit, Eigen::Index count) {

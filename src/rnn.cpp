@@ -17,7 +17,8 @@ void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
     // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
     cache.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
     // (T*B) x H = (T*B) x I . I x H: every step's input projection at once, before the time loop
-    project_input<Scalar>(input, weights, cache.projection, cache.hidden);
+    // (through the table, each step's rows are looked up inside it)
+    const bool look_up_by_step = project_input<Scalar>(input, weights, cache.projection, cache.hidden);
 
     // Each thread runs every step for its share of the batch, as the LSTM does.
     for_each_row_share(B, kMinRowsPerThread, cache.balance, [&](Eigen::Index first, Eigen::Index rows) {
@@ -25,6 +26,7 @@ void rnn_forward(LayerInputRef<Scalar> input, int steps, const CellWeights<Scala
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? cache.initial_hidden.middleRows(first, rows) : cache.hidden.middleRows(row - B, rows);
             auto hidden = cache.hidden.middleRows(row, rows);  // rows x H
+            if (look_up_by_step) lookup_rows<Scalar>(input, cache.projection, row, hidden);
             cache.recurrent_forward.multiply(hidden_prev, Scalar(1), hidden);
             hidden = (hidden.rowwise() + cache.bias).array().tanh();
         }

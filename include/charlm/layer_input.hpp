@@ -48,10 +48,17 @@ struct ProjectionCache {
 };
 
 // projection = input . W_ih^T: (T*B) x G*H, no bias. Derived copies of the weights are kept while
-// weights.version stays the same and nonzero.
+// weights.version stays the same and nonzero. Where the projection is a lookup in the table, this only
+// makes the table, leaves `projection` alone and returns true: the time loop then copies each step's
+// rows with lookup_rows() just before it reads them, while they are in cache (all T*B rows up front
+// would go out to memory and back: 2-3% of an evaluation).
 template <typename Scalar>
-void project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+bool project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection);
+
+// rows = the projection's rows first .. first + rows.rows() - 1, from the table of the last project_input().
+template <typename Scalar>
+void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cache, Eigen::Index first, MatrixRef<Scalar> rows);
 
 // d_projection: the loss gradient with respect to the last projection. Accumulates d_projection^T .
 // input into d_weight_ih, and gives the input's gradient: for rows, d_input becomes (T*B) x I; for
