@@ -2,6 +2,7 @@
 #include "charlm/layer_input.hpp"
 
 #include "charlm/error.hpp"
+#include "charlm/row_shares.hpp"
 
 namespace charlm {
 

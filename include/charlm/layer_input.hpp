@@ -12,7 +12,6 @@
 #include <type_traits>
 
 #include "charlm/gemm.hpp"
-#include "charlm/row_shares.hpp"
 #include "charlm/tensor.hpp"
 #include "charlm/text.hpp"
 

@@ -35,8 +35,8 @@ void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, const Body& bo
 }
 
 // The speed each thread of a split has shown, kept between calls. On a shared machine one core can
-// run 10-25% slower than another for seconds at a time (a neighbour's load on its sibling), and a
-// parallel region lasts as long as its slowest share: shares in proportion to speed finish together.
+// run 10-25% slower than another for seconds at a time (another tenant's load), and a parallel
+// region lasts as long as its slowest share: shares in proportion to speed finish together.
 class RowBalance {
 public:
     // Splits `rows` into `shares` contiguous shares of at least `min_rows` each (shares * min_rows <=
