@@ -19,6 +19,7 @@
 #include "charlm/optim.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/text.hpp"
+#include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 
 namespace charlm {

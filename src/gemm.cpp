@@ -7,6 +7,7 @@
 #include <omp.h>
 
 #include "charlm/error.hpp"
+#include "charlm/threads.hpp"
 
 #ifdef CHARLM_HAVE_ONEDNN
 #include <oneapi/dnnl/dnnl.h>
@@ -44,13 +45,17 @@ void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar
         return;
     }
 #ifdef CHARLM_HAVE_ONEDNN
+    // oneDNN's sgemm splits the work for the team it asks for and leaves the parts of threads that
+    // never start undone; where OpenMP might give fewer, Eigen's GEMM, which copes, does the product.
     if constexpr (std::is_same_v<Scalar, float>) {
-        // dnnl_sgemm takes row-major operands, as ours are.
-        const dnnl_status_t status =
-            dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), a.outerStride(), b.data(),
-                       b.outerStride(), beta, c.data(), c.outerStride());
-        if (status != dnnl_success) throw Error("oneDNN's sgemm failed");
-        return;
+        if (full_teams_guaranteed()) {
+            // dnnl_sgemm takes row-major operands, as ours are.
+            const dnnl_status_t status =
+                dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, 1.0f, a.data(), a.outerStride(), b.data(),
+                           b.outerStride(), beta, c.data(), c.outerStride());
+            if (status != dnnl_success) throw Error("oneDNN's sgemm failed");
+            return;
+        }
     }
 #endif
     eigen_gemm<Scalar>(a, transpose_a, b, transpose_b, beta, c);

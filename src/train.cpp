@@ -1,8 +1,6 @@
 // The training loop, its validation and checkpoints, and resuming a run where it stopped.
 #include "charlm/train.hpp"
 
-#include <omp.h>
-
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -401,11 +399,5 @@ double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, Mode
 }
 
 void request_training_stop() { stop_requested = 1; }
-
-void set_thread_count(int threads) {
-    if (threads <= 0) threads = omp_get_num_procs();
-    omp_set_num_threads(threads);
-    Eigen::setNbThreads(threads);
-}
 
 }  // namespace charlm

@@ -13,12 +13,24 @@ namespace charlm {
 // How many shares of at least `min_rows` each `rows` rows make, one per thread at most; 1 inside a
 // parallel region.
 inline int row_share_count(Eigen::Index rows, Eigen::Index min_rows) {
-    const Eigen::Index most = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const Eigen::Index most = omp_in_parallel() ? 1 : std::min(omp_get_max_threads(), omp_get_thread_limit());
     return static_cast<int>(std::clamp<Eigen::Index>(rows / std::max<Eigen::Index>(min_rows, 1), 1, most));
 }
 
+// Runs each of `shares` shares once in a parallel region asked for `shares` threads. OpenMP may give
+// fewer (OMP_THREAD_LIMIT, OMP_DYNAMIC, a nested region, a busy machine): then a thread runs several
+// shares in turn, so that every share runs whatever team there is.
+template <typename Body>
+void for_each_share_in_team(int shares, const Body& body) {
+#pragma omp parallel num_threads(shares)
+    {
+        const int team = omp_get_num_threads();
+        for (int share = omp_get_thread_num(); share < shares; share += team) body(share);
+    }
+}
+
 // Splits `rows` rows into one contiguous share per thread (at least `min_rows` each) and runs
-// body(first_row, row_count) for each share in parallel, one call per thread: a time loop over a
+// body(first_row, row_count) for each share in parallel, one call per share: a time loop over a
 // share of the batch needs no synchronization between steps.
 template <typename Body>
 void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, const Body& body) {
@@ -27,11 +39,10 @@ void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, const Body& bo
         body(Eigen::Index{0}, rows);
         return;
     }
-#pragma omp parallel num_threads(shares)
-    {
-        const Eigen::Index share = omp_get_thread_num(), first = rows * share / shares;
+    for_each_share_in_team(shares, [&](int share) {
+        const Eigen::Index first = rows * share / shares;
         body(first, rows * (share + 1) / shares - first);
-    }
+    });
 }
 
 // The speed each thread of a split has shown, kept between calls. On a shared machine one core can
@@ -67,13 +78,11 @@ void for_each_row_share(Eigen::Index rows, Eigen::Index min_rows, RowBalance& ba
         return;
     }
     balance.split(rows, shares, min_rows);
-#pragma omp parallel num_threads(shares)
-    {
-        const int share = omp_get_thread_num();
+    for_each_share_in_team(shares, [&](int share) {
         const double start_seconds = omp_get_wtime();
         body(balance.first(share), balance.count(share));
         balance.record(share, omp_get_wtime() - start_seconds);
-    }
+    });
     balance.update();
 }
 

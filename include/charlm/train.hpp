@@ -65,7 +65,4 @@ double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, Mode
 // Asks a running train() to save and return after the current step; safe to call from a signal handler.
 void request_training_stop();
 
-// Threads for Eigen's GEMM and OpenMP loops; 0 means one per core.
-void set_thread_count(int threads);
-
 }  // namespace charlm

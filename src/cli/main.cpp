@@ -16,9 +16,17 @@
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
+#include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 
 namespace {
+
+// Every command's --threads: set, and a word on stderr where the environment allows fewer.
+void use_threads(int threads) {
+    const charlm::ThreadCount count = charlm::set_thread_count(threads);
+    if (count.limited_by)
+        spdlog::warn("--threads {} asks for more than {} allows; using {}", count.requested, count.limited_by, count.used);
+}
 
 void on_stop_signal(int signal_number) {
     charlm::request_training_stop();
@@ -37,7 +45,7 @@ struct TrainArguments {
 };
 
 int run_train(TrainArguments& arguments) {
-    charlm::set_thread_count(arguments.threads);
+    use_threads(arguments.threads);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
@@ -91,7 +99,7 @@ std::string read_prompt_file(const std::string& path) {
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
     if (arguments.count < 1) throw charlm::Error("--count must be at least 1");
-    charlm::set_thread_count(arguments.threads);
+    use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
     std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : arguments.prompt_file);
@@ -168,7 +176,7 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 }
 
 int run_eval(EvalArguments& arguments) {
-    charlm::set_thread_count(arguments.threads);
+    use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file);
     if (result.unknown_characters > 0)
@@ -293,7 +301,7 @@ int main(int argc, char** argv) {
                                              ? std::string("charlm --help")
                                              : "charlm " + app.get_subcommands().front()->get_name() + " --help";
         fmt::print(stderr, "charlm: error: {}; see '{}'\n", message, help_command);
-        return error.get_exit_code();
+        return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
     sample_arguments.seed_given = seed_option->count() > 0;
 
@@ -310,6 +318,10 @@ int main(int argc, char** argv) {
             fmt::print("{}\n", output.string());
             return 0;
         }
+    } catch (const charlm::UsageError& error) {
+        std::fflush(stdout);
+        fmt::print(stderr, "charlm: error: {}\n", error.what());
+        return 2;
     } catch (const charlm::Error& error) {
         std::fflush(stdout);
         fmt::print(stderr, "charlm: error: {}\n", error.what());

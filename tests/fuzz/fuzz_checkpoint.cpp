@@ -12,6 +12,7 @@
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/model.hpp"
+#include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 
 namespace {

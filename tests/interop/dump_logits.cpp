@@ -10,7 +10,7 @@
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/text.hpp"
-#include "charlm/train.hpp"
+#include "charlm/threads.hpp"
 
 int main(int argc, char** argv) {
     if (argc != 4) {
