@@ -226,6 +226,14 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
 }
 
 template <typename Scalar>
+void Model<Scalar>::set_dropout(double rate) {
+    ModelConfig config = config_;
+    config.dropout = rate;
+    config.validate();
+    config_ = config;
+}
+
+template <typename Scalar>
 LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
     const Eigen::Index TB = logits_.rows(), V = logits_.cols();
     if (static_cast<Eigen::Index>(targets.size()) != TB) throw Error("window has the wrong number of targets");

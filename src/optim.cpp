@@ -2,6 +2,7 @@
 #include "charlm/optim.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include <fmt/format.h>
@@ -93,7 +94,7 @@ Adam::Adam(const std::vector<Parameter<float>>& parameters, AdamConfig config) :
     }
 }
 
-void Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate) {
+bool Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate) {
     ++step_count_;
     const auto beta1 = static_cast<float>(config_.beta1), beta2 = static_cast<float>(config_.beta2);
     const double correction1 = 1 - std::pow(config_.beta1, static_cast<double>(step_count_));
@@ -101,6 +102,8 @@ void Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
     const auto step_size = static_cast<float>(learning_rate / correction1);
     const auto root_correction2 = static_cast<float>(std::sqrt(correction2));
     const auto epsilon = static_cast<float>(config_.epsilon);
+    // Each chunk checks what it wrote while it is still in cache: nearly free, where a pass of its own is not.
+    std::atomic<bool> finite = true;
     for (std::size_t i = 0; i < parameters.size(); ++i) {
         float *value = parameters[i].value.data(), *gradient = parameters[i].gradient.data();
         float *first_moment = first_moments_[i].data(), *second_moment = second_moments_[i].data();
@@ -109,9 +112,12 @@ void Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
             Eigen::Map<Eigen::ArrayXf> m(first_moment + first, count), v(second_moment + first, count);
             m = beta1 * m + (1 - beta1) * g;
             v = beta2 * v + (1 - beta2) * g.square();
-            Eigen::Map<Eigen::ArrayXf>(value + first, count) -= step_size * m / (v.sqrt() / root_correction2 + epsilon);
+            Eigen::Map<Eigen::ArrayXf> w(value + first, count);
+            w -= step_size * m / (v.sqrt() / root_correction2 + epsilon);
+            if (!w.isFinite().all() || !v.isFinite().all()) finite.store(false, std::memory_order_relaxed);
         });
     }
+    return finite.load();
 }
 
 }  // namespace charlm

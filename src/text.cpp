@@ -5,11 +5,17 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 #include <iterator>
+#include <memory>
+
+#include <sys/stat.h>
 
 #include <fmt/format.h>
+#include <openssl/evp.h>
 #include <utf8.h>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
 
 namespace charlm {
@@ -76,6 +82,46 @@ void for_each_text_piece(const std::filesystem::path& path, const std::function<
         bytes.erase(bytes.begin(), end);
     }
     if (!any) throw Error(fmt::format("{}: the file is empty; give a UTF-8 text", path.string()));
+}
+
+FileFingerprint fingerprint_file(const std::filesystem::path& path) {
+    std::ifstream file = open_text_file(path);
+    std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> context(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+    if (!context || EVP_DigestInit_ex(context.get(), EVP_sha256(), nullptr) != 1) throw Error("SHA-256 is not available");
+    FileFingerprint fingerprint;
+    std::string buffer(std::size_t{1} << 20, '\0');
+    while (file) {
+        file.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        const auto count = static_cast<std::size_t>(file.gcount());
+        EVP_DigestUpdate(context.get(), buffer.data(), count);
+        fingerprint.size_bytes += count;
+    }
+    if (file.bad()) throw Error(fmt::format("{}: read failed", path.string()));
+    unsigned char digest[EVP_MAX_MD_SIZE];
+    unsigned int length = 0;
+    EVP_DigestFinal_ex(context.get(), digest, &length);
+    for (unsigned int i = 0; i < length; ++i) fingerprint.sha256 += fmt::format("{:02x}", digest[i]);
+    return fingerprint;
+}
+
+bool is_rereadable_file(const std::filesystem::path& path) {
+    struct stat status {};
+    return path != "-" && ::stat(path.c_str(), &status) == 0 && S_ISREG(status.st_mode);
+}
+
+void spool_to_file(const std::filesystem::path& source, AtomicFile& out) {
+    std::ifstream file;
+    std::istream* in = &std::cin;
+    if (source != "-") {
+        file = open_text_file(source);
+        in = &file;
+    }
+    std::string buffer(std::size_t{1} << 20, '\0');
+    while (*in) {
+        in->read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        out.write(std::string_view(buffer.data(), static_cast<std::size_t>(in->gcount())));
+    }
+    if (in->bad()) throw Error(fmt::format("{}: read failed", source == "-" ? std::string("standard input") : source.string()));
 }
 
 std::u32string decode_utf8(const std::string& bytes, const std::string& source_name) {

@@ -10,12 +10,14 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/batches.hpp"
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
 #include "charlm/json_integer.hpp"
 #include "charlm/optim.hpp"
+#include "charlm/run_lock.hpp"
 
 namespace charlm {
 
@@ -110,12 +112,23 @@ struct Session {
     std::mt19937_64 rng;
 };
 
+const char* to_string(StopReason reason) {
+    switch (reason) {
+        case StopReason::steps: return "steps";
+        case StopReason::minutes: return "minutes";
+        case StopReason::patience: return "patience";
+        case StopReason::interrupted: return "interrupted";
+    }
+    return "?";
+}
+
 TrainResult run_loop(Session& session) {
     const TrainOptions& options = session.options;
     auto& model = session.model;
     const auto last_path = options.run_directory / "last.safetensors";
     const auto best_path = options.run_directory / "best.safetensors";
-    // Temporaries of checkpoint writes that a killed process never renamed.
+    // Temporaries of checkpoint writes that a killed process never renamed. The run directory's lock
+    // is held, so none of them belongs to a live process.
     std::error_code ignored;
     for (const auto& entry : std::filesystem::directory_iterator(options.run_directory, ignored)) {
         const std::string name = entry.path().filename().string();
@@ -137,7 +150,15 @@ TrainResult run_loop(Session& session) {
     stream.set_position(session.state.data_position % stream.windows_per_pass());
     Batch batch;
     const bool has_validation = session.corpus.validation().size() >= 2;
-    if (!has_validation) spdlog::warn("no validation text; best.safetensors follows the training loss instead");
+    if (!has_validation)
+        spdlog::warn("no validation text (--val-fraction {}): no best.safetensors, and the summary shows the training loss",
+                     options.validation_fraction);
+    if (options.steps > 0 && options.warmup_steps >= options.steps)
+        spdlog::warn("--warmup {} is as long as the run's {} steps: the learning rate never reaches --lr {}",
+                     options.warmup_steps, options.steps, options.learning_rate);
+    if (model.config().dropout > 0 && model.config().layers == 1)
+        spdlog::warn("--dropout {} does nothing with one layer: it drops units between layers, as PyTorch's nn.LSTM "
+                     "does; use --layers 2 or more", model.config().dropout);
 
     spdlog::info("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
                  to_string(model.config().cell), model.config().layers, model.config().hidden_size,
@@ -145,13 +166,19 @@ TrainResult run_loop(Session& session) {
                  stream.windows_per_pass(), options.seq_length, options.batch_size);
 
     TrainResult result;
+    result.validated = has_validation;
     result.last_checkpoint = last_path;
-    result.best_checkpoint = best_path;
+    if (has_validation) result.best_checkpoint = best_path;
     const auto start = Clock::now();
     auto last_report = start;
     double training_seconds = 0, loss_since_report = 0;
     std::int64_t steps_since_report = 0, steps_this_run = 0;
     const double characters_per_step = static_cast<double>(options.seq_length) * options.batch_size;
+    // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
+    std::int64_t saved_step = session.state.step > 0 ? session.state.step : -1;
+    // Past this the loss has exploded (char-rnn stops past three times its first loss): three times
+    // this run's first loss, or of a uniform guess, ln V, where that is higher (a resumed run starts low).
+    double exploded_loss = 0;
 
     auto save = [&](const std::filesystem::path& path, bool for_resume) {
         session.state.data_position = stream.position();
@@ -159,28 +186,45 @@ TrainResult run_loop(Session& session) {
         session.state.options = options.to_json();
         save_checkpoint(path, model, session.corpus.vocab, session.state, for_resume ? &session.optimizer : nullptr,
                         for_resume ? &session.carried : nullptr);
+        if (for_resume) saved_step = session.state.step;
     };
-    auto done = [&]() {
-        if (options.steps > 0 && session.state.step >= options.steps) return true;
-        if (options.minutes > 0 && seconds_since(start) >= options.minutes * 60) return true;
-        if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) return true;
-        return stop_requested != 0;
+    auto stop_reason = [&]() -> std::optional<StopReason> {
+        if (stop_requested) return StopReason::interrupted;
+        if (options.steps > 0 && session.state.step >= options.steps) return StopReason::steps;
+        if (options.minutes > 0 && seconds_since(start) >= options.minutes * 60) return StopReason::minutes;
+        if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) return StopReason::patience;
+        return std::nullopt;
+    };
+    auto diverged = [&](const std::string& what) {
+        const std::string kept =
+            saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:.0e}",
+                                          last_path.string(), saved_step, quoted_for_shell(options.run_directory.string()),
+                                          options.learning_rate / 10)
+                            : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}",
+                                          options.learning_rate);
+        return Error(fmt::format("training diverged: {} at step {}; {}", what, session.state.step + 1, kept));
     };
     auto clear_status = [&]() {
         if (options.live_progress) std::fputs("\r\033[K", stderr);
     };
     auto last_status = start;
 
-    while (!done()) {
+    // Decided once per step, so that the step that ends the run is also the one validated and saved.
+    std::optional<StopReason> stop = stop_reason();
+    while (!stop) {
         const auto step_start = Clock::now();
         stream.next(batch);
         model.set_dropout_generator(&session.rng);
         const double learning_rate = schedule.at(session.state.step + 1);
-        const double loss = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
-        if (!std::isfinite(loss))
-            throw Error(fmt::format("training diverged: the loss became {} at step {}; {} keeps the last good checkpoint; "
-                                    "try a lower --lr or --clip",
-                                    loss, session.state.step + 1, options.run_directory.string()));
+        const StepOutcome outcome = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
+        const double loss = outcome.loss;
+        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", loss));
+        if (!std::isfinite(outcome.gradient_norm)) throw diverged(fmt::format("the gradient became {}", outcome.gradient_norm));
+        if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate));
+        if (steps_this_run == 0) exploded_loss = 3 * std::max(loss, std::log(static_cast<double>(session.corpus.vocab.size())));
+        if (loss > exploded_loss)
+            throw diverged(fmt::format("the loss rose to {:.4g} nats/char, past {:.4g} (three times where it started)", loss,
+                                       exploded_loss));
         ++session.state.step;
         ++steps_this_run;
         training_seconds += seconds_since(step_start);
@@ -189,7 +233,9 @@ TrainResult run_loop(Session& session) {
         result.last_train_loss = loss;
         result.chars_per_second = characters_per_step * static_cast<double>(steps_this_run) / training_seconds;
 
-        const bool evaluate_now = session.state.step % options.eval_every == 0 || done();
+        stop = stop_reason();
+        // Ctrl-C saves at once, without a validation pass; every other end validates and saves.
+        const bool evaluate_now = session.state.step % options.eval_every == 0 || (stop && *stop != StopReason::interrupted);
         if (options.live_progress && !evaluate_now && seconds_since(last_status) > 0.1) {
             const double elapsed = seconds_since(start);
             std::string status = fmt::format("\r\033[Kstep {}{} | train {:.4f} | {:.1f}k chars/s | {}", session.state.step,
@@ -212,21 +258,25 @@ TrainResult run_loop(Session& session) {
         nlohmann::json record = {{"step", session.state.step}, {"train_loss", train_loss},
                                  {"learning_rate", learning_rate}};
         if (evaluate_now) {
-            model.set_dropout_generator(nullptr);
-            const double validation_loss =
-                has_validation ? evaluate_loss(model, session.corpus.validation(), options.seq_length, options.batch_size).mean()
-                               : train_loss;
-            line += fmt::format(" | val {:.4f}", validation_loss);
-            record["validation_loss"] = has_validation ? nlohmann::json(validation_loss) : nlohmann::json(nullptr);
-            if (validation_loss < session.state.best_validation_loss) {
-                session.state.best_validation_loss = validation_loss;
-                session.state.evaluations_since_best = 0;
-                save(best_path, false);
-                line += " (best)";
+            if (has_validation) {
+                model.set_dropout_generator(nullptr);
+                const double validation_loss =
+                    evaluate_loss(model, session.corpus.validation(), options.seq_length, options.batch_size).mean();
+                line += fmt::format(" | val {:.4f}", validation_loss);
+                record["validation_loss"] = validation_loss;
+                if (validation_loss < session.state.best_validation_loss) {
+                    session.state.best_validation_loss = validation_loss;
+                    session.state.evaluations_since_best = 0;
+                    save(best_path, false);
+                    line += " (best)";
+                } else {
+                    ++session.state.evaluations_since_best;
+                }
             } else {
-                ++session.state.evaluations_since_best;
+                record["validation_loss"] = nullptr;
             }
             save(last_path, true);
+            stop = stop ? stop : stop_reason();  // patience is known only now
         }
         const double elapsed = seconds_since(start);
         line += fmt::format(" | lr {:.2e} | {:.1f}k chars/s | {}", learning_rate, result.chars_per_second / 1000,
@@ -244,16 +294,13 @@ TrainResult run_loop(Session& session) {
         last_report = Clock::now();
     }
     clear_status();
-    if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) {
-        result.stopped_early = true;
-        spdlog::info("stopped early: no better validation loss in {} evaluations", options.patience);
-    }
-    if (stop_requested) {
-        save(last_path, true);
-        result.interrupted = true;
+    if (saved_step != session.state.step) save(last_path, true);  // stopped between validations (Ctrl-C)
+    result.stopped_by = *stop;
+    if (*stop == StopReason::patience)
+        spdlog::info("stopped early: no better validation loss in {} validations", options.patience);
+    if (*stop == StopReason::interrupted)
         spdlog::warn("stopped at step {}; continue with: charlm train --resume {}", session.state.step,
-                     options.run_directory.string());
-    }
+                     quoted_for_shell(options.run_directory.string()));
     result.steps = session.state.step;
     result.best_validation_loss = session.state.best_validation_loss;
     return result;
@@ -261,31 +308,113 @@ TrainResult run_loop(Session& session) {
 
 void validate(const TrainOptions& options) {
     auto positive = [](const char* name, double value) {
-        if (!(value > 0)) throw Error(fmt::format("{} must be positive, not {}", name, value));
+        if (!(value > 0)) throw UsageError(fmt::format("{} must be positive, not {}", name, value));
     };
     positive("--seq", options.seq_length);
     positive("--batch", options.batch_size);
     positive("--lr", options.learning_rate);
     positive("--eval-every", options.eval_every);
     positive("--lr-decay-every", static_cast<double>(options.lr_decay_every));
-    const auto schedule = LearningRateSchedule::parse(options.lr_schedule);
-    if (schedule == LearningRateSchedule::Kind::cosine && options.steps == 0)
-        throw Error("--lr-schedule cosine decays over the run's --steps; give --steps");
-    if (options.warmup_steps < 0 || options.patience < 0) throw Error("--warmup and --patience must not be negative");
-    if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw Error("--lr-decay must be in (0, 1]");
-    if (!(options.clip >= 0)) throw Error("--clip must be zero (off) or positive");
+    try {
+        ModelConfig model = options.model;
+        model.vocab_size = std::max(model.vocab_size, 2);  // a fresh run's comes from the corpus, later
+        model.validate();
+        const auto schedule = LearningRateSchedule::parse(options.lr_schedule);
+        if (schedule == LearningRateSchedule::Kind::cosine && options.steps == 0)
+            throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
+    } catch (const UsageError&) {
+        throw;
+    } catch (const Error& error) {
+        throw UsageError(error.what());  // a bad --hidden, --cell or --lr-schedule: the user's options
+    }
+    if (options.warmup_steps < 0 || options.patience < 0) throw UsageError("--warmup and --patience must not be negative");
+    if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
+    if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
-        throw Error("--val-fraction must be at least 0 and below 1");
-    if (options.steps < 0 || !(options.minutes >= 0)) throw Error("--steps and --minutes must not be negative");
+        throw UsageError("--val-fraction must be at least 0 and below 1");
+    if (options.steps < 0 || !(options.minutes >= 0)) throw UsageError("--steps and --minutes must not be negative");
     if (static_cast<double>(options.seq_length) * options.batch_size * std::max(options.model.hidden_size, 1) > 2e9)
-        throw Error("--seq x --batch x --hidden is too large to fit in memory; make one of them smaller");
+        throw UsageError("--seq x --batch x --hidden is too large to fit in memory; make one of them smaller");
+}
+
+// --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
+void check_patience_has_validation(const TrainOptions& options, const Corpus& corpus) {
+    if (options.patience > 0 && corpus.validation().size() < 2)
+        throw UsageError(fmt::format("--patience {} waits for a better validation loss, and this run has no validation text; "
+                                     "give --val-fraction above 0 or --val FILE, or leave --patience out",
+                                     options.patience));
+}
+
+// The file a resumed run reads for its corpus (or validation text): where it was, or where the user
+// says it moved. Its size and SHA-256 must be the ones recorded, so neither an edited text nor a
+// path in a crafted checkpoint feeds the run anything but the text it started on.
+std::filesystem::path locate_recorded_file(const char* what, const char* flag, const std::filesystem::path& recorded_path,
+                                           const FileFingerprint& recorded, const std::optional<std::filesystem::path>& moved_to) {
+    const std::filesystem::path path = moved_to.value_or(recorded_path);
+    const std::string hint = moved_to ? std::string()
+                                      : fmt::format("; if it moved, give its new place with --resume RUN_DIR {} PATH", flag);
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        throw Error(fmt::format("{}: the run's {} is not there{}", path.string(), what, hint));
+    if (recorded.sha256.empty()) {
+        spdlog::warn("{}: the checkpoint predates corpus hashes, so the {} cannot be checked against the one the run started on",
+                     path.string(), what);
+        return path;
+    }
+    const FileFingerprint now = fingerprint_file(path);
+    if (now != recorded)
+        throw Error(fmt::format("{}: not the {} the run started on ({} bytes, SHA-256 {:.12}..., where the run recorded {} "
+                                "bytes, {:.12}...){}",
+                                path.string(), what, now.size_bytes, now.sha256, recorded.size_bytes, recorded.sha256, hint));
+    return path;
+}
+
+// How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
+struct OptionOnResume {
+    const char* flag;
+    const char* json_pointer;  // into TrainOptions::to_json()
+    bool may_change;
+};
+constexpr OptionOnResume kOptionsOnResume[] = {
+    {"--lr", "/learning_rate", true},         {"--lr-schedule", "/lr_schedule", true},
+    {"--warmup", "/warmup_steps", true},      {"--lr-decay-every", "/lr_decay_every", true},
+    {"--lr-decay", "/lr_decay_factor", true}, {"--clip", "/clip", true},
+    {"--steps", "/steps", true},              {"--minutes", "/minutes", true},
+    {"--eval-every", "/eval_every", true},    {"--patience", "/patience", true},
+    {"--dropout", "/model/dropout", true},    {"--cell", "/model/cell", false},
+    {"--layers", "/model/layers", false},     {"--hidden", "/model/hidden_size", false},
+    {"--embed", "/model/embed_size", false},  {"--seq", "/seq_length", false},
+    {"--batch", "/batch_size", false},        {"--val-fraction", "/validation_fraction", false},
+    {"--seed", "/seed", false},
+};
+
+// The stored options with the request's given ones laid over them, each change described in
+// `changes`; refuses any option that the checkpoint fixes.
+nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& request, std::vector<std::string>& changes) {
+    const nlohmann::json requested = request.options.to_json();
+    for (const std::string& flag : request.given) {
+        const auto* option = std::find_if(std::begin(kOptionsOnResume), std::end(kOptionsOnResume),
+                                          [&](const OptionOnResume& candidate) { return flag == candidate.flag; });
+        if (option == std::end(kOptionsOnResume)) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
+        const nlohmann::json::json_pointer pointer(option->json_pointer);
+        const nlohmann::json before = stored.contains(pointer) ? stored.at(pointer) : nlohmann::json(nullptr);
+        const nlohmann::json& after = requested.at(pointer);
+        if (before == after) continue;
+        if (!option->may_change)
+            throw UsageError(fmt::format("{} {} differs from the run's {}, which its checkpoint fixes; leave {} out to "
+                                         "resume, or start a new run with --out",
+                                         flag, after.dump(), before.dump(), flag));
+        changes.push_back(fmt::format("{} {} (was {})", flag, after.dump(), before.dump()));
+        stored[pointer] = after;
+    }
+    return stored;
 }
 
 }  // namespace
 
 nlohmann::json TrainOptions::to_json() const {
     nlohmann::json json = {
-        {"corpus", std::filesystem::absolute(corpus).string()},
+        {"corpus", corpus.empty() ? std::string() : std::filesystem::absolute(corpus).string()},
         {"run_directory", run_directory.string()},
         {"model", model.to_json()},
         {"seq_length", seq_length},
@@ -302,8 +431,13 @@ nlohmann::json TrainOptions::to_json() const {
         {"minutes", minutes},
         {"eval_every", eval_every},
         {"seed", seed},
+        {"corpus_size_bytes", corpus_fingerprint.size_bytes},
+        {"corpus_sha256", corpus_fingerprint.sha256},
+        {"train_characters", train_characters},
     };
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
+    json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
+    json["validation_file_sha256"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->sha256) : nlohmann::json(nullptr);
     return json;
 }
 
@@ -328,6 +462,15 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.minutes = json.at("minutes").get<double>();
         options.eval_every = integer_value<int>(json.at("eval_every"));
         options.seed = integer_value<std::uint64_t>(json.at("seed"));
+        // Absent from checkpoints written before the corpus was fingerprinted.
+        if (json.contains("corpus_sha256")) {
+            options.corpus_fingerprint = {integer_value<std::uint64_t>(json.at("corpus_size_bytes")),
+                                          json.at("corpus_sha256").get<std::string>()};
+            options.train_characters = integer_value<std::uint64_t>(json.at("train_characters"));
+            if (options.validation_file && !json.at("validation_file_sha256").is_null())
+                options.validation_fingerprint = FileFingerprint{integer_value<std::uint64_t>(json.at("validation_file_size_bytes")),
+                                                                 json.at("validation_file_sha256").get<std::string>()};
+        }
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("the checkpoint's training options are incomplete ({})", error.what()));
     }
@@ -337,39 +480,87 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
 TrainResult train(const TrainOptions& options_in) {
     TrainOptions options = options_in;
     validate(options);
-    Corpus corpus = load_corpus(options, nullptr);
-    options.model.vocab_size = static_cast<int>(corpus.vocab.size());
-    options.model.validate();
+    // A text that can be read again is checked before the run directory is touched; a pipe is read
+    // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
+    const bool copy_corpus = !is_rereadable_file(options.corpus);
+    const bool copy_validation = options.validation_file && !is_rereadable_file(*options.validation_file);
+    std::optional<Corpus> corpus;
+    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr);
+
     std::error_code error;
-    if (!options.overwrite && std::filesystem::exists(options.run_directory / "last.safetensors", error))
-        throw Error(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
-                                "or choose another directory with --out",
-                                options.run_directory.string()));
     std::filesystem::create_directories(options.run_directory, error);
     if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
+    const RunLock lock(options.run_directory);
+    if (!options.overwrite && std::filesystem::exists(options.run_directory / "last.safetensors", error))
+        throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                     "or choose another directory with --out",
+                                     quoted_for_shell(options.run_directory.string())));
+    std::optional<AtomicFile> corpus_copy, validation_copy;
+    auto copy = [&](std::optional<AtomicFile>& file, std::filesystem::path& path, const char* name) {
+        file.emplace(options.run_directory / name);
+        spool_to_file(path, *file);
+        spdlog::info("copied {} into {}: it can be read only once, and the run reads its text more than once",
+                     path == "-" ? std::string("standard input") : path.string(), (options.run_directory / name).string());
+        path = file->temporary_path();
+    };
+    if (copy_corpus) copy(corpus_copy, options.corpus, "corpus.txt");
+    if (copy_validation) copy(validation_copy, *options.validation_file, "validation.txt");
+    if (!corpus) corpus = load_corpus(options, nullptr);
+    check_patience_has_validation(options, *corpus);
 
-    Session session{options, std::move(corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
+    options.corpus_fingerprint = fingerprint_file(options.corpus);
+    if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
+    options.train_characters = corpus->train_size;
+    if (corpus_copy) {
+        corpus_copy->commit();
+        options.corpus = options.run_directory / "corpus.txt";
+    }
+    if (validation_copy) {
+        validation_copy->commit();
+        options.validation_file = options.run_directory / "validation.txt";
+    }
+    options.model.vocab_size = static_cast<int>(corpus->vocab.size());
+    options.model.validate();
+
+    Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     session.model.initialize(session.rng);
     session.optimizer = Adam(session.model.parameters());
     session.carried = session.model.initial_state(options.batch_size);
-    // A fresh run starts a fresh metrics log; checkpoints are replaced only when the new ones are written.
+    // A fresh run starts a fresh metrics log, and leaves no best.safetensors of an earlier run to
+    // pass for its own; last.safetensors is replaced only when the new one is written.
     std::filesystem::remove(options.run_directory / "metrics.jsonl", error);
+    std::filesystem::remove(options.run_directory / "best.safetensors", error);
     return run_loop(session);
 }
 
-TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes,
-                            bool live_progress) {
+TrainResult resume_training(const ResumeRequest& request) {
+    const auto& run_directory = request.run_directory;
     const auto last_path = run_directory / "last.safetensors";
+    std::error_code error;
+    if (!std::filesystem::is_directory(run_directory, error))
+        throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
+    const RunLock lock(run_directory);
     Checkpoint checkpoint = load_checkpoint(last_path);
     if (!checkpoint.optimizer || !checkpoint.carried_state)
         throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
-    TrainOptions options = TrainOptions::from_json(checkpoint.training.options);
+    std::vector<std::string> changes;
+    TrainOptions options = TrainOptions::from_json(options_for_resume(checkpoint.training.options, request, changes));
+    // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
+    const double dropout = options.model.dropout;
+    options.model = checkpoint.config;
+    options.model.dropout = dropout;
     options.run_directory = run_directory;
-    if (steps > 0) options.steps = steps;
-    if (minutes > 0) options.minutes = minutes;
-    options.live_progress = live_progress;
+    options.live_progress = request.live_progress;
     validate(options);
+    if (request.validation_file && !options.validation_file)
+        throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
+    options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus);
+    if (options.validation_file)
+        options.validation_file = locate_recorded_file("validation file", "--val", *options.validation_file,
+                                                       options.validation_fingerprint.value_or(FileFingerprint{}),
+                                                       request.validation_file);
     Corpus corpus = load_corpus(options, &checkpoint.vocab);
+    check_patience_has_validation(options, corpus);
     if (checkpoint.carried_state->hidden.front().rows() != options.batch_size)
         throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
     Session session{options,
@@ -379,23 +570,33 @@ TrainResult resume_training(const std::filesystem::path& run_directory, std::int
                     checkpoint.training,
                     std::move(*checkpoint.carried_state),
                     rng_from_string(checkpoint.training.rng_state)};
-    spdlog::info("resuming {} at step {}", run_directory.string(), session.state.step);
+    session.model.set_dropout(options.model.dropout);
+    spdlog::info("resuming {} at step {}{}", run_directory.string(), session.state.step,
+                 changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", ")));
     if (options.steps > 0 && session.state.step >= options.steps)
         spdlog::warn("the run is already at step {}, not below --steps {}; nothing to do", session.state.step, options.steps);
     return run_loop(session);
 }
 
-double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
-                  double learning_rate) {
+StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
+                       double learning_rate) {
+    StepOutcome outcome;
     if (batch.starts_streams) carried.reset();
     model.zero_gradients();
     model.forward(batch.inputs, batch.seq_length, batch.batch_size, carried);
-    const double loss = model.loss(batch.targets).mean();
-    if (!std::isfinite(loss)) return loss;
+    outcome.loss = model.loss(batch.targets).mean();
+    if (!std::isfinite(outcome.loss)) {
+        outcome.finite = false;
+        return outcome;
+    }
     model.backward();
-    clip_gradient_norm(model.parameters(), clip);
-    optimizer.step(model.parameters(), learning_rate);
-    return loss;
+    outcome.gradient_norm = clip_gradient_norm(model.parameters(), clip);
+    if (!std::isfinite(outcome.gradient_norm)) {
+        outcome.finite = false;
+        return outcome;
+    }
+    outcome.finite = optimizer.step(model.parameters(), learning_rate);
+    return outcome;
 }
 
 void request_training_stop() { stop_requested = 1; }

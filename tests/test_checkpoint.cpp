@@ -64,7 +64,7 @@ TEST(Checkpoint, OptimizerAndCarriedStateRoundTrip) {
     Saved saved;
     Adam adam(saved.model.parameters());
     for (auto& parameter : saved.model.parameters()) parameter.gradient.setConstant(0.5f);
-    adam.step(saved.model.parameters(), 0.01);
+    ASSERT_TRUE(adam.step(saved.model.parameters(), 0.01));
     ModelState<float> state = saved.model.initial_state(3);
     state.hidden[1].setConstant(0.25f);
     state.cell[0].setConstant(-2.0f);

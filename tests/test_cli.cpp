@@ -133,11 +133,13 @@ void write_bytes(const fs::path& path, std::string_view bytes) {
     ASSERT_TRUE(file.good()) << "cannot write " << path;
 }
 
-// Every regular file under `directory` (relative name -> bytes), to prove that a failed command changed nothing.
+// Every regular file under `directory` (relative name -> bytes), to prove that a failed command changed nothing;
+// but the run directory's lock file, which every training that locks the directory writes its pid into.
 std::map<std::string, std::string> snapshot(const fs::path& directory) {
     std::map<std::string, std::string> files;
     for (const auto& entry : fs::recursive_directory_iterator(directory))
-        if (entry.is_regular_file()) files[fs::relative(entry.path(), directory).string()] = read_bytes(entry.path());
+        if (entry.is_regular_file() && entry.path().filename() != ".lock")
+            files[fs::relative(entry.path(), directory).string()] = read_bytes(entry.path());
     return files;
 }
 
@@ -322,10 +324,10 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
         EXPECT_TRUE(fs::is_regular_file(path("run") / name)) << name;
         EXPECT_GT(fs::file_size(path("run") / name), 0u) << name;
     }
-    // No temporary files left behind by the atomic writes.
+    // No temporary files left behind by the atomic writes; the lock file stays, for the next run to lock.
     for (const auto& entry : fs::directory_iterator(path("run")))
         EXPECT_TRUE(entry.path().filename() == "last.safetensors" || entry.path().filename() == "best.safetensors" ||
-                    entry.path().filename() == "metrics.jsonl")
+                    entry.path().filename() == "metrics.jsonl" || entry.path().filename() == ".lock")
             << "unexpected file " << entry.path();
 
     // The summary on stdout, the progress log on stderr.
@@ -658,13 +660,13 @@ TEST_F(Cli, TrainResumeRefusesACorruptLastCheckpointAndChangesNothing) {
     expect_unchanged(before, snapshot(path("run")));
 }
 
-TEST_F(Cli, TrainResumeRefusesACorpusThatGainedNewCharacters) {
+TEST_F(Cli, TrainResumeRefusesACorpusThatChanged) {
     const auto corpus = write("corpus.txt", make_corpus());
     train_tiny(corpus, "run");
     const auto before = snapshot(path("run"));
     write("corpus.txt", make_corpus() + "Zebra!\n");
     const RunResult result = charlm({"train", "--resume", path("run").string(), "--steps", "50"});
-    expect_error(result, {"corpus.txt", "'Z'"});
+    expect_error(result, {"corpus.txt", "not the corpus the run started on", "--corpus PATH"});
     expect_unchanged(before, snapshot(path("run")));
 }
 
@@ -861,7 +863,11 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"});
     expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"});
     expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"});
-    expect_train_refused(corpus, {"cosine", "--steps"}, {"--lr-schedule", "cosine", "--steps", "0", "--minutes", "1"});
+    // Cosine decays over --steps: with --minutes alone there is nothing to decay over.
+    std::vector<std::string> cosine = {"train", corpus.string(), "--out", path("cosine").string(), "--lr-schedule", "cosine", "--minutes", "1"};
+    cosine.insert(cosine.end(), kTinyModel.begin(), kTinyModel.end());
+    expect_error(charlm(cosine), {"cosine", "--steps"}, true);
+    EXPECT_FALSE(fs::exists(path("cosine") / "last.safetensors"));
 }
 
 TEST_F(Cli, TrainRefusesAnUnreadableCorpus) {

@@ -146,7 +146,7 @@ TEST(Model, OverfitsATinyCorpus) {
         loss = model.loss(targets).mean();
         model.backward();
         clip_gradient_norm(model.parameters(), 5.0);
-        optimizer.step(model.parameters(), 1e-2);
+        ASSERT_TRUE(optimizer.step(model.parameters(), 1e-2));
     }
     EXPECT_LT(loss, 0.05);
 }

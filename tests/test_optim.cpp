@@ -31,14 +31,14 @@ TEST(Optim, ClippingScalesToTheGlobalNorm) {
 TEST(Optim, AdamFirstStepMovesEachWeightByTheLearningRate) {
     auto parameters = two_parameters();
     Adam adam(parameters);
-    adam.step(parameters, 0.1);
+    ASSERT_TRUE(adam.step(parameters, 0.1));
     // After bias correction the first update is lr * g / (|g| + eps): -0.1 where g > 0, none where g = 0.
     EXPECT_NEAR(parameters[0].value(0, 0), 0.9f, 1e-6);
     EXPECT_NEAR(parameters[0].value(0, 1), 1.0f, 1e-6);
     EXPECT_NEAR(parameters[1].value(1, 0), -1.1f, 1e-6);
     EXPECT_EQ(adam.step_count(), 1);
     // Second step with the same gradient: m = g (corrected), v = g^2 (corrected), again lr.
-    adam.step(parameters, 0.1);
+    ASSERT_TRUE(adam.step(parameters, 0.1));
     EXPECT_NEAR(parameters[0].value(0, 0), 0.8f, 1e-5);
 }
 

@@ -33,6 +33,15 @@ TrainOptions tiny_options(const TemporaryDirectory& directory, const std::string
     return options;
 }
 
+// Resumes the run in `run_directory` to `steps` in all, as `charlm train --resume RUN --steps N` does.
+TrainResult resume_to(const std::filesystem::path& run_directory, std::int64_t steps) {
+    ResumeRequest request;
+    request.run_directory = run_directory;
+    request.options.steps = steps;
+    request.given = {"--steps"};
+    return resume_training(request);
+}
+
 TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
@@ -60,7 +69,7 @@ TEST(Train, ResumingGivesTheSameParametersBitForBit) {
     TrainOptions halves = tiny_options(directory, "halves");
     halves.steps = 12;
     train(halves);
-    const TrainResult resumed = resume_training(halves.run_directory, 24, 0);
+    const TrainResult resumed = resume_to(halves.run_directory, 24);
     EXPECT_EQ(resumed.steps, 24);
 
     const Checkpoint a = load_checkpoint(straight.run_directory / "last.safetensors");
@@ -87,7 +96,7 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
     // decay), the same dropout masks and the same data.
     train(configure("halves", 9));
-    resume_training(directory.path() / "halves", 20, 0);
+    resume_to(directory.path() / "halves", 20);
     const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
     const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
     EXPECT_EQ(b.training.step, 20);
@@ -105,7 +114,7 @@ TEST(Train, PatienceStopsEarly) {
     options.patience = 2;
     options.steps = 200;
     const TrainResult result = train(options);
-    EXPECT_TRUE(result.stopped_early);
+    EXPECT_EQ(result.stopped_by, StopReason::patience);
     EXPECT_LT(result.steps, 200);
 }
 

@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace charlm {
 
@@ -17,5 +18,9 @@ class UsageError : public Error {
 public:
     using Error::Error;
 };
+
+// Text as a user would type it into a shell, for the commands that messages suggest: as it is where
+// that is safe, else in single quotes ("runs/my run" -> 'runs/my run').
+std::string quoted_for_shell(std::string_view text);
 
 }  // namespace charlm

@@ -81,6 +81,8 @@ public:
     // With a generator, forward() drops units between layers at the config's rate (training);
     // without one (the default) it does not (evaluation and sampling).
     void set_dropout_generator(std::mt19937_64* rng) { dropout_rng_ = rng; }
+    // A resumed run may go on at another rate; throws Error for a rate outside [0, 1).
+    void set_dropout(double rate);
 
     // inputs: T*B ids, step-major. Fills logits(): (T*B) x V. Carries `state` to the window's end.
     void forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state);

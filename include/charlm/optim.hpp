@@ -38,7 +38,9 @@ public:
     Adam() = default;
     Adam(const std::vector<Parameter<float>>& parameters, AdamConfig config = {});
 
-    void step(std::vector<Parameter<float>>& parameters, double learning_rate);
+    // Returns false where the step left a parameter or a second moment that is not finite (a learning
+    // rate far too high, a gradient whose square overflows): the caller must stop and save nothing.
+    [[nodiscard]] bool step(std::vector<Parameter<float>>& parameters, double learning_rate);
 
     std::int64_t step_count() const { return step_count_; }
     void set_step_count(std::int64_t steps) { step_count_ = steps; }

@@ -11,6 +11,8 @@
 
 namespace charlm {
 
+class AtomicFile;
+
 using TokenId = std::int32_t;
 
 // Reads a whole file as UTF-8 and decodes it into code points.
@@ -20,6 +22,22 @@ std::u32string read_text_file(const std::filesystem::path& path);
 // Reads a UTF-8 file a megabyte at a time and hands each decoded piece to `visit` (a byte order mark
 // left out), so that memory does not grow with the file. Throws Error as read_text_file() does.
 void for_each_text_piece(const std::filesystem::path& path, const std::function<void(std::u32string_view)>& visit);
+
+// A file's size and SHA-256: what a resumed run checks to know that its corpus is the one it started on.
+struct FileFingerprint {
+    std::uint64_t size_bytes = 0;
+    std::string sha256;  // 64 lowercase hex digits
+    bool operator==(const FileFingerprint&) const = default;
+};
+// Reads the file once, streamed. Throws Error naming the file where it cannot be read.
+FileFingerprint fingerprint_file(const std::filesystem::path& path);
+
+// True for a path that can be read twice from the start (a regular file); false for a pipe, a FIFO,
+// /dev/stdin or a process substitution, which training must copy first (spool_to_file). "-" is standard input.
+bool is_rereadable_file(const std::filesystem::path& path);
+// Copies `source` ("-" for standard input) into `destination`, which the caller commits once it has
+// checked the text (through destination.temporary_path()). Throws Error naming what failed.
+void spool_to_file(const std::filesystem::path& source, AtomicFile& destination);
 
 // A read-only view of token ids stored 1, 2 or 4 bytes each (see CompactIds). A std::vector<TokenId>
 // converts to one implicitly.

@@ -4,11 +4,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
+#include "charlm/text.hpp"
 
 namespace charlm {
 
@@ -34,33 +37,63 @@ struct TrainOptions {
     bool overwrite = false;            // start over in a run directory that already holds a run
     bool live_progress = false;        // redraw one status line on stderr (for a terminal); not stored
 
+    // Facts of the run that train() records beside the options, for --resume and `charlm info`.
+    // Checkpoints older than these have no hash (empty sha256); a resume then cannot check the text.
+    FileFingerprint corpus_fingerprint;
+    std::optional<FileFingerprint> validation_fingerprint;  // with a validation file
+    std::uint64_t train_characters = 0;                     // the part that trains, after the split
+
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& json);
 };
 
+// Why a run ended. Every one of these leaves last.safetensors holding the final state.
+enum class StopReason { steps, minutes, patience, interrupted };
+
 struct TrainResult {
-    std::int64_t steps = 0;
+    std::int64_t steps = 0;            // the run's step count, resumed ones included
     double last_train_loss = 0;
+    bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
     double chars_per_second = 0;
-    bool interrupted = false;
-    bool stopped_early = false;        // by --patience
-    std::filesystem::path best_checkpoint;
+    StopReason stopped_by = StopReason::steps;
+    std::filesystem::path best_checkpoint;  // empty where the run has no validation text
     std::filesystem::path last_checkpoint;
 };
 
-// Trains from scratch; the run directory gets last.safetensors, best.safetensors and metrics.jsonl.
+// Trains from scratch; the run directory gets last.safetensors, metrics.jsonl and, when there is
+// validation text, best.safetensors. A corpus that cannot be read twice (a pipe, "-" for standard
+// input) is first copied to RUN_DIR/corpus.txt, and that copy is the run's corpus.
 TrainResult train(const TrainOptions& options);
-// Continues the run in `run_directory` from its last.safetensors, with the options stored there;
-// `steps` and `minutes`, when nonzero, replace the stored bounds.
-TrainResult resume_training(const std::filesystem::path& run_directory, std::int64_t steps, double minutes,
-                            bool live_progress = false);
+
+// A resumed run: its directory, and the options given again. Those a run may change (learning rate
+// and schedule, steps, minutes, eval interval, clip, dropout, patience) take effect and the log says
+// so; those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed) are refused where
+// they differ. The corpus must be the one the run started on (size and SHA-256); `corpus` and
+// `validation_file` say where it is now if it moved.
+struct ResumeRequest {
+    std::filesystem::path run_directory;
+    TrainOptions options;              // the values of the options given; the others are not read
+    std::vector<std::string> given;    // their command-line names, e.g. "--lr"
+    std::optional<std::filesystem::path> corpus;
+    std::optional<std::filesystem::path> validation_file;
+    bool live_progress = false;
+};
+TrainResult resume_training(const ResumeRequest& request);
+
+// What one training step found. Where `finite` is false, the loss, the gradient or the updated
+// parameters were not finite: the model is not to be used or saved.
+struct StepOutcome {
+    double loss = 0;           // the window's mean loss
+    double gradient_norm = 0;  // before clipping
+    bool finite = true;
+};
 
 // One training step on a window, as train() takes it: the carried state reset where the window starts
 // the streams, forward, loss, backward, global-norm clipping to `clip` (0: none) and an Adam step.
-// Returns the window's mean loss; when that is not finite, returns it before touching the parameters.
-double train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
-                  double learning_rate);
+// A loss or gradient that is not finite returns before the parameters are touched.
+StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
+                       double learning_rate);
 
 // Asks a running train() to save and return after the current step; safe to call from a signal handler.
 void request_training_stop();

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <set>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -38,42 +39,88 @@ struct TrainArguments {
     std::string validation_file;
     std::string run_directory;
     std::string resume;
+    std::string moved_corpus;
     std::string cell = "lstm";
     charlm::TrainOptions options;
     int threads = 0;
     bool quiet = false;
+    std::vector<std::string> given;  // the training options given on the command line, by name
 };
 
+std::string describe_stop(const charlm::TrainResult& result, const charlm::TrainOptions& options) {
+    switch (result.stopped_by) {
+        case charlm::StopReason::steps: return "";
+        case charlm::StopReason::minutes: return " (--minutes reached)";
+        case charlm::StopReason::patience: return fmt::format(" (stopped early: no better validation loss in {} validations)", options.patience);
+        case charlm::StopReason::interrupted: return " (interrupted)";
+    }
+    return "";
+}
+
 int run_train(TrainArguments& arguments) {
+    auto given = [&](const std::string& name) {
+        return std::find(arguments.given.begin(), arguments.given.end(), name) != arguments.given.end();
+    };
+    // 0 means "no bound" inside the library; on the command line it is a mistake, not the default.
+    if (given("--steps") && arguments.options.steps <= 0)
+        throw charlm::UsageError(fmt::format("--steps must be at least 1, not {}; leave it out for 2000", arguments.options.steps));
+    if (given("--minutes") && !(arguments.options.minutes > 0))
+        throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     use_threads(arguments.threads);
     std::signal(SIGINT, on_stop_signal);
     std::signal(SIGTERM, on_stop_signal);
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
     const bool live_progress = !arguments.quiet && ::isatty(STDERR_FILENO);
     charlm::TrainResult result;
+    charlm::TrainOptions& options = arguments.options;
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
-            throw charlm::Error("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with");
-        result = charlm::resume_training(arguments.resume, arguments.options.steps, arguments.options.minutes, live_progress);
+            throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
+                                     "(if that moved, say where with --corpus PATH)");
+        if (!arguments.run_directory.empty())
+            throw charlm::UsageError("--resume RUN_DIR names the run directory already; leave --out out");
+        if (options.overwrite) throw charlm::UsageError("--force starts a run over and --resume continues one; choose one");
+        charlm::ResumeRequest request;
+        request.run_directory = arguments.resume;
+        request.options = options;
+        request.options.model.cell = charlm::parse_cell_type(arguments.cell);
+        // These act on this invocation, or were checked above; the rest are the run's options.
+        const std::set<std::string> not_options = {"--threads", "--quiet", "--out", "--force", "--resume", "--corpus", "--val"};
+        for (const auto& name : arguments.given)
+            if (!not_options.contains(name)) request.given.push_back(name);
+        if (!arguments.moved_corpus.empty()) request.corpus = arguments.moved_corpus;
+        if (!arguments.validation_file.empty()) request.validation_file = arguments.validation_file;
+        request.live_progress = live_progress;
+        result = charlm::resume_training(request);
     } else {
-        if (arguments.corpus.empty()) throw charlm::Error("give a CORPUS text file to train on, or --resume RUN_DIR");
-        auto& options = arguments.options;
+        if (!arguments.moved_corpus.empty())
+            throw charlm::UsageError("--corpus says where a resumed run's corpus moved; to start a run, give CORPUS alone");
+        if (arguments.corpus.empty()) throw charlm::UsageError("give a CORPUS text file to train on, or --resume RUN_DIR");
+        if (arguments.corpus == "-" && ::isatty(STDIN_FILENO))
+            throw charlm::UsageError("CORPUS - reads standard input, which is a terminal; pipe a text in: cat corpus.txt | charlm train -");
         options.corpus = arguments.corpus;
         if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
         options.model.cell = charlm::parse_cell_type(arguments.cell);
-        options.run_directory = arguments.run_directory.empty()
-                                    ? std::filesystem::path("runs") / std::filesystem::path(arguments.corpus).stem()
-                                    : std::filesystem::path(arguments.run_directory);
+        const std::string run_name = arguments.corpus == "-" ? std::string("stdin") : std::filesystem::path(arguments.corpus).stem().string();
+        options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
+                                                                : std::filesystem::path(arguments.run_directory);
         if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
         options.live_progress = live_progress;
         result = charlm::train(options);
     }
-    const double best = result.best_validation_loss;
-    fmt::print("trained {} steps; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
-               "checkpoints: {} (best), {} (to resume)\n",
-               result.steps, best, std::exp(best), best / std::log(2.0), result.best_checkpoint.string(),
-               result.last_checkpoint.string());
-    return result.interrupted ? 130 : 0;
+    const std::string stopped = describe_stop(result, options);
+    if (!result.validated) {
+        fmt::print("trained {} steps{}; no validation text, so no best checkpoint; last train loss {:.4f} nats/char\n"
+                   "checkpoint: {} (to resume)\n",
+                   result.steps, stopped, result.last_train_loss, result.last_checkpoint.string());
+    } else {
+        const double best = result.best_validation_loss;
+        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
+                   "checkpoints: {} (best), {} (to resume)\n",
+                   result.steps, stopped, best, std::exp(best), best / std::log(2.0), result.best_checkpoint.string(),
+                   result.last_checkpoint.string());
+    }
+    return result.stopped_by == charlm::StopReason::interrupted ? 130 : 0;
 }
 
 struct SampleArguments {
@@ -208,9 +255,16 @@ int main(int argc, char** argv) {
     TrainArguments train_arguments;
     auto& train_options = train_arguments.options;
     auto* train = app.add_subcommand("train", "Train a recurrent model on a UTF-8 text file and save checkpoints");
-    train->add_option("CORPUS", train_arguments.corpus, "UTF-8 text to learn from; its last part is held out for validation");
+    train->add_option("CORPUS", train_arguments.corpus,
+                      "UTF-8 text to learn from; its last part is held out for validation. - reads standard input");
     train->add_option("--out", train_arguments.run_directory, "Run directory for checkpoints and metrics [default: runs/<corpus name>]");
-    train->add_option("--resume", train_arguments.resume, "Continue the run in RUN_DIR from its last.safetensors")->type_name("RUN_DIR");
+    train->add_option("--resume", train_arguments.resume,
+                      "Continue the run in RUN_DIR from its last.safetensors; options given again (--lr, --steps, ...) "
+                      "take effect, and those the checkpoint fixes (--hidden, --seq, ...) must match")
+        ->type_name("RUN_DIR");
+    train->add_option("--corpus", train_arguments.moved_corpus,
+                      "With --resume: where the run's corpus is now, if it moved (accepted when its content is the same)")
+        ->type_name("PATH");
     train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
     train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
     train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
@@ -236,6 +290,13 @@ int main(int argc, char** argv) {
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+
+    // Which training options the command line gave, by name: a resumed run applies or refuses exactly those.
+    train->parse_complete_callback([&]() {
+        for (const CLI::Option* option : train->get_options())
+            if (option->count() > 0 && !option->get_lnames().empty() && option->get_lnames().front() != "help")
+                train_arguments.given.push_back("--" + option->get_lnames().front());
+    });
 
     SampleArguments sample_arguments;
     auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint, streamed to stdout");

@@ -1,0 +1,33 @@
+// Files that appear whole or not at all: written under a temporary name beside them, then renamed.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace charlm {
+
+// A file being written: created exclusively under an unpredictable temporary name in the target's
+// folder (".NAME.tmp-XXXXXX", no symlink followed), renamed over the target by commit() after an
+// fsync of the file, and of the folder after the rename. Destroyed without commit(), it removes the
+// temporary, and the target is untouched. Errors name the target and say that it is unchanged.
+class AtomicFile {
+public:
+    explicit AtomicFile(std::filesystem::path target);
+    ~AtomicFile();
+    AtomicFile(const AtomicFile&) = delete;
+    AtomicFile& operator=(const AtomicFile&) = delete;
+
+    void write(std::string_view bytes);
+    void commit();
+    const std::filesystem::path& temporary_path() const { return temporary_; }
+
+private:
+    [[noreturn]] void fail(const std::string& what);
+
+    std::filesystem::path target_;
+    std::filesystem::path temporary_;
+    int fd_ = -1;
+};
+
+}  // namespace charlm
