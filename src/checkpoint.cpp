@@ -207,6 +207,16 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
             tensors.push_back({fmt::format("state.cell_l{}", layer), shape, carried_state->cell[layer].data()});
         }
     }
+    // The loader refuses a non-finite value, so writing one would replace a good file with a useless one.
+    for (const auto& tensor : tensors) {
+        std::int64_t count = 1;
+        for (const std::int64_t size : tensor.shape) count *= size;
+        const auto* end = tensor.values + count;
+        const auto* bad = std::find_if(tensor.values, end, [](float value) { return !std::isfinite(value); });
+        if (bad != end)
+            throw Error(fmt::format("not writing {}: tensor '{}' holds {} at element {}; the previous file is unchanged",
+                                    path.string(), tensor.name, *bad, bad - tensor.values));
+    }
     nlohmann::json training_json = {
         {"step", training.step},
         {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)

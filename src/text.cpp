@@ -105,8 +105,12 @@ FileFingerprint fingerprint_file(const std::filesystem::path& path) {
 }
 
 bool is_rereadable_file(const std::filesystem::path& path) {
+    // /dev/stdin and /dev/fd/N name whatever the process was handed, which the next process is not:
+    // a regular file behind one is copied all the same, so that a resume finds it.
+    const std::string absolute = std::filesystem::absolute(path).lexically_normal().string();
+    if (path == "-" || absolute.starts_with("/dev/") || absolute.starts_with("/proc/")) return false;
     struct stat status {};
-    return path != "-" && ::stat(path.c_str(), &status) == 0 && S_ISREG(status.st_mode);
+    return ::stat(path.c_str(), &status) == 0 && S_ISREG(status.st_mode);
 }
 
 void spool_to_file(const std::filesystem::path& source, AtomicFile& out) {

@@ -197,7 +197,7 @@ TrainResult run_loop(Session& session) {
     };
     auto diverged = [&](const std::string& what) {
         const std::string kept =
-            saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:.0e}",
+            saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
                                           last_path.string(), saved_step, quoted_for_shell(options.run_directory.string()),
                                           options.learning_rate / 10)
                             : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}",
@@ -218,8 +218,9 @@ TrainResult run_loop(Session& session) {
         const double learning_rate = schedule.at(session.state.step + 1);
         const StepOutcome outcome = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
         const double loss = outcome.loss;
-        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", loss));
-        if (!std::isfinite(outcome.gradient_norm)) throw diverged(fmt::format("the gradient became {}", outcome.gradient_norm));
+        auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
+        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", shown(loss)));
+        if (!std::isfinite(outcome.gradient_norm)) throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)));
         if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate));
         if (steps_this_run == 0) exploded_loss = 3 * std::max(loss, std::log(static_cast<double>(session.corpus.vocab.size())));
         if (loss > exploded_loss)

@@ -27,6 +27,8 @@
 #include <nlohmann/json.hpp>
 #include <utf8.h>
 
+#include "charlm/checkpoint.hpp"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -44,9 +46,16 @@ struct RunResult {
 // Keeps at most this much of each stream; the rest is read and dropped so that the child never blocks.
 constexpr std::size_t kMaxCapturedBytes = 1 << 20;
 
-// Runs CHARLM_BINARY with `arguments` exactly as given (no shell), stdin from /dev/null, in `working_directory`.
+// What a run's process gets besides its arguments: variables added to this process's environment
+// ("NAME=value"), and the file its standard input reads.
+struct ProcessSetup {
+    std::vector<std::string> environment;
+    std::string stdin_path = "/dev/null";
+};
+
+// Runs CHARLM_BINARY with `arguments` exactly as given (no shell), in `working_directory`, set up as `setup` says.
 RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& working_directory,
-                     double timeout_seconds) {
+                     double timeout_seconds, const ProcessSetup& setup = {}) {
     RunResult result;
     int out_pipe[2], err_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -61,6 +70,12 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
     std::vector<char*> argv;
     for (auto& argument : argv_strings) argv.push_back(argument.data());
     argv.push_back(nullptr);
+    std::vector<std::string> environment_strings;
+    for (char** variable = environ; *variable; ++variable) environment_strings.emplace_back(*variable);
+    environment_strings.insert(environment_strings.end(), setup.environment.begin(), setup.environment.end());
+    std::vector<char*> environment;
+    for (auto& variable : environment_strings) environment.push_back(variable.data());
+    environment.push_back(nullptr);
     const std::string directory = working_directory.string();
 
     const pid_t pid = ::fork();
@@ -69,11 +84,11 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
         return result;
     }
     if (pid == 0) {
-        const int null_fd = ::open("/dev/null", O_RDONLY);
+        const int null_fd = ::open(setup.stdin_path.c_str(), O_RDONLY);
         if (null_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(out_pipe[1], STDOUT_FILENO) < 0 ||
             ::dup2(err_pipe[1], STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
             ::_exit(126);
-        ::execv(binary.c_str(), argv.data());
+        ::execve(binary.c_str(), argv.data(), environment.data());
         ::_exit(127);
     }
     ::close(out_pipe[1]);
@@ -257,8 +272,8 @@ protected:
         return directory_ / name;
     }
 
-    RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60) const {
-        return run_binary(arguments, directory_, timeout_seconds);
+    RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60, const ProcessSetup& setup = {}) const {
+        return run_binary(arguments, directory_, timeout_seconds, setup);
     }
 
     // Trains the tiny model on `corpus` into `run` (relative to the test directory) and checks that it worked.
@@ -913,4 +928,167 @@ TEST_F(Cli, SampleJsonCountAndStop) {
         ++count;
     }
     EXPECT_EQ(count, 3);
+}
+
+// ---- issue 12: training, threads ----
+
+// What OpenMP gives is not always what was asked: OMP_THREAD_LIMIT caps every team, OMP_DYNAMIC lets
+// it shrink any region. The numbers must not change: eval, sample and training compared bit for bit.
+TEST_F(Cli, ResultsAreTheSameWhateverTeamsOpenMPGives) {
+    // Long enough for evaluation to read ~30 streams and for a --batch 32 window: two shares of rows.
+    const auto corpus = write("corpus.txt", make_corpus(6000));
+    const std::vector<std::string> model = {"--layers", "2", "--hidden", "32", "--embed", "8", "--seq", "16",
+                                            "--batch", "32", "--eval-every", "5", "--steps", "5", "--seed", "3"};
+    auto train_into = [&](const std::string& run, const std::string& threads, const ProcessSetup& setup) {
+        std::vector<std::string> arguments = {"train", corpus.string(), "--out", path(run).string(), "--threads", threads};
+        arguments.insert(arguments.end(), model.begin(), model.end());
+        const RunResult result = charlm(arguments, 120, setup);
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        return charlm::load_checkpoint(path(run) / "last.safetensors");
+    };
+    const ProcessSetup limited{{"OMP_THREAD_LIMIT=1"}}, dynamic{{"OMP_DYNAMIC=true"}};
+    const auto one = train_into("one", "1", {});
+    const auto two = train_into("two", "2", {});
+    const auto two_limited = train_into("two-limited", "2", limited);
+    const auto two_dynamic = train_into("two-dynamic", "2", dynamic);
+    for (std::size_t i = 0; i < one.model->parameters().size(); ++i) {
+        const auto& name = one.model->parameters()[i].name;
+        EXPECT_EQ(two_limited.model->parameters()[i].value, one.model->parameters()[i].value) << name;
+        EXPECT_EQ(two_dynamic.model->parameters()[i].value, two.model->parameters()[i].value) << name;
+    }
+
+    const std::string checkpoint = (path("one") / "last.safetensors").string();
+    const std::vector<std::string> eval = {"eval", checkpoint, corpus.string(), "--json"};
+    const std::vector<std::string> sample = {"sample", checkpoint, "--prompt", "the cat", "--length", "200", "--seed", "9"};
+    for (const auto& command : {eval, sample}) {
+        SCOPED_TRACE(command.front());
+        auto with_threads = [&](const std::string& threads) {
+            std::vector<std::string> arguments = command;
+            arguments.insert(arguments.end(), {"--threads", threads});
+            return arguments;
+        };
+        const RunResult reference = charlm(with_threads("1"));
+        ASSERT_EQ(reference.exit_code, 0) << describe(reference);
+        const RunResult under_limit = charlm(with_threads("2"), 60, limited);
+        EXPECT_EQ(under_limit.exit_code, 0) << describe(under_limit);
+        EXPECT_EQ(under_limit.out, reference.out);
+        EXPECT_NE(under_limit.err.find("--threads 2 asks for more than OMP_THREAD_LIMIT allows; using 1"), std::string::npos)
+            << under_limit.err;
+        const RunResult two_threads = charlm(with_threads("2"));
+        const RunResult under_dynamic = charlm(with_threads("2"), 60, dynamic);
+        EXPECT_EQ(under_dynamic.out, two_threads.out);
+    }
+}
+
+TEST_F(Cli, TrainThatDivergesSaysSoInOneLineAndKeepsTheLastGoodCheckpoint) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 20);
+    const auto before = snapshot(path("run"));
+    for (const char* rate : {"1e38", "1e20"}) {
+        SCOPED_TRACE(rate);
+        const RunResult result = charlm({"train", "--resume", path("run").string(), "--lr", rate, "--clip", "0", "--steps", "60"});
+        // Progress lines come first (training had begun); the error is the one last line.
+        EXPECT_EQ(result.exit_code, 1) << describe(result);
+        EXPECT_TRUE(result.out.empty()) << describe(result);
+        const std::size_t last_line = result.err.rfind('\n', result.err.size() - 2) + 1;
+        const std::string error = result.err.substr(last_line);
+        EXPECT_EQ(error.rfind("charlm: error: training diverged: ", 0), 0u) << describe(result);
+        for (const char* mention : {"keeps step 20", "--lr"}) EXPECT_NE(error.find(mention), std::string::npos) << error;
+        EXPECT_EQ(error.find("-nan"), std::string::npos) << error;
+        const auto after = snapshot(path("run"));
+        EXPECT_EQ(after.at("last.safetensors"), before.at("last.safetensors"));
+        EXPECT_EQ(after.at("best.safetensors"), before.at("best.safetensors"));
+    }
+    EXPECT_EQ(charlm({"info", (path("run") / "last.safetensors").string()}).exit_code, 0);
+}
+
+TEST_F(Cli, TrainResumeTakesTheOptionsARunMayChangeAndRefusesTheOthers) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 20);
+    const auto before = snapshot(path("run"));
+    RunResult refused = charlm({"train", "--resume", path("run").string(), "--hidden", "64", "--steps", "40"});
+    expect_error(refused, {"--hidden 64", "differs from the run's 16"}, true);
+    EXPECT_EQ(refused.exit_code, 2);
+    expect_unchanged(before, snapshot(path("run")));
+
+    const RunResult resumed = charlm({"train", "--resume", path("run").string(), "--lr", "5e-4", "--steps", "40"});
+    ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
+    EXPECT_NE(resumed.err.find("--lr 0.0005 (was 0.002)"), std::string::npos) << resumed.err;
+    const auto metrics = read_metrics(path("run") / "metrics.jsonl");
+    ASSERT_FALSE(metrics.empty());
+    EXPECT_EQ(metrics.back().at("learning_rate").get<double>(), 5e-4);
+    EXPECT_EQ(metrics.back().at("step").get<int>(), 40);
+
+    for (const auto& contradiction : std::vector<std::vector<std::string>>{
+             {"--force"}, {"--out", path("elsewhere").string()}, {corpus.string()}}) {
+        std::vector<std::string> arguments = {"train", "--resume", path("run").string(), "--steps", "50"};
+        arguments.insert(arguments.end(), contradiction.begin(), contradiction.end());
+        expect_error(charlm(arguments), {}, true);
+    }
+}
+
+TEST_F(Cli, TrainResumeFollowsAMovedCorpusWhoseContentIsTheSame) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 20);
+    fs::rename(corpus, path("moved.txt"));
+    expect_error(charlm({"train", "--resume", path("run").string(), "--steps", "30"}), {"corpus.txt", "--corpus PATH"});
+    write("impostor.txt", make_corpus() + "x");
+    expect_error(charlm({"train", "--resume", path("run").string(), "--corpus", path("impostor.txt").string(), "--steps", "30"}),
+                 {"impostor.txt", "not the corpus the run started on"});
+    const RunResult moved = charlm({"train", "--resume", path("run").string(), "--corpus", path("moved.txt").string(), "--steps", "30"});
+    EXPECT_EQ(moved.exit_code, 0) << describe(moved);
+    expect_error(charlm({"train", corpus.string(), "--corpus", path("moved.txt").string()}), {"--corpus"}, true);
+}
+
+TEST_F(Cli, TrainRefusesZeroStepsAndZeroMinutes) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    for (const auto& option : std::vector<std::vector<std::string>>{{"--steps", "0"}, {"--minutes", "0"}}) {
+        std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string()};
+        arguments.insert(arguments.end(), option.begin(), option.end());
+        expect_error(charlm(arguments), {option.front()}, true);
+        EXPECT_FALSE(fs::exists(path("run")));
+    }
+}
+
+TEST_F(Cli, TrainWarnsAboutOptionsThatWouldDoNothing) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult dropout = train_tiny(corpus, "dropout", 10, {"--dropout", "0.3"});  // kTinyModel has one layer
+    EXPECT_NE(dropout.err.find("--dropout 0.3 does nothing with one layer"), std::string::npos) << dropout.err;
+    const RunResult warmup = train_tiny(corpus, "warmup", 10, {"--warmup", "50"});
+    EXPECT_NE(warmup.err.find("--warmup 50 is as long as the run's 10 steps"), std::string::npos) << warmup.err;
+}
+
+TEST_F(Cli, TrainWithoutValidationSaysSoAndWritesNoBestCheckpoint) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult result = train_tiny(corpus, "run", 20, {"--val-fraction", "0"});
+    EXPECT_NE(result.out.find("no validation text, so no best checkpoint"), std::string::npos) << result.out;
+    EXPECT_EQ(result.out.find("best validation loss"), std::string::npos) << result.out;
+    EXPECT_FALSE(fs::exists(path("run") / "best.safetensors"));
+    expect_error(charlm({"train", corpus.string(), "--out", path("patient").string(), "--val-fraction", "0", "--patience", "2"}),
+                 {"--patience", "no validation text"}, true);
+}
+
+TEST_F(Cli, TrainReadsStandardInputThroughACopyInTheRunDirectory) {
+    const std::string text = make_corpus();
+    const auto corpus = write("corpus.txt", text);
+    for (const std::string source : {"-", "/dev/stdin"}) {
+        SCOPED_TRACE(source);
+        fs::remove_all(path("run"));
+        std::vector<std::string> arguments = {"train", source, "--out", path("run").string(), "--steps", "10"};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        const RunResult result = charlm(arguments, 60, {{}, corpus.string()});
+        ASSERT_EQ(result.exit_code, 0) << describe(result);
+        EXPECT_EQ(read_bytes(path("run") / "corpus.txt"), text);
+        // The copy is the run's corpus: a resume, with nothing on standard input, finds it.
+        const RunResult resumed = charlm({"train", "--resume", path("run").string(), "--steps", "15"});
+        EXPECT_EQ(resumed.exit_code, 0) << describe(resumed);
+    }
+}
+
+TEST_F(Cli, SuggestedCommandsQuotePathsWithSpaces) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "my run", 10);
+    std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("my run").string()};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    expect_error(charlm(arguments), {"--resume '" + path("my run").string() + "'"}, true);
 }

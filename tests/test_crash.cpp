@@ -275,4 +275,35 @@ TEST(CrashSafety, SigtermSavesLastCheckpointAndExits130) { expect_stop_signal_sa
 
 TEST(CrashSafety, SigintSavesLastCheckpointAndExits130) { expect_stop_signal_saves(SIGINT); }
 
+// Two trainings into one run directory would trample each other's checkpoints: the second is refused
+// with the first's pid, and a first one killed with SIGKILL leaves no lock behind.
+TEST(CrashSafety, ASecondTrainingInTheSameDirectoryIsRefusedAndAKilledOneLeavesNoLock) {
+    TemporaryDirectory directory;
+    const fs::path corpus = write_corpus(directory);
+    const fs::path run = directory.path() / "run";
+    for (const char* logs : {"first", "second", "third"}) fs::create_directories(directory.path() / logs);
+    ChildProcess first(fresh_train(corpus, run, "1000000"), directory.path() / "first");
+    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    while (first.err().find("training ") == std::string::npos && Clock::now() < deadline && !first.poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(first.running()) << first.err();
+
+    std::vector<std::string> again = fresh_train(corpus, run, "5");
+    again.push_back("--force");  // even --force: it starts a run over, never shares one
+    ChildProcess second(again, directory.path() / "second");
+    EXPECT_EQ(second.wait_for_exit(20), 1) << second.err();
+    EXPECT_NE(second.err().find("in use by another training (pid " + std::to_string(first.pid()) + ")"), std::string::npos)
+        << second.err();
+    EXPECT_TRUE(first.running()) << "the refused run disturbed the first\n" << first.err();
+
+    first.send(SIGKILL);
+    ASSERT_TRUE(first.wait_for_exit(10).has_value());
+    std::vector<std::string> after = {"train", corpus.string(), "--out", run.string(), "--force", "--steps", "5",
+                                      "--layers", "1", "--hidden", "32", "--embed", "8", "--seq", "16", "--batch", "4",
+                                      "--threads", "1"};
+    ChildProcess third(after, directory.path() / "third");
+    EXPECT_EQ(third.wait_for_exit(60), 0) << third.err();
+    EXPECT_TRUE(load(run / "last.safetensors").has_value());
+}
+
 }  // namespace

@@ -42,6 +42,19 @@ TEST(Optim, AdamFirstStepMovesEachWeightByTheLearningRate) {
     EXPECT_NEAR(parameters[0].value(0, 0), 0.8f, 1e-5);
 }
 
+TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {
+    auto parameters = two_parameters();
+    Adam adam(parameters);
+    EXPECT_FALSE(adam.step(parameters, 1e38));  // each weight moves by about the rate: past float's range
+    auto overflowing = two_parameters();
+    overflowing[0].gradient(0, 0) = 1e20f;  // its square overflows the second moment
+    Adam second(overflowing);
+    EXPECT_FALSE(second.step(overflowing, 1e-3));
+    auto fine = two_parameters();
+    Adam third(fine);
+    EXPECT_TRUE(third.step(fine, 1e-3));
+}
+
 TEST(Optim, ScheduleWarmsUpThenDecays) {
     LearningRateSchedule schedule;
     schedule.base = 1.0;

@@ -34,6 +34,26 @@ TEST(RowShares, CoverEveryRowOnce) {
     }
 }
 
+TEST(RowShares, EveryShareRunsWhateverTeamOpenMPGives) {
+    // A region inside an active one gets a team of one (max-active-levels 1), as OMP_THREAD_LIMIT,
+    // OMP_DYNAMIC or a busy machine can make any team smaller than asked: every share must run all the same.
+    const int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(1);
+    std::vector<std::atomic<int>> runs(4);
+    std::atomic<int> largest_team = 0;
+#pragma omp parallel num_threads(2)
+    {
+#pragma omp single
+        for_each_share_in_team(4, [&](int share) {
+            ++runs[static_cast<std::size_t>(share)];
+            largest_team = std::max(largest_team.load(), omp_get_num_threads());
+        });
+    }
+    omp_set_max_active_levels(levels);
+    EXPECT_LT(largest_team.load(), 4) << "the team was not smaller than asked, so this checks nothing";
+    for (const auto& count : runs) EXPECT_EQ(count.load(), 1);
+}
+
 // Shares of a split as counts, first to last.
 std::vector<Eigen::Index> counts(const RowBalance& balance, int shares) {
     std::vector<Eigen::Index> result;

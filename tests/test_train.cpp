@@ -1,9 +1,17 @@
-// Checks train.cpp: a run writes its files, resuming is exact, and existing runs are not overwritten.
+// Checks train.cpp: a run writes its files, resuming is exact and obeys or refuses each option, every
+// end leaves a checkpoint that loads, divergence writes nothing, and existing runs are not overwritten.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <thread>
+
 #include <gtest/gtest.h>
 
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/plot.hpp"
+#include "charlm/run_lock.hpp"
 #include "charlm/train.hpp"
 #include "test_helpers.hpp"
 
@@ -165,6 +173,269 @@ TEST(Train, RefusesBadTextsAndOptions) {
     options.model.hidden_size = 1 << 20;
     EXPECT_THROW(train(options), Error);
     EXPECT_FALSE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+}
+
+// The message of the Error that `run` throws, or a failure naming `expected` where it throws none.
+template <typename Run>
+std::string error_of(Run&& run, const std::string& expected = "an Error") {
+    try {
+        run();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    ADD_FAILURE() << "expected " << expected;
+    return {};
+}
+
+bool all_finite(const Checkpoint& checkpoint) {
+    for (const auto& parameter : checkpoint.model->parameters())
+        if (!parameter.value.allFinite()) return false;
+    return true;
+}
+
+TEST(Train, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 14;
+    train(options);
+    const auto last = options.run_directory / "last.safetensors";
+    const std::string good = read_bytes(last);
+    // A learning rate that makes a weight infinite at once, and one that only sends the loss soaring.
+    for (const char* rate : {"1e38", "1e20"}) {
+        SCOPED_TRACE(rate);
+        ResumeRequest request;
+        request.run_directory = options.run_directory;
+        request.options.learning_rate = std::stod(rate);
+        request.options.clip = 0;
+        request.options.steps = 40;
+        request.given = {"--lr", "--clip", "--steps"};
+        const std::string message = error_of([&] { resume_training(request); }, "divergence");
+        EXPECT_NE(message.find("training diverged"), std::string::npos) << message;
+        EXPECT_NE(message.find("keeps step 14"), std::string::npos) << message;
+        EXPECT_EQ(read_bytes(last), good);  // nothing of the diverged state written
+        EXPECT_TRUE(all_finite(load_checkpoint(last)));
+    }
+}
+
+TEST(Train, DivergenceBeforeTheFirstCheckpointSaysThereIsNone) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.learning_rate = 1e38;
+    options.clip = 0;
+    const std::string message = error_of([&] { train(options); }, "divergence");
+    EXPECT_NE(message.find("no checkpoint of this run was saved yet"), std::string::npos) << message;
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+}
+
+TEST(Train, EveryWayARunEndsSavesItsLastStep) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    auto expect_saved = [](const TrainResult& result) {
+        const Checkpoint last = load_checkpoint(result.last_checkpoint);
+        EXPECT_EQ(last.training.step, result.steps);
+        EXPECT_TRUE(std::filesystem::exists(result.best_checkpoint));
+    };
+    // --minutes, between validations: the step it stops on is validated and saved.
+    TrainOptions minutes = tiny_options(directory, "minutes");
+    minutes.steps = 0;
+    minutes.minutes = 0.5 / 60;
+    minutes.eval_every = 1000000;
+    const TrainResult by_minutes = train(minutes);
+    EXPECT_EQ(by_minutes.stopped_by, StopReason::minutes);
+    EXPECT_GT(by_minutes.steps, 0);
+    expect_saved(by_minutes);
+    // --steps that are no multiple of --eval-every.
+    TrainOptions steps = tiny_options(directory, "steps");
+    steps.steps = 11;
+    const TrainResult by_steps = train(steps);
+    EXPECT_EQ(by_steps.stopped_by, StopReason::steps);
+    EXPECT_EQ(by_steps.steps, 11);
+    expect_saved(by_steps);
+    // --patience.
+    TrainOptions patience = tiny_options(directory, "patience");
+    patience.learning_rate = 0.5;
+    patience.eval_every = 2;
+    patience.patience = 2;
+    patience.steps = 200;
+    const TrainResult by_patience = train(patience);
+    EXPECT_EQ(by_patience.stopped_by, StopReason::patience);
+    expect_saved(by_patience);
+}
+
+TEST(Train, ResumeAppliesTheOptionsARunMayChange) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 10;
+    train(options);
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    request.options.learning_rate = 5e-4;
+    request.options.model.dropout = 0.2;
+    request.options.eval_every = 3;
+    request.options.steps = 14;
+    request.given = {"--lr", "--dropout", "--eval-every", "--steps"};
+    const TrainResult result = resume_training(request);
+    EXPECT_EQ(result.steps, 14);
+    const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(last.training.options.at("learning_rate").get<double>(), 5e-4);
+    EXPECT_EQ(last.training.options.at("eval_every").get<int>(), 3);
+    EXPECT_EQ(last.config.dropout, 0.2);
+    // The rate the steps after the resume used, as metrics.jsonl logged it (a validation at step 12).
+    std::ifstream metrics(options.run_directory / "metrics.jsonl");
+    std::string line, last_line;
+    while (std::getline(metrics, line)) last_line = line;
+    EXPECT_EQ(nlohmann::json::parse(last_line).at("learning_rate").get<double>(), 5e-4) << last_line;
+}
+
+TEST(Train, ResumeRefusesOptionsTheCheckpointFixes) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 5;
+    train(options);
+    const std::string before = read_bytes(options.run_directory / "last.safetensors");
+    auto refused = [&](const std::string& flag, const std::function<void(TrainOptions&)>& set) {
+        ResumeRequest request;
+        request.run_directory = options.run_directory;
+        request.options = options;
+        set(request.options);
+        request.given = {flag};
+        try {
+            resume_training(request);
+            ADD_FAILURE() << flag << " was not refused";
+        } catch (const UsageError& error) {
+            EXPECT_NE(std::string(error.what()).find(flag), std::string::npos) << error.what();
+        }
+    };
+    refused("--hidden", [](TrainOptions& o) { o.model.hidden_size = 64; });
+    refused("--layers", [](TrainOptions& o) { o.model.layers = 3; });
+    refused("--cell", [](TrainOptions& o) { o.model.cell = CellType::gru; });
+    refused("--seq", [](TrainOptions& o) { o.seq_length = 32; });
+    refused("--batch", [](TrainOptions& o) { o.batch_size = 8; });
+    refused("--seed", [](TrainOptions& o) { o.seed = 99; });
+    refused("--val-fraction", [](TrainOptions& o) { o.validation_fraction = 0.2; });
+    EXPECT_EQ(read_bytes(options.run_directory / "last.safetensors"), before);
+    // The same value as the run's is no change, and is accepted.
+    ResumeRequest same;
+    same.run_directory = options.run_directory;
+    same.options = options;
+    same.options.steps = 6;
+    same.given = {"--hidden", "--seq", "--steps"};
+    EXPECT_EQ(resume_training(same).steps, 6);
+}
+
+TEST(Train, ResumeChecksTheCorpusAndFollowsAMovedOne) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 5;
+    train(options);
+    const Checkpoint first = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(first.training.options.at("corpus_sha256").get<std::string>().size(), 64u);
+    EXPECT_EQ(first.training.options.at("corpus_size_bytes").get<std::uint64_t>(), small_corpus().size());
+
+    std::filesystem::rename(directory.path() / "corpus.txt", directory.path() / "moved.txt");
+    std::string message = error_of([&] { resume_to(options.run_directory, 8); });
+    EXPECT_NE(message.find("--corpus"), std::string::npos) << message;
+
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    request.options.steps = 8;
+    request.given = {"--steps"};
+    request.corpus = directory.path() / "other.txt";
+    directory.write("other.txt", small_corpus() + "more");
+    message = error_of([&] { resume_training(request); });
+    EXPECT_NE(message.find("not the corpus the run started on"), std::string::npos) << message;
+
+    request.corpus = directory.path() / "moved.txt";
+    EXPECT_EQ(resume_training(request).steps, 8);
+    const Checkpoint moved = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(moved.training.options.at("corpus").get<std::string>(), (directory.path() / "moved.txt").string());
+}
+
+TEST(Train, ACraftedCheckpointCannotMakeARunReadAnotherFile) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    directory.write("secret.txt", std::string(200, 's') + small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 5;
+    train(options);
+    const auto last = options.run_directory / "last.safetensors";
+    Checkpoint checkpoint = load_checkpoint(last);
+    checkpoint.training.options["corpus"] = (directory.path() / "secret.txt").string();
+    save_checkpoint(last, *checkpoint.model, checkpoint.vocab, checkpoint.training, &*checkpoint.optimizer,
+                    &*checkpoint.carried_state);
+    const std::string message = error_of([&] { resume_to(options.run_directory, 8); });
+    EXPECT_NE(message.find("secret.txt: not the corpus the run started on"), std::string::npos) << message;
+}
+
+TEST(Train, TheMemoryGuardOfAResumeUsesTheCheckpointsTensors) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 3;
+    train(options);
+    // Options that claim a 1-unit model, with windows so long that the real 16-unit one would not fit.
+    const auto last = options.run_directory / "last.safetensors";
+    Checkpoint checkpoint = load_checkpoint(last);
+    checkpoint.training.options["model"]["hidden_size"] = 1;
+    checkpoint.training.options["seq_length"] = 40'000'000;
+    save_checkpoint(last, *checkpoint.model, checkpoint.vocab, checkpoint.training, &*checkpoint.optimizer,
+                    &*checkpoint.carried_state);
+    const std::string message = error_of([&] { resume_to(options.run_directory, 8); });
+    EXPECT_NE(message.find("too large"), std::string::npos) << message;
+}
+
+TEST(Train, OneTrainingPerRunDirectory) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    std::filesystem::create_directories(options.run_directory);
+    {
+        const RunLock held(options.run_directory);
+        const std::string message = error_of([&] { train(options); });
+        EXPECT_NE(message.find("in use by another training (pid " + std::to_string(::getpid()) + ")"), std::string::npos)
+            << message;
+        EXPECT_FALSE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+    }
+    EXPECT_EQ(train(options).steps, 20);  // released with its holder
+}
+
+TEST(Train, WithoutValidationTextThereIsNoBestCheckpoint) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_fraction = 0;
+    const TrainResult result = train(options);
+    EXPECT_FALSE(result.validated);
+    EXPECT_TRUE(result.best_checkpoint.empty());
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+    EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 20);
+    options.patience = 3;
+    options.overwrite = true;
+    EXPECT_THROW(train(options), UsageError);
+}
+
+TEST(Train, ReadsACorpusFromAPipeThroughACopyInTheRunDirectory) {
+    TemporaryDirectory directory;
+    const auto fifo = directory.path() / "corpus.fifo";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << small_corpus(); });
+    TrainOptions options = tiny_options(directory, "run");
+    options.corpus = fifo;
+    options.steps = 5;
+    const TrainResult result = train(options);
+    writer.join();
+    EXPECT_EQ(result.steps, 5);
+    const auto copy = options.run_directory / "corpus.txt";
+    EXPECT_EQ(read_bytes(copy), small_corpus());
+    const Checkpoint last = load_checkpoint(result.last_checkpoint);
+    EXPECT_EQ(last.training.options.at("corpus").get<std::string>(), std::filesystem::absolute(copy).string());
+    EXPECT_EQ(resume_to(options.run_directory, 8).steps, 8);  // the copy is what a resume reads
 }
 
 }  // namespace

@@ -32,8 +32,9 @@ struct FileFingerprint {
 // Reads the file once, streamed. Throws Error naming the file where it cannot be read.
 FileFingerprint fingerprint_file(const std::filesystem::path& path);
 
-// True for a path that can be read twice from the start (a regular file); false for a pipe, a FIFO,
-// /dev/stdin or a process substitution, which training must copy first (spool_to_file). "-" is standard input.
+// True for a path that can be read twice from the start, now and by a later process (a regular file);
+// false for a pipe, a FIFO, anything under /dev or /proc (/dev/stdin, a process substitution's
+// /dev/fd/63), which training must copy first (spool_to_file). "-" is standard input.
 bool is_rereadable_file(const std::filesystem::path& path);
 // Copies `source` ("-" for standard input) into `destination`, which the caller commits once it has
 // checked the text (through destination.temporary_path()). Throws Error naming what failed.
