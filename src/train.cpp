@@ -483,8 +483,8 @@ TrainResult train(const TrainOptions& options_in) {
     validate(options);
     // A text that can be read again is checked before the run directory is touched; a pipe is read
     // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
-    const bool copy_corpus = !is_rereadable_file(options.corpus);
-    const bool copy_validation = options.validation_file && !is_rereadable_file(*options.validation_file);
+    const bool copy_corpus = can_be_read_only_once(options.corpus);
+    const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
     if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr);
 

@@ -1,8 +1,13 @@
 // Checks text.cpp: UTF-8 decoding, the code-point vocabulary and the validation split.
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <fstream>
+#include <thread>
 
 #include <gtest/gtest.h>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
 #include "charlm/text.hpp"
 #include "test_helpers.hpp"
@@ -138,6 +143,56 @@ TEST(Text, CompactIdsCanLeaveUnknownCharactersOutAndCountThem) {
     EXPECT_EQ(unknown, expected_unknown);
     EXPECT_EQ(unknown, static_cast<std::size_t>(std::count(text.begin(), text.end(), U'z')));
     EXPECT_EQ(ids.span().to_vector(), expected);
+}
+
+TEST(Text, FingerprintIsTheSizeAndSha256OfTheBytes) {
+    testing::TemporaryDirectory directory;
+    const FileFingerprint abc = fingerprint_file(directory.write("abc.txt", "abc"));
+    EXPECT_EQ(abc.size_bytes, 3u);
+    EXPECT_EQ(abc.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");  // FIPS 180-2's example
+    // Past one read's megabyte, and one byte changed far into the file.
+    std::string big(3'000'001, 'x');
+    const FileFingerprint first = fingerprint_file(directory.write("big.txt", big));
+    EXPECT_EQ(first.size_bytes, big.size());
+    big[2'500'000] = 'y';
+    EXPECT_NE(fingerprint_file(directory.write("big.txt", big)), first);
+    EXPECT_THROW(fingerprint_file(directory.path() / "missing.txt"), Error);
+}
+
+TEST(Text, OnlyWhatCannotBeReadTwiceIsCopied) {
+    testing::TemporaryDirectory directory;
+    EXPECT_FALSE(can_be_read_only_once(directory.write("plain.txt", "abc")));
+    EXPECT_FALSE(can_be_read_only_once(directory.path() / "missing.txt"));  // reading it says what is wrong
+    EXPECT_FALSE(can_be_read_only_once(directory.path()));
+    EXPECT_TRUE(can_be_read_only_once("-"));
+    EXPECT_TRUE(can_be_read_only_once("/dev/stdin"));
+    const auto fifo = directory.path() / "pipe";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    EXPECT_TRUE(can_be_read_only_once(fifo));
+}
+
+TEST(Text, ASpooledCopyAppearsWholeOnlyWhenCommitted) {
+    testing::TemporaryDirectory directory;
+    const auto fifo = directory.path() / "pipe";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+    const std::string text(2'500'000, 'z');
+    const auto target = directory.write("copy.txt", "the previous copy");
+    {
+        std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << text; });
+        AtomicFile copy(target);
+        spool_to_file(fifo, copy);
+        writer.join();
+        EXPECT_EQ(testing::read_bytes(copy.temporary_path()), text);
+        EXPECT_EQ(testing::read_bytes(target), "the previous copy");
+    }  // not committed: the temporary goes, the target stays
+    EXPECT_EQ(std::distance(std::filesystem::directory_iterator(directory.path()), std::filesystem::directory_iterator{}), 2);
+    EXPECT_EQ(testing::read_bytes(target), "the previous copy");
+    std::thread writer([&] { std::ofstream(fifo, std::ios::binary) << text; });
+    AtomicFile copy(target);
+    spool_to_file(fifo, copy);
+    writer.join();
+    copy.commit();
+    EXPECT_EQ(testing::read_bytes(target), text);
 }
 
 TEST(Text, SplitHoldsOutTheEnd) {

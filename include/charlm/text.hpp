@@ -32,10 +32,11 @@ struct FileFingerprint {
 // Reads the file once, streamed. Throws Error naming the file where it cannot be read.
 FileFingerprint fingerprint_file(const std::filesystem::path& path);
 
-// True for a path that can be read twice from the start, now and by a later process (a regular file);
-// false for a pipe, a FIFO, anything under /dev or /proc (/dev/stdin, a process substitution's
-// /dev/fd/63), which training must copy first (spool_to_file). "-" is standard input.
-bool is_rereadable_file(const std::filesystem::path& path);
+// True for standard input ("-") and for a path that cannot be read twice from the start, now and by
+// a later process: a pipe, a FIFO, anything under /dev or /proc (/dev/stdin, a process substitution's
+// /dev/fd/63). Training copies these first (spool_to_file). False for a regular file, and for a path
+// that is missing or a directory, which reading then refuses with the reason.
+bool can_be_read_only_once(const std::filesystem::path& path);
 // Copies `source` ("-" for standard input) into `destination`, which the caller commits once it has
 // checked the text (through destination.temporary_path()). Throws Error naming what failed.
 void spool_to_file(const std::filesystem::path& source, AtomicFile& destination);
