@@ -19,6 +19,70 @@ void validate(const SampleOptions& options) {
     if (options.top_k < 0) throw Error(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
 }
 
+TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& options, double uniform) {
+    const std::size_t V = logits.size();
+    size_ = V;
+    uniform_ = uniform;
+    if (options.greedy) {
+        greedy_choice_ = static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        return greedy_choice_;
+    }
+    greedy_choice_ = -1;
+    weights_.resize(V);
+    const float max_logit = *std::max_element(logits.begin(), logits.end());
+    const double inverse_temperature = 1.0 / options.temperature;
+    for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) * inverse_temperature));
+    auto weight = [&](TokenId id) { return weights_[static_cast<std::size_t>(id)]; };
+    std::size_t kept = V;
+    order_.resize(V);
+    std::iota(order_.begin(), order_.end(), 0);
+    if (options.top_k > 0 || options.top_p < 1) {
+        // Most likely first; ties by id so that a seed always gives the same text.
+        std::sort(order_.begin(), order_.end(),
+                  [&](TokenId a, TokenId b) { return weight(a) != weight(b) ? weight(a) > weight(b) : a < b; });
+        if (options.top_k > 0) kept = std::min(kept, static_cast<std::size_t>(options.top_k));
+        if (options.top_p < 1) {
+            double total = 0;
+            for (std::size_t i = 0; i < kept; ++i) total += weight(order_[i]);
+            double running = 0;
+            for (std::size_t i = 0; i < kept; ++i) {
+                running += weight(order_[i]);
+                if (running >= options.top_p * total) {
+                    kept = i + 1;
+                    break;
+                }
+            }
+        }
+    }
+    double total = 0;
+    for (std::size_t i = 0; i < kept; ++i) total += weight(order_[i]);
+    kept_ = kept;
+    total_ = total;
+    double target = uniform * total;
+    TokenId chosen = order_[kept - 1];
+    for (std::size_t i = 0; i < kept; ++i) {
+        target -= weight(order_[i]);
+        if (target < 0) {
+            chosen = order_[i];
+            break;
+        }
+    }
+    return chosen;
+}
+
+std::vector<double> TokenDrawer::distribution() const {
+    std::vector<double> probabilities(size_, 0.0);
+    if (greedy_choice_ >= 0) {
+        probabilities[static_cast<std::size_t>(greedy_choice_)] = 1;
+        return probabilities;
+    }
+    for (std::size_t i = 0; i < kept_; ++i) {
+        const auto id = static_cast<std::size_t>(order_[i]);
+        probabilities[id] = weights_[id] / total_;
+    }
+    return probabilities;
+}
+
 Sampler::Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed)
     : model_(model), was_frozen_(model.weights_frozen()), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {
     if (!was_frozen_) model_.set_weights_frozen(true);
@@ -51,53 +115,9 @@ void Sampler::prime(const std::u32string& prompt) {
 
 char32_t Sampler::next(const SampleOptions& options) {
     const auto& logits = model_.logits();
-    const auto V = static_cast<std::size_t>(logits.cols());
-    TokenId chosen = 0;
-    if (options.greedy) {
-        Eigen::Index best = 0;
-        logits.row(0).maxCoeff(&best);
-        chosen = static_cast<TokenId>(best);
-    } else {
-        probabilities_.resize(V);
-        const float max_logit = logits.row(0).maxCoeff();
-        const double inverse_temperature = 1.0 / options.temperature;
-        for (std::size_t i = 0; i < V; ++i)
-            probabilities_[i] = static_cast<float>(std::exp((logits(0, static_cast<Eigen::Index>(i)) - max_logit) * inverse_temperature));
-        std::size_t kept = V;
-        order_.resize(V);
-        std::iota(order_.begin(), order_.end(), 0);
-        if (options.top_k > 0 || options.top_p < 1) {
-            // Most likely first; ties by id so that a seed always gives the same text.
-            std::sort(order_.begin(), order_.end(), [&](TokenId a, TokenId b) {
-                return probabilities_[a] != probabilities_[b] ? probabilities_[a] > probabilities_[b] : a < b;
-            });
-            if (options.top_k > 0) kept = std::min(kept, static_cast<std::size_t>(options.top_k));
-            if (options.top_p < 1) {
-                double total = 0;
-                for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
-                double running = 0;
-                for (std::size_t i = 0; i < kept; ++i) {
-                    running += probabilities_[static_cast<std::size_t>(order_[i])];
-                    if (running >= options.top_p * total) {
-                        kept = i + 1;
-                        break;
-                    }
-                }
-            }
-        }
-        double total = 0;
-        for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
-        // A uniform draw from the top 53 bits, the same on every platform.
-        double target = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
-        chosen = order_[kept - 1];
-        for (std::size_t i = 0; i < kept; ++i) {
-            target -= probabilities_[static_cast<std::size_t>(order_[i])];
-            if (target < 0) {
-                chosen = order_[i];
-                break;
-            }
-        }
-    }
+    // A uniform draw from the top 53 bits, the same on every platform; greedy draws none.
+    const double uniform = options.greedy ? 0.0 : static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    const TokenId chosen = drawer_.draw(std::span<const float>(logits.data(), static_cast<std::size_t>(logits.cols())), options, uniform);
     feed(chosen);
     return vocab_.code_point_of(chosen);
 }

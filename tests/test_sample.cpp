@@ -1,5 +1,10 @@
-// Checks sample.cpp: reproducible draws, greedy as the zero-temperature limit, valid UTF-8, clear errors.
+// Checks sample.cpp: draws that follow the exact truncated distribution, reproducible samples, greedy as the
+// zero-temperature limit, valid UTF-8, clear errors.
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
 
 #include <utf8.h>
 
@@ -121,6 +126,127 @@ TEST(Sample, RefusesBadOptionsAndUnknownPromptCharacters) {
     } catch (const Error& error) {
         EXPECT_NE(std::string(error.what()).find("'Q' (U+0051)"), std::string::npos) << error.what();
     }
+}
+
+// ---- drawing against the exact distribution ----
+
+// The distribution a draw should follow, worked out in double apart from the library: weights
+// exp((logit - max) / temperature); the top_k heaviest (ties by id); of those, the smallest prefix whose
+// weight reaches top_p of theirs; renormalised.
+std::vector<double> exact_distribution(const std::vector<float>& logits, double temperature, int top_k, double top_p) {
+    const double max_logit = *std::max_element(logits.begin(), logits.end());
+    std::vector<double> weights;
+    for (float logit : logits) weights.push_back(std::exp((logit - max_logit) / temperature));
+    std::vector<std::size_t> order(logits.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return weights[a] > weights[b]; });
+    std::size_t kept = top_k > 0 ? std::min<std::size_t>(static_cast<std::size_t>(top_k), order.size()) : order.size();
+    double kept_weight = 0;
+    for (std::size_t i = 0; i < kept; ++i) kept_weight += weights[order[i]];
+    double running = 0;
+    for (std::size_t i = 0; i < kept; ++i) {
+        running += weights[order[i]];
+        if (running >= top_p * kept_weight) {
+            kept = i + 1;
+            break;
+        }
+    }
+    std::vector<double> probabilities(logits.size(), 0.0);
+    double total = 0;
+    for (std::size_t i = 0; i < kept; ++i) total += weights[order[i]];
+    for (std::size_t i = 0; i < kept; ++i) probabilities[order[i]] = weights[order[i]] / total;
+    return probabilities;
+}
+
+// The chi-square statistic that a correct sampler exceeds with probability 1e-5 at `degrees` degrees
+// of freedom (Wilson and Hilferty's approximation: within a percent here). The seed is fixed, so the
+// test is deterministic; the bound only says how unlucky a correct sampler would have to be.
+double chi_square_bound(std::size_t degrees) {
+    const double k = static_cast<double>(degrees), z = 4.265;  // the standard normal's 1 - 1e-5 quantile
+    return k * std::pow(1 - 2 / (9 * k) + z * std::sqrt(2 / (9 * k)), 3);
+}
+
+// Twelve logits in no particular order, so that sorting matters, with no two alike.
+const std::vector<float> kLogits = {1.2f, -0.3f, 2.5f, 0.7f, 1.9f, -1.0f, 0.1f, 2.2f, -0.6f, 1.5f, 0.4f, -2.0f};
+
+// Draws `draws` times from `logits` under `options` (uniforms as Sampler makes them, from a fixed seed)
+// and checks the counts against the exact distribution: never an id outside it, and a chi-square below
+// the bound. A truncation off by one, a top-p boundary on the wrong side or a missing renormalisation
+// moves at least 3% of the mass, tens of standard deviations at this many draws.
+void expect_draws_follow_the_exact_distribution(const std::vector<float>& logits, const SampleOptions& options,
+                                                std::size_t expected_kept, int draws = 200000) {
+    const std::vector<double> exact = exact_distribution(logits, options.temperature, options.top_k, options.top_p);
+    ASSERT_EQ(static_cast<std::size_t>(std::count_if(exact.begin(), exact.end(), [](double p) { return p > 0; })), expected_kept)
+        << "the test's own distribution keeps what the test case says";
+    TokenDrawer drawer;
+    std::mt19937_64 rng(2024);
+    std::vector<long> counts(logits.size(), 0);
+    for (int i = 0; i < draws; ++i) {
+        const double uniform = static_cast<double>(rng() >> 11) * 0x1.0p-53;
+        ++counts[static_cast<std::size_t>(drawer.draw(logits, options, uniform))];
+    }
+    // The distribution the drawer reports is the exact one (up to float weights).
+    const std::vector<double> reported = drawer.distribution();
+    ASSERT_EQ(reported.size(), exact.size());
+    for (std::size_t id = 0; id < exact.size(); ++id) EXPECT_NEAR(reported[id], exact[id], 1e-6) << "id " << id;
+    double chi_square = 0;
+    for (std::size_t id = 0; id < exact.size(); ++id) {
+        if (exact[id] == 0) {
+            EXPECT_EQ(counts[id], 0) << "id " << id << " lies outside the truncated distribution but was drawn";
+            continue;
+        }
+        const double expected = exact[id] * draws;
+        chi_square += (counts[id] - expected) * (counts[id] - expected) / expected;
+    }
+    EXPECT_LT(chi_square, chi_square_bound(expected_kept - 1));
+}
+
+TEST(Sample, DrawsFollowTheTemperedDistribution) {
+    SampleOptions options;
+    options.temperature = 0.7;
+    expect_draws_follow_the_exact_distribution(kLogits, options, 12);
+}
+
+TEST(Sample, TopKDrawsFollowTheExactTruncatedDistribution) {
+    SampleOptions options;
+    options.temperature = 0.8;
+    options.top_k = 5;
+    expect_draws_follow_the_exact_distribution(kLogits, options, 5);
+}
+
+TEST(Sample, TopPDrawsFollowTheExactTruncatedDistribution) {
+    // At 1.3 the kept set's first seven weigh 0.889 of the whole and the eighth brings it to 0.926:
+    // p = 0.9 keeps eight, the one that crosses the boundary included.
+    SampleOptions options;
+    options.temperature = 1.3;
+    options.top_p = 0.9;
+    expect_draws_follow_the_exact_distribution(kLogits, options, 8);
+}
+
+TEST(Sample, TopKThenTopPDrawsFollowTheExactTruncatedDistribution) {
+    // Top-p counts its share of what top-k kept: 0.8 of the six heaviest is reached at the fourth.
+    SampleOptions options;
+    options.top_k = 6;
+    options.top_p = 0.8;
+    expect_draws_follow_the_exact_distribution(kLogits, options, 4);
+}
+
+TEST(Sample, TopPKeepsTheCharacterThatReachesPExactly) {
+    // Four equal weights (exactly 1 each): p = 0.5 is reached, not passed, by the second, so two are kept,
+    // the lower ids, as a set that "reaches p" is read everywhere (and by PyTorch users' top-p).
+    SampleOptions options;
+    options.top_p = 0.5;
+    expect_draws_follow_the_exact_distribution({0.5f, 0.5f, 0.5f, 0.5f}, options, 2);
+}
+
+TEST(Sample, GreedyDrawsTheMostLikelyAndReportsItAsCertain) {
+    SampleOptions options;
+    options.greedy = true;
+    TokenDrawer drawer;
+    EXPECT_EQ(drawer.draw(kLogits, options, 0.99), 2);
+    std::vector<double> expected(kLogits.size(), 0.0);
+    expected[2] = 1;
+    EXPECT_EQ(drawer.distribution(), expected);
 }
 
 }  // namespace

@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <functional>
 #include <random>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "charlm/model.hpp"
 #include "charlm/text.hpp"
@@ -23,6 +25,29 @@ void validate(const SampleOptions& options);  // throws Error for a temperature 
 // Throws Error listing the prompt's characters that are not in the vocabulary.
 void check_prompt(const Vocab& vocab, const std::u32string& prompt);
 
+// Draws ids from rows of logits under SampleOptions, and remembers what the last draw chose from, so
+// that it can be checked against the distribution it should follow. Its buffers are sized on the
+// first draw: drawing allocates nothing after that.
+class TokenDrawer {
+public:
+    // The id that `uniform` (in [0, 1)) picks: temperature, then top-k, then top-p over what top-k
+    // kept, then the kept ids' weights renormalised, most likely first (ties by id), inverse CDF.
+    // Greedy takes the most likely id and ignores `uniform`.
+    TokenId draw(std::span<const float> logits, const SampleOptions& options, double uniform);
+    // The distribution the last draw() chose from: one probability per id, zero for those cut off.
+    std::vector<double> distribution() const;
+    double last_uniform() const { return uniform_; }
+
+private:
+    std::size_t size_ = 0;        // the vocabulary's, as the last draw's logits had it
+    std::vector<float> weights_;  // per id: exp((logit - max) / temperature), unnormalised
+    std::vector<TokenId> order_;  // ids, most likely first where anything is cut
+    std::size_t kept_ = 0;        // the first kept_ of order_ may be drawn
+    double total_ = 0;            // their weights' sum
+    double uniform_ = 0;
+    TokenId greedy_choice_ = -1;  // the last draw's id where it was greedy, else -1
+};
+
 class Sampler {
 public:
     // Freezes the model's weights (Model::set_weights_frozen) until the sampler is destroyed.
@@ -38,6 +63,8 @@ public:
     void prime(const std::u32string& prompt);
     // Draws the next character and feeds it back in.
     char32_t next(const SampleOptions& options);
+    // What the last next() drew from, and with which uniform draw.
+    const TokenDrawer& last_draw() const { return drawer_; }
 
 private:
     void feed(TokenId id);
@@ -47,8 +74,7 @@ private:
     const Vocab& vocab_;
     std::mt19937_64 rng_;
     ModelState<float> state_;
-    std::vector<float> probabilities_;
-    std::vector<TokenId> order_;
+    TokenDrawer drawer_;
     TokenId input_ = 0;
 };
 
