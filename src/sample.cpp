@@ -122,18 +122,31 @@ char32_t Sampler::next(const SampleOptions& options) {
     return vocab_.code_point_of(chosen);
 }
 
-std::u32string generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
-                        const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
+bool StopDetector::push(char32_t character) {
+    const std::size_t length = stop_.size();
+    if (length == 0) return false;
+    tail_[next_slot_] = character;
+    next_slot_ = next_slot_ + 1 == length ? 0 : next_slot_ + 1;
+    if (seen_ < length) ++seen_;
+    if (seen_ < length || character != stop_.back()) return false;
+    for (std::size_t i = 0; i < length; ++i)
+        if (tail_[(next_slot_ + i) % length] != stop_[i]) return false;
+    return true;
+}
+
+std::size_t generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+                     const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
     validate(options);
     Sampler sampler(model, vocab, seed);
     sampler.prime(prompt);
-    std::u32string text;
-    for (std::size_t i = 0; i < length; ++i) {
-        text += sampler.next(options);
-        emit(text.back());
-        if (!options.stop.empty() && text.ends_with(options.stop)) break;
+    StopDetector stop(options.stop);
+    for (std::size_t generated = 0; generated < length;) {
+        const char32_t character = sampler.next(options);
+        emit(character);
+        ++generated;
+        if (stop.push(character)) return generated;
     }
-    return text;
+    return length;
 }
 
 }  // namespace charlm

@@ -561,6 +561,33 @@ TEST_F(Cli, EvalLeavesOutUnknownCharactersAndSaysSoOnStderr) {
     EXPECT_NE(result.err.find("4 characters"), std::string::npos) << describe(result);
 }
 
+// ---- issue 12: sample, eval ----
+
+TEST_F(Cli, SampleJsonHoldsTheTextThatIsStreamedOtherwise) {
+    // The library keeps no sample; --json collects one to print it as one object, and it must be the same text.
+    const auto checkpoint = trained_run();
+    for (const std::string stop : {"", " "}) {
+        SCOPED_TRACE("--stop '" + stop + "'");
+        std::vector<std::string> arguments = {"sample", checkpoint.string(), "--prompt", "the ", "--length", "200", "--seed", "5"};
+        if (!stop.empty()) arguments.insert(arguments.end(), {"--stop", stop});
+        const RunResult streamed = charlm(arguments);
+        ASSERT_EQ(streamed.exit_code, 0) << describe(streamed);
+        arguments.push_back("--json");
+        const RunResult collected = charlm(arguments);
+        ASSERT_EQ(collected.exit_code, 0) << describe(collected);
+        EXPECT_EQ(count_lines(collected.out), 1u) << describe(collected);
+        const json record = json::parse(collected.out, nullptr, false);
+        ASSERT_TRUE(record.is_object()) << describe(collected);
+        EXPECT_EQ(record.at("prompt").get<std::string>() + record.at("text").get<std::string>() + "\n", streamed.out);
+        if (!stop.empty()) {
+            const std::string text = record.at("text").get<std::string>();
+            ASSERT_FALSE(text.empty());
+            EXPECT_EQ(text.back(), ' ') << "200 characters of this corpus hold a space";
+            EXPECT_EQ(text.find(stop), text.size() - 1) << "the sample stops at the first";
+        }
+    }
+}
+
 // =============================== help and version ===============================
 
 TEST_F(Cli, HelpForTheAppAndEachSubcommand) {

@@ -1,9 +1,12 @@
 // Checks sample.cpp: draws that follow the exact truncated distribution, reproducible samples, greedy as the
-// zero-temperature limit, valid UTF-8, clear errors.
+// zero-temperature limit, valid UTF-8, a stop text found in constant memory, clear errors.
 #include <gtest/gtest.h>
+
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
 #include <numeric>
 
 #include <utf8.h>
@@ -31,7 +34,8 @@ struct Fixture {
     }
     std::u32string run(const std::u32string& prompt, const SampleOptions& options, std::uint64_t seed, std::size_t length = 200) {
         std::u32string text;
-        generate(model, vocab, prompt, length, options, seed, [&](char32_t c) { text += c; });
+        const std::size_t generated = generate(model, vocab, prompt, length, options, seed, [&](char32_t c) { text += c; });
+        EXPECT_EQ(generated, text.size());
         return text;
     }
 };
@@ -247,6 +251,62 @@ TEST(Sample, GreedyDrawsTheMostLikelyAndReportsItAsCertain) {
     std::vector<double> expected(kLogits.size(), 0.0);
     expected[2] = 1;
     EXPECT_EQ(drawer.distribution(), expected);
+}
+
+// ---- streaming and stop texts ----
+
+TEST(Sample, StopDetectorFindsTheStopTextAcrossRingWrapsAndOverlaps) {
+    auto first_stop = [](const std::u32string& stop, const std::u32string& text) {
+        StopDetector detector(stop);
+        for (std::size_t i = 0; i < text.size(); ++i)
+            if (detector.push(text[i])) return i + 1;
+        return std::u32string::npos;
+    };
+    EXPECT_EQ(first_stop(U"aab", U"aaab"), 4u);          // a false start overlapping the real one
+    EXPECT_EQ(first_stop(U"abc", U"xxxxxxxabc"), 10u);   // after the ring has wrapped several times
+    EXPECT_EQ(first_stop(U"abc", U"ab"), std::u32string::npos);
+    EXPECT_EQ(first_stop(U"\n\n", U"a\nb\n\n"), 5u);
+    EXPECT_EQ(first_stop(U"日本", U"x日x本日本"), 6u);
+    EXPECT_EQ(first_stop(U"", U"anything"), std::u32string::npos);
+    EXPECT_EQ(first_stop(U"cab", U"cab"), 3u);           // the stop text is the whole text
+}
+
+// Resident memory of this process, in bytes.
+std::size_t resident_bytes() {
+    std::ifstream statm("/proc/self/statm");
+    std::size_t total_pages = 0, resident_pages = 0;
+    statm >> total_pages >> resident_pages;
+    return resident_pages * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+TEST(Sample, GenerateStreamsWithoutKeepingTheSample) {
+    // A million characters: 4 MB as UTF-32 if the library kept them. Resident memory at the last
+    // character must be where it was at the first.
+    Fixture fixture;
+    SampleOptions options;
+    options.stop = U"never: '@' is not in the vocabulary";
+    const std::size_t length = std::size_t{1} << 20;
+    std::size_t emitted = 0, resident_at_first = 0, resident_at_last = 0;
+    const std::size_t generated = generate(fixture.model, fixture.vocab, U"", length, options, 3, [&](char32_t) {
+        if (emitted == 0) resident_at_first = resident_bytes();
+        if (++emitted == length) resident_at_last = resident_bytes();
+    });
+    EXPECT_EQ(generated, length);
+    EXPECT_EQ(emitted, length);
+    ASSERT_GT(resident_at_first, 0u) << "cannot read /proc/self/statm";
+    EXPECT_LT(resident_at_last, resident_at_first + (std::size_t{1} << 20))
+        << "resident memory grew from " << resident_at_first << " to " << resident_at_last << " bytes while sampling";
+}
+
+TEST(Sample, GenerateReturnsHowManyItGeneratedUpToTheStop) {
+    Fixture fixture;
+    SampleOptions options;
+    const std::u32string full = fixture.run(U"a", options, 8, 300);
+    options.stop = full.substr(50, 3);  // whatever the model draws there; it may occur earlier too
+    std::u32string emitted;
+    const std::size_t generated = generate(fixture.model, fixture.vocab, U"a", 300, options, 8, [&](char32_t c) { emitted += c; });
+    EXPECT_EQ(generated, full.find(options.stop) + 3);
+    EXPECT_EQ(emitted, full.substr(0, generated));
 }
 
 }  // namespace

@@ -78,9 +78,26 @@ private:
     TokenId input_ = 0;
 };
 
+// Whether a stream of characters has just ended with a stop text, keeping only the last stop.size()
+// characters: a sample can run for as long as it likes in constant memory.
+class StopDetector {
+public:
+    explicit StopDetector(std::u32string stop) : stop_(std::move(stop)), tail_(stop_.size(), U'\0') {}
+    // Takes the next character; true when the characters so far end with the stop text (never for an
+    // empty one).
+    bool push(char32_t character);
+
+private:
+    std::u32string stop_;
+    std::u32string tail_;    // the last stop_.size() characters, a ring whose oldest is at next_slot_
+    std::size_t next_slot_ = 0;
+    std::size_t seen_ = 0;   // characters pushed, up to stop_.size()
+};
+
 // Primes with `prompt`, then calls `emit` for each of up to `length` generated characters as it is
-// drawn (fewer when options.stop ends the sample). Returns the generated text.
-std::u32string generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
-              const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit);
+// drawn (fewer when options.stop ends the sample). Keeps none of the text beyond the stop text's
+// length: a caller that wants the whole sample collects it in `emit`. Returns how many it generated.
+std::size_t generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+                     const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit);
 
 }  // namespace charlm

@@ -116,10 +116,11 @@ int run_sample(SampleArguments& arguments) {
     for (int index = 0; index < arguments.count; ++index) {
         const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(index);
         if (arguments.json) {
-            const std::u32string text = charlm::generate(*checkpoint.model, checkpoint.vocab, prompt,
-                                                         static_cast<std::size_t>(arguments.length), arguments.options, seed,
-                                                         [](char32_t) {});
-            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", charlm::encode_utf8(text)}, {"seed", seed}};
+            // One JSON object needs the whole text; the library streams it, and only this mode keeps it.
+            std::string text;
+            charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
+                             arguments.options, seed, [&](char32_t c) { text += charlm::encode_utf8(c); });
+            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text}, {"seed", seed}};
             fmt::print("{}\n", record.dump());
             continue;
         }
