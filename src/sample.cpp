@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
 
@@ -17,6 +18,30 @@ void validate(const SampleOptions& options) {
                                 options.temperature));
     if (!(options.top_p > 0 && options.top_p <= 1)) throw Error(fmt::format("--top-p must be in (0, 1], not {}", options.top_p));
     if (options.top_k < 0) throw Error(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
+}
+
+std::vector<std::string> sample_warnings(const SampleOptions& options, const ExplicitSampleOptions& given, const Vocab& vocab) {
+    std::vector<std::string> warnings;
+    if (options.greedy) {
+        std::vector<std::string> ignored;
+        if (given.temperature) ignored.push_back(fmt::format("--temperature {}", options.temperature));
+        if (given.top_k) ignored.push_back(fmt::format("--top-k {}", options.top_k));
+        if (given.top_p) ignored.push_back(fmt::format("--top-p {}", options.top_p));
+        if (!ignored.empty())
+            warnings.push_back(fmt::format("--greedy always takes the most likely character, so it ignores {}; drop --greedy "
+                                           "to draw with {}",
+                                           fmt::join(ignored, ", "), ignored.size() == 1 ? "it" : "them"));
+    }
+    std::vector<std::string> unknown;
+    for (char32_t c : options.stop) {
+        const std::string described = describe_code_point(c);
+        if (!vocab.contains(c) && std::find(unknown.begin(), unknown.end(), described) == unknown.end())
+            unknown.push_back(described);
+    }
+    if (!unknown.empty())
+        warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length",
+                                       fmt::join(unknown, ", ")));
+    return warnings;
 }
 
 TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& options, double uniform) {

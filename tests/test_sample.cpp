@@ -1,5 +1,5 @@
 // Checks sample.cpp: draws that follow the exact truncated distribution, reproducible samples, greedy as the
-// zero-temperature limit, valid UTF-8, a stop text found in constant memory, clear errors.
+// zero-temperature limit, valid UTF-8, a stop text found in constant memory, warnings and clear errors.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -307,6 +307,42 @@ TEST(Sample, GenerateReturnsHowManyItGeneratedUpToTheStop) {
     const std::size_t generated = generate(fixture.model, fixture.vocab, U"a", 300, options, 8, [&](char32_t c) { emitted += c; });
     EXPECT_EQ(generated, full.find(options.stop) + 3);
     EXPECT_EQ(emitted, full.substr(0, generated));
+}
+
+// ---- warnings ----
+
+TEST(Sample, WarnsThatGreedyIgnoresTheDrawingOptionsGiven) {
+    Fixture fixture;
+    SampleOptions options;
+    options.greedy = true;
+    options.temperature = 0.5;
+    options.top_k = 5;
+    // Given or not is what counts: the values themselves may be the defaults.
+    EXPECT_TRUE(sample_warnings(options, {}, fixture.vocab).empty());
+    const auto warnings = sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true}, fixture.vocab);
+    ASSERT_EQ(warnings.size(), 1u);
+    for (const char* mention : {"--greedy", "ignores", "--temperature 0.5", "--top-k 5", "--top-p 1"})
+        EXPECT_NE(warnings[0].find(mention), std::string::npos) << mention << " in: " << warnings[0];
+    const auto one = sample_warnings(options, {.top_p = true}, fixture.vocab);
+    ASSERT_EQ(one.size(), 1u);
+    EXPECT_EQ(one[0].find("--temperature"), std::string::npos) << one[0];
+    options.greedy = false;
+    EXPECT_TRUE(sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true}, fixture.vocab).empty());
+}
+
+TEST(Sample, WarnsThatAStopTextWithCharactersOutsideTheVocabularyCanNeverMatch) {
+    Fixture fixture;
+    SampleOptions options;
+    options.stop = U"gęś";  // all in the vocabulary
+    EXPECT_TRUE(sample_warnings(options, {}, fixture.vocab).empty());
+    options.stop = U"QgQ!";
+    const auto warnings = sample_warnings(options, {}, fixture.vocab);
+    ASSERT_EQ(warnings.size(), 1u);
+    const std::string& warning = warnings[0];
+    EXPECT_NE(warning.find("--stop"), std::string::npos) << warning;
+    EXPECT_NE(warning.find("never"), std::string::npos) << warning;
+    EXPECT_NE(warning.find("'Q' (U+0051), '!' (U+0021)"), std::string::npos) << "each once, in order: " << warning;
+    EXPECT_EQ(warning.find("'g'"), std::string::npos) << warning;
 }
 
 }  // namespace

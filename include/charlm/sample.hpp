@@ -25,6 +25,18 @@ void validate(const SampleOptions& options);  // throws Error for a temperature 
 // Throws Error listing the prompt's characters that are not in the vocabulary.
 void check_prompt(const Vocab& vocab, const std::u32string& prompt);
 
+// Which drawing options the user set, whatever their values: --greedy ignores every one of them.
+struct ExplicitSampleOptions {
+    bool temperature = false;
+    bool top_k = false;
+    bool top_p = false;
+};
+
+// A sentence for each thing the user asked that sampling will not do, for the CLI to warn with:
+// drawing options that --greedy ignores, and a stop text with characters the model never produces
+// (it can never match). Empty when all is as asked.
+std::vector<std::string> sample_warnings(const SampleOptions& options, const ExplicitSampleOptions& given, const Vocab& vocab);
+
 // Draws ids from rows of logits under SampleOptions, and remembers what the last draw chose from, so
 // that it can be checked against the distribution it should follow. Its buffers are sized on the
 // first draw: drawing allocates nothing after that.

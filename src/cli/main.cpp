@@ -88,6 +88,7 @@ struct SampleArguments {
     bool skip_unknown = false;
     bool json = false;
     charlm::SampleOptions options;
+    charlm::ExplicitSampleOptions given;  // which drawing options were on the command line
     int threads = 1;
 };
 
@@ -110,7 +111,15 @@ int run_sample(SampleArguments& arguments) {
     }
     charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
     arguments.options.stop = charlm::decode_utf8(arguments.stop, "--stop");
+    for (const std::string& warning : charlm::sample_warnings(arguments.options, arguments.given, checkpoint.vocab))
+        spdlog::warn("{}", warning);
     const std::uint64_t first_seed = arguments.seed_given ? arguments.seed : std::random_device{}();
+    if (!arguments.seed_given && !arguments.options.greedy) {
+        // On stderr, so that stdout stays the sample; the seed is what makes it repeatable (greedy needs none).
+        const std::uint64_t last_seed = first_seed + static_cast<std::uint64_t>(arguments.count) - 1;
+        if (arguments.count == 1) spdlog::info("seed {} (repeat with --seed {})", first_seed, first_seed);
+        else spdlog::info("seeds {} to {} (repeat with --seed {})", first_seed, last_seed, first_seed);
+    }
     const bool to_terminal = ::isatty(STDOUT_FILENO);
     const std::string shown_prompt = charlm::encode_utf8(prompt);
     for (int index = 0; index < arguments.count; ++index) {
@@ -305,6 +314,8 @@ int main(int argc, char** argv) {
         return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
     sample_arguments.seed_given = seed_option->count() > 0;
+    sample_arguments.given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
+                              .top_p = sample->count("--top-p") > 0};
 
     try {
         if (*train) return run_train(train_arguments);
