@@ -552,7 +552,8 @@ TEST_F(Cli, EvalJsonPrintsOneObject) {
 TEST_F(Cli, EvalLeavesOutUnknownCharactersAndSaysSoOnStderr) {
     const auto checkpoint = trained_run();
     const auto file = write("other.txt", "the cat sat on ZQZ mat!\n");  // Z, Q, Z, ! are not in the corpus
-    const RunResult result = charlm({"eval", checkpoint.string(), file.string(), "--json"});
+    // 4 of 24 is past the share that eval accepts by itself (Cli.EvalRefusesATextMostlyOutsideTheVocabulary...).
+    const RunResult result = charlm({"eval", checkpoint.string(), file.string(), "--json", "--allow-unknown"});
     ASSERT_EQ(result.exit_code, 0) << describe(result);
     const json figures = json::parse(result.out, nullptr, false);
     ASSERT_TRUE(figures.is_object()) << describe(result);
@@ -659,6 +660,44 @@ TEST_F(Cli, SampleJsonHoldsTheTextThatIsStreamedOtherwise) {
             EXPECT_EQ(text.find(stop), text.size() - 1) << "the sample stops at the first";
         }
     }
+}
+
+TEST_F(Cli, EvalRefusesATextMostlyOutsideTheVocabularyUnlessAllowed) {
+    const auto checkpoint = trained_run();
+    // 20 of 40 characters are not in the corpus.
+    const auto file = write("foreign.txt", "the cat sat on a matZQZQZQZQZQZQZQZQZQZQ");
+    const auto before = snapshot(path("run"));
+    for (const bool json_output : {false, true}) {
+        SCOPED_TRACE(json_output ? "--json" : "table");
+        std::vector<std::string> arguments = {"eval", checkpoint.string(), file.string()};
+        if (json_output) arguments.push_back("--json");
+        expect_error(charlm(arguments), {"foreign.txt", "50%", "20 of 40", "10%", "--allow-unknown"});
+    }
+    expect_unchanged(before, snapshot(path("run")));
+
+    const RunResult allowed = charlm({"eval", checkpoint.string(), file.string(), "--json", "--allow-unknown"});
+    ASSERT_EQ(allowed.exit_code, 0) << describe(allowed);
+    const json figures = json::parse(allowed.out, nullptr, false);
+    ASSERT_TRUE(figures.is_object()) << describe(allowed);
+    EXPECT_EQ(figures.at("unknown_characters").get<int>(), 20);
+    EXPECT_DOUBLE_EQ(figures.at("unknown_fraction").get<double>(), 0.5);
+    EXPECT_EQ(figures.at("characters_scored").get<int>(), 19);
+    EXPECT_NE(allowed.err.find("20 characters"), std::string::npos) << describe(allowed);
+    EXPECT_NE(allowed.err.find("50%"), std::string::npos) << "the warning gives the share\n" << describe(allowed);
+}
+
+TEST_F(Cli, EvalWarnsWithTheShareOfUnknownCharactersItLeavesOut) {
+    const auto checkpoint = trained_run();
+    // One character of 100 is unknown: scored, with the share on stderr.
+    std::string text;
+    while (text.size() < 99) text += "the cat sat on a mat ";
+    text.resize(99);
+    const auto file = write("mostly.txt", text + "Z");
+    const RunResult result = charlm({"eval", checkpoint.string(), file.string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_NE(result.out.find("1 unknown left out"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("1 characters of"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("(1% of its text)"), std::string::npos) << describe(result);
 }
 
 // =============================== help and version ===============================

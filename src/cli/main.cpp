@@ -172,6 +172,7 @@ int run_info(const std::string& checkpoint_path, bool json) {
 struct EvalArguments {
     std::string checkpoint;
     std::string file;
+    charlm::EvalOptions options;
     bool json = false;
     int threads = 0;
 };
@@ -188,10 +189,10 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 int run_eval(EvalArguments& arguments) {
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file);
+    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file, arguments.options);
     if (result.unknown_characters > 0)
-        spdlog::warn("{} characters of {} are not in the model's vocabulary and were left out", result.unknown_characters,
-                     arguments.file);
+        spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
+                     result.unknown_characters, arguments.file, 100 * result.unknown_fraction);
     if (arguments.json) {
         fmt::print("{}\n", result.to_json().dump());
     } else {
@@ -273,6 +274,9 @@ int main(int argc, char** argv) {
     eval->add_option("CHECKPOINT", eval_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
     eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
     eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
+    eval->add_flag("--allow-unknown", eval_arguments.options.allow_unknown,
+                   fmt::format("Score a text even when more than {:g}% of its characters are not in the model's vocabulary "
+                               "(they are left out)", 100 * charlm::kMostUnknownFraction));
     eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
     std::string info_checkpoint;
