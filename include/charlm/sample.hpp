@@ -43,8 +43,9 @@ std::vector<std::string> sample_warnings(const SampleOptions& options, const Exp
 class TokenDrawer {
 public:
     // The id that `uniform` (in [0, 1)) picks: temperature, then top-k, then top-p over what top-k
-    // kept, then the kept ids' weights renormalised, most likely first (ties by id), inverse CDF.
-    // Greedy takes the most likely id and ignores `uniform`.
+    // kept, then by inverse CDF over the kept ids' renormalised weights, most likely first (ties by id)
+    // where anything was cut, else in id order (no sort). Greedy takes the most likely id and ignores
+    // `uniform`.
     TokenId draw(std::span<const float> logits, const SampleOptions& options, double uniform);
     // The distribution the last draw() chose from: one probability per id, zero for those cut off.
     std::vector<double> distribution() const;
