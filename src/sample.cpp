@@ -48,13 +48,17 @@ TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& op
     const std::size_t V = logits.size();
     size_ = V;
     uniform_ = uniform;
+    // Eigen's reductions run in SIMD registers, as sampling's did before the drawer; std::max_element's do not.
+    const Eigen::Map<const Eigen::ArrayXf> row(logits.data(), static_cast<Eigen::Index>(V));
     if (options.greedy) {
-        greedy_choice_ = static_cast<TokenId>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        Eigen::Index best = 0;
+        row.maxCoeff(&best);
+        greedy_choice_ = static_cast<TokenId>(best);
         return greedy_choice_;
     }
     greedy_choice_ = -1;
     weights_.resize(V);
-    const float max_logit = *std::max_element(logits.begin(), logits.end());
+    const float max_logit = row.maxCoeff();
     const double inverse_temperature = 1.0 / options.temperature;
     for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) * inverse_temperature));
     auto weight = [&](TokenId id) { return weights_[static_cast<std::size_t>(id)]; };
