@@ -2,8 +2,10 @@
 # Measures charlm against its peers on the three reference LSTMs, all in one run: 'charlm bench', oneDNN's
 # LSTM primitives (bench/onednn_lstm.cpp) and PyTorch (scripts/bench_torch.py), at each thread count.
 # Prints markdown tables with charlm's ratio to each peer; --json FILE also keeps every measurement.
-# --rounds N runs everything N times over, the programs taking turns, and reports each figure's best round:
-# on a shared machine, a neighbour's burst then slows one round of one program, not the comparison.
+# --rounds N runs everything N times over, the programs taking turns, and reports each figure's best round
+# with its spread over the rounds beside it, e.g. 208.0k (±3%), (best - worst) / best: on a shared machine, a
+# neighbour's burst then slows one round of one program, not the comparison, and the spread says how far apart
+# two programs must be for a ratio to mean anything.
 # Usage: scripts/bench.sh [--threads "1 2"] [--seconds S] [--rounds N] [--json FILE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ while [ $# -gt 0 ]; do
     --seconds) seconds="$2"; shift ;;
     --rounds) rounds="$2"; shift ;;
     --json) json_file="$2"; shift ;;
-    -h|--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown option $1; see scripts/bench.sh --help" >&2; exit 2 ;;
   esac
   shift

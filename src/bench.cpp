@@ -68,6 +68,11 @@ double measure_gemm_gflops(double seconds) {
     return 2.0 * static_cast<double>(size) * size * size / seconds_each / 1e9;
 }
 
+// A description of what count_flops() counts, for the JSON and the table.
+constexpr const char* kFlopCounted =
+    "FLOP of the matrix products that run (a multiply-add is 2), forward and backward; the first layer's input "
+    "projection is a table lookup, its table made once per training window";
+
 nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab& vocab,
                              double seconds) {
     ModelConfig config;
@@ -115,8 +120,10 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
     sample_options.temperature = 1.0;
     const double sample_seconds = seconds_per_call([&] { sampler.next(sample_options); }, seconds);
 
-    const double parameters = static_cast<double>(config.parameter_count());
+    const FlopsPerCharacter flops = count_flops(config, shape.seq_length, shape.batch_size);
     const double train_chars_per_second = chars_per_window / train_seconds;
+    const double eval_chars_per_second = chars_per_window / eval_seconds;
+    const double sample_chars_per_second = 1.0 / sample_seconds;
     return {
         {"model", fmt::format("lstm {}x{}", shape.layers, shape.hidden_size)},
         {"layers", shape.layers},
@@ -126,15 +133,50 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
         {"batch", shape.batch_size},
         {"parameters", config.parameter_count()},
         {"train_chars_per_second", train_chars_per_second},
-        {"eval_chars_per_second", chars_per_window / eval_seconds},
-        {"sample_chars_per_second", 1.0 / sample_seconds},
-        // 2 flops per parameter per char forward, 4 backward: the usual 6N estimate
-        {"train_gflops", 6.0 * parameters * train_chars_per_second / 1e9},
+        {"eval_chars_per_second", eval_chars_per_second},
+        {"sample_chars_per_second", sample_chars_per_second},
+        {"train_flop_per_character", flops.train},
+        {"eval_flop_per_character", flops.evaluate},
+        {"sample_flop_per_character", flops.sample},
+        {"train_gflops", flops.train * train_chars_per_second / 1e9},
+        {"eval_gflops", flops.evaluate * eval_chars_per_second / 1e9},
+        {"sample_gflops", flops.sample * sample_chars_per_second / 1e9},
         {"peak_rss_megabytes", memory_megabytes},
     };
 }
 
 }  // namespace
+
+FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size) {
+    const double V = config.vocab_size, E = config.embed_size, H = config.hidden_size, L = config.layers;
+    const double gates = config.cell == CellType::lstm ? 4 : config.cell == CellType::gru ? 3 : 1;
+    const double G = gates * H;  // the gates' width
+    const double T = seq_length, B = batch_size, TB = T * B;
+    // rows x inner times inner x columns
+    auto product = [](double rows, double inner, double columns) { return 2 * rows * inner * columns; };
+    // Where the first layer's input projection is a table lookup: the rule of layer_input.cpp's
+    // through_table(), with the weights changing (training) and frozen (test_bench.cpp checks both).
+    const bool table_in_training = 2 * V <= TB;
+    const bool table_when_frozen = V * G <= static_cast<double>(std::int64_t{1} << 24);
+
+    // Per window of T x B characters. Forward, every layer: h_{t-1} W_hh^T; above the first: x W_ih^T.
+    const double recurrent_and_above = L * product(TB, H, G) + (L - 1) * product(TB, H, G) + product(TB, H, V);
+    const double first_layer_rows = product(TB, E, G);  // embedded rows times W_ih^T, where there is no table
+    const double train_forward = recurrent_and_above + (table_in_training ? product(V, E, G) : first_layer_rows);
+    // Backward: the head's weight gradient and its input's; per layer, the W_hh gradient over every
+    // step and dL/dh sent back for all but the first step; above the first layer, the W_ih gradient and
+    // the input's; the first layer, from the table's gradient (V x G) to W_ih's and the embedding's.
+    const double train_backward = 2 * product(TB, V, H) + L * product(G, TB, H) + L * product((T - 1) * B, G, H) +
+                                  (L - 1) * 2 * product(TB, G, H) +
+                                  (table_in_training ? 2 * product(V, G, E) : 2 * product(TB, G, E));
+    FlopsPerCharacter flops;
+    flops.train = (train_forward + train_backward) / TB;
+    flops.evaluate = (recurrent_and_above + (table_when_frozen ? 0 : first_layer_rows)) / TB;
+    flops.sample = flops.evaluate;  // one character's products are a window's divided by its characters
+    flops.table_in_training = table_in_training;
+    flops.table_when_frozen = table_when_frozen;
+    return flops;
+}
 
 std::vector<BenchModel> default_bench_models() {
     return {
@@ -186,6 +228,7 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         spdlog::info("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size);
         nlohmann::json row = measure_model(shape, ids, vocab, options.seconds_per_measurement);
         row["fraction_of_gemm_peak"] = row["train_gflops"].get<double>() / gemm_gflops;
+        row["eval_fraction_of_gemm_peak"] = row["eval_gflops"].get<double>() / gemm_gflops;
         models.push_back(std::move(row));
     }
     return {
@@ -195,6 +238,7 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         {"vocab_size", vocab.size()},
         {"gemm_backend", gemm_backend()},
         {"gemm_gflops", gemm_gflops},
+        {"flop_counted", kFlopCounted},
         {"models", models},
     };
 }
@@ -202,17 +246,19 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
 std::string format_benchmark_table(const nlohmann::json& result) {
     std::string table = fmt::format("charlm bench: {} threads, GEMM 2048^3 through {}: {:.1f} GFLOP/s\n", result.at("threads").get<int>(),
                                     result.at("gemm_backend").get<std::string>(), result.at("gemm_gflops").get<double>());
-    table += fmt::format("{:<14} {:>8} {:>12} {:>12} {:>12} {:>9} {:>8} {:>9}\n", "model", "seq x b", "train ch/s",
-                         "eval ch/s", "sample ch/s", "GFLOP/s", "% peak", "peak MB");
+    table += fmt::format("{:<14} {:>8} {:>12} {:>12} {:>12} {:>11} {:>8} {:>10} {:>8} {:>9}\n", "model", "seq x b",
+                         "train ch/s", "eval ch/s", "sample ch/s", "train GF/s", "% peak", "eval GF/s", "% peak", "peak MB");
     for (const auto& row : result.at("models")) {
-        table += fmt::format("{:<14} {:>8} {:>12.0f} {:>12.0f} {:>12.0f} {:>9.2f} {:>7.1f}% {:>9.0f}\n",
+        table += fmt::format("{:<14} {:>8} {:>12.0f} {:>12.0f} {:>12.0f} {:>11.2f} {:>7.1f}% {:>10.2f} {:>7.1f}% {:>9.0f}\n",
                              row.at("model").get<std::string>(),
                              fmt::format("{}x{}", row.at("seq").get<int>(), row.at("batch").get<int>()),
                              row.at("train_chars_per_second").get<double>(), row.at("eval_chars_per_second").get<double>(),
                              row.at("sample_chars_per_second").get<double>(), row.at("train_gflops").get<double>(),
-                             100.0 * row.at("fraction_of_gemm_peak").get<double>(),
+                             100.0 * row.at("fraction_of_gemm_peak").get<double>(), row.at("eval_gflops").get<double>(),
+                             100.0 * row.at("eval_fraction_of_gemm_peak").get<double>(),
                              row.at("peak_rss_megabytes").get<double>());
     }
+    table += fmt::format("GF/s counts {}.\n", result.at("flop_counted").get<std::string>());
     table += "peak MB is the process's high-water mark so far: models run smallest first.\n";
     return table;
 }

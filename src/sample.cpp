@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
 
@@ -17,6 +18,98 @@ void validate(const SampleOptions& options) {
                                 options.temperature));
     if (!(options.top_p > 0 && options.top_p <= 1)) throw Error(fmt::format("--top-p must be in (0, 1], not {}", options.top_p));
     if (options.top_k < 0) throw Error(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
+}
+
+std::vector<std::string> sample_warnings(const SampleOptions& options, const ExplicitSampleOptions& given, const Vocab& vocab) {
+    std::vector<std::string> warnings;
+    if (options.greedy) {
+        std::vector<std::string> ignored;
+        if (given.temperature) ignored.push_back(fmt::format("--temperature {}", options.temperature));
+        if (given.top_k) ignored.push_back(fmt::format("--top-k {}", options.top_k));
+        if (given.top_p) ignored.push_back(fmt::format("--top-p {}", options.top_p));
+        if (!ignored.empty())
+            warnings.push_back(fmt::format("--greedy always takes the most likely character, so it ignores {}; drop --greedy "
+                                           "to draw with {}",
+                                           fmt::join(ignored, ", "), ignored.size() == 1 ? "it" : "them"));
+    }
+    std::vector<std::string> unknown;
+    for (char32_t c : options.stop) {
+        const std::string described = describe_code_point(c);
+        if (!vocab.contains(c) && std::find(unknown.begin(), unknown.end(), described) == unknown.end())
+            unknown.push_back(described);
+    }
+    if (!unknown.empty())
+        warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length",
+                                       fmt::join(unknown, ", ")));
+    return warnings;
+}
+
+TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& options, double uniform) {
+    const std::size_t V = logits.size();
+    size_ = V;
+    uniform_ = uniform;
+    // Eigen's reductions run in SIMD registers, as sampling's did before the drawer; std::max_element's do not.
+    const Eigen::Map<const Eigen::ArrayXf> row(logits.data(), static_cast<Eigen::Index>(V));
+    if (options.greedy) {
+        Eigen::Index best = 0;
+        row.maxCoeff(&best);
+        greedy_choice_ = static_cast<TokenId>(best);
+        return greedy_choice_;
+    }
+    greedy_choice_ = -1;
+    weights_.resize(V);
+    const float max_logit = row.maxCoeff();
+    const double inverse_temperature = 1.0 / options.temperature;
+    for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) * inverse_temperature));
+    auto weight = [&](TokenId id) { return weights_[static_cast<std::size_t>(id)]; };
+    std::size_t kept = V;
+    order_.resize(V);
+    std::iota(order_.begin(), order_.end(), 0);
+    if (options.top_k > 0 || options.top_p < 1) {
+        // Most likely first; ties by id so that a seed always gives the same text.
+        std::sort(order_.begin(), order_.end(),
+                  [&](TokenId a, TokenId b) { return weight(a) != weight(b) ? weight(a) > weight(b) : a < b; });
+        if (options.top_k > 0) kept = std::min(kept, static_cast<std::size_t>(options.top_k));
+        if (options.top_p < 1) {
+            double total = 0;
+            for (std::size_t i = 0; i < kept; ++i) total += weight(order_[i]);
+            double running = 0;
+            for (std::size_t i = 0; i < kept; ++i) {
+                running += weight(order_[i]);
+                if (running >= options.top_p * total) {
+                    kept = i + 1;
+                    break;
+                }
+            }
+        }
+    }
+    double total = 0;
+    for (std::size_t i = 0; i < kept; ++i) total += weight(order_[i]);
+    kept_ = kept;
+    total_ = total;
+    double target = uniform * total;
+    TokenId chosen = order_[kept - 1];
+    for (std::size_t i = 0; i < kept; ++i) {
+        target -= weight(order_[i]);
+        if (target < 0) {
+            chosen = order_[i];
+            break;
+        }
+    }
+    return chosen;
+}
+
+std::vector<double> TokenDrawer::distribution() const {
+    std::vector<double> probabilities(size_, 0.0);
+    if (greedy_choice_ >= 0) {
+        probabilities[static_cast<std::size_t>(greedy_choice_)] = 1;
+        return probabilities;
+    }
+    for (std::size_t i = 0; i < kept_; ++i) {
+        const auto id = static_cast<std::size_t>(order_[i]);
+        probabilities[id] = weights_[id] / total_;
+    }
+    return probabilities;
 }
 
 Sampler::Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed)
@@ -51,69 +144,38 @@ void Sampler::prime(const std::u32string& prompt) {
 
 char32_t Sampler::next(const SampleOptions& options) {
     const auto& logits = model_.logits();
-    const auto V = static_cast<std::size_t>(logits.cols());
-    TokenId chosen = 0;
-    if (options.greedy) {
-        Eigen::Index best = 0;
-        logits.row(0).maxCoeff(&best);
-        chosen = static_cast<TokenId>(best);
-    } else {
-        probabilities_.resize(V);
-        const float max_logit = logits.row(0).maxCoeff();
-        const double inverse_temperature = 1.0 / options.temperature;
-        for (std::size_t i = 0; i < V; ++i)
-            probabilities_[i] = static_cast<float>(std::exp((logits(0, static_cast<Eigen::Index>(i)) - max_logit) * inverse_temperature));
-        std::size_t kept = V;
-        order_.resize(V);
-        std::iota(order_.begin(), order_.end(), 0);
-        if (options.top_k > 0 || options.top_p < 1) {
-            // Most likely first; ties by id so that a seed always gives the same text.
-            std::sort(order_.begin(), order_.end(), [&](TokenId a, TokenId b) {
-                return probabilities_[a] != probabilities_[b] ? probabilities_[a] > probabilities_[b] : a < b;
-            });
-            if (options.top_k > 0) kept = std::min(kept, static_cast<std::size_t>(options.top_k));
-            if (options.top_p < 1) {
-                double total = 0;
-                for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
-                double running = 0;
-                for (std::size_t i = 0; i < kept; ++i) {
-                    running += probabilities_[static_cast<std::size_t>(order_[i])];
-                    if (running >= options.top_p * total) {
-                        kept = i + 1;
-                        break;
-                    }
-                }
-            }
-        }
-        double total = 0;
-        for (std::size_t i = 0; i < kept; ++i) total += probabilities_[static_cast<std::size_t>(order_[i])];
-        // A uniform draw from the top 53 bits, the same on every platform.
-        double target = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
-        chosen = order_[kept - 1];
-        for (std::size_t i = 0; i < kept; ++i) {
-            target -= probabilities_[static_cast<std::size_t>(order_[i])];
-            if (target < 0) {
-                chosen = order_[i];
-                break;
-            }
-        }
-    }
+    // A uniform draw from the top 53 bits, the same on every platform; greedy draws none.
+    const double uniform = options.greedy ? 0.0 : static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    const TokenId chosen = drawer_.draw(std::span<const float>(logits.data(), static_cast<std::size_t>(logits.cols())), options, uniform);
     feed(chosen);
     return vocab_.code_point_of(chosen);
 }
 
-std::u32string generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
-                        const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
+bool StopDetector::push(char32_t character) {
+    const std::size_t length = stop_.size();
+    if (length == 0) return false;
+    tail_[next_slot_] = character;
+    next_slot_ = next_slot_ + 1 == length ? 0 : next_slot_ + 1;
+    if (seen_ < length) ++seen_;
+    if (seen_ < length || character != stop_.back()) return false;
+    for (std::size_t i = 0; i < length; ++i)
+        if (tail_[(next_slot_ + i) % length] != stop_[i]) return false;
+    return true;
+}
+
+std::size_t generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,
+                     const SampleOptions& options, std::uint64_t seed, const std::function<void(char32_t)>& emit) {
     validate(options);
     Sampler sampler(model, vocab, seed);
     sampler.prime(prompt);
-    std::u32string text;
-    for (std::size_t i = 0; i < length; ++i) {
-        text += sampler.next(options);
-        emit(text.back());
-        if (!options.stop.empty() && text.ends_with(options.stop)) break;
+    StopDetector stop(options.stop);
+    for (std::size_t generated = 0; generated < length;) {
+        const char32_t character = sampler.next(options);
+        emit(character);
+        ++generated;
+        if (stop.push(character)) return generated;
     }
-    return text;
+    return length;
 }
 
 }  // namespace charlm

@@ -1,8 +1,10 @@
-// Checks bench.cpp on a tiny model: every figure present and sensible, the table readable, bad names refused.
+// Checks bench.cpp on a tiny model: every figure present and sensible, FLOP counted as the code runs them, the
+// table readable, bad names refused.
 #include <gtest/gtest.h>
 
 #include "charlm/bench.hpp"
 #include "charlm/error.hpp"
+#include "charlm/layer_input.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {
@@ -28,13 +30,103 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     for (const char* figure : {"train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second", "train_gflops",
                                "fraction_of_gemm_peak", "peak_rss_megabytes"})
         EXPECT_GT(row.at(figure).get<double>(), 0) << figure;
-    // 6 x parameters FLOP per character trained
-    EXPECT_NEAR(row.at("train_gflops").get<double>(),
-                6.0 * row.at("parameters").get<double>() * row.at("train_chars_per_second").get<double>() / 1e9, 1e-9);
+    // The FLOP of what runs (Bench.CountsTheProductsThatRunPerCharacter's first model), not 6 x parameters.
+    EXPECT_DOUBLE_EQ(row.at("train_flop_per_character").get<double>(), 3545.6);
+    EXPECT_DOUBLE_EQ(row.at("eval_flop_per_character").get<double>(), 960);
+    EXPECT_DOUBLE_EQ(row.at("sample_flop_per_character").get<double>(), 960);
+    EXPECT_NEAR(row.at("train_gflops").get<double>(), 3545.6 * row.at("train_chars_per_second").get<double>() / 1e9, 1e-9);
+    EXPECT_NEAR(row.at("eval_gflops").get<double>(), 960 * row.at("eval_chars_per_second").get<double>() / 1e9, 1e-9);
+    EXPECT_NEAR(row.at("sample_gflops").get<double>(), 960 * row.at("sample_chars_per_second").get<double>() / 1e9, 1e-9);
+    EXPECT_NEAR(row.at("fraction_of_gemm_peak").get<double>(),
+                row.at("train_gflops").get<double>() / result.at("gemm_gflops").get<double>(), 1e-12);
+    EXPECT_NEAR(row.at("eval_fraction_of_gemm_peak").get<double>(),
+                row.at("eval_gflops").get<double>() / result.at("gemm_gflops").get<double>(), 1e-12);
+    EXPECT_NE(result.at("flop_counted").get<std::string>().find("table lookup"), std::string::npos);
 
     const std::string table = format_benchmark_table(result);
     EXPECT_NE(table.find("lstm 1x8"), std::string::npos) << table;
     EXPECT_NE(table.find("5x4"), std::string::npos) << table;
+    EXPECT_NE(table.find("eval GF/s"), std::string::npos) << table;
+    EXPECT_NE(table.find(result.at("flop_counted").get<std::string>()), std::string::npos) << "says what it counts\n" << table;
+}
+
+ModelConfig bench_config(CellType cell, int layers, int vocab, int embed, int hidden) {
+    ModelConfig config;
+    config.cell = cell;
+    config.layers = layers;
+    config.vocab_size = vocab;
+    config.embed_size = embed;
+    config.hidden_size = hidden;
+    return config;
+}
+
+TEST(Bench, CountsTheProductsThatRunPerCharacter) {
+    // Worked by hand, a product of m x k by k x n as 2mkn, per window of T x B characters.
+    {
+        // LSTM, 1 layer, V 28, E 4, H 8 (gates G = 32), 5 x 4 = 20 characters: 2V > 20, so training
+        // multiplies the embedded rows; frozen weights keep the table.
+        // forward: h W_hh^T 2*20*8*32 = 10240, head 2*20*8*28 = 8960, x W_ih^T 2*20*4*32 = 5120
+        // backward: head 2 * 2*20*28*8 = 17920, W_hh gradient 2*32*20*8 = 10240, dL/dh for 4 of 5 steps
+        // 2*16*32*8 = 8192, W_ih gradient and the input's 2 * 2*20*32*4 = 10240
+        const FlopsPerCharacter flops = count_flops(bench_config(CellType::lstm, 1, 28, 4, 8), 5, 4);
+        EXPECT_DOUBLE_EQ(flops.train, (10240 + 8960 + 5120 + 17920 + 10240 + 8192 + 10240) / 20.0);  // 3545.6
+        EXPECT_DOUBLE_EQ(flops.evaluate, (10240 + 8960) / 20.0);  // the first layer's input: a lookup
+        EXPECT_DOUBLE_EQ(flops.sample, flops.evaluate);
+        EXPECT_FALSE(flops.table_in_training);
+        EXPECT_TRUE(flops.table_when_frozen);
+    }
+    {
+        // LSTM, 2 layers, V 5, E 3, H 4 (G = 16), 4 x 3 = 12 characters: 2V <= 12, the table in training too.
+        // forward: h W_hh^T 2 * 2*12*4*16 = 3072, the second layer's x W_ih^T 1536, head 2*12*4*5 = 480,
+        // the table 2*5*3*16 = 480
+        // backward: head 2 * 2*12*5*4 = 960, W_hh gradients 2 * 2*16*12*4 = 3072, dL/dh for 3 of 4 steps
+        // 2 * 2*9*16*4 = 2304, the second layer's W_ih and input gradients 2 * 2*12*16*4 = 3072, the
+        // table's gradient to W_ih and to the embedding 2 * 2*5*16*3 = 960
+        const FlopsPerCharacter flops = count_flops(bench_config(CellType::lstm, 2, 5, 3, 4), 4, 3);
+        EXPECT_DOUBLE_EQ(flops.train, (3072 + 1536 + 480 + 480 + 960 + 3072 + 2304 + 3072 + 960) / 12.0);  // 1328
+        EXPECT_DOUBLE_EQ(flops.evaluate, (3072 + 1536 + 480) / 12.0);
+        EXPECT_TRUE(flops.table_in_training);
+    }
+    {
+        // The Elman cell: one gate (G = H = 4); otherwise the previous model's first layer and head.
+        // forward 2*12*4*4 = 384 + 480 + table 2*5*3*4 = 120; backward 960 + 2*4*12*4 = 384 + 2*9*4*4 = 288
+        // + 2 * 2*5*4*3 = 240
+        const FlopsPerCharacter flops = count_flops(bench_config(CellType::rnn, 1, 5, 3, 4), 4, 3);
+        EXPECT_DOUBLE_EQ(flops.train, (384 + 480 + 120 + 960 + 384 + 288 + 240) / 12.0);
+        EXPECT_DOUBLE_EQ(flops.evaluate, (384 + 480) / 12.0);
+        // and the GRU's three gates
+        EXPECT_DOUBLE_EQ(count_flops(bench_config(CellType::gru, 1, 5, 3, 4), 4, 3).evaluate, (3 * 384 + 480) / 12.0);
+    }
+}
+
+// Whether layer_input.cpp's project_input() takes the first layer's input from its table for a window of
+// `rows` tokens, with the weights changing (version 0) or frozen.
+bool projects_through_table(int vocab, int embed, int gate_width, Eigen::Index rows, bool frozen) {
+    const Matrix<float> embedding = Matrix<float>::Zero(vocab, embed), weight_ih = Matrix<float>::Zero(gate_width, embed);
+    const Matrix<float> weight_hh = Matrix<float>::Zero(gate_width, 1), bias = Matrix<float>::Zero(1, gate_width);
+    const std::vector<TokenId> tokens(static_cast<std::size_t>(rows), 0);
+    ProjectionCache<float> cache;
+    Matrix<float> projection(rows, gate_width);
+    return project_input<float>(LayerInput<float>(tokens, embedding), CellWeights<float>{weight_ih, weight_hh, bias, bias, frozen ? 1u : 0u},
+                                cache, projection);
+}
+
+TEST(Bench, CountsTheTableWhereTheFirstLayerReallyUsesIt) {
+    // count_flops() repeats layer_input.cpp's rule; if that rule changes, this says so.
+    struct Case {
+        CellType cell;
+        int vocab, embed, hidden, seq, batch;
+    };
+    for (const Case& c : {Case{CellType::lstm, 65, 64, 128, 50, 50},  // the reference 2x128 on Shakespeare
+                          Case{CellType::lstm, 28, 4, 8, 5, 4},        // 2V > T*B: no table in training
+                          Case{CellType::gru, 10, 4, 8, 5, 4},         // 2V == T*B: the table
+                          Case{CellType::lstm, 70000, 4, 64, 1, 3}}) { // V x G above 2^24: no table, even frozen
+        SCOPED_TRACE("vocab " + std::to_string(c.vocab) + ", " + std::to_string(c.seq) + " x " + std::to_string(c.batch));
+        const FlopsPerCharacter flops = count_flops(bench_config(c.cell, 1, c.vocab, c.embed, c.hidden), c.seq, c.batch);
+        const int gate_width = (c.cell == CellType::lstm ? 4 : 3) * c.hidden;
+        EXPECT_EQ(flops.table_in_training, projects_through_table(c.vocab, c.embed, gate_width, c.seq * c.batch, false));
+        EXPECT_EQ(flops.table_when_frozen, projects_through_table(c.vocab, c.embed, gate_width, c.seq * c.batch, true));
+    }
 }
 
 TEST(Bench, RefusesACorpusShorterThanOneWindow) {

@@ -569,13 +569,152 @@ TEST_F(Cli, EvalJsonPrintsOneObject) {
 TEST_F(Cli, EvalLeavesOutUnknownCharactersAndSaysSoOnStderr) {
     const auto checkpoint = trained_run();
     const auto file = write("other.txt", "the cat sat on ZQZ mat!\n");  // Z, Q, Z, ! are not in the corpus
-    const RunResult result = charlm({"eval", checkpoint.string(), file.string(), "--json"});
+    // 4 of 24 is past the share that eval accepts by itself (Cli.EvalRefusesATextMostlyOutsideTheVocabulary...).
+    const RunResult result = charlm({"eval", checkpoint.string(), file.string(), "--json", "--allow-unknown"});
     ASSERT_EQ(result.exit_code, 0) << describe(result);
     const json figures = json::parse(result.out, nullptr, false);
     ASSERT_TRUE(figures.is_object()) << describe(result);
     EXPECT_EQ(figures.at("unknown_characters").get<int>(), 4);
     EXPECT_EQ(figures.at("characters_scored").get<int>(), 24 - 4 - 1);
     EXPECT_NE(result.err.find("4 characters"), std::string::npos) << describe(result);
+}
+
+// ---- issue 12: sample, eval ----
+
+TEST_F(Cli, SampleWithoutSeedPrintsTheSeedOnStderrAndThatSeedRepeatsTheSample) {
+    const auto checkpoint = trained_run();
+    const std::vector<std::string> arguments = {"sample", checkpoint.string(), "--prompt", "the ", "--length", "60"};
+    const RunResult drawn = charlm(arguments);
+    ASSERT_EQ(drawn.exit_code, 0) << describe(drawn);
+    std::smatch match;
+    ASSERT_TRUE(std::regex_search(drawn.err, match, std::regex(R"(seed (\d+) \(repeat with --seed (\d+)\))"))) << describe(drawn);
+    EXPECT_EQ(match[1].str(), match[2].str());
+    EXPECT_EQ(drawn.out.find("seed"), std::string::npos) << "stdout carries only the sample\n" << describe(drawn);
+    std::vector<std::string> repeat = arguments;
+    repeat.insert(repeat.end(), {"--seed", match[1].str()});
+    const RunResult repeated = charlm(repeat);
+    ASSERT_EQ(repeated.exit_code, 0) << describe(repeated);
+    EXPECT_EQ(repeated.out, drawn.out);
+    EXPECT_EQ(repeated.err.find("seed"), std::string::npos) << "a seed given is not repeated back\n" << describe(repeated);
+
+    // --count draws SEED, SEED+1, ...: the range is named, and the first seed repeats them all.
+    const RunResult counted = charlm({"sample", checkpoint.string(), "--length", "20", "--count", "3", "--json"});
+    ASSERT_EQ(counted.exit_code, 0) << describe(counted);
+    ASSERT_TRUE(std::regex_search(counted.err, match, std::regex(R"(seeds (\d+) to (\d+) \(repeat with --seed (\d+)\))")))
+        << describe(counted);
+    EXPECT_EQ(std::stoull(match[2].str()), std::stoull(match[1].str()) + 2);
+    const RunResult recounted =
+        charlm({"sample", checkpoint.string(), "--length", "20", "--count", "3", "--json", "--seed", match[3].str()});
+    EXPECT_EQ(recounted.out, counted.out);
+
+    // Greedy sampling draws nothing at random: no seed to repeat.
+    const RunResult greedy = charlm({"sample", checkpoint.string(), "--length", "20", "--greedy"});
+    ASSERT_EQ(greedy.exit_code, 0) << describe(greedy);
+    EXPECT_EQ(greedy.err, "") << describe(greedy);
+}
+
+TEST_F(Cli, SampleWarnsThatGreedyIgnoresTemperatureTopKAndTopPGiven) {
+    const auto checkpoint = trained_run();
+    const std::vector<std::string> greedy = {"sample", checkpoint.string(), "--prompt", "the ", "--length", "40", "--greedy"};
+    const RunResult plain = charlm(greedy);
+    ASSERT_EQ(plain.exit_code, 0) << describe(plain);
+    EXPECT_EQ(plain.err, "") << "nothing to warn about\n" << describe(plain);
+    for (const auto& options : std::vector<std::vector<std::string>>{
+             {"--temperature", "0.5"}, {"--top-k", "3"}, {"--top-p", "0.9"}, {"--temperature", "1", "--top-k", "0"}}) {
+        SCOPED_TRACE(::testing::PrintToString(options));
+        std::vector<std::string> arguments = greedy;
+        arguments.insert(arguments.end(), options.begin(), options.end());
+        const RunResult result = charlm(arguments);
+        ASSERT_EQ(result.exit_code, 0) << describe(result);
+        EXPECT_EQ(result.out, plain.out) << "greedy output does not change";
+        EXPECT_NE(result.err.find("--greedy"), std::string::npos) << describe(result);
+        EXPECT_NE(result.err.find("ignores"), std::string::npos) << describe(result);
+        for (std::size_t i = 0; i < options.size(); i += 2)
+            EXPECT_NE(result.err.find(options[i] + " " + options[i + 1]), std::string::npos) << describe(result);
+    }
+    // Without --greedy the same options are used, and nothing is said.
+    const RunResult drawn = charlm({"sample", checkpoint.string(), "--length", "20", "--top-k", "3", "--seed", "2"});
+    ASSERT_EQ(drawn.exit_code, 0) << describe(drawn);
+    EXPECT_EQ(drawn.err, "") << describe(drawn);
+}
+
+TEST_F(Cli, SampleWarnsThatAStopTextOutsideTheVocabularyCanNeverMatch) {
+    const auto checkpoint = trained_run();
+    // 'Z' and '!' never occur in the corpus.
+    const RunResult result = charlm({"sample", checkpoint.string(), "--prompt", "the ", "--length", "50", "--seed", "3",
+                                     "--stop", "Z!Z"});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    for (const std::string mention : {"--stop", "never", "'Z' (U+005A), '!' (U+0021)"})
+        EXPECT_NE(result.err.find(mention), std::string::npos) << mention << "\n" << describe(result);
+    EXPECT_EQ(count_lines(result.err), 1u) << "one warning, each character named once\n" << describe(result);
+    EXPECT_EQ(code_points_of(result.out).size(), 4u + 50u + 1u) << "the sample runs to --length\n" << describe(result);
+    // A stop text the model can produce: no warning.
+    const RunResult known = charlm({"sample", checkpoint.string(), "--length", "50", "--seed", "3", "--stop", "at"});
+    ASSERT_EQ(known.exit_code, 0) << describe(known);
+    EXPECT_EQ(known.err, "") << describe(known);
+}
+
+TEST_F(Cli, SampleJsonHoldsTheTextThatIsStreamedOtherwise) {
+    // The library keeps no sample; --json collects one to print it as one object, and it must be the same text.
+    const auto checkpoint = trained_run();
+    for (const std::string stop : {"", " "}) {
+        SCOPED_TRACE("--stop '" + stop + "'");
+        std::vector<std::string> arguments = {"sample", checkpoint.string(), "--prompt", "the ", "--length", "200", "--seed", "5"};
+        if (!stop.empty()) arguments.insert(arguments.end(), {"--stop", stop});
+        const RunResult streamed = charlm(arguments);
+        ASSERT_EQ(streamed.exit_code, 0) << describe(streamed);
+        arguments.push_back("--json");
+        const RunResult collected = charlm(arguments);
+        ASSERT_EQ(collected.exit_code, 0) << describe(collected);
+        EXPECT_EQ(count_lines(collected.out), 1u) << describe(collected);
+        const json record = json::parse(collected.out, nullptr, false);
+        ASSERT_TRUE(record.is_object()) << describe(collected);
+        EXPECT_EQ(record.at("prompt").get<std::string>() + record.at("text").get<std::string>() + "\n", streamed.out);
+        if (!stop.empty()) {
+            const std::string text = record.at("text").get<std::string>();
+            ASSERT_FALSE(text.empty());
+            EXPECT_EQ(text.back(), ' ') << "200 characters of this corpus hold a space";
+            EXPECT_EQ(text.find(stop), text.size() - 1) << "the sample stops at the first";
+        }
+    }
+}
+
+TEST_F(Cli, EvalRefusesATextMostlyOutsideTheVocabularyUnlessAllowed) {
+    const auto checkpoint = trained_run();
+    // 20 of 40 characters are not in the corpus.
+    const auto file = write("foreign.txt", "the cat sat on a matZQZQZQZQZQZQZQZQZQZQ");
+    const auto before = snapshot(path("run"));
+    for (const bool json_output : {false, true}) {
+        SCOPED_TRACE(json_output ? "--json" : "table");
+        std::vector<std::string> arguments = {"eval", checkpoint.string(), file.string()};
+        if (json_output) arguments.push_back("--json");
+        expect_error(charlm(arguments), {"foreign.txt", "50%", "20 of 40", "10%", "--allow-unknown"});
+    }
+    expect_unchanged(before, snapshot(path("run")));
+
+    const RunResult allowed = charlm({"eval", checkpoint.string(), file.string(), "--json", "--allow-unknown"});
+    ASSERT_EQ(allowed.exit_code, 0) << describe(allowed);
+    const json figures = json::parse(allowed.out, nullptr, false);
+    ASSERT_TRUE(figures.is_object()) << describe(allowed);
+    EXPECT_EQ(figures.at("unknown_characters").get<int>(), 20);
+    EXPECT_DOUBLE_EQ(figures.at("unknown_fraction").get<double>(), 0.5);
+    EXPECT_EQ(figures.at("characters_scored").get<int>(), 19);
+    EXPECT_NE(allowed.err.find("20 characters"), std::string::npos) << describe(allowed);
+    EXPECT_NE(allowed.err.find("50%"), std::string::npos) << "the warning gives the share\n" << describe(allowed);
+}
+
+TEST_F(Cli, EvalWarnsWithTheShareOfUnknownCharactersItLeavesOut) {
+    const auto checkpoint = trained_run();
+    // One character of 100 is unknown: scored, with the share on stderr.
+    std::string text;
+    while (text.size() < 99) text += "the cat sat on a mat ";
+    text.resize(99);
+    const auto file = write("mostly.txt", text + "Z");
+    const RunResult result = charlm({"eval", checkpoint.string(), file.string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_NE(result.out.find("1 unknown left out"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("1 characters of"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("(1% of its text)"), std::string::npos) << describe(result);
 }
 
 // =============================== help and version ===============================

@@ -1,4 +1,5 @@
-// Checks eval.cpp: evaluation is the training forward pass and loss, summed exactly over the text.
+// Checks eval.cpp: evaluation is the training forward pass and loss, summed exactly over the text, and a text
+// mostly outside the vocabulary is refused unless allowed.
 #include <gtest/gtest.h>
 
 #include "charlm/batches.hpp"
@@ -68,11 +69,61 @@ TEST(Eval, ReportsPerplexityAndBitsConsistently) {
 TEST(Eval, UnknownCharactersAreLeftOutAndCounted) {
     Fixture fixture;
     const EvalResult with_unknown = evaluate_text(fixture.model, fixture.vocab, U"the QUICK dog" + sample_text(200));
+    EXPECT_DOUBLE_EQ(with_unknown.unknown_fraction, 5.0 / 213.0);
     const EvalResult without = evaluate_text(fixture.model, fixture.vocab, U"the  dog" + sample_text(200));
     EXPECT_EQ(with_unknown.unknown_characters, 5u);
     EXPECT_EQ(with_unknown.characters_scored, without.characters_scored);
     EXPECT_DOUBLE_EQ(with_unknown.nats_per_character, without.nats_per_character);
     EXPECT_THROW(evaluate_text(fixture.model, fixture.vocab, U"XYZ"), Error);
+}
+
+TEST(Eval, RefusesATextMoreThanATenthUnknownUnlessAllowed) {
+    Fixture fixture;
+    const std::u32string known = sample_text(90);
+    // Exactly a tenth unknown is accepted; one character more is not.
+    const EvalResult tenth = evaluate_text(fixture.model, fixture.vocab, known + std::u32string(10, U'Q'));
+    EXPECT_EQ(tenth.unknown_characters, 10u);
+    EXPECT_DOUBLE_EQ(tenth.unknown_fraction, 0.1);
+    EXPECT_EQ(tenth.to_json().at("unknown_fraction").get<double>(), tenth.unknown_fraction);
+    const std::u32string past = known + std::u32string(11, U'Q');
+    try {
+        evaluate_text(fixture.model, fixture.vocab, past);
+        FAIL() << "scored a text 11 of 101 unknown";
+    } catch (const Error& error) {
+        const std::string message = error.what();
+        for (const char* mention : {"10.9%", "11 of 101", "10%", "--allow-unknown"})
+            EXPECT_NE(message.find(mention), std::string::npos) << mention << " in: " << message;
+    }
+    // Allowed, it scores what is known, exactly as if the unknown characters were not there.
+    const EvalResult allowed = evaluate_text(fixture.model, fixture.vocab, past, {.allow_unknown = true});
+    const EvalResult without = evaluate_text(fixture.model, fixture.vocab, known);
+    EXPECT_EQ(allowed.unknown_characters, 11u);
+    EXPECT_DOUBLE_EQ(allowed.unknown_fraction, 11.0 / 101.0);
+    EXPECT_EQ(allowed.characters_scored, without.characters_scored);
+    EXPECT_DOUBLE_EQ(allowed.nats_per_character, without.nats_per_character);
+    EXPECT_EQ(without.unknown_fraction, 0.0);
+}
+
+TEST(Eval, AFileMostlyUnknownIsRefusedByName) {
+    Fixture fixture;
+    testing::TemporaryDirectory directory;
+    const auto path = directory.write("foreign.txt", "the dog " + std::string(92, 'Q'));  // 92% unknown
+    try {
+        evaluate_file(fixture.model, fixture.vocab, path);
+        FAIL() << "scored a file 92% unknown";
+    } catch (const Error& error) {
+        EXPECT_EQ(std::string(error.what()).rfind(path.string() + ": 92%", 0), 0u) << error.what();
+    }
+    const EvalResult allowed = evaluate_file(fixture.model, fixture.vocab, path, {.allow_unknown = true});
+    EXPECT_EQ(allowed.unknown_characters, 92u);
+    EXPECT_EQ(allowed.characters_scored, 7u);
+    // Nothing to score is still the first thing said, allowed or not.
+    try {
+        evaluate_file(fixture.model, fixture.vocab, directory.write("none.txt", "QQQQ"), {.allow_unknown = true});
+        FAIL() << "scored nothing";
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("nothing to score"), std::string::npos) << error.what();
+    }
 }
 
 TEST(Eval, AFileScoresAsItsTextDoes) {

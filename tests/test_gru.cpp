@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include "charlm/gru.hpp"
+#include "charlm/row_shares.hpp"
+#include "../src/units.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {
@@ -22,6 +24,24 @@ struct GruFixture : testing::CellTestData {
 
 TEST(Gru, GradientsMatchFiniteDifferencesOverStepsWithCarriedState) {
     GruFixture fixture(7);
+    testing::expect_cell_gradients_match(
+        fixture, [&] { return fixture.loss(); },
+        [&](const CellGradients<double>& gradients, Matrix<double>& d_input) {
+            gru_backward(fixture.input, fixture.projection, fixture.steps, fixture.weights(), fixture.cache, gradients, d_input);
+        });
+}
+
+TEST(Gru, GradientsMatchFiniteDifferencesInFullChunksWithTheBatchSplitBetweenTwoThreads) {
+    // The shapes of real use: 40 units are two full chunks of kChunkUnits and a tail of 8, and 17 streams
+    // at two threads are two shares (8 and 9 rows) of at least kMinRowsPerThread, so the chunked passes
+    // and the split time loops, forward and backward, are what the finite differences check.
+    testing::Threads scope(2);
+    GruFixture fixture(13, 2 * kMinRowsPerThread + 1, 2 * kChunkUnits + 8);
+    ASSERT_EQ(row_share_count(fixture.batch, kMinRowsPerThread), 2) << "the batch must really be split";
+    fixture.loss();
+    ASSERT_GE(fixture.cache.balance.count(0), kMinRowsPerThread) << "the forward pass split the batch";
+    ASSERT_GE(fixture.cache.balance.count(1), kMinRowsPerThread);
+    EXPECT_EQ(fixture.cache.balance.count(0) + fixture.cache.balance.count(1), fixture.batch);
     testing::expect_cell_gradients_match(
         fixture, [&] { return fixture.loss(); },
         [&](const CellGradients<double>& gradients, Matrix<double>& d_input) {

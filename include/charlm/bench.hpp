@@ -7,6 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "charlm/model.hpp"
+
 namespace charlm {
 
 // One reference model: an LSTM stack of `layers` x `hidden_size` measured on windows of seq_length x batch_size.
@@ -37,10 +39,30 @@ struct BenchOptions {
     std::filesystem::path corpus = default_bench_corpus();
 };
 
+// Floating-point operations per character in the matrix products that charlm really runs for a model,
+// a multiply-add counted as two, so that a rate compares with a GEMM's. What is not a product (gate
+// activations, softmax, Adam, clipping) is left out, as a GEMM peak leaves it out. The first layer's
+// input projection is a lookup in a vocabulary x gates table, not a product: counted is the table's
+// making (once per training window; never while the weights are frozen for evaluation and sampling)
+// and, backward, the two products from the table's gradient, spread over the window's characters;
+// where the table would cost more than it saves, the embedded rows' products instead. The embedding
+// itself does no arithmetic. The carried state gets no gradient, so a window's first step sends none
+// back. Evaluation and batch-1 sampling run the same products per character.
+struct FlopsPerCharacter {
+    double train = 0;     // forward and backward over windows of seq_length x batch_size
+    double evaluate = 0;  // forward, weights frozen
+    double sample = 0;    // forward of one character, weights frozen
+    bool table_in_training = false;  // whether the first layer's input is a table lookup in training
+    bool table_when_frozen = false;  // and in evaluation and sampling
+};
+FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size);
+
 // Logs each model to stderr as it is measured.
-// {"threads", "gemm_backend", "gemm_gflops", "corpus", "vocab_size", "models": [{"model", "seq", "batch", "parameters",
-//  "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second", "train_gflops",
-//  "fraction_of_gemm_peak", "peak_rss_megabytes"}, ...]}. Throws Error for an unreadable corpus.
+// {"threads", "gemm_backend", "gemm_gflops", "flop_counted", "corpus", "vocab_size", "models": [{"model", "seq", "batch",
+//  "parameters", "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second",
+//  "train_flop_per_character", "eval_flop_per_character", "sample_flop_per_character", "train_gflops", "eval_gflops",
+//  "sample_gflops", "fraction_of_gemm_peak" (training's), "eval_fraction_of_gemm_peak", "peak_rss_megabytes"}, ...]}.
+// Throws Error for an unreadable corpus.
 nlohmann::json run_benchmark(const BenchOptions& options);
 
 // An aligned text table of run_benchmark()'s result, for a terminal.

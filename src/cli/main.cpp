@@ -135,6 +135,7 @@ struct SampleArguments {
     bool skip_unknown = false;
     bool json = false;
     charlm::SampleOptions options;
+    charlm::ExplicitSampleOptions given;  // which drawing options were on the command line
     int threads = 1;
 };
 
@@ -157,16 +158,25 @@ int run_sample(SampleArguments& arguments) {
     }
     charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
     arguments.options.stop = charlm::decode_utf8(arguments.stop, "--stop");
+    for (const std::string& warning : charlm::sample_warnings(arguments.options, arguments.given, checkpoint.vocab))
+        spdlog::warn("{}", warning);
     const std::uint64_t first_seed = arguments.seed_given ? arguments.seed : std::random_device{}();
+    if (!arguments.seed_given && !arguments.options.greedy) {
+        // On stderr, so that stdout stays the sample; the seed is what makes it repeatable (greedy needs none).
+        const std::uint64_t last_seed = first_seed + static_cast<std::uint64_t>(arguments.count) - 1;
+        if (arguments.count == 1) spdlog::info("seed {} (repeat with --seed {})", first_seed, first_seed);
+        else spdlog::info("seeds {} to {} (repeat with --seed {})", first_seed, last_seed, first_seed);
+    }
     const bool to_terminal = ::isatty(STDOUT_FILENO);
     const std::string shown_prompt = charlm::encode_utf8(prompt);
     for (int index = 0; index < arguments.count; ++index) {
         const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(index);
         if (arguments.json) {
-            const std::u32string text = charlm::generate(*checkpoint.model, checkpoint.vocab, prompt,
-                                                         static_cast<std::size_t>(arguments.length), arguments.options, seed,
-                                                         [](char32_t) {});
-            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", charlm::encode_utf8(text)}, {"seed", seed}};
+            // One JSON object needs the whole text; the library streams it, and only this mode keeps it.
+            std::string text;
+            charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
+                             arguments.options, seed, [&](char32_t c) { text += charlm::encode_utf8(c); });
+            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text}, {"seed", seed}};
             fmt::print("{}\n", record.dump());
             continue;
         }
@@ -209,6 +219,7 @@ int run_info(const std::string& checkpoint_path, bool json) {
 struct EvalArguments {
     std::string checkpoint;
     std::string file;
+    charlm::EvalOptions options;
     bool json = false;
     int threads = 0;
 };
@@ -225,10 +236,10 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 int run_eval(EvalArguments& arguments) {
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file);
+    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file, arguments.options);
     if (result.unknown_characters > 0)
-        spdlog::warn("{} characters of {} are not in the model's vocabulary and were left out", result.unknown_characters,
-                     arguments.file);
+        spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
+                     result.unknown_characters, arguments.file, 100 * result.unknown_fraction);
     if (arguments.json) {
         fmt::print("{}\n", result.to_json().dump());
     } else {
@@ -324,6 +335,9 @@ int main(int argc, char** argv) {
     eval->add_option("CHECKPOINT", eval_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
     eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
     eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
+    eval->add_flag("--allow-unknown", eval_arguments.options.allow_unknown,
+                   fmt::format("Score a text even when more than {:g}% of its characters are not in the model's vocabulary "
+                               "(they are left out)", 100 * charlm::kMostUnknownFraction));
     eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
     std::string info_checkpoint;
@@ -365,6 +379,8 @@ int main(int argc, char** argv) {
         return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
     sample_arguments.seed_given = seed_option->count() > 0;
+    sample_arguments.given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
+                              .top_p = sample->count("--top-p") > 0};
 
     try {
         if (*train) return run_train(train_arguments);

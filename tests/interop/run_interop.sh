@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Trains a tiny model with the charlm binary, then checks it against PyTorch (torch_interop.py).
-# Usage: run_interop.sh CHARLM_BINARY DUMP_LOGITS_BINARY [lstm|gru|rnn]   (exit 77: PyTorch missing)
+# Trains a tiny model with the charlm binary, then checks it against PyTorch: logits and loss (torch_interop.py)
+# and, given DUMP_SAMPLE_BINARY, sampling step by step (torch_sample.py).
+# Usage: run_interop.sh CHARLM_BINARY DUMP_LOGITS_BINARY [lstm|gru|rnn] [DUMP_SAMPLE_BINARY]   (exit 77: PyTorch missing)
 set -euo pipefail
 if [ $# -lt 2 ]; then
-  echo "usage: $0 CHARLM_BINARY DUMP_LOGITS_BINARY [lstm|gru|rnn]" >&2
+  echo "usage: $0 CHARLM_BINARY DUMP_LOGITS_BINARY [lstm|gru|rnn] [DUMP_SAMPLE_BINARY]" >&2
   exit 2
 fi
-charlm="$1" dump_logits="$2" cell="${3:-lstm}"
+charlm="$1" dump_logits="$2" cell="${3:-lstm}" dump_sample="${4:-}"
 here="$(cd "$(dirname "$0")" && pwd)"
 # Debian's PyTorch is for the system interpreter, which need not be the first python3 on PATH.
 python="${CHARLM_PYTHON:-/usr/bin/python3}"
@@ -26,4 +27,5 @@ head -n 12 "$directory/train.txt" > "$directory/eval.txt"  # about 800 character
   || { cat "$directory/train.log" >&2; exit 1; }
 for checkpoint in best last; do
   "$python" "$here/torch_interop.py" "$charlm" "$dump_logits" "$directory/run/$checkpoint.safetensors" "$directory/eval.txt"
+  [ -z "$dump_sample" ] || "$python" "$here/torch_sample.py" "$charlm" "$dump_sample" "$directory/run/$checkpoint.safetensors"
 done
