@@ -278,15 +278,16 @@ protected:
         return path("run") / "best.safetensors";
     }
 
-    // A refused command: nonzero exit (1 for runtime errors), nothing on stdout, one line on stderr that starts
-    // with "charlm: error: " and mentions every one of `mentions`.
+    // A refused command: exit 2 for a usage error, 1 for a runtime error (as DESIGN.md and docs/bad-input.md
+    // say), nothing on stdout, one line on stderr that starts with "charlm: error: " and mentions every one
+    // of `mentions`.
     static void expect_error(const RunResult& result, const std::vector<std::string>& mentions, bool usage_error = false) {
         if (result.timed_out) {
             ADD_FAILURE() << "still running at the time limit, so killed; it should have been refused at once\n" << describe(result);
             return;
         }
-        if (usage_error) EXPECT_NE(result.exit_code, 0) << describe(result);
-        else EXPECT_EQ(result.exit_code, 1) << describe(result);
+        EXPECT_EQ(result.exit_code, usage_error ? 2 : 1) << (usage_error ? "a usage error exits 2\n" : "a runtime error exits 1\n")
+                                                         << describe(result);
         EXPECT_TRUE(result.out.empty()) << "stdout must stay empty on an error\n" << describe(result);
         EXPECT_EQ(result.err.rfind("charlm: error: ", 0), 0u) << describe(result);
         EXPECT_EQ(count_lines(result.err), 1u) << "stderr must be exactly one line\n" << describe(result);
@@ -297,13 +298,13 @@ protected:
 
     // Training on `corpus` must be refused with `mentions`, even with --force over a good run, leaving that run intact.
     void expect_train_refused(const fs::path& corpus, const std::vector<std::string>& mentions,
-                              const std::vector<std::string>& extra = {}) {
+                              const std::vector<std::string>& extra = {}, bool usage_error = false) {
         if (!fs::exists(path("run") / "last.safetensors")) train_tiny(write("good.txt", make_corpus()), "run");
         const auto before = snapshot(path("run"));
         std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--force", "--steps", "30"};
         arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
         const RunResult result = charlm(with_options(arguments, extra));
-        expect_error(result, mentions);
+        expect_error(result, mentions, usage_error);
         EXPECT_EQ(result.out.find("trained"), std::string::npos) << "no summary after a failure";
         expect_unchanged(before, snapshot(path("run")));
     }
@@ -613,10 +614,10 @@ TEST_F(Cli, TrainRefusesACorpusShorterThanOneWindow) {
 
 TEST_F(Cli, TrainRefusesBadOptions) {
     const auto corpus = write("corpus.txt", make_corpus());
-    expect_train_refused(corpus, {"--seq"}, {"--seq", "0"});
-    expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"});
-    expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"});
-    expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"});
+    expect_train_refused(corpus, {"--seq"}, {"--seq", "0"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
     {
         const auto before = snapshot(path("run"));
         const RunResult result = charlm({"train", corpus.string(), "--out", path("run").string(), "--force", "--layers", "two"});
@@ -855,13 +856,14 @@ TEST_F(Cli, EvalRequiresCheckpointAndFile) {
 
 TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     const auto corpus = write("corpus.txt", make_corpus());
-    expect_train_refused(corpus, {"hidden size", "0"}, {"--hidden", "0"});
-    expect_train_refused(corpus, {"layers", "-2"}, {"--layers", "-2"});
-    expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"});
-    expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"});
-    expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"});
-    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"});
-    expect_train_refused(corpus, {"cosine", "--steps"}, {"--lr-schedule", "cosine", "--steps", "0", "--minutes", "1"});
+    expect_train_refused(corpus, {"hidden size", "0"}, {"--hidden", "0"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"layers", "-2"}, {"--layers", "-2"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"cosine", "--steps"}, {"--lr-schedule", "cosine", "--steps", "0", "--minutes", "1"},
+                         /*usage_error=*/true);
 }
 
 TEST_F(Cli, TrainRefusesAnUnreadableCorpus) {
