@@ -1,8 +1,13 @@
 // Checks checkpoint.cpp: round trips, the safetensors layout, atomic writes and refusal of bad files.
+#include <sys/inotify.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstring>
+#include <regex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -207,6 +212,77 @@ TEST(Checkpoint, FailedWriteLeavesThePreviousFileIntact) {
     std::size_t files = 0;
     for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
     EXPECT_EQ(files, 1u) << "the temporary file was left behind";
+}
+
+// A temporary at a name known in advance (.NAME.tmp-PID, as it once was) lets anyone who can write to the
+// folder plant a symlink there and have the checkpoint's bytes written through it into another file.
+TEST(Checkpoint, WriteNeverFollowsASymlinkPlantedAtATemporaryName) {
+    TemporaryDirectory directory;
+    Saved saved;
+    const auto path = directory.path() / "last.safetensors";
+    const auto victim = directory.write("victim.txt", "precious");
+    const auto planted = directory.path() / (".last.safetensors.tmp-" + std::to_string(::getpid()));
+    std::filesystem::create_symlink(victim, planted);
+    save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr);
+    EXPECT_EQ(read_bytes(victim), "precious");
+    EXPECT_FALSE(std::filesystem::is_symlink(path)) << "the checkpoint must be a file of its own";
+    EXPECT_TRUE(std::filesystem::is_symlink(planted)) << "someone else's file is left alone";
+    EXPECT_NO_THROW(load_checkpoint(path));
+}
+
+// Each write creates its own temporary, so two writers of one path (two threads here; two processes are
+// the same to the file system) never write into each other's file, and the result is one of them whole.
+TEST(Checkpoint, ConcurrentWritesToOnePathNeverShareATemporary) {
+    TemporaryDirectory directory;
+    const auto path = directory.path() / "last.safetensors";
+    const std::string first(1 << 18, 'a'), second(1 << 18, 'b');
+    std::atomic<int> failures{0};
+    auto writer = [&](const std::string& bytes) {
+        for (int round = 0; round < 20; ++round) {
+            try {
+                write_file_atomically(path, bytes);
+            } catch (const Error&) {
+                ++failures;
+            }
+        }
+    };
+    std::thread one(writer, std::cref(first)), two(writer, std::cref(second));
+    one.join();
+    two.join();
+    EXPECT_EQ(failures.load(), 0);
+    const std::string result = read_bytes(path);
+    EXPECT_TRUE(result == first || result == second) << "a mixture of both writes";
+    std::size_t files = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
+    EXPECT_EQ(files, 1u) << "a temporary file was left behind";
+}
+
+// The temporary's name is random, and keeps the prefix that train() sweeps after a killed run.
+TEST(Checkpoint, TemporaryNamesAreRandomWithThePrefixThatTrainingSweeps) {
+    TemporaryDirectory directory;
+    const int watch = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    ASSERT_GE(watch, 0);
+    ASSERT_GE(::inotify_add_watch(watch, directory.path().c_str(), IN_CREATE), 0);
+    const auto path = directory.path() / "best.safetensors";
+    write_file_atomically(path, "one");
+    write_file_atomically(path, "two");
+    std::vector<std::string> created;
+    alignas(inotify_event) char buffer[4096];
+    const ssize_t length = ::read(watch, buffer, sizeof buffer);
+    ::close(watch);
+    for (ssize_t offset = 0; offset < length;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(buffer + offset);
+        if (event->len > 0) created.emplace_back(event->name);
+        offset += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+    }
+    ASSERT_EQ(created.size(), 2u);
+    const std::regex pattern(R"(^\.best\.safetensors\.tmp-[A-Za-z0-9]{6}$)");
+    for (const auto& name : created) {
+        EXPECT_TRUE(std::regex_match(name, pattern)) << name;
+        EXPECT_NE(name, ".best.safetensors.tmp-" + std::to_string(::getpid())) << "a name anyone could predict";
+    }
+    EXPECT_NE(created[0], created[1]);
+    EXPECT_EQ(read_bytes(path), "two");
 }
 
 }  // namespace
