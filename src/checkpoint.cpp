@@ -17,7 +17,6 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
-#include "charlm/json_integer.hpp"
 
 namespace charlm {
 
@@ -26,6 +25,7 @@ static_assert(std::endian::native == std::endian::little, "safetensors data is l
 namespace {
 
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr std::int64_t kMostCount = 1'000'000'000'000'000;  // of steps, windows or evaluations in a training state
 constexpr int kMaxJsonDepth = 64;
 constexpr const char* kFormat = "charlm-checkpoint-1";
 
@@ -296,18 +296,33 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
                                checkpoint.config.vocab_size));
 
     const auto training_json = metadata_json("training");
+    if (!training_json.is_object()) throw fail("metadata 'training' is not a JSON object");
+    // Steps, windows and evaluations are counted from zero, and 10^15 of them is decades at a million
+    // a second: a count outside that was damaged or made up, and would reach Adam's bias correction or
+    // the data cursor as nonsense. Each refusal names the field.
+    auto count = [&](const char* field) -> std::int64_t {
+        const auto& value = training_json.at(field);
+        const bool in_range = value.is_number_unsigned() ? value.get<std::uint64_t>() <= static_cast<std::uint64_t>(kMostCount)
+                              : value.is_number_integer() ? value.get<std::int64_t>() >= 0 && value.get<std::int64_t>() <= kMostCount
+                                                          : false;
+        if (!in_range)
+            throw fail(fmt::format("metadata 'training' has {} {}; it must be a whole number from 0 to 10^15", field, value.dump()));
+        return static_cast<std::int64_t>(value.get<std::uint64_t>());
+    };
     try {
-        checkpoint.training.step = integer_value<std::int64_t>(training_json.at("step"));
+        checkpoint.training.step = count("step");
         const auto& best = training_json.at("best_validation_loss");
+        if (!best.is_null() && !(best.is_number() && std::isfinite(best.get<double>()) && best.get<double>() >= 0))
+            throw fail(fmt::format("metadata 'training' has best_validation_loss {}; a loss is a finite number of 0 or more, or null",
+                                   best.dump()));
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
-        checkpoint.training.data_position = integer_value<std::size_t>(training_json.at("data_position"));
-        checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? integer_value<std::int64_t>(training_json.at("evaluations_since_best")) : 0;
+        checkpoint.training.data_position = static_cast<std::size_t>(count("data_position"));
+        checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? count("evaluations_since_best") : 0;
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {
         throw fail("metadata 'training' is incomplete or has the wrong types");
     }
-    if (checkpoint.training.step < 0) throw fail("metadata 'training' has a negative step");
 
     auto take = [&](const std::string& name, Matrix<float>& into, const std::vector<std::int64_t>& shape) {
         auto found = file.tensors.find(name);
@@ -336,11 +351,8 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
             take(optimizer_name("exp_avg", parameters[i].name), optimizer.first_moments()[i], parameters[i].shape);
             take(optimizer_name("exp_avg_sq", parameters[i].name), optimizer.second_moments()[i], parameters[i].shape);
         }
-        try {
-            optimizer.set_step_count(integer_value<std::int64_t>(training_json.at("optimizer_steps")));
-        } catch (const nlohmann::json::exception&) {
-            throw fail("metadata 'training' lacks the optimizer's step count");
-        }
+        if (!training_json.contains("optimizer_steps")) throw fail("metadata 'training' lacks the optimizer's step count");
+        optimizer.set_step_count(count("optimizer_steps"));
         checkpoint.optimizer = std::move(optimizer);
     }
     if (file.tensors.count("state.hidden_l0")) {

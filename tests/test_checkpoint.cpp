@@ -183,6 +183,77 @@ TEST(Checkpoint, RefusesDamagedFiles) {
     expect_refused(nan_file, "non-finite");
 }
 
+// The training state steers a resumed run: Adam's bias correction takes its step count as an exponent and
+// the data cursor picks the next window. A count below 0 or above 10^15 is refused, naming the field;
+// and a bad model config in a file is a bad file (exit 1), never the user's usage error (exit 2).
+TEST(Checkpoint, RefusesNonsenseTrainingCounts) {
+    TemporaryDirectory directory;
+    Saved saved;
+    Adam adam(saved.model.parameters());
+    ModelState<float> state = saved.model.initial_state(2);
+    TrainingState training;
+    training.step = 10;
+    const auto path = directory.path() / "last.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, training, &adam, &state);
+    const std::string good = read_bytes(path);
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, good.data(), 8);
+    const auto header = nlohmann::json::parse(good.substr(8, header_length));
+    const auto training_json = nlohmann::json::parse(header["__metadata__"]["training"].get<std::string>());
+    auto with_metadata = [&](const std::string& key, const std::string& value) {
+        auto changed = header;
+        changed["__metadata__"][key] = value;
+        const std::string text = changed.dump();
+        std::string bytes(8, '\0');
+        const std::uint64_t length = text.size();
+        std::memcpy(bytes.data(), &length, 8);
+        return bytes + text + good.substr(8 + header_length);
+    };
+    auto with_training = [&](const std::string& field, const nlohmann::json& value) {
+        auto changed = training_json;
+        changed[field] = value;
+        return with_metadata("training", changed.dump());
+    };
+    auto expect_refused = [&](const std::string& bytes, const std::vector<std::string>& fragments) {
+        try {
+            parse_checkpoint(bytes, "bad.safetensors");
+            ADD_FAILURE() << "accepted a file that should mention: " << fragments.front();
+        } catch (const UsageError& error) {
+            ADD_FAILURE() << "a bad file is not a usage error: " << error.what();
+        } catch (const Error& error) {
+            const std::string message = error.what();
+            EXPECT_EQ(message.rfind("bad.safetensors: ", 0), 0u) << message;
+            EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+            for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
+        }
+    };
+    ASSERT_NO_THROW(parse_checkpoint(good, "good.safetensors"));
+    const std::int64_t too_many = 10'000'000'000'000'000;
+    expect_refused(with_training("step", -1), {"step -1"});
+    expect_refused(with_training("step", too_many), {"step 10000000000000000"});
+    expect_refused(with_training("optimizer_steps", -5), {"optimizer_steps -5"});
+    expect_refused(with_training("optimizer_steps", too_many), {"optimizer_steps 10000000000000000"});
+    expect_refused(with_training("optimizer_steps", 1.5), {"optimizer_steps 1.5"});
+    expect_refused(with_training("optimizer_steps", "7"), {"optimizer_steps \"7\""});
+    expect_refused(with_training("evaluations_since_best", -3), {"evaluations_since_best -3"});
+    expect_refused(with_training("data_position", -1), {"data_position -1"});
+    expect_refused(with_training("best_validation_loss", -0.5), {"best_validation_loss -0.5"});
+    expect_refused(with_metadata("training", "[1, 2]"), {"training"});
+
+    // The largest count accepted is 10^15, and an Adam step count of that size is carried over as it is.
+    auto largest = training_json;
+    largest["step"] = 1'000'000'000'000'000;
+    largest["optimizer_steps"] = 1'000'000'000'000'000;
+    const Checkpoint loaded = parse_checkpoint(with_metadata("training", largest.dump()), "large.safetensors");
+    EXPECT_EQ(loaded.training.step, 1'000'000'000'000'000);
+    EXPECT_EQ(loaded.optimizer->step_count(), 1'000'000'000'000'000);
+
+    expect_refused(with_metadata("config", R"({"cell":"lstm","vocab_size":6,"embed_size":4,"hidden_size":0,"layers":2})"),
+                   {"hidden size must be between 1 and 16384, not 0"});
+    expect_refused(with_metadata("config", R"({"cell":"transformer","vocab_size":6,"embed_size":4,"hidden_size":8,"layers":2})"),
+                   {"unknown cell type 'transformer'"});
+}
+
 TEST(Checkpoint, MissingFileOrDirectoryIsAnError) {
     TemporaryDirectory directory;
     EXPECT_THROW(load_checkpoint(directory.path() / "none.safetensors"), Error);

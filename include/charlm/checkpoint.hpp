@@ -71,7 +71,8 @@ struct Checkpoint {
 // `optimizer` and `carried_state` may be null: a checkpoint for sampling and evaluation needs neither.
 void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
                      const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state);
-// Throws Error naming the file and the problem for anything missing, inconsistent or not finite.
+// Throws Error naming the file and the problem for anything missing, inconsistent or not finite, and for
+// training counts (steps, optimizer steps, data position, evaluations) below 0 or above 10^15.
 Checkpoint load_checkpoint(const std::filesystem::path& path);
 Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_name);
 
