@@ -10,11 +10,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -909,4 +912,93 @@ TEST_F(Cli, SampleJsonCountAndStop) {
         ++count;
     }
     EXPECT_EQ(count, 3);
+}
+
+// ---- issue 12: exit codes, parser, plot, info ----
+
+namespace {
+
+// A copy of a checkpoint with its metadata changed by `edit`, which gets each entry as parsed JSON.
+std::string with_metadata(const std::string& bytes, const std::function<void(json& config, json& vocab, json& training)>& edit) {
+    json header = safetensors_header(bytes);
+    auto& metadata = header["__metadata__"];
+    json config = json::parse(metadata["config"].get<std::string>()), vocab = json::parse(metadata["vocab"].get<std::string>()),
+         training = json::parse(metadata["training"].get<std::string>());
+    edit(config, vocab, training);
+    metadata["config"] = config.dump();
+    metadata["vocab"] = vocab.dump();
+    metadata["training"] = training.dump();
+    return with_header(bytes, header);
+}
+
+}  // namespace
+
+// A parse error names what is wrong in words (never CLI11's "Could not convert" or a 309-digit bound),
+// exits 2 on one line, and ends by saying where to read more. No checkpoint is needed: parsing fails first.
+TEST_F(Cli, ParseErrorsSayWhatIsWrongAndWhereToReadMore) {
+    auto expect_parse_error = [&](const std::vector<std::string>& arguments, const std::vector<std::string>& mentions,
+                                  const std::string& help_command) {
+        SCOPED_TRACE("charlm " + ::testing::PrintToString(arguments));
+        const RunResult result = charlm(arguments);
+        expect_error(result, mentions, /*usage_error=*/true);
+        EXPECT_TRUE(result.err.ends_with("; see '" + help_command + " --help'\n")) << result.err;
+        EXPECT_EQ(result.err.find("Could not convert"), std::string::npos) << result.err;
+        EXPECT_LT(result.err.size(), 240u) << result.err;
+    };
+    expect_parse_error({"sample", "ck.safetensors", "--length", "ten"}, {"--length wants a whole number, not 'ten'"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--temperature", "abc"}, {"--temperature wants a number, not 'abc'"}, "charlm sample");
+    expect_parse_error({"train", "c.txt", "--layers", "two"}, {"--layers wants a whole number, not 'two'"}, "charlm train");
+    expect_parse_error({"frobnicate"}, {"unknown command 'frobnicate'", "train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({"smaple", "ck.safetensors"}, {"unknown command 'smaple' (did you mean sample?)"}, "charlm");
+    expect_parse_error({}, {"give a command: train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({"sample", "ck.safetensors", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm sample");
+    expect_parse_error({"eval", "ck.safetensors", "f.txt", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm eval");
+    expect_parse_error({"bench", "--seconds", "0"}, {"--seconds must be above 0, not 0"}, "charlm bench");
+    expect_parse_error({"sample"}, {"charlm sample needs CHECKPOINT: a .safetensors file"}, "charlm sample");
+    expect_parse_error({"eval", "ck.safetensors"}, {"charlm eval needs FILE: UTF-8 text to score"}, "charlm eval");
+    expect_parse_error({"info"}, {"charlm info needs CHECKPOINT"}, "charlm info");
+    expect_parse_error({"sample", "ck.safetensors", "--length"}, {"--length needs a value"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--temprature", "0.5"},
+                       {"charlm sample has no option --temprature (did you mean --temperature?)"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "other.safetensors"},
+                       {"unexpected argument 'other.safetensors'; charlm sample takes CHECKPOINT and options"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--length", "-5"}, {"--length must be between 0 and 1099511627776, not -5"},
+                       "charlm sample");
+    expect_parse_error({"train", "c.txt", "--hidden", "99999999999"}, {"--hidden cannot take 99999999999: it is out of range"},
+                       "charlm train");
+    expect_parse_error({"sample", "ck.safetensors", "--prompt", "a", "--prompt-file", "p.txt"}, {"--prompt", "--prompt-file", "not both"},
+                       "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--json=maybe"}, {"--json is a flag; give it without a value"}, "charlm sample");
+}
+
+// CLI11 alone reads 010 as octal 8 and 0x10 as 16, wraps -1 into 2^64 - 1 for an unsigned option and
+// saturates a 20-digit number: every whole number is now plain decimal, or refused.
+TEST_F(Cli, WholeNumbersAreDecimalAndNeverWrapAround) {
+    const auto checkpoint = trained_run();
+    auto generated = [&](const std::string& length) {
+        const RunResult result = charlm({"sample", checkpoint.string(), "--length", length, "--seed", "3"});
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        return code_points_of(result.out).size() - 1;  // less the final newline
+    };
+    EXPECT_EQ(generated("010"), 10u);
+    EXPECT_EQ(generated("+7"), 7u);
+    expect_error(charlm({"sample", checkpoint.string(), "--length", "0x10"}), {"--length wants a whole number, not '0x10'"}, true);
+    expect_error(charlm({"sample", checkpoint.string(), "--seed", "-1"}), {"--seed wants a whole number of 0 or more, not '-1'"}, true);
+    expect_error(charlm({"train", path("corpus.txt").string(), "--steps", "99999999999999999999"}),
+                 {"--steps cannot take 99999999999999999999: it is out of range"}, true);
+    expect_error(charlm({"train", path("corpus.txt").string(), "--steps", "10000000000000000000"}),  // past 2^63 - 1
+                 {"--steps cannot take 10000000000000000000: it is out of range"}, true);
+}
+
+// The same bad value is the user's mistake on the command line (2) and a bad file in a checkpoint (1).
+TEST_F(Cli, ABadConfigInACheckpointIsARuntimeErrorNotAUsageError) {
+    const auto checkpoint = trained_run();
+    const std::string good = read_bytes(checkpoint);
+    const auto zero = write("zero.safetensors", with_metadata(good, [](json& config, json&, json&) { config["hidden_size"] = 0; }));
+    const auto cell = write("cell.safetensors", with_metadata(good, [](json& config, json&, json&) { config["cell"] = "transformer"; }));
+    expect_error(charlm({"info", zero.string()}), {"zero.safetensors", "hidden size must be between 1 and 16384, not 0"});
+    expect_error(charlm({"sample", zero.string(), "--seed", "1"}), {"zero.safetensors", "hidden size"});
+    expect_error(charlm({"info", cell.string()}), {"cell.safetensors", "unknown cell type 'transformer'"});
+    expect_error(charlm({"train", path("corpus.txt").string(), "--out", path("other").string(), "--hidden", "0"}),
+                 {"hidden size must be between 1 and 16384, not 0"}, /*usage_error=*/true);
 }
