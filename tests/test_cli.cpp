@@ -918,6 +918,24 @@ TEST_F(Cli, SampleJsonCountAndStop) {
 
 namespace {
 
+// Sets an environment variable for the charlm processes a test starts (they inherit it) and puts the
+// old value back afterwards.
+class ScopedEnvironment {
+public:
+    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value.c_str(), 1);
+    }
+    ~ScopedEnvironment() {
+        if (old_) ::setenv(name_, old_->c_str(), 1);
+        else ::unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
 // A copy of a checkpoint with its metadata changed by `edit`, which gets each entry as parsed JSON.
 std::string with_metadata(const std::string& bytes, const std::function<void(json& config, json& vocab, json& training)>& edit) {
     json header = safetensors_header(bytes);
@@ -930,6 +948,54 @@ std::string with_metadata(const std::string& bytes, const std::function<void(jso
     metadata["training"] = training.dump();
     return with_header(bytes, header);
 }
+
+// Runs charlm with stderr on a new pseudo-terminal, as a user at a terminal has it (stdin and stdout
+// on /dev/null), and returns what the terminal received.
+std::string stderr_on_a_terminal(const std::vector<std::string>& arguments, const fs::path& working_directory) {
+    const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) {
+        ADD_FAILURE() << "no pseudo-terminal: " << std::strerror(errno);
+        return {};
+    }
+    const std::string terminal = ::ptsname(master);
+    // The parent keeps the terminal open too, so that reading it never ends before the child has opened it.
+    const int held = ::open(terminal.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    const std::string binary = CHARLM_BINARY, directory = working_directory.string();
+    std::vector<std::string> argv_strings = {binary};
+    argv_strings.insert(argv_strings.end(), arguments.begin(), arguments.end());
+    std::vector<char*> argv;
+    for (auto& argument : argv_strings) argv.push_back(argument.data());
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        const int null_fd = ::open("/dev/null", O_RDWR);
+        const int terminal_fd = ::open(terminal.c_str(), O_RDWR | O_NOCTTY);
+        if (null_fd < 0 || terminal_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(null_fd, STDOUT_FILENO) < 0 ||
+            ::dup2(terminal_fd, STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
+            ::_exit(126);
+        ::execv(binary.c_str(), argv.data());
+        ::_exit(127);
+    }
+    std::string received;
+    char buffer[4096];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (bool exited = false; !exited;) {
+        int status = 0;
+        exited = ::waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited && std::chrono::steady_clock::now() > deadline) {
+            ::kill(pid, SIGKILL);
+            ADD_FAILURE() << "still running after a minute";
+        }
+        pollfd ready = {master, POLLIN, 0};
+        ::poll(&ready, 1, exited ? 0 : 50);
+        for (ssize_t count; (count = ::read(master, buffer, sizeof buffer)) > 0;) received.append(buffer, static_cast<std::size_t>(count));
+    }
+    ::close(held);
+    ::close(master);
+    return received;
+}
+
+std::size_t count_of(const std::string& text, char c) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), c)); }
 
 }  // namespace
 
@@ -1001,4 +1067,24 @@ TEST_F(Cli, ABadConfigInACheckpointIsARuntimeErrorNotAUsageError) {
     expect_error(charlm({"info", cell.string()}), {"cell.safetensors", "unknown cell type 'transformer'"});
     expect_error(charlm({"train", path("corpus.txt").string(), "--out", path("other").string(), "--hidden", "0"}),
                  {"hidden size must be between 1 and 16384, not 0"}, /*usage_error=*/true);
+}
+
+// ---- colour ----
+
+// https://no-color.org: with NO_COLOR set the log has no colour, even on a terminal that could show it.
+TEST_F(Cli, NoColorTurnsTheLogsColourOffEvenOnATerminal) {
+    const auto checkpoint = trained_run();
+    const auto text = write("other.txt", "the cat sat on ZQZ mat!\n");  // unknown characters: a warning on stderr
+    const std::vector<std::string> arguments = {"eval", checkpoint.string(), text.string()};
+    const ScopedEnvironment terminal_type("TERM", "xterm-256color");
+    {
+        const ScopedEnvironment colour("NO_COLOR", "");  // empty counts as unset
+        const std::string shown = stderr_on_a_terminal(arguments, directory_);
+        EXPECT_NE(shown.find("not in the model's vocabulary"), std::string::npos) << shown;
+        EXPECT_GT(count_of(shown, '\x1b'), 0u) << "without NO_COLOR a terminal gets colour; else this test proves nothing\n" << shown;
+    }
+    const ScopedEnvironment colour("NO_COLOR", "1");
+    const std::string shown = stderr_on_a_terminal(arguments, directory_);
+    EXPECT_NE(shown.find("not in the model's vocabulary"), std::string::npos) << shown;
+    EXPECT_EQ(count_of(shown, '\x1b'), 0u) << shown;
 }

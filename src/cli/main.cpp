@@ -23,6 +23,7 @@
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
+#include "charlm/terminal.hpp"
 #include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 
@@ -381,7 +382,7 @@ std::string plain_parse_error(const CLI::ParseError& error, CLI::App& app, CLI::
 }  // namespace
 
 int main(int argc, char** argv) {
-    auto logger = spdlog::stderr_color_mt("charlm");
+    auto logger = spdlog::stderr_color_mt("charlm", charlm::log_color_mode(std::getenv("NO_COLOR"), ::isatty(STDERR_FILENO)));
     logger->set_pattern("[%T] %^%v%$");
     spdlog::set_default_logger(logger);
 
