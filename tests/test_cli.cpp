@@ -1069,6 +1069,67 @@ TEST_F(Cli, ABadConfigInACheckpointIsARuntimeErrorNotAUsageError) {
                  {"hidden size must be between 1 and 16384, not 0"}, /*usage_error=*/true);
 }
 
+// ---- plot ----
+
+class CliPlot : public Cli {
+protected:
+    void SetUp() override {
+        Cli::SetUp();
+        fs::create_directories(path("run"));
+        fs::create_directories(path("bin"));
+        fs::create_directories(path("tmp"));
+        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2}\n{\"step\":20,\"train_loss\":2.5}\n");
+    }
+    // A stand-in for gnuplot, first on PATH.
+    void fake_gnuplot(const std::string& script) const {
+        write("bin/gnuplot", "#!/bin/sh\n" + script);
+        fs::permissions(path("bin/gnuplot"), fs::perms::owner_all);
+    }
+    bool no_temporary_files_left() const { return fs::is_empty(path("tmp")); }
+};
+
+TEST_F(CliPlot, StdoutCarriesOnlyThePngPathNotGnuplotsChatter) {
+    // Like gnuplot's own warnings, on both of its streams; then it writes the PNG named in the script.
+    fake_gnuplot("echo 'Warning: empty y range' ; echo 'font not found' >&2\n"
+                 "sed -n \"s/^set output '\\(.*\\)'$/\\1/p\" \"$1\" | { read out; echo png > \"$out\"; }\n");
+    const ScopedEnvironment search_path("PATH", path("bin").string() + ":/usr/bin:/bin");
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    const RunResult result = charlm({"plot", path("run").string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out, (path("run") / "loss.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("run") / "loss.png"), "png\n");
+    const RunResult elsewhere = charlm({"plot", path("run").string(), "--output", path("curve.png").string()});
+    ASSERT_EQ(elsewhere.exit_code, 0) << describe(elsewhere);
+    EXPECT_EQ(elsewhere.out, path("curve.png").string() + "\n");
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
+TEST_F(CliPlot, NotInstalledIsToldApartFromFailed) {
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    {
+        const ScopedEnvironment search_path("PATH", path("bin").string());  // no gnuplot anywhere on it
+        expect_error(charlm({"plot", path("run").string()}), {"gnuplot is not installed (apt-get install gnuplot-nox)"});
+    }
+    fake_gnuplot("echo 'gnuplot> plot' ; printf '\\n  plot x\\n  ^\\n\"%s\" line 5: unknown or ambiguous terminal type\\n' \"$1\" >&2\n"
+                 "exit 1\n");
+    const ScopedEnvironment search_path("PATH", path("bin").string() + ":/usr/bin:/bin");
+    expect_error(charlm({"plot", path("run").string()}), {"gnuplot failed: unknown or ambiguous terminal type"});
+    EXPECT_FALSE(fs::exists(path("run") / "loss.png"));
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
+TEST_F(CliPlot, WithTheRealGnuplot) {
+    if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    const RunResult result = charlm({"plot", path("run").string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out, (path("run") / "loss.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("run") / "loss.png").substr(0, 4), "\x89PNG");
+    expect_error(charlm({"plot", path("run").string(), "--output", path("missing/loss.png").string()}),
+                 {"gnuplot failed: cannot open file; output not changed (No such file or directory)"});
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
 // ---- colour ----
 
 // https://no-color.org: with NO_COLOR set the log has no colour, even on a terminal that could show it.
