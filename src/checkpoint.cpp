@@ -15,8 +15,10 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
+#include "charlm/terminal.hpp"
 
 namespace charlm {
 
@@ -381,7 +383,105 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                               ? nlohmann::json(checkpoint.training.best_validation_loss)
                                               : nlohmann::json(nullptr);
     description["resumable"] = checkpoint.optimizer.has_value();
+
+    // What reproducing the run takes, from the options stored with it. Older checkpoints lack the corpus's
+    // size and hash, and a file from elsewhere may hold anything: a value of the wrong kind is shown as
+    // unknown (null), never trusted and never an error.
+    using json = nlohmann::json;
+    const json& options = checkpoint.training.options;
+    auto stored = [&](const char* key, bool (*is_kind)(const json&)) {
+        if (!options.is_object() || !options.contains(key) || !is_kind(options[key])) return json(nullptr);
+        return options[key];
+    };
+    const auto text = [](const json& value) { return value.is_string(); };
+    const auto count = [](const json& value) { return value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0); };
+    description["corpus"] = stored("corpus", text);
+    description["corpus_size_bytes"] = stored("corpus_size_bytes", count);
+    description["corpus_sha256"] = stored("corpus_sha256", text);
+    description["validation_file"] = stored("validation_file", text);
+    description["validation_file_size_bytes"] = stored("validation_file_size_bytes", count);
+    description["validation_file_sha256"] = stored("validation_file_sha256", text);
+    description["train_characters"] = stored("train_characters", count);
+    // Each step reads seq_length x batch_size characters of the training text.
+    const json seq_length = stored("seq_length", count), batch_size = stored("batch_size", count);
+    const json train_characters = description["train_characters"];
+    description["epochs"] = train_characters.is_null() || seq_length.is_null() || batch_size.is_null() || train_characters == 0
+                                ? json(nullptr)
+                                : json(static_cast<double>(checkpoint.training.step) * seq_length.get<double>() *
+                                       batch_size.get<double>() / train_characters.get<double>());
+    description["training_options"] = options.is_object() ? options : json(nullptr);
     return description;
+}
+
+namespace {
+
+// Nested options as dotted names ("model.hidden_size"), each with its value as a person reads it.
+void flatten_options(const nlohmann::json& value, const std::string& name, std::vector<std::pair<std::string, std::string>>& rows) {
+    if (value.is_object() && !value.empty()) {
+        for (const auto& [key, inner] : value.items()) flatten_options(inner, name.empty() ? key : name + "." + key, rows);
+        return;
+    }
+    const std::string shown = value.is_string() ? displayable(value.get_ref<const std::string&>())
+                              : value.is_null() ? std::string("none")
+                                                : displayable(value.dump());
+    rows.emplace_back(displayable(name), shown);
+}
+
+// "/runs/a.txt (1234 bytes, sha256 ab12...)" from what is known of a file; the path alone for an older checkpoint.
+std::string describe_file(const nlohmann::json& path, const nlohmann::json& size_bytes, const nlohmann::json& sha256) {
+    std::string text = displayable(path.get_ref<const std::string&>());
+    std::vector<std::string> known;
+    if (size_bytes.is_number()) known.push_back(fmt::format("{} bytes", size_bytes.get<std::uint64_t>()));
+    if (sha256.is_string()) known.push_back("sha256 " + displayable(sha256.get_ref<const std::string&>()));
+    if (known.empty()) return text + " (size and hash not recorded in this checkpoint)";
+    return text + " (" + fmt::format("{}", fmt::join(known, ", ")) + ")";
+}
+
+}  // namespace
+
+std::string format_checkpoint_description(const nlohmann::json& description) {
+    std::string vocabulary;
+    for (char32_t c : decode_utf8(description.at("vocabulary").get<std::string>(), "vocabulary")) vocabulary += displayable(c);
+    const auto& best = description.at("best_validation_loss");
+    const double dropout = description.at("dropout").get<double>();
+    std::string text;
+    text += fmt::format("model       {} {} layers x {} hidden, embedding {}{}\n", description.at("cell").get<std::string>(),
+                        description.at("layers").get<int>(), description.at("hidden_size").get<int>(),
+                        description.at("embed_size").get<int>(), dropout > 0 ? fmt::format(", dropout {}", dropout) : "");
+    text += fmt::format("parameters  {}\n", description.at("parameters").get<std::uint64_t>());
+    text += fmt::format("vocabulary  {} characters: {}\n", description.at("vocab_size").get<int>(), vocabulary);
+    const auto& epochs = description.at("epochs");
+    text += fmt::format("trained     {} steps{}\n", description.at("steps_trained").get<std::int64_t>(),
+                        epochs.is_number() ? fmt::format(", {:.2f} epochs", epochs.get<double>()) : "");
+    text += fmt::format("best val    {}\n", best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(),
+                                                                          std::exp(best.get<double>()))
+                                                             : std::string("none yet"));
+    text += fmt::format("resumable   {}\n", description.at("resumable").get<bool>() ? "yes (optimizer state included)" : "no (weights only)");
+    const auto& corpus = description.at("corpus");
+    text += fmt::format("corpus      {}\n", corpus.is_string() ? describe_file(corpus, description.at("corpus_size_bytes"),
+                                                                               description.at("corpus_sha256"))
+                                                              : std::string("not recorded"));
+    const auto& validation_file = description.at("validation_file");
+    const auto& options = description.at("training_options");
+    std::string validation = "not recorded";
+    if (validation_file.is_string())
+        validation = describe_file(validation_file, description.at("validation_file_size_bytes"), description.at("validation_file_sha256"));
+    else if (options.is_object() && options.contains("validation_fraction") && options["validation_fraction"].is_number())
+        validation = options["validation_fraction"].get<double>() > 0
+                         ? fmt::format("the corpus's last {:g}%", 100 * options["validation_fraction"].get<double>())
+                         : std::string("none");
+    text += fmt::format("validation  {}\n", validation);
+    if (description.at("train_characters").is_number())
+        text += fmt::format("train text  {} characters\n", description.at("train_characters").get<std::uint64_t>());
+
+    std::vector<std::pair<std::string, std::string>> rows;
+    if (options.is_object()) flatten_options(options, "", rows);
+    if (rows.empty()) return text + "options     not recorded\n";
+    std::size_t width = 0;
+    for (const auto& [name, value] : rows) width = std::max(width, name.size());
+    text += "options\n";
+    for (const auto& [name, value] : rows) text += fmt::format("  {:<{}}  {}\n", name, width, value);
+    return text;
 }
 
 Checkpoint load_checkpoint(const std::filesystem::path& path) {

@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -283,6 +284,81 @@ TEST(Checkpoint, FailedWriteLeavesThePreviousFileIntact) {
     std::size_t files = 0;
     for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
     EXPECT_EQ(files, 1u) << "the temporary file was left behind";
+}
+
+// charlm info: what reproducing a run takes, read from the options stored with it.
+TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
+    Saved saved;
+    Checkpoint checkpoint;
+    checkpoint.config = saved.model.config();
+    checkpoint.vocab = Vocab::from_code_points({U'\0', 0x01, U'\t', U'\n', U'\r', U'\\', U'a', 0x0301});
+    checkpoint.config.vocab_size = 8;
+    checkpoint.training.step = 30;
+    checkpoint.training.best_validation_loss = 1.5;
+    checkpoint.training.options = {
+        {"corpus", "/data/shakespeare.txt"}, {"corpus_size_bytes", 1115394},
+        {"corpus_sha256", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+        {"validation_file", nullptr}, {"validation_file_size_bytes", nullptr}, {"validation_file_sha256", nullptr},
+        {"train_characters", 1280}, {"seq_length", 16}, {"batch_size", 4}, {"learning_rate", 0.002},
+        {"validation_fraction", 0.05}, {"lr_schedule", "cosine"},
+        {"model", {{"cell", "gru"}, {"hidden_size", 8}, {"layers", 2}}},
+        {"run_directory", "runs/a\x1b[31mb"}};
+    const nlohmann::json description = describe_checkpoint(checkpoint);
+    EXPECT_EQ(description.at("corpus"), "/data/shakespeare.txt");
+    EXPECT_EQ(description.at("corpus_size_bytes"), 1115394);
+    EXPECT_EQ(description.at("corpus_sha256"), "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed");
+    EXPECT_TRUE(description.at("validation_file").is_null());
+    EXPECT_EQ(description.at("train_characters"), 1280);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 30.0 * 16 * 4 / 1280);  // 1.5
+    EXPECT_EQ(description.at("training_options"), checkpoint.training.options);
+    EXPECT_EQ(description.at("steps_trained"), 30);
+
+    const std::string text = format_checkpoint_description(description);
+    for (const char* expected :
+         {"trained     30 steps, 1.50 epochs\n", "best val    1.5000 nats/char",
+          "corpus      /data/shakespeare.txt (1115394 bytes, sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed)\n",
+          "validation  the corpus's last 5%\n", "train text  1280 characters\n",
+          // the vocabulary with its control characters and its combining mark readable, never '?'
+          "vocabulary  8 characters: \\0U+0001\\t\\n\\r\\\\aU+0301\n"})
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing: " << expected << "\nin:\n" << text;
+    // Every stored option, nested ones by their dotted name, and none that can send the terminal an escape sequence.
+    for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+             {"batch_size", "4"}, {"learning_rate", "0.002"}, {"lr_schedule", "cosine"}, {"model\\.cell", "gru"},
+             {"model\\.hidden_size", "8"}, {"validation_file", "none"}, {"run_directory", "runs/aU\\+001B\\[31mb"}})
+        EXPECT_TRUE(std::regex_search(text, std::regex("\n  " + name + " +" + value + "\n"))) << name << "\nin:\n" << text;
+    EXPECT_EQ(text.find('?'), std::string::npos) << text;
+    EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+    EXPECT_EQ(text.find('\r'), std::string::npos) << text;
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\0'), 0) << text;
+}
+
+// Older checkpoints lack the corpus's size and hash, and a crafted one may hold anything: info shows
+// what there is and never fails.
+TEST(Checkpoint, DescriptionOfAnOlderOrOddCheckpointNeverFails) {
+    Saved saved;
+    Checkpoint checkpoint;
+    checkpoint.config = saved.model.config();
+    checkpoint.vocab = saved.vocab;
+    checkpoint.training.step = 12;
+    checkpoint.training.options = {{"corpus", "old.txt"}, {"seq_length", 16}, {"batch_size", 4}};
+    nlohmann::json description = describe_checkpoint(checkpoint);
+    EXPECT_TRUE(description.at("corpus_sha256").is_null());
+    EXPECT_TRUE(description.at("epochs").is_null());
+    std::string text = format_checkpoint_description(description);
+    EXPECT_NE(text.find("corpus      old.txt (size and hash not recorded in this checkpoint)\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("trained     12 steps\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("best val    none yet\n"), std::string::npos) << text;
+
+    for (const nlohmann::json& odd : {nlohmann::json(), nlohmann::json::array({1, 2}), nlohmann::json("text"),
+                                      nlohmann::json{{"corpus", 5}, {"corpus_size_bytes", "big"}, {"train_characters", 0},
+                                                     {"seq_length", -1}, {"batch_size", 1.5}, {"model", nlohmann::json::object()}}}) {
+        checkpoint.training.options = odd;
+        ASSERT_NO_THROW(description = describe_checkpoint(checkpoint)) << odd.dump();
+        EXPECT_TRUE(description.at("corpus").is_null()) << odd.dump();
+        EXPECT_TRUE(description.at("epochs").is_null()) << odd.dump();
+        ASSERT_NO_THROW(text = format_checkpoint_description(description)) << odd.dump();
+        EXPECT_NE(text.find("corpus      not recorded\n"), std::string::npos) << text;
+    }
 }
 
 // A temporary at a name known in advance (.NAME.tmp-PID, as it once was) lets anyone who can write to the

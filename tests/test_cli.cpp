@@ -1149,3 +1149,69 @@ TEST_F(Cli, NoColorTurnsTheLogsColourOffEvenOnATerminal) {
     EXPECT_NE(shown.find("not in the model's vocabulary"), std::string::npos) << shown;
     EXPECT_EQ(count_of(shown, '\x1b'), 0u) << shown;
 }
+
+// ---- info ----
+
+TEST_F(Cli, InfoShowsWhatReproducingTheRunTakes) {
+    const auto checkpoint = trained_run();
+    const std::string corpus = fs::absolute(path("corpus.txt")).string();
+    // As written today: the corpus's path and every option, but not yet its size and hash.
+    RunResult text = charlm({"info", checkpoint.string()});
+    ASSERT_EQ(text.exit_code, 0) << describe(text);
+    for (const std::string& expected : {"corpus      " + corpus + " (size and hash not recorded in this checkpoint)\n",
+                                        std::string("trained     30 steps\n"), std::string("\noptions\n")})
+        EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
+    for (const char* option : {"seq_length +16", "batch_size +4", "learning_rate +0.002", "model.hidden_size +16",
+                                      "eval_every +10", "seed +1", "validation_fraction +0.05"})
+        EXPECT_TRUE(std::regex_search(text.out, std::regex("\n  " + std::string(option) + "\n"))) << option << "\n" << text.out;
+    RunResult as_json = charlm({"info", checkpoint.string(), "--json"});
+    ASSERT_EQ(as_json.exit_code, 0) << describe(as_json);
+    json description = json::parse(as_json.out);
+    EXPECT_EQ(description.at("corpus"), corpus);
+    EXPECT_EQ(description.at("training_options").at("seq_length"), 16);
+    EXPECT_TRUE(description.at("corpus_sha256").is_null());
+    EXPECT_TRUE(description.at("epochs").is_null());
+
+    // With what checkpoints are to record: the corpus's size and hash, and the characters trained on.
+    const std::string sha256(64, 'c');
+    const auto recorded = write("recorded.safetensors", with_metadata(read_bytes(checkpoint), [&](json&, json&, json& training) {
+        training["options"]["corpus_size_bytes"] = 3456;
+        training["options"]["corpus_sha256"] = sha256;
+        training["options"]["validation_file_size_bytes"] = nullptr;
+        training["options"]["validation_file_sha256"] = nullptr;
+        training["options"]["train_characters"] = 1024;
+    }));
+    text = charlm({"info", recorded.string()});
+    ASSERT_EQ(text.exit_code, 0) << describe(text);
+    for (const std::string& expected : {"corpus      " + corpus + " (3456 bytes, sha256 " + sha256 + ")\n",
+                                        std::string("trained     30 steps, 1.88 epochs\n"),  // 30 x 16 x 4 / 1024
+                                        std::string("train text  1024 characters\n")})
+        EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
+    as_json = charlm({"info", recorded.string(), "--json"});
+    description = json::parse(as_json.out);
+    EXPECT_EQ(description.at("corpus_size_bytes"), 3456);
+    EXPECT_EQ(description.at("corpus_sha256"), sha256);
+    EXPECT_EQ(description.at("train_characters"), 1024);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 30.0 * 16 * 4 / 1024);
+}
+
+TEST_F(Cli, InfoShowsControlCharactersAndCombiningMarksEscapedNeverAsQuestionMarks) {
+    const auto checkpoint = trained_run();
+    // The same number of characters, four of them a NUL, U+0001, a carriage return and a combining acute accent.
+    const auto odd = write("odd.safetensors", with_metadata(read_bytes(checkpoint), [](json&, json& vocab, json&) {
+        std::vector<std::uint32_t> code_points = {0, 1, 13, 0x301};
+        for (const auto& entry : vocab)
+            if (code_points.size() < vocab.size() && entry != 0 && entry != 1 && entry != 13 && entry != 0x301)
+                code_points.push_back(entry.get<std::uint32_t>());
+        std::sort(code_points.begin(), code_points.end());
+        vocab = code_points;
+    }));
+    const RunResult result = charlm({"info", odd.string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    const auto begin = result.out.find("vocabulary  ");
+    ASSERT_NE(begin, std::string::npos) << result.out;
+    const std::string line = result.out.substr(begin, result.out.find('\n', begin) - begin);
+    for (const char* shown : {"\\0", "U+0001", "\\r", "U+0301", "\\n"}) EXPECT_NE(line.find(shown), std::string::npos) << shown << "\n" << line;
+    EXPECT_EQ(line.find('?'), std::string::npos) << line;
+    EXPECT_EQ(count_of(result.out, '\r') + count_of(result.out, '\0') + count_of(result.out, '\x01'), 0u) << "raw control characters on stdout";
+}

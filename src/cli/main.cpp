@@ -147,23 +147,8 @@ int run_sample(SampleArguments& arguments) {
 int run_info(const std::string& checkpoint_path, bool json) {
     const charlm::Checkpoint checkpoint = charlm::load_checkpoint(checkpoint_path);
     const nlohmann::json description = charlm::describe_checkpoint(checkpoint);
-    if (json) {
-        fmt::print("{}\n", description.dump());
-        return 0;
-    }
-    std::string vocabulary;
-    for (char32_t c : checkpoint.vocab.code_points())
-        vocabulary += c == U'\n' ? "\\n" : c == U'\t' ? "\\t" : c < 0x20 ? "?" : charlm::encode_utf8(c);
-    const double best = checkpoint.training.best_validation_loss;
-    fmt::print("model       {} {} layers x {} hidden, embedding {}{}\n", description["cell"].get<std::string>(),
-               checkpoint.config.layers, checkpoint.config.hidden_size, checkpoint.config.embed_size,
-               checkpoint.config.dropout > 0 ? fmt::format(", dropout {}", checkpoint.config.dropout) : "");
-    fmt::print("parameters  {}\n", checkpoint.config.parameter_count());
-    fmt::print("vocabulary  {} characters: {}\n", checkpoint.vocab.size(), vocabulary);
-    fmt::print("trained     {} steps\n", checkpoint.training.step);
-    fmt::print("best val    {}\n", std::isfinite(best) ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best, std::exp(best))
-                                                       : std::string("none yet"));
-    fmt::print("resumable   {}\n", checkpoint.optimizer ? "yes (optimizer state included)" : "no (weights only)");
+    if (json) fmt::print("{}\n", description.dump());
+    else fmt::print("{}", charlm::format_checkpoint_description(description));
     return 0;
 }
 
