@@ -11,12 +11,14 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <sstream>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
-#include "charlm/json_integer.hpp"
+#include "charlm/terminal.hpp"
 
 namespace charlm {
 
@@ -25,6 +27,7 @@ static_assert(std::endian::native == std::endian::little, "safetensors data is l
 namespace {
 
 constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr std::int64_t kMostCount = 1'000'000'000'000'000;  // of steps, windows or evaluations in a training state
 constexpr int kMaxJsonDepth = 64;
 constexpr const char* kFormat = "charlm-checkpoint-1";
 
@@ -142,16 +145,40 @@ std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
     return bytes;
 }
 
+namespace {
+
+// Opens a new file beside `path` for writing, named `.NAME.tmp-XXXXXX` with six random letters and
+// digits: a name no other process can guess in advance, and the prefix that train() sweeps away when a
+// killed process left one behind. O_EXCL creates the file or fails, so an existing file or a symlink
+// planted at that name is never opened, let alone followed; another name is then tried.
+int create_temporary_beside(const std::filesystem::path& path, std::filesystem::path& temporary) {
+    static constexpr char kLetters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    std::random_device random;
+    const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        std::string suffix(6, ' ');
+        for (char& letter : suffix) letter = kLetters[random() % (sizeof kLetters - 1)];
+        temporary = directory / fmt::format(".{}.tmp-{}", path.filename().string(), suffix);
+        const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    return -1;  // errno is EEXIST: a hundred names taken is not chance
+}
+
+}  // namespace
+
 void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
     const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-    const auto temporary = directory / fmt::format(".{}.tmp-{}", path.filename().string(), ::getpid());
+    std::filesystem::path temporary;
+    bool created = false;
     auto fail = [&](const std::string& what) {
         const std::string reason = std::strerror(errno);
-        ::unlink(temporary.c_str());
+        if (created) ::unlink(temporary.c_str());
         return Error(fmt::format("cannot write {}: {} failed ({}); the previous file is unchanged", path.string(), what, reason));
     };
-    const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    const int fd = create_temporary_beside(path, temporary);
     if (fd < 0) throw fail("creating a temporary file");
+    created = true;
     std::size_t written = 0;
     while (written < bytes.size()) {
         const ssize_t count = ::write(fd, bytes.data() + written, bytes.size() - written);
@@ -173,12 +200,17 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view b
     }
     if (::close(fd) != 0) throw fail("closing");
     if (::rename(temporary.c_str(), path.c_str()) != 0) throw fail("renaming into place");
-    // Make the rename itself durable.
+    // The rename is durable only once the folder's entry is on disk too. A folder that cannot be opened
+    // for reading, or flushed at all (EINVAL: some network and FUSE file systems), is no failure of this
+    // write; a disk that fails to flush it is.
     const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (directory_fd >= 0) {
-        ::fsync(directory_fd);
-        ::close(directory_fd);
-    }
+    if (directory_fd < 0) return;
+    const int synced = ::fsync(directory_fd);
+    const int saved = errno;
+    ::close(directory_fd);
+    if (synced != 0 && saved != EINVAL)
+        throw Error(fmt::format("{}: written, but flushing its folder to disk failed ({}); a crash now could lose it",
+                                path.string(), std::strerror(saved)));
 }
 
 static std::string optimizer_name(const std::string& kind, const std::string& parameter) {
@@ -276,18 +308,33 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
                                checkpoint.config.vocab_size));
 
     const auto training_json = metadata_json("training");
+    if (!training_json.is_object()) throw fail("metadata 'training' is not a JSON object");
+    // Steps, windows and evaluations are counted from zero, and 10^15 of them is decades at a million
+    // a second: a count outside that was damaged or made up, and would reach Adam's bias correction or
+    // the data cursor as nonsense. Each refusal names the field.
+    auto count = [&](const char* field) -> std::int64_t {
+        const auto& value = training_json.at(field);
+        const bool in_range = value.is_number_unsigned() ? value.get<std::uint64_t>() <= static_cast<std::uint64_t>(kMostCount)
+                              : value.is_number_integer() ? value.get<std::int64_t>() >= 0 && value.get<std::int64_t>() <= kMostCount
+                                                          : false;
+        if (!in_range)
+            throw fail(fmt::format("metadata 'training' has {} {}; it must be a whole number from 0 to 10^15", field, value.dump()));
+        return static_cast<std::int64_t>(value.get<std::uint64_t>());
+    };
     try {
-        checkpoint.training.step = integer_value<std::int64_t>(training_json.at("step"));
+        checkpoint.training.step = count("step");
         const auto& best = training_json.at("best_validation_loss");
+        if (!best.is_null() && !(best.is_number() && std::isfinite(best.get<double>()) && best.get<double>() >= 0))
+            throw fail(fmt::format("metadata 'training' has best_validation_loss {}; a loss is a finite number of 0 or more, or null",
+                                   best.dump()));
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
-        checkpoint.training.data_position = integer_value<std::size_t>(training_json.at("data_position"));
-        checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? integer_value<std::int64_t>(training_json.at("evaluations_since_best")) : 0;
+        checkpoint.training.data_position = static_cast<std::size_t>(count("data_position"));
+        checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? count("evaluations_since_best") : 0;
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {
         throw fail("metadata 'training' is incomplete or has the wrong types");
     }
-    if (checkpoint.training.step < 0) throw fail("metadata 'training' has a negative step");
 
     auto take = [&](const std::string& name, Matrix<float>& into, const std::vector<std::int64_t>& shape) {
         auto found = file.tensors.find(name);
@@ -316,11 +363,8 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
             take(optimizer_name("exp_avg", parameters[i].name), optimizer.first_moments()[i], parameters[i].shape);
             take(optimizer_name("exp_avg_sq", parameters[i].name), optimizer.second_moments()[i], parameters[i].shape);
         }
-        try {
-            optimizer.set_step_count(integer_value<std::int64_t>(training_json.at("optimizer_steps")));
-        } catch (const nlohmann::json::exception&) {
-            throw fail("metadata 'training' lacks the optimizer's step count");
-        }
+        if (!training_json.contains("optimizer_steps")) throw fail("metadata 'training' lacks the optimizer's step count");
+        optimizer.set_step_count(count("optimizer_steps"));
         checkpoint.optimizer = std::move(optimizer);
     }
     if (file.tensors.count("state.hidden_l0")) {
@@ -349,7 +393,105 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                               ? nlohmann::json(checkpoint.training.best_validation_loss)
                                               : nlohmann::json(nullptr);
     description["resumable"] = checkpoint.optimizer.has_value();
+
+    // What reproducing the run takes, from the options stored with it. Older checkpoints lack the corpus's
+    // size and hash, and a file from elsewhere may hold anything: a value of the wrong kind is shown as
+    // unknown (null), never trusted and never an error.
+    using json = nlohmann::json;
+    const json& options = checkpoint.training.options;
+    auto stored = [&](const char* key, bool (*is_kind)(const json&)) {
+        if (!options.is_object() || !options.contains(key) || !is_kind(options[key])) return json(nullptr);
+        return options[key];
+    };
+    const auto text = [](const json& value) { return value.is_string(); };
+    const auto count = [](const json& value) { return value.is_number_unsigned() || (value.is_number_integer() && value.get<std::int64_t>() >= 0); };
+    description["corpus"] = stored("corpus", text);
+    description["corpus_size_bytes"] = stored("corpus_size_bytes", count);
+    description["corpus_sha256"] = stored("corpus_sha256", text);
+    description["validation_file"] = stored("validation_file", text);
+    description["validation_file_size_bytes"] = stored("validation_file_size_bytes", count);
+    description["validation_file_sha256"] = stored("validation_file_sha256", text);
+    description["train_characters"] = stored("train_characters", count);
+    // Each step reads seq_length x batch_size characters of the training text.
+    const json seq_length = stored("seq_length", count), batch_size = stored("batch_size", count);
+    const json train_characters = description["train_characters"];
+    description["epochs"] = train_characters.is_null() || seq_length.is_null() || batch_size.is_null() || train_characters == 0
+                                ? json(nullptr)
+                                : json(static_cast<double>(checkpoint.training.step) * seq_length.get<double>() *
+                                       batch_size.get<double>() / train_characters.get<double>());
+    description["training_options"] = options.is_object() ? options : json(nullptr);
     return description;
+}
+
+namespace {
+
+// Nested options as dotted names ("model.hidden_size"), each with its value as a person reads it.
+void flatten_options(const nlohmann::json& value, const std::string& name, std::vector<std::pair<std::string, std::string>>& rows) {
+    if (value.is_object() && !value.empty()) {
+        for (const auto& [key, inner] : value.items()) flatten_options(inner, name.empty() ? key : name + "." + key, rows);
+        return;
+    }
+    const std::string shown = value.is_string() ? displayable(value.get_ref<const std::string&>())
+                              : value.is_null() ? std::string("none")
+                                                : displayable(value.dump());
+    rows.emplace_back(displayable(name), shown);
+}
+
+// "/runs/a.txt (1234 bytes, sha256 ab12...)" from what is known of a file; the path alone for an older checkpoint.
+std::string describe_file(const nlohmann::json& path, const nlohmann::json& size_bytes, const nlohmann::json& sha256) {
+    std::string text = displayable(path.get_ref<const std::string&>());
+    std::vector<std::string> known;
+    if (size_bytes.is_number()) known.push_back(fmt::format("{} bytes", size_bytes.get<std::uint64_t>()));
+    if (sha256.is_string()) known.push_back("sha256 " + displayable(sha256.get_ref<const std::string&>()));
+    if (known.empty()) return text + " (size and hash not recorded in this checkpoint)";
+    return text + " (" + fmt::format("{}", fmt::join(known, ", ")) + ")";
+}
+
+}  // namespace
+
+std::string format_checkpoint_description(const nlohmann::json& description) {
+    std::string vocabulary;
+    for (char32_t c : decode_utf8(description.at("vocabulary").get<std::string>(), "vocabulary")) vocabulary += displayable(c);
+    const auto& best = description.at("best_validation_loss");
+    const double dropout = description.at("dropout").get<double>();
+    std::string text;
+    text += fmt::format("model       {} {} layers x {} hidden, embedding {}{}\n", description.at("cell").get<std::string>(),
+                        description.at("layers").get<int>(), description.at("hidden_size").get<int>(),
+                        description.at("embed_size").get<int>(), dropout > 0 ? fmt::format(", dropout {}", dropout) : "");
+    text += fmt::format("parameters  {}\n", description.at("parameters").get<std::uint64_t>());
+    text += fmt::format("vocabulary  {} characters: {}\n", description.at("vocab_size").get<int>(), vocabulary);
+    const auto& epochs = description.at("epochs");
+    text += fmt::format("trained     {} steps{}\n", description.at("steps_trained").get<std::int64_t>(),
+                        epochs.is_number() ? fmt::format(", {:.2f} epochs", epochs.get<double>()) : "");
+    text += fmt::format("best val    {}\n", best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(),
+                                                                          std::exp(best.get<double>()))
+                                                             : std::string("none yet"));
+    text += fmt::format("resumable   {}\n", description.at("resumable").get<bool>() ? "yes (optimizer state included)" : "no (weights only)");
+    const auto& corpus = description.at("corpus");
+    text += fmt::format("corpus      {}\n", corpus.is_string() ? describe_file(corpus, description.at("corpus_size_bytes"),
+                                                                               description.at("corpus_sha256"))
+                                                              : std::string("not recorded"));
+    const auto& validation_file = description.at("validation_file");
+    const auto& options = description.at("training_options");
+    std::string validation = "not recorded";
+    if (validation_file.is_string())
+        validation = describe_file(validation_file, description.at("validation_file_size_bytes"), description.at("validation_file_sha256"));
+    else if (options.is_object() && options.contains("validation_fraction") && options["validation_fraction"].is_number())
+        validation = options["validation_fraction"].get<double>() > 0
+                         ? fmt::format("the corpus's last {:g}%", 100 * options["validation_fraction"].get<double>())
+                         : std::string("none");
+    text += fmt::format("validation  {}\n", validation);
+    if (description.at("train_characters").is_number())
+        text += fmt::format("train text  {} characters\n", description.at("train_characters").get<std::uint64_t>());
+
+    std::vector<std::pair<std::string, std::string>> rows;
+    if (options.is_object()) flatten_options(options, "", rows);
+    if (rows.empty()) return text + "options     not recorded\n";
+    std::size_t width = 0;
+    for (const auto& [name, value] : rows) width = std::max(width, name.size());
+    text += "options\n";
+    for (const auto& [name, value] : rows) text += fmt::format("  {:<{}}  {}\n", name, width, value);
+    return text;
 }
 
 Checkpoint load_checkpoint(const std::filesystem::path& path) {

@@ -24,7 +24,7 @@ CellType parse_cell_type(const std::string& name) {
     if (name == "lstm") return CellType::lstm;
     if (name == "gru") return CellType::gru;
     if (name == "rnn") return CellType::rnn;
-    throw Error(fmt::format("unknown cell type '{}'; use lstm, gru or rnn", name));
+    throw UsageError(fmt::format("unknown cell type '{}'; use lstm, gru or rnn", name));
 }
 
 static int gate_count(CellType cell) {
@@ -36,19 +36,21 @@ static int gate_count(CellType cell) {
     return 0;
 }
 
+// A UsageError, since the sizes almost always come from the user's options; from_json() below turns it
+// into a plain Error for sizes read from a file.
 void ModelConfig::validate() const {
     // Bounds keep every matrix far below what a 64-bit index or this machine's memory can hold.
     auto check = [](const char* name, long long value, long long most) {
         if (value < 1 || value > most)
-            throw Error(fmt::format("{} must be between 1 and {}, not {}", name, most, value));
+            throw UsageError(fmt::format("{} must be between 1 and {}, not {}", name, most, value));
     };
     check("vocabulary size", vocab_size, 1 << 21);
     check("embedding size", embed_size, 1 << 14);
     check("hidden size", hidden_size, 1 << 14);
     check("layers", layers, 64);
-    if (!(dropout >= 0 && dropout < 1)) throw Error(fmt::format("dropout must be at least 0 and below 1, not {}", dropout));
+    if (!(dropout >= 0 && dropout < 1)) throw UsageError(fmt::format("dropout must be at least 0 and below 1, not {}", dropout));
     if (parameter_count() > (std::size_t{1} << 31))
-        throw Error(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
+        throw UsageError(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
 }
 
 std::size_t ModelConfig::parameter_count() const {
@@ -78,8 +80,14 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
         config.dropout = json.value("dropout", 0.0);
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("model config is incomplete or has the wrong types ({})", error.what()));
+    } catch (const UsageError& error) {
+        throw Error(error.what());  // a bad file is not a mistake in the command line
     }
-    config.validate();
+    try {
+        config.validate();
+    } catch (const UsageError& error) {
+        throw Error(error.what());
+    }
     return config;
 }
 

@@ -1,8 +1,14 @@
 // Checks checkpoint.cpp: round trips, the safetensors layout, atomic writes and refusal of bad files.
+#include <sys/inotify.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstring>
+#include <regex>
+#include <thread>
 
 #include <gtest/gtest.h>
 
@@ -178,6 +184,77 @@ TEST(Checkpoint, RefusesDamagedFiles) {
     expect_refused(nan_file, "non-finite");
 }
 
+// The training state steers a resumed run: Adam's bias correction takes its step count as an exponent and
+// the data cursor picks the next window. A count below 0 or above 10^15 is refused, naming the field;
+// and a bad model config in a file is a bad file (exit 1), never the user's usage error (exit 2).
+TEST(Checkpoint, RefusesNonsenseTrainingCounts) {
+    TemporaryDirectory directory;
+    Saved saved;
+    Adam adam(saved.model.parameters());
+    ModelState<float> state = saved.model.initial_state(2);
+    TrainingState training;
+    training.step = 10;
+    const auto path = directory.path() / "last.safetensors";
+    save_checkpoint(path, saved.model, saved.vocab, training, &adam, &state);
+    const std::string good = read_bytes(path);
+    std::uint64_t header_length = 0;
+    std::memcpy(&header_length, good.data(), 8);
+    const auto header = nlohmann::json::parse(good.substr(8, header_length));
+    const auto training_json = nlohmann::json::parse(header["__metadata__"]["training"].get<std::string>());
+    auto with_metadata = [&](const std::string& key, const std::string& value) {
+        auto changed = header;
+        changed["__metadata__"][key] = value;
+        const std::string text = changed.dump();
+        std::string bytes(8, '\0');
+        const std::uint64_t length = text.size();
+        std::memcpy(bytes.data(), &length, 8);
+        return bytes + text + good.substr(8 + header_length);
+    };
+    auto with_training = [&](const std::string& field, const nlohmann::json& value) {
+        auto changed = training_json;
+        changed[field] = value;
+        return with_metadata("training", changed.dump());
+    };
+    auto expect_refused = [&](const std::string& bytes, const std::vector<std::string>& fragments) {
+        try {
+            parse_checkpoint(bytes, "bad.safetensors");
+            ADD_FAILURE() << "accepted a file that should mention: " << fragments.front();
+        } catch (const UsageError& error) {
+            ADD_FAILURE() << "a bad file is not a usage error: " << error.what();
+        } catch (const Error& error) {
+            const std::string message = error.what();
+            EXPECT_EQ(message.rfind("bad.safetensors: ", 0), 0u) << message;
+            EXPECT_EQ(message.find('\n'), std::string::npos) << message;
+            for (const auto& fragment : fragments) EXPECT_NE(message.find(fragment), std::string::npos) << message;
+        }
+    };
+    ASSERT_NO_THROW(parse_checkpoint(good, "good.safetensors"));
+    const std::int64_t too_many = 10'000'000'000'000'000;
+    expect_refused(with_training("step", -1), {"step -1"});
+    expect_refused(with_training("step", too_many), {"step 10000000000000000"});
+    expect_refused(with_training("optimizer_steps", -5), {"optimizer_steps -5"});
+    expect_refused(with_training("optimizer_steps", too_many), {"optimizer_steps 10000000000000000"});
+    expect_refused(with_training("optimizer_steps", 1.5), {"optimizer_steps 1.5"});
+    expect_refused(with_training("optimizer_steps", "7"), {"optimizer_steps \"7\""});
+    expect_refused(with_training("evaluations_since_best", -3), {"evaluations_since_best -3"});
+    expect_refused(with_training("data_position", -1), {"data_position -1"});
+    expect_refused(with_training("best_validation_loss", -0.5), {"best_validation_loss -0.5"});
+    expect_refused(with_metadata("training", "[1, 2]"), {"training"});
+
+    // The largest count accepted is 10^15, and an Adam step count of that size is carried over as it is.
+    auto largest = training_json;
+    largest["step"] = 1'000'000'000'000'000;
+    largest["optimizer_steps"] = 1'000'000'000'000'000;
+    const Checkpoint loaded = parse_checkpoint(with_metadata("training", largest.dump()), "large.safetensors");
+    EXPECT_EQ(loaded.training.step, 1'000'000'000'000'000);
+    EXPECT_EQ(loaded.optimizer->step_count(), 1'000'000'000'000'000);
+
+    expect_refused(with_metadata("config", R"({"cell":"lstm","vocab_size":6,"embed_size":4,"hidden_size":0,"layers":2})"),
+                   {"hidden size must be between 1 and 16384, not 0"});
+    expect_refused(with_metadata("config", R"({"cell":"transformer","vocab_size":6,"embed_size":4,"hidden_size":8,"layers":2})"),
+                   {"unknown cell type 'transformer'"});
+}
+
 TEST(Checkpoint, MissingFileOrDirectoryIsAnError) {
     TemporaryDirectory directory;
     EXPECT_THROW(load_checkpoint(directory.path() / "none.safetensors"), Error);
@@ -207,6 +284,152 @@ TEST(Checkpoint, FailedWriteLeavesThePreviousFileIntact) {
     std::size_t files = 0;
     for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
     EXPECT_EQ(files, 1u) << "the temporary file was left behind";
+}
+
+// charlm info: what reproducing a run takes, read from the options stored with it.
+TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
+    Saved saved;
+    Checkpoint checkpoint;
+    checkpoint.config = saved.model.config();
+    checkpoint.vocab = Vocab::from_code_points({U'\0', 0x01, U'\t', U'\n', U'\r', U'\\', U'a', 0x0301});
+    checkpoint.config.vocab_size = 8;
+    checkpoint.training.step = 30;
+    checkpoint.training.best_validation_loss = 1.5;
+    checkpoint.training.options = {
+        {"corpus", "/data/shakespeare.txt"}, {"corpus_size_bytes", 1115394},
+        {"corpus_sha256", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
+        {"validation_file", nullptr}, {"validation_file_size_bytes", nullptr}, {"validation_file_sha256", nullptr},
+        {"train_characters", 1280}, {"seq_length", 16}, {"batch_size", 4}, {"learning_rate", 0.002},
+        {"validation_fraction", 0.05}, {"lr_schedule", "cosine"},
+        {"model", {{"cell", "gru"}, {"hidden_size", 8}, {"layers", 2}}},
+        {"run_directory", "runs/a\x1b[31mb"}};
+    const nlohmann::json description = describe_checkpoint(checkpoint);
+    EXPECT_EQ(description.at("corpus"), "/data/shakespeare.txt");
+    EXPECT_EQ(description.at("corpus_size_bytes"), 1115394);
+    EXPECT_EQ(description.at("corpus_sha256"), "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed");
+    EXPECT_TRUE(description.at("validation_file").is_null());
+    EXPECT_EQ(description.at("train_characters"), 1280);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 30.0 * 16 * 4 / 1280);  // 1.5
+    EXPECT_EQ(description.at("training_options"), checkpoint.training.options);
+    EXPECT_EQ(description.at("steps_trained"), 30);
+
+    const std::string text = format_checkpoint_description(description);
+    for (const char* expected :
+         {"trained     30 steps, 1.50 epochs\n", "best val    1.5000 nats/char",
+          "corpus      /data/shakespeare.txt (1115394 bytes, sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed)\n",
+          "validation  the corpus's last 5%\n", "train text  1280 characters\n",
+          // the vocabulary with its control characters and its combining mark readable, never '?'
+          "vocabulary  8 characters: \\0U+0001\\t\\n\\r\\\\aU+0301\n"})
+        EXPECT_NE(text.find(expected), std::string::npos) << "missing: " << expected << "\nin:\n" << text;
+    // Every stored option, nested ones by their dotted name, and none that can send the terminal an escape sequence.
+    for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+             {"batch_size", "4"}, {"learning_rate", "0.002"}, {"lr_schedule", "cosine"}, {"model\\.cell", "gru"},
+             {"model\\.hidden_size", "8"}, {"validation_file", "none"}, {"run_directory", "runs/aU\\+001B\\[31mb"}})
+        EXPECT_TRUE(std::regex_search(text, std::regex("\n  " + name + " +" + value + "\n"))) << name << "\nin:\n" << text;
+    EXPECT_EQ(text.find('?'), std::string::npos) << text;
+    EXPECT_EQ(text.find('\x1b'), std::string::npos) << text;
+    EXPECT_EQ(text.find('\r'), std::string::npos) << text;
+    EXPECT_EQ(std::count(text.begin(), text.end(), '\0'), 0) << text;
+}
+
+// Older checkpoints lack the corpus's size and hash, and a crafted one may hold anything: info shows
+// what there is and never fails.
+TEST(Checkpoint, DescriptionOfAnOlderOrOddCheckpointNeverFails) {
+    Saved saved;
+    Checkpoint checkpoint;
+    checkpoint.config = saved.model.config();
+    checkpoint.vocab = saved.vocab;
+    checkpoint.training.step = 12;
+    checkpoint.training.options = {{"corpus", "old.txt"}, {"seq_length", 16}, {"batch_size", 4}};
+    nlohmann::json description = describe_checkpoint(checkpoint);
+    EXPECT_TRUE(description.at("corpus_sha256").is_null());
+    EXPECT_TRUE(description.at("epochs").is_null());
+    std::string text = format_checkpoint_description(description);
+    EXPECT_NE(text.find("corpus      old.txt (size and hash not recorded in this checkpoint)\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("trained     12 steps\n"), std::string::npos) << text;
+    EXPECT_NE(text.find("best val    none yet\n"), std::string::npos) << text;
+
+    for (const nlohmann::json& odd : {nlohmann::json(), nlohmann::json::array({1, 2}), nlohmann::json("text"),
+                                      nlohmann::json{{"corpus", 5}, {"corpus_size_bytes", "big"}, {"train_characters", 0},
+                                                     {"seq_length", -1}, {"batch_size", 1.5}, {"model", nlohmann::json::object()}}}) {
+        checkpoint.training.options = odd;
+        ASSERT_NO_THROW(description = describe_checkpoint(checkpoint)) << odd.dump();
+        EXPECT_TRUE(description.at("corpus").is_null()) << odd.dump();
+        EXPECT_TRUE(description.at("epochs").is_null()) << odd.dump();
+        ASSERT_NO_THROW(text = format_checkpoint_description(description)) << odd.dump();
+        EXPECT_NE(text.find("corpus      not recorded\n"), std::string::npos) << text;
+    }
+}
+
+// A temporary at a name known in advance (.NAME.tmp-PID, as it once was) lets anyone who can write to the
+// folder plant a symlink there and have the checkpoint's bytes written through it into another file.
+TEST(Checkpoint, WriteNeverFollowsASymlinkPlantedAtATemporaryName) {
+    TemporaryDirectory directory;
+    Saved saved;
+    const auto path = directory.path() / "last.safetensors";
+    const auto victim = directory.write("victim.txt", "precious");
+    const auto planted = directory.path() / (".last.safetensors.tmp-" + std::to_string(::getpid()));
+    std::filesystem::create_symlink(victim, planted);
+    save_checkpoint(path, saved.model, saved.vocab, {}, nullptr, nullptr);
+    EXPECT_EQ(read_bytes(victim), "precious");
+    EXPECT_FALSE(std::filesystem::is_symlink(path)) << "the checkpoint must be a file of its own";
+    EXPECT_TRUE(std::filesystem::is_symlink(planted)) << "someone else's file is left alone";
+    EXPECT_NO_THROW(load_checkpoint(path));
+}
+
+// Each write creates its own temporary, so two writers of one path (two threads here; two processes are
+// the same to the file system) never write into each other's file, and the result is one of them whole.
+TEST(Checkpoint, ConcurrentWritesToOnePathNeverShareATemporary) {
+    TemporaryDirectory directory;
+    const auto path = directory.path() / "last.safetensors";
+    const std::string first(1 << 18, 'a'), second(1 << 18, 'b');
+    std::atomic<int> failures{0};
+    auto writer = [&](const std::string& bytes) {
+        for (int round = 0; round < 20; ++round) {
+            try {
+                write_file_atomically(path, bytes);
+            } catch (const Error&) {
+                ++failures;
+            }
+        }
+    };
+    std::thread one(writer, std::cref(first)), two(writer, std::cref(second));
+    one.join();
+    two.join();
+    EXPECT_EQ(failures.load(), 0);
+    const std::string result = read_bytes(path);
+    EXPECT_TRUE(result == first || result == second) << "a mixture of both writes";
+    std::size_t files = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator(directory.path())) ++files;
+    EXPECT_EQ(files, 1u) << "a temporary file was left behind";
+}
+
+// The temporary's name is random, and keeps the prefix that train() sweeps after a killed run.
+TEST(Checkpoint, TemporaryNamesAreRandomWithThePrefixThatTrainingSweeps) {
+    TemporaryDirectory directory;
+    const int watch = ::inotify_init1(IN_CLOEXEC | IN_NONBLOCK);
+    ASSERT_GE(watch, 0);
+    ASSERT_GE(::inotify_add_watch(watch, directory.path().c_str(), IN_CREATE), 0);
+    const auto path = directory.path() / "best.safetensors";
+    write_file_atomically(path, "one");
+    write_file_atomically(path, "two");
+    std::vector<std::string> created;
+    alignas(inotify_event) char buffer[4096];
+    const ssize_t length = ::read(watch, buffer, sizeof buffer);
+    ::close(watch);
+    for (ssize_t offset = 0; offset < length;) {
+        const auto* event = reinterpret_cast<const inotify_event*>(buffer + offset);
+        if (event->len > 0) created.emplace_back(event->name);
+        offset += static_cast<ssize_t>(sizeof(inotify_event) + event->len);
+    }
+    ASSERT_EQ(created.size(), 2u);
+    const std::regex pattern(R"(^\.best\.safetensors\.tmp-[A-Za-z0-9]{6}$)");
+    for (const auto& name : created) {
+        EXPECT_TRUE(std::regex_match(name, pattern)) << name;
+        EXPECT_NE(name, ".best.safetensors.tmp-" + std::to_string(::getpid())) << "a name anyone could predict";
+    }
+    EXPECT_NE(created[0], created[1]);
+    EXPECT_EQ(read_bytes(path), "two");
 }
 
 }  // namespace

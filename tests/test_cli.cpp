@@ -10,11 +10,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -295,15 +298,16 @@ protected:
         return path("run") / "best.safetensors";
     }
 
-    // A refused command: nonzero exit (1 for runtime errors), nothing on stdout, one line on stderr that starts
-    // with "charlm: error: " and mentions every one of `mentions`.
+    // A refused command: exit 2 for a usage error, 1 for a runtime error (as DESIGN.md and docs/bad-input.md
+    // say), nothing on stdout, one line on stderr that starts with "charlm: error: " and mentions every one
+    // of `mentions`.
     static void expect_error(const RunResult& result, const std::vector<std::string>& mentions, bool usage_error = false) {
         if (result.timed_out) {
             ADD_FAILURE() << "still running at the time limit, so killed; it should have been refused at once\n" << describe(result);
             return;
         }
-        if (usage_error) EXPECT_NE(result.exit_code, 0) << describe(result);
-        else EXPECT_EQ(result.exit_code, 1) << describe(result);
+        EXPECT_EQ(result.exit_code, usage_error ? 2 : 1) << (usage_error ? "a usage error exits 2\n" : "a runtime error exits 1\n")
+                                                         << describe(result);
         EXPECT_TRUE(result.out.empty()) << "stdout must stay empty on an error\n" << describe(result);
         EXPECT_EQ(result.err.rfind("charlm: error: ", 0), 0u) << describe(result);
         EXPECT_EQ(count_lines(result.err), 1u) << "stderr must be exactly one line\n" << describe(result);
@@ -314,13 +318,13 @@ protected:
 
     // Training on `corpus` must be refused with `mentions`, even with --force over a good run, leaving that run intact.
     void expect_train_refused(const fs::path& corpus, const std::vector<std::string>& mentions,
-                              const std::vector<std::string>& extra = {}) {
+                              const std::vector<std::string>& extra = {}, bool usage_error = false) {
         if (!fs::exists(path("run") / "last.safetensors")) train_tiny(write("good.txt", make_corpus()), "run");
         const auto before = snapshot(path("run"));
         std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--force", "--steps", "30"};
         arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
         const RunResult result = charlm(with_options(arguments, extra));
-        expect_error(result, mentions);
+        expect_error(result, mentions, usage_error);
         EXPECT_EQ(result.out.find("trained"), std::string::npos) << "no summary after a failure";
         expect_unchanged(before, snapshot(path("run")));
     }
@@ -769,10 +773,10 @@ TEST_F(Cli, TrainRefusesACorpusShorterThanOneWindow) {
 
 TEST_F(Cli, TrainRefusesBadOptions) {
     const auto corpus = write("corpus.txt", make_corpus());
-    expect_train_refused(corpus, {"--seq"}, {"--seq", "0"});
-    expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"});
-    expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"});
-    expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"});
+    expect_train_refused(corpus, {"--seq"}, {"--seq", "0"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
     {
         const auto before = snapshot(path("run"));
         const RunResult result = charlm({"train", corpus.string(), "--out", path("run").string(), "--force", "--layers", "two"});
@@ -1011,12 +1015,12 @@ TEST_F(Cli, EvalRequiresCheckpointAndFile) {
 
 TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     const auto corpus = write("corpus.txt", make_corpus());
-    expect_train_refused(corpus, {"hidden size", "0"}, {"--hidden", "0"});
-    expect_train_refused(corpus, {"layers", "-2"}, {"--layers", "-2"});
-    expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"});
-    expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"});
-    expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"});
-    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"});
+    expect_train_refused(corpus, {"hidden size", "0"}, {"--hidden", "0"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"layers", "-2"}, {"--layers", "-2"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"}, /*usage_error=*/true);
     // Cosine decays over --steps: with --minutes alone there is nothing to decay over.
     std::vector<std::string> cosine = {"train", corpus.string(), "--out", path("cosine").string(), "--lr-schedule", "cosine", "--minutes", "1"};
     cosine.insert(cosine.end(), kTinyModel.begin(), kTinyModel.end());
@@ -1230,4 +1234,306 @@ TEST_F(Cli, SuggestedCommandsQuotePathsWithSpaces) {
     std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("my run").string()};
     arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
     expect_error(charlm(arguments), {"--resume '" + path("my run").string() + "'"}, true);
+}
+
+// ---- issue 12: exit codes, parser, plot, info ----
+
+namespace {
+
+// Sets an environment variable for the charlm processes a test starts (they inherit it) and puts the
+// old value back afterwards.
+class ScopedEnvironment {
+public:
+    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value.c_str(), 1);
+    }
+    ~ScopedEnvironment() {
+        if (old_) ::setenv(name_, old_->c_str(), 1);
+        else ::unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+// A copy of a checkpoint with its metadata changed by `edit`, which gets each entry as parsed JSON.
+std::string with_metadata(const std::string& bytes, const std::function<void(json& config, json& vocab, json& training)>& edit) {
+    json header = safetensors_header(bytes);
+    auto& metadata = header["__metadata__"];
+    json config = json::parse(metadata["config"].get<std::string>()), vocab = json::parse(metadata["vocab"].get<std::string>()),
+         training = json::parse(metadata["training"].get<std::string>());
+    edit(config, vocab, training);
+    metadata["config"] = config.dump();
+    metadata["vocab"] = vocab.dump();
+    metadata["training"] = training.dump();
+    return with_header(bytes, header);
+}
+
+// Runs charlm with stderr on a new pseudo-terminal, as a user at a terminal has it (stdin and stdout
+// on /dev/null), and returns what the terminal received.
+std::string stderr_on_a_terminal(const std::vector<std::string>& arguments, const fs::path& working_directory) {
+    const int master = ::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    if (master < 0 || ::grantpt(master) != 0 || ::unlockpt(master) != 0) {
+        ADD_FAILURE() << "no pseudo-terminal: " << std::strerror(errno);
+        return {};
+    }
+    const std::string terminal = ::ptsname(master);
+    // The parent keeps the terminal open too, so that reading it never ends before the child has opened it.
+    const int held = ::open(terminal.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+    const std::string binary = CHARLM_BINARY, directory = working_directory.string();
+    std::vector<std::string> argv_strings = {binary};
+    argv_strings.insert(argv_strings.end(), arguments.begin(), arguments.end());
+    std::vector<char*> argv;
+    for (auto& argument : argv_strings) argv.push_back(argument.data());
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        const int null_fd = ::open("/dev/null", O_RDWR);
+        const int terminal_fd = ::open(terminal.c_str(), O_RDWR | O_NOCTTY);
+        if (null_fd < 0 || terminal_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(null_fd, STDOUT_FILENO) < 0 ||
+            ::dup2(terminal_fd, STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
+            ::_exit(126);
+        ::execv(binary.c_str(), argv.data());
+        ::_exit(127);
+    }
+    std::string received;
+    char buffer[4096];
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (bool exited = false; !exited;) {
+        int status = 0;
+        exited = ::waitpid(pid, &status, WNOHANG) == pid;
+        if (!exited && std::chrono::steady_clock::now() > deadline) {
+            ::kill(pid, SIGKILL);
+            ADD_FAILURE() << "still running after a minute";
+        }
+        pollfd ready = {master, POLLIN, 0};
+        ::poll(&ready, 1, exited ? 0 : 50);
+        for (ssize_t count; (count = ::read(master, buffer, sizeof buffer)) > 0;) received.append(buffer, static_cast<std::size_t>(count));
+    }
+    ::close(held);
+    ::close(master);
+    return received;
+}
+
+std::size_t count_of(const std::string& text, char c) { return static_cast<std::size_t>(std::count(text.begin(), text.end(), c)); }
+
+}  // namespace
+
+// A parse error names what is wrong in words (never CLI11's "Could not convert" or a 309-digit bound),
+// exits 2 on one line, and ends by saying where to read more. No checkpoint is needed: parsing fails first.
+TEST_F(Cli, ParseErrorsSayWhatIsWrongAndWhereToReadMore) {
+    auto expect_parse_error = [&](const std::vector<std::string>& arguments, const std::vector<std::string>& mentions,
+                                  const std::string& help_command) {
+        SCOPED_TRACE("charlm " + ::testing::PrintToString(arguments));
+        const RunResult result = charlm(arguments);
+        expect_error(result, mentions, /*usage_error=*/true);
+        EXPECT_TRUE(result.err.ends_with("; see '" + help_command + " --help'\n")) << result.err;
+        EXPECT_EQ(result.err.find("Could not convert"), std::string::npos) << result.err;
+        EXPECT_LT(result.err.size(), 240u) << result.err;
+    };
+    expect_parse_error({"sample", "ck.safetensors", "--length", "ten"}, {"--length wants a whole number, not 'ten'"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--temperature", "abc"}, {"--temperature wants a number, not 'abc'"}, "charlm sample");
+    expect_parse_error({"train", "c.txt", "--layers", "two"}, {"--layers wants a whole number, not 'two'"}, "charlm train");
+    expect_parse_error({"frobnicate"}, {"unknown command 'frobnicate'", "train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({"smaple", "ck.safetensors"}, {"unknown command 'smaple' (did you mean sample?)"}, "charlm");
+    expect_parse_error({}, {"give a command: train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({"sample", "ck.safetensors", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm sample");
+    expect_parse_error({"eval", "ck.safetensors", "f.txt", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm eval");
+    expect_parse_error({"bench", "--seconds", "0"}, {"--seconds must be above 0, not 0"}, "charlm bench");
+    expect_parse_error({"sample"}, {"charlm sample needs CHECKPOINT: a .safetensors file"}, "charlm sample");
+    expect_parse_error({"eval", "ck.safetensors"}, {"charlm eval needs FILE: UTF-8 text to score"}, "charlm eval");
+    expect_parse_error({"info"}, {"charlm info needs CHECKPOINT"}, "charlm info");
+    expect_parse_error({"sample", "ck.safetensors", "--length"}, {"--length needs a value"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--temprature", "0.5"},
+                       {"charlm sample has no option --temprature (did you mean --temperature?)"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "other.safetensors"},
+                       {"unexpected argument 'other.safetensors'; charlm sample takes CHECKPOINT and options"}, "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--length", "-5"}, {"--length must be between 0 and 1099511627776, not -5"},
+                       "charlm sample");
+    expect_parse_error({"train", "c.txt", "--hidden", "99999999999"}, {"--hidden cannot take 99999999999: it is out of range"},
+                       "charlm train");
+    expect_parse_error({"sample", "ck.safetensors", "--prompt", "a", "--prompt-file", "p.txt"}, {"--prompt", "--prompt-file", "not both"},
+                       "charlm sample");
+    expect_parse_error({"sample", "ck.safetensors", "--json=maybe"}, {"--json is a flag; give it without a value"}, "charlm sample");
+}
+
+// CLI11 alone reads 010 as octal 8 and 0x10 as 16, wraps -1 into 2^64 - 1 for an unsigned option and
+// saturates a 20-digit number: every whole number is now plain decimal, or refused.
+TEST_F(Cli, WholeNumbersAreDecimalAndNeverWrapAround) {
+    const auto checkpoint = trained_run();
+    auto generated = [&](const std::string& length) {
+        const RunResult result = charlm({"sample", checkpoint.string(), "--length", length, "--seed", "3"});
+        EXPECT_EQ(result.exit_code, 0) << describe(result);
+        return code_points_of(result.out).size() - 1;  // less the final newline
+    };
+    EXPECT_EQ(generated("010"), 10u);
+    EXPECT_EQ(generated("+7"), 7u);
+    expect_error(charlm({"sample", checkpoint.string(), "--length", "0x10"}), {"--length wants a whole number, not '0x10'"}, true);
+    expect_error(charlm({"sample", checkpoint.string(), "--seed", "-1"}), {"--seed wants a whole number of 0 or more, not '-1'"}, true);
+    expect_error(charlm({"train", path("corpus.txt").string(), "--steps", "99999999999999999999"}),
+                 {"--steps cannot take 99999999999999999999: it is out of range"}, true);
+    expect_error(charlm({"train", path("corpus.txt").string(), "--steps", "10000000000000000000"}),  // past 2^63 - 1
+                 {"--steps cannot take 10000000000000000000: it is out of range"}, true);
+}
+
+// The same bad value is the user's mistake on the command line (2) and a bad file in a checkpoint (1).
+TEST_F(Cli, ABadConfigInACheckpointIsARuntimeErrorNotAUsageError) {
+    const auto checkpoint = trained_run();
+    const std::string good = read_bytes(checkpoint);
+    const auto zero = write("zero.safetensors", with_metadata(good, [](json& config, json&, json&) { config["hidden_size"] = 0; }));
+    const auto cell = write("cell.safetensors", with_metadata(good, [](json& config, json&, json&) { config["cell"] = "transformer"; }));
+    expect_error(charlm({"info", zero.string()}), {"zero.safetensors", "hidden size must be between 1 and 16384, not 0"});
+    expect_error(charlm({"sample", zero.string(), "--seed", "1"}), {"zero.safetensors", "hidden size"});
+    expect_error(charlm({"info", cell.string()}), {"cell.safetensors", "unknown cell type 'transformer'"});
+    expect_error(charlm({"train", path("corpus.txt").string(), "--out", path("other").string(), "--hidden", "0"}),
+                 {"hidden size must be between 1 and 16384, not 0"}, /*usage_error=*/true);
+}
+
+// ---- plot ----
+
+class CliPlot : public Cli {
+protected:
+    void SetUp() override {
+        Cli::SetUp();
+        fs::create_directories(path("run"));
+        fs::create_directories(path("bin"));
+        fs::create_directories(path("tmp"));
+        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2}\n{\"step\":20,\"train_loss\":2.5}\n");
+    }
+    // A stand-in for gnuplot, first on PATH.
+    void fake_gnuplot(const std::string& script) const {
+        write("bin/gnuplot", "#!/bin/sh\n" + script);
+        fs::permissions(path("bin/gnuplot"), fs::perms::owner_all);
+    }
+    bool no_temporary_files_left() const { return fs::is_empty(path("tmp")); }
+};
+
+TEST_F(CliPlot, StdoutCarriesOnlyThePngPathNotGnuplotsChatter) {
+    // Like gnuplot's own warnings, on both of its streams; then it writes the PNG named in the script.
+    fake_gnuplot("echo 'Warning: empty y range' ; echo 'font not found' >&2\n"
+                 "sed -n \"s/^set output '\\(.*\\)'$/\\1/p\" \"$1\" | { read out; echo png > \"$out\"; }\n");
+    const ScopedEnvironment search_path("PATH", path("bin").string() + ":/usr/bin:/bin");
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    const RunResult result = charlm({"plot", path("run").string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out, (path("run") / "loss.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("run") / "loss.png"), "png\n");
+    const RunResult elsewhere = charlm({"plot", path("run").string(), "--output", path("curve.png").string()});
+    ASSERT_EQ(elsewhere.exit_code, 0) << describe(elsewhere);
+    EXPECT_EQ(elsewhere.out, path("curve.png").string() + "\n");
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
+TEST_F(CliPlot, NotInstalledIsToldApartFromFailed) {
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    {
+        const ScopedEnvironment search_path("PATH", path("bin").string());  // no gnuplot anywhere on it
+        expect_error(charlm({"plot", path("run").string()}), {"gnuplot is not installed (apt-get install gnuplot-nox)"});
+    }
+    fake_gnuplot("echo 'gnuplot> plot' ; printf '\\n  plot x\\n  ^\\n\"%s\" line 5: unknown or ambiguous terminal type\\n' \"$1\" >&2\n"
+                 "exit 1\n");
+    const ScopedEnvironment search_path("PATH", path("bin").string() + ":/usr/bin:/bin");
+    expect_error(charlm({"plot", path("run").string()}), {"gnuplot failed: unknown or ambiguous terminal type"});
+    EXPECT_FALSE(fs::exists(path("run") / "loss.png"));
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
+TEST_F(CliPlot, WithTheRealGnuplot) {
+    if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+    const ScopedEnvironment temporary("TMPDIR", path("tmp").string());
+    const RunResult result = charlm({"plot", path("run").string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out, (path("run") / "loss.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("run") / "loss.png").substr(0, 4), "\x89PNG");
+    expect_error(charlm({"plot", path("run").string(), "--output", path("missing/loss.png").string()}),
+                 {"gnuplot failed: cannot open file; output not changed (No such file or directory)"});
+    EXPECT_TRUE(no_temporary_files_left());
+}
+
+// ---- colour ----
+
+// https://no-color.org: with NO_COLOR set the log has no colour, even on a terminal that could show it.
+TEST_F(Cli, NoColorTurnsTheLogsColourOffEvenOnATerminal) {
+    const auto checkpoint = trained_run();
+    const auto text = write("other.txt", "the cat sat on ZQZ mat!\n");  // unknown characters: a warning on stderr
+    const std::vector<std::string> arguments = {"eval", checkpoint.string(), text.string()};
+    const ScopedEnvironment terminal_type("TERM", "xterm-256color");
+    {
+        const ScopedEnvironment colour("NO_COLOR", "");  // empty counts as unset
+        const std::string shown = stderr_on_a_terminal(arguments, directory_);
+        EXPECT_NE(shown.find("not in the model's vocabulary"), std::string::npos) << shown;
+        EXPECT_GT(count_of(shown, '\x1b'), 0u) << "without NO_COLOR a terminal gets colour; else this test proves nothing\n" << shown;
+    }
+    const ScopedEnvironment colour("NO_COLOR", "1");
+    const std::string shown = stderr_on_a_terminal(arguments, directory_);
+    EXPECT_NE(shown.find("not in the model's vocabulary"), std::string::npos) << shown;
+    EXPECT_EQ(count_of(shown, '\x1b'), 0u) << shown;
+}
+
+// ---- info ----
+
+TEST_F(Cli, InfoShowsWhatReproducingTheRunTakes) {
+    const auto checkpoint = trained_run();
+    const std::string corpus = fs::absolute(path("corpus.txt")).string();
+    // As written today: the corpus's path and every option, but not yet its size and hash.
+    RunResult text = charlm({"info", checkpoint.string()});
+    ASSERT_EQ(text.exit_code, 0) << describe(text);
+    for (const std::string& expected : {"corpus      " + corpus + " (size and hash not recorded in this checkpoint)\n",
+                                        std::string("trained     30 steps\n"), std::string("\noptions\n")})
+        EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
+    for (const char* option : {"seq_length +16", "batch_size +4", "learning_rate +0.002", "model.hidden_size +16",
+                                      "eval_every +10", "seed +1", "validation_fraction +0.05"})
+        EXPECT_TRUE(std::regex_search(text.out, std::regex("\n  " + std::string(option) + "\n"))) << option << "\n" << text.out;
+    RunResult as_json = charlm({"info", checkpoint.string(), "--json"});
+    ASSERT_EQ(as_json.exit_code, 0) << describe(as_json);
+    json description = json::parse(as_json.out);
+    EXPECT_EQ(description.at("corpus"), corpus);
+    EXPECT_EQ(description.at("training_options").at("seq_length"), 16);
+    EXPECT_TRUE(description.at("corpus_sha256").is_null());
+    EXPECT_TRUE(description.at("epochs").is_null());
+
+    // With what checkpoints are to record: the corpus's size and hash, and the characters trained on.
+    const std::string sha256(64, 'c');
+    const auto recorded = write("recorded.safetensors", with_metadata(read_bytes(checkpoint), [&](json&, json&, json& training) {
+        training["options"]["corpus_size_bytes"] = 3456;
+        training["options"]["corpus_sha256"] = sha256;
+        training["options"]["validation_file_size_bytes"] = nullptr;
+        training["options"]["validation_file_sha256"] = nullptr;
+        training["options"]["train_characters"] = 1024;
+    }));
+    text = charlm({"info", recorded.string()});
+    ASSERT_EQ(text.exit_code, 0) << describe(text);
+    for (const std::string& expected : {"corpus      " + corpus + " (3456 bytes, sha256 " + sha256 + ")\n",
+                                        std::string("trained     30 steps, 1.88 epochs\n"),  // 30 x 16 x 4 / 1024
+                                        std::string("train text  1024 characters\n")})
+        EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
+    as_json = charlm({"info", recorded.string(), "--json"});
+    description = json::parse(as_json.out);
+    EXPECT_EQ(description.at("corpus_size_bytes"), 3456);
+    EXPECT_EQ(description.at("corpus_sha256"), sha256);
+    EXPECT_EQ(description.at("train_characters"), 1024);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 30.0 * 16 * 4 / 1024);
+}
+
+TEST_F(Cli, InfoShowsControlCharactersAndCombiningMarksEscapedNeverAsQuestionMarks) {
+    const auto checkpoint = trained_run();
+    // The same number of characters, four of them a NUL, U+0001, a carriage return and a combining acute accent.
+    const auto odd = write("odd.safetensors", with_metadata(read_bytes(checkpoint), [](json&, json& vocab, json&) {
+        std::vector<std::uint32_t> code_points = {0, 1, 13, 0x301};
+        for (const auto& entry : vocab)
+            if (code_points.size() < vocab.size() && entry != 0 && entry != 1 && entry != 13 && entry != 0x301)
+                code_points.push_back(entry.get<std::uint32_t>());
+        std::sort(code_points.begin(), code_points.end());
+        vocab = code_points;
+    }));
+    const RunResult result = charlm({"info", odd.string()});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    const auto begin = result.out.find("vocabulary  ");
+    ASSERT_NE(begin, std::string::npos) << result.out;
+    const std::string line = result.out.substr(begin, result.out.find('\n', begin) - begin);
+    for (const char* shown : {"\\0", "U+0001", "\\r", "U+0301", "\\n"}) EXPECT_NE(line.find(shown), std::string::npos) << shown << "\n" << line;
+    EXPECT_EQ(line.find('?'), std::string::npos) << line;
+    EXPECT_EQ(count_of(result.out, '\r') + count_of(result.out, '\0') + count_of(result.out, '\x01'), 0u) << "raw control characters on stdout";
 }

@@ -169,5 +169,34 @@ TEST(Model, ConfigRejectsNonsenseSizes) {
     EXPECT_THROW(config.validate(), Error);
 }
 
+// Sizes given on the command line are the user's mistake (exit 2); the same sizes read from a file are
+// a bad file (exit 1). The CLI tells them apart only by the exception's type.
+TEST(Model, BadSizesAreUsageErrorsButABadConfigFromAFileIsNot) {
+    ModelConfig config = small_config(1);
+    config.hidden_size = 0;
+    EXPECT_THROW(config.validate(), UsageError);
+    config = small_config(1);
+    config.dropout = 1.0;
+    EXPECT_THROW(config.validate(), UsageError);
+    EXPECT_THROW(parse_cell_type("transformer"), UsageError);
+
+    auto expect_plain_error = [](const nlohmann::json& json, const std::string& fragment) {
+        try {
+            ModelConfig::from_json(json);
+            ADD_FAILURE() << "accepted " << json.dump();
+        } catch (const UsageError& error) {
+            ADD_FAILURE() << "a config read from a file is not a usage error: " << error.what();
+        } catch (const Error& error) {
+            EXPECT_NE(std::string(error.what()).find(fragment), std::string::npos) << error.what();
+        }
+    };
+    nlohmann::json json = small_config(1).to_json();
+    json["hidden_size"] = 0;
+    expect_plain_error(json, "hidden size must be between 1 and 16384, not 0");
+    json = small_config(1).to_json();
+    json["cell"] = "transformer";
+    expect_plain_error(json, "unknown cell type 'transformer'");
+}
+
 }  // namespace
 }  // namespace charlm

@@ -42,8 +42,9 @@ SafetensorsFile parse_safetensors(std::string_view bytes, const std::string& sou
 std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
                                   const std::map<std::string, std::string>& metadata);
 
-// Writes a temporary file beside `path`, flushes and fsyncs it, then renames it over `path`.
-// On any failure the temporary is removed, `path` is untouched, and Error says why.
+// Writes a temporary file beside `path` (created exclusively, under a random name `.NAME.tmp-XXXXXX`,
+// never through a symlink), fsyncs it, renames it over `path` and fsyncs the folder.
+// On any failure before the rename the temporary is removed, `path` is untouched, and Error says why.
 void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
 
 // ---- charlm checkpoints ----
@@ -70,11 +71,18 @@ struct Checkpoint {
 // `optimizer` and `carried_state` may be null: a checkpoint for sampling and evaluation needs neither.
 void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
                      const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state);
-// Throws Error naming the file and the problem for anything missing, inconsistent or not finite.
+// Throws Error naming the file and the problem for anything missing, inconsistent or not finite, and for
+// training counts (steps, optimizer steps, data position, evaluations) below 0 or above 10^15.
 Checkpoint load_checkpoint(const std::filesystem::path& path);
 Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_name);
 
-// What `charlm info` shows: cell, sizes, parameter count, vocabulary, steps trained, best validation loss.
+// What `charlm info` shows: cell, sizes, parameter count, vocabulary, steps trained, best validation loss,
+// and what reproducing the run takes: the corpus and validation file (path, size in bytes, SHA-256),
+// the characters trained on, epochs (steps x seq_length x batch_size / train characters) and every
+// training option as stored. Whatever an older checkpoint did not record is null; nothing here throws.
 nlohmann::json describe_checkpoint(const Checkpoint& checkpoint);
+// describe_checkpoint()'s result as the lines `charlm info` prints, every character of a name, path,
+// option or the vocabulary shown readably (\n, \0, U+0301: see displayable()).
+std::string format_checkpoint_description(const nlohmann::json& description);
 
 }  // namespace charlm

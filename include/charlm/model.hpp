@@ -19,7 +19,7 @@ namespace charlm {
 
 enum class CellType { lstm, gru, rnn };
 std::string to_string(CellType cell);
-CellType parse_cell_type(const std::string& name);  // throws Error for an unknown name
+CellType parse_cell_type(const std::string& name);  // throws UsageError for an unknown name
 
 struct ModelConfig {
     CellType cell = CellType::lstm;
@@ -29,10 +29,10 @@ struct ModelConfig {
     int layers = 2;
     double dropout = 0.0;  // between layers, in training only (as nn.LSTM's dropout)
 
-    void validate() const;  // throws Error naming the bad field
+    void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
     std::size_t parameter_count() const;
     nlohmann::json to_json() const;
-    static ModelConfig from_json(const nlohmann::json& json);  // validates
+    static ModelConfig from_json(const nlohmann::json& json);  // validates; a bad config is an Error (a bad file), never a UsageError
 };
 
 // The recurrent state carried between windows: per layer, B x H.

@@ -6,7 +6,10 @@
 namespace charlm {
 
 // Reads RUN_DIR/metrics.jsonl and writes `output` (PNG) with the train and validation loss by step.
-// Throws Error when there are no metrics or gnuplot is missing or fails.
+// gnuplot's data and script go to a private folder made with mkdtemp under TMPDIR, removed afterwards
+// whatever happens; gnuplot runs without a shell, and what it prints is kept off stdout.
+// Throws Error when there are no metrics, when gnuplot is not installed ("gnuplot is not installed
+// (apt-get install gnuplot-nox)") and when it fails ("gnuplot failed: " and gnuplot's own reason).
 void plot_losses(const std::filesystem::path& run_directory, const std::filesystem::path& output);
 
 }  // namespace charlm

@@ -1,13 +1,20 @@
 // The charlm command line: parse and check options, call the library, print results. No math here.
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
+#include <regex>
 #include <set>
+#include <string_view>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
@@ -17,6 +24,7 @@
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
+#include "charlm/terminal.hpp"
 #include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 
@@ -196,23 +204,8 @@ int run_sample(SampleArguments& arguments) {
 int run_info(const std::string& checkpoint_path, bool json) {
     const charlm::Checkpoint checkpoint = charlm::load_checkpoint(checkpoint_path);
     const nlohmann::json description = charlm::describe_checkpoint(checkpoint);
-    if (json) {
-        fmt::print("{}\n", description.dump());
-        return 0;
-    }
-    std::string vocabulary;
-    for (char32_t c : checkpoint.vocab.code_points())
-        vocabulary += c == U'\n' ? "\\n" : c == U'\t' ? "\\t" : c < 0x20 ? "?" : charlm::encode_utf8(c);
-    const double best = checkpoint.training.best_validation_loss;
-    fmt::print("model       {} {} layers x {} hidden, embedding {}{}\n", description["cell"].get<std::string>(),
-               checkpoint.config.layers, checkpoint.config.hidden_size, checkpoint.config.embed_size,
-               checkpoint.config.dropout > 0 ? fmt::format(", dropout {}", checkpoint.config.dropout) : "");
-    fmt::print("parameters  {}\n", checkpoint.config.parameter_count());
-    fmt::print("vocabulary  {} characters: {}\n", checkpoint.vocab.size(), vocabulary);
-    fmt::print("trained     {} steps\n", checkpoint.training.step);
-    fmt::print("best val    {}\n", std::isfinite(best) ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best, std::exp(best))
-                                                       : std::string("none yet"));
-    fmt::print("resumable   {}\n", checkpoint.optimizer ? "yes (optimizer state included)" : "no (weights only)");
+    if (json) fmt::print("{}\n", description.dump());
+    else fmt::print("{}", charlm::format_checkpoint_description(description));
     return 0;
 }
 
@@ -250,10 +243,189 @@ int run_eval(EvalArguments& arguments) {
     return 0;
 }
 
+// ---- CLI11's parse errors in charlm's words: what the value should be, and where to read more ----
+
+// Whole numbers in decimal only. CLI11 alone reads "010" as octal 8 and "0x10" as 16, wraps "-1" into
+// 2^64 - 1 for an unsigned option, and saturates a number past 2^63 - 1 without a word; this check runs
+// first, within the 64 bits CLI11 converts through, and hands CLI11 the number in plain decimal.
+// Narrower options (int) are range-checked by CLI11 itself: see ConversionError below.
+std::string check_whole_number(std::string& value, bool may_be_negative) {
+    std::string_view digits = value;
+    if (digits.starts_with('+')) digits.remove_prefix(1);
+    const bool negative = digits.starts_with('-');
+    const std::string_view magnitude = digits.substr(negative ? 1 : 0);
+    if (magnitude.empty() || !std::all_of(magnitude.begin(), magnitude.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return fmt::format("wants a whole number, not '{}'", value);
+    if (negative && !may_be_negative) return fmt::format("wants a whole number of 0 or more, not '{}'", value);
+    const char* end = digits.data() + digits.size();
+    long long signed_number = 0;
+    unsigned long long unsigned_number = 0;
+    const bool fits = may_be_negative ? std::from_chars(digits.data(), end, signed_number).ec == std::errc()
+                                      : std::from_chars(digits.data(), end, unsigned_number).ec == std::errc();
+    if (!fits) return fmt::format("cannot take {}: it is out of range", value);
+    value = may_be_negative ? std::to_string(signed_number) : std::to_string(unsigned_number);
+    return {};
+}
+
+std::string check_number(const std::string& value) {
+    std::string_view text = value;
+    if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+    double number = 0;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), number);
+    if (error == std::errc::result_out_of_range) return fmt::format("cannot take {}: it is out of range", value);
+    if (error != std::errc() || end != text.data() + text.size()) return fmt::format("wants a number, not '{}'", value);
+    return {};
+}
+
+// Gives every option of `app` and its commands a check of its value's kind (from the type name CLI11
+// gave it: INT, UINT, FLOAT), ahead of CLI11's own conversion, and replaces the messages of CLI11's
+// NonNegativeNumber and PositiveNumber, which spell out their upper bound, DBL_MAX, in 309 digits.
+void check_values_in_plain_words(CLI::App& app) {
+    for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) check_values_in_plain_words(*command);
+    for (CLI::Option* option : app.get_options()) {
+        const std::string type = option->get_type_name().substr(0, option->get_type_name().find(':'));
+        if (type == "INT" || type == "UINT")
+            option->transform(CLI::Validator([unsigned_only = type == "UINT"](std::string& value) {
+                return check_whole_number(value, !unsigned_only);
+            }, ""));
+        else if (type == "FLOAT")
+            option->transform(CLI::Validator([](std::string& value) { return check_number(value); }, ""));
+        // Range keeps the name it is given as its description, not its name: found by that.
+        for (int index = 0;; ++index) {
+            CLI::Validator* validator = nullptr;
+            try {
+                validator = option->get_validator(index);
+            } catch (const CLI::OptionNotFound&) {
+                break;
+            }
+            const bool positive = validator->get_description() == "POSITIVE";
+            if (!positive && validator->get_description() != "NONNEGATIVE") continue;
+            validator->operation([positive](std::string& value) {
+                const double number = std::strtod(value.c_str(), nullptr);
+                if (positive ? number > 0 : number >= 0) return std::string();
+                return fmt::format("must be {} 0, not {}", positive ? "above" : "at least", value);
+            });
+        }
+    }
+}
+
+// Edit distance, for "did you mean": a typo of one or two letters is far more likely than a new word.
+std::size_t edit_distance(std::string_view a, std::string_view b) {
+    std::vector<std::size_t> row(b.size() + 1);
+    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
+    for (std::size_t i = 1; i <= a.size(); ++i) {
+        std::size_t diagonal = row[0];
+        row[0] = i;
+        for (std::size_t j = 1; j <= b.size(); ++j) {
+            const std::size_t above = row[j];
+            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
+            diagonal = above;
+        }
+    }
+    return row[b.size()];
+}
+
+std::string closest_suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+    std::string best;
+    std::size_t best_distance = std::max<std::size_t>(2, word.size() / 3) + 1;
+    for (const auto& candidate : candidates) {
+        const std::size_t distance = edit_distance(word, candidate);
+        if (distance < best_distance) best = candidate, best_distance = distance;
+    }
+    return best.empty() ? std::string() : fmt::format(" (did you mean {}?)", best);
+}
+
+std::vector<std::string> command_names(CLI::App& app) {
+    std::vector<std::string> names;
+    for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) names.push_back(command->get_name());
+    return names;
+}
+
+// The text after CLI11's "NAME: " or before " is required", split off; CLI11 2.x words its messages so.
+std::pair<std::string, std::string> name_and_rest(const std::string& message, const std::string& separator) {
+    const auto at = message.find(separator);
+    if (at == std::string::npos) return {"", message};
+    return {message.substr(0, at), message.substr(at + separator.size())};
+}
+
+// One line for a parse error: what is wrong in words a user knows, without CLI11's type names.
+std::string plain_parse_error(const CLI::ParseError& error, CLI::App& app, CLI::App* command) {
+    const std::string message = error.what();
+    const std::string command_name = command ? "charlm " + command->get_name() : std::string("charlm");
+    if (dynamic_cast<const CLI::RequiredError*>(&error)) {
+        if (!command) {
+            const auto remaining = app.remaining();
+            const auto names = command_names(app);
+            if (remaining.empty()) return fmt::format("give a command: {}", fmt::join(names, ", "));
+            if (remaining.front().starts_with("-"))
+                return fmt::format("unknown option {}; give a command first: {}", remaining.front(), fmt::join(names, ", "));
+            return fmt::format("unknown command '{}'{}; the commands are {}", remaining.front(),
+                               closest_suggestion(remaining.front(), names), fmt::join(names, ", "));
+        }
+        const auto [name, rest] = name_and_rest(message, " is required");
+        const CLI::Option* option = command->get_option_no_throw(name);
+        if (option && rest.empty()) {
+            std::string description = option->get_description();
+            if (description.size() > 1 && !std::isupper(static_cast<unsigned char>(description[1])))  // "A file", not "UTF-8"
+                description[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(description[0])));
+            return fmt::format("{} needs {}: {}", command_name, name, description);
+        }
+    }
+    if (dynamic_cast<const CLI::ExtrasError*>(&error)) {
+        const auto remaining = app.remaining(true);
+        if (!remaining.empty()) {
+            const std::string& first = remaining.front();
+            if (first.starts_with("-") && first.size() > 1 && !std::isdigit(static_cast<unsigned char>(first[1]))) {
+                std::vector<std::string> names;
+                for (const CLI::Option* option : (command ? command : &app)->get_options())
+                    for (const auto& long_name : option->get_lnames()) names.push_back("--" + long_name);
+                const std::string word = first.substr(0, first.find('='));
+                return fmt::format("{} has no option {}{}", command_name, word, closest_suggestion(word, names));
+            }
+            std::vector<std::string> positionals;
+            for (const CLI::Option* option : (command ? command : &app)->get_options())
+                if (option->get_positional()) positionals.push_back(option->get_name());
+            return fmt::format("unexpected argument '{}'; {} takes {}", first, command_name,
+                               positionals.empty() ? std::string("options only") : fmt::format("{} and options", fmt::join(positionals, ", ")));
+        }
+    }
+    if (dynamic_cast<const CLI::ConversionError*>(&error)) {
+        // Only a number out of the option's range gets here: check_values_in_plain_words refused every other.
+        const auto [prefix, assignment] = name_and_rest(message, "Could not convert: ");
+        const auto [name, value] = name_and_rest(assignment, " = ");
+        const CLI::Option* option = name.empty() ? nullptr : (command ? command : &app)->get_option_no_throw(name);
+        if (option && option->get_expected_max() == 0) return fmt::format("{} is a flag; give it without a value", name);
+        if (option) return fmt::format("{} cannot take {}: it is out of range", name, value);
+    }
+    if (dynamic_cast<const CLI::ValidationError*>(&error)) {
+        const auto [name, rest] = name_and_rest(message, ": ");
+        // CLI11's Range says "Value 7 not in range 0 to 5".
+        const std::regex range(R"(^Value (.*) not in range (.*) to (.*)$)");
+        std::smatch match;
+        if (std::regex_match(rest, match, range))
+            return fmt::format("{} must be between {} and {}, not {}", name, match[2].str(), match[3].str(), match[1].str());
+        // check_values_in_plain_words words its messages to follow the option's name.
+        for (const char* verb : {"wants ", "must ", "cannot "})
+            if (rest.starts_with(verb)) return fmt::format("{} {}", name, rest);
+    }
+    if (dynamic_cast<const CLI::ArgumentMismatch*>(&error)) {
+        const auto [name, rest] = name_and_rest(message, ": ");
+        if (rest.find("required") != std::string::npos && rest.ends_with("missing")) return fmt::format("{} needs a value", name);
+    }
+    if (dynamic_cast<const CLI::ExcludesError*>(&error)) {
+        const auto [first, second] = name_and_rest(message, " excludes ");
+        if (!second.empty()) return fmt::format("give {} or {}, not both", first, second);
+    }
+    std::string plain = message;
+    std::replace(plain.begin(), plain.end(), '\n', ' ');
+    if (!plain.empty()) plain[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(plain[0])));
+    return plain;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    auto logger = spdlog::stderr_color_mt("charlm");
+    auto logger = spdlog::stderr_color_mt("charlm", charlm::log_color_mode(std::getenv("NO_COLOR"), ::isatty(STDERR_FILENO)));
     logger->set_pattern("[%T] %^%v%$");
     spdlog::set_default_logger(logger);
 
@@ -365,17 +537,15 @@ int main(int argc, char** argv) {
     bench->add_option("--corpus", bench_corpus, "Text for the vocabulary and the windows")->capture_default_str();
     bench->add_flag("--json", bench_json, "Print one JSON object instead of a table");
 
+    check_values_in_plain_words(app);
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& success) {
         return app.exit(success);
     } catch (const CLI::ParseError& error) {
-        std::string message = error.what();
-        std::replace(message.begin(), message.end(), '\n', ' ');
-        const std::string help_command = app.get_subcommands().empty()
-                                             ? std::string("charlm --help")
-                                             : "charlm " + app.get_subcommands().front()->get_name() + " --help";
-        fmt::print(stderr, "charlm: error: {}; see '{}'\n", message, help_command);
+        CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
+        const std::string help_command = command ? "charlm " + command->get_name() + " --help" : std::string("charlm --help");
+        fmt::print(stderr, "charlm: error: {}; see '{}'\n", plain_parse_error(error, app, command), help_command);
         return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
     sample_arguments.seed_given = seed_option->count() > 0;

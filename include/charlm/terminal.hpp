@@ -1,0 +1,25 @@
+// Writing for a person at a terminal: whether the log is coloured, and characters shown so that they can be read.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include <spdlog/common.h>
+
+namespace charlm {
+
+// The colour mode of the log on stderr. Never when NO_COLOR is set and not empty (https://no-color.org)
+// or when stderr is not a terminal; otherwise spdlog's automatic mode, which also asks TERM.
+// `no_color` is the variable's value, or null where it is not set.
+spdlog::color_mode log_color_mode(const char* no_color, bool stderr_is_terminal);
+
+// One character as it can be read in a list such as a vocabulary: itself where it prints as a mark of
+// its own; \n, \t, \r, \0 and \\ (a backslash, so that "\n" is never ambiguous) as escapes; and
+// U+XXXX for every other control, format character (such as a bidirectional override), combining mark
+// (such as U+0301, which would fuse with its neighbour), space other than U+0020, separator,
+// surrogate or private-use character.
+std::string displayable(char32_t character);
+// The same for every character of a UTF-8 text (a path, an option); a byte that is not UTF-8 as \xFF.
+std::string displayable(std::string_view utf8_text);
+
+}  // namespace charlm

@@ -1,0 +1,149 @@
+// Checks plot.cpp: gnuplot run without a shell, its temporary files private and removed, its failures told apart.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <functional>
+#include <optional>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "charlm/error.hpp"
+#include "charlm/plot.hpp"
+#include "test_helpers.hpp"
+
+namespace charlm {
+namespace {
+
+using testing::read_bytes;
+using testing::TemporaryDirectory;
+
+// Sets an environment variable for one test and puts the old value back; gnuplot and TMPDIR are looked
+// up in the environment at each call, so a test can point them anywhere.
+class ScopedEnvironment {
+public:
+    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value.c_str(), 1);
+    }
+    ~ScopedEnvironment() {
+        if (old_) ::setenv(name_, old_->c_str(), 1);
+        else ::unsetenv(name_);
+    }
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
+
+// A run directory with three reports, and an empty folder for the temporary files.
+struct PlotFixture {
+    TemporaryDirectory directory;
+    std::filesystem::path run = directory.path() / "run";
+    std::filesystem::path temporary = directory.path() / "tmp";
+    std::filesystem::path bin = directory.path() / "bin";
+    PlotFixture() {
+        std::filesystem::create_directories(run);
+        std::filesystem::create_directories(temporary);
+        std::filesystem::create_directories(bin);
+        directory.write("run/metrics.jsonl", R"({"step":10,"train_loss":3.1,"validation_loss":3.2}
+{"step":20,"train_loss":2.5}
+{"step":30,"train_loss":2.1,"validation_loss":2.4}
+)");
+    }
+    // A stand-in for gnuplot on PATH, written as a shell script.
+    void fake_gnuplot(const std::string& script) const {
+        const auto path = bin / "gnuplot";
+        directory.write("bin/gnuplot", "#!/bin/sh\n" + script);
+        std::filesystem::permissions(path, std::filesystem::perms::owner_all);
+    }
+    bool temporary_is_empty() const { return std::filesystem::is_empty(temporary); }
+};
+
+std::string error_of(const std::function<void()>& action) {
+    try {
+        action();
+    } catch (const Error& error) {
+        return error.what();
+    }
+    return "(no error)";
+}
+
+TEST(Plot, NotInstalledIsToldApartFromFailedWithGnuplotsReason) {
+    PlotFixture fixture;
+    const ScopedEnvironment temporary("TMPDIR", fixture.temporary.string());
+    {
+        const ScopedEnvironment path("PATH", fixture.bin.string());  // no gnuplot there
+        EXPECT_EQ(error_of([&] { plot_losses(fixture.run, fixture.run / "loss.png"); }),
+                  "gnuplot is not installed (apt-get install gnuplot-nox)");
+    }
+    EXPECT_TRUE(fixture.temporary_is_empty()) << "temporary files left behind";
+    fixture.fake_gnuplot(R"(echo "chatter"
+printf '\nplot x\n     ^\n"%s" line 7: unrecognized plot type\nmore\n' "$1" >&2
+exit 1
+)");
+    const ScopedEnvironment path("PATH", fixture.bin.string() + ":/usr/bin:/bin");
+    EXPECT_EQ(error_of([&] { plot_losses(fixture.run, fixture.run / "loss.png"); }), "gnuplot failed: unrecognized plot type");
+    EXPECT_TRUE(fixture.temporary_is_empty()) << "temporary files left behind after a failure";
+    fixture.fake_gnuplot("kill -9 $$\n");
+    EXPECT_EQ(error_of([&] { plot_losses(fixture.run, fixture.run / "loss.png"); }), "gnuplot failed: killed by signal 9");
+    EXPECT_TRUE(fixture.temporary_is_empty());
+}
+
+// The data and the script live in a folder only this user can enter, under a name nobody can predict
+// (not /tmp/charlm-plot-PID.gp, where another user could plant a symlink first), and go afterwards.
+TEST(Plot, TemporaryFilesArePrivateUnpredictableAndRemoved) {
+    PlotFixture fixture;
+    const ScopedEnvironment temporary("TMPDIR", fixture.temporary.string());
+    const auto record = fixture.directory.path() / "record";
+    // gnuplot's stand-in notes where its script is and how that folder is protected, then writes the PNG.
+    fixture.fake_gnuplot("dir=$(dirname \"$1\")\n"
+                         "{ echo \"$1\"; stat -c %a \"$dir\"; stat -c %a \"$1\"; ls \"$dir\"; } > '" + record.string() + "'\n"
+                         "sed -n \"s/^set output '\\(.*\\)'$/\\1/p\" \"$1\" | { read out; echo png > \"$out\"; }\n");
+    const ScopedEnvironment path("PATH", fixture.bin.string() + ":/usr/bin:/bin");
+    plot_losses(fixture.run, fixture.run / "loss.png");
+    EXPECT_EQ(read_bytes(fixture.run / "loss.png"), "png\n");
+    std::istringstream lines(read_bytes(record));
+    std::string script, folder_mode, script_mode, listing, name;
+    std::getline(lines, script);
+    std::getline(lines, folder_mode);
+    std::getline(lines, script_mode);
+    while (std::getline(lines, name)) listing += name + " ";
+    const std::filesystem::path script_path(script);
+    EXPECT_EQ(script_path.parent_path().parent_path(), fixture.temporary) << script;
+    EXPECT_TRUE(std::regex_match(script_path.parent_path().filename().string(), std::regex("charlm-plot-[A-Za-z0-9]{6}"))) << script;
+    EXPECT_EQ(script_path.parent_path().filename().string().find(std::to_string(::getpid())), std::string::npos) << script;
+    EXPECT_EQ(folder_mode, "700");
+    EXPECT_EQ(script_mode, "600");
+    EXPECT_EQ(listing, "gnuplot.log losses.dat plot.gp ");
+    EXPECT_TRUE(fixture.temporary_is_empty()) << "temporary files left behind";
+}
+
+TEST(Plot, WritesAPngWithTheRealGnuplot) {
+    if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+    PlotFixture fixture;
+    const ScopedEnvironment temporary("TMPDIR", fixture.temporary.string());
+    const auto output = fixture.directory.path() / "it's a plot.png";  // a quote, as gnuplot's strings need it doubled
+    plot_losses(fixture.run, output);
+    EXPECT_EQ(read_bytes(output).substr(0, 8), "\x89PNG\r\n\x1a\n");
+    EXPECT_TRUE(fixture.temporary_is_empty());
+    EXPECT_EQ(error_of([&] { plot_losses(fixture.run, fixture.directory.path() / "missing" / "loss.png"); }),
+              "gnuplot failed: cannot open file; output not changed (No such file or directory)");
+    EXPECT_TRUE(fixture.temporary_is_empty());
+}
+
+TEST(Plot, RefusesAMissingRunEmptyMetricsAndAnOutputWithALineBreak) {
+    PlotFixture fixture;
+    EXPECT_NE(error_of([&] { plot_losses(fixture.directory.path() / "none", "x.png"); }).find("no metrics.jsonl"), std::string::npos);
+    fixture.directory.write("run/metrics.jsonl", "");
+    EXPECT_NE(error_of([&] { plot_losses(fixture.run, "x.png"); }).find("has no metrics yet"), std::string::npos);
+    fixture.directory.write("run/metrics.jsonl", R"({"step":10,"train_loss":3.1})" "\n");
+    // A line break would end gnuplot's 'set output' and start a command of the path's choosing.
+    EXPECT_NE(error_of([&] { plot_losses(fixture.run, "x\nsystem('touch hacked')\n.png"); }).find("line break"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace charlm
