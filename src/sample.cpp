@@ -14,10 +14,10 @@ namespace charlm {
 
 void validate(const SampleOptions& options) {
     if (!(options.temperature > 0) || !std::isfinite(options.temperature))
-        throw Error(fmt::format("--temperature must be a positive number, not {}; use --greedy for the most likely text",
+        throw UsageError(fmt::format("--temperature must be a positive number, not {}; use --greedy for the most likely text",
                                 options.temperature));
-    if (!(options.top_p > 0 && options.top_p <= 1)) throw Error(fmt::format("--top-p must be in (0, 1], not {}", options.top_p));
-    if (options.top_k < 0) throw Error(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
+    if (!(options.top_p > 0 && options.top_p <= 1)) throw UsageError(fmt::format("--top-p must be in (0, 1], not {}", options.top_p));
+    if (options.top_k < 0) throw UsageError(fmt::format("--top-k must be 0 (off) or positive, not {}", options.top_k));
 }
 
 std::vector<std::string> sample_warnings(const SampleOptions& options, const ExplicitSampleOptions& given, const Vocab& vocab) {

@@ -17,6 +17,7 @@
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
+#include "charlm/terminal.hpp"
 
 namespace charlm {
 
@@ -151,7 +152,8 @@ std::string encode_utf8(const std::u32string& code_points) {
 std::string encode_utf8(char32_t code_point) { return encode_utf8(std::u32string(1, code_point)); }
 
 std::string describe_code_point(char32_t code_point) {
-    std::string shown = (code_point < 0x20 || code_point == 0x7f) ? std::string("?") : encode_utf8(code_point);
+    const std::string shown = displayable(code_point);
+    if (shown.starts_with("U+")) return shown;  // a control or an invisible mark: its number says it all
     return fmt::format("'{}' (U+{:04X})", shown, static_cast<std::uint32_t>(code_point));
 }
 

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <utf8.h>
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/batches.hpp"
@@ -18,6 +19,7 @@
 #include "charlm/json_integer.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/run_lock.hpp"
+#include "charlm/terminal.hpp"
 
 namespace charlm {
 
@@ -334,6 +336,12 @@ void validate(const TrainOptions& options) {
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
         throw UsageError("--val-fraction must be at least 0 and below 1");
     if (options.steps < 0 || !(options.minutes >= 0)) throw UsageError("--steps and --minutes must not be negative");
+    // Checkpoints record these paths in JSON, which holds UTF-8 only: refused now, not at the first save.
+    for (const auto* path : {&options.corpus, &options.run_directory, options.validation_file ? &*options.validation_file : nullptr}) {
+        const std::string name = path ? path->string() : std::string();
+        if (!utf8::is_valid(name.begin(), name.end()))
+            throw UsageError(fmt::format("{}: the path is not UTF-8, and a checkpoint records it; rename it", displayable(name)));
+    }
     if (static_cast<double>(options.seq_length) * options.batch_size * std::max(options.model.hidden_size, 1) > 2e9)
         throw UsageError("--seq x --batch x --hidden is too large to fit in memory; make one of them smaller");
 }

@@ -792,13 +792,13 @@ TEST_F(Cli, TrainRefusesARunDirectoryThatHoldsARunWithoutForce) {
     std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--steps", "10"};
     arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
     const RunResult result = charlm(arguments);
-    expect_error(result, {path("run").string(), "--resume", "--force"});
+    expect_error(result, {path("run").string(), "--resume", "--force"}, /*usage_error=*/true);
     expect_unchanged(before, snapshot(path("run")));
 }
 
 TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {
     const RunResult result = charlm({"train"});
-    expect_error(result, {"CORPUS"});
+    expect_error(result, {"CORPUS"}, /*usage_error=*/true);
 }
 
 TEST_F(Cli, TrainResumeRefusesAMissingRun) {
@@ -854,17 +854,18 @@ TEST_F(CliSampleOptions, TheCommandTheyVaryWorks) {
     EXPECT_EQ(result.out.rfind("the", 0), 0u) << describe(result);
 }
 
-TEST_F(CliSampleOptions, RefusesTemperatureZero) { expect_sample_refused({"--temperature", "0"}, {"--temperature", "--greedy"}); }
-TEST_F(CliSampleOptions, RefusesNegativeTemperature) { expect_sample_refused({"--temperature", "-1"}, {"--temperature", "-1"}); }
+TEST_F(CliSampleOptions, RefusesTemperatureZero) { expect_sample_refused({"--temperature", "0"}, {"--temperature", "--greedy"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesNegativeTemperature) { expect_sample_refused({"--temperature", "-1"}, {"--temperature", "-1"}, /*usage_error=*/true); }
 TEST_F(CliSampleOptions, RefusesTemperatureThatIsNotANumber) {
     expect_sample_refused({"--temperature", "abc"}, {"--temperature", "abc"}, /*usage_error=*/true);
 }
-TEST_F(CliSampleOptions, RefusesTemperatureNan) { expect_sample_refused({"--temperature", "nan"}, {"--temperature", "nan"}); }
-TEST_F(CliSampleOptions, RefusesTemperatureInfinity) { expect_sample_refused({"--temperature", "inf"}, {"--temperature"}); }
-TEST_F(CliSampleOptions, RefusesTopPZero) { expect_sample_refused({"--top-p", "0"}, {"--top-p", "0"}); }
-TEST_F(CliSampleOptions, RefusesTopPAboveOne) { expect_sample_refused({"--top-p", "1.5"}, {"--top-p", "1.5"}); }
-TEST_F(CliSampleOptions, RefusesTopPNan) { expect_sample_refused({"--top-p", "nan"}, {"--top-p"}); }
-TEST_F(CliSampleOptions, RefusesNegativeTopK) { expect_sample_refused({"--top-k", "-1"}, {"--top-k"}); }
+TEST_F(CliSampleOptions, RefusesTemperatureNan) { expect_sample_refused({"--temperature", "nan"}, {"--temperature", "nan"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesTemperatureInfinity) { expect_sample_refused({"--temperature", "inf"}, {"--temperature"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesTopPZero) { expect_sample_refused({"--top-p", "0"}, {"--top-p", "0"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesTopPAboveOne) { expect_sample_refused({"--top-p", "1.5"}, {"--top-p", "1.5"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesTopPNan) { expect_sample_refused({"--top-p", "nan"}, {"--top-p"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesAnEmptyStopText) { expect_sample_refused({"--stop", ""}, {"--stop"}, /*usage_error=*/true); }
+TEST_F(CliSampleOptions, RefusesNegativeTopK) { expect_sample_refused({"--top-k", "-1"}, {"--top-k"}, /*usage_error=*/true); }
 TEST_F(CliSampleOptions, RefusesLengthThatIsNotANumber) {
     expect_sample_refused({"--length", "ten"}, {"--length"}, /*usage_error=*/true);
 }
@@ -1458,7 +1459,7 @@ TEST_F(CliPlot, WithTheRealGnuplot) {
 TEST_F(Cli, NoColorTurnsTheLogsColourOffEvenOnATerminal) {
     const auto checkpoint = trained_run();
     const auto text = write("other.txt", "the cat sat on ZQZ mat!\n");  // unknown characters: a warning on stderr
-    const std::vector<std::string> arguments = {"eval", checkpoint.string(), text.string()};
+    const std::vector<std::string> arguments = {"eval", checkpoint.string(), text.string(), "--allow-unknown"};
     const ScopedEnvironment terminal_type("TERM", "xterm-256color");
     {
         const ScopedEnvironment colour("NO_COLOR", "");  // empty counts as unset
@@ -1477,11 +1478,13 @@ TEST_F(Cli, NoColorTurnsTheLogsColourOffEvenOnATerminal) {
 TEST_F(Cli, InfoShowsWhatReproducingTheRunTakes) {
     const auto checkpoint = trained_run();
     const std::string corpus = fs::absolute(path("corpus.txt")).string();
-    // As written today: the corpus's path and every option, but not yet its size and hash.
+    // As a run writes it: the corpus's path, size and hash, the characters trained on, and every option.
+    const charlm::FileFingerprint fingerprint = charlm::fingerprint_file(path("corpus.txt"));
     RunResult text = charlm({"info", checkpoint.string()});
     ASSERT_EQ(text.exit_code, 0) << describe(text);
-    for (const std::string& expected : {"corpus      " + corpus + " (size and hash not recorded in this checkpoint)\n",
-                                        std::string("trained     30 steps\n"), std::string("\noptions\n")})
+    for (const std::string& expected : {"corpus      " + corpus + " (" + std::to_string(fingerprint.size_bytes) + " bytes, sha256 " +
+                                            fingerprint.sha256 + ")\n",
+                                        std::string("trained     30 steps, "), std::string("\noptions\n")})
         EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
     for (const char* option : {"seq_length +16", "batch_size +4", "learning_rate +0.002", "model.hidden_size +16",
                                       "eval_every +10", "seed +1", "validation_fraction +0.05"})
@@ -1491,6 +1494,24 @@ TEST_F(Cli, InfoShowsWhatReproducingTheRunTakes) {
     json description = json::parse(as_json.out);
     EXPECT_EQ(description.at("corpus"), corpus);
     EXPECT_EQ(description.at("training_options").at("seq_length"), 16);
+    EXPECT_EQ(description.at("corpus_sha256"), fingerprint.sha256);
+    const double train_characters = description.at("train_characters").get<double>();
+    EXPECT_GT(train_characters, 0);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 30.0 * 16 * 4 / train_characters);
+
+    // A checkpoint from before runs recorded their corpus's size and hash: what there is, and no failure.
+    const auto older = write("older.safetensors", with_metadata(read_bytes(checkpoint), [&](json&, json&, json& training) {
+        for (const char* key : {"corpus_size_bytes", "corpus_sha256", "validation_file_size_bytes", "validation_file_sha256",
+                                "train_characters"})
+            training["options"].erase(key);
+    }));
+    text = charlm({"info", older.string()});
+    ASSERT_EQ(text.exit_code, 0) << describe(text);
+    for (const std::string& expected : {"corpus      " + corpus + " (size and hash not recorded in this checkpoint)\n",
+                                        std::string("trained     30 steps\n")})
+        EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
+    as_json = charlm({"info", older.string(), "--json"});
+    description = json::parse(as_json.out);
     EXPECT_TRUE(description.at("corpus_sha256").is_null());
     EXPECT_TRUE(description.at("epochs").is_null());
 

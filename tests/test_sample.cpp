@@ -117,12 +117,12 @@ TEST(Sample, RefusesBadOptionsAndUnknownPromptCharacters) {
     for (double temperature : {0.0, -1.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
         SampleOptions options;
         options.temperature = temperature;
-        EXPECT_THROW(validate(options), Error) << temperature;
+        EXPECT_THROW(validate(options), UsageError) << temperature;
     }
     for (double top_p : {0.0, -0.5, 1.5}) {
         SampleOptions options;
         options.top_p = top_p;
-        EXPECT_THROW(validate(options), Error) << top_p;
+        EXPECT_THROW(validate(options), UsageError) << top_p;
     }
     try {
         fixture.run(U"QZ", SampleOptions{}, 1);

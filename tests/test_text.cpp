@@ -195,6 +195,13 @@ TEST(Text, ASpooledCopyAppearsWholeOnlyWhenCommitted) {
     EXPECT_EQ(testing::read_bytes(target), text);
 }
 
+TEST(Text, CodePointsInMessagesAreShownReadably) {
+    EXPECT_EQ(describe_code_point(U'x'), "'x' (U+0078)");
+    EXPECT_EQ(describe_code_point(U'\n'), "'\\n' (U+000A)");
+    EXPECT_EQ(describe_code_point(U'\x01'), "U+0001");   // never a '?' that hides which character it is
+    EXPECT_EQ(describe_code_point(U'\u0301'), "U+0301");  // a combining mark would fuse with the quote
+}
+
 TEST(Text, SplitHoldsOutTheEnd) {
     std::vector<TokenId> ids(100);
     for (int i = 0; i < 100; ++i) ids[static_cast<std::size_t>(i)] = i;

@@ -438,5 +438,16 @@ TEST(Train, ReadsACorpusFromAPipeThroughACopyInTheRunDirectory) {
     EXPECT_EQ(resume_to(options.run_directory, 8).steps, 8);  // the copy is what a resume reads
 }
 
+TEST(Train, RefusesPathsThatACheckpointCannotRecord) {
+    TemporaryDirectory directory;
+    const auto corpus = directory.write("bad\xff.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.corpus = corpus;
+    const std::string message = error_of([&] { train(options); });
+    EXPECT_NE(message.find("not UTF-8"), std::string::npos) << message;
+    EXPECT_NE(message.find("bad\\xFF.txt"), std::string::npos) << message;
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory));
+}
+
 }  // namespace
 }  // namespace charlm

@@ -125,7 +125,8 @@ struct Split {
 };
 Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction);
 
-// A printable description of a code point for error messages: 'x' (U+0078).
+// A printable description of a code point for error messages: 'x' (U+0078), '\n' (U+000A), or just U+0301 for a
+// control or invisible mark (see displayable()).
 std::string describe_code_point(char32_t code_point);
 
 }  // namespace charlm

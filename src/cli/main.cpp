@@ -154,7 +154,7 @@ std::string read_prompt_file(const std::string& path) {
 
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
-    if (arguments.count < 1) throw charlm::Error("--count must be at least 1");
+    if (arguments.count < 1) throw charlm::UsageError(fmt::format("--count must be at least 1, not {}", arguments.count));
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
@@ -489,7 +489,8 @@ int main(int argc, char** argv) {
         ->excludes(sample->get_option("--prompt"));
     sample->add_flag("--skip-unknown", sample_arguments.skip_unknown, "Leave out prompt characters the model never saw");
     sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
-    sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text");
+    sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text")
+        ->check([](const std::string& text) { return text.empty() ? std::string("--stop needs the text to stop at") : std::string(); });
     sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed");
     sample->add_option("--length", sample_arguments.length, "Characters to generate")
         ->check(CLI::Range(0LL, 1LL << 40))
