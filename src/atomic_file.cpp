@@ -2,12 +2,11 @@
 #include "charlm/atomic_file.hpp"
 
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <cstring>
+#include <random>
 
 #include <fmt/format.h>
 
@@ -15,13 +14,37 @@
 
 namespace charlm {
 
+namespace {
+
+std::filesystem::path folder_of(const std::filesystem::path& path) {
+    return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+}
+
+// Opens a new file beside `path` for writing, named `.NAME.tmp-XXXXXX` with six random letters and
+// digits: a name no other process can guess in advance, and the prefix that train() sweeps away when a
+// killed process left one behind. O_EXCL creates the file or fails, so an existing file or a symlink
+// planted at that name is never opened, let alone followed; another name is then tried.
+int create_temporary_beside(const std::filesystem::path& path, std::filesystem::path& temporary) {
+    static constexpr char kLetters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    std::random_device random;
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        std::string suffix(6, ' ');
+        for (char& letter : suffix) letter = kLetters[random() % (sizeof kLetters - 1)];
+        temporary = folder_of(path) / fmt::format(".{}.tmp-{}", path.filename().string(), suffix);
+        const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    return -1;  // errno is EEXIST: a hundred names taken is not chance
+}
+
+}  // namespace
+
 AtomicFile::AtomicFile(std::filesystem::path target) : target_(std::move(target)) {
-    const auto directory = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
-    // mkostemp: O_CREAT | O_EXCL under a random name, so no other file and no symlink planted in advance is written.
-    std::string name = (directory / fmt::format(".{}.tmp-XXXXXX", target_.filename().string())).string();
-    fd_ = ::mkostemp(name.data(), O_CLOEXEC);
-    if (fd_ < 0) fail("creating a temporary file");
-    temporary_ = name;
+    fd_ = create_temporary_beside(target_, temporary_);
+    if (fd_ < 0) {
+        temporary_.clear();
+        fail("creating a temporary file");
+    }
 }
 
 AtomicFile::~AtomicFile() {
@@ -52,20 +75,29 @@ void AtomicFile::write(std::string_view bytes) {
 }
 
 void AtomicFile::commit() {
-    if (::fchmod(fd_, 0644) != 0) fail("setting permissions");  // mkostemp makes it 0600
     if (::fsync(fd_) != 0) fail("flushing to disk");
     const int fd = fd_;
     fd_ = -1;
     if (::close(fd) != 0) fail("closing");
     if (::rename(temporary_.c_str(), target_.c_str()) != 0) fail("renaming into place");
     temporary_.clear();
-    // Make the rename itself durable.
-    const auto directory = target_.has_parent_path() ? target_.parent_path() : std::filesystem::path(".");
-    const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (directory_fd >= 0) {
-        ::fsync(directory_fd);
-        ::close(directory_fd);
-    }
+    // The rename is durable only once the folder's entry is on disk too. A folder that cannot be opened
+    // for reading, or flushed at all (EINVAL: some network and FUSE file systems), is no failure of this
+    // write; a disk that fails to flush it is.
+    const int directory_fd = ::open(folder_of(target_).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (directory_fd < 0) return;
+    const int synced = ::fsync(directory_fd);
+    const int saved = errno;
+    ::close(directory_fd);
+    if (synced != 0 && saved != EINVAL)
+        throw Error(fmt::format("{}: written, but flushing its folder to disk failed ({}); a crash now could lose it",
+                                target_.string(), std::strerror(saved)));
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
+    AtomicFile file(path);
+    file.write(bytes);
+    file.commit();
 }
 
 }  // namespace charlm

@@ -1,17 +1,12 @@
-// Safetensors reading and writing, atomic file replacement, and the checkpoint's model/optimizer layout.
+// Safetensors reading and writing, and the checkpoint's model/optimizer layout (files written through AtomicFile).
 #include "charlm/checkpoint.hpp"
-
-#include <fcntl.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <random>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -143,74 +138,6 @@ std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
         bytes.append(reinterpret_cast<const char*>(tensor.values), elements * 4);
     }
     return bytes;
-}
-
-namespace {
-
-// Opens a new file beside `path` for writing, named `.NAME.tmp-XXXXXX` with six random letters and
-// digits: a name no other process can guess in advance, and the prefix that train() sweeps away when a
-// killed process left one behind. O_EXCL creates the file or fails, so an existing file or a symlink
-// planted at that name is never opened, let alone followed; another name is then tried.
-int create_temporary_beside(const std::filesystem::path& path, std::filesystem::path& temporary) {
-    static constexpr char kLetters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-    std::random_device random;
-    const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-    for (int attempt = 0; attempt < 100; ++attempt) {
-        std::string suffix(6, ' ');
-        for (char& letter : suffix) letter = kLetters[random() % (sizeof kLetters - 1)];
-        temporary = directory / fmt::format(".{}.tmp-{}", path.filename().string(), suffix);
-        const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
-        if (fd >= 0 || errno != EEXIST) return fd;
-    }
-    return -1;  // errno is EEXIST: a hundred names taken is not chance
-}
-
-}  // namespace
-
-void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {
-    const auto directory = path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-    std::filesystem::path temporary;
-    bool created = false;
-    auto fail = [&](const std::string& what) {
-        const std::string reason = std::strerror(errno);
-        if (created) ::unlink(temporary.c_str());
-        return Error(fmt::format("cannot write {}: {} failed ({}); the previous file is unchanged", path.string(), what, reason));
-    };
-    const int fd = create_temporary_beside(path, temporary);
-    if (fd < 0) throw fail("creating a temporary file");
-    created = true;
-    std::size_t written = 0;
-    while (written < bytes.size()) {
-        const ssize_t count = ::write(fd, bytes.data() + written, bytes.size() - written);
-        if (count < 0 && errno == EINTR) continue;
-        if (count <= 0) {
-            if (count == 0) errno = EIO;
-            const int saved = errno;
-            ::close(fd);
-            errno = saved;
-            throw fail("writing");
-        }
-        written += static_cast<std::size_t>(count);
-    }
-    if (::fsync(fd) != 0) {
-        const int saved = errno;
-        ::close(fd);
-        errno = saved;
-        throw fail("flushing to disk");
-    }
-    if (::close(fd) != 0) throw fail("closing");
-    if (::rename(temporary.c_str(), path.c_str()) != 0) throw fail("renaming into place");
-    // The rename is durable only once the folder's entry is on disk too. A folder that cannot be opened
-    // for reading, or flushed at all (EINVAL: some network and FUSE file systems), is no failure of this
-    // write; a disk that fails to flush it is.
-    const int directory_fd = ::open(directory.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (directory_fd < 0) return;
-    const int synced = ::fsync(directory_fd);
-    const int saved = errno;
-    ::close(directory_fd);
-    if (synced != 0 && saved != EINVAL)
-        throw Error(fmt::format("{}: written, but flushing its folder to disk failed ({}); a crash now could lose it",
-                                path.string(), std::strerror(saved)));
 }
 
 static std::string optimizer_name(const std::string& kind, const std::string& parameter) {

@@ -8,9 +8,10 @@
 namespace charlm {
 
 // A file being written: created exclusively under an unpredictable temporary name in the target's
-// folder (".NAME.tmp-XXXXXX", no symlink followed), renamed over the target by commit() after an
-// fsync of the file, and of the folder after the rename. Destroyed without commit(), it removes the
-// temporary, and the target is untouched. Errors name the target and say that it is unchanged.
+// folder (".NAME.tmp-XXXXXX", no symlink followed, the prefix training sweeps after a crash), renamed
+// over the target by commit() after an fsync of the file, and of the folder after the rename.
+// Destroyed without commit(), it removes the temporary, and the target is untouched. Errors name the
+// target and say that it is unchanged.
 class AtomicFile {
 public:
     explicit AtomicFile(std::filesystem::path target);
@@ -29,5 +30,9 @@ private:
     std::filesystem::path temporary_;
     int fd_ = -1;
 };
+
+// The whole of `bytes` as `path`, through an AtomicFile: a crash or a full disk at any moment leaves
+// the previous file intact.
+void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
 
 }  // namespace charlm

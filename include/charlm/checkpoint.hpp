@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/text.hpp"
@@ -41,11 +42,6 @@ struct TensorToWrite {
 SafetensorsFile parse_safetensors(std::string_view bytes, const std::string& source_name);
 std::string serialize_safetensors(const std::vector<TensorToWrite>& tensors,
                                   const std::map<std::string, std::string>& metadata);
-
-// Writes a temporary file beside `path` (created exclusively, under a random name `.NAME.tmp-XXXXXX`,
-// never through a symlink), fsyncs it, renames it over `path` and fsyncs the folder.
-// On any failure before the rename the temporary is removed, `path` is untouched, and Error says why.
-void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
 
 // ---- charlm checkpoints ----
 
