@@ -31,10 +31,12 @@
 #include <utf8.h>
 
 #include "charlm/checkpoint.hpp"
+#include "test_helpers.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using charlm::testing::ScopedEnvironment;
 using nlohmann::json;
 
 // ---- running the binary ----
@@ -49,16 +51,10 @@ struct RunResult {
 // Keeps at most this much of each stream; the rest is read and dropped so that the child never blocks.
 constexpr std::size_t kMaxCapturedBytes = 1 << 20;
 
-// What a run's process gets besides its arguments: variables added to this process's environment
-// ("NAME=value"), and the file its standard input reads.
-struct ProcessSetup {
-    std::vector<std::string> environment;
-    std::string stdin_path = "/dev/null";
-};
-
-// Runs CHARLM_BINARY with `arguments` exactly as given (no shell), in `working_directory`, set up as `setup` says.
+// Runs CHARLM_BINARY with `arguments` exactly as given (no shell), standard input from `stdin_path`,
+// in `working_directory`, with this process's environment.
 RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& working_directory,
-                     double timeout_seconds, const ProcessSetup& setup = {}) {
+                     double timeout_seconds, const std::string& stdin_path = "/dev/null") {
     RunResult result;
     int out_pipe[2], err_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -73,12 +69,6 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
     std::vector<char*> argv;
     for (auto& argument : argv_strings) argv.push_back(argument.data());
     argv.push_back(nullptr);
-    std::vector<std::string> environment_strings;
-    for (char** variable = environ; *variable; ++variable) environment_strings.emplace_back(*variable);
-    environment_strings.insert(environment_strings.end(), setup.environment.begin(), setup.environment.end());
-    std::vector<char*> environment;
-    for (auto& variable : environment_strings) environment.push_back(variable.data());
-    environment.push_back(nullptr);
     const std::string directory = working_directory.string();
 
     const pid_t pid = ::fork();
@@ -87,11 +77,11 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
         return result;
     }
     if (pid == 0) {
-        const int null_fd = ::open(setup.stdin_path.c_str(), O_RDONLY);
+        const int null_fd = ::open(stdin_path.c_str(), O_RDONLY);
         if (null_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(out_pipe[1], STDOUT_FILENO) < 0 ||
             ::dup2(err_pipe[1], STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
             ::_exit(126);
-        ::execve(binary.c_str(), argv.data(), environment.data());
+        ::execv(binary.c_str(), argv.data());
         ::_exit(127);
     }
     ::close(out_pipe[1]);
@@ -275,8 +265,9 @@ protected:
         return directory_ / name;
     }
 
-    RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60, const ProcessSetup& setup = {}) const {
-        return run_binary(arguments, directory_, timeout_seconds, setup);
+    RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60,
+                     const std::string& stdin_path = "/dev/null") const {
+        return run_binary(arguments, directory_, timeout_seconds, stdin_path);
     }
 
     // Trains the tiny model on `corpus` into `run` (relative to the test directory) and checks that it worked.
@@ -1083,18 +1074,23 @@ TEST_F(Cli, ResultsAreTheSameWhateverTeamsOpenMPGives) {
     const auto corpus = write("corpus.txt", make_corpus(6000));
     const std::vector<std::string> model = {"--layers", "2", "--hidden", "32", "--embed", "8", "--seq", "16",
                                             "--batch", "32", "--eval-every", "5", "--steps", "5", "--seed", "3"};
-    auto train_into = [&](const std::string& run, const std::string& threads, const ProcessSetup& setup) {
+    auto train_into = [&](const std::string& run, const std::string& threads) {
         std::vector<std::string> arguments = {"train", corpus.string(), "--out", path(run).string(), "--threads", threads};
         arguments.insert(arguments.end(), model.begin(), model.end());
-        const RunResult result = charlm(arguments, 120, setup);
+        const RunResult result = charlm(arguments, 120);
         EXPECT_EQ(result.exit_code, 0) << describe(result);
         return charlm::load_checkpoint(path(run) / "last.safetensors");
     };
-    const ProcessSetup limited{{"OMP_THREAD_LIMIT=1"}}, dynamic{{"OMP_DYNAMIC=true"}};
-    const auto one = train_into("one", "1", {});
-    const auto two = train_into("two", "2", {});
-    const auto two_limited = train_into("two-limited", "2", limited);
-    const auto two_dynamic = train_into("two-dynamic", "2", dynamic);
+    const auto one = train_into("one", "1");
+    const auto two = train_into("two", "2");
+    const auto two_limited = [&] {
+        const ScopedEnvironment limit("OMP_THREAD_LIMIT", "1");
+        return train_into("two-limited", "2");
+    }();
+    const auto two_dynamic = [&] {
+        const ScopedEnvironment dynamic("OMP_DYNAMIC", "true");
+        return train_into("two-dynamic", "2");
+    }();
     for (std::size_t i = 0; i < one.model->parameters().size(); ++i) {
         const auto& name = one.model->parameters()[i].name;
         EXPECT_EQ(two_limited.model->parameters()[i].value, one.model->parameters()[i].value) << name;
@@ -1113,13 +1109,19 @@ TEST_F(Cli, ResultsAreTheSameWhateverTeamsOpenMPGives) {
         };
         const RunResult reference = charlm(with_threads("1"));
         ASSERT_EQ(reference.exit_code, 0) << describe(reference);
-        const RunResult under_limit = charlm(with_threads("2"), 60, limited);
+        const RunResult under_limit = [&] {
+            const ScopedEnvironment limit("OMP_THREAD_LIMIT", "1");
+            return charlm(with_threads("2"));
+        }();
         EXPECT_EQ(under_limit.exit_code, 0) << describe(under_limit);
         EXPECT_EQ(under_limit.out, reference.out);
         EXPECT_NE(under_limit.err.find("--threads 2 asks for more than OMP_THREAD_LIMIT allows; using 1"), std::string::npos)
             << under_limit.err;
         const RunResult two_threads = charlm(with_threads("2"));
-        const RunResult under_dynamic = charlm(with_threads("2"), 60, dynamic);
+        const RunResult under_dynamic = [&] {
+            const ScopedEnvironment dynamic("OMP_DYNAMIC", "true");
+            return charlm(with_threads("2"));
+        }();
         EXPECT_EQ(under_dynamic.out, two_threads.out);
     }
 }
@@ -1220,7 +1222,7 @@ TEST_F(Cli, TrainReadsStandardInputThroughACopyInTheRunDirectory) {
         fs::remove_all(path("run"));
         std::vector<std::string> arguments = {"train", source, "--out", path("run").string(), "--steps", "10"};
         arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
-        const RunResult result = charlm(arguments, 60, {{}, corpus.string()});
+        const RunResult result = charlm(arguments, 60, corpus.string());
         ASSERT_EQ(result.exit_code, 0) << describe(result);
         EXPECT_EQ(read_bytes(path("run") / "corpus.txt"), text);
         // The copy is the run's corpus: a resume, with nothing on standard input, finds it.
@@ -1240,24 +1242,6 @@ TEST_F(Cli, SuggestedCommandsQuotePathsWithSpaces) {
 // ---- issue 12: exit codes, parser, plot, info ----
 
 namespace {
-
-// Sets an environment variable for the charlm processes a test starts (they inherit it) and puts the
-// old value back afterwards.
-class ScopedEnvironment {
-public:
-    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
-        ::setenv(name, value.c_str(), 1);
-    }
-    ~ScopedEnvironment() {
-        if (old_) ::setenv(name_, old_->c_str(), 1);
-        else ::unsetenv(name_);
-    }
-
-private:
-    const char* name_;
-    std::optional<std::string> old_;
-};
 
 // A copy of a checkpoint with its metadata changed by `edit`, which gets each entry as parsed JSON.
 std::string with_metadata(const std::string& bytes, const std::function<void(json& config, json& vocab, json& training)>& edit) {

@@ -3,7 +3,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <cstdlib>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <utility>
@@ -15,6 +17,26 @@
 #include "charlm/tensor.hpp"
 
 namespace charlm::testing {
+
+// Sets an environment variable for one test and puts the old value back afterwards; the processes a
+// test starts inherit it, and whatever the library looks up at each call (gnuplot on PATH, TMPDIR) sees it.
+class ScopedEnvironment {
+public:
+    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
+        if (const char* old = std::getenv(name)) old_ = old;
+        ::setenv(name, value.c_str(), 1);
+    }
+    ~ScopedEnvironment() {
+        if (old_) ::setenv(name_, old_->c_str(), 1);
+        else ::unsetenv(name_);
+    }
+    ScopedEnvironment(const ScopedEnvironment&) = delete;
+    ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
+
+private:
+    const char* name_;
+    std::optional<std::string> old_;
+};
 
 // A fresh directory under the system's temporary folder, removed when the test ends.
 class TemporaryDirectory {

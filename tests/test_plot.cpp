@@ -19,25 +19,8 @@ namespace charlm {
 namespace {
 
 using testing::read_bytes;
+using testing::ScopedEnvironment;
 using testing::TemporaryDirectory;
-
-// Sets an environment variable for one test and puts the old value back; gnuplot and TMPDIR are looked
-// up in the environment at each call, so a test can point them anywhere.
-class ScopedEnvironment {
-public:
-    ScopedEnvironment(const char* name, const std::string& value) : name_(name) {
-        if (const char* old = std::getenv(name)) old_ = old;
-        ::setenv(name, value.c_str(), 1);
-    }
-    ~ScopedEnvironment() {
-        if (old_) ::setenv(name_, old_->c_str(), 1);
-        else ::unsetenv(name_);
-    }
-
-private:
-    const char* name_;
-    std::optional<std::string> old_;
-};
 
 // A run directory with three reports, and an empty folder for the temporary files.
 struct PlotFixture {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -187,6 +188,15 @@ std::string error_of(Run&& run, const std::string& expected = "an Error") {
     return {};
 }
 
+// Rewrites a run's last.safetensors with its training options changed by `edit`, as a crafted file would be.
+void edit_training_options(const std::filesystem::path& run_directory, const std::function<void(nlohmann::json&)>& edit) {
+    const auto last = run_directory / "last.safetensors";
+    Checkpoint checkpoint = load_checkpoint(last);
+    edit(checkpoint.training.options);
+    save_checkpoint(last, *checkpoint.model, checkpoint.vocab, checkpoint.training, &*checkpoint.optimizer,
+                    &*checkpoint.carried_state);
+}
+
 bool all_finite(const Checkpoint& checkpoint) {
     for (const auto& parameter : checkpoint.model->parameters())
         if (!parameter.value.allFinite()) return false;
@@ -364,11 +374,9 @@ TEST(Train, ACraftedCheckpointCannotMakeARunReadAnotherFile) {
     TrainOptions options = tiny_options(directory, "run");
     options.steps = 5;
     train(options);
-    const auto last = options.run_directory / "last.safetensors";
-    Checkpoint checkpoint = load_checkpoint(last);
-    checkpoint.training.options["corpus"] = (directory.path() / "secret.txt").string();
-    save_checkpoint(last, *checkpoint.model, checkpoint.vocab, checkpoint.training, &*checkpoint.optimizer,
-                    &*checkpoint.carried_state);
+    edit_training_options(options.run_directory, [&](nlohmann::json& stored) {
+        stored["corpus"] = (directory.path() / "secret.txt").string();
+    });
     const std::string message = error_of([&] { resume_to(options.run_directory, 8); });
     EXPECT_NE(message.find("secret.txt: not the corpus the run started on"), std::string::npos) << message;
 }
@@ -380,12 +388,10 @@ TEST(Train, TheMemoryGuardOfAResumeUsesTheCheckpointsTensors) {
     options.steps = 3;
     train(options);
     // Options that claim a 1-unit model, with windows so long that the real 16-unit one would not fit.
-    const auto last = options.run_directory / "last.safetensors";
-    Checkpoint checkpoint = load_checkpoint(last);
-    checkpoint.training.options["model"]["hidden_size"] = 1;
-    checkpoint.training.options["seq_length"] = 40'000'000;
-    save_checkpoint(last, *checkpoint.model, checkpoint.vocab, checkpoint.training, &*checkpoint.optimizer,
-                    &*checkpoint.carried_state);
+    edit_training_options(options.run_directory, [](nlohmann::json& stored) {
+        stored["model"]["hidden_size"] = 1;
+        stored["seq_length"] = 40'000'000;
+    });
     const std::string message = error_of([&] { resume_to(options.run_directory, 8); });
     EXPECT_NE(message.find("too large"), std::string::npos) << message;
 }
