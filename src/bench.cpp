@@ -196,7 +196,7 @@ std::vector<BenchModel> select_bench_models(const std::vector<std::string>& name
         const bool known = std::any_of(selected.begin(), selected.end(), [&](const BenchModel& model) {
             return fmt::format("{}x{}", model.layers, model.hidden_size) == name;
         });
-        if (!known) throw Error(fmt::format("unknown benchmark model '{}'; use 2x128, 2x256 or 3x512", name));
+        if (!known) throw UsageError(fmt::format("unknown benchmark model '{}'; use 2x128, 2x256 or 3x512", name));
     }
     return selected;
 }

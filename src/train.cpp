@@ -1,6 +1,8 @@
 // The training loop, its validation and checkpoints, and resuming a run where it stopped.
 #include "charlm/train.hpp"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -26,6 +28,7 @@ namespace charlm {
 namespace {
 
 volatile std::sig_atomic_t stop_requested = 0;
+volatile std::sig_atomic_t loop_running = 0;  // a stop request is heard only while the loop runs
 
 using Clock = std::chrono::steady_clock;
 
@@ -112,6 +115,9 @@ struct Session {
     TrainingState state;
     ModelState<float> carried;
     std::mt19937_64 rng;
+    // A fresh run in a directory that may hold an earlier run (--force): the earlier files stay as
+    // they are until this run's first last.safetensors, which takes the directory over.
+    bool fresh = false;
 };
 
 const char* to_string(StopReason reason) {
@@ -134,11 +140,18 @@ TrainResult run_loop(Session& session) {
     std::error_code ignored;
     for (const auto& entry : std::filesystem::directory_iterator(options.run_directory, ignored)) {
         const std::string name = entry.path().filename().string();
-        if (name.starts_with(".last.safetensors.tmp-") || name.starts_with(".best.safetensors.tmp-"))
-            std::filesystem::remove(entry.path(), ignored);
+        for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt"})
+            if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
     }
-    std::ofstream metrics(options.run_directory / "metrics.jsonl", std::ios::app);
-    if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
+    // metrics.jsonl: a resumed run appends; a fresh one keeps its lines until it takes the directory over.
+    const auto metrics_path = options.run_directory / "metrics.jsonl";
+    std::ofstream metrics;
+    std::string pending_metrics;
+    auto open_metrics = [&](std::ios::openmode mode) {
+        metrics.open(metrics_path, mode);
+        if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
+    };
+    if (!session.fresh) open_metrics(std::ios::app);
 
     LearningRateSchedule schedule;
     schedule.kind = LearningRateSchedule::parse(options.lr_schedule);
@@ -153,10 +166,12 @@ TrainResult run_loop(Session& session) {
     Batch batch;
     const bool has_validation = session.corpus.validation().size() >= 2;
     if (!has_validation)
-        spdlog::warn("no validation text (--val-fraction {}): no best.safetensors, and the summary shows the training loss",
-                     options.validation_fraction);
-    if (options.steps > 0 && options.warmup_steps >= options.steps)
-        spdlog::warn("--warmup {} is as long as the run's {} steps: the learning rate never reaches --lr {}",
+        spdlog::warn("no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
+                     options.validation_file ? options.validation_file->string()
+                                             : fmt::format("--val-fraction {} of the corpus", options.validation_fraction),
+                     session.corpus.validation().size());
+    if (options.steps > 0 && options.warmup_steps > options.steps)
+        spdlog::warn("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                      options.warmup_steps, options.steps, options.learning_rate);
     if (model.config().dropout > 0 && model.config().layers == 1)
         spdlog::warn("--dropout {} does nothing with one layer: it drops units between layers, as PyTorch's nn.LSTM "
@@ -179,8 +194,10 @@ TrainResult run_loop(Session& session) {
     // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
     std::int64_t saved_step = session.state.step > 0 ? session.state.step : -1;
     // Past this the loss has exploded (char-rnn stops past three times its first loss): three times
-    // this run's first loss, or of a uniform guess, ln V, where that is higher (a resumed run starts low).
-    double exploded_loss = 0;
+    // the loss of a uniform guess, ln V, or of a fresh run's first step where that is higher. A resumed
+    // run's first loss says nothing: it may already be low, or already have climbed.
+    const double uniform_loss = std::log(static_cast<double>(session.corpus.vocab.size()));
+    double exploded_loss = 3 * uniform_loss;
 
     auto save = [&](const std::filesystem::path& path, bool for_resume) {
         session.state.data_position = stream.position();
@@ -188,7 +205,18 @@ TrainResult run_loop(Session& session) {
         session.state.options = options.to_json();
         save_checkpoint(path, model, session.corpus.vocab, session.state, for_resume ? &session.optimizer : nullptr,
                         for_resume ? &session.carried : nullptr);
-        if (for_resume) saved_step = session.state.step;
+        if (!for_resume) return;
+        saved_step = session.state.step;
+        if (session.fresh) {  // this run's first last.safetensors: the directory is its own from now on
+            session.fresh = false;
+            if (!has_validation) std::filesystem::remove(best_path, ignored);  // an earlier run's; none of this one's
+            write_file_atomically(metrics_path, pending_metrics);
+            open_metrics(std::ios::app);
+        }
+    };
+    auto log_metrics = [&](const nlohmann::json& record) {
+        if (session.fresh) pending_metrics += record.dump() + '\n';
+        else metrics << record.dump() << '\n' << std::flush;
     };
     auto stop_reason = [&]() -> std::optional<StopReason> {
         if (stop_requested) return StopReason::interrupted;
@@ -197,14 +225,14 @@ TrainResult run_loop(Session& session) {
         if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) return StopReason::patience;
         return std::nullopt;
     };
-    auto diverged = [&](const std::string& what) {
+    auto diverged = [&](const std::string& what, std::int64_t step) {
         const std::string kept =
             saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
                                           last_path.string(), saved_step, quoted_for_shell(options.run_directory.string()),
                                           options.learning_rate / 10)
                             : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}",
                                           options.learning_rate);
-        return Error(fmt::format("training diverged: {} at step {}; {}", what, session.state.step + 1, kept));
+        return Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept));
     };
     auto clear_status = [&]() {
         if (options.live_progress) std::fputs("\r\033[K", stderr);
@@ -212,7 +240,15 @@ TrainResult run_loop(Session& session) {
     auto last_status = start;
 
     // Decided once per step, so that the step that ends the run is also the one validated and saved.
+    loop_running = 1;
+    struct LoopEnd {
+        ~LoopEnd() { loop_running = 0; }
+    } loop_end;
     std::optional<StopReason> stop = stop_reason();
+    if (stop == StopReason::patience)
+        spdlog::warn("the run stopped early by --patience {}: it had no better validation loss in {} validations; "
+                     "give a larger --patience to go on",
+                     options.patience, session.state.evaluations_since_best);
     while (!stop) {
         const auto step_start = Clock::now();
         stream.next(batch);
@@ -221,13 +257,16 @@ TrainResult run_loop(Session& session) {
         const StepOutcome outcome = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
         const double loss = outcome.loss;
         auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
-        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", shown(loss)));
-        if (!std::isfinite(outcome.gradient_norm)) throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)));
-        if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate));
-        if (steps_this_run == 0) exploded_loss = 3 * std::max(loss, std::log(static_cast<double>(session.corpus.vocab.size())));
+        const std::int64_t step = session.state.step + 1;
+        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", shown(loss)), step);
+        if (!std::isfinite(outcome.gradient_norm))
+            throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)), step);
+        if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate), step);
+        if (steps_this_run == 0 && session.fresh) exploded_loss = 3 * std::max(loss, uniform_loss);
         if (loss > exploded_loss)
             throw diverged(fmt::format("the loss rose to {:.4g} nats/char, past {:.4g} (three times where it started)", loss,
-                                       exploded_loss));
+                                       exploded_loss),
+                           step);
         ++session.state.step;
         ++steps_this_run;
         training_seconds += seconds_since(step_start);
@@ -265,20 +304,30 @@ TrainResult run_loop(Session& session) {
                 model.set_dropout_generator(nullptr);
                 const double validation_loss =
                     evaluate_loss(model, session.corpus.validation(), options.seq_length, options.batch_size).mean();
+                // The update of the step just taken is judged here too: its weights are what would be saved.
+                if (!std::isfinite(validation_loss) || validation_loss > exploded_loss)
+                    throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where "
+                                               "training started)",
+                                               fmt::format("{:.4g}", validation_loss), exploded_loss),
+                                   session.state.step);
                 line += fmt::format(" | val {:.4f}", validation_loss);
                 record["validation_loss"] = validation_loss;
-                if (validation_loss < session.state.best_validation_loss) {
+                const bool best = validation_loss < session.state.best_validation_loss;
+                if (best) {
                     session.state.best_validation_loss = validation_loss;
                     session.state.evaluations_since_best = 0;
-                    save(best_path, false);
                     line += " (best)";
                 } else {
                     ++session.state.evaluations_since_best;
                 }
+                // last.safetensors first: should best's write fail (a full disk), a resume still knows the
+                // best loss reached, and never replaces a better best.safetensors with a worse one.
+                save(last_path, true);
+                if (best) save(best_path, false);
             } else {
                 record["validation_loss"] = nullptr;
+                save(last_path, true);
             }
-            save(last_path, true);
             stop = stop ? stop : stop_reason();  // patience is known only now
         }
         const double elapsed = seconds_since(start);
@@ -291,7 +340,7 @@ TrainResult run_loop(Session& session) {
         spdlog::info(line);
         record["chars_per_second"] = result.chars_per_second;
         record["elapsed_seconds"] = elapsed;
-        metrics << record.dump() << '\n' << std::flush;
+        log_metrics(record);
         loss_since_report = 0;
         steps_since_report = 0;
         last_report = Clock::now();
@@ -299,6 +348,7 @@ TrainResult run_loop(Session& session) {
     clear_status();
     if (saved_step != session.state.step) save(last_path, true);  // stopped between validations (Ctrl-C)
     result.stopped_by = *stop;
+    result.patience = options.patience;
     if (*stop == StopReason::patience)
         spdlog::info("stopped early: no better validation loss in {} validations", options.patience);
     if (*stop == StopReason::interrupted)
@@ -309,6 +359,20 @@ TrainResult run_loop(Session& session) {
     return result;
 }
 
+// Training keeps about seven floats per parameter besides the activations: the weight, its gradient,
+// Adam's two moments, a packed copy of the recurrent weights, and the bytes of a checkpoint being
+// written (weights and moments). A model that would not fit is refused before a byte is allocated,
+// rather than killed by the kernel part way.
+void check_model_fits_in_memory(ModelConfig model) {
+    model.vocab_size = std::max(model.vocab_size, 256);  // a fresh run's is not known yet: a typical text's
+    const double needed = 28.0 * static_cast<double>(model.parameter_count());
+    const double memory = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    if (memory > 0 && needed > 0.9 * memory)
+        throw UsageError(fmt::format("a {}x{} model needs about {:.0f} GB for its parameters, gradients and optimizer "
+                                     "state, and this machine has {:.0f} GB; make --hidden or --layers smaller",
+                                     model.layers, model.hidden_size, needed / 1e9, memory / 1e9));
+}
+
 void validate(const TrainOptions& options) {
     auto positive = [](const char* name, double value) {
         if (!(value > 0)) throw UsageError(fmt::format("{} must be positive, not {}", name, value));
@@ -316,6 +380,8 @@ void validate(const TrainOptions& options) {
     positive("--seq", options.seq_length);
     positive("--batch", options.batch_size);
     positive("--lr", options.learning_rate);
+    if (!std::isfinite(options.learning_rate) || !std::isfinite(options.clip) || !std::isfinite(options.minutes))
+        throw UsageError("--lr, --clip and --minutes must be finite numbers");
     positive("--eval-every", options.eval_every);
     positive("--lr-decay-every", static_cast<double>(options.lr_decay_every));
     try {
@@ -330,7 +396,8 @@ void validate(const TrainOptions& options) {
     } catch (const Error& error) {
         throw UsageError(error.what());  // a bad --hidden, --cell or --lr-schedule: the user's options
     }
-    if (options.warmup_steps < 0 || options.patience < 0) throw UsageError("--warmup and --patience must not be negative");
+    if (options.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", options.warmup_steps));
+    if (options.patience < 0) throw UsageError(fmt::format("--patience must not be negative, not {}", options.patience));
     if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
@@ -344,6 +411,7 @@ void validate(const TrainOptions& options) {
     }
     if (static_cast<double>(options.seq_length) * options.batch_size * std::max(options.model.hidden_size, 1) > 2e9)
         throw UsageError("--seq x --batch x --hidden is too large to fit in memory; make one of them smaller");
+    check_model_fits_in_memory(options.model);
 }
 
 // --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
@@ -505,21 +573,35 @@ TrainResult train(const TrainOptions& options_in) {
                                      "or choose another directory with --out",
                                      quoted_for_shell(options.run_directory.string())));
     std::optional<AtomicFile> corpus_copy, validation_copy;
+    std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
     auto copy = [&](std::optional<AtomicFile>& file, std::filesystem::path& path, const char* name) {
+        const std::string source = path == "-" ? std::string("standard input") : path.string();
         file.emplace(options.run_directory / name);
         spool_to_file(path, *file);
-        spdlog::info("copied {} into {}: it can be read only once, and the run reads its text more than once",
-                     path == "-" ? std::string("standard input") : path.string(), (options.run_directory / name).string());
         path = file->temporary_path();
+        copied.emplace_back(path.string(), source);
     };
+    if (copy_corpus && copy_validation && options.corpus == "-" && *options.validation_file == "-")
+        throw UsageError("CORPUS and --val cannot both read standard input");
     if (copy_corpus) copy(corpus_copy, options.corpus, "corpus.txt");
     if (copy_validation) copy(validation_copy, *options.validation_file, "validation.txt");
-    if (!corpus) corpus = load_corpus(options, nullptr);
+    if (!corpus) {
+        try {
+            corpus = load_corpus(options, nullptr);
+        } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
+            std::string message = error.what();
+            for (const auto& [temporary, source] : copied)
+                for (std::size_t at; (at = message.find(temporary)) != std::string::npos;) message.replace(at, temporary.size(), source);
+            throw Error(message);
+        }
+    }
     check_patience_has_validation(options, *corpus);
 
     options.corpus_fingerprint = fingerprint_file(options.corpus);
     if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
     options.train_characters = corpus->train_size;
+    for (const auto& [temporary, source] : copied)
+        spdlog::info("copied {} into the run directory: the run reads its text more than once", source);
     if (corpus_copy) {
         corpus_copy->commit();
         options.corpus = options.run_directory / "corpus.txt";
@@ -535,10 +617,7 @@ TrainResult train(const TrainOptions& options_in) {
     session.model.initialize(session.rng);
     session.optimizer = Adam(session.model.parameters());
     session.carried = session.model.initial_state(options.batch_size);
-    // A fresh run starts a fresh metrics log, and leaves no best.safetensors of an earlier run to
-    // pass for its own; last.safetensors is replaced only when the new one is written.
-    std::filesystem::remove(options.run_directory / "metrics.jsonl", error);
-    std::filesystem::remove(options.run_directory / "best.safetensors", error);
+    session.fresh = true;
     return run_loop(session);
 }
 
@@ -546,6 +625,9 @@ TrainResult resume_training(const ResumeRequest& request) {
     const auto& run_directory = request.run_directory;
     const auto last_path = run_directory / "last.safetensors";
     std::error_code error;
+    if (std::filesystem::is_regular_file(run_directory, error))
+        throw UsageError(fmt::format("{}: --resume takes the run's directory, not a file in it: --resume {}", run_directory.string(),
+                                     quoted_for_shell(run_directory.parent_path().empty() ? "." : run_directory.parent_path().string())));
     if (!std::filesystem::is_directory(run_directory, error))
         throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
     const RunLock lock(run_directory);
@@ -608,6 +690,9 @@ StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch,
     return outcome;
 }
 
-void request_training_stop() { stop_requested = 1; }
+bool request_training_stop() {
+    stop_requested = 1;
+    return loop_running != 0;
+}
 
 }  // namespace charlm

@@ -1117,6 +1117,12 @@ TEST_F(Cli, ResultsAreTheSameWhateverTeamsOpenMPGives) {
         EXPECT_EQ(under_limit.out, reference.out);
         EXPECT_NE(under_limit.err.find("--threads 2 asks for more than OMP_THREAD_LIMIT allows; using 1"), std::string::npos)
             << under_limit.err;
+        const RunResult no_teams = [&] {  // no region may have a team at all
+            const ScopedEnvironment levels("OMP_MAX_ACTIVE_LEVELS", "0");
+            return charlm(with_threads("2"));
+        }();
+        EXPECT_EQ(no_teams.out, reference.out);
+        EXPECT_NE(no_teams.err.find("more than OMP_MAX_ACTIVE_LEVELS allows; using 1"), std::string::npos) << no_teams.err;
         const RunResult two_threads = charlm(with_threads("2"));
         const RunResult under_dynamic = [&] {
             const ScopedEnvironment dynamic("OMP_DYNAMIC", "true");
@@ -1201,7 +1207,9 @@ TEST_F(Cli, TrainWarnsAboutOptionsThatWouldDoNothing) {
     const RunResult dropout = train_tiny(corpus, "dropout", 10, {"--dropout", "0.3"});  // kTinyModel has one layer
     EXPECT_NE(dropout.err.find("--dropout 0.3 does nothing with one layer"), std::string::npos) << dropout.err;
     const RunResult warmup = train_tiny(corpus, "warmup", 10, {"--warmup", "50"});
-    EXPECT_NE(warmup.err.find("--warmup 50 is as long as the run's 10 steps"), std::string::npos) << warmup.err;
+    EXPECT_NE(warmup.err.find("--warmup 50 is longer than the run's 10 steps"), std::string::npos) << warmup.err;
+    const RunResult exact = train_tiny(corpus, "exact", 10, {"--warmup", "10"});  // reaches --lr at its last step
+    EXPECT_EQ(exact.err.find("--warmup"), std::string::npos) << exact.err;
 }
 
 TEST_F(Cli, TrainWithoutValidationSaysSoAndWritesNoBestCheckpoint) {
@@ -1541,4 +1549,55 @@ TEST_F(Cli, InfoShowsControlCharactersAndCombiningMarksEscapedNeverAsQuestionMar
     for (const char* shown : {"\\0", "U+0001", "\\r", "U+0301", "\\n"}) EXPECT_NE(line.find(shown), std::string::npos) << shown << "\n" << line;
     EXPECT_EQ(line.find('?'), std::string::npos) << line;
     EXPECT_EQ(count_of(result.out, '\r') + count_of(result.out, '\0') + count_of(result.out, '\x01'), 0u) << "raw control characters on stdout";
+}
+
+TEST_F(Cli, AForcedRunThatFailsLeavesTheEarlierRunAsItWas) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 20);
+    const auto before = snapshot(path("run"));
+    std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--force", "--steps", "30",
+                                          "--lr", "1e38", "--clip", "0"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    const RunResult result = charlm(with_options(arguments, {"--lr", "1e38"}));
+    EXPECT_EQ(result.exit_code, 1) << describe(result);
+    EXPECT_NE(result.err.find("no checkpoint of this run was saved yet"), std::string::npos) << result.err;
+    expect_unchanged(before, snapshot(path("run")));  // best.safetensors and metrics.jsonl included
+}
+
+TEST_F(Cli, ResultsThatCannotReachStdoutAreAnError) {
+    const std::string checkpoint = trained_run().string(), corpus = path("corpus.txt").string();
+    // Through the shell, for its redirection to /dev/full, where every write fails with ENOSPC.
+    for (const std::string& command : {"info '" + checkpoint + "'", "eval '" + checkpoint + "' '" + corpus + "'",
+                                       "sample '" + checkpoint + "' --length 20 --seed 1"}) {
+        const std::string line = "'" CHARLM_BINARY "' " + command + " >/dev/full 2>'" + path("err.txt").string() + "'";
+        const int status = std::system(line.c_str());
+        EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << line << " exited " << status;
+        const std::string err = read_bytes(path("err.txt"));
+        EXPECT_EQ(err.rfind("charlm: error: cannot write the results to standard output", 0), 0u) << err;
+    }
+}
+
+TEST_F(Cli, ReadsWhereUsersPointAndNamesWhatTheyGave) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 10);
+    // --resume given the checkpoint file instead of its folder: the message says which to give.
+    expect_error(charlm({"train", "--resume", (path("run") / "last.safetensors").string()}), {"--resume " + path("run").string()}, true);
+    // An empty standard input is named as such, not by the copy's temporary name.
+    std::vector<std::string> piped = {"train", "-", "--out", path("piped").string()};
+    piped.insert(piped.end(), kTinyModel.begin(), kTinyModel.end());
+    const RunResult empty = charlm(piped, 60, "/dev/null");
+    expect_error(empty, {"standard input", "empty"});
+    EXPECT_EQ(empty.err.find(".tmp-"), std::string::npos) << empty.err;
+    // eval reads standard input with -.
+    const RunResult file = charlm({"eval", (path("run") / "last.safetensors").string(), corpus.string(), "--json"});
+    const RunResult piped_eval = charlm({"eval", (path("run") / "last.safetensors").string(), "-", "--json"}, 60, corpus.string());
+    ASSERT_EQ(piped_eval.exit_code, 0) << describe(piped_eval);
+    EXPECT_EQ(piped_eval.out, file.out);
+    // A corpus whose name makes no directory name trains into runs/corpus, never runs/ or its parent.
+    const auto dotted = write("..txt", make_corpus());
+    std::vector<std::string> arguments = {"train", dotted.string(), "--steps", "5"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    const RunResult unnamed = charlm(arguments);
+    ASSERT_EQ(unnamed.exit_code, 0) << describe(unnamed);
+    EXPECT_TRUE(fs::exists(path("runs") / "corpus" / "last.safetensors"));
 }

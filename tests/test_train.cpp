@@ -455,5 +455,34 @@ TEST(Train, RefusesPathsThatACheckpointCannotRecord) {
     EXPECT_FALSE(std::filesystem::exists(options.run_directory));
 }
 
+TEST(Train, AnExplodedValidationLossIsCaughtBeforeItIsSaved) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.learning_rate = 1e20;  // the first update already explodes; the step after it would say so too late
+    options.eval_every = 1;
+    const std::string message = error_of([&] { train(options); }, "divergence");
+    EXPECT_NE(message.find("the validation loss became"), std::string::npos) << message;
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "last.safetensors"));
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+}
+
+TEST(Train, AModelTooLargeForThisMachineIsRefusedBeforeAnythingIsAllocated) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.model.hidden_size = 16384;  // within the bounds of a config: a billion parameters, 30 GB to train
+    options.model.layers = 1;
+    if (static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE)) > 30e9)
+        GTEST_SKIP() << "this machine has the memory for it";
+    try {
+        train(options);
+        ADD_FAILURE() << "not refused";
+    } catch (const UsageError& error) {
+        EXPECT_NE(std::string(error.what()).find("GB for its parameters"), std::string::npos) << error.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory));
+}
+
 }  // namespace
 }  // namespace charlm

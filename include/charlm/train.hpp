@@ -57,6 +57,7 @@ struct TrainResult {
     double best_validation_loss = 0;
     double chars_per_second = 0;
     StopReason stopped_by = StopReason::steps;
+    int patience = 0;                  // the run's --patience, for saying why it stopped
     std::filesystem::path best_checkpoint;  // empty where the run has no validation text
     std::filesystem::path last_checkpoint;
 };
@@ -95,7 +96,9 @@ struct StepOutcome {
 StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
                        double learning_rate);
 
-// Asks a running train() to save and return after the current step; safe to call from a signal handler.
-void request_training_stop();
+// Asks a running train() to save and return after the current step; safe to call from a signal
+// handler. Returns false where no training loop is running yet (reading the corpus, say), where
+// there is nothing to save: the caller should then stop the process itself.
+bool request_training_stop();
 
 }  // namespace charlm

@@ -4,9 +4,11 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <regex>
 #include <set>
@@ -37,9 +39,12 @@ void use_threads(int threads) {
         spdlog::warn("--threads {} asks for more than {} allows; using {}", count.requested, count.limited_by, count.used);
 }
 
+// Ctrl-C, SIGTERM or a closed terminal: training saves and stops after the current step; before the
+// loop has begun (reading the corpus from a pipe, say) there is nothing to save, and the process ends
+// as the signal would end it. A second signal quits at once.
 void on_stop_signal(int signal_number) {
-    charlm::request_training_stop();
-    std::signal(signal_number, SIG_DFL);  // a second Ctrl-C quits at once
+    std::signal(signal_number, SIG_DFL);
+    if (!charlm::request_training_stop()) std::raise(signal_number);
 }
 
 struct TrainArguments {
@@ -55,11 +60,11 @@ struct TrainArguments {
     std::vector<std::string> given;  // the training options given on the command line, by name
 };
 
-std::string describe_stop(const charlm::TrainResult& result, const charlm::TrainOptions& options) {
+std::string describe_stop(const charlm::TrainResult& result) {
     switch (result.stopped_by) {
         case charlm::StopReason::steps: return "";
         case charlm::StopReason::minutes: return " (--minutes reached)";
-        case charlm::StopReason::patience: return fmt::format(" (stopped early: no better validation loss in {} validations)", options.patience);
+        case charlm::StopReason::patience: return fmt::format(" (stopped early: no better validation loss in {} validations)", result.patience);
         case charlm::StopReason::interrupted: return " (interrupted)";
     }
     return "";
@@ -72,11 +77,11 @@ int run_train(TrainArguments& arguments) {
     // 0 means "no bound" inside the library; on the command line it is a mistake, not the default.
     if (given("--steps") && arguments.options.steps <= 0)
         throw charlm::UsageError(fmt::format("--steps must be at least 1, not {}; leave it out for 2000", arguments.options.steps));
+    if (given("--out") && arguments.run_directory.empty()) throw charlm::UsageError("--out needs a directory; leave it out for runs/<corpus name>");
     if (given("--minutes") && !(arguments.options.minutes > 0))
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     use_threads(arguments.threads);
-    std::signal(SIGINT, on_stop_signal);
-    std::signal(SIGTERM, on_stop_signal);
+    for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) std::signal(signal_number, on_stop_signal);
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
     const bool live_progress = !arguments.quiet && ::isatty(STDERR_FILENO);
     charlm::TrainResult result;
@@ -109,18 +114,23 @@ int run_train(TrainArguments& arguments) {
         options.corpus = arguments.corpus;
         if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
         options.model.cell = charlm::parse_cell_type(arguments.cell);
-        const std::string run_name = arguments.corpus == "-" ? std::string("stdin") : std::filesystem::path(arguments.corpus).stem().string();
+        // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
+        std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
+        if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
+            run_name = "stdin";
+        if (run_name.empty() || run_name.starts_with(".")) run_name = "corpus";
         options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
                                                                 : std::filesystem::path(arguments.run_directory);
         if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
         options.live_progress = live_progress;
         result = charlm::train(options);
     }
-    const std::string stopped = describe_stop(result, options);
-    if (!result.validated) {
-        fmt::print("trained {} steps{}; no validation text, so no best checkpoint; last train loss {:.4f} nats/char\n"
+    const std::string stopped = describe_stop(result);
+    if (!result.validated || !std::isfinite(result.best_validation_loss)) {
+        fmt::print("trained {} steps{}; {}, so no best checkpoint; last train loss {:.4f} nats/char\n"
                    "checkpoint: {} (to resume)\n",
-                   result.steps, stopped, result.last_train_loss, result.last_checkpoint.string());
+                   result.steps, stopped, result.validated ? "no validation yet" : "no validation text",
+                   result.last_train_loss, result.last_checkpoint.string());
     } else {
         const double best = result.best_validation_loss;
         fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
@@ -198,7 +208,7 @@ int run_sample(SampleArguments& arguments) {
                          });
         std::fputc('\n', stdout);
     }
-    return std::fflush(stdout) == 0 ? 0 : 1;
+    return 0;  // main() checks that stdout took everything
 }
 
 int run_info(const std::string& checkpoint_path, bool json) {
@@ -229,7 +239,8 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 int run_eval(EvalArguments& arguments) {
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, arguments.file, arguments.options);
+    const std::string file = arguments.file == "-" ? "/dev/stdin" : arguments.file;  // read once, streamed: a pipe will do
+    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, file, arguments.options);
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
                      result.unknown_characters, arguments.file, 100 * result.unknown_fraction);
@@ -490,7 +501,7 @@ int main(int argc, char** argv) {
     sample->add_flag("--skip-unknown", sample_arguments.skip_unknown, "Leave out prompt characters the model never saw");
     sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
     sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text")
-        ->check([](const std::string& text) { return text.empty() ? std::string("--stop needs the text to stop at") : std::string(); });
+        ->check([](const std::string& text) { return text.empty() ? std::string("needs the text to stop at") : std::string(); });
     sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed");
     sample->add_option("--length", sample_arguments.length, "Characters to generate")
         ->check(CLI::Range(0LL, 1LL << 40))
@@ -506,7 +517,7 @@ int main(int argc, char** argv) {
     EvalArguments eval_arguments;
     auto* eval = app.add_subcommand("eval", "Score a text: nats per character, perplexity, bits per character");
     eval->add_option("CHECKPOINT", eval_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
-    eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score")->required();
+    eval->add_option("FILE", eval_arguments.file, "UTF-8 text to score; - reads standard input")->required();
     eval->add_flag("--json", eval_arguments.json, "Print one JSON object");
     eval->add_flag("--allow-unknown", eval_arguments.options.allow_unknown,
                    fmt::format("Score a text even when more than {:g}% of its characters are not in the model's vocabulary "
@@ -553,18 +564,18 @@ int main(int argc, char** argv) {
     sample_arguments.given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
                               .top_p = sample->count("--top-p") > 0};
 
+    int status = 0;
     try {
-        if (*train) return run_train(train_arguments);
-        if (*sample) return run_sample(sample_arguments);
-        if (*eval) return run_eval(eval_arguments);
-        if (*info) return run_info(info_checkpoint, info_json);
-        if (*bench) return run_bench(bench_options, bench_corpus, bench_models, bench_json);
-        if (*plot) {
+        if (*train) status = run_train(train_arguments);
+        else if (*sample) status = run_sample(sample_arguments);
+        else if (*eval) status = run_eval(eval_arguments);
+        else if (*info) status = run_info(info_checkpoint, info_json);
+        else if (*bench) status = run_bench(bench_options, bench_corpus, bench_models, bench_json);
+        else if (*plot) {
             const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directory) / "loss.png"
                                                                      : std::filesystem::path(plot_output);
             charlm::plot_losses(plot_run_directory, output);
             fmt::print("{}\n", output.string());
-            return 0;
         }
     } catch (const charlm::UsageError& error) {
         std::fflush(stdout);
@@ -581,5 +592,10 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "charlm: error: {}\n", error.what());
         return 1;
     }
-    return 0;
+    // Results that never reached stdout (a full disk, a closed pipe) are a failure, not a success.
+    if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+        fmt::print(stderr, "charlm: error: cannot write the results to standard output ({})\n", std::strerror(errno));
+        return 1;
+    }
+    return status;
 }
