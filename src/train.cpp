@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <omp.h>
 #include <spdlog/spdlog.h>
 #include <utf8.h>
 
@@ -511,6 +512,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"corpus_size_bytes", corpus_fingerprint.size_bytes},
         {"corpus_sha256", corpus_fingerprint.sha256},
         {"train_characters", train_characters},
+        {"threads", threads},
     };
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
     json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
@@ -539,6 +541,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.minutes = json.at("minutes").get<double>();
         options.eval_every = integer_value<int>(json.at("eval_every"));
         options.seed = integer_value<std::uint64_t>(json.at("seed"));
+        options.threads = json.contains("threads") ? integer_value<int>(json.at("threads")) : 0;
         // Absent from checkpoints written before the corpus was fingerprinted.
         if (json.contains("corpus_sha256")) {
             options.corpus_fingerprint = {integer_value<std::uint64_t>(json.at("corpus_size_bytes")),
@@ -612,6 +615,7 @@ TrainResult train(const TrainOptions& options_in) {
     }
     options.model.vocab_size = static_cast<int>(corpus->vocab.size());
     options.model.validate();
+    options.threads = omp_get_max_threads();
 
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     session.model.initialize(session.rng);
@@ -642,6 +646,8 @@ TrainResult resume_training(const ResumeRequest& request) {
     options.model.dropout = dropout;
     options.run_directory = run_directory;
     options.live_progress = request.live_progress;
+    const int threads_before = options.threads;
+    options.threads = omp_get_max_threads();
     validate(options);
     if (request.validation_file && !options.validation_file)
         throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
@@ -662,6 +668,22 @@ TrainResult resume_training(const ResumeRequest& request) {
                     std::move(*checkpoint.carried_state),
                     rng_from_string(checkpoint.training.rng_state)};
     session.model.set_dropout(options.model.dropout);
+    // Warnings only now, once every check has passed: a refusal is one line.
+    if (threads_before > 0 && threads_before != options.threads)
+        spdlog::warn("the run trained with --threads {} and goes on with {}: its numbers will differ in the last bits "
+                     "from one uninterrupted run (give --threads {} to keep them the same)",
+                     threads_before, options.threads, threads_before);
+    if (LearningRateSchedule::parse(options.lr_schedule) == LearningRateSchedule::Kind::cosine &&
+        options.steps != checkpoint.training.options.value("steps", options.steps)) {
+        const auto rate_at = [&](std::int64_t total) {
+            LearningRateSchedule schedule{LearningRateSchedule::Kind::cosine, options.learning_rate, options.warmup_steps,
+                                          total, options.lr_decay_every, options.lr_decay_factor};
+            return schedule.at(checkpoint.training.step + 1);
+        };
+        spdlog::warn("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} to {:.3g}",
+                     options.steps, checkpoint.training.options.value("steps", std::int64_t{0}),
+                     rate_at(checkpoint.training.options.value("steps", std::int64_t{0})), rate_at(options.steps));
+    }
     spdlog::info("resuming {} at step {}{}", run_directory.string(), session.state.step,
                  changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", ")));
     if (options.steps > 0 && session.state.step >= options.steps)

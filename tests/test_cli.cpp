@@ -24,6 +24,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -1166,6 +1167,8 @@ TEST_F(Cli, TrainResumeTakesTheOptionsARunMayChangeAndRefusesTheOthers) {
     const RunResult resumed = charlm({"train", "--resume", path("run").string(), "--lr", "5e-4", "--steps", "40"});
     ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
     EXPECT_NE(resumed.err.find("--lr 0.0005 (was 0.002)"), std::string::npos) << resumed.err;
+    if (std::thread::hardware_concurrency() > 1)  // trained with --threads 1, resumed with every core
+        EXPECT_NE(resumed.err.find("the run trained with --threads 1 and goes on with"), std::string::npos) << resumed.err;
     const auto metrics = read_metrics(path("run") / "metrics.jsonl");
     ASSERT_FALSE(metrics.empty());
     EXPECT_EQ(metrics.back().at("learning_rate").get<double>(), 5e-4);
@@ -1190,6 +1193,13 @@ TEST_F(Cli, TrainResumeFollowsAMovedCorpusWhoseContentIsTheSame) {
     const RunResult moved = charlm({"train", "--resume", path("run").string(), "--corpus", path("moved.txt").string(), "--steps", "30"});
     EXPECT_EQ(moved.exit_code, 0) << describe(moved);
     expect_error(charlm({"train", corpus.string(), "--corpus", path("moved.txt").string()}), {"--corpus"}, true);
+}
+
+TEST_F(Cli, TrainRefusesValidationFileAndFractionTogether) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const auto validation = write("validation.txt", make_corpus(40));
+    expect_error(charlm({"train", corpus.string(), "--val", validation.string(), "--val-fraction", "0.2", "--out", path("run").string()}),
+                 {"--val", "--val-fraction"}, true);
 }
 
 TEST_F(Cli, TrainRefusesZeroStepsAndZeroMinutes) {

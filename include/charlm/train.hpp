@@ -42,6 +42,7 @@ struct TrainOptions {
     FileFingerprint corpus_fingerprint;
     std::optional<FileFingerprint> validation_fingerprint;  // with a validation file
     std::uint64_t train_characters = 0;                     // the part that trains, after the split
+    int threads = 0;  // the thread count it trained with: the same seed and count give the same bits
 
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& json);
