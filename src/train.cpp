@@ -240,11 +240,11 @@ TrainResult run_loop(Session& session) {
     };
     auto last_status = start;
 
-    // Decided once per step, so that the step that ends the run is also the one validated and saved.
-    loop_running = 1;
+    loop_running = 1;  // from here a stop signal is heard, and answered with a save
     struct LoopEnd {
         ~LoopEnd() { loop_running = 0; }
     } loop_end;
+    // Decided once per step, so that the step that ends the run is also the one validated and saved.
     std::optional<StopReason> stop = stop_reason();
     if (stop == StopReason::patience)
         spdlog::warn("the run stopped early by --patience {}: it had no better validation loss in {} validations; "
