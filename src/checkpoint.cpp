@@ -391,7 +391,7 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
     text += fmt::format("trained     {} steps{}\n", description.at("steps_trained").get<std::int64_t>(),
                         epochs.is_number() ? fmt::format(", {:.2f} epochs", epochs.get<double>()) : "");
     text += fmt::format("best val    {}\n", best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(),
-                                                                          std::exp(best.get<double>()))
+                                                                          perplexity_of(best.get<double>()))
                                                              : std::string("none yet"));
     text += fmt::format("resumable   {}\n", description.at("resumable").get<bool>() ? "yes (optimizer state included)" : "no (weights only)");
     const auto& corpus = description.at("corpus");

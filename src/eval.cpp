@@ -13,16 +13,7 @@ namespace charlm {
 LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size) {
     LossSum total;
     ModelState<float> state;
-    // The weights stay as they are throughout: pack them once, not once per window.
-    const bool was_frozen = model.weights_frozen();
-    if (!was_frozen) model.set_weights_frozen(true);
-    struct Unfreeze {
-        Model<float>& model;
-        bool was_frozen;
-        ~Unfreeze() {
-            if (!was_frozen) model.set_weights_frozen(false);
-        }
-    } unfreeze{model, was_frozen};
+    const WeightsFreeze<float> freeze(model);  // the weights stay as they are: packed once, not once per window
     for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
         if (window.starts_streams) state = model.initial_state(window.batch_size);
         model.forward(window.inputs, window.seq_length, window.batch_size, state);
@@ -63,8 +54,8 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
     const LossSum loss = evaluate_loss(model, ids, 100, batch_size);
     result.characters_scored = loss.count;
     result.nats_per_character = loss.mean();
-    result.perplexity = std::exp(result.nats_per_character);
-    result.bits_per_character = result.nats_per_character / std::log(2.0);
+    result.perplexity = perplexity_of(result.nats_per_character);
+    result.bits_per_character = bits_per_character_of(result.nats_per_character);
     return result;
 }
 

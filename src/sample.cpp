@@ -113,9 +113,7 @@ std::vector<double> TokenDrawer::distribution() const {
 }
 
 Sampler::Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed)
-    : model_(model), was_frozen_(model.weights_frozen()), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {
-    if (!was_frozen_) model_.set_weights_frozen(true);
-}
+    : model_(model), freeze_(model), vocab_(vocab), rng_(seed), state_(model.initial_state(1)) {}
 
 void Sampler::feed(TokenId id) {
     input_ = id;

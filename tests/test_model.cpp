@@ -66,6 +66,25 @@ void check_all_gradients(int layers, CellType cell = CellType::lstm, double drop
 }
 
 TEST(Model, OneLayerGradientsMatchFiniteDifferences) { check_all_gradients(1); }
+
+TEST(Model, LossFiguresAreThePerplexityAndBitsOfTheNats) {
+    EXPECT_DOUBLE_EQ(perplexity_of(std::log(3.0)), 3.0);
+    EXPECT_DOUBLE_EQ(bits_per_character_of(std::log(2.0)), 1.0);
+    EXPECT_DOUBLE_EQ(bits_per_character_of(std::log(256.0)), 8.0);
+}
+
+TEST(Model, AWeightsFreezePutsBackWhatWasThereBefore) {
+    ModelConfig config = small_config(1);
+    config.vocab_size = 5;
+    Model<float> model(config);
+    {
+        const WeightsFreeze<float> outer(model);
+        EXPECT_TRUE(model.weights_frozen());
+        { const WeightsFreeze<float> inner(model); }
+        EXPECT_TRUE(model.weights_frozen()) << "an inner freeze must not thaw an outer one";
+    }
+    EXPECT_FALSE(model.weights_frozen());
+}
 TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(2); }
 TEST(Model, GruStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::gru); }
 TEST(Model, RnnStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::rnn); }

@@ -53,6 +53,11 @@ struct LossSum {
     double mean() const { return count ? total_nats / static_cast<double>(count) : 0.0; }
 };
 
+// A cross-entropy in nats per character, as the two other figures people quote: perplexity (e^nats)
+// and bits per character (nats / ln 2). Every report of a loss goes through these.
+inline double perplexity_of(double nats_per_character) { return std::exp(nats_per_character); }
+inline double bits_per_character_of(double nats_per_character) { return nats_per_character / std::log(2.0); }
+
 template <typename Scalar>
 class Model {
 public:
@@ -126,6 +131,25 @@ private:
     Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
     std::vector<double> row_losses_;          // T*B, each row's loss (unset where the target is ignored)
     std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output
+};
+
+// Holds a model's weights frozen (Model::set_weights_frozen) while it lives, then puts back what was
+// there before: evaluation and sampling, which only read the weights, pack them once through it.
+template <typename Scalar>
+class WeightsFreeze {
+public:
+    explicit WeightsFreeze(Model<Scalar>& model) : model_(model), was_frozen_(model.weights_frozen()) {
+        if (!was_frozen_) model_.set_weights_frozen(true);
+    }
+    ~WeightsFreeze() {
+        if (!was_frozen_) model_.set_weights_frozen(false);
+    }
+    WeightsFreeze(const WeightsFreeze&) = delete;
+    WeightsFreeze& operator=(const WeightsFreeze&) = delete;
+
+private:
+    Model<Scalar>& model_;
+    bool was_frozen_;
 };
 
 }  // namespace charlm

@@ -65,9 +65,6 @@ class Sampler {
 public:
     // Freezes the model's weights (Model::set_weights_frozen) until the sampler is destroyed.
     Sampler(Model<float>& model, const Vocab& vocab, std::uint64_t seed);
-    ~Sampler() {
-        if (!was_frozen_) model_.set_weights_frozen(false);
-    }
     Sampler(const Sampler&) = delete;
     Sampler& operator=(const Sampler&) = delete;
 
@@ -83,7 +80,7 @@ private:
     void feed(TokenId id);
 
     Model<float>& model_;
-    bool was_frozen_;
+    WeightsFreeze<float> freeze_;
     const Vocab& vocab_;
     std::mt19937_64 rng_;
     ModelState<float> state_;

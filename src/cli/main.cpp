@@ -157,7 +157,7 @@ int run_train(TrainArguments& arguments) {
         const double best = result.best_validation_loss;
         fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
                    "checkpoints: {} (best), {} (to resume)\n",
-                   result.steps, stopped, best, std::exp(best), best / std::log(2.0), result.best_checkpoint.string(),
+                   result.steps, stopped, best, charlm::perplexity_of(best), charlm::bits_per_character_of(best), result.best_checkpoint.string(),
                    result.last_checkpoint.string());
     }
     return result.stopped_by == charlm::StopReason::interrupted ? 130 : 0;
