@@ -11,8 +11,10 @@ cmake_arguments=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) packages+=(bible-kjv) ;;
-    --bench) packages+=(python3-torch) ;;
-    --interop) packages+=(python3-torch gnuplot-nox) ;;
+    # python3-torch is content with the reference BLAS (libblas3), 10-15x slower than OpenBLAS: the
+    # PyTorch peer would measure a strawman, so OpenBLAS comes with it.
+    --bench) packages+=(python3-torch libopenblas0-pthread) ;;
+    --interop) packages+=(python3-torch libopenblas0-pthread gnuplot-nox) ;;
     --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev python3) ;;
     --build-dir) build_dir="$2"; shift ;;
     --) shift; cmake_arguments=("$@"); break ;;
