@@ -14,7 +14,7 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
-#include "charlm/gemm.hpp"
+#include "gemm.hpp"
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/sample.hpp"
@@ -149,12 +149,12 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
 
 FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size) {
     const double V = config.vocab_size, E = config.embed_size, H = config.hidden_size, L = config.layers;
-    const double gates = config.cell == CellType::lstm ? 4 : config.cell == CellType::gru ? 3 : 1;
+    const double gates = config.gate_count();
     const double G = gates * H;  // the gates' width
     const double T = seq_length, B = batch_size, TB = T * B;
     // rows x inner times inner x columns
     auto product = [](double rows, double inner, double columns) { return 2 * rows * inner * columns; };
-    // Where the first layer's input projection is a table lookup: the rule of layer_input.cpp's
+    // Where the first layer's input projection is a table lookup: the rule of input_projection.cpp's
     // through_table(), with the weights changing (training) and frozen (test_bench.cpp checks both).
     const bool table_in_training = 2 * V <= TB;
     const bool table_when_frozen = V * G <= static_cast<double>(std::int64_t{1} << 24);

@@ -163,7 +163,8 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
             const auto& hidden = carried_state->hidden[layer];
             const std::vector<std::int64_t> shape = {hidden.rows(), hidden.cols()};
             tensors.push_back({fmt::format("state.hidden_l{}", layer), shape, hidden.data()});
-            tensors.push_back({fmt::format("state.cell_l{}", layer), shape, carried_state->cell[layer].data()});
+            if (layer < carried_state->cell.size())  // the LSTM's; the other cells carry no c
+                tensors.push_back({fmt::format("state.cell_l{}", layer), shape, carried_state->cell[layer].data()});
         }
     }
     // The loader refuses a non-finite value, so writing one would replace a good file with a useless one.
@@ -298,13 +299,14 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         const auto batch_size = file.tensors.at("state.hidden_l0").shape.empty() ? 0 : file.tensors.at("state.hidden_l0").shape[0];
         if (batch_size < 1 || batch_size > (1 << 20)) throw fail("tensor 'state.hidden_l0' has an invalid batch size");
         const auto state_bytes = static_cast<std::uint64_t>(batch_size) * static_cast<std::uint64_t>(checkpoint.config.hidden_size) *
-                                 static_cast<std::uint64_t>(checkpoint.config.layers) * 2 * sizeof(float);
+                                 static_cast<std::uint64_t>(checkpoint.config.layers) *
+                                 (checkpoint.config.has_cell_state() ? 2 : 1) * sizeof(float);
         if (state_bytes > bytes.size()) throw fail("the carried state needs more data than the file holds; it is truncated or corrupt");
         ModelState<float> state = checkpoint.model->initial_state(static_cast<int>(batch_size));
         const std::vector<std::int64_t> shape = {batch_size, checkpoint.config.hidden_size};
         for (std::size_t layer = 0; layer < state.hidden.size(); ++layer) {
             take(fmt::format("state.hidden_l{}", layer), state.hidden[layer], shape);
-            take(fmt::format("state.cell_l{}", layer), state.cell[layer], shape);
+            if (layer < state.cell.size()) take(fmt::format("state.cell_l{}", layer), state.cell[layer], shape);
         }
         checkpoint.carried_state = std::move(state);
     }

@@ -1,5 +1,5 @@
 // GEMM through oneDNN or Eigen, and the packed small-batch product of the time loops.
-#include "charlm/gemm.hpp"
+#include "gemm.hpp"
 
 #include <algorithm>
 #include <array>

@@ -5,35 +5,30 @@
 
 #include <fmt/format.h>
 
+#include "cells.hpp"
 #include "charlm/error.hpp"
-#include "charlm/gemm.hpp"
 #include "charlm/json_integer.hpp"
+#include "gemm.hpp"
+#include "recurrent_layer.hpp"
 
 namespace charlm {
 
 std::string to_string(CellType cell) {
-    switch (cell) {
-        case CellType::lstm: return "lstm";
-        case CellType::gru: return "gru";
-        case CellType::rnn: return "rnn";
-    }
-    return "unknown";
+    return with_cell(cell, [](auto chosen) { return std::string(chosen.name); });
 }
 
 CellType parse_cell_type(const std::string& name) {
-    if (name == "lstm") return CellType::lstm;
-    if (name == "gru") return CellType::gru;
-    if (name == "rnn") return CellType::rnn;
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn})
+        if (to_string(cell) == name) return cell;
     throw UsageError(fmt::format("unknown cell type '{}'; use lstm, gru or rnn", name));
 }
 
-static int gate_count(CellType cell) {
-    switch (cell) {
-        case CellType::lstm: return 4;
-        case CellType::gru: return 3;
-        case CellType::rnn: return 1;
-    }
-    return 0;
+int ModelConfig::gate_count() const {
+    return with_cell(cell, [](auto chosen) { return chosen.gate_count; });
+}
+
+bool ModelConfig::has_cell_state() const {
+    return with_cell(cell, [](auto chosen) { return chosen.has_cell_state; });
 }
 
 // A UsageError, since the sizes almost always come from the user's options; from_json() below turns it
@@ -55,7 +50,7 @@ void ModelConfig::validate() const {
 
 std::size_t ModelConfig::parameter_count() const {
     const std::size_t V = static_cast<std::size_t>(vocab_size), E = static_cast<std::size_t>(embed_size),
-                      H = static_cast<std::size_t>(hidden_size), G = static_cast<std::size_t>(gate_count(cell));
+                      H = static_cast<std::size_t>(hidden_size), G = static_cast<std::size_t>(gate_count());
     std::size_t count = V * E + V * H + V;
     for (int layer = 0; layer < layers; ++layer) {
         std::size_t input_size = layer == 0 ? E : H;
@@ -91,6 +86,30 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
     return config;
 }
 
+// What the passes keep between forward() and backward(), sized on the first window of a shape.
+template <typename Scalar>
+struct Model<Scalar>::Workspace {
+    struct Layer {
+        explicit Layer(CellType cell) : engine(cell) {}
+        RecurrentLayer<Scalar> engine;
+        Matrix<Scalar> dropout_mask;  // (T*B, H): 0 or 1/(1-p)
+        Matrix<Scalar> dropped;       // (T*B, H): output times mask, the next layer's input
+        Matrix<Scalar> d_output;      // (T*B, H): the loss gradient of its output
+    };
+    std::vector<Layer> layers;
+    Matrix<Scalar> no_cell_state;     // what a cell without one is handed for it
+    std::vector<TokenId> inputs;      // T*B
+    std::vector<TokenId> targets;     // T*B
+    int steps = 0;
+    std::size_t target_count = 0;
+    std::mt19937_64* dropout_rng = nullptr;
+    bool dropping = false;            // whether the last forward() dropped units
+    PackedMatrix<Scalar> head_packed; // head weight^T while frozen
+    Matrix<Scalar> logits;            // (T*B, V)
+    Matrix<Scalar> d_logits;          // (T*B, V): probabilities, then their gradient
+    std::vector<double> row_losses;   // T*B, each row's loss (unset where the target is ignored)
+};
+
 template <typename Scalar>
 static Parameter<Scalar> make_parameter(std::string name, std::int64_t rows, std::int64_t cols, bool is_vector) {
     Parameter<Scalar> parameter;
@@ -102,22 +121,30 @@ static Parameter<Scalar> make_parameter(std::string name, std::int64_t rows, std
 }
 
 template <typename Scalar>
-Model<Scalar>::Model(const ModelConfig& config) : config_(config) {
+Model<Scalar>::Model(const ModelConfig& config) : config_(config), workspace_(std::make_unique<Workspace>()) {
     config_.validate();
-    const int V = config.vocab_size, E = config.embed_size, H = config.hidden_size, G = gate_count(config.cell);
-    parameters_.push_back(make_parameter<Scalar>("embedding.weight", V, E, false));
+    const int V = config.vocab_size, E = config.embed_size, H = config.hidden_size, G = config_.gate_count();
+    parameters_.reserve(3 + 4 * static_cast<std::size_t>(config.layers));  // never reallocated: the names below point in
+    embedding_ = &parameters_.emplace_back(make_parameter<Scalar>("embedding.weight", V, E, false));
     for (int layer = 0; layer < config.layers; ++layer) {
         const int input_size = layer == 0 ? E : H;
-        parameters_.push_back(make_parameter<Scalar>(fmt::format("rnn.weight_ih_l{}", layer), G * H, input_size, false));
-        parameters_.push_back(make_parameter<Scalar>(fmt::format("rnn.weight_hh_l{}", layer), G * H, H, false));
-        parameters_.push_back(make_parameter<Scalar>(fmt::format("rnn.bias_ih_l{}", layer), 1, G * H, true));
-        parameters_.push_back(make_parameter<Scalar>(fmt::format("rnn.bias_hh_l{}", layer), 1, G * H, true));
+        LayerParameters& named = layers_.emplace_back();
+        named.weight_ih = &parameters_.emplace_back(make_parameter<Scalar>(fmt::format("rnn.weight_ih_l{}", layer), G * H, input_size, false));
+        named.weight_hh = &parameters_.emplace_back(make_parameter<Scalar>(fmt::format("rnn.weight_hh_l{}", layer), G * H, H, false));
+        named.bias_ih = &parameters_.emplace_back(make_parameter<Scalar>(fmt::format("rnn.bias_ih_l{}", layer), 1, G * H, true));
+        named.bias_hh = &parameters_.emplace_back(make_parameter<Scalar>(fmt::format("rnn.bias_hh_l{}", layer), 1, G * H, true));
+        workspace_->layers.emplace_back(config.cell);
     }
-    parameters_.push_back(make_parameter<Scalar>("head.weight", V, H, false));
-    parameters_.push_back(make_parameter<Scalar>("head.bias", 1, V, true));
-    caches_.resize(static_cast<std::size_t>(config.layers));
-    d_outputs_.resize(static_cast<std::size_t>(config.layers));
+    head_weight_ = &parameters_.emplace_back(make_parameter<Scalar>("head.weight", V, H, false));
+    head_bias_ = &parameters_.emplace_back(make_parameter<Scalar>("head.bias", 1, V, true));
 }
+
+template <typename Scalar>
+Model<Scalar>::Model(Model&&) noexcept = default;
+template <typename Scalar>
+Model<Scalar>& Model<Scalar>::operator=(Model&&) noexcept = default;
+template <typename Scalar>
+Model<Scalar>::~Model() = default;
 
 template <typename Scalar>
 void Model<Scalar>::initialize(std::mt19937_64& rng) {
@@ -127,15 +154,17 @@ void Model<Scalar>::initialize(std::mt19937_64& rng) {
         for (Eigen::Index i = 0; i < matrix.size(); ++i)
             matrix.data()[i] = static_cast<Scalar>((2 * uniform() - 1) * bound);
     };
-    auto& embedding = parameters_.front().value;
+    auto& embedding = embedding_->value;
     for (Eigen::Index i = 0; i < embedding.size(); ++i) {  // Box-Muller
         double radius = std::sqrt(-2 * std::log(1 - uniform())), angle = 2 * M_PI * uniform();
         embedding.data()[i] = static_cast<Scalar>(radius * std::cos(angle));
     }
-    const double recurrent_bound = 1 / std::sqrt(static_cast<double>(config_.hidden_size));
-    for (std::size_t i = 1; i + 2 < parameters_.size(); ++i) fill_uniform(parameters_[i].value, recurrent_bound);
-    fill_uniform(parameters_[parameters_.size() - 2].value, recurrent_bound);
-    fill_uniform(parameters_.back().value, recurrent_bound);
+    const double bound = 1 / std::sqrt(static_cast<double>(config_.hidden_size));
+    for (const LayerParameters& layer : layers_)
+        for (Parameter<Scalar>* parameter : {layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh})
+            fill_uniform(parameter->value, bound);
+    fill_uniform(head_weight_->value, bound);
+    fill_uniform(head_bias_->value, bound);
 }
 
 template <typename Scalar>
@@ -155,82 +184,63 @@ ModelState<Scalar> Model<Scalar>::initial_state(int batch_size) const {
     ModelState<Scalar> state;
     for (int layer = 0; layer < config_.layers; ++layer) {
         state.hidden.push_back(Matrix<Scalar>::Zero(batch_size, config_.hidden_size));
-        state.cell.push_back(Matrix<Scalar>::Zero(batch_size, config_.hidden_size));
+        if (config_.has_cell_state()) state.cell.push_back(Matrix<Scalar>::Zero(batch_size, config_.hidden_size));
     }
     return state;
 }
 
 template <typename Scalar>
-CellWeights<Scalar> Model<Scalar>::layer_weights(int layer) const {
-    const std::size_t first = 1 + 4 * static_cast<std::size_t>(layer);
-    return {parameters_[first].value, parameters_[first + 1].value, parameters_[first + 2].value,
-            parameters_[first + 3].value, weights_frozen_ ? freezes_ : 0};
+void Model<Scalar>::set_dropout_generator(std::mt19937_64* rng) {
+    workspace_->dropout_rng = rng;
 }
 
 template <typename Scalar>
-CellGradients<Scalar> Model<Scalar>::layer_gradients(int layer) {
-    const std::size_t first = 1 + 4 * static_cast<std::size_t>(layer);
-    return {parameters_[first].gradient, parameters_[first + 1].gradient, parameters_[first + 2].gradient,
-            parameters_[first + 3].gradient};
-}
-
-template <typename Scalar>
-LayerInput<Scalar> Model<Scalar>::layer_input(int layer) const {
-    if (layer == 0) return {inputs_, parameters_.front().value};  // the embedding's rows, by token
-    return dropping(layer - 1) ? caches_[static_cast<std::size_t>(layer - 1)].dropped : layer_output(layer - 1);
-}
-
-template <typename Scalar>
-const Matrix<Scalar>& Model<Scalar>::layer_output(int layer) const {
-    const LayerCache& cache = caches_[static_cast<std::size_t>(layer)];
-    switch (config_.cell) {
-        case CellType::gru: return cache.gru.hidden;
-        case CellType::rnn: return cache.rnn.hidden;
-        default: return cache.lstm.hidden;
-    }
+const Matrix<Scalar>& Model<Scalar>::logits() const {
+    return workspace_->logits;
 }
 
 template <typename Scalar>
 void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state) {
+    Workspace& w = *workspace_;
     const Eigen::Index TB = static_cast<Eigen::Index>(steps) * batch_size;
     if (static_cast<Eigen::Index>(inputs.size()) != TB) throw Error("window has the wrong number of inputs");
-    inputs_.assign(inputs.begin(), inputs.end());
-    steps_ = steps;
-    batch_size_ = batch_size;
+    if (state.hidden.size() != layers_.size() || state.cell.size() != (config_.has_cell_state() ? layers_.size() : 0))
+        throw Error("the carried state does not fit the model");
+    w.inputs.assign(inputs.begin(), inputs.end());
+    w.steps = steps;
+    w.dropping = w.dropout_rng != nullptr && config_.dropout > 0 && config_.layers > 1;
+    // What the engine derives from the weights (packed copies, layer 0's table) is kept while frozen.
+    const std::uint64_t version = weights_frozen_ ? freezes_ : 0;
 
-    dropping_ = dropout_rng_ != nullptr && config_.dropout > 0;
-    for (int layer = 0; layer < config_.layers; ++layer) {
-        const auto l = static_cast<std::size_t>(layer);
-        LayerCache& cache = caches_[l];
-        switch (config_.cell) {
-            case CellType::lstm:
-                lstm_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], state.cell[l], cache.lstm);
-                break;
-            case CellType::gru: gru_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], cache.gru); break;
-            case CellType::rnn: rnn_forward(layer_input(layer), steps, layer_weights(layer), state.hidden[l], cache.rnn); break;
-        }
-        if (dropping(layer)) {
-            // Inverted dropout: survivors are scaled by 1/(1-p) so evaluation needs no change.
+    const Matrix<Scalar>* below = nullptr;  // the layer below's output, after dropout
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        const LayerParameters& p = layers_[l];
+        typename Workspace::Layer& layer = w.layers[l];
+        const LayerInput<Scalar> input = l == 0 ? LayerInput<Scalar>(w.inputs, embedding_->value) : LayerInput<Scalar>(*below);
+        layer.engine.forward(input, steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value, version},
+                             state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
+        below = &layer.engine.output();
+        if (w.dropping && l + 1 < layers_.size()) {
+            // Inverted dropout between layers: survivors are scaled by 1/(1-p) so evaluation needs no change.
             const auto keep = static_cast<Scalar>(1 - config_.dropout), scale = Scalar(1) / keep;
-            const Matrix<Scalar>& output = layer_output(layer);
-            cache.dropout_mask.resize(output.rows(), output.cols());
-            for (Eigen::Index i = 0; i < cache.dropout_mask.size(); ++i)
-                cache.dropout_mask.data()[i] = static_cast<Scalar>((*dropout_rng_)() >> 40) * Scalar(0x1.0p-24) < keep ? scale : Scalar(0);
-            cache.dropped = output.cwiseProduct(cache.dropout_mask);
+            layer.dropout_mask.resize(below->rows(), below->cols());
+            for (Eigen::Index i = 0; i < layer.dropout_mask.size(); ++i)
+                layer.dropout_mask.data()[i] = static_cast<Scalar>((*w.dropout_rng)() >> 40) * Scalar(0x1.0p-24) < keep ? scale : Scalar(0);
+            layer.dropped = below->cwiseProduct(layer.dropout_mask);
+            below = &layer.dropped;
         }
     }
 
-    // head: (T*B) x V = (T*B) x H . H x V
-    const auto& head_weight = parameters_[parameters_.size() - 2].value;
-    const auto& head_bias = parameters_.back().value;
-    logits_.resize(TB, config_.vocab_size);
+    // head: (T*B, V) = (T*B, H) . (H, V)
+    const Matrix<Scalar>& top = w.layers.back().engine.output();
+    w.logits.resize(TB, config_.vocab_size);
     if (weights_frozen_ && TB == 1) {  // sampling: a packed copy, made once per freeze
-        head_packed_.ensure_packed(head_weight, Transpose::yes, freezes_);
-        head_packed_.multiply(layer_output(config_.layers - 1), Scalar(0), logits_);
+        w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_);
+        w.head_packed.multiply(top, Scalar(0), w.logits);
     } else {
-        gemm<Scalar>(layer_output(config_.layers - 1), Transpose::no, head_weight, Transpose::yes, Scalar(0), logits_);
+        gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits);
     }
-    logits_.rowwise() += head_bias.row(0);
+    w.logits.rowwise() += head_bias_->value.row(0);
 }
 
 template <typename Scalar>
@@ -243,76 +253,68 @@ void Model<Scalar>::set_dropout(double rate) {
 
 template <typename Scalar>
 LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
-    const Eigen::Index TB = logits_.rows(), V = logits_.cols();
+    Workspace& w = *workspace_;
+    const Eigen::Index TB = w.logits.rows(), V = w.logits.cols();
     if (static_cast<Eigen::Index>(targets.size()) != TB) throw Error("window has the wrong number of targets");
-    targets_.assign(targets.begin(), targets.end());
-    d_logits_.resize(TB, V);
-    row_losses_.resize(static_cast<std::size_t>(TB));
+    w.targets.assign(targets.begin(), targets.end());
+    w.d_logits.resize(TB, V);
+    w.row_losses.resize(static_cast<std::size_t>(TB));
     // Rows in parallel; their losses are summed in order afterwards, so the total does not depend on threads.
 #pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {
-        const TokenId target = targets_[static_cast<std::size_t>(row)];
+        const TokenId target = w.targets[static_cast<std::size_t>(row)];
         if (target == kIgnoreTarget) continue;
-        const Scalar max_logit = logits_.row(row).maxCoeff();
-        d_logits_.row(row) = (logits_.row(row).array() - max_logit).exp();
-        const Scalar partition = d_logits_.row(row).sum();
-        d_logits_.row(row) /= partition;
-        row_losses_[static_cast<std::size_t>(row)] = static_cast<double>(std::log(partition) + max_logit - logits_(row, target));
+        const Scalar max_logit = w.logits.row(row).maxCoeff();
+        w.d_logits.row(row) = (w.logits.row(row).array() - max_logit).exp();
+        const Scalar partition = w.d_logits.row(row).sum();
+        w.d_logits.row(row) /= partition;
+        w.row_losses[static_cast<std::size_t>(row)] = static_cast<double>(std::log(partition) + max_logit - w.logits(row, target));
     }
     LossSum sum;
-    for (std::size_t row = 0; row < row_losses_.size(); ++row) {
-        if (targets_[row] == kIgnoreTarget) continue;
-        sum.total_nats += row_losses_[row];
+    for (std::size_t row = 0; row < w.row_losses.size(); ++row) {
+        if (w.targets[row] == kIgnoreTarget) continue;
+        sum.total_nats += w.row_losses[row];
         ++sum.count;
     }
-    target_count_ = sum.count;
+    w.target_count = sum.count;
     return sum;
 }
 
 template <typename Scalar>
 void Model<Scalar>::backward() {
-    const Eigen::Index TB = logits_.rows();
-    const Scalar scale = target_count_ ? Scalar(1) / static_cast<Scalar>(target_count_) : Scalar(0);
+    Workspace& w = *workspace_;
+    const Eigen::Index TB = w.logits.rows();
+    const Scalar scale = w.target_count ? Scalar(1) / static_cast<Scalar>(w.target_count) : Scalar(0);
     // softmax cross-entropy: d logits = (p - onehot) / count
 #pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {
-        const TokenId target = targets_[static_cast<std::size_t>(row)];
+        const TokenId target = w.targets[static_cast<std::size_t>(row)];
         if (target == kIgnoreTarget) {
-            d_logits_.row(row).setZero();
+            w.d_logits.row(row).setZero();
         } else {
-            d_logits_(row, target) -= 1;
-            d_logits_.row(row) *= scale;
+            w.d_logits(row, target) -= 1;
+            w.d_logits.row(row) *= scale;
         }
     }
-    auto& head_weight = parameters_[parameters_.size() - 2];
-    auto& head_bias = parameters_.back();
-    const auto& top_hidden = layer_output(config_.layers - 1);
-    // V x H = V x (T*B) . (T*B) x H
-    gemm<Scalar>(d_logits_, Transpose::yes, top_hidden, Transpose::no, Scalar(1), head_weight.gradient);
-    column_sums<Scalar>(d_logits_, Scalar(1), head_bias.gradient);
-    // (T*B) x H = (T*B) x V . V x H
-    d_outputs_.back().resize(TB, config_.hidden_size);
-    gemm<Scalar>(d_logits_, Transpose::no, head_weight.value, Transpose::no, Scalar(0), d_outputs_.back());
+    const Matrix<Scalar>& top = w.layers.back().engine.output();
+    // (V, H) = (V, T*B) . (T*B, H)
+    gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient);
+    column_sums<Scalar>(w.d_logits, Scalar(1), head_bias_->gradient);
+    // (T*B, H) = (T*B, V) . (V, H)
+    w.layers.back().d_output.resize(TB, config_.hidden_size);
+    gemm<Scalar>(w.d_logits, Transpose::no, head_weight_->value, Transpose::no, Scalar(0), w.layers.back().d_output);
 
-    for (int layer = config_.layers - 1; layer >= 0; --layer) {
-        const auto l = static_cast<std::size_t>(layer);
+    for (std::size_t l = layers_.size(); l-- > 0;) {
+        const LayerParameters& p = layers_[l];
+        typename Workspace::Layer& layer = w.layers[l];
+        const bool below_dropped = l > 0 && w.dropping;
+        const LayerInput<Scalar> input = l == 0 ? LayerInput<Scalar>(w.inputs, embedding_->value)
+                                                : LayerInput<Scalar>(below_dropped ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output());
         // The first layer's input gradient is the embedding's; it accumulates as a weight's does.
-        Matrix<Scalar>& d_input = layer == 0 ? parameters_.front().gradient : d_outputs_[l - 1];
-        switch (config_.cell) {
-            case CellType::lstm:
-                lstm_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].lstm,
-                              layer_gradients(layer), d_input);
-                break;
-            case CellType::gru:
-                gru_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].gru,
-                             layer_gradients(layer), d_input);
-                break;
-            case CellType::rnn:
-                rnn_backward(layer_input(layer), d_outputs_[l], steps_, layer_weights(layer), caches_[l].rnn,
-                             layer_gradients(layer), d_input);
-                break;
-        }
-        if (layer > 0 && dropping(layer - 1)) d_input.array() *= caches_[l - 1].dropout_mask.array();
+        Matrix<Scalar>& d_input = l == 0 ? embedding_->gradient : w.layers[l - 1].d_output;
+        layer.engine.backward(input, layer.d_output, w.steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value},
+                              {p.weight_ih->gradient, p.weight_hh->gradient, p.bias_ih->gradient, p.bias_hh->gradient}, d_input);
+        if (below_dropped) d_input.array() *= w.layers[l - 1].dropout_mask.array();
     }
 }
 

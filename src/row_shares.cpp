@@ -1,5 +1,5 @@
 // Shares of rows in proportion to each thread's speed.
-#include "charlm/row_shares.hpp"
+#include "row_shares.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -4,7 +4,7 @@
 
 #include "charlm/bench.hpp"
 #include "charlm/error.hpp"
-#include "charlm/layer_input.hpp"
+#include "input_projection.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {
@@ -99,7 +99,7 @@ TEST(Bench, CountsTheProductsThatRunPerCharacter) {
     }
 }
 
-// Whether layer_input.cpp's project_input() takes the first layer's input from its table for a window of
+// Whether input_projection.cpp's project_input() takes the first layer's input from its table for a window of
 // `rows` tokens, with the weights changing (version 0) or frozen.
 bool projects_through_table(int vocab, int embed, int gate_width, Eigen::Index rows, bool frozen) {
     const Matrix<float> embedding = Matrix<float>::Zero(vocab, embed), weight_ih = Matrix<float>::Zero(gate_width, embed);
@@ -107,12 +107,12 @@ bool projects_through_table(int vocab, int embed, int gate_width, Eigen::Index r
     const std::vector<TokenId> tokens(static_cast<std::size_t>(rows), 0);
     ProjectionCache<float> cache;
     Matrix<float> projection(rows, gate_width);
-    return project_input<float>(LayerInput<float>(tokens, embedding), CellWeights<float>{weight_ih, weight_hh, bias, bias, frozen ? 1u : 0u},
+    return project_input<float>(LayerInput<float>(tokens, embedding), LayerWeights<float>{weight_ih, weight_hh, bias, bias, frozen ? 1u : 0u},
                                 cache, projection);
 }
 
 TEST(Bench, CountsTheTableWhereTheFirstLayerReallyUsesIt) {
-    // count_flops() repeats layer_input.cpp's rule; if that rule changes, this says so.
+    // count_flops() repeats input_projection.cpp's rule; if that rule changes, this says so.
     struct Case {
         CellType cell;
         int vocab, embed, hidden, seq, batch;

@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
-#include "charlm/gemm.hpp"
+#include "gemm.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -3,7 +3,7 @@
 
 #include <atomic>
 
-#include "charlm/row_shares.hpp"
+#include "row_shares.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

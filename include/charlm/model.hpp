@@ -1,6 +1,7 @@
 // The network: embedding -> stacked recurrent cells -> linear head -> softmax cross-entropy.
 #pragma once
 
+#include <memory>
 #include <random>
 #include <span>
 #include <string>
@@ -10,13 +11,12 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
-#include "charlm/gru.hpp"
-#include "charlm/lstm.hpp"
-#include "charlm/rnn.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
 
+// The recurrent cells: Elman's (PyTorch's nn.RNN, tanh), the LSTM and the GRU. Their math is in
+// src/cells/, one file each; src/cells.hpp lists them.
 enum class CellType { lstm, gru, rnn };
 std::string to_string(CellType cell);
 CellType parse_cell_type(const std::string& name);  // throws UsageError for an unknown name
@@ -31,15 +31,17 @@ struct ModelConfig {
 
     void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
     std::size_t parameter_count() const;
+    int gate_count() const;       // G: a layer's weights are (G*H, I) and (G*H, H)
+    bool has_cell_state() const;  // whether the cell carries c besides h (the LSTM)
     nlohmann::json to_json() const;
     static ModelConfig from_json(const nlohmann::json& json);  // validates; a bad config is an Error (a bad file), never a UsageError
 };
 
-// The recurrent state carried between windows: per layer, B x H.
+// The recurrent state carried between windows: per layer, (B, H).
 template <typename Scalar>
 struct ModelState {
     std::vector<Matrix<Scalar>> hidden;
-    std::vector<Matrix<Scalar>> cell;
+    std::vector<Matrix<Scalar>> cell;  // empty where the cell has no cell state
     void reset() {
         for (auto& h : hidden) h.setZero();
         for (auto& c : cell) c.setZero();
@@ -62,6 +64,9 @@ template <typename Scalar>
 class Model {
 public:
     explicit Model(const ModelConfig& config);  // parameters zero; see initialize()
+    Model(Model&&) noexcept;
+    Model& operator=(Model&&) noexcept;
+    ~Model();
 
     // PyTorch's defaults: embedding N(0, 1), recurrent and head weights U(-1/sqrt(fan), 1/sqrt(fan)).
     void initialize(std::mt19937_64& rng);
@@ -85,52 +90,37 @@ public:
 
     // With a generator, forward() drops units between layers at the config's rate (training);
     // without one (the default) it does not (evaluation and sampling).
-    void set_dropout_generator(std::mt19937_64* rng) { dropout_rng_ = rng; }
+    void set_dropout_generator(std::mt19937_64* rng);
     // A resumed run may go on at another rate; throws Error for a rate outside [0, 1).
     void set_dropout(double rate);
 
     // inputs: T*B ids, step-major. Fills logits(): (T*B) x V. Carries `state` to the window's end.
     void forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state);
-    const Matrix<Scalar>& logits() const { return logits_; }
+    const Matrix<Scalar>& logits() const;
     // Softmax cross-entropy of the last forward() against targets (kIgnoreTarget rows are skipped).
     LossSum loss(std::span<const TokenId> targets);
     // Gradients of the mean loss of the last loss() call, accumulated into parameters().
     void backward();
 
 private:
-    CellWeights<Scalar> layer_weights(int layer) const;
-    CellGradients<Scalar> layer_gradients(int layer);
-    LayerInput<Scalar> layer_input(int layer) const;
-    const Matrix<Scalar>& layer_output(int layer) const;
-    bool dropping(int layer) const { return dropping_ && layer + 1 < config_.layers; }
-
-    // One recurrent layer's forward record; only the member of the config's cell is used.
-    struct LayerCache {
-        LstmCache<Scalar> lstm;
-        GruCache<Scalar> gru;
-        RnnCache<Scalar> rnn;
-        Matrix<Scalar> dropout_mask;  // (T*B) x H, 0 or 1/(1-p)
-        Matrix<Scalar> dropped;       // (T*B) x H, output times mask: the next layer's input
+    // One recurrent layer's parameters, PyTorch's rnn.*_l{layer}: (G*H, I), (G*H, H), (1, G*H), (1, G*H).
+    struct LayerParameters {
+        Parameter<Scalar>* weight_ih;
+        Parameter<Scalar>* weight_hh;
+        Parameter<Scalar>* bias_ih;
+        Parameter<Scalar>* bias_hh;
     };
+    struct Workspace;  // the recurrent layers' engines and the passes' buffers, in model.cpp
 
     ModelConfig config_;
-    std::vector<Parameter<Scalar>> parameters_;  // embedding, 4 per layer, head weight, head bias
+    std::vector<Parameter<Scalar>> parameters_;  // in PyTorch's order: what the optimizer and checkpoints see
+    Parameter<Scalar>* embedding_;               // (V, E)
+    std::vector<LayerParameters> layers_;
+    Parameter<Scalar>* head_weight_;             // (V, H)
+    Parameter<Scalar>* head_bias_;               // (1, V)
     bool weights_frozen_ = false;
-    std::uint64_t freezes_ = 0;                  // the CellWeights::version of the current freeze
-    // workspaces, sized on the first window of a shape
-    std::vector<TokenId> inputs_;
-    std::vector<TokenId> targets_;
-    int steps_ = 0;
-    int batch_size_ = 0;
-    std::size_t target_count_ = 0;
-    std::vector<LayerCache> caches_;          // per layer
-    std::mt19937_64* dropout_rng_ = nullptr;
-    bool dropping_ = false;                   // whether the last forward() dropped units
-    PackedMatrix<Scalar> head_packed_;        // head weight^T while frozen
-    Matrix<Scalar> logits_;                   // (T*B) x V
-    Matrix<Scalar> d_logits_;                 // (T*B) x V: probabilities, then their gradient
-    std::vector<double> row_losses_;          // T*B, each row's loss (unset where the target is ignored)
-    std::vector<Matrix<Scalar>> d_outputs_;   // per layer: (T*B) x H, gradient of its output
+    std::uint64_t freezes_ = 0;  // counts freezes: the engine keeps what it derived from the weights while it stays
+    std::unique_ptr<Workspace> workspace_;
 };
 
 // Holds a model's weights frozen (Model::set_weights_frozen) while it lives, then puts back what was

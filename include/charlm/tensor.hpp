@@ -24,24 +24,4 @@ struct Parameter {
     Matrix<Scalar> gradient;
 };
 
-// One recurrent layer's weights in PyTorch's layout, G gates of H units each (LSTM: G = 4).
-template <typename Scalar>
-struct CellWeights {
-    const Matrix<Scalar>& weight_ih;  // G*H x I
-    const Matrix<Scalar>& weight_hh;  // G*H x H
-    const Matrix<Scalar>& bias_ih;    // 1 x G*H
-    const Matrix<Scalar>& bias_hh;    // 1 x G*H
-    // Changes whenever the weights may have: a cell keeps what it derives from them (packed copies) for
-    // as long as it stays the same. 0 means unknown, derive afresh.
-    std::uint64_t version = 0;
-};
-
-template <typename Scalar>
-struct CellGradients {
-    Matrix<Scalar>& weight_ih;
-    Matrix<Scalar>& weight_hh;
-    Matrix<Scalar>& bias_ih;
-    Matrix<Scalar>& bias_hh;
-};
-
 }  // namespace charlm

@@ -1,8 +1,8 @@
 // A layer's input projection: a GEMM over dense rows, or a lookup into embedding . W_ih^T for tokens.
-#include "charlm/layer_input.hpp"
+#include "input_projection.hpp"
 
 #include "charlm/error.hpp"
-#include "charlm/row_shares.hpp"
+#include "row_shares.hpp"
 
 namespace charlm {
 
@@ -19,7 +19,7 @@ constexpr Eigen::Index kMinSumColumnsPerThread = 64;
 // The table pays where it is reused (frozen weights) or has fewer rows than the window: it costs
 // V x I x G*H to make and saves (T*B) x I x G*H, twice over in training.
 template <typename Scalar>
-bool through_table(const LayerInput<Scalar>& input, const CellWeights<Scalar>& weights) {
+bool through_table(const LayerInput<Scalar>& input, const LayerWeights<Scalar>& weights) {
     if (input.rows) return false;
     const Eigen::Index vocab = input.embedding->rows();
     return weights.version != 0 ? vocab * weights.weight_ih.rows() <= kMostTableEntries : 2 * vocab <= input.count();
@@ -46,7 +46,7 @@ void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source
 }  // namespace
 
 template <typename Scalar>
-bool project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection) {
     const Eigen::Index rows = input.count(), width = weights.weight_ih.rows();
     if (input.size() != weights.weight_ih.cols() || projection.rows() != rows || projection.cols() != width)
@@ -82,7 +82,7 @@ void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cac
 
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
-                            const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                            const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                             Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input) {
     if (input.rows) {
         // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
@@ -110,13 +110,13 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
     scatter_rows<Scalar>(input.tokens, cache.d_gathered, d_input);
 }
 
-template bool project_input<float>(LayerInputRef<float>, const CellWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
-template bool project_input<double>(LayerInputRef<double>, const CellWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
+template bool project_input<float>(LayerInputRef<float>, const LayerWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
+template bool project_input<double>(LayerInputRef<double>, const LayerWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
 template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
 template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
-template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const CellWeights<float>&,
+template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const LayerWeights<float>&,
                                             ProjectionCache<float>&, Matrix<float>&, Matrix<float>&);
-template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const CellWeights<double>&,
+template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const LayerWeights<double>&,
                                              ProjectionCache<double>&, Matrix<double>&, Matrix<double>&);
 
 }  // namespace charlm

@@ -41,7 +41,7 @@ std::string gemm_backend();
 template <typename Scalar>
 class PackedMatrix {
 public:
-    // Copies op(b); no allocation once the shape has been seen. `version`: the CellWeights::version
+    // Copies op(b); no allocation once the shape has been seen. `version`: the LayerWeights::version
     // that b belongs to, where there is one, so that packed_from() can tell when a copy is still good.
     void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version = 0);
     // Whether this is a copy of the weights of `version`; never of version 0, which means unknown.

@@ -1,4 +1,4 @@
-// A recurrent layer's input and its projection x W_ih^T, the product every cell begins with.
+// The recurrent-layer engine's input projection, x W_ih^T, the product every cell begins with.
 //
 // The first layer's input is the embedding of token ids. The lookup and the projection compose, so
 // that layer's projection can be a lookup too: row v of a V x G*H table, embedding . W_ih^T, made once
@@ -8,31 +8,11 @@
 #pragma once
 
 #include <cstdint>
-#include <span>
-#include <type_traits>
 
-#include "charlm/gemm.hpp"
-#include "charlm/tensor.hpp"
-#include "charlm/text.hpp"
+#include "gemm.hpp"
+#include "recurrent_layer.hpp"
 
 namespace charlm {
-
-// Either dense rows, (T*B) x I, step-major; or T*B token ids into an embedding, V x I.
-template <typename Scalar>
-struct LayerInput {
-    const Matrix<Scalar>* rows = nullptr;
-    std::span<const TokenId> tokens;
-    const Matrix<Scalar>* embedding = nullptr;
-
-    LayerInput(const Matrix<Scalar>& dense) : rows(&dense) {}  // NOLINT: implicit, a Matrix is an input
-    LayerInput(std::span<const TokenId> ids, const Matrix<Scalar>& table) : tokens(ids), embedding(&table) {}
-    Eigen::Index count() const { return rows ? rows->rows() : static_cast<Eigen::Index>(tokens.size()); }  // T*B
-    Eigen::Index size() const { return rows ? rows->cols() : embedding->cols(); }                          // I
-};
-
-// How the cells take an input: the Scalar comes from their other arguments, so a Matrix converts.
-template <typename Scalar>
-using LayerInputRef = const std::type_identity_t<LayerInput<Scalar>>&;
 
 // What project_input() keeps between calls, and what its backward pass needs.
 template <typename Scalar>
@@ -52,7 +32,7 @@ struct ProjectionCache {
 // rows with lookup_rows() just before it reads them, while they are in cache (all T*B rows up front
 // would go out to memory and back: 2-3% of an evaluation).
 template <typename Scalar>
-bool project_input(LayerInputRef<Scalar> input, const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection);
 
 // rows = the projection's rows first .. first + rows.rows() - 1, from the table of the last project_input().
@@ -64,7 +44,7 @@ void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cac
 // tokens, d_input is the embedding's gradient, V x I, and is accumulated into.
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
-                            const CellWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
+                            const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                             Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input);
 
 }  // namespace charlm

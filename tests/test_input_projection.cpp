@@ -1,9 +1,9 @@
-// Checks layer_input.cpp: token ids, looked up in the table or gathered, project and take gradients as
+// Checks input_projection.cpp: token ids, looked up in the table or gathered, project and take gradients as
 // their embedding rows do as a dense input, at every thread count and with frozen weights.
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
-#include "charlm/layer_input.hpp"
+#include "input_projection.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {
@@ -20,7 +20,7 @@ struct Weights {
     explicit Weights(std::mt19937_64& rng)
         : weight_ih(random_matrix<float>(kWidth, kInputSize, rng)), weight_hh(Matrix<float>::Zero(kWidth, kWidth / 4)),
           bias_ih(Matrix<float>::Zero(1, kWidth)), bias_hh(Matrix<float>::Zero(1, kWidth)) {}
-    CellWeights<float> at(std::uint64_t version) const { return {weight_ih, weight_hh, bias_ih, bias_hh, version}; }
+    LayerWeights<float> at(std::uint64_t version) const { return {weight_ih, weight_hh, bias_ih, bias_hh, version}; }
 };
 
 std::vector<TokenId> random_tokens(int count, int vocab, std::mt19937_64& rng) {

@@ -1,0 +1,217 @@
+// The recurrent-layer engine's time loops, forward and backward, for every cell.
+#include "recurrent_layer.hpp"
+
+#include "cell_units.hpp"
+#include "cells.hpp"
+#include "gemm.hpp"
+#include "input_projection.hpp"
+#include "row_shares.hpp"
+
+namespace charlm {
+
+template <typename Scalar>
+struct RecurrentLayer<Scalar>::Workspace {
+    // The cell's time loops, chosen once when the layer is made.
+    void (*forward)(Workspace&, LayerInputRef<Scalar>, int, const LayerWeights<Scalar>&, Matrix<Scalar>&, Matrix<Scalar>&) = nullptr;
+    void (*backward)(Workspace&, LayerInputRef<Scalar>, const Matrix<Scalar>&, int, const LayerWeights<Scalar>&,
+                     const LayerGradients<Scalar>&, Matrix<Scalar>&) = nullptr;
+
+    // What backward needs from forward, sized once per window shape.
+    Matrix<Scalar> gates;           // (T*B, G*H): the products, then the activations; after backward, their gradients
+    Matrix<Scalar> hidden_gates;    // (T*B, G*H): h W_hh^T, for a cell that keeps it apart; after backward, its gradient
+    Matrix<Scalar> hidden;          // (T*B, H): h_t, the layer's output
+    Matrix<Scalar> cell;            // (T*B, H): c_t, for a cell that has it
+    Matrix<Scalar> initial_hidden;  // (B, H): h_{-1}
+    Matrix<Scalar> initial_cell;    // (B, H): c_{-1}
+    RowVector<Scalar> bias;         // (1, G*H): b_ih + b_hh
+    // Packed copies of the weights, kept while LayerWeights::version stays the same and nonzero.
+    PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
+    PackedMatrix<Scalar> stacked_forward;     // [W_ih W_hh]^T, for one step of a few rows (sampling)
+    Matrix<Scalar> stacked_input;             // (B, I + H): [x h]
+    PackedMatrix<Scalar> recurrent_backward;  // W_hh
+    ProjectionCache<Scalar> projection;       // of the input by W_ih
+    RowBalance balance;                       // the time loops' batch shares, forward and backward
+    // backward's
+    Matrix<Scalar> d_hidden_next;  // (B, H)
+    Matrix<Scalar> d_cell_next;    // (B, H)
+    RowVector<Scalar> d_bias;      // (1, G*H)
+};
+
+namespace {
+
+template <typename Scalar>
+using Workspace = typename RecurrentLayer<Scalar>::Workspace;
+
+// The arrays of row `row` (of T*B) of step t, whose row in the carried state's matrices is `b` (of B):
+// those the cell's traits say it uses.
+template <typename Cell, typename Scalar>
+RowArrays<Scalar> arrays_of_row(Workspace<Scalar>& w, int t, Eigen::Index B, Eigen::Index row, Eigen::Index b) {
+    RowArrays<Scalar> arrays;
+    arrays.hidden_size = w.hidden.cols();
+    arrays.gates = w.gates.row(row).data();
+    if constexpr (Cell::recurrent_apart) arrays.hidden_gates = w.hidden_gates.row(row).data();
+    arrays.hidden = w.hidden.row(row).data();
+    arrays.hidden_prev = t == 0 ? w.initial_hidden.row(b).data() : w.hidden.row(row - B).data();
+    if constexpr (Cell::has_cell_state) {
+        arrays.cell = w.cell.row(row).data();
+        arrays.cell_prev = t == 0 ? w.initial_cell.row(b).data() : w.cell.row(row - B).data();
+    }
+    return arrays;
+}
+
+template <typename Cell, typename Scalar>
+void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps, const LayerWeights<Scalar>& weights,
+                    Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state) {
+    const Eigen::Index H = weights.weight_hh.cols(), B = hidden_state.rows(), TB = input.count(), G = Cell::gate_count;
+    if (weights.weight_hh.rows() != G * H) throw Error("recurrent layer: the weights do not fit the cell");
+    w.gates.resize(TB, G * H);
+    if constexpr (Cell::recurrent_apart) w.hidden_gates.resize(TB, G * H);
+    w.hidden.resize(TB, H);
+    w.initial_hidden = hidden_state;
+    if constexpr (Cell::has_cell_state) {
+        w.cell.resize(TB, H);
+        w.initial_cell = cell_state;
+    }
+    w.bias = weights.bias_ih + weights.bias_hh;
+
+    // One step of a few dense rows against frozen weights (sampling, a character at a time): the input's
+    // product and the recurrent one become one, [x h] times [W_ih W_hh]^T packed once per freeze, so
+    // that a step makes one pass over the weights and enters one parallel region, not two.
+    const bool stacked = !Cell::recurrent_apart && input.rows && steps == 1 && weights.version != 0 && TB <= kMinRowsPerThread;
+    bool look_up_by_step = false;
+    if (stacked) {
+        if (!w.stacked_forward.packed_from(weights.version)) {
+            Matrix<Scalar> both(G * H, input.size() + H);
+            both << weights.weight_ih, weights.weight_hh;
+            w.stacked_forward.pack(both, Transpose::yes, weights.version);
+        }
+        w.stacked_input.resize(B, input.size() + H);
+        w.stacked_input << *input.rows, w.initial_hidden;
+        w.stacked_forward.multiply(w.stacked_input, Scalar(0), w.gates);
+    } else {
+        // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
+        w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
+        // (T*B, G*H) = (T*B, I) . (I, G*H): every step's input projection at once, before the time loop
+        // (through the table, each step's rows are looked up inside it, while they are in cache).
+        look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
+    }
+
+    // Each thread runs every step for its share of the batch: the streams are independent.
+    for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = 0; t < steps; ++t) {
+            const Eigen::Index row = t * B + first;
+            const auto hidden_prev = t == 0 ? w.initial_hidden.middleRows(first, rows) : w.hidden.middleRows(row - B, rows);
+            if (look_up_by_step) lookup_rows<Scalar>(input, w.projection, row, w.gates.middleRows(row, rows));
+            // (rows, G*H) = (rows, H) . (H, G*H)
+            if constexpr (Cell::recurrent_apart)
+                w.recurrent_forward.multiply(hidden_prev, Scalar(0), w.hidden_gates.middleRows(row, rows));
+            else if (!stacked)
+                w.recurrent_forward.multiply(hidden_prev, Scalar(1), w.gates.middleRows(row, rows));
+            for (Eigen::Index r = 0; r < rows; ++r) {
+                RowArrays<Scalar> arrays = arrays_of_row<Cell, Scalar>(w, t, B, row + r, first + r);
+                arrays.bias = w.bias.data();
+                arrays.bias_ih = weights.bias_ih.data();
+                arrays.bias_hh = weights.bias_hh.data();
+                for_each_chunk_of(arrays, [](const auto& units) { Cell::forward(units); });
+            }
+        }
+    });
+    hidden_state = w.hidden.bottomRows(B);
+    if constexpr (Cell::has_cell_state) cell_state = w.cell.bottomRows(B);
+}
+
+template <typename Cell, typename Scalar>
+void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
+                     const LayerWeights<Scalar>& weights, const LayerGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
+    const Eigen::Index H = weights.weight_hh.cols(), B = w.initial_hidden.rows(), TB = input.count();
+    w.d_hidden_next.setZero(B, H);
+    if constexpr (Cell::has_cell_state) w.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
+    w.recurrent_backward.pack(weights.weight_hh, Transpose::no);
+    // The gradient of h W_hh^T + b_hh, which the cell leaves in gates unless it keeps that product apart.
+    const Matrix<Scalar>& d_recurrent = Cell::recurrent_apart ? w.hidden_gates : w.gates;
+
+    for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
+        for (int t = steps - 1; t >= 0; --t) {
+            const Eigen::Index row = t * B + first;
+            for (Eigen::Index r = 0; r < rows; ++r) {
+                RowArrays<Scalar> arrays = arrays_of_row<Cell, Scalar>(w, t, B, row + r, first + r);
+                arrays.d_output = d_output.row(row + r).data();
+                arrays.d_hidden_next = w.d_hidden_next.row(first + r).data();
+                if constexpr (Cell::has_cell_state) arrays.d_cell = w.d_cell_next.row(first + r).data();
+                for_each_chunk_of(arrays, [](const auto& units) { Cell::backward(units); });
+            }
+            // (rows, H) = (rows, G*H) . (G*H, H), added to what the cell left where h' skips the weights;
+            // the carried state gets no gradient, so step 0 needs none
+            if (t > 0)
+                w.recurrent_backward.multiply(d_recurrent.middleRows(row, rows), Scalar(Cell::hidden_skips_weights ? 1 : 0),
+                                              w.d_hidden_next.middleRows(first, rows));
+        }
+    });
+
+    // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
+    gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh);
+    if (steps > 1)
+        gemm<Scalar>(d_recurrent.bottomRows(TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, Scalar(1),
+                     gradients.weight_hh);
+    if constexpr (Cell::recurrent_apart) {
+        column_sums<Scalar>(w.gates, Scalar(1), gradients.bias_ih);
+        column_sums<Scalar>(w.hidden_gates, Scalar(1), gradients.bias_hh);
+    } else {  // the two biases enter as one: the same gradient, summed once
+        w.d_bias.resize(1, w.gates.cols());
+        column_sums<Scalar>(w.gates, Scalar(0), w.d_bias);
+        gradients.bias_ih += w.d_bias;
+        gradients.bias_hh += w.d_bias;
+    }
+    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input);
+}
+
+}  // namespace
+
+template <typename Scalar>
+RecurrentLayer<Scalar>::RecurrentLayer(CellType cell) : workspace_(std::make_unique<Workspace>()) {
+    with_cell(cell, [&](auto chosen) {
+        using Cell = decltype(chosen);
+        workspace_->forward = &forward_window<Cell, Scalar>;
+        workspace_->backward = &backward_window<Cell, Scalar>;
+    });
+}
+
+template <typename Scalar>
+RecurrentLayer<Scalar>::RecurrentLayer(RecurrentLayer&&) noexcept = default;
+template <typename Scalar>
+RecurrentLayer<Scalar>& RecurrentLayer<Scalar>::operator=(RecurrentLayer&&) noexcept = default;
+template <typename Scalar>
+RecurrentLayer<Scalar>::~RecurrentLayer() = default;
+
+template <typename Scalar>
+void RecurrentLayer<Scalar>::forward(LayerInputRef<Scalar> input, int steps, const LayerWeights<Scalar>& weights,
+                                     Matrix<Scalar>& hidden_state, Matrix<Scalar>& cell_state) {
+    workspace_->forward(*workspace_, input, steps, weights, hidden_state, cell_state);
+}
+
+template <typename Scalar>
+void RecurrentLayer<Scalar>::backward(LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
+                                      const LayerWeights<Scalar>& weights, const LayerGradients<Scalar>& gradients,
+                                      Matrix<Scalar>& d_input) {
+    workspace_->backward(*workspace_, input, d_output, steps, weights, gradients, d_input);
+}
+
+template <typename Scalar>
+const Matrix<Scalar>& RecurrentLayer<Scalar>::output() const {
+    return workspace_->hidden;
+}
+
+template <typename Scalar>
+RowBalance& RecurrentLayer<Scalar>::balance() {
+    return workspace_->balance;
+}
+
+template <typename Scalar>
+const Matrix<Scalar>& RecurrentLayer<Scalar>::gate_gradients() const {
+    return workspace_->gates;
+}
+
+template class RecurrentLayer<float>;
+template class RecurrentLayer<double>;
+
+}  // namespace charlm
