@@ -154,14 +154,6 @@ TrainResult run_loop(Session& session) {
     };
     if (!session.fresh) open_metrics(std::ios::app);
 
-    LearningRateSchedule schedule;
-    schedule.kind = LearningRateSchedule::parse(options.lr_schedule);
-    schedule.base = options.learning_rate;
-    schedule.warmup_steps = options.warmup_steps;
-    schedule.total_steps = options.steps;
-    schedule.decay_every = options.lr_decay_every;
-    schedule.decay_factor = options.lr_decay_factor;
-
     BatchStream stream(session.corpus.train(), options.seq_length, options.batch_size);
     stream.set_position(session.state.data_position % stream.windows_per_pass());
     Batch batch;
@@ -171,9 +163,10 @@ TrainResult run_loop(Session& session) {
                      options.validation_file ? options.validation_file->string()
                                              : fmt::format("--val-fraction {} of the corpus", options.validation_fraction),
                      session.corpus.validation().size());
-    if (options.steps > 0 && options.warmup_steps > options.steps)
+    const LearningRateSchedule& schedule = options.learning_rate_schedule;
+    if (options.steps > 0 && schedule.warmup_steps > options.steps)
         spdlog::warn("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
-                     options.warmup_steps, options.steps, options.learning_rate);
+                     schedule.warmup_steps, options.steps, schedule.peak_learning_rate);
     if (model.config().dropout > 0 && model.config().layers == 1)
         spdlog::warn("--dropout {} does nothing with one layer: it drops units between layers, as PyTorch's nn.LSTM "
                      "does; use --layers 2 or more", model.config().dropout);
@@ -230,9 +223,9 @@ TrainResult run_loop(Session& session) {
         const std::string kept =
             saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
                                           last_path.string(), saved_step, quoted_for_shell(options.run_directory.string()),
-                                          options.learning_rate / 10)
+                                          schedule.peak_learning_rate / 10)
                             : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}",
-                                          options.learning_rate);
+                                          schedule.peak_learning_rate);
         return Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept));
     };
     auto clear_status = [&]() {
@@ -254,7 +247,7 @@ TrainResult run_loop(Session& session) {
         const auto step_start = Clock::now();
         stream.next(batch);
         model.set_dropout_generator(&session.rng);
-        const double learning_rate = schedule.at(session.state.step + 1);
+        const double learning_rate = schedule.at(session.state.step + 1, options.steps);
         const StepOutcome outcome = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
         const double loss = outcome.loss;
         auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
@@ -380,26 +373,26 @@ void validate(const TrainOptions& options) {
     };
     positive("--seq", options.seq_length);
     positive("--batch", options.batch_size);
-    positive("--lr", options.learning_rate);
-    if (!std::isfinite(options.learning_rate) || !std::isfinite(options.clip) || !std::isfinite(options.minutes))
+    const LearningRateSchedule& schedule = options.learning_rate_schedule;
+    positive("--lr", schedule.peak_learning_rate);
+    if (!std::isfinite(schedule.peak_learning_rate) || !std::isfinite(options.clip) || !std::isfinite(options.minutes))
         throw UsageError("--lr, --clip and --minutes must be finite numbers");
     positive("--eval-every", options.eval_every);
-    positive("--lr-decay-every", static_cast<double>(options.lr_decay_every));
+    positive("--lr-decay-every", static_cast<double>(schedule.decay_every_steps));
     try {
         ModelConfig model = options.model;
         model.vocab_size = std::max(model.vocab_size, 2);  // a fresh run's comes from the corpus, later
         model.validate();
-        const auto schedule = LearningRateSchedule::parse(options.lr_schedule);
-        if (schedule == LearningRateSchedule::Kind::cosine && options.steps == 0)
-            throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
     } catch (const UsageError&) {
         throw;
     } catch (const Error& error) {
-        throw UsageError(error.what());  // a bad --hidden, --cell or --lr-schedule: the user's options
+        throw UsageError(error.what());  // a bad --hidden or --cell: the user's options
     }
-    if (options.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", options.warmup_steps));
+    if (schedule.kind == LearningRateSchedule::Kind::cosine && options.steps == 0)
+        throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
+    if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", schedule.warmup_steps));
     if (options.patience < 0) throw UsageError(fmt::format("--patience must not be negative, not {}", options.patience));
-    if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
+    if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
         throw UsageError("--val-fraction must be at least 0 and below 1");
@@ -497,11 +490,11 @@ nlohmann::json TrainOptions::to_json() const {
         {"model", model.to_json()},
         {"seq_length", seq_length},
         {"batch_size", batch_size},
-        {"learning_rate", learning_rate},
-        {"lr_schedule", lr_schedule},
-        {"warmup_steps", warmup_steps},
-        {"lr_decay_every", lr_decay_every},
-        {"lr_decay_factor", lr_decay_factor},
+        {"learning_rate", learning_rate_schedule.peak_learning_rate},
+        {"lr_schedule", LearningRateSchedule::name(learning_rate_schedule.kind)},
+        {"warmup_steps", learning_rate_schedule.warmup_steps},
+        {"lr_decay_every", learning_rate_schedule.decay_every_steps},
+        {"lr_decay_factor", learning_rate_schedule.decay_factor},
         {"patience", patience},
         {"clip", clip},
         {"validation_fraction", validation_fraction},
@@ -529,12 +522,18 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.model = ModelConfig::from_json(json.at("model"));
         options.seq_length = integer_value<int>(json.at("seq_length"));
         options.batch_size = integer_value<int>(json.at("batch_size"));
-        options.learning_rate = json.at("learning_rate").get<double>();
+        LearningRateSchedule& schedule = options.learning_rate_schedule;
+        schedule.peak_learning_rate = json.at("learning_rate").get<double>();
         options.clip = json.at("clip").get<double>();
-        options.lr_schedule = json.at("lr_schedule").get<std::string>();
-        options.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
-        options.lr_decay_every = integer_value<std::int64_t>(json.at("lr_decay_every"));
-        options.lr_decay_factor = json.at("lr_decay_factor").get<double>();
+        const std::string schedule_name = json.at("lr_schedule").get<std::string>();
+        try {
+            schedule.kind = LearningRateSchedule::parse(schedule_name);
+        } catch (const UsageError&) {  // the file's fault, not the user's options
+            throw Error(fmt::format("the checkpoint's training options name an unknown learning-rate schedule, '{}'", schedule_name));
+        }
+        schedule.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
+        schedule.decay_every_steps = integer_value<std::int64_t>(json.at("lr_decay_every"));
+        schedule.decay_factor = json.at("lr_decay_factor").get<double>();
         options.patience = integer_value<int>(json.at("patience"));
         options.validation_fraction = json.at("validation_fraction").get<double>();
         options.steps = integer_value<std::int64_t>(json.at("steps"));
@@ -673,16 +672,12 @@ TrainResult resume_training(const ResumeRequest& request) {
         spdlog::warn("the run trained with --threads {} and goes on with {}: its numbers will differ in the last bits "
                      "from one uninterrupted run (give --threads {} to keep them the same)",
                      threads_before, options.threads, threads_before);
-    if (LearningRateSchedule::parse(options.lr_schedule) == LearningRateSchedule::Kind::cosine &&
-        options.steps != checkpoint.training.options.value("steps", options.steps)) {
-        const auto rate_at = [&](std::int64_t total) {
-            LearningRateSchedule schedule{LearningRateSchedule::Kind::cosine, options.learning_rate, options.warmup_steps,
-                                          total, options.lr_decay_every, options.lr_decay_factor};
-            return schedule.at(checkpoint.training.step + 1);
-        };
+    const std::int64_t steps_before = checkpoint.training.options.value("steps", options.steps);
+    if (options.learning_rate_schedule.kind == LearningRateSchedule::Kind::cosine && options.steps != steps_before) {
+        const std::int64_t next_step = checkpoint.training.step + 1;
         spdlog::warn("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} to {:.3g}",
-                     options.steps, checkpoint.training.options.value("steps", std::int64_t{0}),
-                     rate_at(checkpoint.training.options.value("steps", std::int64_t{0})), rate_at(options.steps));
+                     options.steps, steps_before, options.learning_rate_schedule.at(next_step, steps_before),
+                     options.learning_rate_schedule.at(next_step, options.steps));
     }
     spdlog::info("resuming {} at step {}{}", run_directory.string(), session.state.step,
                  changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", ")));

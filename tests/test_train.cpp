@@ -56,7 +56,7 @@ TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.steps = 60;
-    options.learning_rate = 1e-2;
+    options.learning_rate_schedule.peak_learning_rate = 1e-2;
     const TrainResult result = train(options);
     EXPECT_EQ(result.steps, 60);
     EXPECT_TRUE(std::filesystem::exists(options.run_directory / "last.safetensors"));
@@ -95,9 +95,9 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     auto configure = [&](const std::string& run, std::int64_t steps) {
         TrainOptions options = tiny_options(directory, run);
         options.model.dropout = 0.3;
-        options.lr_schedule = "step";
-        options.lr_decay_every = 6;
-        options.warmup_steps = 5;
+        options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
+        options.learning_rate_schedule.decay_every_steps = 6;
+        options.learning_rate_schedule.warmup_steps = 5;
         options.steps = steps;
         return options;
     };
@@ -118,7 +118,7 @@ TEST(Train, PatienceStopsEarly) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 0.5;  // far too high: validation stops improving at once
+    options.learning_rate_schedule.peak_learning_rate = 0.5;  // far too high: validation stops improving at once
     options.eval_every = 2;
     options.patience = 2;
     options.steps = 200;
@@ -168,7 +168,7 @@ TEST(Train, RefusesBadTextsAndOptions) {
     options.seq_length = 0;
     EXPECT_THROW(train(options), Error);
     options = tiny_options(directory, "run");
-    options.learning_rate = -1;
+    options.learning_rate_schedule.peak_learning_rate = -1;
     EXPECT_THROW(train(options), Error);
     options = tiny_options(directory, "run");
     options.model.hidden_size = 1 << 20;
@@ -216,7 +216,7 @@ TEST(Train, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
         SCOPED_TRACE(rate);
         ResumeRequest request;
         request.run_directory = options.run_directory;
-        request.options.learning_rate = std::stod(rate);
+        request.options.learning_rate_schedule.peak_learning_rate = std::stod(rate);
         request.options.clip = 0;
         request.options.steps = 40;
         request.given = {"--lr", "--clip", "--steps"};
@@ -232,7 +232,7 @@ TEST(Train, DivergenceBeforeTheFirstCheckpointSaysThereIsNone) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 1e38;
+    options.learning_rate_schedule.peak_learning_rate = 1e38;
     options.clip = 0;
     const std::string message = error_of([&] { train(options); }, "divergence");
     EXPECT_NE(message.find("no checkpoint of this run was saved yet"), std::string::npos) << message;
@@ -266,7 +266,7 @@ TEST(Train, EveryWayARunEndsSavesItsLastStep) {
     expect_saved(by_steps);
     // --patience.
     TrainOptions patience = tiny_options(directory, "patience");
-    patience.learning_rate = 0.5;
+    patience.learning_rate_schedule.peak_learning_rate = 0.5;
     patience.eval_every = 2;
     patience.patience = 2;
     patience.steps = 200;
@@ -283,7 +283,7 @@ TEST(Train, ResumeAppliesTheOptionsARunMayChange) {
     train(options);
     ResumeRequest request;
     request.run_directory = options.run_directory;
-    request.options.learning_rate = 5e-4;
+    request.options.learning_rate_schedule.peak_learning_rate = 5e-4;
     request.options.model.dropout = 0.2;
     request.options.eval_every = 3;
     request.options.steps = 14;
@@ -381,6 +381,23 @@ TEST(Train, ACraftedCheckpointCannotMakeARunReadAnotherFile) {
     EXPECT_NE(message.find("secret.txt: not the corpus the run started on"), std::string::npos) << message;
 }
 
+TEST(Train, AnUnknownScheduleInACheckpointIsTheFilesFaultNotTheUsers) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 3;
+    train(options);
+    edit_training_options(options.run_directory, [](nlohmann::json& stored) { stored["lr_schedule"] = "linear"; });
+    try {
+        resume_to(options.run_directory, 8);
+        ADD_FAILURE() << "resumed";
+    } catch (const UsageError& error) {
+        ADD_FAILURE() << "a usage error, where the checkpoint is at fault: " << error.what();
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("unknown learning-rate schedule, 'linear'"), std::string::npos) << error.what();
+    }
+}
+
 TEST(Train, TheMemoryGuardOfAResumeUsesTheCheckpointsTensors) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
@@ -459,7 +476,7 @@ TEST(Train, AnExplodedValidationLossIsCaughtBeforeItIsSaved) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 1e20;  // the first update already explodes; the step after it would say so too late
+    options.learning_rate_schedule.peak_learning_rate = 1e20;  // the first update already explodes; the step after it would say so too late
     options.eval_every = 1;
     const std::string message = error_of([&] { train(options); }, "divergence");
     EXPECT_NE(message.find("the validation loss became"), std::string::npos) << message;

@@ -22,11 +22,7 @@ struct TrainOptions {
     ModelConfig model;                 // vocab_size comes from the corpus
     int seq_length = 100;
     int batch_size = 64;
-    double learning_rate = 2e-3;       // the peak: after warmup, before decay
-    std::string lr_schedule = "constant";  // constant, cosine (to a tenth at --steps) or step
-    std::int64_t warmup_steps = 0;
-    std::int64_t lr_decay_every = 1000;    // step schedule
-    double lr_decay_factor = 0.5;          // step schedule
+    LearningRateSchedule learning_rate_schedule;  // --lr (its peak), --lr-schedule, --warmup, --lr-decay-every, --lr-decay
     double clip = 5.0;                 // global gradient norm; 0 turns clipping off
     double validation_fraction = 0.05;
     std::int64_t steps = 0;            // total steps of the run, resumed ones included; 0 for no bound

@@ -74,6 +74,7 @@ struct TrainArguments {
     std::string resume;
     std::string moved_corpus;
     std::string cell = "lstm";
+    std::string learning_rate_schedule = "constant";
     charlm::TrainOptions options;
     int threads = 0;
     bool quiet = false;
@@ -102,12 +103,13 @@ int run_train(TrainArguments& arguments) {
     if (given("--out") && arguments.run_directory.empty()) throw charlm::UsageError("--out needs a directory; leave it out for runs/<corpus name>");
     if (given("--minutes") && !(arguments.options.minutes > 0))
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
+    charlm::TrainOptions& options = arguments.options;
+    options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
     use_threads(arguments.threads);
     install_stop_handler();
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
     const bool live_progress = !arguments.quiet && ::isatty(STDERR_FILENO);
     charlm::TrainResult result;
-    charlm::TrainOptions& options = arguments.options;
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
@@ -489,13 +491,14 @@ int main(int argc, char** argv) {
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
     train->add_option("--dropout", train_options.model.dropout, "Dropout between layers while training")->capture_default_str();
-    train->add_option("--lr", train_options.learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
-    train->add_option("--lr-schedule", train_options.lr_schedule,
+    auto& schedule = train_options.learning_rate_schedule;
+    train->add_option("--lr", schedule.peak_learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
+    train->add_option("--lr-schedule", train_arguments.learning_rate_schedule,
                       "constant; cosine: down to lr/10 at --steps; step: times --lr-decay every --lr-decay-every steps")
         ->capture_default_str();
-    train->add_option("--warmup", train_options.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
-    train->add_option("--lr-decay-every", train_options.lr_decay_every, "Steps between decays of the step schedule")->capture_default_str();
-    train->add_option("--lr-decay", train_options.lr_decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
+    train->add_option("--warmup", schedule.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
+    train->add_option("--lr-decay-every", schedule.decay_every_steps, "Steps between decays of the step schedule")->capture_default_str();
+    train->add_option("--lr-decay", schedule.decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
     train->add_option("--clip", train_options.clip, "Clip the global gradient norm to this; 0 turns clipping off")->capture_default_str();
     train->add_option("--val-fraction", train_options.validation_fraction, "Fraction of the corpus held out for validation")->capture_default_str();
     train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");
