@@ -11,26 +11,27 @@
 
 namespace charlm {
 
-double LearningRateSchedule::at(std::int64_t step) const {
-    if (warmup_steps > 0 && step <= warmup_steps) return base * static_cast<double>(step) / static_cast<double>(warmup_steps);
+double LearningRateSchedule::at(std::int64_t step, std::int64_t total_steps) const {
+    const double peak = peak_learning_rate;
+    if (warmup_steps > 0 && step <= warmup_steps) return peak * static_cast<double>(step) / static_cast<double>(warmup_steps);
     switch (kind) {
-        case Kind::constant: return base;
+        case Kind::constant: return peak;
         case Kind::cosine: {
             const double span = static_cast<double>(std::max<std::int64_t>(1, total_steps - warmup_steps));
             const double progress = std::clamp(static_cast<double>(step - warmup_steps) / span, 0.0, 1.0);
-            return base * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)));
+            return peak * (0.1 + 0.9 * 0.5 * (1 + std::cos(M_PI * progress)));
         }
         case Kind::step:
-            return base * std::pow(decay_factor, static_cast<double>((step - 1 - warmup_steps) / std::max<std::int64_t>(1, decay_every)));
+            return peak * std::pow(decay_factor, static_cast<double>((step - 1 - warmup_steps) / std::max<std::int64_t>(1, decay_every_steps)));
     }
-    return base;
+    return peak;
 }
 
 LearningRateSchedule::Kind LearningRateSchedule::parse(const std::string& name) {
     if (name == "constant") return Kind::constant;
     if (name == "cosine") return Kind::cosine;
     if (name == "step") return Kind::step;
-    throw Error(fmt::format("unknown learning-rate schedule '{}'; use constant, cosine or step", name));
+    throw UsageError(fmt::format("unknown learning-rate schedule '{}'; use constant, cosine or step", name));
 }
 
 std::string LearningRateSchedule::name(Kind kind) {

@@ -1,4 +1,4 @@
-// Colour or not for the log, and characters escaped for display by their Unicode category.
+// Colour or not for the log, characters escaped for display by their Unicode category, and training's progress lines.
 #include "charlm/terminal.hpp"
 
 #include <algorithm>
@@ -62,6 +62,45 @@ std::string displayable(std::string_view utf8_text) {
         }
     }
     return shown;
+}
+
+std::string format_duration(double seconds) {
+    const auto total = static_cast<long long>(seconds + 0.5);
+    if (total >= 3600) return fmt::format("{}h{:02}m", total / 3600, total % 3600 / 60);
+    if (total >= 60) return fmt::format("{}m{:02}s", total / 60, total % 60);
+    return fmt::format("{}s", total);
+}
+
+std::string describe_run(const RunDescription& run) {
+    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
+                       to_string(run.model.cell), run.model.layers, run.model.hidden_size, run.model.parameter_count(),
+                       run.train_characters, run.validation_characters, run.windows_per_pass, run.seq_length, run.batch_size);
+}
+
+namespace {
+
+std::string step_of_total(const StepProgress& progress) {
+    return progress.total_steps > 0 ? fmt::format("step {}/{}", progress.step, progress.total_steps)
+                                    : fmt::format("step {}", progress.step);
+}
+
+std::string time_left(const StepProgress& progress) {
+    return progress.remaining_seconds ? fmt::format(" | ETA {}", format_duration(*progress.remaining_seconds)) : std::string();
+}
+
+}  // namespace
+
+std::string format_status_line(const StepProgress& progress) {
+    return fmt::format("{} | train {:.4f} | {:.1f}k chars/s | {}{}", step_of_total(progress), progress.train_loss,
+                       progress.chars_per_second / 1000, format_duration(progress.elapsed_seconds), time_left(progress));
+}
+
+std::string format_report_line(const ProgressReport& report) {
+    const std::string validation =
+        report.validation_loss ? fmt::format(" | val {:.4f}{}", *report.validation_loss, report.new_best ? " (best)" : "") : "";
+    return fmt::format("{} | train {:.4f}{} | lr {:.2e} | {:.1f}k chars/s | {}{}", step_of_total(report), report.train_loss,
+                       validation, report.learning_rate, report.chars_per_second / 1000, format_duration(report.elapsed_seconds),
+                       time_left(report));
 }
 
 }  // namespace charlm

@@ -6,12 +6,10 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
-#include <fstream>
 #include <sstream>
 
 #include <fmt/format.h>
 #include <omp.h>
-#include <spdlog/spdlog.h>
 #include <utf8.h>
 
 #include "charlm/atomic_file.hpp"
@@ -23,6 +21,7 @@
 #include "charlm/optim.hpp"
 #include "charlm/run_lock.hpp"
 #include "charlm/terminal.hpp"
+#include "metrics_log.hpp"
 
 namespace charlm {
 
@@ -35,13 +34,6 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-std::string format_duration(double seconds) {
-    const auto total = static_cast<long long>(seconds + 0.5);
-    if (total >= 3600) return fmt::format("{}h{:02}m", total / 3600, total % 3600 / 60);
-    if (total >= 60) return fmt::format("{}m{:02}s", total / 60, total % 60);
-    return fmt::format("{}s", total);
 }
 
 // The ids live compactly (CompactIds); the train and validation parts are views of them.
@@ -121,242 +113,297 @@ struct Session {
     bool fresh = false;
 };
 
-const char* to_string(StopReason reason) {
-    switch (reason) {
-        case StopReason::steps: return "steps";
-        case StopReason::minutes: return "minutes";
-        case StopReason::patience: return "patience";
-        case StopReason::interrupted: return "interrupted";
-    }
-    return "?";
-}
+// One invocation's training loop over a session: the steps, the evaluations and checkpoints between
+// them, and what it tells the progress sinks. run() reads top to bottom; the rest are its parts.
+class TrainingLoop {
+public:
+    TrainingLoop(Session& session, TrainingProgress& progress);
+    TrainResult run();
 
-TrainResult run_loop(Session& session) {
-    const TrainOptions& options = session.options;
-    auto& model = session.model;
-    const auto last_path = options.run_directory / "last.safetensors";
-    const auto best_path = options.run_directory / "best.safetensors";
-    // Temporaries of checkpoint writes that a killed process never renamed. The run directory's lock
-    // is held, so none of them belongs to a live process.
-    std::error_code ignored;
-    for (const auto& entry : std::filesystem::directory_iterator(options.run_directory, ignored)) {
-        const std::string name = entry.path().filename().string();
-        for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt"})
-            if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
-    }
-    // metrics.jsonl: a resumed run appends; a fresh one keeps its lines until it takes the directory over.
-    const auto metrics_path = options.run_directory / "metrics.jsonl";
-    std::ofstream metrics;
-    std::string pending_metrics;
-    auto open_metrics = [&](std::ios::openmode mode) {
-        metrics.open(metrics_path, mode);
-        if (!metrics) throw Error(fmt::format("{}: cannot write metrics.jsonl there", options.run_directory.string()));
-    };
-    if (!session.fresh) open_metrics(std::ios::app);
+private:
+    void remove_stale_temporaries() const;
+    void warn_about_options_that_do_nothing();
+    RunDescription description() const;
+    std::optional<StopReason> stop_reason() const;
+    double take_step();
+    void check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step);
+    Error diverged(const std::string& what, std::int64_t step) const;
+    bool report_due(bool evaluate_now) const;
+    void validate_and_save(ProgressReport& report);
+    void save(CheckpointKind kind);
+    StepProgress step_progress(double learning_rate) const;
+    void report_progress(ProgressReport& report, double learning_rate);
+    TrainResult final_result(StopReason stopped_by) const;
 
-    LearningRateSchedule schedule;
-    schedule.kind = LearningRateSchedule::parse(options.lr_schedule);
-    schedule.base = options.learning_rate;
-    schedule.warmup_steps = options.warmup_steps;
-    schedule.total_steps = options.steps;
-    schedule.decay_every = options.lr_decay_every;
-    schedule.decay_factor = options.lr_decay_factor;
-
-    BatchStream stream(session.corpus.train(), options.seq_length, options.batch_size);
-    stream.set_position(session.state.data_position % stream.windows_per_pass());
-    Batch batch;
-    const bool has_validation = session.corpus.validation().size() >= 2;
-    if (!has_validation)
-        spdlog::warn("no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
-                     options.validation_file ? options.validation_file->string()
-                                             : fmt::format("--val-fraction {} of the corpus", options.validation_fraction),
-                     session.corpus.validation().size());
-    if (options.steps > 0 && options.warmup_steps > options.steps)
-        spdlog::warn("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
-                     options.warmup_steps, options.steps, options.learning_rate);
-    if (model.config().dropout > 0 && model.config().layers == 1)
-        spdlog::warn("--dropout {} does nothing with one layer: it drops units between layers, as PyTorch's nn.LSTM "
-                     "does; use --layers 2 or more", model.config().dropout);
-
-    spdlog::info("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
-                 to_string(model.config().cell), model.config().layers, model.config().hidden_size,
-                 model.config().parameter_count(), session.corpus.train().size(), session.corpus.validation().size(),
-                 stream.windows_per_pass(), options.seq_length, options.batch_size);
-
-    TrainResult result;
-    result.validated = has_validation;
-    result.last_checkpoint = last_path;
-    if (has_validation) result.best_checkpoint = best_path;
-    const auto start = Clock::now();
-    auto last_report = start;
-    double training_seconds = 0, loss_since_report = 0;
-    std::int64_t steps_since_report = 0, steps_this_run = 0;
-    const double characters_per_step = static_cast<double>(options.seq_length) * options.batch_size;
+    Session& session_;
+    const TrainOptions& options_;
+    TrainingProgress& progress_;  // the caller's sink
+    MetricsLog metrics_log_;       // and the run directory's, told the same checkpoints and reports
+    const std::filesystem::path last_path_, best_path_;
+    BatchStream stream_;
+    Batch batch_;
+    const bool has_validation_;
+    Clock::time_point start_, last_report_;  // when the steps began; the last report
+    double training_seconds_ = 0, loss_since_report_ = 0, last_train_loss_ = 0, chars_per_second_ = 0;
+    std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
     // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
-    std::int64_t saved_step = session.state.step > 0 ? session.state.step : -1;
+    std::int64_t saved_step_;
     // Past this the loss has exploded (char-rnn stops past three times its first loss): three times
     // the loss of a uniform guess, ln V, or of a fresh run's first step where that is higher. A resumed
     // run's first loss says nothing: it may already be low, or already have climbed.
-    const double uniform_loss = std::log(static_cast<double>(session.corpus.vocab.size()));
-    double exploded_loss = 3 * uniform_loss;
+    const double uniform_loss_;
+    double exploded_loss_;
+};
 
-    auto save = [&](const std::filesystem::path& path, bool for_resume) {
-        session.state.data_position = stream.position();
-        session.state.rng_state = rng_to_string(session.rng);
-        session.state.options = options.to_json();
-        save_checkpoint(path, model, session.corpus.vocab, session.state, for_resume ? &session.optimizer : nullptr,
-                        for_resume ? &session.carried : nullptr);
-        if (!for_resume) return;
-        saved_step = session.state.step;
-        if (session.fresh) {  // this run's first last.safetensors: the directory is its own from now on
-            session.fresh = false;
-            if (!has_validation) std::filesystem::remove(best_path, ignored);  // an earlier run's; none of this one's
-            write_file_atomically(metrics_path, pending_metrics);
-            open_metrics(std::ios::app);
-        }
-    };
-    auto log_metrics = [&](const nlohmann::json& record) {
-        if (session.fresh) pending_metrics += record.dump() + '\n';
-        else metrics << record.dump() << '\n' << std::flush;
-    };
-    auto stop_reason = [&]() -> std::optional<StopReason> {
-        if (stop_requested) return StopReason::interrupted;
-        if (options.steps > 0 && session.state.step >= options.steps) return StopReason::steps;
-        if (options.minutes > 0 && seconds_since(start) >= options.minutes * 60) return StopReason::minutes;
-        if (options.patience > 0 && session.state.evaluations_since_best >= options.patience) return StopReason::patience;
-        return std::nullopt;
-    };
-    auto diverged = [&](const std::string& what, std::int64_t step) {
-        const std::string kept =
-            saved_step >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
-                                          last_path.string(), saved_step, quoted_for_shell(options.run_directory.string()),
-                                          options.learning_rate / 10)
-                            : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}",
-                                          options.learning_rate);
-        return Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept));
-    };
-    auto clear_status = [&]() {
-        if (options.live_progress) std::fputs("\r\033[K", stderr);
-    };
-    auto last_status = start;
+TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
+    : session_(session),
+      options_(session.options),
+      progress_(progress),
+      metrics_log_(session.options.run_directory, session.fresh),
+      last_path_(session.options.run_directory / "last.safetensors"),
+      best_path_(session.options.run_directory / "best.safetensors"),
+      stream_(session.corpus.train(), session.options.seq_length, session.options.batch_size),
+      has_validation_(session.corpus.validation().size() >= 2),
+      saved_step_(session.state.step > 0 ? session.state.step : -1),
+      uniform_loss_(std::log(static_cast<double>(session.corpus.vocab.size()))),
+      exploded_loss_(3 * uniform_loss_) {
+    stream_.set_position(session.state.data_position % stream_.windows_per_pass());
+}
 
-    loop_running = 1;  // from here a stop signal is heard, and answered with a save
+TrainResult TrainingLoop::run() {
+    remove_stale_temporaries();
+    warn_about_options_that_do_nothing();
+    progress_.run_started(description());
+    start_ = last_report_ = Clock::now();
+
+    // From here a stop signal is heard, and answered with a save; a request left by an earlier loop in
+    // this process is not this one's.
+    stop_requested = 0;
+    loop_running = 1;
     struct LoopEnd {
         ~LoopEnd() { loop_running = 0; }
     } loop_end;
     // Decided once per step, so that the step that ends the run is also the one validated and saved.
     std::optional<StopReason> stop = stop_reason();
     if (stop == StopReason::patience)
-        spdlog::warn("the run stopped early by --patience {}: it had no better validation loss in {} validations; "
-                     "give a larger --patience to go on",
-                     options.patience, session.state.evaluations_since_best);
+        progress_.warning(fmt::format("the run stopped early by --patience {}: it had no better validation loss in {} "
+                                      "validations; give a larger --patience to go on",
+                                      options_.patience, session_.state.evaluations_since_best));
     while (!stop) {
-        const auto step_start = Clock::now();
-        stream.next(batch);
-        model.set_dropout_generator(&session.rng);
-        const double learning_rate = schedule.at(session.state.step + 1);
-        const StepOutcome outcome = train_step(model, session.optimizer, batch, session.carried, options.clip, learning_rate);
-        const double loss = outcome.loss;
-        auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
-        const std::int64_t step = session.state.step + 1;
-        if (!std::isfinite(loss)) throw diverged(fmt::format("the loss became {}", shown(loss)), step);
-        if (!std::isfinite(outcome.gradient_norm))
-            throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)), step);
-        if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate), step);
-        if (steps_this_run == 0 && session.fresh) exploded_loss = 3 * std::max(loss, uniform_loss);
-        if (loss > exploded_loss)
-            throw diverged(fmt::format("the loss rose to {:.4g} nats/char, past {:.4g} (three times where it started)", loss,
-                                       exploded_loss),
-                           step);
-        ++session.state.step;
-        ++steps_this_run;
-        training_seconds += seconds_since(step_start);
-        loss_since_report += loss;
-        ++steps_since_report;
-        result.last_train_loss = loss;
-        result.chars_per_second = characters_per_step * static_cast<double>(steps_this_run) / training_seconds;
-
+        const double learning_rate = take_step();
         stop = stop_reason();
         // Ctrl-C saves at once, without a validation pass; every other end validates and saves.
-        const bool evaluate_now = session.state.step % options.eval_every == 0 || (stop && *stop != StopReason::interrupted);
-        if (options.live_progress && !evaluate_now && seconds_since(last_status) > 0.1) {
-            const double elapsed = seconds_since(start);
-            std::string status = fmt::format("\r\033[Kstep {}{} | train {:.4f} | {:.1f}k chars/s | {}", session.state.step,
-                                             options.steps > 0 ? fmt::format("/{}", options.steps) : "",
-                                             loss_since_report / static_cast<double>(steps_since_report),
-                                             result.chars_per_second / 1000, format_duration(elapsed));
-            if (options.steps > 0)
-                status += fmt::format(" | ETA {}", format_duration(static_cast<double>(options.steps - session.state.step) *
-                                                                   elapsed / static_cast<double>(steps_this_run)));
-            std::fputs(status.c_str(), stderr);
-            std::fflush(stderr);
-            last_status = Clock::now();
+        const bool evaluate_now = session_.state.step % options_.eval_every == 0 || (stop && *stop != StopReason::interrupted);
+        if (!report_due(evaluate_now)) {
+            progress_.step_taken(step_progress(learning_rate));
+            continue;
         }
-        if (!evaluate_now && (options.live_progress || seconds_since(last_report) < 10)) continue;
-        clear_status();
-
-        const double train_loss = loss_since_report / static_cast<double>(steps_since_report);
-        std::string line = fmt::format("step {}{} | train {:.4f}", session.state.step,
-                                       options.steps > 0 ? fmt::format("/{}", options.steps) : "", train_loss);
-        nlohmann::json record = {{"step", session.state.step}, {"train_loss", train_loss},
-                                 {"learning_rate", learning_rate}};
+        ProgressReport progress_report;
         if (evaluate_now) {
-            if (has_validation) {
-                model.set_dropout_generator(nullptr);
-                const double validation_loss =
-                    evaluate_loss(model, session.corpus.validation(), options.seq_length, options.batch_size).mean();
-                // The update of the step just taken is judged here too: its weights are what would be saved.
-                if (!std::isfinite(validation_loss) || validation_loss > exploded_loss)
-                    throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where "
-                                               "training started)",
-                                               fmt::format("{:.4g}", validation_loss), exploded_loss),
-                                   session.state.step);
-                line += fmt::format(" | val {:.4f}", validation_loss);
-                record["validation_loss"] = validation_loss;
-                const bool best = validation_loss < session.state.best_validation_loss;
-                if (best) {
-                    session.state.best_validation_loss = validation_loss;
-                    session.state.evaluations_since_best = 0;
-                    line += " (best)";
-                } else {
-                    ++session.state.evaluations_since_best;
-                }
-                // last.safetensors first: should best's write fail (a full disk), a resume still knows the
-                // best loss reached, and never replaces a better best.safetensors with a worse one.
-                save(last_path, true);
-                if (best) save(best_path, false);
-            } else {
-                record["validation_loss"] = nullptr;
-                save(last_path, true);
-            }
+            validate_and_save(progress_report);
             stop = stop ? stop : stop_reason();  // patience is known only now
         }
-        const double elapsed = seconds_since(start);
-        line += fmt::format(" | lr {:.2e} | {:.1f}k chars/s | {}", learning_rate, result.chars_per_second / 1000,
-                            format_duration(elapsed));
-        if (options.steps > 0 && steps_this_run > 0) {
-            const double remaining = static_cast<double>(options.steps - session.state.step) * elapsed / static_cast<double>(steps_this_run);
-            line += fmt::format(" | ETA {}", format_duration(options.minutes > 0 ? std::min(remaining, options.minutes * 60 - elapsed) : remaining));
-        }
-        spdlog::info(line);
-        record["chars_per_second"] = result.chars_per_second;
-        record["elapsed_seconds"] = elapsed;
-        log_metrics(record);
-        loss_since_report = 0;
-        steps_since_report = 0;
-        last_report = Clock::now();
+        report_progress(progress_report, learning_rate);
     }
-    clear_status();
-    if (saved_step != session.state.step) save(last_path, true);  // stopped between validations (Ctrl-C)
-    result.stopped_by = *stop;
-    result.patience = options.patience;
+    if (saved_step_ != session_.state.step) save(CheckpointKind::last);  // stopped between validations (Ctrl-C)
     if (*stop == StopReason::patience)
-        spdlog::info("stopped early: no better validation loss in {} validations", options.patience);
+        progress_.note(fmt::format("stopped early: no better validation loss in {} validations", options_.patience));
     if (*stop == StopReason::interrupted)
-        spdlog::warn("stopped at step {}; continue with: charlm train --resume {}", session.state.step,
-                     quoted_for_shell(options.run_directory.string()));
-    result.steps = session.state.step;
-    result.best_validation_loss = session.state.best_validation_loss;
+        progress_.warning(fmt::format("stopped at step {}; continue with: charlm train --resume {}", session_.state.step,
+                                      quoted_for_shell(options_.run_directory.string())));
+    const TrainResult finished = final_result(*stop);
+    progress_.run_finished(finished);
+    return finished;
+}
+
+// Temporaries of checkpoint writes that a killed process never renamed. The run directory's lock is
+// held, so none of them belongs to a live process.
+void TrainingLoop::remove_stale_temporaries() const {
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(options_.run_directory, ignored)) {
+        const std::string name = entry.path().filename().string();
+        for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt"})
+            if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
+    }
+}
+
+void TrainingLoop::warn_about_options_that_do_nothing() {
+    const ModelConfig& model = session_.model.config();
+    if (!has_validation_)
+        progress_.warning(fmt::format(
+            "no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
+            options_.validation_file ? options_.validation_file->string()
+                                     : fmt::format("--val-fraction {} of the corpus", options_.validation_fraction),
+            session_.corpus.validation().size()));
+    const LearningRateSchedule& schedule = options_.learning_rate_schedule;
+    if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
+        progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
+                                      schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
+    if (model.dropout > 0 && model.layers == 1)
+        progress_.warning(fmt::format("--dropout {} does nothing with one layer: it drops units between layers, as "
+                                      "PyTorch's nn.LSTM does; use --layers 2 or more",
+                                      model.dropout));
+}
+
+RunDescription TrainingLoop::description() const {
+    RunDescription run;
+    run.model = session_.model.config();
+    run.train_characters = session_.corpus.train().size();
+    run.validation_characters = session_.corpus.validation().size();
+    run.windows_per_pass = stream_.windows_per_pass();
+    run.seq_length = options_.seq_length;
+    run.batch_size = options_.batch_size;
+    run.resumed = !session_.fresh;
+    run.first_step = session_.state.step;
+    return run;
+}
+
+std::optional<StopReason> TrainingLoop::stop_reason() const {
+    if (stop_requested) return StopReason::interrupted;
+    if (options_.steps > 0 && session_.state.step >= options_.steps) return StopReason::steps;
+    if (options_.minutes > 0 && seconds_since(start_) >= options_.minutes * 60) return StopReason::minutes;
+    if (options_.patience > 0 && session_.state.evaluations_since_best >= options_.patience) return StopReason::patience;
+    return std::nullopt;
+}
+
+// One step on the next window; returns the learning rate it took. Throws where training diverged,
+// before the step counts.
+double TrainingLoop::take_step() {
+    const auto step_start = Clock::now();
+    stream_.next(batch_);
+    session_.model.set_dropout_generator(&session_.rng);
+    const std::int64_t step = session_.state.step + 1;
+    const double learning_rate = options_.learning_rate_schedule.at(step, options_.steps);
+    const StepOutcome outcome = train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate);
+    check_for_divergence(outcome, learning_rate, step);
+    session_.state.step = step;
+    ++steps_this_run_;
+    training_seconds_ += seconds_since(step_start);
+    loss_since_report_ += outcome.loss;
+    ++steps_since_report_;
+    last_train_loss_ = outcome.loss;
+    const double characters_per_step = static_cast<double>(options_.seq_length) * options_.batch_size;
+    chars_per_second_ = characters_per_step * static_cast<double>(steps_this_run_) / training_seconds_;
+    return learning_rate;
+}
+
+// A fresh run's first step also sets the bar that later losses must stay under.
+void TrainingLoop::check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step) {
+    const auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
+    if (!std::isfinite(outcome.loss)) throw diverged(fmt::format("the loss became {}", shown(outcome.loss)), step);
+    if (!std::isfinite(outcome.gradient_norm))
+        throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)), step);
+    if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate), step);
+    if (steps_this_run_ == 0 && session_.fresh) exploded_loss_ = 3 * std::max(outcome.loss, uniform_loss_);
+    if (outcome.loss > exploded_loss_)
+        throw diverged(fmt::format("the loss rose to {:.4g} nats/char, past {:.4g} (three times where it started)",
+                                   outcome.loss, exploded_loss_),
+                       step);
+}
+
+Error TrainingLoop::diverged(const std::string& what, std::int64_t step) const {
+    const double peak = options_.learning_rate_schedule.peak_learning_rate;
+    const std::string kept =
+        saved_step_ >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
+                                       last_path_.string(), saved_step_, quoted_for_shell(options_.run_directory.string()),
+                                       peak / 10)
+                         : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}", peak);
+    return Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept));
+}
+
+// A sink that shows every step needs reports only at evaluations; a log gets one every ten seconds too.
+bool TrainingLoop::report_due(bool evaluate_now) const {
+    return evaluate_now || (!progress_.shows_every_step() && seconds_since(last_report_) >= 10);
+}
+
+// The validation pass, where the run has validation text, and the checkpoints it leads to.
+void TrainingLoop::validate_and_save(ProgressReport& report) {
+    report.evaluated = true;
+    if (!has_validation_) {
+        save(CheckpointKind::last);
+        return;
+    }
+    session_.model.set_dropout_generator(nullptr);
+    const double validation_loss =
+        evaluate_loss(session_.model, session_.corpus.validation(), options_.seq_length, options_.batch_size).mean();
+    // The update of the step just taken is judged here too: its weights are what would be saved.
+    if (!std::isfinite(validation_loss) || validation_loss > exploded_loss_)
+        throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where training started)",
+                                   fmt::format("{:.4g}", validation_loss), exploded_loss_),
+                       session_.state.step);
+    report.validation_loss = validation_loss;
+    report.new_best = validation_loss < session_.state.best_validation_loss;
+    if (report.new_best) {
+        session_.state.best_validation_loss = validation_loss;
+        session_.state.evaluations_since_best = 0;
+    } else {
+        ++session_.state.evaluations_since_best;
+    }
+    // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
+    // loss reached, and never replaces a better best.safetensors with a worse one.
+    save(CheckpointKind::last);
+    if (report.new_best) save(CheckpointKind::best);
+}
+
+void TrainingLoop::save(CheckpointKind kind) {
+    const bool for_resume = kind == CheckpointKind::last;
+    const std::filesystem::path& path = for_resume ? last_path_ : best_path_;
+    session_.state.data_position = stream_.position();
+    session_.state.rng_state = rng_to_string(session_.rng);
+    session_.state.options = options_.to_json();
+    save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
+                    for_resume ? &session_.carried : nullptr);
+    if (for_resume) {
+        saved_step_ = session_.state.step;
+        if (session_.fresh) {  // this run's first last.safetensors: the directory is its own from now on
+            session_.fresh = false;
+            std::error_code ignored;
+            if (!has_validation_) std::filesystem::remove(best_path_, ignored);  // an earlier run's; none of this one's
+        }
+    }
+    const SavedCheckpoint saved{kind, path, session_.state.step};
+    metrics_log_.checkpoint_saved(saved);  // the first last.safetensors of a fresh run takes metrics.jsonl over too
+    progress_.checkpoint_saved(saved);
+}
+
+StepProgress TrainingLoop::step_progress(double learning_rate) const {
+    StepProgress progress;
+    progress.step = session_.state.step;
+    progress.total_steps = options_.steps;
+    progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
+    progress.learning_rate = learning_rate;
+    progress.chars_per_second = chars_per_second_;
+    progress.elapsed_seconds = seconds_since(start_);
+    if (options_.steps > 0) {
+        const double remaining = static_cast<double>(options_.steps - session_.state.step) * progress.elapsed_seconds /
+                                 static_cast<double>(steps_this_run_);
+        progress.remaining_seconds =
+            options_.minutes > 0 ? std::max(0.0, std::min(remaining, options_.minutes * 60 - progress.elapsed_seconds)) : remaining;
+    }
+    return progress;
+}
+
+// The report's step figures are taken now, after its validation and saves, whose time they include.
+void TrainingLoop::report_progress(ProgressReport& report, double learning_rate) {
+    static_cast<StepProgress&>(report) = step_progress(learning_rate);
+    metrics_log_.progress_reported(report);
+    progress_.progress_reported(report);
+    loss_since_report_ = 0;
+    steps_since_report_ = 0;
+    last_report_ = Clock::now();
+}
+
+TrainResult TrainingLoop::final_result(StopReason stopped_by) const {
+    TrainResult result;
+    result.steps = session_.state.step;
+    result.last_train_loss = last_train_loss_;
+    result.validated = has_validation_;
+    result.best_validation_loss = session_.state.best_validation_loss;
+    result.chars_per_second = chars_per_second_;
+    result.stopped_by = stopped_by;
+    result.patience = options_.patience;
+    result.last_checkpoint = last_path_;
+    if (has_validation_) result.best_checkpoint = best_path_;
     return result;
 }
 
@@ -380,26 +427,26 @@ void validate(const TrainOptions& options) {
     };
     positive("--seq", options.seq_length);
     positive("--batch", options.batch_size);
-    positive("--lr", options.learning_rate);
-    if (!std::isfinite(options.learning_rate) || !std::isfinite(options.clip) || !std::isfinite(options.minutes))
+    const LearningRateSchedule& schedule = options.learning_rate_schedule;
+    positive("--lr", schedule.peak_learning_rate);
+    if (!std::isfinite(schedule.peak_learning_rate) || !std::isfinite(options.clip) || !std::isfinite(options.minutes))
         throw UsageError("--lr, --clip and --minutes must be finite numbers");
     positive("--eval-every", options.eval_every);
-    positive("--lr-decay-every", static_cast<double>(options.lr_decay_every));
+    positive("--lr-decay-every", static_cast<double>(schedule.decay_every_steps));
     try {
         ModelConfig model = options.model;
         model.vocab_size = std::max(model.vocab_size, 2);  // a fresh run's comes from the corpus, later
         model.validate();
-        const auto schedule = LearningRateSchedule::parse(options.lr_schedule);
-        if (schedule == LearningRateSchedule::Kind::cosine && options.steps == 0)
-            throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
     } catch (const UsageError&) {
         throw;
     } catch (const Error& error) {
-        throw UsageError(error.what());  // a bad --hidden, --cell or --lr-schedule: the user's options
+        throw UsageError(error.what());  // a bad --hidden or --cell: the user's options
     }
-    if (options.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", options.warmup_steps));
+    if (schedule.kind == LearningRateSchedule::Kind::cosine && options.steps == 0)
+        throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
+    if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", schedule.warmup_steps));
     if (options.patience < 0) throw UsageError(fmt::format("--patience must not be negative, not {}", options.patience));
-    if (!(options.lr_decay_factor > 0 && options.lr_decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
+    if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
         throw UsageError("--val-fraction must be at least 0 and below 1");
@@ -427,7 +474,8 @@ void check_patience_has_validation(const TrainOptions& options, const Corpus& co
 // says it moved. Its size and SHA-256 must be the ones recorded, so neither an edited text nor a
 // path in a crafted checkpoint feeds the run anything but the text it started on.
 std::filesystem::path locate_recorded_file(const char* what, const char* flag, const std::filesystem::path& recorded_path,
-                                           const FileFingerprint& recorded, const std::optional<std::filesystem::path>& moved_to) {
+                                           const FileFingerprint& recorded, const std::optional<std::filesystem::path>& moved_to,
+                                           TrainingProgress& progress) {
     const std::filesystem::path path = moved_to.value_or(recorded_path);
     const std::string hint = moved_to ? std::string()
                                       : fmt::format("; if it moved, give its new place with --resume RUN_DIR {} PATH", flag);
@@ -435,8 +483,9 @@ std::filesystem::path locate_recorded_file(const char* what, const char* flag, c
     if (!std::filesystem::exists(path, error))
         throw Error(fmt::format("{}: the run's {} is not there{}", path.string(), what, hint));
     if (recorded.sha256.empty()) {
-        spdlog::warn("{}: the checkpoint predates corpus hashes, so the {} cannot be checked against the one the run started on",
-                     path.string(), what);
+        progress.warning(fmt::format("{}: the checkpoint predates corpus hashes, so the {} cannot be checked against the one "
+                                     "the run started on",
+                                     path.string(), what));
         return path;
     }
     const FileFingerprint now = fingerprint_file(path);
@@ -497,11 +546,11 @@ nlohmann::json TrainOptions::to_json() const {
         {"model", model.to_json()},
         {"seq_length", seq_length},
         {"batch_size", batch_size},
-        {"learning_rate", learning_rate},
-        {"lr_schedule", lr_schedule},
-        {"warmup_steps", warmup_steps},
-        {"lr_decay_every", lr_decay_every},
-        {"lr_decay_factor", lr_decay_factor},
+        {"learning_rate", learning_rate_schedule.peak_learning_rate},
+        {"lr_schedule", LearningRateSchedule::name(learning_rate_schedule.kind)},
+        {"warmup_steps", learning_rate_schedule.warmup_steps},
+        {"lr_decay_every", learning_rate_schedule.decay_every_steps},
+        {"lr_decay_factor", learning_rate_schedule.decay_factor},
         {"patience", patience},
         {"clip", clip},
         {"validation_fraction", validation_fraction},
@@ -529,12 +578,18 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.model = ModelConfig::from_json(json.at("model"));
         options.seq_length = integer_value<int>(json.at("seq_length"));
         options.batch_size = integer_value<int>(json.at("batch_size"));
-        options.learning_rate = json.at("learning_rate").get<double>();
+        LearningRateSchedule& schedule = options.learning_rate_schedule;
+        schedule.peak_learning_rate = json.at("learning_rate").get<double>();
         options.clip = json.at("clip").get<double>();
-        options.lr_schedule = json.at("lr_schedule").get<std::string>();
-        options.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
-        options.lr_decay_every = integer_value<std::int64_t>(json.at("lr_decay_every"));
-        options.lr_decay_factor = json.at("lr_decay_factor").get<double>();
+        const std::string schedule_name = json.at("lr_schedule").get<std::string>();
+        try {
+            schedule.kind = LearningRateSchedule::parse(schedule_name);
+        } catch (const UsageError&) {  // the file's fault, not the user's options
+            throw Error(fmt::format("the checkpoint's training options name an unknown learning-rate schedule, '{}'", schedule_name));
+        }
+        schedule.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
+        schedule.decay_every_steps = integer_value<std::int64_t>(json.at("lr_decay_every"));
+        schedule.decay_factor = json.at("lr_decay_factor").get<double>();
         options.patience = integer_value<int>(json.at("patience"));
         options.validation_fraction = json.at("validation_fraction").get<double>();
         options.steps = integer_value<std::int64_t>(json.at("steps"));
@@ -557,7 +612,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
     return options;
 }
 
-TrainResult train(const TrainOptions& options_in) {
+TrainResult train(const TrainOptions& options_in, TrainingProgress& progress) {
     TrainOptions options = options_in;
     validate(options);
     // A text that can be read again is checked before the run directory is touched; a pipe is read
@@ -604,7 +659,7 @@ TrainResult train(const TrainOptions& options_in) {
     if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
     options.train_characters = corpus->train_size;
     for (const auto& [temporary, source] : copied)
-        spdlog::info("copied {} into the run directory: the run reads its text more than once", source);
+        progress.note(fmt::format("copied {} into the run directory: the run reads its text more than once", source));
     if (corpus_copy) {
         corpus_copy->commit();
         options.corpus = options.run_directory / "corpus.txt";
@@ -622,10 +677,10 @@ TrainResult train(const TrainOptions& options_in) {
     session.optimizer = Adam(session.model.parameters());
     session.carried = session.model.initial_state(options.batch_size);
     session.fresh = true;
-    return run_loop(session);
+    return TrainingLoop(session, progress).run();
 }
 
-TrainResult resume_training(const ResumeRequest& request) {
+TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress) {
     const auto& run_directory = request.run_directory;
     const auto last_path = run_directory / "last.safetensors";
     std::error_code error;
@@ -645,17 +700,16 @@ TrainResult resume_training(const ResumeRequest& request) {
     options.model = checkpoint.config;
     options.model.dropout = dropout;
     options.run_directory = run_directory;
-    options.live_progress = request.live_progress;
     const int threads_before = options.threads;
     options.threads = omp_get_max_threads();
     validate(options);
     if (request.validation_file && !options.validation_file)
         throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
-    options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus);
+    options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus, progress);
     if (options.validation_file)
         options.validation_file = locate_recorded_file("validation file", "--val", *options.validation_file,
                                                        options.validation_fingerprint.value_or(FileFingerprint{}),
-                                                       request.validation_file);
+                                                       request.validation_file, progress);
     Corpus corpus = load_corpus(options, &checkpoint.vocab);
     check_patience_has_validation(options, corpus);
     if (checkpoint.carried_state->hidden.front().rows() != options.batch_size)
@@ -670,25 +724,23 @@ TrainResult resume_training(const ResumeRequest& request) {
     session.model.set_dropout(options.model.dropout);
     // Warnings only now, once every check has passed: a refusal is one line.
     if (threads_before > 0 && threads_before != options.threads)
-        spdlog::warn("the run trained with --threads {} and goes on with {}: its numbers will differ in the last bits "
-                     "from one uninterrupted run (give --threads {} to keep them the same)",
-                     threads_before, options.threads, threads_before);
-    if (LearningRateSchedule::parse(options.lr_schedule) == LearningRateSchedule::Kind::cosine &&
-        options.steps != checkpoint.training.options.value("steps", options.steps)) {
-        const auto rate_at = [&](std::int64_t total) {
-            LearningRateSchedule schedule{LearningRateSchedule::Kind::cosine, options.learning_rate, options.warmup_steps,
-                                          total, options.lr_decay_every, options.lr_decay_factor};
-            return schedule.at(checkpoint.training.step + 1);
-        };
-        spdlog::warn("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} to {:.3g}",
-                     options.steps, checkpoint.training.options.value("steps", std::int64_t{0}),
-                     rate_at(checkpoint.training.options.value("steps", std::int64_t{0})), rate_at(options.steps));
+        progress.warning(fmt::format("the run trained with --threads {} and goes on with {}: its numbers will differ in the "
+                                     "last bits from one uninterrupted run (give --threads {} to keep them the same)",
+                                     threads_before, options.threads, threads_before));
+    const std::int64_t steps_before = checkpoint.training.options.value("steps", options.steps);
+    if (options.learning_rate_schedule.kind == LearningRateSchedule::Kind::cosine && options.steps != steps_before) {
+        const std::int64_t next_step = checkpoint.training.step + 1;
+        progress.warning(fmt::format("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} "
+                                     "to {:.3g}",
+                                     options.steps, steps_before, options.learning_rate_schedule.at(next_step, steps_before),
+                                     options.learning_rate_schedule.at(next_step, options.steps)));
     }
-    spdlog::info("resuming {} at step {}{}", run_directory.string(), session.state.step,
-                 changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", ")));
+    progress.note(fmt::format("resuming {} at step {}{}", run_directory.string(), session.state.step,
+                              changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", "))));
     if (options.steps > 0 && session.state.step >= options.steps)
-        spdlog::warn("the run is already at step {}, not below --steps {}; nothing to do", session.state.step, options.steps);
-    return run_loop(session);
+        progress.warning(fmt::format("the run is already at step {}, not below --steps {}; nothing to do", session.state.step,
+                                     options.steps));
+    return TrainingLoop(session, progress).run();
 }
 
 StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,

@@ -769,6 +769,14 @@ TEST_F(Cli, TrainRefusesBadOptions) {
     expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"unknown learning-rate schedule 'linear'; use constant, cosine or step"},
+                         {"--lr-schedule", "linear"}, /*usage_error=*/true);
+    {
+        const auto before = snapshot(path("run"));
+        expect_error(charlm({"train", "--resume", path("run").string(), "--lr-schedule", "Cosine"}), {"'Cosine'", "cosine"},
+                     /*usage_error=*/true);
+        expect_unchanged(before, snapshot(path("run")));
+    }
     {
         const auto before = snapshot(path("run"));
         const RunResult result = charlm({"train", corpus.string(), "--out", path("run").string(), "--force", "--layers", "two"});

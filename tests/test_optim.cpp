@@ -1,4 +1,6 @@
-// Checks optim.cpp: Adam's first steps by hand, and global-norm clipping.
+// Checks optim.cpp: Adam's first steps by hand, global-norm clipping, and the learning-rate schedule.
+#include <cmath>
+
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
@@ -57,24 +59,33 @@ TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {
 
 TEST(Optim, ScheduleWarmsUpThenDecays) {
     LearningRateSchedule schedule;
-    schedule.base = 1.0;
+    schedule.peak_learning_rate = 1.0;
     schedule.warmup_steps = 10;
-    EXPECT_DOUBLE_EQ(schedule.at(1), 0.1);
-    EXPECT_DOUBLE_EQ(schedule.at(10), 1.0);
-    EXPECT_DOUBLE_EQ(schedule.at(500), 1.0);  // constant
+    EXPECT_DOUBLE_EQ(schedule.at(1, 0), 0.1);
+    EXPECT_DOUBLE_EQ(schedule.at(10, 0), 1.0);
+    EXPECT_DOUBLE_EQ(schedule.at(500, 0), 1.0);  // constant
     schedule.kind = LearningRateSchedule::Kind::cosine;
-    schedule.total_steps = 110;
-    EXPECT_DOUBLE_EQ(schedule.at(10), 1.0);
-    EXPECT_NEAR(schedule.at(60), 0.55, 1e-12);  // halfway: midway between 1 and 0.1
-    EXPECT_NEAR(schedule.at(110), 0.1, 1e-12);
+    EXPECT_DOUBLE_EQ(schedule.at(10, 110), 1.0);
+    EXPECT_NEAR(schedule.at(60, 110), 0.55, 1e-12);  // halfway: midway between 1 and 0.1
+    EXPECT_NEAR(schedule.at(110, 110), 0.1, 1e-12);
+    EXPECT_NEAR(schedule.at(60, 210), 1 - 0.9 * 0.5 * (1 - std::cos(M_PI / 4)), 1e-12) << "a longer run decays later";
     schedule.kind = LearningRateSchedule::Kind::step;
     schedule.warmup_steps = 0;
-    schedule.decay_every = 100;
-    EXPECT_DOUBLE_EQ(schedule.at(100), 1.0);
-    EXPECT_DOUBLE_EQ(schedule.at(101), 0.5);
-    EXPECT_DOUBLE_EQ(schedule.at(250), 0.25);
-    EXPECT_EQ(LearningRateSchedule::parse("cosine"), LearningRateSchedule::Kind::cosine);
-    EXPECT_THROW(LearningRateSchedule::parse("linear"), Error);
+    schedule.decay_every_steps = 100;
+    EXPECT_DOUBLE_EQ(schedule.at(100, 0), 1.0);
+    EXPECT_DOUBLE_EQ(schedule.at(101, 0), 0.5);
+    EXPECT_DOUBLE_EQ(schedule.at(250, 0), 0.25);
+}
+
+TEST(Optim, ScheduleNamesRoundTripAndAnUnknownOneIsAUsageErrorListingThem) {
+    for (const auto kind : {LearningRateSchedule::Kind::constant, LearningRateSchedule::Kind::cosine, LearningRateSchedule::Kind::step})
+        EXPECT_EQ(LearningRateSchedule::parse(LearningRateSchedule::name(kind)), kind);
+    try {
+        LearningRateSchedule::parse("linear");
+        ADD_FAILURE() << "linear was accepted";
+    } catch (const UsageError& error) {
+        EXPECT_STREQ(error.what(), "unknown learning-rate schedule 'linear'; use constant, cosine or step");
+    }
 }
 
 }  // namespace

@@ -1,4 +1,6 @@
-// Checks terminal.cpp: when the log is coloured, and how characters are shown for a person to read.
+// Checks terminal.cpp: when the log is coloured, how characters are shown for a person to read, and the
+// lines that show a training run's progress.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "charlm/terminal.hpp"
@@ -57,6 +59,57 @@ TEST(Terminal, TextIsShownCharacterByCharacterAndBadBytesAsHex) {
     EXPECT_EQ(displayable(std::string_view("a\nb\x1b[31mc")), "a\\nbU+001B[31mc");
     EXPECT_EQ(displayable(std::string_view("bad\xff\xc3")), "bad\\xFF\\xC3");
     EXPECT_EQ(displayable(std::string_view("")), "");
+}
+
+TEST(Terminal, DurationsReadAsSecondsMinutesOrHours) {
+    EXPECT_EQ(format_duration(0), "0s");
+    EXPECT_EQ(format_duration(42.4), "42s");
+    EXPECT_EQ(format_duration(59.6), "1m00s");
+    EXPECT_EQ(format_duration(187), "3m07s");
+    EXPECT_EQ(format_duration(7500), "2h05m");
+}
+
+TEST(Terminal, ARunIsDescribedInOneLine) {
+    RunDescription run;
+    run.model.cell = CellType::gru;
+    run.model.layers = 2;
+    run.model.hidden_size = 16;
+    run.model.embed_size = 8;
+    run.model.vocab_size = 30;
+    run.train_characters = 4560;
+    run.validation_characters = 240;
+    run.windows_per_pass = 71;
+    run.seq_length = 16;
+    run.batch_size = 4;
+    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240, 71 "
+                                             "windows of 16x4 per pass",
+                                             run.model.parameter_count()));
+}
+
+TEST(Terminal, TheStatusLineAndTheReportLineShowTheSameFigures) {
+    ProgressReport report;
+    report.step = 120;
+    report.total_steps = 2000;
+    report.train_loss = 1.98771;
+    report.learning_rate = 0.002;
+    report.chars_per_second = 41234;
+    report.elapsed_seconds = 62;
+    report.remaining_seconds = 970;
+    EXPECT_EQ(format_status_line(report), "step 120/2000 | train 1.9877 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.evaluated = true;
+    report.validation_loss = 2.0123;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.new_best = true;
+    EXPECT_EQ(format_report_line(report),
+              "step 120/2000 | train 1.9877 | val 2.0123 (best) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    // A run bounded by --minutes alone has no step total, and no time left to tell.
+    report.total_steps = 0;
+    report.remaining_seconds.reset();
+    report.validation_loss.reset();
+    report.new_best = false;
+    EXPECT_EQ(format_status_line(report), "step 120 | train 1.9877 | 41.2k chars/s | 1m02s");
+    EXPECT_EQ(format_report_line(report), "step 120 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s");
 }
 
 }  // namespace

@@ -1,10 +1,13 @@
 // Checks train.cpp: a run writes its files, resuming is exact and obeys or refuses each option, every
-// end leaves a checkpoint that loads, divergence writes nothing, and existing runs are not overwritten.
+// end leaves a checkpoint that loads, divergence writes nothing, existing runs are not overwritten, and
+// the progress sink hears every event in order, as metrics.jsonl records it.
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <functional>
+#include <numeric>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -42,6 +45,107 @@ TrainOptions tiny_options(const TemporaryDirectory& directory, const std::string
     return options;
 }
 
+// Every event of a run, in order, as a sink hears it.
+class RecordingProgress : public TrainingProgress {
+public:
+    struct Event {
+        std::string kind;  // warning, note, started, step, checkpoint, report, finished
+        std::int64_t step = 0;
+    };
+    std::vector<Event> events;
+    std::vector<std::string> warnings, notes;
+    std::vector<RunDescription> runs;
+    std::vector<StepProgress> steps;
+    std::vector<SavedCheckpoint> checkpoints;
+    std::vector<bool> checkpoint_was_there;  // whether each checkpoint's file existed when its event came
+    std::vector<ProgressReport> reports;
+    std::vector<TrainResult> results;
+    std::function<void(const StepProgress&)> on_step;  // runs inside step_taken: to look at files, or ask for a stop
+
+    void warning(const std::string& message) override {
+        events.push_back({"warning"});
+        warnings.push_back(message);
+    }
+    void note(const std::string& message) override {
+        events.push_back({"note"});
+        notes.push_back(message);
+    }
+    void run_started(const RunDescription& run) override {
+        events.push_back({"started", run.first_step});
+        runs.push_back(run);
+    }
+    void step_taken(const StepProgress& progress) override {
+        events.push_back({"step", progress.step});
+        steps.push_back(progress);
+        if (on_step) on_step(progress);
+    }
+    void checkpoint_saved(const SavedCheckpoint& checkpoint) override {
+        events.push_back({checkpoint.kind == CheckpointKind::last ? "checkpoint last" : "checkpoint best", checkpoint.step});
+        checkpoints.push_back(checkpoint);
+        checkpoint_was_there.push_back(std::filesystem::is_regular_file(checkpoint.path));
+    }
+    void progress_reported(const ProgressReport& report) override {
+        events.push_back({"report", report.step});
+        reports.push_back(report);
+    }
+    void run_finished(const TrainResult& result) override {
+        events.push_back({"finished", result.steps});
+        results.push_back(result);
+    }
+
+    std::size_t count(const std::string& kind) const {
+        return static_cast<std::size_t>(std::count_if(events.begin(), events.end(), [&](const Event& event) { return event.kind == kind; }));
+    }
+    // The steps that step_taken and the reports name, in the order they came.
+    std::vector<std::int64_t> steps_in_order() const {
+        std::vector<std::int64_t> numbers;
+        for (const auto& event : events)
+            if (event.kind == "step" || event.kind == "report") numbers.push_back(event.step);
+        return numbers;
+    }
+    std::vector<std::int64_t> evaluated_steps() const {
+        std::vector<std::int64_t> numbers;
+        for (const auto& report : reports)
+            if (report.evaluated) numbers.push_back(report.step);
+        return numbers;
+    }
+};
+
+std::vector<std::int64_t> one_to(std::int64_t last) {
+    std::vector<std::int64_t> numbers(static_cast<std::size_t>(last));
+    std::iota(numbers.begin(), numbers.end(), std::int64_t{1});
+    return numbers;
+}
+
+std::vector<nlohmann::json> metrics_records(const std::filesystem::path& run_directory) {
+    std::vector<nlohmann::json> records;
+    std::ifstream in(run_directory / "metrics.jsonl");
+    for (std::string line; std::getline(in, line);) records.push_back(nlohmann::json::parse(line));
+    return records;
+}
+
+// metrics.jsonl says what the reports said, one record each, with the same keys as ever.
+void expect_metrics_match_reports(const std::filesystem::path& run_directory, const std::vector<ProgressReport>& reports) {
+    const auto records = metrics_records(run_directory);
+    ASSERT_EQ(records.size(), reports.size());
+    for (std::size_t i = 0; i < records.size(); ++i) {
+        SCOPED_TRACE(records[i].dump());
+        const ProgressReport& report = reports[i];
+        EXPECT_EQ(records[i].size(), report.evaluated ? 6u : 5u);
+        EXPECT_EQ(records[i].at("step").get<std::int64_t>(), report.step);
+        EXPECT_EQ(records[i].at("train_loss").get<double>(), report.train_loss);
+        EXPECT_EQ(records[i].at("learning_rate").get<double>(), report.learning_rate);
+        EXPECT_EQ(records[i].at("chars_per_second").get<double>(), report.chars_per_second);
+        EXPECT_EQ(records[i].at("elapsed_seconds").get<double>(), report.elapsed_seconds);
+        EXPECT_EQ(records[i].contains("validation_loss"), report.evaluated);
+        if (report.validation_loss) {
+            EXPECT_EQ(records[i].at("validation_loss").get<double>(), *report.validation_loss);
+        } else if (report.evaluated) {
+            EXPECT_TRUE(records[i].at("validation_loss").is_null());
+        }
+    }
+}
+
 // Resumes the run in `run_directory` to `steps` in all, as `charlm train --resume RUN --steps N` does.
 TrainResult resume_to(const std::filesystem::path& run_directory, std::int64_t steps) {
     ResumeRequest request;
@@ -56,7 +160,7 @@ TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.steps = 60;
-    options.learning_rate = 1e-2;
+    options.learning_rate_schedule.peak_learning_rate = 1e-2;
     const TrainResult result = train(options);
     EXPECT_EQ(result.steps, 60);
     EXPECT_TRUE(std::filesystem::exists(options.run_directory / "last.safetensors"));
@@ -66,6 +170,122 @@ TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
     const Checkpoint best = load_checkpoint(options.run_directory / "best.safetensors");
     EXPECT_DOUBLE_EQ(best.training.best_validation_loss, result.best_validation_loss);
     EXPECT_LT(result.best_validation_loss, std::log(static_cast<double>(best.vocab.size())) - 0.5);
+}
+
+TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.model.layers = 1;
+    options.model.dropout = 0.3;  // does nothing with one layer: a warning
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    ASSERT_EQ(result.steps, 20);
+
+    ASSERT_EQ(progress.warnings.size(), 1u);
+    EXPECT_EQ(progress.warnings[0].rfind("--dropout 0.3 does nothing with one layer", 0), 0u) << progress.warnings[0];
+    ASSERT_EQ(progress.count("started"), 1u);
+    const auto started = std::find_if(progress.events.begin(), progress.events.end(), [](const auto& event) { return event.kind == "started"; });
+    EXPECT_TRUE(std::none_of(progress.events.begin(), started, [](const auto& event) { return event.kind != "warning"; }))
+        << "warnings about the options come first";
+    const RunDescription& run = progress.runs.front();
+    EXPECT_FALSE(run.resumed);
+    EXPECT_EQ(run.first_step, 0);
+    EXPECT_EQ(run.model.layers, 1);
+    EXPECT_EQ(run.model.cell, CellType::lstm);
+    EXPECT_EQ(run.seq_length, 16);
+    EXPECT_EQ(run.batch_size, 4);
+    const Checkpoint last = load_checkpoint(result.last_checkpoint);
+    EXPECT_EQ(run.train_characters, last.training.options.at("train_characters").get<std::size_t>());
+    EXPECT_EQ(run.validation_characters, validation_size(run.train_characters + run.validation_characters, 0.05));
+    EXPECT_GT(run.validation_characters, 1u);
+
+    // Every step once, in order; validations at each --eval-every and at the last step.
+    EXPECT_EQ(progress.steps_in_order(), one_to(20));
+    EXPECT_EQ(progress.evaluated_steps(), (std::vector<std::int64_t>{7, 14, 20}));
+    for (const StepProgress& step : progress.steps) {
+        EXPECT_EQ(step.total_steps, 20);
+        EXPECT_TRUE(std::isfinite(step.train_loss) && step.train_loss > 0);
+        EXPECT_EQ(step.learning_rate, 2e-3);
+        EXPECT_TRUE(step.remaining_seconds.has_value());
+    }
+    EXPECT_TRUE(progress.reports.front().new_best) << "the first validation is the best yet";
+    for (const ProgressReport& report : progress.reports)
+        EXPECT_TRUE(!report.evaluated || (report.validation_loss && std::isfinite(*report.validation_loss))) << report.step;
+
+    // Each evaluation: last.safetensors, best.safetensors where it is a new best, then the report.
+    for (std::size_t i = 0; i < progress.events.size(); ++i) {
+        if (progress.events[i].kind != "report") continue;
+        const auto& report = *std::find_if(progress.reports.begin(), progress.reports.end(),
+                                           [&](const ProgressReport& r) { return r.step == progress.events[i].step; });
+        if (!report.evaluated) continue;
+        const std::size_t saves = report.new_best ? 2 : 1;
+        ASSERT_GE(i, saves);
+        EXPECT_EQ(progress.events[i - saves].kind, "checkpoint last");
+        EXPECT_EQ(progress.events[i - saves].step, report.step);
+        if (report.new_best) {
+            EXPECT_EQ(progress.events[i - 1].kind, "checkpoint best");
+            EXPECT_EQ(progress.events[i - 1].step, report.step);
+        }
+    }
+    EXPECT_EQ(std::count(progress.checkpoint_was_there.begin(), progress.checkpoint_was_there.end(), true),
+              static_cast<std::ptrdiff_t>(progress.checkpoints.size()));
+    for (const SavedCheckpoint& checkpoint : progress.checkpoints)
+        EXPECT_EQ(checkpoint.path, checkpoint.kind == CheckpointKind::last ? result.last_checkpoint : result.best_checkpoint);
+
+    ASSERT_EQ(progress.count("finished"), 1u);
+    EXPECT_EQ(progress.events.back().kind, "finished");
+    EXPECT_EQ(progress.results.front().steps, 20);
+    EXPECT_EQ(progress.results.front().best_validation_loss, result.best_validation_loss);
+    expect_metrics_match_reports(options.run_directory, progress.reports);
+}
+
+TEST(Train, AFreshRunKeepsItsMetricsUntilItsFirstCheckpointTakesTheDirectoryOver) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 7;
+    train(options);
+    const std::string earlier = read_bytes(options.run_directory / "metrics.jsonl");
+    ASSERT_FALSE(earlier.empty());
+
+    options.overwrite = true;
+    options.steps = 20;
+    RecordingProgress progress;
+    std::vector<std::string> metrics_at_steps;
+    progress.on_step = [&](const StepProgress&) { metrics_at_steps.push_back(read_bytes(options.run_directory / "metrics.jsonl")); };
+    train(options, progress);
+    ASSERT_GE(metrics_at_steps.size(), 6u);
+    for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(metrics_at_steps[i], earlier) << "step " << i + 1;
+    EXPECT_EQ(metrics_records(options.run_directory).size(), 3u) << "this run's records alone";
+    expect_metrics_match_reports(options.run_directory, progress.reports);
+}
+
+TEST(Train, AStopRequestSavesTheStepWithoutValidatingAndSaysHowToGoOn) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    RecordingProgress progress;
+    progress.on_step = [](const StepProgress& step) {
+        if (step.step == 3) {
+            EXPECT_TRUE(request_training_stop()) << "the loop runs, and hears it";
+        }
+    };
+    const TrainResult result = train(options, progress);
+    EXPECT_EQ(result.stopped_by, StopReason::interrupted);
+    EXPECT_EQ(result.steps, 4) << "decided once per step: the step after the request is the last";
+    EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 4);
+    EXPECT_TRUE(progress.evaluated_steps().empty()) << "a stop request saves without a validation pass";
+    ASSERT_EQ(progress.checkpoints.size(), 1u);
+    EXPECT_EQ(progress.checkpoints[0].kind, CheckpointKind::last);
+    EXPECT_EQ(progress.checkpoints[0].step, 4);
+    ASSERT_FALSE(progress.warnings.empty());
+    EXPECT_NE(progress.warnings.back().find("stopped at step 4; continue with: charlm train --resume "), std::string::npos)
+        << progress.warnings.back();
+    EXPECT_EQ(progress.events.back().kind, "finished");
+    // The request was this run's: the next training in the same process runs to its end.
+    options.overwrite = true;
+    EXPECT_EQ(train(options).steps, 20);
 }
 
 TEST(Train, ResumingGivesTheSameParametersBitForBit) {
@@ -95,9 +315,9 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     auto configure = [&](const std::string& run, std::int64_t steps) {
         TrainOptions options = tiny_options(directory, run);
         options.model.dropout = 0.3;
-        options.lr_schedule = "step";
-        options.lr_decay_every = 6;
-        options.warmup_steps = 5;
+        options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
+        options.learning_rate_schedule.decay_every_steps = 6;
+        options.learning_rate_schedule.warmup_steps = 5;
         options.steps = steps;
         return options;
     };
@@ -118,7 +338,7 @@ TEST(Train, PatienceStopsEarly) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 0.5;  // far too high: validation stops improving at once
+    options.learning_rate_schedule.peak_learning_rate = 0.5;  // far too high: validation stops improving at once
     options.eval_every = 2;
     options.patience = 2;
     options.steps = 200;
@@ -168,7 +388,7 @@ TEST(Train, RefusesBadTextsAndOptions) {
     options.seq_length = 0;
     EXPECT_THROW(train(options), Error);
     options = tiny_options(directory, "run");
-    options.learning_rate = -1;
+    options.learning_rate_schedule.peak_learning_rate = -1;
     EXPECT_THROW(train(options), Error);
     options = tiny_options(directory, "run");
     options.model.hidden_size = 1 << 20;
@@ -216,7 +436,7 @@ TEST(Train, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
         SCOPED_TRACE(rate);
         ResumeRequest request;
         request.run_directory = options.run_directory;
-        request.options.learning_rate = std::stod(rate);
+        request.options.learning_rate_schedule.peak_learning_rate = std::stod(rate);
         request.options.clip = 0;
         request.options.steps = 40;
         request.given = {"--lr", "--clip", "--steps"};
@@ -232,7 +452,7 @@ TEST(Train, DivergenceBeforeTheFirstCheckpointSaysThereIsNone) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 1e38;
+    options.learning_rate_schedule.peak_learning_rate = 1e38;
     options.clip = 0;
     const std::string message = error_of([&] { train(options); }, "divergence");
     EXPECT_NE(message.find("no checkpoint of this run was saved yet"), std::string::npos) << message;
@@ -266,7 +486,7 @@ TEST(Train, EveryWayARunEndsSavesItsLastStep) {
     expect_saved(by_steps);
     // --patience.
     TrainOptions patience = tiny_options(directory, "patience");
-    patience.learning_rate = 0.5;
+    patience.learning_rate_schedule.peak_learning_rate = 0.5;
     patience.eval_every = 2;
     patience.patience = 2;
     patience.steps = 200;
@@ -283,13 +503,21 @@ TEST(Train, ResumeAppliesTheOptionsARunMayChange) {
     train(options);
     ResumeRequest request;
     request.run_directory = options.run_directory;
-    request.options.learning_rate = 5e-4;
+    request.options.learning_rate_schedule.peak_learning_rate = 5e-4;
     request.options.model.dropout = 0.2;
     request.options.eval_every = 3;
     request.options.steps = 14;
     request.given = {"--lr", "--dropout", "--eval-every", "--steps"};
-    const TrainResult result = resume_training(request);
+    RecordingProgress progress;
+    const TrainResult result = resume_training(request, progress);
     EXPECT_EQ(result.steps, 14);
+    ASSERT_EQ(progress.runs.size(), 1u);
+    EXPECT_TRUE(progress.runs[0].resumed);
+    EXPECT_EQ(progress.runs[0].first_step, 10);
+    EXPECT_EQ(progress.steps_in_order(), (std::vector<std::int64_t>{11, 12, 13, 14}));
+    ASSERT_EQ(progress.notes.size(), 1u);
+    EXPECT_NE(progress.notes[0].find("at step 10; changed: --lr 0.0005 (was 0.002), --dropout 0.2 (was 0.0)"), std::string::npos)
+        << progress.notes[0];
     const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
     EXPECT_EQ(last.training.options.at("learning_rate").get<double>(), 5e-4);
     EXPECT_EQ(last.training.options.at("eval_every").get<int>(), 3);
@@ -381,6 +609,23 @@ TEST(Train, ACraftedCheckpointCannotMakeARunReadAnotherFile) {
     EXPECT_NE(message.find("secret.txt: not the corpus the run started on"), std::string::npos) << message;
 }
 
+TEST(Train, AnUnknownScheduleInACheckpointIsTheFilesFaultNotTheUsers) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 3;
+    train(options);
+    edit_training_options(options.run_directory, [](nlohmann::json& stored) { stored["lr_schedule"] = "linear"; });
+    try {
+        resume_to(options.run_directory, 8);
+        ADD_FAILURE() << "resumed";
+    } catch (const UsageError& error) {
+        ADD_FAILURE() << "a usage error, where the checkpoint is at fault: " << error.what();
+    } catch (const Error& error) {
+        EXPECT_NE(std::string(error.what()).find("unknown learning-rate schedule, 'linear'"), std::string::npos) << error.what();
+    }
+}
+
 TEST(Train, TheMemoryGuardOfAResumeUsesTheCheckpointsTensors) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
@@ -416,8 +661,15 @@ TEST(Train, WithoutValidationTextThereIsNoBestCheckpoint) {
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.validation_fraction = 0;
-    const TrainResult result = train(options);
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
     EXPECT_FALSE(result.validated);
+    ASSERT_EQ(progress.warnings.size(), 1u);
+    EXPECT_EQ(progress.warnings[0].rfind("no validation text", 0), 0u) << progress.warnings[0];
+    EXPECT_EQ(progress.evaluated_steps(), (std::vector<std::int64_t>{7, 14, 20}));
+    for (const SavedCheckpoint& checkpoint : progress.checkpoints) EXPECT_EQ(checkpoint.kind, CheckpointKind::last);
+    for (const ProgressReport& report : progress.reports) EXPECT_FALSE(report.validation_loss || report.new_best);
+    expect_metrics_match_reports(options.run_directory, progress.reports);  // validation_loss: null
     EXPECT_TRUE(result.best_checkpoint.empty());
     EXPECT_FALSE(std::filesystem::exists(options.run_directory / "best.safetensors"));
     EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 20);
@@ -459,7 +711,7 @@ TEST(Train, AnExplodedValidationLossIsCaughtBeforeItIsSaved) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
-    options.learning_rate = 1e20;  // the first update already explodes; the step after it would say so too late
+    options.learning_rate_schedule.peak_learning_rate = 1e20;  // the first update already explodes; the step after it would say so too late
     options.eval_every = 1;
     const std::string message = error_of([&] { train(options); }, "divergence");
     EXPECT_NE(message.find("the validation loss became"), std::string::npos) << message;

@@ -18,18 +18,20 @@ struct AdamConfig {
     double epsilon = 1e-8;
 };
 
-// Learning rate by step: linear warmup, then constant, cosine decay to a tenth, or step decay.
+// Learning rate by step: linear warmup to the peak, then constant, cosine decay to a tenth of the peak
+// at the run's last step, or step decay. The run's length is not part of it: TrainOptions holds it as
+// `steps`, which a resume may change, and one number in two places could disagree.
 struct LearningRateSchedule {
     enum class Kind { constant, cosine, step };
     Kind kind = Kind::constant;
-    double base = 2e-3;
+    double peak_learning_rate = 2e-3;
     std::int64_t warmup_steps = 0;
-    std::int64_t total_steps = 0;      // cosine reaches base / 10 here
-    std::int64_t decay_every = 1000;   // step decay multiplies by decay_factor this often
+    std::int64_t decay_every_steps = 1000;  // step decay multiplies by decay_factor this often
     double decay_factor = 0.5;
 
-    double at(std::int64_t step) const;  // step counts from 1
-    static Kind parse(const std::string& name);  // throws Error for an unknown name
+    // step counts from 1; total_steps, where cosine reaches a tenth of the peak, is read by cosine alone
+    double at(std::int64_t step, std::int64_t total_steps) const;
+    static Kind parse(const std::string& name);  // throws UsageError for an unknown name, listing the names
     static std::string name(Kind kind);
 };
 

@@ -1,10 +1,13 @@
-// Writing for a person at a terminal: whether the log is coloured, and characters shown so that they can be read.
+// Writing for a person at a terminal: whether the log is coloured, characters shown so that they can be read,
+// and the lines that show a training run's progress.
 #pragma once
 
 #include <string>
 #include <string_view>
 
 #include <spdlog/common.h>
+
+#include "charlm/progress.hpp"
 
 namespace charlm {
 
@@ -21,5 +24,14 @@ spdlog::color_mode log_color_mode(const char* no_color, bool stderr_is_terminal)
 std::string displayable(char32_t character);
 // The same for every character of a UTF-8 text (a path, an option); a byte that is not UTF-8 as \xFF.
 std::string displayable(std::string_view utf8_text);
+
+// A time as a person reads it: 42s, 3m07s, 2h05m.
+std::string format_duration(double seconds);
+// "training lstm 2x256 (833600 parameters) on 950000 characters, validating on 50000, 148 windows of 100x64 per pass"
+std::string describe_run(const RunDescription& run);
+// The line redrawn after each step: "step 120/2000 | train 1.9876 | 41.2k chars/s | 1m02s | ETA 16m10s".
+std::string format_status_line(const StepProgress& progress);
+// A report's log line: the status line's figures, with the validation loss and the learning rate.
+std::string format_report_line(const ProgressReport& report);
 
 }  // namespace charlm

@@ -11,6 +11,7 @@
 
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
+#include "charlm/progress.hpp"
 #include "charlm/text.hpp"
 
 namespace charlm {
@@ -22,11 +23,7 @@ struct TrainOptions {
     ModelConfig model;                 // vocab_size comes from the corpus
     int seq_length = 100;
     int batch_size = 64;
-    double learning_rate = 2e-3;       // the peak: after warmup, before decay
-    std::string lr_schedule = "constant";  // constant, cosine (to a tenth at --steps) or step
-    std::int64_t warmup_steps = 0;
-    std::int64_t lr_decay_every = 1000;    // step schedule
-    double lr_decay_factor = 0.5;          // step schedule
+    LearningRateSchedule learning_rate_schedule;  // --lr (its peak), --lr-schedule, --warmup, --lr-decay-every, --lr-decay
     double clip = 5.0;                 // global gradient norm; 0 turns clipping off
     double validation_fraction = 0.05;
     std::int64_t steps = 0;            // total steps of the run, resumed ones included; 0 for no bound
@@ -35,7 +32,6 @@ struct TrainOptions {
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
-    bool live_progress = false;        // redraw one status line on stderr (for a terminal); not stored
 
     // Facts of the run that train() records beside the options, for --resume and `charlm info`.
     // Checkpoints older than these have no hash (empty sha256); a resume then cannot check the text.
@@ -65,23 +61,23 @@ struct TrainResult {
 
 // Trains from scratch; the run directory gets last.safetensors, metrics.jsonl and, when there is
 // validation text, best.safetensors. A corpus that cannot be read twice (a pipe, "-" for standard
-// input) is first copied to RUN_DIR/corpus.txt, and that copy is the run's corpus.
-TrainResult train(const TrainOptions& options);
+// input) is first copied to RUN_DIR/corpus.txt, and that copy is the run's corpus. `progress` hears
+// how it goes; metrics.jsonl holds the same reports.
+TrainResult train(const TrainOptions& options, TrainingProgress& progress = silent_progress());
 
 // A resumed run: its directory, and the options given again. Those a run may change (learning rate
-// and schedule, steps, minutes, eval interval, clip, dropout, patience) take effect and the log says
-// so; those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed) are refused where
-// they differ. The corpus must be the one the run started on (size and SHA-256); `corpus` and
-// `validation_file` say where it is now if it moved.
+// and schedule, steps, minutes, eval interval, clip, dropout, patience) take effect and a note to the
+// progress sink says so; those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed)
+// are refused where they differ. The corpus must be the one the run started on (size and SHA-256);
+// `corpus` and `validation_file` say where it is now if it moved.
 struct ResumeRequest {
     std::filesystem::path run_directory;
     TrainOptions options;              // the values of the options given; the others are not read
     std::vector<std::string> given;    // their command-line names, e.g. "--lr"
     std::optional<std::filesystem::path> corpus;
     std::optional<std::filesystem::path> validation_file;
-    bool live_progress = false;
 };
-TrainResult resume_training(const ResumeRequest& request);
+TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress = silent_progress());
 
 // What one training step found. Where `finite` is false, the loss, the gradient or the updated
 // parameters were not finite: the model is not to be used or saved.

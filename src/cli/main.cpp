@@ -67,6 +67,49 @@ void install_stop_handler() {
     for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(signal_number, &action, nullptr);
 }
 
+// Training's progress on stderr: log lines through spdlog, coloured where the terminal takes it, and on
+// a terminal a status line redrawn in place after each step, cleared before anything else is written.
+class TerminalProgress final : public charlm::TrainingProgress {
+public:
+    explicit TerminalProgress(bool live_status) : live_status_(live_status) {}
+    // Also where training throws: the error's one line must start a line of its own.
+    ~TerminalProgress() override { clear_status(); }
+    TerminalProgress(const TerminalProgress&) = delete;
+    TerminalProgress& operator=(const TerminalProgress&) = delete;
+
+    void warning(const std::string& message) override {
+        clear_status();
+        spdlog::warn("{}", message);
+    }
+    void note(const std::string& message) override {
+        clear_status();
+        spdlog::info("{}", message);
+    }
+    void run_started(const charlm::RunDescription& run) override { note(charlm::describe_run(run)); }
+    // At most ten redraws a second: a small model takes hundreds of steps a second, more than anyone reads.
+    void step_taken(const charlm::StepProgress& progress) override {
+        if (!live_status_ || progress.elapsed_seconds - drawn_at_seconds_ <= 0.1) return;
+        fmt::print(stderr, "\r\033[K{}", charlm::format_status_line(progress));
+        std::fflush(stderr);
+        status_shown_ = true;
+        drawn_at_seconds_ = progress.elapsed_seconds;
+    }
+    void progress_reported(const charlm::ProgressReport& report) override { note(charlm::format_report_line(report)); }
+    void run_finished(const charlm::TrainResult&) override { clear_status(); }  // the summary follows on stdout
+    bool shows_every_step() const override { return live_status_; }
+
+private:
+    void clear_status() {
+        if (!status_shown_) return;
+        std::fputs("\r\033[K", stderr);
+        status_shown_ = false;
+    }
+
+    bool live_status_;
+    bool status_shown_ = false;
+    double drawn_at_seconds_ = 0;
+};
+
 struct TrainArguments {
     std::string corpus;
     std::string validation_file;
@@ -74,6 +117,7 @@ struct TrainArguments {
     std::string resume;
     std::string moved_corpus;
     std::string cell = "lstm";
+    std::string learning_rate_schedule = "constant";
     charlm::TrainOptions options;
     int threads = 0;
     bool quiet = false;
@@ -102,12 +146,13 @@ int run_train(TrainArguments& arguments) {
     if (given("--out") && arguments.run_directory.empty()) throw charlm::UsageError("--out needs a directory; leave it out for runs/<corpus name>");
     if (given("--minutes") && !(arguments.options.minutes > 0))
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
+    charlm::TrainOptions& options = arguments.options;
+    options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
     use_threads(arguments.threads);
     install_stop_handler();
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
-    const bool live_progress = !arguments.quiet && ::isatty(STDERR_FILENO);
+    TerminalProgress progress(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO));
     charlm::TrainResult result;
-    charlm::TrainOptions& options = arguments.options;
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
@@ -125,8 +170,7 @@ int run_train(TrainArguments& arguments) {
             if (!not_options.contains(name)) request.given.push_back(name);
         if (!arguments.moved_corpus.empty()) request.corpus = arguments.moved_corpus;
         if (!arguments.validation_file.empty()) request.validation_file = arguments.validation_file;
-        request.live_progress = live_progress;
-        result = charlm::resume_training(request);
+        result = charlm::resume_training(request, progress);
     } else {
         if (!arguments.moved_corpus.empty())
             throw charlm::UsageError("--corpus says where a resumed run's corpus moved; to start a run, give CORPUS alone");
@@ -144,8 +188,7 @@ int run_train(TrainArguments& arguments) {
         options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
                                                                 : std::filesystem::path(arguments.run_directory);
         if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
-        options.live_progress = live_progress;
-        result = charlm::train(options);
+        result = charlm::train(options, progress);
     }
     const std::string stopped = describe_stop(result);
     if (!result.validated || !std::isfinite(result.best_validation_loss)) {
@@ -489,13 +532,14 @@ int main(int argc, char** argv) {
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
     train->add_option("--dropout", train_options.model.dropout, "Dropout between layers while training")->capture_default_str();
-    train->add_option("--lr", train_options.learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
-    train->add_option("--lr-schedule", train_options.lr_schedule,
+    auto& schedule = train_options.learning_rate_schedule;
+    train->add_option("--lr", schedule.peak_learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
+    train->add_option("--lr-schedule", train_arguments.learning_rate_schedule,
                       "constant; cosine: down to lr/10 at --steps; step: times --lr-decay every --lr-decay-every steps")
         ->capture_default_str();
-    train->add_option("--warmup", train_options.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
-    train->add_option("--lr-decay-every", train_options.lr_decay_every, "Steps between decays of the step schedule")->capture_default_str();
-    train->add_option("--lr-decay", train_options.lr_decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
+    train->add_option("--warmup", schedule.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
+    train->add_option("--lr-decay-every", schedule.decay_every_steps, "Steps between decays of the step schedule")->capture_default_str();
+    train->add_option("--lr-decay", schedule.decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
     train->add_option("--clip", train_options.clip, "Clip the global gradient norm to this; 0 turns clipping off")->capture_default_str();
     train->add_option("--val-fraction", train_options.validation_fraction, "Fraction of the corpus held out for validation")->capture_default_str();
     train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");

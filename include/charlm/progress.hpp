@@ -1,0 +1,93 @@
+// What a training run tells whoever watches it: its start, its steps and reports, its checkpoints, warnings and end.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+#include "charlm/model.hpp"
+
+namespace charlm {
+
+struct TrainResult;
+
+// What trains on what, told once as the loop begins.
+struct RunDescription {
+    ModelConfig model;                      // cell, layers x hidden size; parameter_count() counts the parameters
+    std::size_t train_characters = 0;
+    std::size_t validation_characters = 0;  // below 2: the run has no validation text
+    std::size_t windows_per_pass = 0;       // windows of seq_length x batch_size in one pass over the training text
+    int seq_length = 0;
+    int batch_size = 0;
+    bool resumed = false;
+    std::int64_t first_step = 0;            // steps taken before this invocation: the checkpoint's, where resumed
+};
+
+// Where the run stands after a step.
+struct StepProgress {
+    std::int64_t step = 0;                    // the run's steps so far, resumed ones included
+    std::int64_t total_steps = 0;             // the run's --steps; 0 where only --minutes bounds it
+    double train_loss = 0;                    // nats/char, the mean over the steps since the last report
+    double learning_rate = 0;                 // the latest step's
+    double chars_per_second = 0;              // training characters per second of training, in this invocation
+    double elapsed_seconds = 0;               // since this invocation's loop began
+    std::optional<double> remaining_seconds;  // to the run's end, where --steps bounds it (or --minutes, if sooner)
+};
+
+// Progress worth keeping, as a log line and a record of metrics.jsonl: one at each evaluation and,
+// between evaluations, one every ten seconds unless the sink shows every step.
+struct ProgressReport : StepProgress {
+    bool evaluated = false;                  // an --eval-every step or the run's last: validated (where there is
+                                             // validation text) and saved
+    std::optional<double> validation_loss;   // nats/char, where evaluated and the run has validation text
+    bool new_best = false;                   // the lowest validation loss yet: best.safetensors holds this step
+};
+
+enum class CheckpointKind {
+    last,  // last.safetensors: everything a resume needs
+    best,  // best.safetensors: the parameters with the lowest validation loss
+};
+
+struct SavedCheckpoint {
+    CheckpointKind kind = CheckpointKind::last;
+    std::filesystem::path path;
+    std::int64_t step = 0;
+};
+
+// Receives a run's events as they happen, on the thread that called train() or resume_training().
+// The library writes nothing to the terminal; a sink decides what to show and where. Every method does
+// nothing here, so that a sink overrides only what it shows, and this class itself shows nothing.
+class TrainingProgress {
+public:
+    virtual ~TrainingProgress() = default;
+
+    // Something the user should act on or know: an option that does nothing, numbers a resume changes,
+    // the command that continues an interrupted run.
+    virtual void warning(const std::string& /*message*/) {}
+    // A fact worth a line: what a resume changed, a text copied into the run directory, an early stop.
+    virtual void note(const std::string& /*message*/) {}
+
+    virtual void run_started(const RunDescription& /*run*/) {}
+    // Each step that no report follows, for a display that follows every step.
+    virtual void step_taken(const StepProgress& /*progress*/) {}
+    // After the file is in place; at an evaluation, last before best, and both before the report.
+    virtual void checkpoint_saved(const SavedCheckpoint& /*checkpoint*/) {}
+    virtual void progress_reported(const ProgressReport& /*report*/) {}
+    // The run ended, its last.safetensors saved, as `result` says. Not called where training throws.
+    virtual void run_finished(const TrainResult& /*result*/) {}
+
+    // A sink that shows every step as it is taken (a status line redrawn in place) needs no reports
+    // between evaluations; for any other the loop reports every ten seconds, so that a log shows the
+    // run moving. metrics.jsonl gets the same reports.
+    virtual bool shows_every_step() const { return false; }
+};
+
+// A sink that shows nothing, for callers that want no progress (tests, a program with a log of its own).
+inline TrainingProgress& silent_progress() {
+    static TrainingProgress silent;
+    return silent;
+}
+
+}  // namespace charlm

@@ -1,0 +1,40 @@
+// metrics.jsonl, written as a run reports: appended a flushed line at a time, or held until the run owns its directory.
+#include "metrics_log.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "charlm/atomic_file.hpp"
+#include "charlm/error.hpp"
+
+namespace charlm {
+
+MetricsLog::MetricsLog(const std::filesystem::path& run_directory, bool wait_for_first_last_checkpoint)
+    : run_directory_(run_directory), path_(run_directory / "metrics.jsonl"), waiting_(wait_for_first_last_checkpoint) {
+    if (!waiting_) open_for_appending();
+}
+
+void MetricsLog::open_for_appending() {
+    file_.open(path_, std::ios::app);
+    if (!file_) throw Error(fmt::format("{}: cannot write metrics.jsonl there", run_directory_.string()));
+}
+
+void MetricsLog::checkpoint_saved(const SavedCheckpoint& checkpoint) {
+    if (!waiting_ || checkpoint.kind != CheckpointKind::last) return;
+    waiting_ = false;
+    write_file_atomically(path_, pending_records_);
+    pending_records_.clear();
+    open_for_appending();
+}
+
+void MetricsLog::progress_reported(const ProgressReport& report) {
+    nlohmann::json record = {{"step", report.step}, {"train_loss", report.train_loss}, {"learning_rate", report.learning_rate}};
+    if (report.evaluated) record["validation_loss"] = report.validation_loss ? nlohmann::json(*report.validation_loss) : nlohmann::json(nullptr);
+    record["chars_per_second"] = report.chars_per_second;
+    record["elapsed_seconds"] = report.elapsed_seconds;
+    // Flushed a line at a time, so that a run killed at any moment leaves every report it made.
+    if (waiting_) pending_records_ += record.dump() + '\n';
+    else file_ << record.dump() << '\n' << std::flush;
+}
+
+}  // namespace charlm
