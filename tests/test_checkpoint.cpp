@@ -85,6 +85,32 @@ TEST(Checkpoint, OptimizerAndCarriedStateRoundTrip) {
     EXPECT_EQ(loaded.carried_state->cell[0], state.cell[0]);
 }
 
+TEST(Checkpoint, CellsWithoutACellStateCarryOnlyTheirHiddenState) {
+    // A GRU carries no c: its checkpoints hold no state.cell_l* tensors, and those of earlier versions,
+    // which wrote zeros there, still load.
+    TemporaryDirectory directory;
+    const Vocab vocab = Vocab::from_text(U"abc");
+    ModelConfig config = Saved::config();
+    config.cell = CellType::gru;
+    config.vocab_size = 3;
+    Model<float> model(config);
+    ModelState<float> state = model.initial_state(2);
+    ASSERT_TRUE(state.cell.empty());
+    state.hidden[0].setConstant(0.5f);
+    const auto path = directory.path() / "gru.safetensors";
+    save_checkpoint(path, model, vocab, {}, nullptr, &state);
+    EXPECT_EQ(read_bytes(path).find("state.cell_l"), std::string::npos);
+    EXPECT_EQ(load_checkpoint(path).carried_state->hidden[0], state.hidden[0]);
+
+    ModelState<float> earlier = state;  // as an earlier version kept it
+    earlier.cell.assign(2, Matrix<float>::Zero(2, config.hidden_size));
+    save_checkpoint(path, model, vocab, {}, nullptr, &earlier);
+    ASSERT_NE(read_bytes(path).find("state.cell_l1"), std::string::npos);
+    const Checkpoint loaded = load_checkpoint(path);
+    EXPECT_EQ(loaded.carried_state->hidden[0], state.hidden[0]);
+    EXPECT_TRUE(loaded.carried_state->cell.empty());
+}
+
 TEST(Checkpoint, FileIsSafetensorsWithPyTorchNames) {
     TemporaryDirectory directory;
     Saved saved;

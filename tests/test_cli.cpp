@@ -1175,8 +1175,9 @@ TEST_F(Cli, TrainResumeTakesTheOptionsARunMayChangeAndRefusesTheOthers) {
     const RunResult resumed = charlm({"train", "--resume", path("run").string(), "--lr", "5e-4", "--steps", "40"});
     ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
     EXPECT_NE(resumed.err.find("--lr 0.0005 (was 0.002)"), std::string::npos) << resumed.err;
-    if (std::thread::hardware_concurrency() > 1)  // trained with --threads 1, resumed with every core
+    if (std::thread::hardware_concurrency() > 1) {  // trained with --threads 1, resumed with every core
         EXPECT_NE(resumed.err.find("the run trained with --threads 1 and goes on with"), std::string::npos) << resumed.err;
+    }
     const auto metrics = read_metrics(path("run") / "metrics.jsonl");
     ASSERT_FALSE(metrics.empty());
     EXPECT_EQ(metrics.back().at("learning_rate").get<double>(), 5e-4);
