@@ -1,5 +1,5 @@
 // Every recurrent cell charlm has, and the one place that turns a CellType into its math. A new cell is
-// a file in cells/ (rnn.hpp is the smallest to start from), its name in CellType, and a line here.
+// a file in cells/ (rnn.hpp is the smallest to start from), its value in CellType, and two lines here.
 //
 // A cell is a struct of traits and two functions of one chunk of units (cell_units.hpp):
 //   name                   what --cell and checkpoints call it
@@ -18,6 +18,9 @@
 #include "cells/rnn.hpp"
 
 namespace charlm {
+
+// Every cell, in the order error messages list them.
+inline constexpr CellType kCellTypes[] = {CellType::lstm, CellType::gru, CellType::rnn};
 
 // visit(Cell{}) for the cell of `cell`.
 template <typename Visit>

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "cells.hpp"
 #include "charlm/error.hpp"
@@ -18,9 +19,13 @@ std::string to_string(CellType cell) {
 }
 
 CellType parse_cell_type(const std::string& name) {
-    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn})
+    std::vector<std::string> names;
+    for (CellType cell : kCellTypes) {
         if (to_string(cell) == name) return cell;
-    throw UsageError(fmt::format("unknown cell type '{}'; use lstm, gru or rnn", name));
+        names.push_back(to_string(cell));
+    }
+    throw UsageError(fmt::format("unknown cell type '{}'; use {} or {}", name,
+                                 fmt::join(names.begin(), names.end() - 1, ", "), names.back()));
 }
 
 int ModelConfig::gate_count() const {
