@@ -72,9 +72,10 @@ std::string format_duration(double seconds) {
 }
 
 std::string describe_run(const RunDescription& run) {
-    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} windows of {}x{} per pass",
+    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} window{} of {}x{} per pass",
                        to_string(run.model.cell), run.model.layers, run.model.hidden_size, run.model.parameter_count(),
-                       run.train_characters, run.validation_characters, run.windows_per_pass, run.seq_length, run.batch_size);
+                       run.train_characters, run.validation_characters, run.windows_per_pass, run.windows_per_pass == 1 ? "" : "s",
+                       run.seq_length, run.batch_size);
 }
 
 namespace {

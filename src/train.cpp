@@ -144,7 +144,8 @@ private:
     Batch batch_;
     const bool has_validation_;
     Clock::time_point start_, last_report_;  // when the steps began; the last report
-    double training_seconds_ = 0, loss_since_report_ = 0, last_train_loss_ = 0, chars_per_second_ = 0;
+    double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
+    std::optional<double> last_train_loss_;  // none until this invocation takes a step
     std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
     // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
     std::int64_t saved_step_;
@@ -173,7 +174,8 @@ TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
 TrainResult TrainingLoop::run() {
     remove_stale_temporaries();
     warn_about_options_that_do_nothing();
-    progress_.run_started(description());
+    // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
+    if (!stop_reason()) progress_.run_started(description());
     start_ = last_report_ = Clock::now();
 
     // From here a stop signal is heard, and answered with a save; a request left by an earlier loop in
@@ -241,7 +243,7 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
     if (model.dropout > 0 && model.layers == 1)
         progress_.warning(fmt::format("--dropout {} does nothing with one layer: it drops units between layers, as "
-                                      "PyTorch's nn.LSTM does; use --layers 2 or more",
+                                      "PyTorch's recurrent layers do; use --layers 2 or more",
                                       model.dropout));
 }
 
@@ -358,7 +360,10 @@ void TrainingLoop::save(CheckpointKind kind) {
         if (session_.fresh) {  // this run's first last.safetensors: the directory is its own from now on
             session_.fresh = false;
             std::error_code ignored;
-            if (!has_validation_) std::filesystem::remove(best_path_, ignored);  // an earlier run's; none of this one's
+            // An earlier run's: none of this one's yet. Where this save is a validation's, this run's own
+            // best follows at once; where it is not (stopped before its first validation), none may be
+            // left that a user would take for this run's.
+            std::filesystem::remove(best_path_, ignored);
         }
     }
     const SavedCheckpoint saved{kind, path, session_.state.step};
@@ -680,6 +685,16 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress) {
     return TrainingLoop(session, progress).run();
 }
 
+void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given) {
+    const LearningRateSchedule& schedule = options.learning_rate_schedule;
+    if (schedule.kind == LearningRateSchedule::Kind::step) return;
+    for (const char* flag : {"--lr-decay-every", "--lr-decay"})
+        if (std::find(given.begin(), given.end(), flag) != given.end())
+            throw UsageError(fmt::format("{} sets the step schedule's decay, and this run's --lr-schedule is {}; add "
+                                         "--lr-schedule step, or leave {} out",
+                                         flag, LearningRateSchedule::name(schedule.kind), flag));
+}
+
 TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress) {
     const auto& run_directory = request.run_directory;
     const auto last_path = run_directory / "last.safetensors";
@@ -703,6 +718,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     const int threads_before = options.threads;
     options.threads = omp_get_max_threads();
     validate(options);
+    check_options_take_effect(options, request.given);
     if (request.validation_file && !options.validation_file)
         throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
     options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus, progress);

@@ -91,6 +91,8 @@ inline ReferenceStepGradients reference_step_backward(CellType cell, const Refer
 
 // A layer over T steps of B streams, forward and backward, with the reference steps.
 struct ReferenceLayer {
+    explicit ReferenceLayer(CellType cell_type) : cell(cell_type) {}
+
     CellType cell;
     Matrix<double> hidden;                       // (T*B, H): h_t of every step
     Matrix<double> final_hidden, final_cell;     // (B, H)

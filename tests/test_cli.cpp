@@ -771,6 +771,10 @@ TEST_F(Cli, TrainRefusesBadOptions) {
     expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"unknown learning-rate schedule 'linear'; use constant, cosine or step"},
                          {"--lr-schedule", "linear"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--lr-decay sets the step schedule's decay", "--lr-schedule step"}, {"--lr-decay", "0.5"},
+                         /*usage_error=*/true);
+    expect_train_refused(corpus, {"--lr-decay-every", "is cosine"}, {"--lr-schedule", "cosine", "--lr-decay-every", "10"},
+                         /*usage_error=*/true);
     {
         const auto before = snapshot(path("run"));
         expect_error(charlm({"train", "--resume", path("run").string(), "--lr-schedule", "Cosine"}), {"'Cosine'", "cosine"},

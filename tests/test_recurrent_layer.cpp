@@ -156,10 +156,11 @@ TEST_P(RecurrentLayerTest, GivesTheSameBitsWhateverTheSplitBetweenThreads) {
         next.split(40, 2, kMinRowsPerThread);
         ASSERT_EQ(next.count(0), slower_first > 1 ? 10 : 30) << "the forward pass splits the batch unevenly";
         const EngineResult<float> result = run_engine(skewed, data);
-        for (std::size_t i = 0; i < expected.all().size(); ++i) {
-            const auto& [name, matrix] = result.all()[i];
-            ASSERT_EQ(matrix->rows(), expected.all()[i].second->rows()) << name;
-            EXPECT_TRUE((matrix->array() == expected.all()[i].second->array()).all()) << name << " differs in its bits";
+        const auto results = result.all(), expectations = expected.all();
+        for (std::size_t i = 0; i < expectations.size(); ++i) {
+            const auto& [name, matrix] = results[i];
+            ASSERT_EQ(matrix->rows(), expectations[i].second->rows()) << name;
+            EXPECT_TRUE((matrix->array() == expectations[i].second->array()).all()) << name << " differs in its bits";
         }
     }
 }
@@ -214,7 +215,9 @@ TEST_P(RecurrentLayerTest, CarriesStateAcrossWindows) {
     layer.forward(second, 3, whole.weights(), hidden, cell);
     EXPECT_TRUE(layer.output().isApprox(expected.output.bottomRows(3 * B), 1e-12));
     EXPECT_TRUE(hidden.isApprox(expected.final_hidden, 1e-12));
-    if (cell.size() > 0) EXPECT_TRUE(cell.isApprox(expected.final_cell, 1e-12));
+    if (cell.size() > 0) {
+        EXPECT_TRUE(cell.isApprox(expected.final_cell, 1e-12));
+    }
 }
 
 TEST_P(RecurrentLayerTest, FrozenWeightsServeWindowsOfEverySizeInTurn) {

@@ -288,6 +288,73 @@ TEST(Train, AStopRequestSavesTheStepWithoutValidatingAndSaysHowToGoOn) {
     EXPECT_EQ(train(options).steps, 20);
 }
 
+TEST(Train, AForcedRunStoppedBeforeItsFirstValidationLeavesNoEarlierBest) {
+    // The earlier run's best.safetensors beside this run's last.safetensors would be taken for this run's.
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 7;
+    train(options);
+    ASSERT_TRUE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+    options.overwrite = true;
+    options.steps = 20;
+    RecordingProgress progress;
+    progress.on_step = [](const StepProgress& step) {
+        if (step.step == 2) request_training_stop();
+    };
+    const TrainResult result = train(options, progress);
+    EXPECT_EQ(result.stopped_by, StopReason::interrupted);
+    EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 3);
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "best.safetensors"));
+}
+
+TEST(Train, AResumeWithNothingToDoTakesNoStepAndClaimsNoLoss) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 5;
+    train(options);
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    RecordingProgress progress;
+    const TrainResult result = resume_training(request, progress);
+    EXPECT_EQ(result.steps, 5);
+    EXPECT_FALSE(result.last_train_loss.has_value()) << "no step taken, so no loss of one";
+    for (const auto& event : progress.events) EXPECT_NE(event.kind, "started") << "nothing to announce";
+    ASSERT_FALSE(progress.warnings.empty());
+    EXPECT_NE(progress.warnings.back().find("nothing to do"), std::string::npos) << progress.warnings.back();
+}
+
+TEST(Train, TheStepSchedulesDecayOptionsAreRefusedWhereTheyWouldDoNothing) {
+    TrainOptions options;
+    for (auto kind : {LearningRateSchedule::Kind::constant, LearningRateSchedule::Kind::cosine}) {
+        options.learning_rate_schedule.kind = kind;
+        for (const std::string flag : {"--lr-decay", "--lr-decay-every"}) {
+            try {
+                check_options_take_effect(options, {"--lr", flag});
+                ADD_FAILURE() << flag << " with " << LearningRateSchedule::name(kind) << " was accepted";
+            } catch (const UsageError& error) {
+                EXPECT_NE(std::string(error.what()).find("--lr-schedule step"), std::string::npos) << error.what();
+            }
+        }
+        EXPECT_NO_THROW(check_options_take_effect(options, {"--lr", "--warmup"}));
+    }
+    options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
+    EXPECT_NO_THROW(check_options_take_effect(options, {"--lr-decay", "--lr-decay-every"}));
+
+    // and on a resume, against the run's own schedule
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions run = tiny_options(directory, "run");
+    run.steps = 3;
+    train(run);
+    ResumeRequest request;
+    request.run_directory = run.run_directory;
+    request.options.learning_rate_schedule.decay_factor = 0.25;
+    request.given = {"--lr-decay"};
+    EXPECT_THROW(resume_training(request), UsageError);
+}
+
 TEST(Train, ResumingGivesTheSameParametersBitForBit) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());

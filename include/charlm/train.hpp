@@ -49,7 +49,7 @@ enum class StopReason { steps, minutes, patience, interrupted };
 
 struct TrainResult {
     std::int64_t steps = 0;            // the run's step count, resumed ones included
-    double last_train_loss = 0;
+    std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
     double chars_per_second = 0;
@@ -58,6 +58,10 @@ struct TrainResult {
     std::filesystem::path best_checkpoint;  // empty where the run has no validation text
     std::filesystem::path last_checkpoint;
 };
+
+// Throws UsageError where options given on the command line (`given`, their names) would do nothing:
+// --lr-decay or --lr-decay-every with a schedule other than step. Every option is obeyed or refused.
+void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given);
 
 // Trains from scratch; the run directory gets last.safetensors, metrics.jsonl and, when there is
 // validation text, best.safetensors. A corpus that cannot be read twice (a pipe, "-" for standard

@@ -1,5 +1,6 @@
 // The charlm command line: parse and check options, call the library, print results. No math here.
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,7 +90,12 @@ public:
     // At most ten redraws a second: a small model takes hundreds of steps a second, more than anyone reads.
     void step_taken(const charlm::StepProgress& progress) override {
         if (!live_status_ || progress.elapsed_seconds - drawn_at_seconds_ <= 0.1) return;
-        fmt::print(stderr, "\r\033[K{}", charlm::format_status_line(progress));
+        // Cut to the terminal's width: a line that wraps leaves a trail, since \033[K clears one row.
+        std::string line = charlm::format_status_line(progress);
+        winsize size{};
+        if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1 && line.size() >= size.ws_col)
+            line.resize(size.ws_col - 1u);
+        fmt::print(stderr, "\r\033[K{}", line);
         std::fflush(stderr);
         status_shown_ = true;
         drawn_at_seconds_ = progress.elapsed_seconds;
@@ -151,7 +157,10 @@ int run_train(TrainArguments& arguments) {
     use_threads(arguments.threads);
     install_stop_handler();
     if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
-    TerminalProgress progress(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO));
+    // A status line redrawn in place needs a terminal that takes the escape codes: not a pipe, not TERM=dumb.
+    const char* term = std::getenv("TERM");
+    TerminalProgress progress(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO) &&
+                              !(term && std::string_view(term) == "dumb"));
     charlm::TrainResult result;
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
@@ -188,14 +197,16 @@ int run_train(TrainArguments& arguments) {
         options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
                                                                 : std::filesystem::path(arguments.run_directory);
         if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
+        charlm::check_options_take_effect(options, arguments.given);
         result = charlm::train(options, progress);
     }
     const std::string stopped = describe_stop(result);
     if (!result.validated || !std::isfinite(result.best_validation_loss)) {
-        fmt::print("trained {} steps{}; {}, so no best checkpoint; last train loss {:.4f} nats/char\n"
+        fmt::print("trained {} steps{}; {}, so no best checkpoint{}\n"
                    "checkpoint: {} (to resume)\n",
                    result.steps, stopped, result.validated ? "no validation yet" : "no validation text",
-                   result.last_train_loss, result.last_checkpoint.string());
+                   result.last_train_loss ? fmt::format("; last train loss {:.4f} nats/char", *result.last_train_loss) : "",
+                   result.last_checkpoint.string());
     } else {
         const double best = result.best_validation_loss;
         fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
