@@ -174,8 +174,6 @@ TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
 TrainResult TrainingLoop::run() {
     remove_stale_temporaries();
     warn_about_options_that_do_nothing();
-    // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
-    if (!stop_reason()) progress_.run_started(description());
     start_ = last_report_ = Clock::now();
 
     // From here a stop signal is heard, and answered with a save; a request left by an earlier loop in
@@ -191,6 +189,8 @@ TrainResult TrainingLoop::run() {
         progress_.warning(fmt::format("the run stopped early by --patience {}: it had no better validation loss in {} "
                                       "validations; give a larger --patience to go on",
                                       options_.patience, session_.state.evaluations_since_best));
+    // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
+    if (!stop) progress_.run_started(description());
     while (!stop) {
         const double learning_rate = take_step();
         stop = stop_reason();

@@ -325,6 +325,21 @@ TEST(Train, AResumeWithNothingToDoTakesNoStepAndClaimsNoLoss) {
     EXPECT_NE(progress.warnings.back().find("nothing to do"), std::string::npos) << progress.warnings.back();
 }
 
+TEST(Train, ARunBoundedByMinutesIsAnnouncedAndTakesItsSteps) {
+    // The bound is measured from the loop's start; measured from anything earlier, it would end the run
+    // before its first step.
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.minutes = 1;
+    options.steps = 3;
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    EXPECT_EQ(result.steps, 3);
+    EXPECT_EQ(result.stopped_by, StopReason::steps);
+    EXPECT_EQ(progress.runs.size(), 1u);
+}
+
 TEST(Train, TheStepSchedulesDecayOptionsAreRefusedWhereTheyWouldDoNothing) {
     TrainOptions options;
     for (auto kind : {LearningRateSchedule::Kind::constant, LearningRateSchedule::Kind::cosine}) {
