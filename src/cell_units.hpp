@@ -51,6 +51,9 @@ struct RowArrays {
 
 // The chunk of units `unit` .. `unit + count - 1` of a row's arrays, as a cell sees them: each accessor
 // is an Eigen map of that chunk of one array (of gate k's part of it), writable where the array is.
+// A trap for a new cell: `(u.h() > 0).select(x, 0)` gave wrong values in full chunks (Eigen 3.4, GCC
+// 12, AVX-512) while the last, shorter chunk was right; `x * (u.h() > 0).template cast<Scalar>()` is
+// right in both. The engine's tests (bits across splits, finite differences at full chunks) catch it.
 template <typename Scalar, int Size>
 struct Units {
     using Values = Chunk<Scalar, Size>;

@@ -449,9 +449,9 @@ void validate(const TrainOptions& options) {
     }
     if (schedule.kind == LearningRateSchedule::Kind::cosine && options.steps == 0)
         throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
-    if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must not be negative, not {}", schedule.warmup_steps));
-    if (options.patience < 0) throw UsageError(fmt::format("--patience must not be negative, not {}", options.patience));
-    if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError("--lr-decay must be in (0, 1]");
+    if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must be 0 or more steps, not {}", schedule.warmup_steps));
+    if (options.patience < 0) throw UsageError(fmt::format("--patience must be 0 (off) or more validations, not {}", options.patience));
+    if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError(fmt::format("--lr-decay must be in (0, 1], not {}", schedule.decay_factor));
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
     if (!(options.validation_fraction >= 0 && options.validation_fraction < 1))
         throw UsageError("--val-fraction must be at least 0 and below 1");
