@@ -9,9 +9,22 @@
 
 namespace charlm {
 
-BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size)
-    : ids_(ids), seq_length_(seq_length), batch_size_(batch_size) {
+StreamBlock stream_block(int batch_size, int rank, int processes) {
+    if (processes > batch_size)
+        throw UsageError(fmt::format("{} processes share --batch {}, and each needs at least one stream; give --batch {} or more, "
+                                     "or start fewer processes",
+                                     processes, batch_size, processes));
+    const int base = batch_size / processes, extra = batch_size % processes;
+    return {rank * base + std::min(rank, extra), base + (rank < extra ? 1 : 0)};
+}
+
+BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size) : BatchStream(ids, seq_length, batch_size, {0, batch_size}) {}
+
+BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size, StreamBlock block)
+    : ids_(ids), seq_length_(seq_length), batch_size_(batch_size), block_(block) {
     if (seq_length <= 0 || batch_size <= 0) throw Error("sequence length and batch size must be positive");
+    if (block.first < 0 || block.count <= 0 || block.first + block.count > batch_size)
+        throw Error("the block of streams lies outside the batch");
     std::size_t pairs = ids.size() > 0 ? ids.size() - 1 : 0;
     stream_length_ = pairs / static_cast<std::size_t>(batch_size);
     windows_per_pass_ = stream_length_ / static_cast<std::size_t>(seq_length);
@@ -28,14 +41,14 @@ void BatchStream::set_position(std::size_t position) {
 }
 
 void BatchStream::next(Batch& batch) {
-    const std::size_t T = static_cast<std::size_t>(seq_length_), B = static_cast<std::size_t>(batch_size_);
+    const std::size_t T = static_cast<std::size_t>(seq_length_), B = static_cast<std::size_t>(block_.count);
     batch.seq_length = seq_length_;
-    batch.batch_size = batch_size_;
+    batch.batch_size = block_.count;
     batch.inputs.resize(T * B);
     batch.targets.resize(T * B);
     batch.starts_streams = position_ == 0;
     for (std::size_t b = 0; b < B; ++b) {
-        const std::size_t first = b * stream_length_ + position_ * T;
+        const std::size_t first = (static_cast<std::size_t>(block_.first) + b) * stream_length_ + position_ * T;
         for (std::size_t t = 0; t < T; ++t) {
             batch.inputs[t * B + b] = ids_[first + t];
             batch.targets[t * B + b] = ids_[first + t + 1];

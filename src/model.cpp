@@ -286,10 +286,11 @@ LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
 }
 
 template <typename Scalar>
-void Model<Scalar>::backward() {
+void Model<Scalar>::backward(std::size_t mean_over_characters) {
     Workspace& w = *workspace_;
     const Eigen::Index TB = w.logits.rows();
-    const Scalar scale = w.target_count ? Scalar(1) / static_cast<Scalar>(w.target_count) : Scalar(0);
+    const std::size_t mean_over = mean_over_characters > 0 ? mean_over_characters : w.target_count;
+    const Scalar scale = mean_over ? Scalar(1) / static_cast<Scalar>(mean_over) : Scalar(0);
     // softmax cross-entropy: d logits = (p - onehot) / count
 #pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {

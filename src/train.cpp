@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
@@ -111,6 +112,9 @@ struct Session {
     // A fresh run in a directory that may hold an earlier run (--force): the earlier files stay as
     // they are until this run's first last.safetensors, which takes the directory over.
     bool fresh = false;
+    // The processes that share each batch, and this one's block of its streams (`carried` holds its rows).
+    const Communicator* processes = &single_process();
+    StreamBlock streams;
 };
 
 // One invocation's training loop over a session: the steps, the evaluations and checkpoints between
@@ -124,26 +128,31 @@ private:
     void remove_stale_temporaries() const;
     void warn_about_options_that_do_nothing();
     RunDescription description() const;
+    void agree_on_stop();
     std::optional<StopReason> stop_reason() const;
     double take_step();
     void check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step);
     Error diverged(const std::string& what, std::int64_t step) const;
     bool report_due(bool evaluate_now) const;
     void validate_and_save(ProgressReport& report);
+    void check_parameters_agree() const;
     void save(CheckpointKind kind);
+    ModelState<float> whole_carried_state() const;
     StepProgress step_progress(double learning_rate) const;
     void report_progress(ProgressReport& report, double learning_rate);
     TrainResult final_result(StopReason stopped_by) const;
 
     Session& session_;
     const TrainOptions& options_;
+    const Communicator& processes_;
     TrainingProgress& progress_;  // the caller's sink
-    MetricsLog metrics_log_;       // and the run directory's, told the same checkpoints and reports
+    std::optional<MetricsLog> metrics_log_;  // and the run directory's, told the same checkpoints and reports (process 0's)
     const std::filesystem::path last_path_, best_path_;
     BatchStream stream_;
     Batch batch_;
     const bool has_validation_;
     Clock::time_point start_, last_report_;  // when the steps began; the last report
+    bool interrupted_ = false, out_of_time_ = false;  // a stop signal, and --minutes up, on any process
     double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
     std::optional<double> last_train_loss_;  // none until this invocation takes a step
     std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
@@ -159,16 +168,24 @@ private:
 TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
     : session_(session),
       options_(session.options),
+      processes_(*session.processes),
       progress_(progress),
-      metrics_log_(session.options.run_directory, session.fresh),
       last_path_(session.options.run_directory / "last.safetensors"),
       best_path_(session.options.run_directory / "best.safetensors"),
-      stream_(session.corpus.train(), session.options.seq_length, session.options.batch_size),
+      stream_(session.corpus.train(), session.options.seq_length, session.options.batch_size, session.streams),
       has_validation_(session.corpus.validation().size() >= 2),
       saved_step_(session.state.step > 0 ? session.state.step : -1),
       uniform_loss_(std::log(static_cast<double>(session.corpus.vocab.size()))),
       exploded_loss_(3 * uniform_loss_) {
     stream_.set_position(session.state.data_position % stream_.windows_per_pass());
+    if (processes_.is_first()) metrics_log_.emplace(options_.run_directory, session.fresh);
+    // Dropout's masks: process 0 draws from the run's generator, which checkpoints keep; each other
+    // process from one of its own, derived from it, so that no two blocks of streams share masks.
+    if (!processes_.is_first()) {
+        std::mt19937_64 run_generator = session.rng;
+        std::seed_seq derived{run_generator(), run_generator(), static_cast<std::uint64_t>(processes_.rank())};
+        session.rng.seed(derived);
+    }
 }
 
 TrainResult TrainingLoop::run() {
@@ -184,6 +201,7 @@ TrainResult TrainingLoop::run() {
         ~LoopEnd() { loop_running = 0; }
     } loop_end;
     // Decided once per step, so that the step that ends the run is also the one validated and saved.
+    agree_on_stop();
     std::optional<StopReason> stop = stop_reason();
     if (stop == StopReason::patience)
         progress_.warning(fmt::format("the run stopped early by --patience {}: it had no better validation loss in {} "
@@ -193,6 +211,7 @@ TrainResult TrainingLoop::run() {
     if (!stop) progress_.run_started(description());
     while (!stop) {
         const double learning_rate = take_step();
+        agree_on_stop();
         stop = stop_reason();
         // Ctrl-C saves at once, without a validation pass; every other end validates and saves.
         const bool evaluate_now = session_.state.step % options_.eval_every == 0 || (stop && *stop != StopReason::interrupted);
@@ -221,6 +240,7 @@ TrainResult TrainingLoop::run() {
 // Temporaries of checkpoint writes that a killed process never renamed. The run directory's lock is
 // held, so none of them belongs to a live process.
 void TrainingLoop::remove_stale_temporaries() const {
+    if (!processes_.is_first()) return;
     std::error_code ignored;
     for (const auto& entry : std::filesystem::directory_iterator(options_.run_directory, ignored)) {
         const std::string name = entry.path().filename().string();
@@ -260,10 +280,19 @@ RunDescription TrainingLoop::description() const {
     return run;
 }
 
+// A stop signal, and the end of --minutes, as every process sees them: one process stopping alone
+// would leave the others waiting for it in the next step's sums.
+void TrainingLoop::agree_on_stop() {
+    std::array<double, 2> flags{stop_requested ? 1.0 : 0.0, options_.minutes > 0 && seconds_since(start_) >= options_.minutes * 60 ? 1.0 : 0.0};
+    processes_.sum(flags);
+    interrupted_ = flags[0] > 0;
+    out_of_time_ = flags[1] > 0;
+}
+
 std::optional<StopReason> TrainingLoop::stop_reason() const {
-    if (stop_requested) return StopReason::interrupted;
+    if (interrupted_) return StopReason::interrupted;
     if (options_.steps > 0 && session_.state.step >= options_.steps) return StopReason::steps;
-    if (options_.minutes > 0 && seconds_since(start_) >= options_.minutes * 60) return StopReason::minutes;
+    if (out_of_time_) return StopReason::minutes;
     if (options_.patience > 0 && session_.state.evaluations_since_best >= options_.patience) return StopReason::patience;
     return std::nullopt;
 }
@@ -276,7 +305,8 @@ double TrainingLoop::take_step() {
     session_.model.set_dropout_generator(&session_.rng);
     const std::int64_t step = session_.state.step + 1;
     const double learning_rate = options_.learning_rate_schedule.at(step, options_.steps);
-    const StepOutcome outcome = train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate);
+    const StepOutcome outcome =
+        train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate, processes_);
     check_for_divergence(outcome, learning_rate, step);
     session_.state.step = step;
     ++steps_this_run_;
@@ -310,7 +340,7 @@ Error TrainingLoop::diverged(const std::string& what, std::int64_t step) const {
                                        last_path_.string(), saved_step_, quoted_for_shell(options_.run_directory.string()),
                                        peak / 10)
                          : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}", peak);
-    return Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept));
+    return shared(Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept)));  // from figures every process shares
 }
 
 // A sink that shows every step needs reports only at evaluations; a log gets one every ten seconds too.
@@ -321,13 +351,17 @@ bool TrainingLoop::report_due(bool evaluate_now) const {
 // The validation pass, where the run has validation text, and the checkpoints it leads to.
 void TrainingLoop::validate_and_save(ProgressReport& report) {
     report.evaluated = true;
+    check_parameters_agree();
     if (!has_validation_) {
         save(CheckpointKind::last);
         return;
     }
     session_.model.set_dropout_generator(nullptr);
-    const double validation_loss =
-        evaluate_loss(session_.model, session_.corpus.validation(), options_.seq_length, options_.batch_size).mean();
+    // Every process must judge the same figure: process 0's. (Each scores the whole text for now.)
+    std::array<double, 1> first_process_loss{
+        processes_.is_first() ? evaluate_loss(session_.model, session_.corpus.validation(), options_.seq_length, options_.batch_size).mean() : 0.0};
+    processes_.sum(first_process_loss);
+    const double validation_loss = first_process_loss[0];
     // The update of the step just taken is judged here too: its weights are what would be saved.
     if (!std::isfinite(validation_loss) || validation_loss > exploded_loss_)
         throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where training started)",
@@ -347,28 +381,71 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     if (report.new_best) save(CheckpointKind::best);
 }
 
+// Every process calls it at the same step; process 0 alone writes.
 void TrainingLoop::save(CheckpointKind kind) {
     const bool for_resume = kind == CheckpointKind::last;
     const std::filesystem::path& path = for_resume ? last_path_ : best_path_;
-    session_.state.data_position = stream_.position();
-    session_.state.rng_state = rng_to_string(session_.rng);
-    session_.state.options = options_.to_json();
-    save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
-                    for_resume ? &session_.carried : nullptr);
+    // last.safetensors holds every stream's carried state, whichever process ran it: the run resumes
+    // on any process count.
+    const ModelState<float> carried = for_resume && processes_.size() > 1 ? whole_carried_state() : ModelState<float>{};
+    if (processes_.is_first()) {
+        session_.state.data_position = stream_.position();
+        session_.state.rng_state = rng_to_string(session_.rng);
+        session_.state.options = options_.to_json();
+        save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
+                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried);
+        // An earlier run's best at this run's first last.safetensors, which takes the directory over:
+        // where this save is a validation's, this run's own best follows at once; where it is not
+        // (stopped before its first validation), none may be left that a user would take for this run's.
+        std::error_code ignored;
+        if (for_resume && session_.fresh) std::filesystem::remove(best_path_, ignored);
+    }
     if (for_resume) {
         saved_step_ = session_.state.step;
-        if (session_.fresh) {  // this run's first last.safetensors: the directory is its own from now on
-            session_.fresh = false;
-            std::error_code ignored;
-            // An earlier run's: none of this one's yet. Where this save is a validation's, this run's own
-            // best follows at once; where it is not (stopped before its first validation), none may be
-            // left that a user would take for this run's.
-            std::filesystem::remove(best_path_, ignored);
-        }
+        session_.fresh = false;
     }
+    if (!processes_.is_first()) return;
     const SavedCheckpoint saved{kind, path, session_.state.step};
-    metrics_log_.checkpoint_saved(saved);  // the first last.safetensors of a fresh run takes metrics.jsonl over too
+    metrics_log_->checkpoint_saved(saved);  // the first last.safetensors of a fresh run takes metrics.jsonl over too
     progress_.checkpoint_saved(saved);
+}
+
+// The carried state of all the batch's streams, on process 0 (the others get it empty): each
+// process's block of rows in rank order.
+ModelState<float> TrainingLoop::whole_carried_state() const {
+    const int B = options_.batch_size;
+    ModelState<float> whole = processes_.is_first() ? session_.model.initial_state(B) : ModelState<float>{};
+    auto gather = [&](const std::vector<Matrix<float>>& mine, std::vector<Matrix<float>>& all) {
+        for (std::size_t layer = 0; layer < mine.size(); ++layer) {
+            const Eigen::Index H = mine[layer].cols();
+            std::vector<int> counts;
+            for (int rank = 0; rank < processes_.size(); ++rank)
+                counts.push_back(stream_block(B, rank, processes_.size()).count * static_cast<int>(H));
+            std::span<float> destination = processes_.is_first() ? std::span<float>(all[layer].data(), static_cast<std::size_t>(all[layer].size()))
+                                                                 : std::span<float>();
+            processes_.gather(std::span<const float>(mine[layer].data(), static_cast<std::size_t>(mine[layer].size())), destination, counts);
+        }
+    };
+    gather(session_.carried.hidden, whole.hidden);
+    gather(session_.carried.cell, whole.cell);
+    return whole;
+}
+
+// Every process updates its own copy of the parameters from the same summed gradient: they must stay
+// identical. A cheap checksum at each validation tells, rather than let them drift apart unseen.
+void TrainingLoop::check_parameters_agree() const {
+    if (processes_.size() == 1) return;
+    std::uint64_t checksum = 14695981039346656037ull;
+    for (const auto& parameter : session_.model.parameters()) {
+        const auto* words = reinterpret_cast<const std::uint32_t*>(parameter.value.data());
+        for (Eigen::Index i = 0; i < parameter.value.size(); ++i) checksum = (checksum ^ words[i]) * 1099511628211ull;
+    }
+    const std::vector<std::string> checksums = processes_.gather_all(fmt::format("{:016x}", checksum));
+    for (std::size_t rank = 1; rank < checksums.size(); ++rank)
+        if (checksums[rank] != checksums[0])
+            throw shared(Error(fmt::format("at step {} the parameters of process {} differ from process 0's (checksum {} against {}): "
+                                           "the processes no longer train one model; resume from the last checkpoint",
+                                           session_.state.step, rank, checksums[rank], checksums[0])));
 }
 
 StepProgress TrainingLoop::step_progress(double learning_rate) const {
@@ -391,7 +468,7 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
 // The report's step figures are taken now, after its validation and saves, whose time they include.
 void TrainingLoop::report_progress(ProgressReport& report, double learning_rate) {
     static_cast<StepProgress&>(report) = step_progress(learning_rate);
-    metrics_log_.progress_reported(report);
+    if (metrics_log_) metrics_log_->progress_reported(report);
     progress_.progress_reported(report);
     loss_since_report_ = 0;
     steps_since_report_ = 0;
@@ -542,6 +619,56 @@ nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& re
     return stored;
 }
 
+// Collective: each process's `facts` (a JSON object) against process 0's. Where any process's differ,
+// every process throws the same error, naming the first such process and the first fact that differs,
+// then `advice`.
+void check_processes_agree(const Communicator& processes, const nlohmann::json& facts, const char* what, const char* advice) {
+    if (processes.size() == 1) return;
+    const std::vector<std::string> all = processes.gather_all(nlohmann::json{{"host", processes.host()}, {"facts", facts}}.dump());
+    const nlohmann::json first = nlohmann::json::parse(all[0]);
+    for (std::size_t rank = 1; rank < all.size(); ++rank) {
+        const nlohmann::json theirs = nlohmann::json::parse(all[rank]);
+        for (const auto& [key, value] : first.at("facts").items()) {
+            const nlohmann::json their_value = theirs.at("facts").value(key, nlohmann::json(nullptr));
+            if (their_value == value) continue;
+            throw shared(UsageError(fmt::format("process {} of {} (on {}) {} than process 0 (on {}): its {} is {}, not {}; {}", rank,
+                                                all.size(), theirs.at("host").get<std::string>(), what,
+                                                first.at("host").get<std::string>(), key, their_value.dump(), value.dump(), advice)));
+        }
+    }
+}
+
+// The options every process of a run must share: all but where each finds the text (which may
+// differ from machine to machine, so long as the text is the same) and its own thread count.
+nlohmann::json options_to_share(const TrainOptions& options) {
+    nlohmann::json json = options.to_json();
+    for (const char* key : {"corpus", "validation_file", "threads", "corpus_size_bytes", "corpus_sha256", "train_characters",
+                            "validation_file_size_bytes", "validation_file_sha256"})
+        json.erase(key);
+    return json;
+}
+
+// What the processes must agree on about the text: the same bytes, hence the same vocabulary and ids.
+nlohmann::json corpus_facts(const TrainOptions& options, const Corpus& corpus) {
+    return {{"corpus SHA-256", options.corpus_fingerprint.sha256},
+            {"validation file SHA-256", options.validation_fingerprint ? options.validation_fingerprint->sha256 : std::string()},
+            {"vocabulary size", corpus.vocab.size()},
+            {"training characters", corpus.train_size}};
+}
+
+constexpr const char* kSameCommandAdvice = "start every process with the same command";
+constexpr const char* kSameCorpusAdvice =
+    "every process must read the same text: copy it to each machine at the same path, or keep it on a filesystem they share";
+
+// A pipe is read once, by one process: the others would wait for text that never comes.
+void check_text_can_be_shared(const TrainOptions& options, const Communicator& processes) {
+    if (processes.size() == 1) return;
+    for (const auto* path : {&options.corpus, options.validation_file ? &*options.validation_file : nullptr})
+        if (path && can_be_read_only_once(*path))
+            throw UsageError(fmt::format("{}: {} processes cannot all read a pipe or standard input; save the text to a file first",
+                                         *path == "-" ? std::string("standard input") : path->string(), processes.size()));
+}
+
 }  // namespace
 
 nlohmann::json TrainOptions::to_json() const {
@@ -567,6 +694,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"corpus_sha256", corpus_fingerprint.sha256},
         {"train_characters", train_characters},
         {"threads", threads},
+        {"processes", processes},
     };
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
     json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
@@ -602,6 +730,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.eval_every = integer_value<int>(json.at("eval_every"));
         options.seed = integer_value<std::uint64_t>(json.at("seed"));
         options.threads = json.contains("threads") ? integer_value<int>(json.at("threads")) : 0;
+        options.processes = json.contains("processes") ? integer_value<int>(json.at("processes")) : 1;
         // Absent from checkpoints written before the corpus was fingerprinted.
         if (json.contains("corpus_sha256")) {
             options.corpus_fingerprint = {integer_value<std::uint64_t>(json.at("corpus_size_bytes")),
@@ -617,24 +746,28 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
     return options;
 }
 
-TrainResult train(const TrainOptions& options_in, TrainingProgress& progress) {
-    TrainOptions options = options_in;
-    validate(options);
+namespace {
+
+// A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
+// run directory (`lock`). A pipe is copied into the run directory, which `options` then names.
+Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, const Communicator& processes,
+                         std::optional<RunLock>& lock) {
     // A text that can be read again is checked before the run directory is touched; a pipe is read
     // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
     const bool copy_corpus = can_be_read_only_once(options.corpus);
     const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
     if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr);
-
-    std::error_code error;
-    std::filesystem::create_directories(options.run_directory, error);
-    if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
-    const RunLock lock(options.run_directory);
-    if (!options.overwrite && std::filesystem::exists(options.run_directory / "last.safetensors", error))
-        throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
-                                     "or choose another directory with --out",
-                                     quoted_for_shell(options.run_directory.string())));
+    if (processes.is_first()) {  // the others never write there
+        std::error_code error;
+        std::filesystem::create_directories(options.run_directory, error);
+        if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
+        lock.emplace(options.run_directory);
+        if (!options.overwrite && std::filesystem::exists(options.run_directory / "last.safetensors", error))
+            throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                         "or choose another directory with --out",
+                                         quoted_for_shell(options.run_directory.string())));
+    }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
     auto copy = [&](std::optional<AtomicFile>& file, std::filesystem::path& path, const char* name) {
@@ -675,12 +808,32 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress) {
     }
     options.model.vocab_size = static_cast<int>(corpus->vocab.size());
     options.model.validate();
+    return std::move(*corpus);
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, const Communicator& processes) {
+    TrainOptions options = options_in;
     options.threads = omp_get_max_threads();
+    options.processes = processes.size();
+    run_on_every_process(processes, [&] {
+        validate(options);
+        check_text_can_be_shared(options, processes);
+        static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
+    });
+    check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
+    std::optional<RunLock> lock;
+    std::optional<Corpus> corpus;
+    run_on_every_process(processes, [&] { corpus = prepare_fresh_run(options, progress, processes, lock); });
+    check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
 
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     session.model.initialize(session.rng);
     session.optimizer = Adam(session.model.parameters());
-    session.carried = session.model.initial_state(options.batch_size);
+    session.processes = &processes;
+    session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
+    session.carried = session.model.initial_state(session.streams.count);
     session.fresh = true;
     return TrainingLoop(session, progress).run();
 }
@@ -695,57 +848,83 @@ void check_options_take_effect(const TrainOptions& options, const std::vector<st
                                          flag, LearningRateSchedule::name(schedule.kind), flag));
 }
 
-TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress) {
+TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress, const Communicator& processes) {
     const auto& run_directory = request.run_directory;
     const auto last_path = run_directory / "last.safetensors";
-    std::error_code error;
-    if (std::filesystem::is_regular_file(run_directory, error))
-        throw UsageError(fmt::format("{}: --resume takes the run's directory, not a file in it: --resume {}", run_directory.string(),
-                                     quoted_for_shell(run_directory.parent_path().empty() ? "." : run_directory.parent_path().string())));
-    if (!std::filesystem::is_directory(run_directory, error))
-        throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
-    const RunLock lock(run_directory);
-    Checkpoint checkpoint = load_checkpoint(last_path);
-    if (!checkpoint.optimizer || !checkpoint.carried_state)
-        throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
+    std::optional<RunLock> lock;
+    std::optional<Checkpoint> checkpoint;
+    std::optional<Corpus> corpus;
+    TrainOptions options;
     std::vector<std::string> changes;
-    TrainOptions options = TrainOptions::from_json(options_for_resume(checkpoint.training.options, request, changes));
-    // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
-    const double dropout = options.model.dropout;
-    options.model = checkpoint.config;
-    options.model.dropout = dropout;
-    options.run_directory = run_directory;
-    const int threads_before = options.threads;
-    options.threads = omp_get_max_threads();
-    validate(options);
-    check_options_take_effect(options, request.given);
-    if (request.validation_file && !options.validation_file)
-        throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
-    options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus, progress);
-    if (options.validation_file)
-        options.validation_file = locate_recorded_file("validation file", "--val", *options.validation_file,
-                                                       options.validation_fingerprint.value_or(FileFingerprint{}),
-                                                       request.validation_file, progress);
-    Corpus corpus = load_corpus(options, &checkpoint.vocab);
-    check_patience_has_validation(options, corpus);
-    if (checkpoint.carried_state->hidden.front().rows() != options.batch_size)
-        throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
+    int threads_before = 0, processes_before = 1;
+    run_on_every_process(processes, [&] {
+        std::error_code error;
+        if (std::filesystem::is_regular_file(run_directory, error))
+            throw UsageError(fmt::format("{}: --resume takes the run's directory, not a file in it: --resume {}", run_directory.string(),
+                                         quoted_for_shell(run_directory.parent_path().empty() ? "." : run_directory.parent_path().string())));
+        if (!std::filesystem::is_directory(run_directory, error))
+            throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
+        if (processes.is_first()) lock.emplace(run_directory);
+        checkpoint = load_checkpoint(last_path);
+        if (!checkpoint->optimizer || !checkpoint->carried_state)
+            throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
+        options = TrainOptions::from_json(options_for_resume(checkpoint->training.options, request, changes));
+        // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
+        const double dropout = options.model.dropout;
+        options.model = checkpoint->config;
+        options.model.dropout = dropout;
+        options.run_directory = run_directory;
+        threads_before = options.threads;
+        processes_before = options.processes;
+        options.threads = omp_get_max_threads();
+        options.processes = processes.size();
+        validate(options);
+        check_options_take_effect(options, request.given);
+        static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
+        if (request.validation_file && !options.validation_file)
+            throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
+        options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus, progress);
+        if (options.validation_file)
+            options.validation_file = locate_recorded_file("validation file", "--val", *options.validation_file,
+                                                           options.validation_fingerprint.value_or(FileFingerprint{}),
+                                                           request.validation_file, progress);
+        check_text_can_be_shared(options, processes);
+        corpus = load_corpus(options, &checkpoint->vocab);
+        check_patience_has_validation(options, *corpus);
+        if (checkpoint->carried_state->hidden.front().rows() != options.batch_size)
+            throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
+    });
+    nlohmann::json shared_options = options_to_share(options);
+    shared_options["checkpoint step"] = checkpoint->training.step;  // each process read the same last.safetensors
+    check_processes_agree(processes, shared_options, "resumes another run or with other options", kSameCommandAdvice);
+    check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
+
     Session session{options,
-                    std::move(corpus),
-                    std::move(*checkpoint.model),
-                    std::move(*checkpoint.optimizer),
-                    checkpoint.training,
-                    std::move(*checkpoint.carried_state),
-                    rng_from_string(checkpoint.training.rng_state)};
+                    std::move(*corpus),
+                    std::move(*checkpoint->model),
+                    std::move(*checkpoint->optimizer),
+                    checkpoint->training,
+                    {},
+                    rng_from_string(checkpoint->training.rng_state)};
     session.model.set_dropout(options.model.dropout);
+    session.processes = &processes;
+    session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
+    // This process's streams' rows of the whole batch's carried state.
+    const ModelState<float>& whole = *checkpoint->carried_state;
+    for (const auto& hidden : whole.hidden) session.carried.hidden.emplace_back(hidden.middleRows(session.streams.first, session.streams.count));
+    for (const auto& cell : whole.cell) session.carried.cell.emplace_back(cell.middleRows(session.streams.first, session.streams.count));
     // Warnings only now, once every check has passed: a refusal is one line.
     if (threads_before > 0 && threads_before != options.threads)
         progress.warning(fmt::format("the run trained with --threads {} and goes on with {}: its numbers will differ in the "
                                      "last bits from one uninterrupted run (give --threads {} to keep them the same)",
                                      threads_before, options.threads, threads_before));
-    const std::int64_t steps_before = checkpoint.training.options.value("steps", options.steps);
+    if (processes_before != options.processes)
+        progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: the same path, but its numbers will "
+                                     "differ in the last bits from one uninterrupted run",
+                                     processes_before, processes_before == 1 ? "" : "es", options.processes));
+    const std::int64_t steps_before = checkpoint->training.options.value("steps", options.steps);
     if (options.learning_rate_schedule.kind == LearningRateSchedule::Kind::cosine && options.steps != steps_before) {
-        const std::int64_t next_step = checkpoint.training.step + 1;
+        const std::int64_t next_step = checkpoint->training.step + 1;
         progress.warning(fmt::format("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} "
                                      "to {:.3g}",
                                      options.steps, steps_before, options.learning_rate_schedule.at(next_step, steps_before),
@@ -760,17 +939,30 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
 }
 
 StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
-                       double learning_rate) {
+                       double learning_rate, const Communicator& processes) {
     StepOutcome outcome;
     if (batch.starts_streams) carried.reset();
     model.zero_gradients();
     model.forward(batch.inputs, batch.seq_length, batch.batch_size, carried);
-    outcome.loss = model.loss(batch.targets).mean();
+    // The whole batch's loss, which every process then judges alike: one returning early alone would
+    // leave the others waiting for its gradients.
+    LossSum loss = model.loss(batch.targets);
+    if (processes.size() > 1) {
+        std::array<double, 2> sums{loss.total_nats, static_cast<double>(loss.count)};
+        processes.sum(sums);
+        loss = {sums[0], static_cast<std::size_t>(sums[1])};
+    }
+    outcome.loss = loss.mean();
     if (!std::isfinite(outcome.loss)) {
         outcome.finite = false;
         return outcome;
     }
-    model.backward();
+    model.backward(loss.count);
+    // Each process's gradient is its block's share of the whole batch's mean: summed, they are that
+    // mean, identical everywhere, and so are the norm, the clipping and Adam's update that follow.
+    if (processes.size() > 1)
+        for (auto& parameter : model.parameters())
+            processes.sum(std::span<float>(parameter.gradient.data(), static_cast<std::size_t>(parameter.gradient.size())));
     outcome.gradient_norm = clip_gradient_norm(model.parameters(), clip);
     if (!std::isfinite(outcome.gradient_norm)) {
         outcome.finite = false;

@@ -22,12 +22,24 @@ struct Batch {
     bool starts_streams = false;  // first window of a pass: the carried state must be reset
 };
 
+// The streams one process owns when several share a batch (data parallelism): [first, first + count).
+struct StreamBlock {
+    int first = 0;
+    int count = 0;
+};
+// Process `rank` of `processes`' block of `batch_size` streams: contiguous, in rank order, sizes
+// differing by at most one. Throws UsageError where there are more processes than streams.
+StreamBlock stream_block(int batch_size, int rank, int processes);
+
 // Training windows. Stream b owns a contiguous slice of the text; each window continues where
 // the last one ended, so the hidden state carries over. After the last full window, all streams
 // start again from the beginning of their slices.
 class BatchStream {
 public:
     BatchStream(TokenSpan ids, int seq_length, int batch_size);
+    // Only the streams of `block` (batches of block.count rows), laid out as the whole batch's are:
+    // together, the blocks of all processes read exactly the windows of the whole batch.
+    BatchStream(TokenSpan ids, int seq_length, int batch_size, StreamBlock block);
 
     void next(Batch& batch);
     std::size_t windows_per_pass() const { return windows_per_pass_; }
@@ -38,6 +50,7 @@ private:
     TokenSpan ids_;
     int seq_length_;
     int batch_size_;
+    StreamBlock block_;
     std::size_t stream_length_;
     std::size_t windows_per_pass_;
     std::size_t position_ = 0;

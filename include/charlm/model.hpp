@@ -99,8 +99,10 @@ public:
     const Matrix<Scalar>& logits() const;
     // Softmax cross-entropy of the last forward() against targets (kIgnoreTarget rows are skipped).
     LossSum loss(std::span<const TokenId> targets);
-    // Gradients of the mean loss of the last loss() call, accumulated into parameters().
-    void backward();
+    // Gradients of the mean loss of the last loss() call, accumulated into parameters(). The mean is
+    // over `mean_over_characters` where given: the whole batch's, when processes that each hold a
+    // block of it sum their gradients (data parallelism); else over the last loss()'s own characters.
+    void backward(std::size_t mean_over_characters = 0);
 
 private:
     // One recurrent layer's parameters, PyTorch's rnn.*_l{layer}: (G*H, I), (G*H, H), (1, G*H), (1, G*H).

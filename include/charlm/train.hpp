@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "charlm/communicator.hpp"
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/progress.hpp"
@@ -38,7 +39,8 @@ struct TrainOptions {
     FileFingerprint corpus_fingerprint;
     std::optional<FileFingerprint> validation_fingerprint;  // with a validation file
     std::uint64_t train_characters = 0;                     // the part that trains, after the split
-    int threads = 0;  // the thread count it trained with: the same seed and count give the same bits
+    int threads = 0;  // the thread count it trained with (each process's): the same seed and count give the same bits
+    int processes = 1;  // the processes that shared each batch (mpirun -np N)
 
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& json);
@@ -67,7 +69,17 @@ void check_options_take_effect(const TrainOptions& options, const std::vector<st
 // validation text, best.safetensors. A corpus that cannot be read twice (a pipe, "-" for standard
 // input) is first copied to RUN_DIR/corpus.txt, and that copy is the run's corpus. `progress` hears
 // how it goes; metrics.jsonl holds the same reports.
-TrainResult train(const TrainOptions& options, TrainingProgress& progress = silent_progress());
+//
+// With several processes (mpirun -np N: `processes` is their communicator), every process calls it with
+// the same options: each trains on its block of the batch's streams and the gradients are summed, so
+// that the run follows the one-process run's path up to the order of floating-point sums. Process 0
+// alone writes the run directory and tells `progress`; the others pass silent_progress(). Every process
+// must see the same corpus (its SHA-256 is compared) and, on --resume, the same run directory. An error
+// that every process meets is thrown on each, marked shared_by_every_process(); any other is this
+// process's alone, and its caller must end the run (Communicator::abort) rather than leave the others
+// waiting.
+TrainResult train(const TrainOptions& options, TrainingProgress& progress = silent_progress(),
+                  const Communicator& processes = single_process());
 
 // A resumed run: its directory, and the options given again. Those a run may change (learning rate
 // and schedule, steps, minutes, eval interval, clip, dropout, patience) take effect and a note to the
@@ -81,7 +93,8 @@ struct ResumeRequest {
     std::optional<std::filesystem::path> corpus;
     std::optional<std::filesystem::path> validation_file;
 };
-TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress = silent_progress());
+TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress = silent_progress(),
+                            const Communicator& processes = single_process());
 
 // What one training step found. Where `finite` is false, the loss, the gradient or the updated
 // parameters were not finite: the model is not to be used or saved.
@@ -94,8 +107,10 @@ struct StepOutcome {
 // One training step on a window, as train() takes it: the carried state reset where the window starts
 // the streams, forward, loss, backward, global-norm clipping to `clip` (0: none) and an Adam step.
 // A loss or gradient that is not finite returns before the parameters are touched.
+// With several processes, `batch` is this process's block of the batch's streams: the loss and the
+// gradients are those of the whole batch, summed across `processes`, and the same on every process.
 StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch, ModelState<float>& carried, double clip,
-                       double learning_rate);
+                       double learning_rate, const Communicator& processes = single_process());
 
 // Asks a running train() to save and return after the current step; safe to call from a signal
 // handler. Returns false where no training loop is running yet (reading the corpus, say), where

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <optional>
 #include <regex>
 #include <set>
 #include <string_view>
@@ -22,9 +23,11 @@
 #include <fmt/ranges.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <omp.h>
 
 #include "charlm/bench.hpp"
 #include "charlm/checkpoint.hpp"
+#include "charlm/communicator.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
@@ -40,6 +43,16 @@ void use_threads(int threads) {
     const charlm::ThreadCount count = charlm::set_thread_count(threads);
     if (count.limited_by)
         spdlog::warn("--threads {} asks for more than {} allows; using {}", count.requested, count.limited_by, count.used);
+}
+
+// Training's threads where several processes share a machine: by default the cores this process may
+// run on (mpirun binds each to its own where there are enough), shared with the other processes on the
+// machine where it may run on all of them, so that N processes do not start N teams of every core.
+int default_threads_per_process(const charlm::Communicator& processes) {
+    const int usable = omp_get_num_procs();
+    const long machine = ::sysconf(_SC_NPROCESSORS_ONLN);
+    if (processes.local_size() == 1 || usable < machine) return usable;
+    return std::max(1, usable / processes.local_size());
 }
 
 // Ctrl-C, SIGTERM or a closed terminal: training saves and stops after the current step; before the
@@ -140,7 +153,9 @@ std::string describe_stop(const charlm::TrainResult& result) {
     return "";
 }
 
-int run_train(TrainArguments& arguments) {
+// What the command line asks of training: a resumed run's request, or a fresh run's options. Throws
+// UsageError for arguments that contradict each other.
+std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments) {
     auto given = [&](const std::string& name) {
         return std::find(arguments.given.begin(), arguments.given.end(), name) != arguments.given.end();
     };
@@ -154,14 +169,6 @@ int run_train(TrainArguments& arguments) {
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
     options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
-    use_threads(arguments.threads);
-    install_stop_handler();
-    if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
-    // A status line redrawn in place needs a terminal that takes the escape codes: not a pipe, not TERM=dumb.
-    const char* term = std::getenv("TERM");
-    TerminalProgress progress(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO) &&
-                              !(term && std::string_view(term) == "dumb"));
-    charlm::TrainResult result;
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
@@ -179,27 +186,49 @@ int run_train(TrainArguments& arguments) {
             if (!not_options.contains(name)) request.given.push_back(name);
         if (!arguments.moved_corpus.empty()) request.corpus = arguments.moved_corpus;
         if (!arguments.validation_file.empty()) request.validation_file = arguments.validation_file;
-        result = charlm::resume_training(request, progress);
-    } else {
-        if (!arguments.moved_corpus.empty())
-            throw charlm::UsageError("--corpus says where a resumed run's corpus moved; to start a run, give CORPUS alone");
-        if (arguments.corpus.empty()) throw charlm::UsageError("give a CORPUS text file to train on, or --resume RUN_DIR");
-        if (arguments.corpus == "-" && ::isatty(STDIN_FILENO))
-            throw charlm::UsageError("CORPUS - reads standard input, which is a terminal; pipe a text in: cat corpus.txt | charlm train -");
-        options.corpus = arguments.corpus;
-        if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
-        options.model.cell = charlm::parse_cell_type(arguments.cell);
-        // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
-        std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
-        if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
-            run_name = "stdin";
-        if (run_name.empty() || run_name.starts_with(".")) run_name = "corpus";
-        options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
-                                                                : std::filesystem::path(arguments.run_directory);
-        if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
-        charlm::check_options_take_effect(options, arguments.given);
-        result = charlm::train(options, progress);
+        return request;
     }
+    if (!arguments.moved_corpus.empty())
+        throw charlm::UsageError("--corpus says where a resumed run's corpus moved; to start a run, give CORPUS alone");
+    if (arguments.corpus.empty()) throw charlm::UsageError("give a CORPUS text file to train on, or --resume RUN_DIR");
+    if (arguments.corpus == "-" && ::isatty(STDIN_FILENO))
+        throw charlm::UsageError("CORPUS - reads standard input, which is a terminal; pipe a text in: cat corpus.txt | charlm train -");
+    options.corpus = arguments.corpus;
+    if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
+    options.model.cell = charlm::parse_cell_type(arguments.cell);
+    // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
+    std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
+    if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
+        run_name = "stdin";
+    if (run_name.empty() || run_name.starts_with(".")) run_name = "corpus";
+    options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name
+                                                            : std::filesystem::path(arguments.run_directory);
+    if (options.steps == 0 && options.minutes == 0) options.steps = 2000;
+    charlm::check_options_take_effect(options, arguments.given);
+    return std::nullopt;
+}
+
+int run_train(TrainArguments& arguments, const charlm::Communicator& processes) {
+    std::optional<charlm::ResumeRequest> resume;
+    // Every process checks the same arguments; where they were given different ones, none goes on alone.
+    charlm::run_on_every_process(processes, [&] { resume = training_request(arguments); });
+    if (arguments.quiet) spdlog::set_level(spdlog::level::warn);
+    // With several processes the first alone talks: the others' words would repeat its own.
+    if (!processes.is_first()) spdlog::set_level(spdlog::level::err);
+    use_threads(arguments.threads == 0 && processes.size() > 1 ? default_threads_per_process(processes) : arguments.threads);
+    install_stop_handler();
+    if (processes.size() > 1)
+        spdlog::info("{} processes share each batch; this one, on {}, computes with {} thread{}", processes.size(), processes.host(),
+                     omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
+    // A status line redrawn in place needs a terminal that takes the escape codes: not a pipe, not TERM=dumb.
+    const char* term = std::getenv("TERM");
+    TerminalProgress terminal(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO) &&
+                              !(term && std::string_view(term) == "dumb"));
+    charlm::TrainingProgress& progress = processes.is_first() ? static_cast<charlm::TrainingProgress&>(terminal) : charlm::silent_progress();
+    const charlm::TrainResult result = resume ? charlm::resume_training(*resume, progress, processes)
+                                              : charlm::train(arguments.options, progress, processes);
+    const int status = result.stopped_by == charlm::StopReason::interrupted ? 130 : 0;
+    if (!processes.is_first()) return status;
     const std::string stopped = describe_stop(result);
     if (!result.validated || !std::isfinite(result.best_validation_loss)) {
         fmt::print("trained {} steps{}; {}, so no best checkpoint{}\n"
@@ -214,7 +243,7 @@ int run_train(TrainArguments& arguments) {
                    result.steps, stopped, best, charlm::perplexity_of(best), charlm::bits_per_character_of(best), result.best_checkpoint.string(),
                    result.last_checkpoint.string());
     }
-    return result.stopped_by == charlm::StopReason::interrupted ? 130 : 0;
+    return status;
 }
 
 struct SampleArguments {
@@ -509,6 +538,18 @@ std::string plain_parse_error(const CLI::ParseError& error, CLI::App& app, CLI::
     return plain;
 }
 
+// Prints an error's one line and returns the exit status. Of several processes, an error that every
+// one met is printed by the first alone; one that only this process met ends them all, the others
+// waiting for it otherwise forever, and says which process it was.
+int report_failure(const std::string& message, int status, bool shared, const charlm::Communicator& processes) {
+    std::fflush(stdout);
+    if (processes.size() == 1 || (shared && processes.is_first())) fmt::print(stderr, "charlm: error: {}\n", message);
+    if (processes.size() == 1 || shared) return status;
+    fmt::print(stderr, "charlm: error: process {} of {} (on {}): {}\n", processes.rank(), processes.size(), processes.host(), message);
+    std::fflush(stderr);
+    processes.abort(status);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -630,20 +671,39 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& success) {
-        return app.exit(success);
+        return charlm::DistributedRun::launched_rank() == 0 ? app.exit(success) : 0;
     } catch (const CLI::ParseError& error) {
         CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
         const std::string help_command = command ? "charlm " + command->get_name() + " --help" : std::string("charlm --help");
-        fmt::print(stderr, "charlm: error: {}; see '{}'\n", plain_parse_error(error, app, command), help_command);
+        if (charlm::DistributedRun::launched_rank() == 0)  // under mpirun, every process met the same
+            fmt::print(stderr, "charlm: error: {}; see '{}'\n", plain_parse_error(error, app, command), help_command);
         return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
+    // Only training runs as several processes: N samples or scores would be N answers to one question,
+    // and N separate trainings (a build without MPI) no faster than one.
+    if (charlm::DistributedRun::launched_with_others()) {
+        std::string refusal;
+        if (!*train)
+            refusal = fmt::format("'charlm {}' runs as one process; run it without mpirun (only 'charlm train' runs on several)",
+                                  app.get_subcommands().front()->get_name());
+        else if (!charlm::DistributedRun::built_with_mpi())
+            refusal = "this charlm was built without MPI, so each process would train a model of its own; install libopenmpi-dev "
+                      "and rebuild (scripts/setup.sh), or run charlm without mpirun";
+        if (!refusal.empty()) {
+            if (charlm::DistributedRun::launched_rank() == 0) fmt::print(stderr, "charlm: error: {}\n", refusal);
+            return 2;
+        }
+    }
+    std::optional<charlm::DistributedRun> distributed;
+    if (*train) distributed.emplace(argc, argv);
+    const charlm::Communicator& processes = distributed ? distributed->communicator() : charlm::single_process();
     sample_arguments.seed_given = seed_option->count() > 0;
     sample_arguments.given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
                               .top_p = sample->count("--top-p") > 0};
 
     int status = 0;
     try {
-        if (*train) status = run_train(train_arguments);
+        if (*train) status = run_train(train_arguments, processes);
         else if (*sample) status = run_sample(sample_arguments);
         else if (*eval) status = run_eval(eval_arguments);
         else if (*info) status = run_info(info_checkpoint, info_json);
@@ -655,19 +715,13 @@ int main(int argc, char** argv) {
             fmt::print("{}\n", output.string());
         }
     } catch (const charlm::UsageError& error) {
-        std::fflush(stdout);
-        fmt::print(stderr, "charlm: error: {}\n", error.what());
-        return 2;
+        return report_failure(error.what(), 2, error.shared_by_every_process(), processes);
     } catch (const charlm::Error& error) {
-        std::fflush(stdout);
-        fmt::print(stderr, "charlm: error: {}\n", error.what());
-        return 1;
+        return report_failure(error.what(), 1, error.shared_by_every_process(), processes);
     } catch (const std::bad_alloc&) {
-        fmt::print(stderr, "charlm: error: out of memory; try a smaller model, --batch or --seq\n");
-        return 1;
+        return report_failure("out of memory; try a smaller model, --batch or --seq", 1, false, processes);
     } catch (const std::exception& error) {
-        fmt::print(stderr, "charlm: error: {}\n", error.what());
-        return 1;
+        return report_failure(error.what(), 1, false, processes);
     }
     // Results that never reached stdout (a full disk, a closed pipe) are a failure, not a success.
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
