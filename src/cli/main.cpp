@@ -79,6 +79,10 @@ void install_stop_handler() {
     action.sa_flags = SA_ONSTACK | SA_RESTART;
     ::sigemptyset(&action.sa_mask);
     for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(signal_number, &action, nullptr);
+    // mpirun keeps SIGINT and SIGTERM for itself (it ends the job: SIGTERM to every process a second
+    // later, SIGKILL a second after that) but passes SIGUSR1 on: the way to stop a run of several
+    // processes that lets them all save and exit 130, mpirun with them.
+    if (charlm::DistributedRun::launched_with_others()) ::sigaction(SIGUSR1, &action, nullptr);
 }
 
 // Training's progress on stderr: log lines through spdlog, coloured where the terminal takes it, and on

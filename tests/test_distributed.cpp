@@ -1,0 +1,336 @@
+// Data-parallel training under mpirun, end to end: the same path as one process, resumes across process
+// counts, Ctrl-C, a killed process, and processes that disagree. Skipped where MPI is not installed.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "charlm/batches.hpp"
+#include "charlm/checkpoint.hpp"
+#include "charlm/communicator.hpp"
+#include "charlm/error.hpp"
+#include "test_helpers.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using charlm::testing::TemporaryDirectory;
+
+// ---- the one-process communicator and the agreement on errors ----
+
+TEST(Communicator, OneProcessIsRankZeroOfOne) {
+    const charlm::Communicator& alone = charlm::single_process();
+    EXPECT_EQ(alone.rank(), 0);
+    EXPECT_EQ(alone.size(), 1);
+    EXPECT_TRUE(alone.is_first());
+    std::vector<float> values{1.5f, -2.0f};
+    alone.sum(values);
+    EXPECT_EQ(values, (std::vector<float>{1.5f, -2.0f}));
+    EXPECT_EQ(alone.gather_all("text"), std::vector<std::string>{"text"});
+}
+
+TEST(Communicator, OneProcessRunsWorkAndLetsItsErrorThroughUnchanged) {
+    bool ran = false;
+    charlm::run_on_every_process(charlm::single_process(), [&] { ran = true; });
+    EXPECT_TRUE(ran);
+    try {
+        charlm::run_on_every_process(charlm::single_process(), [] { throw charlm::UsageError("bad option"); });
+        FAIL() << "the error was swallowed";
+    } catch (const charlm::UsageError& error) {
+        EXPECT_STREQ(error.what(), "bad option");
+        EXPECT_FALSE(error.shared_by_every_process());
+    }
+}
+
+TEST(Communicator, AProcessOutsideAnyLauncherIsAlone) {
+    charlm::testing::ScopedEnvironment open_mpi("OMPI_COMM_WORLD_SIZE", "1");
+    EXPECT_FALSE(charlm::DistributedRun::launched_with_others());
+    charlm::testing::ScopedEnvironment two("OMPI_COMM_WORLD_SIZE", "2");
+    EXPECT_TRUE(charlm::DistributedRun::launched_with_others());
+}
+
+// ---- running mpirun ----
+
+struct Outcome {
+    int exit_code = -1;
+    std::string out, err;
+};
+
+std::string read_file(const fs::path& path) {
+    std::ifstream file(path, std::ios::binary);
+    std::stringstream text;
+    text << file.rdbuf();
+    return text.str();
+}
+
+// `text` as one word for the shell.
+std::string quoted(const std::string& text) {
+    std::string word = "'";
+    for (const char c : text) word += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return word + "'";
+}
+
+// Where mpirun and an MPI build of charlm are both here; else the reason to skip.
+std::string why_no_mpi() {
+    if (!charlm::DistributedRun::built_with_mpi()) return "charlm was built without MPI (libopenmpi-dev)";
+    if (std::system("command -v mpirun > /dev/null 2>&1") != 0) return "mpirun is not installed (openmpi-bin)";
+    return "";
+}
+
+#define SKIP_WITHOUT_MPI()                                          \
+    do {                                                            \
+        const std::string reason = why_no_mpi();                    \
+        if (!reason.empty()) GTEST_SKIP() << "skipped: " << reason; \
+    } while (0)
+
+// Open MPI refuses root unless told (CI runs as root), and more processes than cores unless allowed.
+std::string mpirun(int processes) {
+    return "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 mpirun -np " +
+           std::to_string(processes) + " ";
+}
+
+class Distributed : public ::testing::Test {
+protected:
+    void SetUp() override {
+        SKIP_WITHOUT_MPI();
+        // Enough text for 100 steps of 16 streams x 20 and a held-out part.
+        std::string text;
+        std::mt19937_64 rng(7);
+        const std::vector<std::string> words{"the ", "king ", "and ", "queen ", "said ", "to ", "me, ", "thou ", "art\n", "hark! "};
+        while (text.size() < 60000) text += words[rng() % words.size()];
+        std::ofstream(directory_.path() / "corpus.txt") << text;
+    }
+
+    // `command` through the shell in the test's directory, its streams kept apart.
+    Outcome run(const std::string& command, int timeout_seconds = 120) {
+        const fs::path out = directory_.path() / "out.txt", err = directory_.path() / "err.txt";
+        const std::string full = "cd " + quoted(directory_.path().string()) + " && timeout -k 5 " + std::to_string(timeout_seconds) +
+                                 " sh -c " + quoted(command) + " > " + quoted(out.string()) + " 2> " + quoted(err.string()) +
+                                 " < /dev/null";
+        const int status = std::system(full.c_str());
+        return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out), read_file(err)};
+    }
+
+    std::string train(const std::string& run_directory, int steps, const std::string& extra = "") {
+        return std::string(CHARLM_BINARY) + " train corpus.txt --out " + run_directory + " --steps " + std::to_string(steps) +
+               " --eval-every 10 --hidden 32 --layers 2 --embed 16 --batch 16 --seq 20 --threads 1 " + extra;
+    }
+
+    // The validation losses metrics.jsonl recorded, in order.
+    std::vector<double> validation_losses(const std::string& run_directory) {
+        std::vector<double> losses;
+        std::ifstream file(directory_.path() / run_directory / "metrics.jsonl");
+        for (std::string line; std::getline(file, line);) {
+            const nlohmann::json record = nlohmann::json::parse(line);
+            if (record.contains("validation_loss")) losses.push_back(record.at("validation_loss").get<double>());
+        }
+        return losses;
+    }
+
+    void expect_same_path(const std::vector<double>& expected, const std::vector<double>& actual, const std::string& what) {
+        ASSERT_EQ(actual.size(), expected.size()) << what;
+        ASSERT_FALSE(expected.empty()) << what;
+        for (std::size_t i = 0; i < expected.size(); ++i)
+            EXPECT_NEAR(actual[i], expected[i], 1e-4 * std::abs(expected[i])) << what << ", validation " << i;
+    }
+
+    charlm::Checkpoint checkpoint(const std::string& path) { return charlm::load_checkpoint(directory_.path() / path); }
+
+    TemporaryDirectory directory_;
+};
+
+int count_errors(const std::string& err) {
+    int count = 0;
+    for (std::size_t at = 0; (at = err.find("charlm: error:", at)) != std::string::npos; ++at) ++count;
+    return count;
+}
+
+TEST_F(Distributed, TwoAndThreeProcessesFollowOneProcessPath) {
+    ASSERT_EQ(run(train("one", 100)).exit_code, 0);
+    const Outcome two = run(mpirun(2) + train("two", 100));
+    ASSERT_EQ(two.exit_code, 0) << two.err;
+    // 16 streams over 3 processes: blocks of 6, 5 and 5.
+    const Outcome three = run(mpirun(3) + train("three", 100));
+    ASSERT_EQ(three.exit_code, 0) << three.err;
+    const std::vector<double> one = validation_losses("one");
+    EXPECT_EQ(one.size(), 10u);
+    expect_same_path(one, validation_losses("two"), "2 processes");
+    expect_same_path(one, validation_losses("three"), "3 processes");
+    // Process 0 alone talks: one summary, one start line.
+    EXPECT_EQ(std::count(two.out.begin(), two.out.end(), '\n'), 2) << two.out;
+    EXPECT_NE(two.err.find("2 processes share each batch"), std::string::npos) << two.err;
+}
+
+TEST_F(Distributed, TheSameProcessesAndThreadsGiveTheSameBits) {
+    ASSERT_EQ(run(mpirun(2) + train("first", 30)).exit_code, 0);
+    ASSERT_EQ(run(mpirun(2) + train("second", 30)).exit_code, 0);
+    EXPECT_EQ(validation_losses("first"), validation_losses("second"));
+    const charlm::Checkpoint first = checkpoint("first/last.safetensors"), second = checkpoint("second/last.safetensors");
+    for (std::size_t i = 0; i < first.model->parameters().size(); ++i)
+        EXPECT_TRUE(first.model->parameters()[i].value == second.model->parameters()[i].value) << first.model->parameters()[i].name;
+}
+
+TEST_F(Distributed, ACheckpointHoldsEveryStreamAndResumesOnAnyProcessCount) {
+    ASSERT_EQ(run(train("whole", 100)).exit_code, 0);
+    // 2 processes, then 1; and 1, then 3.
+    ASSERT_EQ(run(mpirun(2) + train("two_then_one", 50)).exit_code, 0);
+    const charlm::Checkpoint halfway = checkpoint("two_then_one/last.safetensors");
+    ASSERT_TRUE(halfway.carried_state);
+    EXPECT_EQ(halfway.carried_state->hidden.front().rows(), 16);  // all streams, not process 0's block
+    EXPECT_GT(halfway.carried_state->hidden.front().bottomRows(8).cwiseAbs().maxCoeff(), 0.0f);  // process 1's, carried
+    const Outcome one = run(std::string(CHARLM_BINARY) + " train --resume two_then_one --steps 100 --threads 1");
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    EXPECT_NE(one.err.find("trained on 2 processes and goes on with 1"), std::string::npos) << one.err;
+
+    ASSERT_EQ(run(train("one_then_three", 50)).exit_code, 0);
+    const Outcome three = run(mpirun(3) + std::string(CHARLM_BINARY) + " train --resume one_then_three --steps 100 --threads 1");
+    ASSERT_EQ(three.exit_code, 0) << three.err;
+
+    const std::vector<double> whole = validation_losses("whole");
+    expect_same_path(whole, validation_losses("two_then_one"), "2 processes, then 1");
+    expect_same_path(whole, validation_losses("one_then_three"), "1 process, then 3");
+}
+
+// Starts `command` through the shell in its own process group; returns the shell's pid.
+pid_t start(const std::string& command, const fs::path& directory) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setpgid(0, 0);
+        if (::chdir(directory.c_str()) != 0) ::_exit(126);
+        ::execl("/bin/sh", "sh", "-c", ("exec env " + command + " > out.txt 2> err.txt < /dev/null").c_str(), nullptr);
+        ::_exit(127);
+    }
+    return pid;
+}
+
+// The exit code, or -1 where it did not end within `seconds` (it is then killed).
+int wait_for(pid_t pid, double seconds) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    int status = 0;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ::kill(-pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return -1;
+}
+
+bool wait_for_file(const fs::path& path, double seconds) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+    while (!fs::exists(path))
+        if (std::chrono::steady_clock::now() > deadline) return false;
+        else std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return true;
+}
+
+// mpirun passes SIGUSR1 on to every process: each stops at the same step, the first saves, all exit 130.
+TEST_F(Distributed, Sigusr1ToMpirunStopsEveryProcessAtOneStepAndTheFirstSaves) {
+    const pid_t pid = start(mpirun(2) + train("stopped", 1000000), directory_.path());
+    ASSERT_TRUE(wait_for_file(directory_.path() / "stopped" / "last.safetensors", 60));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(pid, SIGUSR1);
+    EXPECT_EQ(wait_for(pid, 60), 130);
+    const std::string err = read_file(directory_.path() / "err.txt"), out = read_file(directory_.path() / "out.txt");
+    std::smatch stopped;
+    ASSERT_TRUE(std::regex_search(err, stopped, std::regex("stopped at step (\\d+)"))) << err;
+    EXPECT_NE(out.find("(interrupted)"), std::string::npos) << out;
+    EXPECT_EQ(checkpoint("stopped/last.safetensors").training.step, std::stoll(stopped[1].str()));
+}
+
+// Ctrl-C reaches mpirun alone (each process has a process group of its own): it sends SIGTERM to
+// every process a second later, which they answer as SIGUSR1, and reports 1 itself.
+TEST_F(Distributed, CtrlCToMpirunStopsEveryProcessAtOneStepAndTheFirstSaves) {
+    const pid_t pid = start(mpirun(2) + train("stopped", 1000000), directory_.path());
+    ASSERT_TRUE(wait_for_file(directory_.path() / "stopped" / "last.safetensors", 60));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(pid, SIGINT);
+    const int exit_code = wait_for(pid, 60);
+    EXPECT_NE(exit_code, -1) << "mpirun did not end";
+    EXPECT_NE(exit_code, 0);
+    const std::string err = read_file(directory_.path() / "err.txt"), out = read_file(directory_.path() / "out.txt");
+    std::smatch stopped;
+    ASSERT_TRUE(std::regex_search(err, stopped, std::regex("stopped at step (\\d+)"))) << err;
+    EXPECT_EQ(checkpoint("stopped/last.safetensors").training.step, std::stoll(stopped[1].str()));
+}
+
+TEST_F(Distributed, AKilledProcessEndsTheRunAndItResumes) {
+    const pid_t pid = start(mpirun(2) + train("killed", 1000000), directory_.path());
+    ASSERT_TRUE(wait_for_file(directory_.path() / "killed" / "last.safetensors", 60));
+    // One of mpirun's children: a training process.
+    FILE* children = ::popen(("pgrep -P " + std::to_string(pid)).c_str(), "r");
+    int child = 0;
+    ASSERT_EQ(std::fscanf(children, "%d", &child), 1);
+    ::pclose(children);
+    const auto killed_at = std::chrono::steady_clock::now();
+    ::kill(child, SIGKILL);
+    const int exit_code = wait_for(pid, 30);
+    EXPECT_NE(exit_code, -1) << "the run waited for its killed process";
+    EXPECT_NE(exit_code, 0);
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - killed_at).count(), 15.0);
+    const std::int64_t saved = checkpoint("killed/last.safetensors").training.step;
+    EXPECT_GT(saved, 0);
+    const Outcome resumed = run(mpirun(2) + std::string(CHARLM_BINARY) + " train --resume killed --steps " + std::to_string(saved + 10) +
+                                " --threads 1");
+    EXPECT_EQ(resumed.exit_code, 0) << resumed.err;
+    EXPECT_EQ(checkpoint("killed/last.safetensors").training.step, saved + 10);
+}
+
+TEST_F(Distributed, ProcessesThatReadDifferentTextsAreRefused) {
+    std::ofstream(directory_.path() / "other.txt") << read_file(directory_.path() / "corpus.txt") << "one line more\n";
+    // Process 1 reads other.txt, under another name as well.
+    const std::string per_process = mpirun(2) + "sh -c 'if [ \"$OMPI_COMM_WORLD_RANK\" = 1 ]; then cp other.txt text.txt.1; exec " +
+                                    std::string(CHARLM_BINARY) +
+                                    " train text.txt.1 --out differ --steps 10 --threads 1; else cp corpus.txt text.txt.0; exec " +
+                                    std::string(CHARLM_BINARY) + " train text.txt.0 --out differ --steps 10 --threads 1; fi'";
+    const Outcome outcome = run(per_process);
+    EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+    EXPECT_EQ(count_errors(outcome.err), 1) << outcome.err;
+    EXPECT_NE(outcome.err.find("process 1 of 2"), std::string::npos) << outcome.err;
+    EXPECT_NE(outcome.err.find("reads another text"), std::string::npos) << outcome.err;
+    EXPECT_FALSE(fs::exists(directory_.path() / "differ" / "last.safetensors"));
+}
+
+TEST_F(Distributed, ProcessesGivenDifferentOptionsAreRefused) {
+    const Outcome outcome = run(mpirun(2) + "sh -c 'exec " + std::string(CHARLM_BINARY) +
+                                " train corpus.txt --out differ --steps 10 --threads 1 --lr 0.00$((OMPI_COMM_WORLD_RANK + 1))'");
+    EXPECT_EQ(outcome.exit_code, 2) << outcome.err;
+    EXPECT_EQ(count_errors(outcome.err), 1) << outcome.err;
+    EXPECT_NE(outcome.err.find("was given other training options"), std::string::npos) << outcome.err;
+    EXPECT_NE(outcome.err.find("learning_rate"), std::string::npos) << outcome.err;
+}
+
+TEST_F(Distributed, OnlyTrainingRunsAsSeveralProcesses) {
+    ASSERT_EQ(run(train("model", 10)).exit_code, 0);
+    const Outcome sample = run(mpirun(2) + std::string(CHARLM_BINARY) + " sample model/last.safetensors --length 10");
+    EXPECT_EQ(sample.exit_code, 2);
+    EXPECT_EQ(count_errors(sample.err), 1) << sample.err;
+    EXPECT_NE(sample.err.find("without mpirun"), std::string::npos) << sample.err;
+    EXPECT_TRUE(sample.out.empty()) << sample.out;
+    // A pipe is read by one process only.
+    const Outcome piped = run(mpirun(2) + std::string(CHARLM_BINARY) + " train /dev/stdin --out piped --steps 5 --threads 1");
+    EXPECT_EQ(piped.exit_code, 2) << piped.err;
+    EXPECT_EQ(count_errors(piped.err), 1) << piped.err;
+    EXPECT_NE(piped.err.find("cannot all read a pipe"), std::string::npos) << piped.err;
+    // More processes than streams.
+    const Outcome crowded = run(mpirun(3) + train("crowded", 5, "--batch 2"));
+    EXPECT_EQ(crowded.exit_code, 2) << crowded.err;
+    EXPECT_EQ(count_errors(crowded.err), 1) << crowded.err;
+    EXPECT_NE(crowded.err.find("3 processes share --batch 2"), std::string::npos) << crowded.err;
+}
+
+}  // namespace
