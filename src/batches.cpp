@@ -57,14 +57,47 @@ void BatchStream::next(Batch& batch) {
     position_ = (position_ + 1) % windows_per_pass_;
 }
 
-void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit) {
-    if (ids.size() < 2) return;
-    const std::size_t pairs = ids.size() - 1;
-    const std::size_t B = std::min<std::size_t>(static_cast<std::size_t>(batch_size), pairs);
-    const std::size_t stream_length = (pairs + B - 1) / B;
+namespace {
+
+// An evaluation pass's streams, and the part of them that a selection reads.
+struct EvaluationLayout {
+    std::size_t pairs = 0;
+    std::size_t streams = 0;        // B
+    std::size_t stream_length = 0;  // steps in each stream, the last one padded
+    std::size_t steps = 0;          // the first steps of each stream that are read
+    std::size_t first_stream = 0, stream_count = 0;
+};
+
+EvaluationLayout evaluation_layout(TokenSpan ids, int seq_length, int batch_size, const EvaluationSelection& selection) {
+    if (seq_length <= 0 || batch_size <= 0) throw Error("sequence length and batch size must be positive");
+    EvaluationLayout layout;
+    layout.pairs = ids.size() > 0 ? ids.size() - 1 : 0;
+    layout.streams = std::min<std::size_t>(static_cast<std::size_t>(batch_size), layout.pairs);
+    if (layout.streams > 0) layout.stream_length = (layout.pairs + layout.streams - 1) / layout.streams;
+    layout.steps = layout.stream_length;
+    if (selection.max_characters > 0)
+        layout.steps = std::min(layout.steps, (selection.max_characters + layout.streams - 1) / std::max<std::size_t>(layout.streams, 1));
+    const long long streams = static_cast<long long>(layout.streams);
+    const long long first = selection.first_stream;
+    const long long count = selection.stream_count < 0 ? streams - first : selection.stream_count;
+    if (first < 0 || first > streams || selection.stream_count < -1 || first + count > streams)
+        throw Error(fmt::format("streams {} to {} are not all among the {} of the evaluation pass; give a block within 0 to {}",
+                                first, first + count - 1, streams, streams - 1));
+    layout.first_stream = static_cast<std::size_t>(first);
+    layout.stream_count = static_cast<std::size_t>(count);
+    return layout;
+}
+
+}  // namespace
+
+void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit,
+                                const EvaluationSelection& selection) {
+    const EvaluationLayout layout = evaluation_layout(ids, seq_length, batch_size, selection);
+    const std::size_t B = layout.stream_count;
+    if (layout.pairs == 0 || B == 0) return;
     Batch batch;
-    for (std::size_t start = 0; start < stream_length; start += static_cast<std::size_t>(seq_length)) {
-        const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), stream_length - start);
+    for (std::size_t start = 0; start < layout.steps; start += static_cast<std::size_t>(seq_length)) {
+        const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), layout.steps - start);
         batch.seq_length = static_cast<int>(T);
         batch.batch_size = static_cast<int>(B);
         batch.inputs.assign(T * B, 0);
@@ -72,14 +105,28 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
         batch.starts_streams = start == 0;
         for (std::size_t b = 0; b < B; ++b) {
             for (std::size_t t = 0; t < T; ++t) {
-                std::size_t pair = b * stream_length + start + t;
-                if (pair >= pairs) break;
+                std::size_t pair = (layout.first_stream + b) * layout.stream_length + start + t;
+                if (pair >= layout.pairs) break;
                 batch.inputs[t * B + b] = ids[pair];
                 batch.targets[t * B + b] = ids[pair + 1];
             }
         }
         visit(batch);
     }
+}
+
+int evaluation_stream_count(TokenSpan ids, int batch_size) {
+    return static_cast<int>(evaluation_layout(ids, 1, batch_size, {}).streams);
+}
+
+std::size_t evaluation_pair_count(TokenSpan ids, int batch_size, const EvaluationSelection& selection) {
+    const EvaluationLayout layout = evaluation_layout(ids, 1, batch_size, selection);
+    std::size_t count = 0;
+    for (std::size_t b = layout.first_stream; b < layout.first_stream + layout.stream_count; ++b) {
+        const std::size_t begin = b * layout.stream_length;
+        if (begin < layout.pairs) count += std::min(layout.steps, layout.pairs - begin);
+    }
+    return count;
 }
 
 }  // namespace charlm

@@ -1,4 +1,4 @@
-// Evaluation: the training forward pass and loss, summed over the whole text.
+// Evaluation: the training forward pass and loss, summed over the whole text or a chosen part of it.
 #include "charlm/eval.hpp"
 
 #include <algorithm>
@@ -10,7 +10,7 @@
 
 namespace charlm {
 
-LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size) {
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size, const EvaluationSelection& selection) {
     LossSum total;
     ModelState<float> state;
     const WeightsFreeze<float> freeze(model);  // the weights stay as they are: packed once, not once per window
@@ -20,7 +20,7 @@ LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int ba
         LossSum window_loss = model.loss(window.targets);
         total.total_nats += window_loss.total_nats;
         total.count += window_loss.count;
-    });
+    }, selection);
     return total;
 }
 

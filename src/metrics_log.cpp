@@ -6,6 +6,7 @@
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
+#include "charlm/train.hpp"
 
 namespace charlm {
 
@@ -30,8 +31,19 @@ void MetricsLog::checkpoint_saved(const SavedCheckpoint& checkpoint) {
 void MetricsLog::progress_reported(const ProgressReport& report) {
     nlohmann::json record = {{"step", report.step}, {"train_loss", report.train_loss}, {"learning_rate", report.learning_rate}};
     if (report.evaluated) record["validation_loss"] = report.validation_loss ? nlohmann::json(*report.validation_loss) : nlohmann::json(nullptr);
+    if (report.validation_loss) record["validation_characters"] = report.validation_characters;
     record["chars_per_second"] = report.chars_per_second;
     record["elapsed_seconds"] = report.elapsed_seconds;
+    write(record);
+}
+
+void MetricsLog::run_finished(const TrainResult& result) {
+    if (!result.full_validation_loss) return;
+    write({{"step", result.steps}, {"full_validation_loss", *result.full_validation_loss},
+           {"validation_characters", result.held_out_characters}});
+}
+
+void MetricsLog::write(const nlohmann::json& record) {
     // Flushed a line at a time, so that a run killed at any moment leaves every report it made.
     if (waiting_) pending_records_ += record.dump() + '\n';
     else file_ << record.dump() << '\n' << std::flush;

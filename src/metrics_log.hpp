@@ -5,6 +5,8 @@
 #include <fstream>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "charlm/progress.hpp"
 
 namespace charlm {
@@ -19,11 +21,16 @@ public:
 
     void checkpoint_saved(const SavedCheckpoint& checkpoint) override;
     // One record: step, train_loss, learning_rate, chars_per_second, elapsed_seconds, and at an
-    // evaluation validation_loss (null for a run without validation text).
+    // evaluation validation_loss (null for a run without validation text) and, with a loss, the
+    // validation_characters it covers.
     void progress_reported(const ProgressReport& report) override;
+    // Where the run ended with a loss on all the held-out text (its validations scored part of it), one
+    // record of it: step, full_validation_loss, validation_characters.
+    void run_finished(const TrainResult& result) override;
 
 private:
     void open_for_appending();
+    void write(const nlohmann::json& record);
 
     std::filesystem::path run_directory_;
     std::filesystem::path path_;

@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <iterator>
+#include <vector>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <utf8.h>
 
 #include "charlm/text.hpp"
@@ -71,11 +73,25 @@ std::string format_duration(double seconds) {
     return fmt::format("{}s", total);
 }
 
+std::string format_count(std::size_t count) {
+    double value = static_cast<double>(count);
+    const char* unit = "";
+    for (const char* larger : {"k", "M", "G", "T"}) {
+        if (value < 999.5) break;  // 999.7 would round to "1e+03"
+        value /= 1000;
+        unit = larger;
+    }
+    return fmt::format("{:.3g}{}", value, unit);
+}
+
 std::string describe_run(const RunDescription& run) {
-    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}, {} window{} of {}x{} per pass",
+    const bool validates_on_part = run.periodic_validation_characters > 0 && run.periodic_validation_characters + 1 < run.validation_characters;
+    const std::string part = validates_on_part ? fmt::format(" ({} of them each time, all at the end)", run.periodic_validation_characters)
+                                               : std::string();
+    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}{}, {} window{} of {}x{} per pass",
                        to_string(run.model.cell), run.model.layers, run.model.hidden_size, run.model.parameter_count(),
-                       run.train_characters, run.validation_characters, run.windows_per_pass, run.windows_per_pass == 1 ? "" : "s",
-                       run.seq_length, run.batch_size);
+                       run.train_characters, run.validation_characters, part, run.windows_per_pass,
+                       run.windows_per_pass == 1 ? "" : "s", run.seq_length, run.batch_size);
 }
 
 namespace {
@@ -97,8 +113,16 @@ std::string format_status_line(const StepProgress& progress) {
 }
 
 std::string format_report_line(const ProgressReport& report) {
+    std::vector<std::string> remarks;
+    if (report.new_best) remarks.emplace_back("best");
+    if (report.validation_characters > 0 && report.validation_characters < report.held_out_characters)
+        remarks.push_back(fmt::format("on {} of {} held-out chars", format_count(report.validation_characters),
+                                      format_count(report.held_out_characters)));
     const std::string validation =
-        report.validation_loss ? fmt::format(" | val {:.4f}{}", *report.validation_loss, report.new_best ? " (best)" : "") : "";
+        report.validation_loss
+            ? fmt::format(" | val {:.4f}{}", *report.validation_loss,
+                          remarks.empty() ? std::string() : fmt::format(" ({})", fmt::join(remarks, ", ")))
+            : "";
     return fmt::format("{} | train {:.4f}{} | lr {:.2e} | {:.1f}k chars/s | {}{}", step_of_total(report), report.train_loss,
                        validation, report.learning_rate, report.chars_per_second / 1000, format_duration(report.elapsed_seconds),
                        time_left(report));

@@ -100,6 +100,11 @@ std::mt19937_64 rng_from_string(const std::string& text) {
     return rng;
 }
 
+// The held-out characters (predictions) that each periodic validation scores under `options`.
+std::size_t periodic_validation_pairs(TokenSpan held_out, const TrainOptions& options) {
+    return evaluation_pair_count(held_out, options.batch_size, {.max_characters = periodic_validation_characters(options)});
+}
+
 // Everything one run of the loop works on; a fresh run and a resumed one differ only in how it starts.
 struct Session {
     TrainOptions options;
@@ -136,11 +141,13 @@ private:
     bool report_due(bool evaluate_now) const;
     void validate_and_save(ProgressReport& report);
     void check_parameters_agree() const;
+    std::optional<double> score_all_held_out_text();
+    LossSum evaluate_held_out(std::size_t max_characters);
     void save(CheckpointKind kind);
     ModelState<float> whole_carried_state() const;
     StepProgress step_progress(double learning_rate) const;
     void report_progress(ProgressReport& report, double learning_rate);
-    TrainResult final_result(StopReason stopped_by) const;
+    TrainResult final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const;
 
     Session& session_;
     const TrainOptions& options_;
@@ -227,12 +234,16 @@ TrainResult TrainingLoop::run() {
         report_progress(progress_report, learning_rate);
     }
     if (saved_step_ != session_.state.step) save(CheckpointKind::last);  // stopped between validations (Ctrl-C)
+    // A stop request wants the process ended now, not after a pass over the held-out text.
+    std::optional<double> full_validation_loss;
+    if (*stop != StopReason::interrupted && steps_this_run_ > 0) full_validation_loss = score_all_held_out_text();
     if (*stop == StopReason::patience)
         progress_.note(fmt::format("stopped early: no better validation loss in {} validations", options_.patience));
     if (*stop == StopReason::interrupted)
         progress_.warning(fmt::format("stopped at step {}; continue with: charlm train --resume {}", session_.state.step,
                                       quoted_for_shell(options_.run_directory.string())));
-    const TrainResult finished = final_result(*stop);
+    const TrainResult finished = final_result(*stop, full_validation_loss);
+    if (metrics_log_) metrics_log_->run_finished(finished);
     progress_.run_finished(finished);
     return finished;
 }
@@ -272,6 +283,7 @@ RunDescription TrainingLoop::description() const {
     run.model = session_.model.config();
     run.train_characters = session_.corpus.train().size();
     run.validation_characters = session_.corpus.validation().size();
+    run.periodic_validation_characters = periodic_validation_pairs(session_.corpus.validation(), options_);
     run.windows_per_pass = stream_.windows_per_pass();
     run.seq_length = options_.seq_length;
     run.batch_size = options_.batch_size;
@@ -357,17 +369,18 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
         return;
     }
     session_.model.set_dropout_generator(nullptr);
-    // Every process must judge the same figure: process 0's. (Each scores the whole text for now.)
-    std::array<double, 1> first_process_loss{
-        processes_.is_first() ? evaluate_loss(session_.model, session_.corpus.validation(), options_.seq_length, options_.batch_size).mean() : 0.0};
-    processes_.sum(first_process_loss);
-    const double validation_loss = first_process_loss[0];
+    // The same part of the held-out text every time, so that the figures compare with each other.
+    const TokenSpan held_out = session_.corpus.validation();
+    const LossSum validation = evaluate_held_out(periodic_validation_characters(options_));
+    const double validation_loss = validation.mean();
     // The update of the step just taken is judged here too: its weights are what would be saved.
     if (!std::isfinite(validation_loss) || validation_loss > exploded_loss_)
         throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where training started)",
                                    fmt::format("{:.4g}", validation_loss), exploded_loss_),
                        session_.state.step);
     report.validation_loss = validation_loss;
+    report.validation_characters = validation.count;
+    report.held_out_characters = held_out.size() - 1;
     report.new_best = validation_loss < session_.state.best_validation_loss;
     if (report.new_best) {
         session_.state.best_validation_loss = validation_loss;
@@ -379,6 +392,40 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     // loss reached, and never replaces a better best.safetensors with a worse one.
     save(CheckpointKind::last);
     if (report.new_best) save(CheckpointKind::best);
+}
+
+// The last step's loss on all the held-out text, where the validations scored part of it: once, at the
+// run's end, so that the run has a figure to compare with `charlm eval` and with runs validated whole.
+std::optional<double> TrainingLoop::score_all_held_out_text() {
+    if (!has_validation_) return std::nullopt;
+    const TokenSpan held_out = session_.corpus.validation();
+    const std::size_t periodic = periodic_validation_pairs(held_out, options_);
+    if (periodic == held_out.size() - 1) return std::nullopt;
+    // It may take a while on a large text: say what it is waiting for.
+    progress_.note(fmt::format("scoring all {} held-out characters at step {} (each validation scored {} of them)",
+                               format_count(held_out.size() - 1), session_.state.step, format_count(periodic)));
+    session_.model.set_dropout_generator(nullptr);
+    return evaluate_held_out(0).mean();
+}
+
+// The loss of the held-out text (at most `max_characters` of it: 0 for all), every process scoring a
+// block of the pass's streams, summed: every process gets the same figure, and it is the figure one
+// process would get, up to the order of the sums.
+LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
+    const TokenSpan held_out = session_.corpus.validation();
+    EvaluationSelection selection{.max_characters = max_characters};
+    const int streams = evaluation_stream_count(held_out, options_.batch_size);
+    const int sharing = std::min(processes_.size(), streams);  // a short text may have fewer streams than processes
+    LossSum mine;
+    if (processes_.rank() < sharing) {
+        const StreamBlock block = stream_block(streams, processes_.rank(), sharing);
+        selection.first_stream = block.first;
+        selection.stream_count = block.count;
+        mine = evaluate_loss(session_.model, held_out, options_.seq_length, options_.batch_size, selection);
+    }
+    std::array<double, 2> sums{mine.total_nats, static_cast<double>(mine.count)};
+    processes_.sum(sums);
+    return {sums[0], static_cast<std::size_t>(sums[1])};
 }
 
 // Every process calls it at the same step; process 0 alone writes.
@@ -475,7 +522,7 @@ void TrainingLoop::report_progress(ProgressReport& report, double learning_rate)
     last_report_ = Clock::now();
 }
 
-TrainResult TrainingLoop::final_result(StopReason stopped_by) const {
+TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const {
     TrainResult result;
     result.steps = session_.state.step;
     result.last_train_loss = last_train_loss_;
@@ -485,7 +532,13 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by) const {
     result.stopped_by = stopped_by;
     result.patience = options_.patience;
     result.last_checkpoint = last_path_;
-    if (has_validation_) result.best_checkpoint = best_path_;
+    if (has_validation_) {
+        result.best_checkpoint = best_path_;
+        const TokenSpan held_out = session_.corpus.validation();
+        result.validation_characters = periodic_validation_pairs(held_out, options_);
+        result.held_out_characters = held_out.size() - 1;
+        result.full_validation_loss = full_validation_loss;
+    }
     return result;
 }
 
@@ -578,6 +631,21 @@ std::filesystem::path locate_recorded_file(const char* what, const char* flag, c
     return path;
 }
 
+// A resume that changes what each validation scores (--val-chars, or --eval-every where it is automatic)
+// makes figures that compare neither with the earlier ones nor with the best so far, which still decides
+// whether best.safetensors is replaced.
+void warn_if_validations_change(const TrainOptions& before, const TrainOptions& after, TokenSpan held_out,
+                                double best_validation_loss, TrainingProgress& progress) {
+    if (!std::isfinite(best_validation_loss)) return;  // no validation yet: nothing to compare with
+    const std::size_t now = periodic_validation_pairs(held_out, after), earlier = periodic_validation_pairs(held_out, before);
+    if (now == earlier) return;
+    const std::size_t all = held_out.size() - 1;
+    progress.warning(fmt::format("each validation now scores {} of the {} held-out characters, not {}: its figures do not compare "
+                                 "with the earlier ones, nor with the best so far ({:.4f}), which a new best must still beat; "
+                                 "give --val-chars {} to keep them as they were",
+                                 now, all, earlier, best_validation_loss, earlier == all ? 0 : periodic_validation_characters(before)));
+}
+
 // How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
 struct OptionOnResume {
     const char* flag;
@@ -589,12 +657,12 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--warmup", "/warmup_steps", true},      {"--lr-decay-every", "/lr_decay_every", true},
     {"--lr-decay", "/lr_decay_factor", true}, {"--clip", "/clip", true},
     {"--steps", "/steps", true},              {"--minutes", "/minutes", true},
-    {"--eval-every", "/eval_every", true},    {"--patience", "/patience", true},
-    {"--dropout", "/model/dropout", true},    {"--cell", "/model/cell", false},
-    {"--layers", "/model/layers", false},     {"--hidden", "/model/hidden_size", false},
-    {"--embed", "/model/embed_size", false},  {"--seq", "/seq_length", false},
-    {"--batch", "/batch_size", false},        {"--val-fraction", "/validation_fraction", false},
-    {"--seed", "/seed", false},
+    {"--eval-every", "/eval_every", true},    {"--val-chars", "/validation_characters", true},
+    {"--patience", "/patience", true},        {"--dropout", "/model/dropout", true},
+    {"--cell", "/model/cell", false},         {"--layers", "/model/layers", false},
+    {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
+    {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
+    {"--val-fraction", "/validation_fraction", false}, {"--seed", "/seed", false},
 };
 
 // The stored options with the request's given ones laid over them, each change described in
@@ -689,6 +757,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"steps", steps},
         {"minutes", minutes},
         {"eval_every", eval_every},
+        {"validation_characters", validation_characters ? nlohmann::json(*validation_characters) : nlohmann::json("auto")},
         {"seed", seed},
         {"corpus_size_bytes", corpus_fingerprint.size_bytes},
         {"corpus_sha256", corpus_fingerprint.sha256},
@@ -728,6 +797,10 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         options.steps = integer_value<std::int64_t>(json.at("steps"));
         options.minutes = json.at("minutes").get<double>();
         options.eval_every = integer_value<int>(json.at("eval_every"));
+        // Runs from before --val-chars validated on all the held-out text: the best loss they recorded
+        // compares only with figures of all of it.
+        const nlohmann::json validation_characters = json.value("validation_characters", nlohmann::json(0));
+        if (validation_characters != "auto") options.validation_characters = integer_value<std::uint64_t>(validation_characters);
         options.seed = integer_value<std::uint64_t>(json.at("seed"));
         options.threads = json.contains("threads") ? integer_value<int>(json.at("threads")) : 0;
         options.processes = json.contains("processes") ? integer_value<int>(json.at("processes")) : 1;
@@ -838,6 +911,12 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     return TrainingLoop(session, progress).run();
 }
 
+std::uint64_t periodic_validation_characters(const TrainOptions& options) {
+    if (options.validation_characters) return *options.validation_characters;
+    const double between_validations = static_cast<double>(options.eval_every) * options.seq_length * options.batch_size;
+    return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(kAutomaticValidationShare * between_validations));
+}
+
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given) {
     const LearningRateSchedule& schedule = options.learning_rate_schedule;
     if (schedule.kind == LearningRateSchedule::Kind::step) return;
@@ -914,6 +993,8 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     for (const auto& hidden : whole.hidden) session.carried.hidden.emplace_back(hidden.middleRows(session.streams.first, session.streams.count));
     for (const auto& cell : whole.cell) session.carried.cell.emplace_back(cell.middleRows(session.streams.first, session.streams.count));
     // Warnings only now, once every check has passed: a refusal is one line.
+    warn_if_validations_change(TrainOptions::from_json(checkpoint->training.options), options, session.corpus.validation(),
+                               session.state.best_validation_loss, progress);
     if (threads_before > 0 && threads_before != options.threads)
         progress.warning(fmt::format("the run trained with --threads {} and goes on with {}: its numbers will differ in the "
                                      "last bits from one uninterrupted run (give --threads {} to keep them the same)",

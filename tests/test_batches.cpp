@@ -1,4 +1,9 @@
-// Checks batches.cpp: training windows carry on from each other; evaluation windows cover every pair once.
+// Checks batches.cpp: training windows carry on from each other; evaluation windows cover every pair once, or
+// the part that a selection names: evenly spread stretches, or a block of streams.
+#include <algorithm>
+#include <utility>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "charlm/batches.hpp"
@@ -60,6 +65,130 @@ TEST(Batches, EvaluationWindowsCoverEveryPairOnce) {
     for (int i = 1; i < 23; ++i) EXPECT_EQ(seen[static_cast<std::size_t>(i)], 1) << i;
     EXPECT_TRUE(windows.front().starts_streams);
     EXPECT_FALSE(windows.back().starts_streams);
+}
+
+// for_each_evaluation_window as it was before selections: a whole pass must stay exactly this.
+void evaluation_windows_before_selections(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit) {
+    if (ids.size() < 2) return;
+    const std::size_t pairs = ids.size() - 1;
+    const std::size_t B = std::min<std::size_t>(static_cast<std::size_t>(batch_size), pairs);
+    const std::size_t stream_length = (pairs + B - 1) / B;
+    Batch batch;
+    for (std::size_t start = 0; start < stream_length; start += static_cast<std::size_t>(seq_length)) {
+        const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), stream_length - start);
+        batch.seq_length = static_cast<int>(T);
+        batch.batch_size = static_cast<int>(B);
+        batch.inputs.assign(T * B, 0);
+        batch.targets.assign(T * B, kIgnoreTarget);
+        batch.starts_streams = start == 0;
+        for (std::size_t b = 0; b < B; ++b) {
+            for (std::size_t t = 0; t < T; ++t) {
+                std::size_t pair = b * stream_length + start + t;
+                if (pair >= pairs) break;
+                batch.inputs[t * B + b] = ids[pair];
+                batch.targets[t * B + b] = ids[pair + 1];
+            }
+        }
+        visit(batch);
+    }
+}
+
+std::vector<Batch> evaluation_windows(TokenSpan ids, int seq_length, int batch_size, const EvaluationSelection& selection = {}) {
+    std::vector<Batch> windows;
+    for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) { windows.push_back(window); }, selection);
+    return windows;
+}
+
+// The pairs the windows score, by their first character's place (with counting ids, its value).
+std::vector<TokenId> scored_pairs(const std::vector<Batch>& windows) {
+    std::vector<TokenId> pairs;
+    for (const auto& window : windows)
+        for (std::size_t i = 0; i < window.targets.size(); ++i)
+            if (window.targets[i] != kIgnoreTarget) pairs.push_back(window.inputs[i]);
+    std::sort(pairs.begin(), pairs.end());
+    return pairs;
+}
+
+TEST(Batches, AWholeEvaluationPassIsTheWindowsItWasBeforeSelections) {
+    for (const int length : {2, 3, 23, 101, 1000}) {
+        const auto ids = counting(length);
+        for (const auto& [seq_length, batch_size] : std::initializer_list<std::pair<int, int>>{{4, 4}, {7, 3}, {100, 32}, {5, 1}}) {
+            SCOPED_TRACE(fmt::format("{} ids, {}x{}", length, seq_length, batch_size));
+            std::vector<Batch> before;
+            evaluation_windows_before_selections(ids, seq_length, batch_size, [&](const Batch& window) { before.push_back(window); });
+            // The default, 0 (every pair), exactly the text's pairs, and more than the text has.
+            for (const std::size_t max_characters : {std::size_t{0}, static_cast<std::size_t>(length - 1), std::size_t{1} << 40}) {
+                const auto now = evaluation_windows(ids, seq_length, batch_size, {.max_characters = max_characters});
+                ASSERT_EQ(now.size(), before.size()) << max_characters;
+                for (std::size_t w = 0; w < now.size(); ++w) {
+                    EXPECT_EQ(now[w].seq_length, before[w].seq_length);
+                    EXPECT_EQ(now[w].batch_size, before[w].batch_size);
+                    EXPECT_EQ(now[w].inputs, before[w].inputs);
+                    EXPECT_EQ(now[w].targets, before[w].targets);
+                    EXPECT_EQ(now[w].starts_streams, before[w].starts_streams);
+                }
+            }
+            EXPECT_EQ(evaluation_pair_count(ids, batch_size), static_cast<std::size_t>(length - 1));
+        }
+    }
+}
+
+TEST(Batches, AnEvaluationSubsetIsTheSameEvenlySpreadStretchesEveryTime) {
+    const auto ids = counting(1001);  // 1000 pairs in 4 streams of 250: pairs 0, 250, 500 and 750 start them
+    const EvaluationSelection selection{.max_characters = 30};  // ceil(30 / 4) = 8 steps of each stream
+    const auto windows = evaluation_windows(ids, 5, 4, selection);
+    ASSERT_EQ(windows.size(), 2u) << "8 steps in windows of 5: 5 and 3";
+    EXPECT_EQ(windows[0].seq_length, 5);
+    EXPECT_EQ(windows[1].seq_length, 3);
+    EXPECT_TRUE(windows[0].starts_streams);
+    EXPECT_FALSE(windows[1].starts_streams);
+    std::vector<TokenId> expected;
+    for (const TokenId first : {0, 250, 500, 750})
+        for (TokenId t = 0; t < 8; ++t) expected.push_back(first + t);
+    EXPECT_EQ(scored_pairs(windows), expected);
+    for (const auto& window : windows)
+        for (std::size_t i = 0; i < window.targets.size(); ++i) EXPECT_EQ(window.targets[i], window.inputs[i] + 1);
+    EXPECT_EQ(evaluation_pair_count(ids, 4, selection), 32u);
+    // The same pairs, in the same windows, every time.
+    const auto again = evaluation_windows(ids, 5, 4, selection);
+    ASSERT_EQ(again.size(), windows.size());
+    for (std::size_t w = 0; w < windows.size(); ++w) EXPECT_EQ(again[w].inputs, windows[w].inputs);
+}
+
+TEST(Batches, AnEvaluationSubsetSkipsThePaddingOfTheLastStream) {
+    const auto ids = counting(23);  // 22 pairs in 4 streams of 6: the last holds 4 (18 to 21)
+    const EvaluationSelection selection{.max_characters = 18};  // 5 steps of each
+    std::vector<TokenId> expected = {0, 1, 2, 3, 4, 6, 7, 8, 9, 10, 12, 13, 14, 15, 16, 18, 19, 20, 21};
+    EXPECT_EQ(scored_pairs(evaluation_windows(ids, 4, 4, selection)), expected);
+    EXPECT_EQ(evaluation_pair_count(ids, 4, selection), expected.size());
+}
+
+TEST(Batches, BlocksOfEvaluationStreamsMakeUpTheWholePass) {
+    const auto ids = counting(1001);
+    for (const std::size_t max_characters : {std::size_t{0}, std::size_t{100}}) {
+        SCOPED_TRACE(max_characters);
+        const EvaluationSelection whole{.max_characters = max_characters};
+        std::vector<TokenId> blocks;
+        std::size_t counted = 0;
+        for (const auto& [first, count] : std::initializer_list<std::pair<int, int>>{{0, 3}, {3, 1}, {4, -1}}) {  // 3, 1 and the last 3 of 7 streams
+            const EvaluationSelection block{.max_characters = max_characters, .first_stream = first, .stream_count = count};
+            const auto windows = evaluation_windows(ids, 16, 7, block);
+            ASSERT_FALSE(windows.empty());
+            EXPECT_EQ(windows.front().batch_size, count < 0 ? 3 : count);
+            const auto pairs = scored_pairs(windows);
+            blocks.insert(blocks.end(), pairs.begin(), pairs.end());
+            counted += evaluation_pair_count(ids, 7, block);
+        }
+        std::sort(blocks.begin(), blocks.end());
+        EXPECT_EQ(blocks, scored_pairs(evaluation_windows(ids, 16, 7, whole)));
+        EXPECT_EQ(counted, evaluation_pair_count(ids, 7, whole));
+    }
+    EXPECT_TRUE(evaluation_windows(ids, 16, 7, {.first_stream = 7, .stream_count = 0}).empty()) << "an empty block";
+    EXPECT_EQ(evaluation_stream_count(ids, 7), 7);
+    EXPECT_EQ(evaluation_stream_count(counting(4), 7), 3) << "3 pairs: 3 streams";
+    EXPECT_THROW(evaluation_windows(ids, 16, 7, {.first_stream = 5, .stream_count = 3}), Error);
+    EXPECT_THROW(evaluation_windows(ids, 16, 7, {.first_stream = -1}), Error);
+    EXPECT_THROW(evaluation_pair_count(ids, 7, {.first_stream = 8}), Error);
 }
 
 }  // namespace

@@ -388,6 +388,32 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
     }
 }
 
+TEST_F(Cli, TrainValCharsValidatesOnPartOfTheHeldOutTextAndOnAllOfItAtTheEnd) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult result = train_tiny(corpus, "run", 30, {"--val-chars", "20"});
+    // The summary says what the best figure covers, and gives the figure of all the held-out text.
+    std::smatch match;
+    const std::regex summary(R"(^trained 30 steps; best validation loss ([0-9.]+) nats/char on 20 of (\d+) held-out chars )"
+                             R"(\(perplexity [0-9.]+, [0-9.]+ bits/char\)\n)"
+                             R"(on all (\d+) held-out chars, step 30: ([0-9.]+) nats/char \(perplexity ([0-9.]+), [0-9.]+ bits/char\)\n)"
+                             R"(checkpoints: .* \(best\), .* \(to resume\)\n$)");
+    ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
+    EXPECT_EQ(match[2].str(), match[3].str());
+    const double full = std::stod(match[4].str());
+    EXPECT_NEAR(std::stod(match[5].str()), std::exp(full), 0.01);
+    // The log: the start, each report line, and a word before the pass over all of it.
+    const std::string held_out = match[2].str();
+    EXPECT_NE(result.err.find("(20 of them each time, all at the end)"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("on 20 of " + held_out + " held-out chars)"), std::string::npos) << describe(result);
+    EXPECT_NE(result.err.find("scoring all " + held_out + " held-out characters at step 30"), std::string::npos) << describe(result);
+    const auto metrics = read_metrics(path("run") / "metrics.jsonl");
+    ASSERT_EQ(metrics.size(), 4u);
+    for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(metrics[i].at("validation_characters"), 20) << metrics[i].dump();
+    EXPECT_EQ(metrics[3].at("step"), 30);
+    EXPECT_NEAR(metrics[3].at("full_validation_loss").get<double>(), full, 6e-5);
+    EXPECT_EQ(metrics[3].at("validation_characters").get<std::size_t>(), std::stoul(held_out));
+}
+
 TEST_F(Cli, TrainWithoutOutWritesToRunsCorpusName) {
     write("story.txt", make_corpus());
     std::vector<std::string> arguments = {"train", "story.txt", "--steps", "10"};
@@ -768,6 +794,9 @@ TEST_F(Cli, TrainRefusesBadOptions) {
     expect_train_refused(corpus, {"--seq"}, {"--seq", "0"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--val-chars wants auto, 0 (all of them) or a count of characters, not 'lots'"},
+                         {"--val-chars", "lots"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--val-chars", "'-5'"}, {"--val-chars", "-5"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"unknown learning-rate schedule 'linear'; use constant, cosine or step"},
                          {"--lr-schedule", "linear"}, /*usage_error=*/true);

@@ -130,13 +130,15 @@ protected:
                " --eval-every 10 --hidden 32 --layers 2 --embed 16 --batch 16 --seq 20 --threads 1 " + extra;
     }
 
-    // The validation losses metrics.jsonl recorded, in order.
-    std::vector<double> validation_losses(const std::string& run_directory) {
+    // The validation losses metrics.jsonl recorded, in order; with `whole`, the figures on all the
+    // held-out text at the ends of runs as well.
+    std::vector<double> validation_losses(const std::string& run_directory, bool whole = true) {
         std::vector<double> losses;
         std::ifstream file(directory_.path() / run_directory / "metrics.jsonl");
         for (std::string line; std::getline(file, line);) {
             const nlohmann::json record = nlohmann::json::parse(line);
             if (record.contains("validation_loss")) losses.push_back(record.at("validation_loss").get<double>());
+            if (whole && record.contains("full_validation_loss")) losses.push_back(record.at("full_validation_loss").get<double>());
         }
         return losses;
     }
@@ -160,18 +162,20 @@ int count_errors(const std::string& err) {
 }
 
 TEST_F(Distributed, TwoAndThreeProcessesFollowOneProcessPath) {
-    ASSERT_EQ(run(train("one", 100)).exit_code, 0);
+    const Outcome one_run = run(train("one", 100));
+    ASSERT_EQ(one_run.exit_code, 0);
+    const std::string one_out = one_run.out;
     const Outcome two = run(mpirun(2) + train("two", 100));
     ASSERT_EQ(two.exit_code, 0) << two.err;
     // 16 streams over 3 processes: blocks of 6, 5 and 5.
     const Outcome three = run(mpirun(3) + train("three", 100));
     ASSERT_EQ(three.exit_code, 0) << three.err;
     const std::vector<double> one = validation_losses("one");
-    EXPECT_EQ(one.size(), 10u);
+    EXPECT_EQ(one.size(), 11u);  // 10 validations on part of the held-out text, then one on all of it
     expect_same_path(one, validation_losses("two"), "2 processes");
     expect_same_path(one, validation_losses("three"), "3 processes");
     // Process 0 alone talks: one summary, one start line.
-    EXPECT_EQ(std::count(two.out.begin(), two.out.end(), '\n'), 2) << two.out;
+    EXPECT_EQ(std::count(two.out.begin(), two.out.end(), '\n'), std::count(one_out.begin(), one_out.end(), '\n')) << two.out;
     EXPECT_NE(two.err.find("2 processes share each batch"), std::string::npos) << two.err;
 }
 
@@ -200,9 +204,9 @@ TEST_F(Distributed, ACheckpointHoldsEveryStreamAndResumesOnAnyProcessCount) {
     const Outcome three = run(mpirun(3) + std::string(CHARLM_BINARY) + " train --resume one_then_three --steps 100 --threads 1");
     ASSERT_EQ(three.exit_code, 0) << three.err;
 
-    const std::vector<double> whole = validation_losses("whole");
-    expect_same_path(whole, validation_losses("two_then_one"), "2 processes, then 1");
-    expect_same_path(whole, validation_losses("one_then_three"), "1 process, then 3");
+    const std::vector<double> whole = validation_losses("whole", false);
+    expect_same_path(whole, validation_losses("two_then_one", false), "2 processes, then 1");
+    expect_same_path(whole, validation_losses("one_then_three", false), "1 process, then 3");
 }
 
 // Starts `command` through the shell in its own process group; returns the shell's pid.

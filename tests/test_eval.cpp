@@ -1,5 +1,8 @@
 // Checks eval.cpp: evaluation is the training forward pass and loss, summed exactly over the text, and a text
 // mostly outside the vocabulary is refused unless allowed.
+#include <initializer_list>
+#include <utility>
+
 #include <gtest/gtest.h>
 
 #include "charlm/batches.hpp"
@@ -138,6 +141,37 @@ TEST(Eval, AFileScoresAsItsTextDoes) {
     EXPECT_EQ(from_file.characters_scored, from_text.characters_scored);
     EXPECT_DOUBLE_EQ(from_file.nats_per_character, from_text.nats_per_character);
     EXPECT_THROW(evaluate_file(fixture.model, fixture.vocab, directory.write("unknown.txt", "XYZ")), Error);
+}
+
+TEST(Eval, BlocksOfStreamsSumToTheWholePass) {
+    // A data-parallel evaluation: each process scores a block of the streams, and the sums add up.
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(sample_text(2000));
+    for (const std::size_t max_characters : {std::size_t{0}, std::size_t{300}}) {
+        SCOPED_TRACE(max_characters);
+        const LossSum whole = evaluate_loss(fixture.model, ids, 20, 7, {.max_characters = max_characters});
+        LossSum blocks;
+        for (const auto& [first, count] : std::initializer_list<std::pair<int, int>>{{0, 1}, {1, 4}, {5, -1}}) {
+            const LossSum block =
+                evaluate_loss(fixture.model, ids, 20, 7, {.max_characters = max_characters, .first_stream = first, .stream_count = count});
+            blocks.total_nats += block.total_nats;
+            blocks.count += block.count;
+        }
+        EXPECT_EQ(blocks.count, whole.count);
+        EXPECT_EQ(whole.count, evaluation_pair_count(ids, 7, {.max_characters = max_characters}));
+        EXPECT_NEAR(blocks.total_nats, whole.total_nats, 1e-5 * whole.total_nats);
+    }
+}
+
+TEST(Eval, ASubsetCoveringTheWholeTextScoresItBitForBit) {
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(sample_text(2000));
+    const LossSum whole = evaluate_loss(fixture.model, ids, 20, 7);
+    const LossSum capped = evaluate_loss(fixture.model, ids, 20, 7, {.max_characters = 1999});
+    EXPECT_EQ(capped.count, 1999u);
+    EXPECT_EQ(capped.total_nats, whole.total_nats);
+    const LossSum part = evaluate_loss(fixture.model, ids, 20, 7, {.max_characters = 300});
+    EXPECT_EQ(part.count, 301u) << "ceil(300 / 7) = 43 steps of 7 streams";
 }
 
 }  // namespace

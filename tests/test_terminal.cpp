@@ -69,6 +69,16 @@ TEST(Terminal, DurationsReadAsSecondsMinutesOrHours) {
     EXPECT_EQ(format_duration(7500), "2h05m");
 }
 
+TEST(Terminal, CountsReadToThreeDigits) {
+    EXPECT_EQ(format_count(0), "0");
+    EXPECT_EQ(format_count(999), "999");
+    EXPECT_EQ(format_count(1234), "1.23k");
+    EXPECT_EQ(format_count(320'000), "320k");
+    EXPECT_EQ(format_count(999'999), "1M");
+    EXPECT_EQ(format_count(5'500'000), "5.5M");
+    EXPECT_EQ(format_count(1'230'000'000), "1.23G");
+}
+
 TEST(Terminal, ARunIsDescribedInOneLine) {
     RunDescription run;
     run.model.cell = CellType::gru;
@@ -83,6 +93,12 @@ TEST(Terminal, ARunIsDescribedInOneLine) {
     run.batch_size = 4;
     EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240, 71 "
                                              "windows of 16x4 per pass",
+                                             run.model.parameter_count()));
+    run.periodic_validation_characters = 239;  // all of them: predictions of 240 characters
+    EXPECT_EQ(describe_run(run).find("each time"), std::string::npos);
+    run.periodic_validation_characters = 40;
+    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240 (40 of "
+                                             "them each time, all at the end), 71 windows of 16x4 per pass",
                                              run.model.parameter_count()));
 }
 
@@ -103,6 +119,16 @@ TEST(Terminal, TheStatusLineAndTheReportLineShowTheSameFigures) {
     report.new_best = true;
     EXPECT_EQ(format_report_line(report),
               "step 120/2000 | train 1.9877 | val 2.0123 (best) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    // A validation of part of the held-out text says how much it covers; one of all of it, nothing more.
+    report.validation_characters = 320'000;
+    report.held_out_characters = 5'500'000;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 (best, on 320k of 5.5M held-out chars) | "
+                                          "lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.new_best = false;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 (on 320k of 5.5M held-out chars) | "
+                                          "lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.validation_characters = report.held_out_characters;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     // A run bounded by --minutes alone has no step total, and no time left to tell.
     report.total_steps = 0;
     report.remaining_seconds.reset();

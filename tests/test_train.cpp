@@ -10,10 +10,12 @@
 #include <numeric>
 #include <thread>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
+#include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/run_lock.hpp"
 #include "charlm/train.hpp"
@@ -124,14 +126,17 @@ std::vector<nlohmann::json> metrics_records(const std::filesystem::path& run_dir
     return records;
 }
 
-// metrics.jsonl says what the reports said, one record each, with the same keys as ever.
+// metrics.jsonl says what the reports said, one record each, with the same keys as ever, and a
+// validation loss the characters it covers; a loss on all the held-out text at the run's end (where
+// the validations scored part of it) is a record of its own, the last, and is left out here.
 void expect_metrics_match_reports(const std::filesystem::path& run_directory, const std::vector<ProgressReport>& reports) {
-    const auto records = metrics_records(run_directory);
+    auto records = metrics_records(run_directory);
+    if (!records.empty() && records.back().contains("full_validation_loss")) records.pop_back();
     ASSERT_EQ(records.size(), reports.size());
     for (std::size_t i = 0; i < records.size(); ++i) {
         SCOPED_TRACE(records[i].dump());
         const ProgressReport& report = reports[i];
-        EXPECT_EQ(records[i].size(), report.evaluated ? 6u : 5u);
+        EXPECT_EQ(records[i].size(), report.validation_loss ? 7u : report.evaluated ? 6u : 5u);
         EXPECT_EQ(records[i].at("step").get<std::int64_t>(), report.step);
         EXPECT_EQ(records[i].at("train_loss").get<double>(), report.train_loss);
         EXPECT_EQ(records[i].at("learning_rate").get<double>(), report.learning_rate);
@@ -140,6 +145,7 @@ void expect_metrics_match_reports(const std::filesystem::path& run_directory, co
         EXPECT_EQ(records[i].contains("validation_loss"), report.evaluated);
         if (report.validation_loss) {
             EXPECT_EQ(records[i].at("validation_loss").get<double>(), *report.validation_loss);
+            EXPECT_EQ(records[i].at("validation_characters").get<std::size_t>(), report.validation_characters);
         } else if (report.evaluated) {
             EXPECT_TRUE(records[i].at("validation_loss").is_null());
         }
@@ -147,12 +153,15 @@ void expect_metrics_match_reports(const std::filesystem::path& run_directory, co
 }
 
 // Resumes the run in `run_directory` to `steps` in all, as `charlm train --resume RUN --steps N` does.
-TrainResult resume_to(const std::filesystem::path& run_directory, std::int64_t steps) {
+TrainResult resume_to_with(const std::filesystem::path& run_directory, std::int64_t steps, TrainingProgress& progress) {
     ResumeRequest request;
     request.run_directory = run_directory;
     request.options.steps = steps;
     request.given = {"--steps"};
-    return resume_training(request);
+    return resume_training(request, progress);
+}
+TrainResult resume_to(const std::filesystem::path& run_directory, std::int64_t steps) {
+    return resume_to_with(run_directory, steps, silent_progress());
 }
 
 TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
@@ -257,7 +266,8 @@ TEST(Train, AFreshRunKeepsItsMetricsUntilItsFirstCheckpointTakesTheDirectoryOver
     train(options, progress);
     ASSERT_GE(metrics_at_steps.size(), 6u);
     for (std::size_t i = 0; i < 6; ++i) EXPECT_EQ(metrics_at_steps[i], earlier) << "step " << i + 1;
-    EXPECT_EQ(metrics_records(options.run_directory).size(), 3u) << "this run's records alone";
+    EXPECT_EQ(metrics_records(options.run_directory).size(), 4u)
+        << "this run's records alone: three reports and the last step's loss on all the held-out text";
     expect_metrics_match_reports(options.run_directory, progress.reports);
 }
 
@@ -265,6 +275,7 @@ TEST(Train, AStopRequestSavesTheStepWithoutValidatingAndSaysHowToGoOn) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
+    options.validation_characters = 40;  // a subset: a run's end would then score all the held-out text
     RecordingProgress progress;
     progress.on_step = [](const StepProgress& step) {
         if (step.step == 3) {
@@ -276,6 +287,7 @@ TEST(Train, AStopRequestSavesTheStepWithoutValidatingAndSaysHowToGoOn) {
     EXPECT_EQ(result.steps, 4) << "decided once per step: the step after the request is the last";
     EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 4);
     EXPECT_TRUE(progress.evaluated_steps().empty()) << "a stop request saves without a validation pass";
+    EXPECT_FALSE(result.full_validation_loss.has_value()) << "nor a pass over all the held-out text";
     ASSERT_EQ(progress.checkpoints.size(), 1u);
     EXPECT_EQ(progress.checkpoints[0].kind, CheckpointKind::last);
     EXPECT_EQ(progress.checkpoints[0].step, 4);
@@ -427,6 +439,152 @@ TEST(Train, PatienceStopsEarly) {
     const TrainResult result = train(options);
     EXPECT_EQ(result.stopped_by, StopReason::patience);
     EXPECT_LT(result.steps, 200);
+}
+
+TEST(Train, TheAutomaticValidationIsAQuarterOfTheCharactersTrainedBetweenValidations) {
+    TrainOptions options;  // --eval-every 200, --seq 100, --batch 64
+    EXPECT_FALSE(options.validation_characters.has_value()) << "automatic unless given";
+    options.model.vocab_size = 30;  // for the checkpoints' JSON below
+    EXPECT_EQ(periodic_validation_characters(options), 320'000u);
+    options.eval_every = 50;
+    options.batch_size = 32;
+    EXPECT_EQ(periodic_validation_characters(options), 40'000u);
+    options.eval_every = options.seq_length = options.batch_size = 1;
+    EXPECT_EQ(periodic_validation_characters(options), 1u) << "never 0, which means all of them";
+    options.validation_characters = 0;
+    EXPECT_EQ(periodic_validation_characters(options), 0u);
+    options.validation_characters = 12345;
+    EXPECT_EQ(periodic_validation_characters(options), 12345u);
+    // Checkpoints keep the choice, automatic included.
+    EXPECT_EQ(TrainOptions::from_json(options.to_json()).validation_characters, std::optional<std::uint64_t>(12345));
+    options.validation_characters.reset();
+    EXPECT_EQ(options.to_json().at("validation_characters"), "auto");
+    EXPECT_FALSE(TrainOptions::from_json(options.to_json()).validation_characters.has_value());
+}
+
+// The held-out part of small_corpus() under tiny_options, as the run reads it.
+std::vector<TokenId> held_out_ids(const Vocab& vocab) {
+    const std::vector<TokenId> ids = vocab.encode(decode_utf8(small_corpus(), "corpus"));
+    const std::size_t held_out = validation_size(ids.size(), 0.05);
+    return {ids.end() - static_cast<std::ptrdiff_t>(held_out), ids.end()};
+}
+
+TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_characters = 40;
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    Checkpoint last = load_checkpoint(result.last_checkpoint);
+    const std::vector<TokenId> held_out = held_out_ids(last.vocab);
+    const std::size_t all = held_out.size() - 1;
+    ASSERT_GT(all, 200u);
+    const EvaluationSelection subset{.max_characters = 40};
+    EXPECT_EQ(evaluation_pair_count(held_out, 4, subset), 40u) << "10 steps of each of the 4 streams";
+    ASSERT_EQ(progress.runs.size(), 1u);
+    EXPECT_EQ(progress.runs[0].periodic_validation_characters, 40u);
+    EXPECT_EQ(progress.evaluated_steps(), (std::vector<std::int64_t>{7, 14, 20}));
+    for (const ProgressReport& report : progress.reports) {
+        if (!report.evaluated) continue;
+        EXPECT_EQ(report.validation_characters, 40u);
+        EXPECT_EQ(report.held_out_characters, all);
+    }
+    // The last validation, of the subset, and the pass over all of it at the end: the same parameters.
+    EXPECT_NEAR(*progress.reports.back().validation_loss, evaluate_loss(*last.model, held_out, 16, 4, subset).mean(), 1e-9);
+    ASSERT_TRUE(result.full_validation_loss.has_value());
+    EXPECT_NEAR(*result.full_validation_loss, evaluate_loss(*last.model, held_out, 16, 4).mean(), 1e-9);
+    EXPECT_NE(*result.full_validation_loss, *progress.reports.back().validation_loss);
+    EXPECT_EQ(result.validation_characters, 40u);
+    EXPECT_EQ(result.held_out_characters, all);
+    ASSERT_EQ(progress.results.size(), 1u);
+    EXPECT_EQ(progress.results[0].full_validation_loss, result.full_validation_loss);
+    // Said before it begins, since on a large text it takes a while: after the last save, before the end.
+    ASSERT_FALSE(progress.notes.empty());
+    EXPECT_EQ(progress.notes.back(), fmt::format("scoring all {} held-out characters at step 20 (each validation scored 40 of them)", all));
+    ASSERT_GE(progress.events.size(), 3u);
+    EXPECT_EQ(progress.events[progress.events.size() - 2].kind, "note");
+    EXPECT_EQ(progress.events[progress.events.size() - 3].kind, "report");
+    // metrics.jsonl: each validation's characters, and the full figure last.
+    const auto records = metrics_records(options.run_directory);
+    ASSERT_FALSE(records.empty());
+    EXPECT_EQ(records.back(), (nlohmann::json{{"step", 20}, {"full_validation_loss", *result.full_validation_loss},
+                                              {"validation_characters", all}}));
+    expect_metrics_match_reports(options.run_directory, progress.reports);
+}
+
+TEST(Train, ValidatingOnAllTheHeldOutTextNeedsNoPassAtTheEnd) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    // --val-chars 0; and automatic, with a quarter of 100 x 16 x 4 characters between validations: more than it holds.
+    for (const bool automatic : {false, true}) {
+        SCOPED_TRACE(automatic);
+        TrainOptions options = tiny_options(directory, automatic ? "automatic" : "zero");
+        if (automatic) options.eval_every = 100;
+        else options.validation_characters = 0;
+        RecordingProgress progress;
+        const TrainResult result = train(options, progress);
+        EXPECT_FALSE(result.full_validation_loss.has_value());
+        EXPECT_EQ(result.validation_characters, result.held_out_characters);
+        EXPECT_EQ(progress.runs.at(0).periodic_validation_characters, progress.runs.at(0).validation_characters - 1);
+        ASSERT_FALSE(progress.evaluated_steps().empty());
+        for (const ProgressReport& report : progress.reports)
+            if (report.evaluated) {
+                EXPECT_EQ(report.validation_characters, report.held_out_characters);
+            }
+        for (const std::string& note : progress.notes) EXPECT_EQ(note.find("scoring all"), std::string::npos) << note;
+        EXPECT_FALSE(metrics_records(options.run_directory).back().contains("full_validation_loss"));
+        expect_metrics_match_reports(options.run_directory, progress.reports);
+    }
+}
+
+TEST(Train, ResumeKeepsOrChangesTheValidationCharacters) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_characters = 40;
+    options.steps = 7;
+    train(options);
+    // With given_value, --val-chars is given: `value` (none: auto).
+    auto resume = [&](std::int64_t steps, RecordingProgress& progress, bool given_value, std::optional<std::uint64_t> value = {}) {
+        ResumeRequest request;
+        request.run_directory = options.run_directory;
+        request.options.steps = steps;
+        request.given = {"--steps"};
+        if (given_value) {
+            request.options.validation_characters = value;
+            request.given.push_back("--val-chars");
+        }
+        return resume_training(request, progress);
+    };
+    auto stored = [&] { return load_checkpoint(options.run_directory / "last.safetensors").training.options.at("validation_characters"); };
+
+    RecordingProgress kept;
+    EXPECT_TRUE(resume(10, kept, false).full_validation_loss.has_value());
+    EXPECT_EQ(stored(), 40);
+    EXPECT_EQ(kept.reports.back().validation_characters, 40u);
+    EXPECT_TRUE(kept.warnings.empty());
+
+    RecordingProgress whole;
+    const TrainResult after_whole = resume(14, whole, true, 0);
+    EXPECT_FALSE(after_whole.full_validation_loss.has_value());
+    EXPECT_EQ(stored(), 0);
+    EXPECT_EQ(whole.reports.back().validation_characters, whole.reports.back().held_out_characters);
+    ASSERT_FALSE(whole.notes.empty());
+    EXPECT_NE(whole.notes[0].find("--val-chars 0 (was 40)"), std::string::npos) << whole.notes[0];
+    // The figures from now on cover another part of the text than the best so far.
+    ASSERT_EQ(whole.warnings.size(), 1u);
+    EXPECT_EQ(whole.warnings[0].rfind(fmt::format("each validation now scores {0} of the {0} held-out characters, not 40", after_whole.held_out_characters), 0), 0u)
+        << whole.warnings[0];
+    EXPECT_NE(whole.warnings[0].find("give --val-chars 40 to keep them as they were"), std::string::npos) << whole.warnings[0];
+
+    RecordingProgress automatic;
+    resume(15, automatic, true);
+    EXPECT_EQ(stored(), "auto");
+    EXPECT_NE(automatic.notes.at(0).find("--val-chars \"auto\" (was 0)"), std::string::npos) << automatic.notes[0];
+    EXPECT_EQ(automatic.reports.back().validation_characters, 112u) << "a quarter of 7 x 16 x 4";
+    ASSERT_EQ(automatic.warnings.size(), 1u);
+    EXPECT_NE(automatic.warnings[0].find("give --val-chars 0 to keep them as they were"), std::string::npos) << automatic.warnings[0];
 }
 
 TEST(Train, PlotDrawsTheLossCurves) {
@@ -597,18 +755,22 @@ TEST(Train, ResumeAppliesTheOptionsARunMayChange) {
     EXPECT_TRUE(progress.runs[0].resumed);
     EXPECT_EQ(progress.runs[0].first_step, 10);
     EXPECT_EQ(progress.steps_in_order(), (std::vector<std::int64_t>{11, 12, 13, 14}));
-    ASSERT_EQ(progress.notes.size(), 1u);
+    ASSERT_FALSE(progress.notes.empty());
     EXPECT_NE(progress.notes[0].find("at step 10; changed: --lr 0.0005 (was 0.002), --dropout 0.2 (was 0.0)"), std::string::npos)
         << progress.notes[0];
+    // --eval-every 3 makes each (automatic) validation score less than before: a warning says so.
+    ASSERT_EQ(progress.warnings.size(), 1u);
+    EXPECT_EQ(progress.warnings[0].rfind("each validation now scores 48 of the ", 0), 0u) << progress.warnings[0];
     const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
     EXPECT_EQ(last.training.options.at("learning_rate").get<double>(), 5e-4);
     EXPECT_EQ(last.training.options.at("eval_every").get<int>(), 3);
     EXPECT_EQ(last.config.dropout, 0.2);
     // The rate the steps after the resume used, as metrics.jsonl logged it (a validation at step 12).
     std::ifstream metrics(options.run_directory / "metrics.jsonl");
-    std::string line, last_line;
-    while (std::getline(metrics, line)) last_line = line;
-    EXPECT_EQ(nlohmann::json::parse(last_line).at("learning_rate").get<double>(), 5e-4) << last_line;
+    std::string line, last_report;
+    while (std::getline(metrics, line))
+        if (line.find("learning_rate") != std::string::npos) last_report = line;
+    EXPECT_EQ(nlohmann::json::parse(last_report).at("learning_rate").get<double>(), 5e-4) << last_report;
 }
 
 TEST(Train, ResumeRefusesOptionsTheCheckpointFixes) {
@@ -706,6 +868,26 @@ TEST(Train, AnUnknownScheduleInACheckpointIsTheFilesFaultNotTheUsers) {
     } catch (const Error& error) {
         EXPECT_NE(std::string(error.what()).find("unknown learning-rate schedule, 'linear'"), std::string::npos) << error.what();
     }
+}
+
+TEST(Train, ACheckpointFromBeforeValCharsGoesOnValidatingOnAllTheHeldOutText) {
+    // Its best loss is a figure of all the held-out text: only figures of all of it compare with it.
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 7;
+    train(options);
+    edit_training_options(options.run_directory, [](nlohmann::json& stored) {
+        ASSERT_EQ(stored.erase("validation_characters"), 1u);
+    });
+    RecordingProgress progress;
+    const TrainResult result = resume_to_with(options.run_directory, 14, progress);
+    EXPECT_EQ(result.steps, 14);
+    EXPECT_FALSE(result.full_validation_loss.has_value());
+    EXPECT_TRUE(progress.warnings.empty());
+    ASSERT_FALSE(progress.reports.empty());
+    EXPECT_EQ(progress.reports.back().validation_characters, progress.reports.back().held_out_characters);
+    EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.options.at("validation_characters"), 0);
 }
 
 TEST(Train, TheMemoryGuardOfAResumeUsesTheCheckpointsTensors) {

@@ -56,9 +56,28 @@ private:
     std::size_t position_ = 0;
 };
 
+// Which part of an evaluation pass to make. The layout of the streams never changes with it, so that
+// figures from different selections of the same text add up, or compare.
+struct EvaluationSelection {
+    // Each stream is read only for its first ceil(max_characters / B) steps: B stretches spread evenly
+    // over the text, the same ones every time. 0, or at least the text's length: every pair.
+    std::size_t max_characters = 0;
+    // Only streams first_stream .. first_stream + stream_count - 1 of the B (the batch then has
+    // stream_count rows): a block of them for one process of a data-parallel evaluation, whose blocks'
+    // loss sums add up to the whole pass's. -1: every stream from first_stream on.
+    int first_stream = 0;
+    int stream_count = -1;
+};
+
 // Covers every (input, target) pair of `ids` exactly once, for evaluation: B streams of equal
 // length (the last padded with ignored targets), cut into windows of up to T steps, made one at a
-// time and handed to `visit`.
-void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit);
+// time and handed to `visit`. `selection` narrows that to part of the pairs, as it says. Throws
+// Error for a block of streams outside the B.
+void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit,
+                                const EvaluationSelection& selection = {});
+// The B of an evaluation pass over `ids`: batch_size, or fewer for a text of fewer pairs.
+int evaluation_stream_count(TokenSpan ids, int batch_size);
+// The pairs that pass scores (targets that are not padding), counted without making the windows.
+std::size_t evaluation_pair_count(TokenSpan ids, int batch_size, const EvaluationSelection& selection = {});
 
 }  // namespace charlm

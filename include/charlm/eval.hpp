@@ -6,12 +6,15 @@
 
 #include <nlohmann/json.hpp>
 
+#include "charlm/batches.hpp"
 #include "charlm/model.hpp"
 
 namespace charlm {
 
-// Summed loss over every (input, target) pair of `ids`, read as B streams in windows of T steps.
-LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length = 100, int batch_size = 32);
+// Summed loss over every (input, target) pair of `ids`, read as B streams in windows of T steps, or
+// over the part of them that `selection` names (see for_each_evaluation_window).
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length = 100, int batch_size = 32,
+                      const EvaluationSelection& selection = {});
 
 // Past this share of a text's characters outside the vocabulary, evaluation refuses unless allowed
 // (EvalOptions::allow_unknown). A score of what is left says little about such a text: with a tenth

@@ -18,6 +18,9 @@ struct RunDescription {
     ModelConfig model;                      // cell, layers x hidden size; parameter_count() counts the parameters
     std::size_t train_characters = 0;
     std::size_t validation_characters = 0;  // below 2: the run has no validation text
+    // Predictions each periodic validation makes: all of the held-out text's (validation_characters
+    // - 1) or, under --val-chars, part of them, which the run's end then scores whole. 0: not told.
+    std::size_t periodic_validation_characters = 0;
     std::size_t windows_per_pass = 0;       // windows of seq_length x batch_size in one pass over the training text
     int seq_length = 0;
     int batch_size = 0;
@@ -43,6 +46,10 @@ struct ProgressReport : StepProgress {
                                              // validation text) and saved
     std::optional<double> validation_loss;   // nats/char, where evaluated and the run has validation text
     bool new_best = false;                   // the lowest validation loss yet: best.safetensors holds this step
+    // Where there is a validation loss: the predictions it covers, and those of all the held-out text
+    // (fewer where --val-chars validates on part of it).
+    std::size_t validation_characters = 0;
+    std::size_t held_out_characters = 0;
 };
 
 enum class CheckpointKind {

@@ -30,6 +30,9 @@ struct TrainOptions {
     std::int64_t steps = 0;            // total steps of the run, resumed ones included; 0 for no bound
     double minutes = 0;                // wall-clock bound of this invocation; 0 for no bound
     int eval_every = 200;
+    // --val-chars: held-out characters that each periodic validation scores; the run's end scores them
+    // all. None: automatic (periodic_validation_characters()); 0: all of them every time.
+    std::optional<std::uint64_t> validation_characters;
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
@@ -54,12 +57,26 @@ struct TrainResult {
     std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
+    // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
+    // loss of the run's last step on all of it, scored once at its end (not after a stop request).
+    std::size_t validation_characters = 0;  // predictions of each periodic validation
+    std::size_t held_out_characters = 0;    // predictions of all the held-out text
+    std::optional<double> full_validation_loss;
     double chars_per_second = 0;
     StopReason stopped_by = StopReason::steps;
     int patience = 0;                  // the run's --patience, for saying why it stopped
     std::filesystem::path best_checkpoint;  // empty where the run has no validation text
     std::filesystem::path last_checkpoint;
 };
+
+// Validation scores about a quarter of the characters that training reads between two validations,
+// and evaluation reads a character 3-4 times faster than training does: a validation then takes under
+// a tenth of the run's time, whatever the size of the held-out text.
+constexpr double kAutomaticValidationShare = 0.25;
+
+// The held-out characters each periodic validation scores at most under `options`; 0 for all of them.
+// --val-chars where given; automatically, kAutomaticValidationShare of eval_every x seq x batch.
+std::uint64_t periodic_validation_characters(const TrainOptions& options);
 
 // Throws UsageError where options given on the command line (`given`, their names) would do nothing:
 // --lr-decay or --lr-decay-every with a schedule other than step. Every option is obeyed or refused.
@@ -82,9 +99,9 @@ TrainResult train(const TrainOptions& options, TrainingProgress& progress = sile
                   const Communicator& processes = single_process());
 
 // A resumed run: its directory, and the options given again. Those a run may change (learning rate
-// and schedule, steps, minutes, eval interval, clip, dropout, patience) take effect and a note to the
-// progress sink says so; those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed)
-// are refused where they differ. The corpus must be the one the run started on (size and SHA-256);
+// and schedule, steps, minutes, eval interval, validation characters, clip, dropout, patience) take
+// effect and a note to the progress sink says so; those the checkpoint fixes (cell, sizes, seq, batch,
+// validation split, seed) are refused where they differ. The corpus must be the one the run started on (size and SHA-256);
 // `corpus` and `validation_file` say where it is now if it moved.
 struct ResumeRequest {
     std::filesystem::path run_directory;

@@ -141,6 +141,7 @@ struct TrainArguments {
     std::string moved_corpus;
     std::string cell = "lstm";
     std::string learning_rate_schedule = "constant";
+    std::string validation_characters = "auto";
     charlm::TrainOptions options;
     int threads = 0;
     bool quiet = false;
@@ -173,6 +174,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
     options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
+    if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
@@ -242,10 +244,19 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
                    result.last_checkpoint.string());
     } else {
         const double best = result.best_validation_loss;
-        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n"
-                   "checkpoints: {} (best), {} (to resume)\n",
-                   result.steps, stopped, best, charlm::perplexity_of(best), charlm::bits_per_character_of(best), result.best_checkpoint.string(),
-                   result.last_checkpoint.string());
+        const std::string part = result.validation_characters < result.held_out_characters
+                                     ? fmt::format(" on {} of {} held-out chars", charlm::format_count(result.validation_characters),
+                                                   charlm::format_count(result.held_out_characters))
+                                     : std::string();
+        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{} (perplexity {:.3f}, {:.4f} bits/char)\n",
+                   result.steps, stopped, best, part, charlm::perplexity_of(best), charlm::bits_per_character_of(best));
+        if (result.full_validation_loss) {
+            const double full = *result.full_validation_loss;
+            fmt::print("on all {} held-out chars, step {}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n",
+                       charlm::format_count(result.held_out_characters), result.steps, full, charlm::perplexity_of(full),
+                       charlm::bits_per_character_of(full));
+        }
+        fmt::print("checkpoints: {} (best), {} (to resume)\n", result.best_checkpoint.string(), result.last_checkpoint.string());
     }
     return status;
 }
@@ -602,6 +613,16 @@ int main(int argc, char** argv) {
     train->add_option("--steps", train_options.steps, "Stop after this many steps in all, resumed ones included [default: 2000 unless --minutes]");
     train->add_option("--minutes", train_options.minutes, "Stop after this many minutes of wall-clock time");
     train->add_option("--eval-every", train_options.eval_every, "Validate and save checkpoints every N steps")->capture_default_str();
+    train->add_option("--val-chars", train_arguments.validation_characters,
+                      "Held-out characters each validation scores, the same ones each time: auto (a quarter of the "
+                      "characters trained between validations, --eval-every x --seq x --batch / 4), 0 for all of them, or "
+                      "a count. The run's end scores them all")
+        ->type_name("N")
+        ->check(CLI::Validator([](std::string& value) {
+            if (value == "auto" || check_whole_number(value, false).empty()) return std::string();
+            return fmt::format("wants auto, 0 (all of them) or a count of characters, not '{}'", value);
+        }, ""))
+        ->capture_default_str();
     train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
