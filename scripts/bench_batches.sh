@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 threads=2
-seconds=8
+seconds=10
 rounds=1
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -28,6 +28,9 @@ if [ ! -f "$corpus" ]; then
   corpus=data/kjv.txt
 fi
 
+# Runs bounded by time, not steps: one process, so nothing has to agree on where to stop, and a batch of 1
+# takes as long as a batch of 50.
+minutes=$(/usr/bin/python3 -c 'import sys; print(float(sys.argv[1]) / 60)' "$seconds")
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 for round in $(seq "$rounds"); do
@@ -35,14 +38,9 @@ for round in $(seq "$rounds"); do
     read -r layers hidden seq batch <<< "$shape"
     for machines in 1 2 4 8 16 32 64; do
       streams=$(( (batch + machines - 1) / machines ))
-      # Steps for about --seconds, guessed from a quarter of the bench shape's speed on a quiet 2-core
-      # machine (docs/speed.md): small batches and busy machines are slower. At least 10.
-      case "$hidden" in 128) rate=40000 ;; 256) rate=10000 ;; *) rate=1600 ;; esac
-      steps=$(( seconds * rate / (seq * streams) ))
-      [ "$steps" -ge 10 ] || steps=10
-      echo "bench_batches: round $round/$rounds, lstm ${layers}x${hidden}, batch $streams, $steps steps" >&2
+      echo "bench_batches: round $round/$rounds, lstm ${layers}x${hidden}, batch $streams" >&2
       build/charlm train "$corpus" --layers "$layers" --hidden "$hidden" --embed 64 --seq "$seq" --batch "$streams" \
-        --steps "$steps" --eval-every 1000000000 --val-fraction 0.002 --threads "$threads" --out "$work/run" --force > "$work/log" 2>&1 ||
+        --minutes "$minutes" --eval-every 1000000000 --val-fraction 0.002 --threads "$threads" --out "$work/run" --force > "$work/log" 2>&1 ||
         { grep -m 3 'charlm: error' "$work/log" >&2 || tail -n 5 "$work/log" >&2; exit 1; }
       /usr/bin/python3 -c '
 import json, sys
