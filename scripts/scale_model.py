@@ -223,7 +223,7 @@ def tables(bench, allreduce, batch_rates):
         f"{bench['gemm_backend']}), vocabulary {vocab}. Network: assumed, "
         + "; ".join(f"{name} as {bandwidth / 1e9:g} GB/s and {latency * 1e6:g} us a message" for name, bandwidth, latency in NETWORKS)
         + ".\n")
-    add("| model | parameters | gradient MB (fp32) | seq x batch | train chars/s | step ms, 1 machine | backward share "
+    add("| model | parameters | gradient MB (fp32) | seq x batch | train chars/s | step ms, 1 machine | backward share of FLOP "
         "| allreduce ms at 16, 10 Gbit/s | at 16, 100 Gbit/s |")
     add("|---|---:|---:|---|---:|---:|---:|---:|---:|")
     for model in models:
