@@ -9,6 +9,19 @@
 
 namespace charlm {
 
+namespace {
+
+// The ids each stream reads before the pages behind them go (TokenSpan::release): of a mapped corpus,
+// about B times this much stays resident, however long the corpus, for a madvise call per stream now and then.
+constexpr std::size_t kIdsReadBeforeRelease = std::size_t{1} << 16;
+
+// Lets go of the pages of what each of `batch_size` streams of `stream_length` ids read from `from` to `to`.
+void release_read(TokenSpan ids, std::size_t batch_size, std::size_t stream_length, std::size_t from, std::size_t to) {
+    for (std::size_t b = 0; b < batch_size; ++b) ids.release(b * stream_length + from, to - from);
+}
+
+}  // namespace
+
 BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size)
     : ids_(ids), seq_length_(seq_length), batch_size_(batch_size) {
     if (seq_length <= 0 || batch_size <= 0) throw Error("sequence length and batch size must be positive");
@@ -25,6 +38,7 @@ BatchStream::BatchStream(TokenSpan ids, int seq_length, int batch_size)
 void BatchStream::set_position(std::size_t position) {
     if (position >= windows_per_pass_) throw Error("data position is beyond the end of the text");
     position_ = position;
+    released_to_ = position * static_cast<std::size_t>(seq_length_);
 }
 
 void BatchStream::next(Batch& batch) {
@@ -42,6 +56,12 @@ void BatchStream::next(Batch& batch) {
         }
     }
     position_ = (position_ + 1) % windows_per_pass_;
+    // Each stream reads on from `read_to` of its slice: the end of it once the pass is over.
+    const std::size_t read_to = position_ == 0 ? stream_length_ : position_ * T;
+    if (position_ == 0 || read_to - released_to_ >= kIdsReadBeforeRelease) {
+        release_read(ids_, B, stream_length_, released_to_, read_to);
+        released_to_ = position_ * T;
+    }
 }
 
 void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit) {
@@ -50,6 +70,7 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
     const std::size_t B = std::min<std::size_t>(static_cast<std::size_t>(batch_size), pairs);
     const std::size_t stream_length = (pairs + B - 1) / B;
     Batch batch;
+    std::size_t released_to = 0;
     for (std::size_t start = 0; start < stream_length; start += static_cast<std::size_t>(seq_length)) {
         const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), stream_length - start);
         batch.seq_length = static_cast<int>(T);
@@ -66,6 +87,10 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
             }
         }
         visit(batch);
+        if (start + T == stream_length || start + T - released_to >= kIdsReadBeforeRelease) {
+            release_read(ids, B, stream_length, released_to, start + T);
+            released_to = start + T;
+        }
     }
 }
 

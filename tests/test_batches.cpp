@@ -1,8 +1,11 @@
 // Checks batches.cpp: training windows carry on from each other; evaluation windows cover every pair once.
+#include <string>
+
 #include <gtest/gtest.h>
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
+#include "test_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -39,6 +42,38 @@ TEST(Batches, TooShortForOneWindowIsAnError) {
     EXPECT_THROW(BatchStream(ids, 10, 1), Error);
     EXPECT_THROW(BatchStream(ids, 3, 4), Error);
     EXPECT_NO_THROW(BatchStream(ids, 9, 1));
+}
+
+// 16 MiB of mapped ids, read by 4 streams: a pass (or an evaluation) leaves about 4 x 64 KiB of it
+// resident, where every page it read would stay without the releases.
+TEST(Batches, WindowsOfMappedIdsKeepOnlyWhatTheyReadNextResident) {
+    testing::TemporaryDirectory directory;
+    std::string text;
+    while (text.size() < (std::size_t{16} << 20)) text += "abcdefghijklmnopqrstuvwxyz012345";
+    const auto source = directory.write("text.txt", text);
+    const Vocab vocab = Vocab::from_files({source});
+    const auto path = directory.path() / "text.ids";
+    const MappedIds ids = MappedIds::encode(path, source, fingerprint_file(source), vocab);
+    BatchStream stream(ids.span(), 1000, 4);
+    Batch batch;
+    long most_resident = 0;
+    for (std::size_t window = 0; window < stream.windows_per_pass(); ++window) {
+        stream.next(batch);
+        if (window % 256 == 0) most_resident = std::max(most_resident, testing::resident_bytes_of_mapping(path));
+        ASSERT_EQ(batch.inputs[3], vocab.id_of(static_cast<char32_t>(text[3 * ((text.size() - 1) / 4) + window * 1000])));
+    }
+    EXPECT_GT(most_resident, 0);
+    EXPECT_LT(most_resident, 2L << 20);
+    EXPECT_LT(testing::resident_bytes_of_mapping(path), 2L << 20);
+
+    std::size_t windows = 0;
+    for_each_evaluation_window(ids.span(), 1000, 4, [&](const Batch& window) {
+        if (++windows % 256 == 0) most_resident = std::max(most_resident, testing::resident_bytes_of_mapping(path));
+        ASSERT_EQ(window.targets[0], vocab.id_of(static_cast<char32_t>(text[(windows - 1) * 1000 + 1])));
+    });
+    EXPECT_GT(windows, 4000u);
+    EXPECT_LT(most_resident, 2L << 20);
+    EXPECT_LT(testing::resident_bytes_of_mapping(path), 2L << 20);
 }
 
 TEST(Batches, EvaluationWindowsCoverEveryPairOnce) {
