@@ -1,4 +1,4 @@
-// UTF-8 decoding with utfcpp, the code-point vocabulary and the validation split.
+// UTF-8 decoding with utfcpp, the code-point vocabulary, ids files and their mappings, and the validation split.
 #include "charlm/text.hpp"
 
 #include <algorithm>

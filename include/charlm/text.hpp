@@ -1,4 +1,4 @@
-// Text in, ids out: UTF-8 decoding, the code-point vocabulary and the train/validation split.
+// Text in, ids out: UTF-8 decoding, the code-point vocabulary, ids in memory or in a mapped file, and the validation split.
 #pragma once
 
 #include <cstdint>
