@@ -74,6 +74,19 @@ void AtomicFile::write(std::string_view bytes) {
     }
 }
 
+void AtomicFile::write_at(std::uint64_t offset, std::string_view bytes) {
+    std::size_t written = 0;
+    while (written < bytes.size()) {
+        const ssize_t count = ::pwrite(fd_, bytes.data() + written, bytes.size() - written, static_cast<off_t>(offset + written));
+        if (count < 0 && errno == EINTR) continue;
+        if (count <= 0) {
+            if (count == 0) errno = EIO;
+            fail("writing");
+        }
+        written += static_cast<std::size_t>(count);
+    }
+}
+
 void AtomicFile::commit() {
     if (::fsync(fd_) != 0) fail("flushing to disk");
     const int fd = fd_;

@@ -9,6 +9,20 @@
 
 namespace charlm {
 
+namespace {
+
+// The ids each stream reads before the pages behind them go (TokenSpan::release): of a mapped corpus,
+// about B times this much stays resident, however long the corpus, for a madvise call per stream now and then.
+constexpr std::size_t kIdsReadBeforeRelease = std::size_t{1} << 16;
+
+// Lets go of the pages of what streams first .. first + count - 1, of `stream_length` ids each, read
+// from `from` to `to`.
+void release_read(TokenSpan ids, std::size_t first, std::size_t count, std::size_t stream_length, std::size_t from, std::size_t to) {
+    for (std::size_t b = first; b < first + count; ++b) ids.release(b * stream_length + from, to - from);
+}
+
+}  // namespace
+
 StreamBlock stream_block(int batch_size, int rank, int processes) {
     if (processes > batch_size)
         throw UsageError(fmt::format("{} processes share --batch {}, and each needs at least one stream; give --batch {} or more, "
@@ -55,6 +69,12 @@ void BatchStream::next(Batch& batch) {
         }
     }
     position_ = (position_ + 1) % windows_per_pass_;
+    // Each stream reads on from `read_to` of its slice: the end of it once the pass is over.
+    const std::size_t read_to = position_ == 0 ? stream_length_ : position_ * T;
+    if (position_ == 0 || read_to - released_to_ >= kIdsReadBeforeRelease) {
+        release_read(ids_, static_cast<std::size_t>(block_.first), B, stream_length_, released_to_, read_to);
+        released_to_ = position_ * T;
+    }
 }
 
 namespace {
@@ -96,6 +116,7 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
     const std::size_t B = layout.stream_count;
     if (layout.pairs == 0 || B == 0) return;
     Batch batch;
+    std::size_t released_to = 0;
     for (std::size_t start = 0; start < layout.steps; start += static_cast<std::size_t>(seq_length)) {
         const std::size_t T = std::min<std::size_t>(static_cast<std::size_t>(seq_length), layout.steps - start);
         batch.seq_length = static_cast<int>(T);
@@ -112,6 +133,10 @@ void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, c
             }
         }
         visit(batch);
+        if (start + T == layout.steps || start + T - released_to >= kIdsReadBeforeRelease) {
+            release_read(ids, layout.first_stream, B, layout.stream_length, released_to, start + T);
+            released_to = start + T;
+        }
     }
 }
 

@@ -37,11 +37,13 @@ double seconds_since(Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// The ids live compactly (CompactIds); the train and validation parts are views of them.
+// The ids live in files of the run directory, corpus.ids (and validation.ids for a --val file), each
+// encoded once and mapped, so that a corpus larger than memory trains with only the windows in use
+// resident. The train and validation parts are views of them.
 struct Corpus {
     Vocab vocab;
-    CompactIds ids;             // the corpus file
-    CompactIds validation_ids;  // the --val file, when there is one
+    MappedIds ids;             // the corpus file's
+    MappedIds validation_ids;  // the --val file's, when there is one
     std::size_t train_size = 0;
     bool separate_validation = false;
 
@@ -51,39 +53,65 @@ struct Corpus {
     }
 };
 
-// With `vocab` given (a resumed run), the text must not hold characters outside it. The files are
-// streamed, never held whole, so that a gigabyte of text needs about a gigabyte of memory.
+// The part of a corpus of `characters` that trains; refused where it cannot fill one window.
+std::size_t training_size(const TrainOptions& options, std::size_t characters) {
+    const std::size_t size = options.validation_file ? characters : characters - validation_size(characters, options.validation_fraction);
+    if (size < static_cast<std::size_t>(options.seq_length) + 1)
+        throw Error(fmt::format("{}: the training text has {} characters, shorter than one window of --seq {} plus one; "
+                                "use a longer text or a smaller --seq",
+                                options.corpus.string(), size, options.seq_length));
+    return size;
+}
+
+// The pass over the text before the run directory is touched: the vocabulary (a resumed run's is
+// `vocab`), and for a fresh run the count that refuses a text too short to train. The files are
+// streamed, never held whole; map_corpus() then gives the ids.
 Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
     Corpus corpus;
     std::vector<std::filesystem::path> files{options.corpus};
     if (options.validation_file) files.push_back(*options.validation_file);
-    corpus.vocab = vocab ? *vocab : Vocab::from_files(files);
+    std::vector<std::size_t> character_counts;
+    corpus.vocab = vocab ? *vocab : Vocab::from_files(files, &character_counts);
     if (corpus.vocab.size() == 0)
         throw Error(fmt::format("{}: the text has no characters; give a longer text", options.corpus.string()));
     if (corpus.vocab.size() < 2)
         throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
                                 options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
-    auto encode = [&](const std::filesystem::path& path) {
+    if (!vocab) training_size(options, character_counts.front());
+    return corpus;
+}
+
+// The ids of the run's texts, in the run directory: a file there is mapped where it holds this text's
+// ids under this vocabulary (a resumed run's, or an earlier run's of the same text), else the text is
+// encoded into it again, never trusted. With `resumed`, the text must hold no character outside the
+// checkpoint's vocabulary. Of several processes, the first alone encodes: the others map what it wrote
+// (`encoded_by_another`), and refuse where they cannot read it.
+void map_corpus(Corpus& corpus, const TrainOptions& options, bool resumed, TrainingProgress& progress, bool encoded_by_another = false) {
+    auto map = [&](const std::filesystem::path& text, FileFingerprint fingerprint, const char* name) {
+        const std::filesystem::path path = options.run_directory / name;
+        if (fingerprint.sha256.empty()) fingerprint = fingerprint_file(text);  // a checkpoint older than corpus hashes
+        std::string why_not;
+        if (std::optional<MappedIds> ids = MappedIds::open(path, fingerprint, corpus.vocab, &why_not)) return std::move(*ids);
+        if (encoded_by_another)
+            throw Error(fmt::format("{}: {}; process 0 wrote it there, and every machine must see the run directory (a "
+                                    "filesystem they share)",
+                                    path.string(), why_not));
+        std::error_code missing;
+        if (std::filesystem::exists(path, missing))
+            progress.note(fmt::format("{}: {}; encoding {} again", path.string(), why_not, text.string()));
         try {
-            return CompactIds::encode_file(path, corpus.vocab);
+            return MappedIds::encode(path, text, fingerprint, corpus.vocab);
         } catch (const Error& error) {
-            if (!vocab) throw;
-            throw Error(fmt::format("{}: {} of the checkpoint being resumed", path.string(), error.what()));
+            if (!resumed) throw;
+            throw Error(fmt::format("{}: {} of the checkpoint being resumed", text.string(), error.what()));
         }
     };
-    corpus.ids = encode(options.corpus);
+    corpus.ids = map(options.corpus, options.corpus_fingerprint, "corpus.ids");
     if (options.validation_file) {
-        corpus.validation_ids = encode(*options.validation_file);
+        corpus.validation_ids = map(*options.validation_file, options.validation_fingerprint.value_or(FileFingerprint{}), "validation.ids");
         corpus.separate_validation = true;
-        corpus.train_size = corpus.ids.size();
-    } else {
-        corpus.train_size = corpus.ids.size() - validation_size(corpus.ids.size(), options.validation_fraction);
     }
-    if (corpus.train_size < static_cast<std::size_t>(options.seq_length) + 1)
-        throw Error(fmt::format("{}: the training text has {} characters, shorter than one window of --seq {} plus one; "
-                                "use a longer text or a smaller --seq",
-                                options.corpus.string(), corpus.train_size, options.seq_length));
-    return corpus;
+    corpus.train_size = training_size(options, corpus.ids.size());
 }
 
 std::string rng_to_string(const std::mt19937_64& rng) {
@@ -255,7 +283,7 @@ void TrainingLoop::remove_stale_temporaries() const {
     std::error_code ignored;
     for (const auto& entry : std::filesystem::directory_iterator(options_.run_directory, ignored)) {
         const std::string name = entry.path().filename().string();
-        for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt"})
+        for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt", "corpus.ids", "validation.ids"})
             if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
     }
 }
@@ -720,8 +748,7 @@ nlohmann::json options_to_share(const TrainOptions& options) {
 nlohmann::json corpus_facts(const TrainOptions& options, const Corpus& corpus) {
     return {{"corpus SHA-256", options.corpus_fingerprint.sha256},
             {"validation file SHA-256", options.validation_fingerprint ? options.validation_fingerprint->sha256 : std::string()},
-            {"vocabulary size", corpus.vocab.size()},
-            {"training characters", corpus.train_size}};
+            {"vocabulary size", corpus.vocab.size()}};
 }
 
 constexpr const char* kSameCommandAdvice = "start every process with the same command";
@@ -864,11 +891,8 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
             throw Error(message);
         }
     }
-    check_patience_has_validation(options, *corpus);
-
     options.corpus_fingerprint = fingerprint_file(options.corpus);
     if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
-    options.train_characters = corpus->train_size;
     for (const auto& [temporary, source] : copied)
         progress.note(fmt::format("copied {} into the run directory: the run reads its text more than once", source));
     if (corpus_copy) {
@@ -879,8 +903,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
         validation_copy->commit();
         options.validation_file = options.run_directory / "validation.txt";
     }
-    options.model.vocab_size = static_cast<int>(corpus->vocab.size());
-    options.model.validate();
+    if (processes.is_first()) map_corpus(*corpus, options, false, progress);
     return std::move(*corpus);
 }
 
@@ -900,6 +923,13 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     std::optional<Corpus> corpus;
     run_on_every_process(processes, [&] { corpus = prepare_fresh_run(options, progress, processes, lock); });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
+    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+        if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
+        check_patience_has_validation(options, *corpus);
+        options.train_characters = corpus->train_size;
+        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
+        options.model.validate();
+    });
 
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     session.model.initialize(session.rng);
@@ -969,7 +999,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                                                            request.validation_file, progress);
         check_text_can_be_shared(options, processes);
         corpus = load_corpus(options, &checkpoint->vocab);
-        check_patience_has_validation(options, *corpus);
+        if (processes.is_first()) map_corpus(*corpus, options, true, progress);
         if (checkpoint->carried_state->hidden.front().rows() != options.batch_size)
             throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
     });
@@ -977,6 +1007,10 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     shared_options["checkpoint step"] = checkpoint->training.step;  // each process read the same last.safetensors
     check_processes_agree(processes, shared_options, "resumes another run or with other options", kSameCommandAdvice);
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
+    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+        if (!processes.is_first()) map_corpus(*corpus, options, true, progress, /*encoded_by_another=*/true);
+        check_patience_has_validation(options, *corpus);
+    });
 
     Session session{options,
                     std::move(*corpus),

@@ -1,6 +1,7 @@
 // Checks batches.cpp: training windows carry on from each other; evaluation windows cover every pair once, or
 // the part that a selection names: evenly spread stretches, or a block of streams.
 #include <algorithm>
+#include <string>
 #include <utility>
 
 #include <fmt/format.h>
@@ -8,6 +9,7 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
+#include "test_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -39,11 +41,78 @@ TEST(Batches, StreamsAreContiguousAndContinueAcrossWindows) {
     EXPECT_EQ(batch.inputs[0], 0);
 }
 
+// Data parallelism: every process's block of streams, together, is the whole batch's window.
+TEST(Batches, BlocksOfStreamsTogetherMakeTheWholeBatch) {
+    const auto ids = counting(1001);
+    for (const int processes : {1, 2, 3, 7}) {
+        BatchStream whole(ids, 10, 7);
+        std::vector<BatchStream> blocks;
+        int next_first = 0;
+        for (int rank = 0; rank < processes; ++rank) {
+            const StreamBlock block = stream_block(7, rank, processes);
+            EXPECT_EQ(block.first, next_first) << "contiguous, in rank order";
+            EXPECT_GE(block.count, 7 / processes);
+            EXPECT_LE(block.count, 7 / processes + 1) << "sizes differ by at most one";
+            next_first += block.count;
+            blocks.emplace_back(ids, 10, 7, block);
+        }
+        EXPECT_EQ(next_first, 7);
+        for (int window = 0; window < 30; ++window) {  // past the end of a pass
+            Batch expected, part;
+            whole.next(expected);
+            int row = 0;
+            for (auto& block : blocks) {
+                block.next(part);
+                EXPECT_EQ(part.starts_streams, expected.starts_streams);
+                for (int t = 0; t < 10; ++t)
+                    for (int b = 0; b < part.batch_size; ++b) {
+                        EXPECT_EQ(part.inputs[t * part.batch_size + b], expected.inputs[t * 7 + row + b]);
+                        EXPECT_EQ(part.targets[t * part.batch_size + b], expected.targets[t * 7 + row + b]);
+                    }
+                row += part.batch_size;
+            }
+        }
+    }
+    EXPECT_THROW(stream_block(2, 0, 3), UsageError);  // a process without a stream
+}
+
 TEST(Batches, TooShortForOneWindowIsAnError) {
     const auto ids = counting(10);
     EXPECT_THROW(BatchStream(ids, 10, 1), Error);
     EXPECT_THROW(BatchStream(ids, 3, 4), Error);
     EXPECT_NO_THROW(BatchStream(ids, 9, 1));
+}
+
+// 16 MiB of mapped ids, read by 4 streams: a pass (or an evaluation) leaves about 4 x 64 KiB of it
+// resident, where every page it read would stay without the releases.
+TEST(Batches, WindowsOfMappedIdsKeepOnlyWhatTheyReadNextResident) {
+    testing::TemporaryDirectory directory;
+    std::string text;
+    while (text.size() < (std::size_t{16} << 20)) text += "abcdefghijklmnopqrstuvwxyz012345";
+    const auto source = directory.write("text.txt", text);
+    const Vocab vocab = Vocab::from_files({source});
+    const auto path = directory.path() / "text.ids";
+    const MappedIds ids = MappedIds::encode(path, source, fingerprint_file(source), vocab);
+    BatchStream stream(ids.span(), 1000, 4);
+    Batch batch;
+    long most_resident = 0;
+    for (std::size_t window = 0; window < stream.windows_per_pass(); ++window) {
+        stream.next(batch);
+        if (window % 256 == 0) most_resident = std::max(most_resident, testing::resident_bytes_of_mapping(path));
+        ASSERT_EQ(batch.inputs[3], vocab.id_of(static_cast<char32_t>(text[3 * ((text.size() - 1) / 4) + window * 1000])));
+    }
+    EXPECT_GT(most_resident, 0);
+    EXPECT_LT(most_resident, 2L << 20);
+    EXPECT_LT(testing::resident_bytes_of_mapping(path), 2L << 20);
+
+    std::size_t windows = 0;
+    for_each_evaluation_window(ids.span(), 1000, 4, [&](const Batch& window) {
+        if (++windows % 256 == 0) most_resident = std::max(most_resident, testing::resident_bytes_of_mapping(path));
+        ASSERT_EQ(window.targets[0], vocab.id_of(static_cast<char32_t>(text[(windows - 1) * 1000 + 1])));
+    });
+    EXPECT_GT(windows, 4000u);
+    EXPECT_LT(most_resident, 2L << 20);
+    EXPECT_LT(testing::resident_bytes_of_mapping(path), 2L << 20);
 }
 
 TEST(Batches, EvaluationWindowsCoverEveryPairOnce) {

@@ -331,14 +331,15 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
     const auto corpus = write("corpus.txt", text);
     const RunResult result = train_tiny(corpus, "run");
 
-    for (const char* name : {"last.safetensors", "best.safetensors", "metrics.jsonl"}) {
+    for (const char* name : {"last.safetensors", "best.safetensors", "metrics.jsonl", "corpus.ids"}) {
         EXPECT_TRUE(fs::is_regular_file(path("run") / name)) << name;
         EXPECT_GT(fs::file_size(path("run") / name), 0u) << name;
     }
     // No temporary files left behind by the atomic writes; the lock file stays, for the next run to lock.
     for (const auto& entry : fs::directory_iterator(path("run")))
         EXPECT_TRUE(entry.path().filename() == "last.safetensors" || entry.path().filename() == "best.safetensors" ||
-                    entry.path().filename() == "metrics.jsonl" || entry.path().filename() == ".lock")
+                    entry.path().filename() == "metrics.jsonl" || entry.path().filename() == "corpus.ids" ||
+                    entry.path().filename() == ".lock")
             << "unexpected file " << entry.path();
 
     // The summary on stdout, the progress log on stderr.

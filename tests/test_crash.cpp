@@ -150,18 +150,19 @@ std::optional<charlm::Checkpoint> load(const fs::path& path) {
     }
 }
 
-// What a killed run may leave in its directory: the checkpoints, the metrics, the lock file (whose
-// lock died with the process), and temporary files (".NAME.tmp-XXXXXX") that are never read, since
+// What a killed run may leave in its directory: the checkpoints, the metrics, the corpus's ids, the lock
+// file (whose lock died with the process), and temporary files (".NAME.tmp-XXXXXX") that are never read, since
 // rename() is the only way a checkpoint appears.
 // Returns how many temporary files there are.
 int expect_only_expected_files(const fs::path& run) {
     int temporaries = 0;
     for (const auto& entry : fs::directory_iterator(run)) {
         const std::string name = entry.path().filename().string();
-        const bool temporary = name.rfind(".last.safetensors.tmp-", 0) == 0 || name.rfind(".best.safetensors.tmp-", 0) == 0;
+        const bool temporary = name.rfind(".last.safetensors.tmp-", 0) == 0 || name.rfind(".best.safetensors.tmp-", 0) == 0 ||
+                               name.rfind(".corpus.ids.tmp-", 0) == 0;
         temporaries += temporary;
         EXPECT_TRUE(temporary || name == "last.safetensors" || name == "best.safetensors" || name == "metrics.jsonl" ||
-                    name == ".lock")
+                    name == "corpus.ids" || name == ".lock")
             << "unexpected file in the run directory: " << name;
     }
     return temporaries;

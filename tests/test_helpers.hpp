@@ -1,6 +1,7 @@
 // Shared test helpers: temporary directories and finite-difference gradient checks.
 #pragma once
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <cstdlib>
@@ -60,6 +61,25 @@ public:
 private:
     std::filesystem::path path_;
 };
+
+// The bytes of `path`'s mappings that are in this process's resident memory, from /proc/self/smaps; -1
+// where the file is not mapped.
+inline long resident_bytes_of_mapping(const std::filesystem::path& path) {
+    std::string suffix(" ");
+    suffix += path.string();  // a mapping's first line ends with its file
+    std::ifstream smaps("/proc/self/smaps");
+    long resident_kilobytes = -1;
+    bool in_mapping = false;
+    for (std::string line; std::getline(smaps, line);) {
+        if (line.find('-') < line.find(' ')) {  // "start-end perms offset device inode path"
+            in_mapping = line.ends_with(suffix);
+            if (in_mapping) resident_kilobytes = std::max(resident_kilobytes, 0L);
+        } else if (in_mapping && line.starts_with("Rss:")) {
+            resident_kilobytes += std::stol(line.substr(4));
+        }
+    }
+    return resident_kilobytes < 0 ? -1 : resident_kilobytes * 1024;
+}
 
 inline std::string read_bytes(const std::filesystem::path& path) {
     std::ifstream file(path, std::ios::binary);

@@ -2,7 +2,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -143,6 +145,125 @@ TEST(Text, CompactIdsCanLeaveUnknownCharactersOutAndCountThem) {
     EXPECT_EQ(unknown, expected_unknown);
     EXPECT_EQ(unknown, static_cast<std::size_t>(std::count(text.begin(), text.end(), U'z')));
     EXPECT_EQ(ids.span().to_vector(), expected);
+}
+
+TEST(Text, IdsFilesRoundTripAtEveryWidth) {
+    testing::TemporaryDirectory directory;
+    std::u32string one_byte = U"abcabca", two_bytes, four_bytes;
+    for (char32_t c = 0x4E00; c < 0x4E00 + 300; ++c) two_bytes += c;        // 300 characters: two bytes each
+    for (char32_t c = 0x10000; c < 0x10000 + 70'000; ++c) four_bytes += c;  // past 65536: four bytes each
+    two_bytes += U"\u4E00\u4E01";
+    four_bytes += U"\U00010000";
+    int width = 1;
+    for (const std::u32string& text : {one_byte, two_bytes, four_bytes}) {
+        SCOPED_TRACE(width);
+        const auto source = directory.write("text.txt", encode_utf8(text));
+        const FileFingerprint fingerprint = fingerprint_file(source);
+        const Vocab vocab = Vocab::from_files({source});
+        const auto path = directory.path() / "text.ids";
+        const std::vector<TokenId> expected = vocab.encode(text);
+        {
+            const MappedIds written = MappedIds::encode(path, source, fingerprint, vocab);
+            EXPECT_EQ(written.span().to_vector(), expected);
+        }
+        EXPECT_EQ(std::filesystem::file_size(path), 256 + text.size() * static_cast<std::size_t>(width));
+        std::string why_not;
+        const std::optional<MappedIds> opened = MappedIds::open(path, fingerprint, vocab, &why_not);
+        ASSERT_TRUE(opened) << why_not;
+        EXPECT_EQ(opened->size(), text.size());
+        EXPECT_EQ(opened->span().to_vector(), expected);
+        EXPECT_EQ(opened->span().subspan(3, 4).to_vector(), std::vector<TokenId>(expected.begin() + 3, expected.begin() + 7));
+        width *= 2;
+    }
+}
+
+TEST(Text, AnIdsFileIsOpenedOnlyForItsOwnTextAndVocabularyAndWhole) {
+    testing::TemporaryDirectory directory;
+    const std::string text(5000, 'a');
+    const auto source = directory.write("text.txt", text + "bcd");
+    const FileFingerprint fingerprint = fingerprint_file(source);
+    const Vocab vocab = Vocab::from_files({source});
+    const auto path = directory.path() / "text.ids";
+    MappedIds::encode(path, source, fingerprint, vocab);
+    const std::string good = testing::read_bytes(path);
+    const auto refusal = [&](const std::string& bytes, const FileFingerprint& wanted, const Vocab& with) {
+        directory.write("text.ids", bytes);
+        std::string why_not;
+        const std::optional<MappedIds> ids = MappedIds::open(path, wanted, with, &why_not);
+        EXPECT_FALSE(ids) << "opened";
+        EXPECT_FALSE(why_not.empty());
+        return why_not;
+    };
+    EXPECT_TRUE(MappedIds::open(path, fingerprint, vocab));
+    EXPECT_EQ(refusal(good, fingerprint_file(directory.write("other.txt", text + "bce")), vocab), "the ids of another text");
+    EXPECT_EQ(refusal(good, fingerprint, Vocab::from_text(U"abcde")), "the ids of another vocabulary");
+    EXPECT_NE(refusal(good.substr(0, good.size() - 1), fingerprint, vocab).find("bytes long"), std::string::npos);
+    EXPECT_NE(refusal(good + "x", fingerprint, vocab).find("bytes long"), std::string::npos);
+    EXPECT_NE(refusal(good.substr(0, 100), fingerprint, vocab).find("header"), std::string::npos);
+    std::string corrupt = good;
+    corrupt[256 + 1234] = 3;  // an id the vocabulary does not have
+    EXPECT_NE(refusal(corrupt, fingerprint, vocab).find("checksum"), std::string::npos);
+    corrupt = good;
+    corrupt[0] = 'X';
+    EXPECT_EQ(refusal(corrupt, fingerprint, vocab), "not an ids file");
+    corrupt = good;
+    corrupt[8] = 2;  // the format version
+    EXPECT_NE(refusal(corrupt, fingerprint, vocab).find("format version 2"), std::string::npos);
+    corrupt = good;
+    corrupt[16] = 1;  // the count, against the length
+    EXPECT_NE(refusal(corrupt, fingerprint, vocab).find("bytes long"), std::string::npos);
+    std::filesystem::remove(path);
+    std::string why_not;
+    EXPECT_FALSE(MappedIds::open(path, fingerprint, vocab, &why_not));
+    EXPECT_EQ(why_not, "not there");
+}
+
+TEST(Text, AnEncodingThatFailsLeavesNoFile) {
+    testing::TemporaryDirectory directory;
+    const auto source = directory.write("text.txt", std::string(3'000'000, 'a') + "z");  // fails after the first pieces
+    const auto path = directory.path() / "run" / "text.ids";
+    std::filesystem::create_directories(path.parent_path());
+    EXPECT_THROW(MappedIds::encode(path, source, fingerprint_file(source), Vocab::from_text(U"ab")), Error);
+    EXPECT_TRUE(std::filesystem::is_empty(path.parent_path()));
+}
+
+TEST(Text, TheMappingGoesWithItsIds) {
+    testing::TemporaryDirectory directory;
+    const auto source = directory.write("text.txt", "abcabc");
+    const auto path = directory.path() / "text.ids";
+    const Vocab vocab = Vocab::from_files({source});
+    {
+        MappedIds ids = MappedIds::encode(path, source, fingerprint_file(source), vocab);
+        EXPECT_GE(testing::resident_bytes_of_mapping(path), 0);
+        const MappedIds moved = std::move(ids);
+        EXPECT_EQ(moved.span().to_vector(), vocab.encode(U"abcabc"));
+        EXPECT_EQ(ids.size(), 0u);
+        EXPECT_GE(testing::resident_bytes_of_mapping(path), 0);
+    }
+    EXPECT_EQ(testing::resident_bytes_of_mapping(path), -1);
+}
+
+TEST(Text, ReleasingLetsTheReadPagesOfAMappingGoAndLeavesIdsInMemoryAlone) {
+    testing::TemporaryDirectory directory;
+    std::string text;
+    while (text.size() < (std::size_t{8} << 20)) text += "abcdefgh";
+    const auto source = directory.write("text.txt", text);
+    const Vocab vocab = Vocab::from_files({source});
+    const auto path = directory.path() / "text.ids";
+    const MappedIds ids = MappedIds::encode(path, source, fingerprint_file(source), vocab);
+    const TokenSpan span = ids.span();
+    long sum = 0;
+    for (std::size_t i = 0; i < span.size(); i += 1024) sum += span[i];
+    EXPECT_GT(testing::resident_bytes_of_mapping(path), 7L << 20);
+    span.release(0, span.size());
+    EXPECT_LT(testing::resident_bytes_of_mapping(path), 64L << 10);
+    long again = 0;
+    for (std::size_t i = 0; i < span.size(); i += 1024) again += span[i];
+    EXPECT_EQ(again, sum);  // read back from the file
+
+    const CompactIds in_memory = CompactIds::encode_file(source, vocab);
+    in_memory.span().release(0, in_memory.size());
+    EXPECT_EQ(in_memory.span().subspan((std::size_t{8} << 20) - 8, 8).to_vector(), vocab.encode(U"abcdefgh"));
 }
 
 TEST(Text, FingerprintIsTheSizeAndSha256OfTheBytes) {

@@ -403,6 +403,91 @@ TEST(Train, ResumingGivesTheSameParametersBitForBit) {
     EXPECT_EQ(a.training.data_position, b.training.data_position);
 }
 
+TEST(Train, TheRunDirectoryHoldsTheIdsOfItsTexts) {
+    TemporaryDirectory directory;
+    const auto corpus = directory.write("corpus.txt", small_corpus());
+    const auto validation = directory.write("validation.txt", "Ser o no ser.\n");
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_file = validation;
+    options.steps = 3;
+    train(options);
+    const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
+    for (const auto& [text, name] : {std::pair{corpus, "corpus.ids"}, std::pair{validation, "validation.ids"}}) {
+        std::string why_not;
+        const std::optional<MappedIds> ids = MappedIds::open(options.run_directory / name, fingerprint_file(text), last.vocab, &why_not);
+        ASSERT_TRUE(ids) << name << ": " << why_not;
+        EXPECT_EQ(ids->span().to_vector(), last.vocab.encode(read_text_file(text))) << name;
+    }
+}
+
+// An ids file that a resume cannot trust (missing, cut short, corrupt, another text's) is encoded again
+// and the run goes on exactly as one that never stopped; a good one is mapped as it is.
+TEST(Train, AResumeEncodesAgainAnIdsFileItCannotTrustAndGoesOnExactly) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions straight = tiny_options(directory, "straight");
+    straight.steps = 24;
+    train(straight);
+    const Checkpoint expected = load_checkpoint(straight.run_directory / "last.safetensors");
+    const auto other = directory.write("other.txt", small_corpus() + "Ser.\n");
+    MappedIds::encode(directory.path() / "other.ids", other, fingerprint_file(other), expected.vocab);
+
+    const auto inode_of = [](const std::filesystem::path& path) {
+        struct stat status {};
+        return ::stat(path.c_str(), &status) == 0 ? status.st_ino : ino_t{0};
+    };
+    using Damage = std::function<void(const std::filesystem::path&)>;
+    const std::vector<std::pair<std::string, Damage>> damages = {
+        {"kept", [](const std::filesystem::path&) {}},
+        {"missing", [](const std::filesystem::path& ids) { std::filesystem::remove(ids); }},
+        {"cut short", [](const std::filesystem::path& ids) { std::filesystem::resize_file(ids, std::filesystem::file_size(ids) - 10); }},
+        {"corrupt", [](const std::filesystem::path& ids) {
+             std::fstream file(ids, std::ios::in | std::ios::out | std::ios::binary);
+             file.seekp(300);
+             file.put('\x7f');
+         }},
+        {"another text's", [&](const std::filesystem::path& ids) {
+             std::filesystem::copy_file(directory.path() / "other.ids", ids, std::filesystem::copy_options::overwrite_existing);
+         }},
+    };
+    for (const auto& [name, damage] : damages) {
+        SCOPED_TRACE(name);
+        TrainOptions halves = tiny_options(directory, name);
+        halves.steps = 12;
+        train(halves);
+        const auto ids = halves.run_directory / "corpus.ids";
+        const auto stale = halves.run_directory / ".corpus.ids.tmp-AbC123";  // of a process killed while encoding
+        std::ofstream(stale) << "partial";
+        const ino_t before = inode_of(ids);
+        damage(ids);
+        ResumeRequest request;
+        request.run_directory = halves.run_directory;
+        request.options.steps = 24;
+        request.given = {"--steps"};
+        RecordingProgress progress;
+        EXPECT_EQ(resume_training(request, progress).steps, 24);
+
+        const Checkpoint resumed = load_checkpoint(halves.run_directory / "last.safetensors");
+        for (std::size_t i = 0; i < expected.model->parameters().size(); ++i)
+            EXPECT_EQ(expected.model->parameters()[i].value, resumed.model->parameters()[i].value) << expected.model->parameters()[i].name;
+        EXPECT_EQ(expected.training.data_position, resumed.training.data_position);
+        EXPECT_TRUE(MappedIds::open(ids, fingerprint_file(directory.path() / "corpus.txt"), resumed.vocab));
+        EXPECT_FALSE(std::filesystem::exists(stale));
+        const bool encoded_again = std::any_of(progress.notes.begin(), progress.notes.end(), [](const std::string& note) {
+            return note.find("corpus.ids") != std::string::npos && note.find("encoding") != std::string::npos;
+        });
+        if (name == "kept") {
+            EXPECT_EQ(inode_of(ids), before);
+            EXPECT_FALSE(encoded_again);
+        } else {
+            if (name != "missing") {
+                EXPECT_NE(inode_of(ids), before);  // (a freed inode's number may come back)
+            }
+            EXPECT_EQ(encoded_again, name != "missing");  // a file that is there and refused is worth a note
+        }
+    }
+}
+
 TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());

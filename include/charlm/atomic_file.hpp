@@ -1,6 +1,7 @@
 // Files that appear whole or not at all: written under a temporary name beside them, then renamed.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -20,6 +21,8 @@ public:
     AtomicFile& operator=(const AtomicFile&) = delete;
 
     void write(std::string_view bytes);
+    // Overwrites bytes already written, from `offset`: a header whose fields are known only at the end.
+    void write_at(std::uint64_t offset, std::string_view bytes);
     void commit();
     const std::filesystem::path& temporary_path() const { return temporary_; }
 

@@ -33,7 +33,8 @@ StreamBlock stream_block(int batch_size, int rank, int processes);
 
 // Training windows. Stream b owns a contiguous slice of the text; each window continues where
 // the last one ended, so the hidden state carries over. After the last full window, all streams
-// start again from the beginning of their slices.
+// start again from the beginning of their slices. Of mapped ids (MappedIds), the pages every stream has
+// read past are let go a stretch at a time, so that memory holds the windows in use, not the corpus.
 class BatchStream {
 public:
     BatchStream(TokenSpan ids, int seq_length, int batch_size);
@@ -54,6 +55,7 @@ private:
     std::size_t stream_length_;
     std::size_t windows_per_pass_;
     std::size_t position_ = 0;
+    std::size_t released_to_ = 0;  // of each stream's slice, the part whose pages were let go
 };
 
 // Which part of an evaluation pass to make. The layout of the streams never changes with it, so that
@@ -72,7 +74,8 @@ struct EvaluationSelection {
 // Covers every (input, target) pair of `ids` exactly once, for evaluation: B streams of equal
 // length (the last padded with ignored targets), cut into windows of up to T steps, made one at a
 // time and handed to `visit`. `selection` narrows that to part of the pairs, as it says. Throws
-// Error for a block of streams outside the B.
+// Error for a block of streams outside the B. Of mapped ids, the pages read are let go as it goes, as
+// BatchStream does.
 void for_each_evaluation_window(TokenSpan ids, int seq_length, int batch_size, const std::function<void(const Batch&)>& visit,
                                 const EvaluationSelection& selection = {});
 // The B of an evaluation pass over `ids`: batch_size, or fewer for a text of fewer pairs.

@@ -1,9 +1,10 @@
-// Text in, ids out: UTF-8 decoding, the code-point vocabulary and the train/validation split.
+// Text in, ids out: UTF-8 decoding, the code-point vocabulary, ids in memory or in a mapped file, and the validation split.
 #pragma once
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -48,7 +49,8 @@ public:
     TokenSpan() = default;
     TokenSpan(std::span<const TokenId> ids) : data_(ids.data()), size_(ids.size()), width_(sizeof(TokenId)) {}
     TokenSpan(const std::vector<TokenId>& ids) : TokenSpan(std::span<const TokenId>(ids)) {}
-    TokenSpan(const void* data, std::size_t size, int width) : data_(data), size_(size), width_(width) {}
+    TokenSpan(const void* data, std::size_t size, int width, bool mapped = false)
+        : data_(data), size_(size), width_(width), mapped_(mapped) {}
 
     std::size_t size() const { return size_; }
     TokenId operator[](std::size_t index) const {
@@ -59,14 +61,19 @@ public:
         }
     }
     TokenSpan subspan(std::size_t first, std::size_t count) const {
-        return {static_cast<const char*>(data_) + first * static_cast<std::size_t>(width_), count, width_};
+        return {static_cast<const char*>(data_) + first * static_cast<std::size_t>(width_), count, width_, mapped_};
     }
     std::vector<TokenId> to_vector() const;
+    // Where the ids are a file's mapping (MappedIds), lets the pages behind ids [first, first + count)
+    // leave the process's resident memory, all but the page of the id after them, which is read next:
+    // read again, they come back from the page cache or the disk. Ids in memory stay as they are.
+    void release(std::size_t first, std::size_t count) const;
 
 private:
     const void* data_ = nullptr;
     std::size_t size_ = 0;
     int width_ = sizeof(TokenId);
+    bool mapped_ = false;
 };
 
 // Decodes UTF-8 bytes; `source_name` appears in the error for invalid input.
@@ -79,7 +86,8 @@ class Vocab {
 public:
     Vocab() = default;
     static Vocab from_text(const std::u32string& text);
-    static Vocab from_files(const std::vector<std::filesystem::path>& paths);  // streams them; see for_each_text_piece
+    // Streams them (see for_each_text_piece); `character_counts`, given, gets each file's count of characters.
+    static Vocab from_files(const std::vector<std::filesystem::path>& paths, std::vector<std::size_t>* character_counts = nullptr);
     static Vocab from_code_points(std::vector<char32_t> code_points);  // validates: sorted, distinct
 
     std::size_t size() const { return code_points_.size(); }
@@ -90,6 +98,8 @@ public:
 
     std::vector<TokenId> encode(const std::u32string& text) const;  // throws Error on unknown code points
     std::u32string decode(const std::vector<TokenId>& ids) const;
+    // SHA-256 of the code points (4 bytes each, little-endian), in 64 hex digits: the vocabulary's identity.
+    std::string sha256() const;
 
     // Keeps the known code points and counts the others, for evaluating text the model never saw.
     std::vector<TokenId> encode_known(const std::u32string& text, std::size_t& unknown_count) const;
@@ -113,6 +123,41 @@ public:
 private:
     int width_;
     std::vector<std::uint8_t> bytes_;
+};
+
+// Token ids in a file, mapped read-only, so that a corpus larger than memory trains: the pages that the
+// windows read come and go (TokenSpan::release), the rest stay on disk. The file is a 256-byte header,
+// then the ids, `width` bytes each as in CompactIds, little-endian. The header: "CHARLMID", u32 format
+// version (1), u32 id width, u64 id count, u64 source size, u64 vocabulary size, then 64 hex digits
+// each of the SHA-256 of the source, of the vocabulary (Vocab::sha256) and of the ids, then zeros.
+class MappedIds {
+public:
+    // Encodes `source`, streamed, into `destination` (atomically: an encoding that fails leaves no
+    // file), recording `source_fingerprint` and `vocab` as what it holds, and maps it. A character
+    // outside the vocabulary throws Error naming it.
+    static MappedIds encode(const std::filesystem::path& destination, const std::filesystem::path& source,
+                            const FileFingerprint& source_fingerprint, const Vocab& vocab);
+    // Maps `path` where it holds the ids of the source with `source_fingerprint` under `vocab`: its
+    // header says so, its length is the header's count of ids, and the ids match their checksum.
+    // Otherwise (missing, short, corrupt, another text's) returns nothing and, given `why_not`, says why there.
+    static std::optional<MappedIds> open(const std::filesystem::path& path, const FileFingerprint& source_fingerprint,
+                                         const Vocab& vocab, std::string* why_not = nullptr);
+
+    MappedIds() = default;
+    MappedIds(MappedIds&& other) noexcept;
+    MappedIds& operator=(MappedIds&& other) noexcept;
+    ~MappedIds();  // unmaps
+
+    std::size_t size() const { return size_; }
+    TokenSpan span() const;
+
+private:
+    static MappedIds map(const std::filesystem::path& path, int fd, std::uint64_t file_bytes, std::size_t size, int width);
+
+    void* mapping_ = nullptr;
+    std::size_t mapping_bytes_ = 0;
+    std::size_t size_ = 0;
+    int width_ = 1;
 };
 
 // How many of `count` ids the last `validation_fraction` holds; throws Error outside [0, 1).
