@@ -237,6 +237,23 @@ int wait_for(pid_t pid, double seconds) {
     return -1;
 }
 
+// A child process of `parent`, read from /proc (procps's pgrep may not be installed); 0 where none.
+pid_t child_of(pid_t parent) {
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+        const std::string name = entry.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        // /proc/PID/stat: pid (command) state ppid ...; the command may hold spaces, so read after its ')'.
+        const std::string stat = read_file(entry.path() / "stat");
+        const std::size_t close = stat.rfind(')');
+        if (close == std::string::npos) continue;
+        std::istringstream rest(stat.substr(close + 1));
+        std::string state;
+        pid_t ppid = 0;
+        if (rest >> state >> ppid && ppid == parent) return static_cast<pid_t>(std::stoi(name));
+    }
+    return 0;
+}
+
 bool wait_for_file(const fs::path& path, double seconds) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
     while (!fs::exists(path))
@@ -279,10 +296,8 @@ TEST_F(Distributed, AKilledProcessEndsTheRunAndItResumes) {
     const pid_t pid = start(mpirun(2) + train("killed", 1000000), directory_.path());
     ASSERT_TRUE(wait_for_file(directory_.path() / "killed" / "last.safetensors", 60));
     // One of mpirun's children: a training process.
-    FILE* children = ::popen(("pgrep -P " + std::to_string(pid)).c_str(), "r");
-    int child = 0;
-    ASSERT_EQ(std::fscanf(children, "%d", &child), 1);
-    ::pclose(children);
+    const pid_t child = child_of(pid);
+    ASSERT_GT(child, 0);
     const auto killed_at = std::chrono::steady_clock::now();
     ::kill(child, SIGKILL);
     const int exit_code = wait_for(pid, 30);
