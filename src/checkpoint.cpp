@@ -182,6 +182,7 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
         {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)
                                                                                : nlohmann::json(nullptr)},
         {"evaluations_since_best", training.evaluations_since_best},
+        {"best_validation_characters", training.best_validation_characters},
         {"data_position", training.data_position},
         {"rng_state", training.rng_state},
         {"options", training.options},
@@ -258,6 +259,8 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
         checkpoint.training.data_position = static_cast<std::size_t>(count("data_position"));
         checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? count("evaluations_since_best") : 0;
+        checkpoint.training.best_validation_characters =
+            training_json.contains("best_validation_characters") ? static_cast<std::size_t>(count("best_validation_characters")) : 0;
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {

@@ -97,6 +97,8 @@ void map_corpus(Corpus& corpus, const TrainOptions& options, bool resumed, Train
                                     "filesystem they share)",
                                     path.string(), why_not));
         std::error_code missing;
+        if (std::filesystem::exists(path, missing) && !std::filesystem::is_regular_file(path, missing))
+            throw Error(fmt::format("{}: is not a file, and the run keeps the corpus's ids there; move it away", path.string()));
         if (std::filesystem::exists(path, missing))
             progress.note(fmt::format("{}: {}; encoding {} again", path.string(), why_not, text.string()));
         try {
@@ -110,6 +112,10 @@ void map_corpus(Corpus& corpus, const TrainOptions& options, bool resumed, Train
     if (options.validation_file) {
         corpus.validation_ids = map(*options.validation_file, options.validation_fingerprint.value_or(FileFingerprint{}), "validation.ids");
         corpus.separate_validation = true;
+    } else if (!encoded_by_another) {  // an earlier run's (--force), validated on a file of its own: nobody's now
+        std::error_code ignored;
+        if (std::filesystem::is_regular_file(options.run_directory / "validation.ids", ignored))
+            std::filesystem::remove(options.run_directory / "validation.ids", ignored);
     }
     corpus.train_size = training_size(options, corpus.ids.size());
 }
@@ -412,6 +418,7 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     report.new_best = validation_loss < session_.state.best_validation_loss;
     if (report.new_best) {
         session_.state.best_validation_loss = validation_loss;
+        session_.state.best_validation_characters = validation.count;
         session_.state.evaluations_since_best = 0;
     } else {
         ++session_.state.evaluations_since_best;
@@ -563,7 +570,9 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
     if (has_validation_) {
         result.best_checkpoint = best_path_;
         const TokenSpan held_out = session_.corpus.validation();
-        result.validation_characters = periodic_validation_pairs(held_out, options_);
+        // What the best figure was scored on: a resume may have changed --val-chars since.
+        result.validation_characters = session_.state.best_validation_characters > 0 ? session_.state.best_validation_characters
+                                                                                       : periodic_validation_pairs(held_out, options_);
         result.held_out_characters = held_out.size() - 1;
         result.full_validation_loss = full_validation_loss;
     }
@@ -755,11 +764,12 @@ constexpr const char* kSameCommandAdvice = "start every process with the same co
 constexpr const char* kSameCorpusAdvice =
     "every process must read the same text: copy it to each machine at the same path, or keep it on a filesystem they share";
 
-// A pipe is read once, by one process: the others would wait for text that never comes.
+// A pipe is read once, by one process: the others would wait for text that never comes. A shell's
+// process substitution (/dev/fd/63) is not even passed on to them.
 void check_text_can_be_shared(const TrainOptions& options, const Communicator& processes) {
     if (processes.size() == 1) return;
     for (const auto* path : {&options.corpus, options.validation_file ? &*options.validation_file : nullptr})
-        if (path && can_be_read_only_once(*path))
+        if (path && (can_be_read_only_once(*path) || path->string().starts_with("/dev/") || path->string().starts_with("/proc/")))
             throw UsageError(fmt::format("{}: {} processes cannot all read a pipe or standard input; save the text to a file first",
                                          *path == "-" ? std::string("standard input") : path->string(), processes.size()));
 }
@@ -1034,9 +1044,13 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                                      "last bits from one uninterrupted run (give --threads {} to keep them the same)",
                                      threads_before, options.threads, threads_before));
     if (processes_before != options.processes)
-        progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: the same path, but its numbers will "
-                                     "differ in the last bits from one uninterrupted run",
-                                     processes_before, processes_before == 1 ? "" : "es", options.processes));
+        progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
+                                     processes_before == 1 ? "" : "es", options.processes,
+                                     options.model.dropout > 0 ? "with --dropout each process draws its own masks, so the run "
+                                                                 "takes another path from here than one uninterrupted run "
+                                                                 "(of the same kind)"
+                                                               : "the same path, but its numbers will differ in the last "
+                                                                 "bits from one uninterrupted run"));
     const std::int64_t steps_before = checkpoint->training.options.value("steps", options.steps);
     if (options.learning_rate_schedule.kind == LearningRateSchedule::Kind::cosine && options.steps != steps_before) {
         const std::int64_t next_step = checkpoint->training.step + 1;

@@ -488,6 +488,38 @@ TEST(Train, AResumeEncodesAgainAnIdsFileItCannotTrustAndGoesOnExactly) {
     }
 }
 
+// Where the ids file is a directory, the resume says so and names that path alone; and a --force run
+// without --val clears an earlier run's validation.ids, which nothing would read (both found by a
+// new-user pass: the first message blamed the corpus, garbled).
+TEST(Train, TheIdsPathsOfTheRunDirectoryAreKeptClean) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    const auto validation = directory.write("validation.txt", "Ser o no ser.\n");
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 3;
+    options.validation_file = validation;
+    train(options);
+    ASSERT_TRUE(std::filesystem::exists(options.run_directory / "validation.ids"));
+    options.validation_file.reset();
+    options.overwrite = true;
+    train(options);
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory / "validation.ids"));
+
+    std::filesystem::remove(options.run_directory / "corpus.ids");
+    std::filesystem::create_directory(options.run_directory / "corpus.ids");
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    request.options.steps = 6;
+    request.given = {"--steps"};
+    try {
+        resume_training(request);
+        FAIL() << "resumed over a directory where the ids go";
+    } catch (const Error& error) {
+        EXPECT_EQ(std::string(error.what()),
+                  (options.run_directory / "corpus.ids").string() + ": is not a file, and the run keeps the corpus's ids there; move it away");
+    }
+}
+
 TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
@@ -662,6 +694,13 @@ TEST(Train, ResumeKeepsOrChangesTheValidationCharacters) {
     EXPECT_EQ(whole.warnings[0].rfind(fmt::format("each validation now scores {0} of the {0} held-out characters, not 40", after_whole.held_out_characters), 0), 0u)
         << whole.warnings[0];
     EXPECT_NE(whole.warnings[0].find("give --val-chars 40 to keep them as they were"), std::string::npos) << whole.warnings[0];
+    // The summary's best figure says what it covered: all the text where a validation since scored a
+    // new best, else the 40 characters it was scored on before (a new-user pass found the summary
+    // claiming the new coverage for the old figure).
+    const bool improved = std::any_of(whole.reports.begin(), whole.reports.end(), [](const auto& report) { return report.new_best; });
+    EXPECT_EQ(after_whole.validation_characters, improved ? after_whole.held_out_characters : 40u);
+    EXPECT_EQ(load_checkpoint(options.run_directory / "last.safetensors").training.best_validation_characters,
+              improved ? after_whole.held_out_characters : 40u);
 
     RecordingProgress automatic;
     resume(15, automatic, true);

@@ -50,6 +50,7 @@ struct TrainingState {
     std::int64_t step = 0;
     double best_validation_loss = std::numeric_limits<double>::infinity();
     std::int64_t evaluations_since_best = 0;  // for --patience
+    std::size_t best_validation_characters = 0;  // what the best loss was scored on (--val-chars); 0: not recorded
     std::size_t data_position = 0;
     std::string rng_state;       // std::mt19937_64 as text
     nlohmann::json options;      // the training options of the run

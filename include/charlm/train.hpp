@@ -59,7 +59,7 @@ struct TrainResult {
     double best_validation_loss = 0;
     // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
     // loss of the run's last step on all of it, scored once at its end (not after a stop request).
-    std::size_t validation_characters = 0;  // predictions of each periodic validation
+    std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)
     std::size_t held_out_characters = 0;    // predictions of all the held-out text
     std::optional<double> full_validation_loss;
     double chars_per_second = 0;

@@ -223,9 +223,17 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
     if (!processes.is_first()) spdlog::set_level(spdlog::level::err);
     use_threads(arguments.threads == 0 && processes.size() > 1 ? default_threads_per_process(processes) : arguments.threads);
     install_stop_handler();
-    if (processes.size() > 1)
+    if (processes.size() > 1) {
+        const int threads = omp_get_max_threads();
         spdlog::info("{} processes share each batch; this one, on {}, computes with {} thread{}", processes.size(), processes.host(),
-                     omp_get_max_threads(), omp_get_max_threads() == 1 ? "" : "s");
+                     threads, threads == 1 ? "" : "s");
+        const long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+        if (static_cast<long>(processes.local_size()) * threads > cores)
+            spdlog::warn("{} processes x {} thread{} on {}'s {} cores: every step will wait for a core (Open MPI polls while it "
+                         "waits); start at most {} processes there (a hostfile's slots), or give fewer --threads",
+                         processes.local_size(), threads, threads == 1 ? "" : "s", processes.host(), cores,
+                         std::max(1L, cores / threads));
+    }
     // A status line redrawn in place needs a terminal that takes the escape codes: not a pipe, not TERM=dumb.
     const char* term = std::getenv("TERM");
     TerminalProgress terminal(/*live_status=*/!arguments.quiet && ::isatty(STDERR_FILENO) &&
@@ -580,7 +588,8 @@ int main(int argc, char** argv) {
 
     TrainArguments train_arguments;
     auto& train_options = train_arguments.options;
-    auto* train = app.add_subcommand("train", "Train a recurrent model on a UTF-8 text file and save checkpoints");
+    auto* train = app.add_subcommand("train", "Train a recurrent model on a UTF-8 text file and save checkpoints; under "
+                                              "'mpirun -np N', N processes train one model (README: More than one machine)");
     train->add_option("CORPUS", train_arguments.corpus,
                       "UTF-8 text to learn from; its last part is held out for validation. - reads standard input");
     train->add_option("--out", train_arguments.run_directory, "Run directory for checkpoints and metrics [default: runs/<corpus name>]");
@@ -626,7 +635,9 @@ int main(int argc, char** argv) {
     train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
-    train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)")
+        ->check(CLI::NonNegativeNumber)
+        ->capture_default_str();
 
     // Which training options the command line gave, by name: a resumed run applies or refuses exactly those.
     train->parse_complete_callback([&]() {
