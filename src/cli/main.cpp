@@ -228,6 +228,13 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
         spdlog::info("{} processes share each batch; this one, on {}, computes with {} thread{}", processes.size(), processes.host(),
                      threads, threads == 1 ? "" : "s");
         const long cores = ::sysconf(_SC_NPROCESSORS_ONLN);
+        // mpirun binds each process to one core by default (with 2 processes or fewer): on a larger
+        // machine that leaves most of its cores idle.
+        if (arguments.threads == 0 && static_cast<long>(processes.local_size()) * threads < cores)
+            spdlog::warn("{} processes x {} thread{} use {} of {}'s {} cores: mpirun bound each process to fewer cores than "
+                         "its share; give mpirun --bind-to none (charlm then shares the cores out) or --threads",
+                         processes.local_size(), threads, threads == 1 ? "" : "s", processes.local_size() * threads,
+                         processes.host(), cores);
         if (static_cast<long>(processes.local_size()) * threads > cores)
             spdlog::warn("{} processes x {} thread{} on {}'s {} cores: every step will wait for a core (Open MPI polls while it "
                          "waits); start at most {} processes there (a hostfile's slots), or give fewer --threads",
