@@ -156,18 +156,19 @@ def run(charlm, out_dir, work):
         def generate(prompt, length, seed):
             fill("#prompt", prompt)
             fill("#length", str(length))
-            fill("#seed", str(seed))
+            fill("#seed", str(seed))  # "" draws a seed
             element("#generate").click()
             wait.until(lambda d: element("#gen-output").get_attribute("data-state") in ("done", "error"))
             check(element("#gen-output").get_attribute("data-state") == "done", f"generation failed: {element('#gen-error').text!r}")
-            return "".join(span.get_attribute("textContent") for span in elements("#gen-output .ch"))
+            return driver.execute_script("return [...document.querySelectorAll('#gen-output .ch')].map(s => s.textContent).join('')")
 
         first = generate("The ", 160, 42)
         check(len(first) == 160, f"expected 160 streamed characters, got {len(first)}")
         check(element("#gen-output .prompt").get_attribute("textContent") == "The ", "the prompt is not shown before the generated text")
         check("seed 42" in element("#gen-seed").text, f"the seed is not shown: {element('#gen-seed').text!r}")
         check("chars/s" in element("#gen-stats").text, f"no characters per second: {element('#gen-stats').text!r}")
-        tinted = [span for span in elements("#gen-output .ch") if span.value_of_css_property("background-color") != "rgba(0, 0, 0, 0)"]
+        tinted = driver.execute_script("return [...document.querySelectorAll('#gen-output .ch')]"
+                                       ".filter(s => getComputedStyle(s).backgroundColor !== 'rgba(0, 0, 0, 0)')")
         check(tinted, "no generated character is tinted by its probability")
         ActionChains(driver).move_to_element(tinted[0]).perform()
         wait.until(lambda d: element("#tip").is_displayed())
@@ -177,16 +178,31 @@ def run(charlm, out_dir, work):
         second = generate("The ", 160, 42)
         check(second == first, "the same seed gave a different text")
 
-        # Stop mid-stream: the longest generation the server allows, stopped once characters flow.
+        # A seed the server draws runs past 2^53, which a JavaScript number cannot hold: "use again" must repeat the text.
+        drawn = generate("The ", 120, "")
+        digits = element("#gen-seed").text.split()[1]
+        check(digits.isdigit(), f"the drawn seed is not shown: {element('#gen-seed').text!r}")
+        element("#gen-seed button").click()
+        check(element("#seed").get_attribute("value") == digits, "'use again' does not fill the seed field")
+        again = generate("The ", 120, digits)
+        check(again == drawn, f"seed {digits}, used again, gave a different text")
+
+        # Stop mid-stream. A tiny model writes 4096 characters in a blink, so the browser's network is slowed
+        # (the page sees the stream arrive over seconds) and Stop must end it early.
+        driver.execute_cdp_cmd("Network.enable", {})
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                               {"offline": False, "latency": 0, "downloadThroughput": 20000, "uploadThroughput": -1})
         fill("#length", element("#length").get_attribute("max") or "4096")
-        element("#seed").clear()
         element("#generate").click()
         wait.until(lambda d: len(elements("#gen-output .ch")) > 0 or element("#gen-output").get_attribute("data-state") != "streaming")
         element("#stop").click()
         wait.until(lambda d: element("#gen-output").get_attribute("data-state") != "streaming")
-        state = element("#gen-output").get_attribute("data-state")
-        check(state in ("stopped", "done"), f"Stop left the page in state {state!r}: {element('#gen-error').text!r}")
-        check(element("#gen-seed").text.startswith("seed "), "a random seed is not shown")
+        driver.execute_cdp_cmd("Network.emulateNetworkConditions",
+                               {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
+        state, streamed = element("#gen-output").get_attribute("data-state"), len(elements("#gen-output .ch"))
+        check(state == "stopped", f"Stop left the page in state {state!r}: {element('#gen-error').text!r}")
+        check(0 < streamed < int(element("#length").get_attribute("value")), f"Stop after {streamed} characters")
+        check("stopped" in element("#gen-stats").text, f"the stats do not say stopped: {element('#gen-stats').text!r}")
         generate("The ", 300, 7)
         driver.save_screenshot(os.path.join(out_dir, "generate.png"))
 
@@ -259,7 +275,7 @@ def run(charlm, out_dir, work):
         check(not element("#tab-generate").is_displayed() and not element("#view-generate").is_displayed(), "report mode shows Generate")
         check(not element("#add-neuron").is_displayed(), "report mode shows the add-a-neuron form")
         check(element("#nats").text == "1.250", f"report figures: {element('#nats').text!r}")
-        shown = "".join(c.get_attribute("textContent") for c in elements("#score-output .col .c"))
+        shown = driver.execute_script("return [...document.querySelectorAll('#score-output .col .c')].map(c => c.textContent).join('')")
         check(shown == report_text.replace("\n", ""), f"the report's text renders as {shown!r}")
         for pick in range(len(report["most_varying"])):
             elements("#varying .chip")[pick].click()
