@@ -5,9 +5,9 @@ usage: test_page.py CHARLM_BINARY OUTPUT_DIR
 
 Trains a tiny model on a text made here, serves it, and checks that the page generates with a fixed seed
 (streamed, tinted characters, a tooltip with alternatives, Stop), scores a text (figures, surprise tint,
-neuron rows), loads nothing from outside the server and logs no console error; then opens a copy of the page
-with an embedded report from file:// and checks that it renders with no server at all. Screenshots of each
-view go to OUTPUT_DIR. Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
+neuron rows), loads nothing from outside the server and logs no console error; then opens from file:// a copy
+of the page with a hand-made report embedded, and the report `charlm eval --html` writes, and checks that each
+renders with no server at all. Screenshots of each view go to OUTPUT_DIR. Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
 """
 import json
 import os
@@ -268,21 +268,35 @@ def run(charlm, out_dir, work):
         report_path = os.path.join(out_dir, "report.html")
         with open(report_path, "w") as f:
             f.write(page.replace(placeholder, placeholder.replace("null", embedded)))
-        driver.get("file://" + report_path)
-        wait.until(lambda d: len(elements("#score-output .col")) == len(characters))
-        note = element("#report-note").text
-        check(note == f"Scored 5,000 characters of notes.txt; showing the first {len(characters)}.", f"report note: {note!r}")
-        check(not element("#tab-generate").is_displayed() and not element("#view-generate").is_displayed(), "report mode shows Generate")
-        check(not element("#add-neuron").is_displayed(), "report mode shows the add-a-neuron form")
+        def open_report(path, text, total, file_name):
+            """Opens a report from file:// and checks it shows its text, a note, no Generate, and rows from its own data."""
+            driver.get("file://" + path)
+            wait.until(lambda d: len(elements("#score-output .col")) == len(text))
+            note = element("#report-note").text
+            check(note.startswith(f"Scored {total:,} characters of {file_name}; showing the first {len(text):,}"), f"report note: {note!r}")
+            check(not element("#tab-generate").is_displayed() and not element("#view-generate").is_displayed(), "report mode shows Generate")
+            check(not element("#add-neuron").is_displayed(), "report mode shows the add-a-neuron form")
+            shown = driver.execute_script("return [...document.querySelectorAll('#score-output .col .c')].map(c => c.textContent).join('')")
+            check(shown == text.replace("\n", ""), f"the report's text renders as {shown!r}")
+            for pick in range(min(3, len(elements("#varying .chip")))):
+                elements("#varying .chip")[pick].click()
+                wait.until(lambda d: len(elements(f"#score-output .n[data-row='{pick}']")) == len(text))
+            check(resources(driver) == [], f"report mode fetched {resources(driver)}")
+            errors = console_errors(driver)
+            check(not errors, f"console errors in report mode: {errors}")
+
+        open_report(report_path, report_text, 5000, "notes.txt")
         check(element("#nats").text == "1.250", f"report figures: {element('#nats').text!r}")
-        shown = driver.execute_script("return [...document.querySelectorAll('#score-output .col .c')].map(c => c.textContent).join('')")
-        check(shown == report_text.replace("\n", ""), f"the report's text renders as {shown!r}")
-        for pick in range(len(report["most_varying"])):
-            elements("#varying .chip")[pick].click()
-            wait.until(lambda d: len(elements(f"#score-output .n[data-row='{pick}']")) == len(characters))
-        check(resources(driver) == [], f"report mode fetched {resources(driver)}")
-        errors = console_errors(driver)
-        check(not errors, f"console errors in report mode: {errors}")
+        driver.save_screenshot(os.path.join(out_dir, "report.png"))
+
+        # --- and the report charlm eval --html writes, of the first 400 characters of the corpus
+        eval_report = os.path.join(out_dir, "eval-report.html")
+        evaluated = subprocess.run([charlm, "eval", checkpoint, corpus, "--html", eval_report, "--html-chars", "400"],
+                                   capture_output=True, text=True, timeout=60)
+        check(evaluated.returncode == 0, f"charlm eval --html failed: {evaluated.stderr.strip()}")
+        with open(corpus) as f:
+            corpus_text = f.read()
+        open_report(eval_report, corpus_text[:400], len(corpus_text), "corpus.txt")
         driver.save_screenshot(os.path.join(out_dir, "report.png"))
     finally:
         if driver:
