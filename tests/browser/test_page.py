@@ -7,7 +7,8 @@ Trains a tiny model on a text made here, serves it, and checks that the page gen
 (streamed, tinted characters, a tooltip with alternatives, Stop), scores a text (figures, surprise tint,
 neuron rows), loads nothing from outside the server and logs no console error; then opens from file:// a copy
 of the page with a hand-made report embedded, and the report `charlm eval --html` writes, and checks that each
-renders with no server at all. Screenshots of each view go to OUTPUT_DIR. Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
+renders with no server at all. Screenshots of each view go to OUTPUT_DIR.
+Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
 """
 import json
 import os
@@ -60,15 +61,15 @@ def training_text(seed=7, characters=30000):
 
 def start_server(charlm, checkpoint, log_path):
     """Starts `charlm serve CHECKPOINT --port 0`; returns the process and the URL it prints, once /health says ok."""
-    log = open(log_path, "w")
-    server = subprocess.Popen([charlm, "serve", checkpoint, "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
+    with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
+        server = subprocess.Popen([charlm, "serve", checkpoint, "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
     first_line = []
     reader = threading.Thread(target=lambda: first_line.append(server.stdout.readline()), daemon=True)
     reader.start()
     reader.join(15)
     url = first_line[0].strip() if first_line else ""
     if not url.startswith("http://"):
-        server.kill()
+        stop_server(server)
         raise Failure(f"charlm serve printed no URL on stdout (got {url!r}); its log is {log_path}")
     # The page's own health check would log a 503 in the console while the model loads: wait it out here.
     deadline = time.time() + 15
@@ -80,7 +81,8 @@ def start_server(charlm, checkpoint, log_path):
         except OSError:
             pass
         if time.time() > deadline:
-            raise Failure("/health never said ok")
+            stop_server(server)
+            raise Failure(f"/health never said ok; the server's log is {log_path}")
         time.sleep(0.1)
 
 
