@@ -40,7 +40,9 @@ bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector
         if (!failure_.empty() || choices_finished_ == pending_.size()) return true;
         return std::any_of(pending_.begin(), pending_.end(), [](const ChoiceNews& c) { return !c.characters.empty() || c.finished; });
     };
+    reader_waits_for_news_ = true;
     changed_.wait_for(lock, timeout, has_news);
+    reader_waits_for_news_ = false;
     throw_if_failed();
     news.assign(pending_.size(), {});
     for (std::size_t i = 0; i < pending_.size(); ++i) {
@@ -67,7 +69,9 @@ void DecodeRequest::fail(const std::string& message) {
 void DecodeRequest::post(std::size_t choice, DrawnCharacter character) {
     std::lock_guard lock(mutex_);
     pending_[choice].characters.push_back(std::move(character));
-    changed_.notify_all();
+    // Only a reader waiting for news is woken: one that waits for the end, or paces its reads, would
+    // otherwise be woken for every character of every step.
+    if (reader_waits_for_news_) changed_.notify_all();
 }
 
 void DecodeRequest::finish(std::size_t choice, FinishReason reason) {

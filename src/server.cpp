@@ -39,6 +39,8 @@ constexpr int kMostChoices = 8;
 constexpr std::size_t kMostStops = 4;
 constexpr std::size_t kMostNeurons = 64;
 constexpr int kMostVarying = 64;
+// A stream sends at most one event per pace (about 60 a second): smooth to watch, and cheap to serve.
+constexpr std::chrono::milliseconds kStreamPace{16};
 
 // A request refused: the status, a message that says what to send instead, and the field at fault.
 struct Refusal {
@@ -371,12 +373,11 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
         std::vector<std::vector<DrawnCharacter>> texts(static_cast<std::size_t>(request.choices));
         std::vector<FinishReason> reasons(texts.size(), FinishReason::length);
         std::vector<ChoiceNews> news;
-        for (bool done = false; !done;) {
-            done = mailbox->wait_for_news(std::chrono::milliseconds(1000), news);
-            for (std::size_t i = 0; i < news.size(); ++i) {
-                for (auto& c : news[i].characters) texts[i].push_back(std::move(c));
-                if (news[i].finished) reasons[i] = news[i].reason;
-            }
+        mailbox->wait_until_finished();
+        mailbox->wait_for_news(std::chrono::milliseconds(0), news);
+        for (std::size_t i = 0; i < news.size(); ++i) {
+            texts[i] = std::move(news[i].characters);
+            reasons[i] = news[i].reason;
         }
         json choices = json::array();
         std::size_t generated = 0;
@@ -402,6 +403,9 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
             std::vector<ChoiceNews> news;
             bool done = false;
             std::string events;
+            // At most one event per pace: a piece is what the decoder made meanwhile. An event per
+            // character would cost a wake-up, a JSON object and a write for each, for each client.
+            if (!first) std::this_thread::sleep_for(kStreamPace);
             try {
                 done = mailbox->wait_for_news(std::chrono::milliseconds(250), news);
             } catch (const Error& error) {

@@ -122,6 +122,7 @@ private:
     std::condition_variable changed_;
     std::vector<ChoiceNews> pending_;
     std::size_t choices_finished_ = 0;
+    bool reader_waits_for_news_ = false;
     ScoreResult score_;
     std::string failure_;
     std::atomic<bool> cancelled_{false};
