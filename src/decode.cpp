@@ -31,7 +31,9 @@ void check_neuron(const ModelConfig& config, const Neuron& neuron) {
 DecodeRequest::DecodeRequest(int choices, bool scoring) : pending_(scoring ? 1 : static_cast<std::size_t>(choices)) {}
 
 void DecodeRequest::throw_if_failed() const {
-    if (!failure_.empty()) throw Error(failure_);
+    if (failure_.empty()) return;
+    if (unavailable_) throw DecoderBusy(failure_);
+    throw DecodeFailed(failure_);
 }
 
 bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news) {
@@ -60,9 +62,12 @@ void DecodeRequest::wait_until_finished() {
     throw_if_failed();
 }
 
-void DecodeRequest::fail(const std::string& message) {
+void DecodeRequest::fail(const std::string& message, bool unavailable) {
     std::lock_guard lock(mutex_);
-    if (failure_.empty()) failure_ = message;
+    if (failure_.empty()) {
+        failure_ = message;
+        unavailable_ = unavailable;
+    }
     changed_.notify_all();
 }
 
@@ -419,9 +424,9 @@ void BatchDecoder::run() {
         ++steps_;
     }
     for (auto& slot : active)
-        if (!slot->finished) slot->request->fail("the server is shutting down");
+        if (!slot->finished) slot->request->fail("the server is shutting down", true);
     std::lock_guard lock(mutex_);
-    for (auto& pending : queue_) pending.request->fail("the server is shutting down");
+    for (auto& pending : queue_) pending.request->fail("the server is shutting down", true);
     queue_.clear();
     slots_queued_ = 0;
     model_.set_rows_as_if_alone(false);

@@ -408,8 +408,9 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
             if (!first) std::this_thread::sleep_for(kStreamPace);
             try {
                 done = mailbox->wait_for_news(std::chrono::milliseconds(250), news);
-            } catch (const Error& error) {
-                const Refusal failure{500, error.what(), "", "server_error"};
+            } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
+                const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
+                const Refusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
                 events = "data: " + dump(error_body(failure)) + "\n\ndata: [DONE]\n\n";
                 sink.write(events.data(), events.size());
                 sink.done();
@@ -491,6 +492,8 @@ void Server::State::routes() {
                 answer(response, refusal);
             } catch (const DecoderBusy& busy) {
                 answer(response, Refusal{503, busy.what(), "", "unavailable_error"});
+            } catch (const DecodeFailed& failure) {
+                answer(response, Refusal{500, failure.what(), "", "server_error"});
             } catch (const UsageError& error) {
                 answer(response, Refusal{400, error.what(), ""});
             } catch (const Error& error) {
