@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what charlm needs from Debian's packages (only what is missing), then builds it with CMake.
-# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--fuzz] [--build-dir DIR] [-- extra cmake arguments]
+# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--browser] [--fuzz] [--build-dir DIR] [-- extra cmake arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +16,7 @@ while [ $# -gt 0 ]; do
     # PyTorch peer would measure a strawman, so OpenBLAS comes with it.
     --bench) packages+=(python3-torch libopenblas0-pthread) ;;
     --interop) packages+=(python3-torch libopenblas0-pthread gnuplot-nox) ;;
+    --browser) packages+=(chromium chromium-driver python3-selenium) ;;  # the serve page's test in headless Chromium
     --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev python3) ;;
     --build-dir) build_dir="$2"; shift ;;
     --) shift; cmake_arguments=("$@"); break ;;

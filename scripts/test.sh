@@ -12,6 +12,7 @@ if [ "${1:-}" = "--sanitize" ]; then
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1 -DNDEBUG")
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
-# PyTorch checks that checkpoints load into nn.LSTM/GRU/RNN; gnuplot draws `charlm plot`.
-scripts/setup.sh --interop --build-dir "$build_dir" -- "${cmake_arguments[@]}"
+# PyTorch checks that checkpoints load into nn.LSTM/GRU/RNN; gnuplot draws `charlm plot`; headless
+# Chromium drives the page of `charlm serve`.
+scripts/setup.sh --interop --browser --build-dir "$build_dir" -- "${cmake_arguments[@]}"
 ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 900

@@ -237,19 +237,29 @@ struct BatchDecoder::Slot {
             result.top.push_back(most_likely(logits, partition, scoring->top, vocab, order));
             return;
         }
-        // The text is read: rank every neuron by how much it varied.
-        std::vector<std::size_t> order_of_neurons(means.size());
-        std::iota(order_of_neurons.begin(), order_of_neurons.end(), std::size_t{0});
-        const std::size_t listed = std::min(order_of_neurons.size(), static_cast<std::size_t>(std::max(scoring->most_varying, 0)));
-        std::partial_sort(order_of_neurons.begin(), order_of_neurons.begin() + static_cast<std::ptrdiff_t>(listed), order_of_neurons.end(),
-                          [&](std::size_t a, std::size_t b) { return spreads[a] != spreads[b] ? spreads[a] > spreads[b] : a < b; });
+        // The text is read: rank the neurons by how much they varied, hidden and cell states apart (a
+        // cell state is unbounded and would fill the list), and list them in turns, the larger first.
         const std::size_t per_kind = layers * static_cast<std::size_t>(units);
-        for (std::size_t i = 0; i < listed; ++i) {
-            const std::size_t n = order_of_neurons[i];
-            const Neuron neuron{static_cast<int>((n % per_kind) / static_cast<std::size_t>(units)),
-                                static_cast<int>(n % static_cast<std::size_t>(units)), n >= per_kind};
-            result.most_varying.push_back({neuron, std::sqrt(spreads[n] / seen)});
+        const std::size_t kinds = state.cell.empty() ? 1 : 2;
+        const auto wanted = static_cast<std::size_t>(std::max(scoring->most_varying, 0));
+        std::vector<std::vector<std::size_t>> ranked(kinds);
+        for (std::size_t kind = 0; kind < kinds; ++kind) {
+            std::vector<std::size_t>& order = ranked[kind];
+            order.resize(per_kind);
+            std::iota(order.begin(), order.end(), kind * per_kind);
+            const std::size_t listed = std::min(per_kind, (wanted + kinds - 1 - kind) / kinds);  // hidden gets the odd one
+            std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(listed), order.end(),
+                              [&](std::size_t a, std::size_t b) { return spreads[a] != spreads[b] ? spreads[a] > spreads[b] : a < b; });
+            order.resize(listed);
         }
+        for (std::size_t rank = 0; result.most_varying.size() < std::min(wanted, kinds * per_kind); ++rank)
+            for (std::size_t kind = 0; kind < kinds; ++kind) {
+                if (rank >= ranked[kind].size()) continue;
+                const std::size_t n = ranked[kind][rank];
+                const Neuron neuron{static_cast<int>((n % per_kind) / static_cast<std::size_t>(units)),
+                                    static_cast<int>(n % static_cast<std::size_t>(units)), n >= per_kind};
+                result.most_varying.push_back({neuron, std::sqrt(spreads[n] / seen)});
+            }
         finished = true;
         request->finish_score(std::move(result));
     }

@@ -247,9 +247,11 @@ nlohmann::ordered_json score_to_json(const ScoreResult& result, const std::u32st
             {"neurons", std::move(neurons)}, {"most_varying", std::move(most_varying)}};
 }
 
-std::string score_report_html(nlohmann::ordered_json score, const std::string& file_name, std::size_t characters_total) {
+std::string score_report_html(nlohmann::ordered_json score, const std::string& file_name, std::size_t characters_total,
+                              const nlohmann::ordered_json& whole_file) {
     const std::size_t rendered = score["characters"].get<std::size_t>();
-    score["report"] = {{"file", file_name}, {"characters_total", characters_total}, {"characters_rendered", rendered}};
+    score["report"] = {{"file", file_name}, {"characters_total", characters_total}, {"characters_rendered", rendered},
+                       {"whole_file", whole_file}};
     // In a <script> element nothing may read as "</script>": every '<' goes as \u003c, which JSON.parse reads back.
     std::string data;
     for (char c : dump(score)) {
@@ -337,7 +339,10 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
     const json* seed = fields.find("seed");
     if (seed && (!seed->is_number_integer() || (seed->is_number_integer() && !seed->is_number_unsigned() && seed->get<std::int64_t>() < 0)))
         refuse("seed", "seed must be a whole number from 0 to 18446744073709551615");
-    request.seed = seed ? seed->get<std::uint64_t>() : std::random_device{}() * 0x100000000ull + std::random_device{}();
+    // A drawn seed stays below 2^53, so that a client reading JSON numbers as doubles (JavaScript) can
+    // send it back exactly.
+    request.seed = seed ? seed->get<std::uint64_t>()
+                        : ((std::uint64_t{std::random_device{}()} << 32) | std::random_device{}()) & ((std::uint64_t{1} << 53) - 1);
     if (const json* stop = fields.find("stop")) {
         const json stops = stop->is_string() ? json::array({*stop}) : *stop;
         if (!stops.is_array() || stops.size() > kMostStops || !std::all_of(stops.begin(), stops.end(), [](const json& s) { return s.is_string(); }))

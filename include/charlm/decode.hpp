@@ -80,7 +80,7 @@ struct ScoreResult {
     std::vector<float> losses;                      // per character: -ln p of it; NaN for the first
     std::vector<std::vector<CharacterLogprob>> top; // per character: what the model expected there (empty for the first)
     std::vector<NeuronTrace> neurons;               // as asked, in order
-    std::vector<NeuronSpread> most_varying;         // every neuron of every layer, largest deviation first
+    std::vector<NeuronSpread> most_varying;         // hidden and cell states ranked apart, in turns, largest deviation first
 };
 
 // What a choice of a completion has released since the reader last asked: characters that can no

@@ -57,7 +57,9 @@ std::string_view serve_page();
 nlohmann::ordered_json score_to_json(const ScoreResult& result, const std::u32string& text);
 
 // The page in report mode: the score's JSON built in, plus {"report": {file, characters_total,
-// characters_rendered}}, so that the file shows the scored view with no server (charlm eval --html).
-std::string score_report_html(nlohmann::ordered_json score, const std::string& file_name, std::size_t characters_total);
+// characters_rendered, whole_file}}, so that the file shows the scored view with no server (charlm
+// eval --html); `whole_file` is charlm eval's figures for all of the file.
+std::string score_report_html(nlohmann::ordered_json score, const std::string& file_name, std::size_t characters_total,
+                              const nlohmann::ordered_json& whole_file = nullptr);
 
 }  // namespace charlm

@@ -397,9 +397,10 @@ void write_html_report(const EvalArguments& arguments, charlm::Checkpoint& check
     traced.most_varying = first.most_varying;
     nlohmann::ordered_json score = charlm::score_to_json(traced, request.text);
     score["model"] = std::filesystem::path(arguments.checkpoint).filename().string();
-    score["file_figures"] = result.to_json();  // the whole file's, beside the rendered part's
     const std::size_t total = result.characters_scored + 1;
-    charlm::write_file_atomically(arguments.html, charlm::score_report_html(score, std::filesystem::path(arguments.file).filename().string(), total));
+    const nlohmann::ordered_json whole_file = nlohmann::ordered_json::parse(result.to_json().dump());
+    charlm::write_file_atomically(arguments.html, charlm::score_report_html(score, std::filesystem::path(arguments.file).filename().string(),
+                                                                            total, whole_file));
     spdlog::info("wrote {} ({} of {} characters shown)", arguments.html, request.text.size(), total);
 }
 
