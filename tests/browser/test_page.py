@@ -13,6 +13,7 @@ Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -275,7 +276,8 @@ def run(charlm, out_dir, work):
             driver.get("file://" + path)
             wait.until(lambda d: len(elements("#score-output .col")) == len(text))
             note = element("#report-note").text
-            check(note.startswith(f"Scored {total:,} characters of {file_name}; showing the first {len(text):,}"), f"report note: {note!r}")
+            check(note.startswith(f"Scored {total:,} characters of {file_name}") and f"; showing the first {len(text):,}" in note,
+                  f"report note: {note!r}")
             check(not element("#tab-generate").is_displayed() and not element("#view-generate").is_displayed(), "report mode shows Generate")
             check(not element("#add-neuron").is_displayed(), "report mode shows the add-a-neuron form")
             shown = driver.execute_script("return [...document.querySelectorAll('#score-output .col .c')].map(c => c.textContent).join('')")
@@ -299,6 +301,9 @@ def run(charlm, out_dir, work):
         with open(corpus) as f:
             corpus_text = f.read()
         open_report(eval_report, corpus_text[:400], len(corpus_text), "corpus.txt")
+        whole = element("#report-note").text
+        check(re.search(r"corpus\.txt: [0-9.]+ nats/char, [0-9.]+ bits/char;", whole) is not None,
+              f"the report should give the whole file's figures: {whole!r}")
         driver.save_screenshot(os.path.join(out_dir, "report.png"))
     finally:
         if driver:
