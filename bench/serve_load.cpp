@@ -19,7 +19,9 @@
 //
 // Errors: any status but 200, a connection error, a malformed event or answer, a wrong character count, a
 // stream without its [DONE]; each is counted and the first few are printed on stderr. --rss-pid PID samples
-// the server's VmRSS every 0.5 s from the end of the warm-up, so that a test can say memory stays flat.
+// the server's VmRSS every 0.5 s from the end of the warm-up, so that a test can say memory stays flat, and
+// its CPU time, so that a benchmark can say how many cores the server used; the client reports its own too,
+// since on one machine whatever it takes the server does not get.
 // Only a server on this machine is ever loaded: 127.0.0.1, localhost or ::1.
 //
 // Usage: charlm_serve_load --url http://127.0.0.1:PORT --clients N --seconds S [--warmup-seconds 1]
@@ -40,9 +42,13 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <sys/resource.h>
+#include <unistd.h>
 
 namespace {
 
@@ -84,7 +90,7 @@ constexpr const char *help_text =
     "  --prompt TEXT              prompt of every request (default empty)\n"
     "  --non-streaming            ask with \"stream\": false, to compare against the event stream's cost\n"
     "  --finish                   let the requests in flight at the end finish (default: cut them)\n"
-    "  --rss-pid PID              sample this process's VmRSS every 0.5 s (the server's memory)\n"
+    "  --rss-pid PID              sample this process's VmRSS every 0.5 s, and its CPU time (the server's)\n"
     "  --min-requests-per-client N   fail unless every client completed at least N requests\n"
     "  --max-rss-growth-mib M     fail when VmRSS at the end is more than M MiB above its value after warm-up\n"
     "  --timeout-seconds T        a read that waits longer is an error (default 30)\n"
@@ -203,6 +209,29 @@ std::optional<long> resident_bytes(long pid) {
         if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6) * 1024L;
     }
     return std::nullopt;
+}
+
+// CPU seconds (user and system) the process has used so far, from /proc/PID/stat; nothing when it is gone.
+std::optional<double> process_cpu_seconds(long pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    const auto name_end = text.rfind(')');  // the command name may hold spaces and parentheses
+    if (name_end == std::string::npos || name_end + 2 > text.size()) return std::nullopt;
+    std::istringstream fields(text.substr(name_end + 2));
+    std::string skipped;
+    for (int field = 3; field <= 13; ++field) fields >> skipped;  // state .. cmajflt; utime and stime are 14 and 15
+    double user_ticks = 0, system_ticks = 0;
+    if (!(fields >> user_ticks >> system_ticks)) return std::nullopt;
+    return (user_ticks + system_ticks) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// This process's CPU seconds, all its threads: the load client's own share of a machine it shares with the server.
+double own_cpu_seconds() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    auto seconds = [](const timeval &time) { return static_cast<double>(time.tv_sec) + 1e-6 * static_cast<double>(time.tv_usec); };
+    return seconds(usage.ru_utime) + seconds(usage.ru_stime);
 }
 
 long count_code_points(const std::string &utf8) {
@@ -560,10 +589,18 @@ int main(int argc, char **argv) {
     // requests still running a timeout after the end.
     std::vector<long> rss_samples;
     bool server_gone = false;
+    bool measuring = false;
+    double own_cpu_at_start = 0;
+    std::optional<double> server_cpu_at_start;
     auto next_sample = schedule.measure_start;
     const auto give_up = schedule.deadline + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options.timeout_seconds));
     while (clients_running.load() > 0) {
         const auto now = Clock::now();
+        if (!measuring && now >= schedule.measure_start) {
+            measuring = true;
+            own_cpu_at_start = own_cpu_seconds();
+            if (options.rss_pid != 0) server_cpu_at_start = process_cpu_seconds(options.rss_pid);
+        }
         if (options.rss_pid != 0 && now >= next_sample && !server_gone) {
             if (const auto bytes = resident_bytes(options.rss_pid)) {
                 rss_samples.push_back(*bytes);
@@ -580,6 +617,17 @@ int main(int argc, char **argv) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     for (auto &thread : threads) thread.join();
+    // CPU in cores over the measured time: how much of the machine the server used, and how much this
+    // client took from it (both run on the same machine).
+    double client_cpu_cores = NAN, server_cpu_cores = NAN;
+    if (measuring) {
+        const double measured_seconds = seconds_between(schedule.measure_start, Clock::now());
+        client_cpu_cores = (own_cpu_seconds() - own_cpu_at_start) / measured_seconds;
+        if (server_cpu_at_start) {
+            if (const auto server_cpu_at_end = process_cpu_seconds(options.rss_pid))
+                server_cpu_cores = (*server_cpu_at_end - *server_cpu_at_start) / measured_seconds;
+        }
+    }
     if (options.rss_pid != 0 && !server_gone) {
         if (const auto bytes = resident_bytes(options.rss_pid)) rss_samples.push_back(*bytes);
         else errors.add(-1, "the server process " + std::to_string(options.rss_pid) + " is gone");
@@ -630,6 +678,7 @@ int main(int argc, char **argv) {
                        {"chars_per_second_per_client_min", slowest_client_chars_per_second},
                        {"first_character_seconds_median", number_or_null(first_character_median)},
                        {"first_character_seconds_p95", number_or_null(first_character_p95)},
+                       {"client_cpu_cores", number_or_null(client_cpu_cores)},
                        {"failed_checks", failed_checks}};
         if (options.rss_pid != 0 && !rss_samples.empty()) {
             report["rss_pid"] = options.rss_pid;
@@ -637,6 +686,7 @@ int main(int argc, char **argv) {
             report["rss_bytes_last"] = rss_samples.back();
             report["rss_bytes_max"] = *std::max_element(rss_samples.begin(), rss_samples.end());
             report["rss_samples"] = rss_samples.size();
+            report["server_cpu_cores"] = number_or_null(server_cpu_cores);
         }
         std::printf("%s\n", report.dump().c_str());
     } else {
@@ -654,6 +704,8 @@ int main(int argc, char **argv) {
                         mebibytes(rss_samples.back()).c_str(), mebibytes(*std::max_element(rss_samples.begin(), rss_samples.end())).c_str(),
                         rss_samples.size());
         }
+        if (std::isfinite(server_cpu_cores)) std::printf("CPU cores in use     server %.2f, this client %.2f\n", server_cpu_cores, client_cpu_cores);
+        else if (std::isfinite(client_cpu_cores)) std::printf("CPU cores in use     this client %.2f\n", client_cpu_cores);
     }
     std::fflush(stdout);  // the report first, then what went wrong, also when stdout is a pipe
     for (const auto &message : error_messages) std::fprintf(stderr, "charlm_serve_load: error: %s\n", message.c_str());
