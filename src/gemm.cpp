@@ -91,9 +91,11 @@ constexpr Eigen::Index kPacketSize = Eigen::internal::unpacket_traits<Packet<Sca
 #ifdef __AVX512F__
 constexpr int kPanelPackets = 4;
 constexpr Eigen::Index kBlockRows = 6;
+constexpr int kVectorRegisters = 32;
 #else
 constexpr int kPanelPackets = 2;
 constexpr Eigen::Index kBlockRows = 8;
+constexpr int kVectorRegisters = 16;
 #endif
 template <typename Scalar>
 constexpr Eigen::Index kPanelWidth = kPanelPackets * kPacketSize<Scalar>;
@@ -121,16 +123,22 @@ namespace {
 
 // rows x kPanelWidth of c (+)= rows x K of a times one K x kPanelWidth panel: the accumulators stay in
 // registers for the whole K loop. `count` < kPanelWidth at the right edge of c.
-template <typename Scalar, int Rows>
+// An FMA waits on the previous one into the same accumulator, so a block of few rows also splits the
+// depth among this many accumulators each: at least 8 independent chains keep both FMA units busy.
+constexpr int chains_for_rows(int rows) { return rows * kPanelPackets >= 8 ? 1 : (8 + rows * kPanelPackets - 1) / (rows * kPanelPackets); }
+// RowSums::as_if_alone: every block sums with one row's chains, so its blocks are only as tall as the
+// registers allow beside the panel's packets and a broadcast (AVX-512: 3 rows x 4 packets x 2 chains;
+// AVX2: 1 row x 2 packets x 4 chains).
+constexpr int kAloneChains = chains_for_rows(1);
+constexpr Eigen::Index kAloneBlockRows = std::max(1, (kVectorRegisters - kPanelPackets - 2) / (kPanelPackets * kAloneChains));
+
+template <typename Scalar, int Rows, int Chains>
 void multiply_block(const Scalar* a, Eigen::Index lda, const Scalar* panel, Eigen::Index depth, bool accumulate,
                     Scalar* c, Eigen::Index ldc, Eigen::Index count) {
     using namespace Eigen::internal;
     using P = Packet<Scalar>;
     constexpr Eigen::Index size = kPacketSize<Scalar>;
     constexpr int N = kPanelPackets;
-    // An FMA waits on the previous one into the same accumulator, so a block of few rows also splits
-    // the depth among Chains accumulators each: at least 8 independent chains keep both FMA units busy.
-    constexpr int Chains = Rows * N >= 8 ? 1 : (8 + Rows * N - 1) / (Rows * N);
     P sums[Chains][Rows][N];
     for (int chain = 0; chain < Chains; ++chain)
         for (int r = 0; r < Rows; ++r)
@@ -174,14 +182,21 @@ using BlockFunction = void (*)(const Scalar*, Eigen::Index, const Scalar*, Eigen
 // rows at 8: 7, 6, 6, 6, not 8, 8, 8, 1), so that the panel stays in cache while a streams past it.
 template <typename Scalar>
 void multiply_panel(const Scalar* a, Eigen::Index lda, Eigen::Index rows, const Scalar* panel, Eigen::Index depth,
-                    bool accumulate, Scalar* c, Eigen::Index ldc, Eigen::Index count) {
+                    bool accumulate, Scalar* c, Eigen::Index ldc, Eigen::Index count, RowSums sums) {
     static constexpr auto kernels = []<std::size_t... Rows>(std::index_sequence<Rows...>) {
-        return std::array<BlockFunction<Scalar>, kBlockRows + 1>{nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1>...};
+        return std::array<BlockFunction<Scalar>, kBlockRows + 1>{
+            nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1, chains_for_rows(static_cast<int>(Rows) + 1)>...};
     }(std::make_index_sequence<kBlockRows>{});
-    const Eigen::Index blocks = (rows + kBlockRows - 1) / kBlockRows;
+    static constexpr auto alone_kernels = []<std::size_t... Rows>(std::index_sequence<Rows...>) {
+        return std::array<BlockFunction<Scalar>, kAloneBlockRows + 1>{nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1, kAloneChains>...};
+    }(std::make_index_sequence<kAloneBlockRows>{});
+    const bool alone = sums == RowSums::as_if_alone;
+    const Eigen::Index most_rows = alone ? kAloneBlockRows : kBlockRows;
+    const Eigen::Index blocks = (rows + most_rows - 1) / most_rows;
     for (Eigen::Index block = 0, row = 0; block < blocks; ++block) {
         const Eigen::Index block_rows = rows / blocks + (block < rows % blocks ? 1 : 0);
-        kernels[block_rows](a + row * lda, lda, panel, depth, accumulate, c + row * ldc, ldc, count);
+        const BlockFunction<Scalar> kernel = alone ? alone_kernels[block_rows] : kernels[block_rows];
+        kernel(a + row * lda, lda, panel, depth, accumulate, c + row * ldc, ldc, count);
         row += block_rows;
     }
 }
@@ -189,7 +204,7 @@ void multiply_panel(const Scalar* a, Eigen::Index lda, Eigen::Index rows, const 
 }  // namespace
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const {
+void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums) const {
     if (a.cols() != rows_ || c.rows() != a.rows() || c.cols() != cols_) throw Error("packed product: shapes do not match");
     constexpr Eigen::Index width = kPanelWidth<Scalar>;
     const Eigen::Index panels = (cols_ + width - 1) / width;
@@ -197,7 +212,7 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
         for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
             const Eigen::Index first = panel * width;
             multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_,
-                           beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first));
+                           beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first), sums);
         }
     };
     // Large enough products made outside a parallel region (sampling one stream) split the panels;

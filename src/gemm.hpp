@@ -20,6 +20,12 @@ using MatrixRef = Eigen::Ref<Matrix<Scalar>>;
 
 enum class Transpose { no, yes };
 
+// How PackedMatrix::multiply() sums a row. `fastest` picks the kernel by how many rows there are, so
+// a row's last bits depend on the rows beside it; `as_if_alone` sums every row in the order one row
+// alone is summed, so that a row comes out the same bits in a batch of any size and composition as
+// on its own (serving: a request's text must not depend on the other requests decoded with it).
+enum class RowSums { fastest, as_if_alone };
+
 // c = op(a) * op(b) + beta * c, where beta is 0 or 1. Called outside a parallel region it uses every
 // thread of set_thread_count(); inside one, just the caller's. Double precision (the gradient checks)
 // always runs on Eigen.
@@ -53,9 +59,10 @@ public:
     Eigen::Index rows() const { return rows_; }
     Eigen::Index cols() const { return cols_; }
     // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
-    // calling thread; outside one, a large enough product splits its panels among the threads. With 4
-    // rows or more, a row of c comes out the same bits whichever other rows a holds.
-    void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
+    // calling thread; outside one, a large enough product splits its panels among the threads (which
+    // never changes a row's sums). With 4 rows or more, a row of c comes out the same bits whichever
+    // other rows a holds; with RowSums::as_if_alone, the same bits as a row alone, at any M.
+    void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums = RowSums::fastest) const;
 
 private:
     Eigen::Index rows_ = 0, cols_ = 0;

@@ -65,9 +65,10 @@ bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weig
         gather_rows<Scalar>(input.tokens, *input.embedding, cache.gathered);
     }
     const Matrix<Scalar>& dense = input.rows ? *input.rows : cache.gathered;
-    if (weights.version != 0 && rows <= kMostPackedRows) {  // no per-call overhead for a product this small
+    if (weights.version != 0 && (rows <= kMostPackedRows || weights.row_sums == RowSums::as_if_alone)) {
+        // no per-call overhead for a product this small; and the one product that sums rows as if alone
         cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version);
-        cache.packed.multiply(dense, Scalar(0), projection);
+        cache.packed.multiply(dense, Scalar(0), projection, weights.row_sums);
     } else {
         gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection);
     }

@@ -211,6 +211,9 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     if (static_cast<Eigen::Index>(inputs.size()) != TB) throw Error("window has the wrong number of inputs");
     if (state.hidden.size() != layers_.size() || state.cell.size() != (config_.has_cell_state() ? layers_.size() : 0))
         throw Error("the carried state does not fit the model");
+    if (rows_as_if_alone_ && (steps != 1 || !weights_frozen_))
+        throw Error("rows computed as if alone need one step against frozen weights");
+    const RowSums row_sums = rows_as_if_alone_ ? RowSums::as_if_alone : RowSums::fastest;
     w.inputs.assign(inputs.begin(), inputs.end());
     w.steps = steps;
     w.dropping = w.dropout_rng != nullptr && config_.dropout > 0 && config_.layers > 1;
@@ -222,7 +225,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
         const LayerParameters& p = layers_[l];
         typename Workspace::Layer& layer = w.layers[l];
         const LayerInput<Scalar> input = l == 0 ? LayerInput<Scalar>(w.inputs, embedding_->value) : LayerInput<Scalar>(*below);
-        layer.engine.forward(input, steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value, version},
+        layer.engine.forward(input, steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value, version, row_sums},
                              state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
         below = &layer.engine.output();
         if (w.dropping && l + 1 < layers_.size()) {
@@ -239,9 +242,9 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     // head: (T*B, V) = (T*B, H) . (H, V)
     const Matrix<Scalar>& top = w.layers.back().engine.output();
     w.logits.resize(TB, config_.vocab_size);
-    if (weights_frozen_ && TB == 1) {  // sampling: a packed copy, made once per freeze
+    if (weights_frozen_ && (TB == 1 || rows_as_if_alone_)) {  // sampling: a packed copy, made once per freeze
         w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_);
-        w.head_packed.multiply(top, Scalar(0), w.logits);
+        w.head_packed.multiply(top, Scalar(0), w.logits, row_sums);
     } else {
         gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits);
     }

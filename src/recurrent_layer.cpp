@@ -77,7 +77,8 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
     // One step of a few dense rows against frozen weights (sampling, a character at a time): the input's
     // product and the recurrent one become one, [x h] times [W_ih W_hh]^T packed once per freeze, so
     // that a step makes one pass over the weights and enters one parallel region, not two.
-    const bool stacked = !Cell::recurrent_apart && input.rows && steps == 1 && weights.version != 0 && TB <= kMinRowsPerThread;
+    const bool stacked = !Cell::recurrent_apart && input.rows && steps == 1 && weights.version != 0 &&
+                         (TB <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
     bool look_up_by_step = false;
     if (stacked) {
         if (!w.stacked_forward.packed_from(weights.version)) {
@@ -87,7 +88,7 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         }
         w.stacked_input.resize(B, input.size() + H);
         w.stacked_input << *input.rows, w.initial_hidden;
-        w.stacked_forward.multiply(w.stacked_input, Scalar(0), w.gates);
+        w.stacked_forward.multiply(w.stacked_input, Scalar(0), w.gates, weights.row_sums);
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
         w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
@@ -104,9 +105,9 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
             if (look_up_by_step) lookup_rows<Scalar>(input, w.projection, row, w.gates.middleRows(row, rows));
             // (rows, G*H) = (rows, H) . (H, G*H)
             if constexpr (Cell::recurrent_apart)
-                w.recurrent_forward.multiply(hidden_prev, Scalar(0), w.hidden_gates.middleRows(row, rows));
+                w.recurrent_forward.multiply(hidden_prev, Scalar(0), w.hidden_gates.middleRows(row, rows), weights.row_sums);
             else if (!stacked)
-                w.recurrent_forward.multiply(hidden_prev, Scalar(1), w.gates.middleRows(row, rows));
+                w.recurrent_forward.multiply(hidden_prev, Scalar(1), w.gates.middleRows(row, rows), weights.row_sums);
             for (Eigen::Index r = 0; r < rows; ++r) {
                 RowArrays<Scalar> arrays = arrays_of_row<Cell, Scalar>(w, t, B, row + r, first + r);
                 arrays.bias = w.bias.data();

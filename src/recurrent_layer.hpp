@@ -18,6 +18,7 @@
 #include "charlm/model.hpp"
 #include "charlm/tensor.hpp"
 #include "charlm/text.hpp"
+#include "gemm.hpp"
 
 namespace charlm {
 
@@ -33,6 +34,9 @@ struct LayerWeights {
     // Changes whenever the weights may have: the engine keeps what it derives from them (packed copies,
     // layer 0's table) for as long as it stays the same. 0 means unknown: derive afresh.
     std::uint64_t version = 0;
+    // RowSums::as_if_alone (one step against frozen weights): each stream's row comes out the same bits
+    // as it would in a batch of its own.
+    RowSums row_sums = RowSums::fastest;
 };
 
 // Where the backward pass accumulates a layer's weight gradients, shaped as LayerWeights.

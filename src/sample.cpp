@@ -142,8 +142,7 @@ void Sampler::prime(const std::u32string& prompt) {
 
 char32_t Sampler::next(const SampleOptions& options) {
     const auto& logits = model_.logits();
-    // A uniform draw from the top 53 bits, the same on every platform; greedy draws none.
-    const double uniform = options.greedy ? 0.0 : static_cast<double>(rng_() >> 11) * 0x1.0p-53;
+    const double uniform = options.greedy ? 0.0 : uniform_draw(rng_);  // greedy draws none
     const TokenId chosen = drawer_.draw(std::span<const float>(logits.data(), static_cast<std::size_t>(logits.cols())), options, uniform);
     feed(chosen);
     return vocab_.code_point_of(chosen);

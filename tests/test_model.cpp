@@ -1,4 +1,6 @@
 // Checks model.cpp: whole-network gradients (embedding, stacked LSTM, head and loss) and that it can learn.
+#include <cstring>
+
 #include <gtest/gtest.h>
 
 #include "charlm/model.hpp"
@@ -85,6 +87,63 @@ TEST(Model, AWeightsFreezePutsBackWhatWasThereBefore) {
     }
     EXPECT_FALSE(model.weights_frozen());
 }
+// Serving decodes requests as the rows of one batch: each row's logits and state must come out the
+// same bits whatever rows stand beside it, and the same as sampling's own batch of one.
+TEST(Model, RowsComputedAsIfAloneMatchABatchOfOneToTheBit) {
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) {
+        ModelConfig config;
+        config.cell = cell;
+        config.vocab_size = 29;   // sizes off every SIMD width, so that the panels' edges are used
+        config.embed_size = 11;
+        config.hidden_size = 37;
+        config.layers = 3;
+        Model<float> model(config);
+        std::mt19937_64 rng(7);
+        model.initialize(rng);
+        const WeightsFreeze<float> freeze(model);
+        std::normal_distribution<float> normal(0.0f, 0.5f);
+        for (int batch : {1, 2, 3, 4, 5, 7, 9, 16, 17, 33}) {
+            SCOPED_TRACE(to_string(cell) + ", batch " + std::to_string(batch));
+            ModelState<float> state = model.initial_state(batch);
+            for (auto& h : state.hidden) h = h.unaryExpr([&](float) { return normal(rng); });
+            for (auto& c : state.cell) c = c.unaryExpr([&](float) { return normal(rng); });
+            std::vector<TokenId> inputs(static_cast<std::size_t>(batch));
+            for (auto& id : inputs) id = static_cast<TokenId>(rng() % static_cast<std::uint64_t>(config.vocab_size));
+            const ModelState<float> before = state;
+            model.set_rows_as_if_alone(true);
+            model.forward(inputs, 1, batch, state);
+            const Matrix<float> logits = model.logits();
+            model.set_rows_as_if_alone(false);
+            for (int row = 0; row < batch; ++row) {
+                ModelState<float> alone = model.initial_state(1);
+                for (std::size_t l = 0; l < alone.hidden.size(); ++l) alone.hidden[l] = before.hidden[l].row(row);
+                for (std::size_t l = 0; l < alone.cell.size(); ++l) alone.cell[l] = before.cell[l].row(row);
+                model.forward(std::span<const TokenId>(&inputs[static_cast<std::size_t>(row)], 1), 1, 1, alone);
+                ASSERT_EQ(0, std::memcmp(model.logits().data(), logits.row(row).data(), sizeof(float) * static_cast<std::size_t>(config.vocab_size)))
+                    << "row " << row << "'s logits differ from its batch of one";
+                for (std::size_t l = 0; l < alone.hidden.size(); ++l)
+                    ASSERT_TRUE((alone.hidden[l].array() == state.hidden[l].row(row).array()).all()) << "row " << row << ", layer " << l;
+                for (std::size_t l = 0; l < alone.cell.size(); ++l)
+                    ASSERT_TRUE((alone.cell[l].array() == state.cell[l].row(row).array()).all()) << "row " << row << ", layer " << l;
+            }
+        }
+    }
+}
+
+TEST(Model, RowsAsIfAloneRefuseAWindowOrWeightsThatMayChange) {
+    ModelConfig config = small_config(2);
+    Model<float> model(config);
+    std::mt19937_64 rng(1);
+    model.initialize(rng);
+    model.set_rows_as_if_alone(true);
+    ModelState<float> state = model.initial_state(2);
+    const std::vector<TokenId> inputs{1, 2, 3, 4};
+    EXPECT_THROW(model.forward(std::span<const TokenId>(inputs).first(2), 1, 2, state), Error) << "weights not frozen";
+    const WeightsFreeze<float> freeze(model);
+    EXPECT_THROW(model.forward(inputs, 2, 2, state), Error) << "a window of two steps";
+    EXPECT_NO_THROW(model.forward(std::span<const TokenId>(inputs).first(2), 1, 2, state));
+}
+
 TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(2); }
 TEST(Model, GruStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::gru); }
 TEST(Model, RnnStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::rnn); }

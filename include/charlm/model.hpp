@@ -88,6 +88,12 @@ public:
     }
     bool weights_frozen() const { return weights_frozen_; }
 
+    // Serving decodes many requests as the rows of one batch. With this set, forward() computes each
+    // row to the bit as it would a batch of that row alone (a row's sums otherwise depend on how many
+    // rows there are), so that a request's text never depends on the requests decoded beside it. Only
+    // for one step against frozen weights: forward() refuses anything else while it is set.
+    void set_rows_as_if_alone(bool alone) { rows_as_if_alone_ = alone; }
+
     // With a generator, forward() drops units between layers at the config's rate (training);
     // without one (the default) it does not (evaluation and sampling).
     void set_dropout_generator(std::mt19937_64* rng);
@@ -121,6 +127,7 @@ private:
     Parameter<Scalar>* head_weight_;             // (V, H)
     Parameter<Scalar>* head_bias_;               // (1, V)
     bool weights_frozen_ = false;
+    bool rows_as_if_alone_ = false;
     std::uint64_t freezes_ = 0;  // counts freezes: the engine keeps what it derived from the weights while it stays
     std::unique_ptr<Workspace> workspace_;
 };

@@ -61,6 +61,9 @@ private:
     TokenId greedy_choice_ = -1;  // the last draw's id where it was greedy, else -1
 };
 
+// A uniform draw in [0, 1) from the generator's top 53 bits, the same on every platform.
+inline double uniform_draw(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
+
 class Sampler {
 public:
     // Freezes the model's weights (Model::set_weights_frozen) until the sampler is destroyed.

@@ -25,13 +25,16 @@
 #include <spdlog/spdlog.h>
 #include <omp.h>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/bench.hpp"
 #include "charlm/checkpoint.hpp"
+#include "charlm/decode.hpp"
 #include "charlm/communicator.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
+#include "charlm/server.hpp"
 #include "charlm/terminal.hpp"
 #include "charlm/threads.hpp"
 #include "charlm/train.hpp"
@@ -360,7 +363,45 @@ struct EvalArguments {
     charlm::EvalOptions options;
     bool json = false;
     int threads = 0;
+    std::string html;                 // a report of the scored text, the page's score view in one file
+    long long html_characters = 20000;
 };
+
+// The first `most` characters of a file that the vocabulary knows, for the report.
+std::u32string known_beginning(const std::string& path, const charlm::Vocab& vocab, std::size_t most) {
+    std::u32string text;
+    try {
+        charlm::for_each_text_piece(path, [&](std::u32string_view piece) {
+            for (char32_t c : piece) {
+                if (text.size() >= most) throw std::out_of_range("enough");
+                if (vocab.contains(c)) text += c;
+            }
+        });
+    } catch (const std::out_of_range&) {
+    }
+    return text;
+}
+
+void write_html_report(const EvalArguments& arguments, charlm::Checkpoint& checkpoint, const charlm::EvalResult& result) {
+    charlm::ScoreRequest request;
+    request.text = known_beginning(arguments.file, checkpoint.vocab, static_cast<std::size_t>(arguments.html_characters));
+    if (request.text.size() < 2) throw charlm::Error(fmt::format("{} has too few known characters for a report", arguments.file));
+    // With no server to ask, the report carries the activations of the neurons it lists.
+    request.most_varying = 24;
+    spdlog::info("scoring the first {} characters for {}", request.text.size(), arguments.html);
+    request.neurons.clear();
+    charlm::ScoreResult first = charlm::score_text(*checkpoint.model, checkpoint.vocab, request, arguments.threads);
+    for (const charlm::NeuronSpread& spread : first.most_varying) request.neurons.push_back(spread.neuron);
+    request.most_varying = 0;
+    charlm::ScoreResult traced = charlm::score_text(*checkpoint.model, checkpoint.vocab, request, arguments.threads);
+    traced.most_varying = first.most_varying;
+    nlohmann::ordered_json score = charlm::score_to_json(traced, request.text);
+    score["model"] = std::filesystem::path(arguments.checkpoint).filename().string();
+    score["file_figures"] = result.to_json();  // the whole file's, beside the rendered part's
+    const std::size_t total = result.characters_scored + 1;
+    charlm::write_file_atomically(arguments.html, charlm::score_report_html(score, std::filesystem::path(arguments.file).filename().string(), total));
+    spdlog::info("wrote {} ({} of {} characters shown)", arguments.html, request.text.size(), total);
+}
 
 int run_bench(charlm::BenchOptions options, const std::string& corpus, const std::vector<std::string>& models, bool json) {
     options.corpus = corpus;
@@ -372,6 +413,8 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 }
 
 int run_eval(EvalArguments& arguments) {
+    if (!arguments.html.empty() && arguments.file == "-")
+        throw charlm::UsageError("--html reads the file twice, so it needs a file, not standard input");
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const std::string file = arguments.file == "-" ? "/dev/stdin" : arguments.file;  // read once, streamed: a pipe will do
@@ -386,6 +429,39 @@ int run_eval(EvalArguments& arguments) {
                    result.nats_per_character, result.perplexity, result.bits_per_character, result.characters_scored,
                    result.unknown_characters);
     }
+    if (!arguments.html.empty()) write_html_report(arguments, checkpoint, result);
+    return 0;
+}
+
+struct ServeArguments {
+    std::string checkpoint;
+    charlm::ServerOptions options;
+};
+
+// Serves until SIGINT, SIGTERM or SIGHUP, which are taken by sigwait() here rather than by a handler:
+// blocked before the server's threads start, so that every thread inherits the block.
+int run_serve(const ServeArguments& arguments) {
+    sigset_t stop_signals;
+    ::sigemptyset(&stop_signals);
+    for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaddset(&stop_signals, signal_number);
+    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    use_threads(arguments.options.threads);
+    charlm::Server server(arguments.options);
+    server.start();  // /health answers "loading" while the checkpoint loads
+    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const charlm::ModelConfig config = checkpoint.config;
+    server.load(std::move(checkpoint), std::filesystem::path(arguments.checkpoint).filename().string());
+    const std::string& host = arguments.options.host;
+    if (host != "127.0.0.1" && host != "localhost" && host != "::1")
+        spdlog::warn("listening on {}: whoever can reach this machine can use the server (it has no authentication)", host);
+    spdlog::info("serving {} {}x{} ({} characters) with {} slots; Ctrl-C stops", charlm::to_string(config.cell), config.layers,
+                 config.hidden_size, config.vocab_size, arguments.options.slots);
+    fmt::print("{}\n", server.url());
+    std::fflush(stdout);
+    int signal_number = 0;
+    ::sigwait(&stop_signals, &signal_number);
+    spdlog::info("stopping ({})", ::strsignal(signal_number));
+    server.stop();
     return 0;
 }
 
@@ -578,6 +654,7 @@ int report_failure(const std::string& message, int status, bool shared, const ch
     fmt::print(stderr, "charlm: error: process {} of {} (on {}): {}\n", processes.rank(), processes.size(), processes.host(), message);
     std::fflush(stderr);
     processes.abort(status);
+    return status;  // not reached: GCC does not carry [[noreturn]] through a virtual call
 }
 
 }  // namespace
@@ -685,6 +762,35 @@ int main(int argc, char** argv) {
                                "(they are left out)", 100 * charlm::kMostUnknownFraction));
     eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
 
+    eval->add_option("--html", eval_arguments.html,
+                     "Also write REPORT.html: the text tinted by surprise, top predictions, the neurons that vary most")
+        ->option_text("REPORT.html");
+    eval->add_option("--html-chars", eval_arguments.html_characters, "Characters the report shows, from the start of the file")
+        ->check(CLI::Range(2LL, 1'000'000LL))
+        ->capture_default_str();
+
+    ServeArguments serve_arguments;
+    auto& serve_options = serve_arguments.options;
+    auto* serve = app.add_subcommand("serve", "Serve a checkpoint over HTTP: a page to generate and look inside, and an "
+                                              "OpenAI-style API (docs/serve.md)");
+    serve->add_option("CHECKPOINT", serve_arguments.checkpoint, "A .safetensors file written by 'charlm train'")->required();
+    serve->add_option("--host", serve_options.host, "Address to listen on; another than 127.0.0.1 lets other machines in")->capture_default_str();
+    serve->add_option("--port", serve_options.port, "Port; 0 takes a free one (the printed URL says which)")
+        ->check(CLI::Range(0, 65535))
+        ->capture_default_str();
+    serve->add_option("--threads", serve_options.threads, "CPU threads for the model; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    serve->add_option("--parallel", serve_options.slots, "Completions decoded at once, as one batch")->check(CLI::Range(1, 256))->capture_default_str();
+    serve->add_option("--queue", serve_options.queued, "Completions that may wait for a slot; past that, 503")->check(CLI::Range(0, 4096))->capture_default_str();
+    serve->add_option("--max-tokens", serve_options.max_tokens, "The most characters one completion may ask for")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 30))
+        ->capture_default_str();
+    serve->add_option("--max-text", serve_options.max_score_characters, "The longest prompt or scored text, in characters")
+        ->check(CLI::Range(std::size_t{2}, std::size_t{10'000'000}))
+        ->capture_default_str();
+    serve->add_option("--timeout", serve_options.timeout_seconds, "Seconds a client may send or take nothing before it is dropped")
+        ->check(CLI::Range(1, 3600))
+        ->capture_default_str();
+
     std::string info_checkpoint;
     bool info_json = false;
     auto* info = app.add_subcommand("info", "Describe a checkpoint: model, parameters, vocabulary, training");
@@ -749,6 +855,7 @@ int main(int argc, char** argv) {
         if (*train) status = run_train(train_arguments, processes);
         else if (*sample) status = run_sample(sample_arguments);
         else if (*eval) status = run_eval(eval_arguments);
+        else if (*serve) status = run_serve(serve_arguments);
         else if (*info) status = run_info(info_checkpoint, info_json);
         else if (*bench) status = run_bench(bench_options, bench_corpus, bench_models, bench_json);
         else if (*plot) {

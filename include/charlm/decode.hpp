@@ -1,0 +1,192 @@
+// Batched decoding for serving: requests, each with its own recurrent state, advance together one
+// character a step as the rows of one batch, and join and leave it between steps.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "charlm/error.hpp"
+#include "charlm/model.hpp"
+#include "charlm/sample.hpp"
+#include "charlm/text.hpp"
+
+namespace charlm {
+
+// A neuron of the model: a unit of a layer's hidden state h, or of the LSTM's cell state c.
+struct Neuron {
+    int layer = 0;
+    int unit = 0;
+    bool cell = false;
+    bool operator==(const Neuron&) const = default;
+};
+std::string describe(const Neuron& neuron);  // "layer 1 cell 37"
+// Throws UsageError where the model has no such neuron (a layer or unit past its size, a cell state
+// of a cell that has none).
+void check_neuron(const ModelConfig& config, const Neuron& neuron);
+
+// A character and the natural log of the probability the model gave it.
+struct CharacterLogprob {
+    char32_t character = 0;
+    float logprob = 0;
+};
+
+// One character of a completion: its log-probability under the model's own distribution
+// (temperature 1, nothing cut), whatever drew it, and the most likely characters there.
+struct DrawnCharacter {
+    char32_t character = 0;
+    float logprob = 0;
+    std::vector<CharacterLogprob> top;  // most likely first; empty unless asked for
+};
+
+enum class FinishReason { length, stop };
+
+struct CompletionRequest {
+    std::u32string prompt;              // characters of the vocabulary only (check_prompt); empty starts after a line break
+    std::size_t max_characters = 200;
+    SampleOptions options;              // how to draw; its greedy and stop are not used (top_k 1 is greedy)
+    std::vector<std::u32string> stops;  // a choice ends before the first of these it generates, which it does not return
+    std::uint64_t seed = 0;             // choice i draws with seed + i: choice 0 is charlm sample's text for the seed
+    int choices = 1;
+    int alternatives = 0;               // most likely characters reported beside each drawn one
+};
+
+struct ScoreRequest {
+    std::u32string text;          // characters of the vocabulary only, at least 2
+    int top = 5;                  // most likely characters reported at each position
+    std::vector<Neuron> neurons;  // whose activations to report (check_neuron)
+    int most_varying = 16;        // how many of the neurons that vary most on the text to list
+};
+
+struct NeuronTrace {
+    Neuron neuron;
+    std::vector<float> activations;  // per character: the value after reading it
+};
+
+struct NeuronSpread {
+    Neuron neuron;
+    double standard_deviation = 0;
+};
+
+struct ScoreResult {
+    LossSum loss;                                   // over every character but the first
+    std::vector<float> losses;                      // per character: -ln p of it; NaN for the first
+    std::vector<std::vector<CharacterLogprob>> top; // per character: what the model expected there (empty for the first)
+    std::vector<NeuronTrace> neurons;               // as asked, in order
+    std::vector<NeuronSpread> most_varying;         // every neuron of every layer, largest deviation first
+};
+
+// What a choice of a completion has released since the reader last asked: characters that can no
+// longer turn out to begin a stop text.
+struct ChoiceNews {
+    std::vector<DrawnCharacter> characters;
+    bool finished = false;  // this is the choice's last news
+    FinishReason reason = FinishReason::length;
+};
+
+// A request's mailbox, shared by the decoder (which posts) and the one thread that serves the request
+// (which reads).
+class DecodeRequest {
+public:
+    DecodeRequest(int choices, bool scoring);
+
+    // Waits until there is news or `timeout` passes, then moves every choice's news since the last call
+    // into `news` (one entry a choice). Returns true once every choice has finished.
+    bool wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news);
+    // Waits until the request has finished (a score, or a completion read all at once).
+    void wait_until_finished();
+    // After the score request has finished.
+    const ScoreResult& score() const { return score_; }
+    // The client went away: the decoder frees the request's slots before its next step.
+    void cancel() { cancelled_ = true; }
+    bool cancelled() const { return cancelled_; }
+    // Set by the decoder where the request failed (the decoder stopped, or the model threw); the
+    // reader gets it as an Error from its next wait.
+    void fail(const std::string& message);
+
+private:
+    friend class BatchDecoder;
+    void post(std::size_t choice, DrawnCharacter character);
+    void finish(std::size_t choice, FinishReason reason);
+    void finish_score(ScoreResult result);
+    void throw_if_failed() const;
+
+    mutable std::mutex mutex_;
+    std::condition_variable changed_;
+    std::vector<ChoiceNews> pending_;
+    std::size_t choices_finished_ = 0;
+    ScoreResult score_;
+    std::string failure_;
+    std::atomic<bool> cancelled_{false};
+};
+
+// Every slot is taken and the queue is full: come back later (HTTP 503).
+class DecoderBusy : public Error {
+public:
+    using Error::Error;
+};
+
+struct DecoderOptions {
+    int slots = 32;          // rows of the batch: choices decoded at once
+    int queued = 64;         // choices that may wait for slots; past that, DecoderBusy
+    int threads = 0;         // the decoding thread's compute threads; 0: one per core
+};
+
+struct DecoderLoad {
+    int slots_busy = 0;
+    int slots_idle = 0;
+    int requests_queued = 0;
+    std::uint64_t steps = 0;  // batched steps taken so far
+};
+
+// Runs a thread that advances every admitted request one character a step, as the rows of one batch
+// (Model::set_rows_as_if_alone: a request's characters do not depend on the others). A request waits
+// in a bounded queue until it has a slot for each of its choices, and leaves when it finishes or is
+// cancelled.
+class BatchDecoder {
+public:
+    BatchDecoder(Model<float>& model, const Vocab& vocab, DecoderOptions options);
+    ~BatchDecoder();  // stops: requests still running or queued fail with a message
+    BatchDecoder(const BatchDecoder&) = delete;
+    BatchDecoder& operator=(const BatchDecoder&) = delete;
+
+    // Throw DecoderBusy where the queue is full, UsageError for a request the model cannot serve.
+    std::shared_ptr<DecodeRequest> complete(const CompletionRequest& request);
+    std::shared_ptr<DecodeRequest> score(const ScoreRequest& request);
+    DecoderLoad load() const;
+    void stop();
+
+    struct Slot;  // a choice or a score being decoded: in decode.cpp
+
+private:
+    struct Pending {
+        std::shared_ptr<DecodeRequest> request;
+        std::vector<std::unique_ptr<Slot>> slots;
+    };
+    void submit(Pending pending);
+    void run();
+
+    Model<float>& model_;
+    const Vocab& vocab_;
+    DecoderOptions options_;
+    mutable std::mutex mutex_;
+    std::condition_variable work_;
+    std::deque<Pending> queue_;
+    int slots_busy_ = 0;
+    int slots_queued_ = 0;  // the queue's requests' choices
+    std::uint64_t steps_ = 0;
+    bool stopping_ = false;
+    std::thread thread_;
+};
+
+// Scores `request.text` with one request on a decoder of its own (charlm eval --html).
+ScoreResult score_text(Model<float>& model, const Vocab& vocab, const ScoreRequest& request, int threads = 0);
+
+}  // namespace charlm
