@@ -22,11 +22,13 @@
 // the server's VmRSS every 0.5 s from the end of the warm-up, so that a test can say memory stays flat, and
 // its CPU time, so that a benchmark can say how many cores the server used; the client reports its own too,
 // since on one machine whatever it takes the server does not get.
+// --check-slots-freed asks /health at the end whether every slot is idle again: the cut streams' slots
+// must be freed by the disconnect, not by running to max_tokens.
 // Only a server on this machine is ever loaded: 127.0.0.1, localhost or ::1.
 //
 // Usage: charlm_serve_load --url http://127.0.0.1:PORT --clients N --seconds S [--warmup-seconds 1]
 //        [--max-tokens 400] [--prompt TEXT] [--non-streaming] [--finish] [--rss-pid PID] [--json]
-//        [--min-requests-per-client N] [--max-rss-growth-mib M]
+//        [--min-requests-per-client N] [--max-rss-growth-mib M] [--check-slots-freed]
 // Exit status: 0 all went well, 1 an error occurred or a --min-/--max- check failed, 2 a usage error.
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -72,6 +74,7 @@ struct Options {
     double timeout_seconds = 30;  // a read that waits longer than this is a server that stalled
     long min_requests_per_client = 0;
     double max_rss_growth_mib = -1;  // negative: not checked
+    bool check_slots_freed = false;
 };
 
 [[noreturn]] void usage_error(const std::string &message) {
@@ -93,6 +96,7 @@ constexpr const char *help_text =
     "  --rss-pid PID              sample this process's VmRSS every 0.5 s, and its CPU time (the server's)\n"
     "  --min-requests-per-client N   fail unless every client completed at least N requests\n"
     "  --max-rss-growth-mib M     fail when VmRSS at the end is more than M MiB above its value after warm-up\n"
+    "  --check-slots-freed        at the end, fail unless /health soon shows every slot idle (no other client may run)\n"
     "  --timeout-seconds T        a read that waits longer is an error (default 30)\n"
     "  --json                     print one JSON object instead of the report\n"
     "Exit status: 0 all went well, 1 an error occurred or a check failed, 2 a usage error.\n";
@@ -189,6 +193,8 @@ Options parse_options(int argc, char **argv) {
             options.ready_seconds = parse_number(name, value(), 0);
         } else if (name == "--min-requests-per-client") {
             options.min_requests_per_client = parse_whole(name, value(), 0);
+        } else if (name == "--check-slots-freed") {
+            options.check_slots_freed = true;
         } else if (name == "--max-rss-growth-mib") {
             options.max_rss_growth_mib = parse_number(name, value(), 0);
         } else {
@@ -435,6 +441,8 @@ void run_client(int client_index, httplib::Client &client, const Options &option
             if (cut || (!options.finish_in_flight && request_end >= schedule.deadline)) {
                 ++tally.requests_cut;
                 tally.characters += characters;
+                if (counted_from_start && first_character)  // long requests may all be cut, and still have a first character
+                    tally.first_character_seconds.push_back(seconds_between(request_start, *first_character));
             } else if (stopping.load()) {
                 fail("the request was still running --timeout-seconds after the end");
             } else {
@@ -512,6 +520,30 @@ std::string wait_until_ready(const Options &options) {
     char waited[32];
     std::snprintf(waited, sizeof waited, "%g", options.ready_seconds);
     return std::string("GET /health did not answer 200 within ") + waited + " s; last: " + last;
+}
+
+// After every client has gone (cut streams included), /health must show no slot processing and nothing
+// queued: docs/serve.md says a client that disconnects frees its slot before the next step. Returns the
+// seconds that took, or nothing when the slots were still busy after two seconds; why goes in `problem`.
+std::optional<double> wait_until_slots_idle(const Options &options, std::string &problem) {
+    httplib::Client client(options.host, options.port);
+    client.set_connection_timeout(2);
+    client.set_read_timeout(2);
+    const auto start = Clock::now();
+    do {
+        const auto result = client.Get("/health");
+        if (!result) {
+            problem = "GET /health after the load: connection error: " + httplib::to_string(result.error());
+        } else {
+            const Json health = Json::parse(result->body, nullptr, false);
+            const bool idle = result->status == 200 && health.is_object() && health.value("slots_processing", -1) == 0 &&
+                              health.value("requests_queued", -1) == 0;
+            if (idle) return seconds_between(start, Clock::now());
+            problem = "2 s after every client left, GET /health answered " + std::to_string(result->status) + " " + result->body.substr(0, 200);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (Clock::now() - start < std::chrono::seconds(2));
+    return std::nullopt;
 }
 
 double percentile(std::vector<double> values, double fraction) {
@@ -617,6 +649,13 @@ int main(int argc, char **argv) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     for (auto &thread : threads) thread.join();
+    connections.clear();  // closes the kept-alive connections: every client has now left
+    std::optional<double> slots_idle_seconds;
+    if (options.check_slots_freed) {
+        std::string problem;
+        slots_idle_seconds = wait_until_slots_idle(options, problem);
+        if (!slots_idle_seconds) errors.add(-1, problem);
+    }
     // CPU in cores over the measured time: how much of the machine the server used, and how much this
     // client took from it (both run on the same machine).
     double client_cpu_cores = NAN, server_cpu_cores = NAN;
@@ -679,6 +718,7 @@ int main(int argc, char **argv) {
                        {"first_character_seconds_median", number_or_null(first_character_median)},
                        {"first_character_seconds_p95", number_or_null(first_character_p95)},
                        {"client_cpu_cores", number_or_null(client_cpu_cores)},
+                       {"slots_idle_seconds_after_end", slots_idle_seconds ? Json(*slots_idle_seconds) : Json()},
                        {"failed_checks", failed_checks}};
         if (options.rss_pid != 0 && !rss_samples.empty()) {
             report["rss_pid"] = options.rss_pid;
@@ -686,6 +726,7 @@ int main(int argc, char **argv) {
             report["rss_bytes_last"] = rss_samples.back();
             report["rss_bytes_max"] = *std::max_element(rss_samples.begin(), rss_samples.end());
             report["rss_samples"] = rss_samples.size();
+            report["rss_bytes_every_half_second"] = rss_samples;  // the trend: a plateau, or a climb
             report["server_cpu_cores"] = number_or_null(server_cpu_cores);
         }
         std::printf("%s\n", report.dump().c_str());
@@ -706,6 +747,7 @@ int main(int argc, char **argv) {
         }
         if (std::isfinite(server_cpu_cores)) std::printf("CPU cores in use     server %.2f, this client %.2f\n", server_cpu_cores, client_cpu_cores);
         else if (std::isfinite(client_cpu_cores)) std::printf("CPU cores in use     this client %.2f\n", client_cpu_cores);
+        if (slots_idle_seconds) std::printf("slots all idle       %s after the clients left\n", human_seconds(*slots_idle_seconds).c_str());
     }
     std::fflush(stdout);  // the report first, then what went wrong, also when stdout is a pipe
     for (const auto &message : error_messages) std::fprintf(stderr, "charlm_serve_load: error: %s\n", message.c_str());
