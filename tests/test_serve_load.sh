@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load test of 'charlm serve' on 127.0.0.1: 8 clients stream completions for 6 s from a tiny model trained
-# here; asserts no errors, a completed request for every client, memory flat, and a clean exit on Ctrl-C
-# with requests in flight. Never asserts speed: this runs on shared and sanitizer-slowed machines.
+# here; asserts no errors, a completed request for every client, memory flat, the slots of clients that
+# leave mid-stream freed, and a clean exit on Ctrl-C with requests in flight. Never asserts speed: this
+# runs on shared and sanitizer-slowed machines.
 # Usage: tests/test_serve_load.sh CHARLM_BINARY SERVE_LOAD_BINARY   (ctest passes both)
 set -uo pipefail
 
@@ -45,7 +46,7 @@ awk 'BEGIN {
 # Job control on while it starts: without it, bash starts background commands with SIGINT ignored, and a
 # server that (rightly) leaves an ignored SIGINT alone would never see the Ctrl-C this test sends.
 set -m
-"$charlm" serve "$work/run/best.safetensors" --port 0 --threads 1 > "$work/server.out" 2> "$work/server.log" &
+"$charlm" serve "$work/run/best.safetensors" --port 0 --threads 1 --max-tokens 1000000 > "$work/server.out" 2> "$work/server.log" &
 server_pid=$!
 set +m
 url=""
@@ -68,8 +69,13 @@ echo "test_serve_load: charlm serve (pid $server_pid) at $url" >&2
   --min-requests-per-client 1 --max-rss-growth-mib 16 || fail "charlm_serve_load reported errors or a failed check (above)"
 kill -0 "$server_pid" 2>/dev/null || fail "charlm serve died under load"
 
+# Clients that leave mid-stream free their slots: a million characters would take this model most of a
+# minute, so slots idle within 2 s of the cut are the disconnects' doing.
+"$serve_load" --url "$url" --clients 4 --seconds 1 --warmup-seconds 0 --max-tokens 1000000 --check-slots-freed \
+  || fail "the slots of clients that disconnected mid-stream were not freed (above)"
+
 # Ctrl-C with requests in flight: docs/serve.md says they end and the process exits 0.
-"$serve_load" --url "$url" --clients 4 --seconds 30 --warmup-seconds 0 --max-tokens 4000 \
+"$serve_load" --url "$url" --clients 4 --seconds 30 --warmup-seconds 0 --max-tokens 1000000 \
   > "$work/load_during_stop.out" 2>&1 &
 load_pid=$!
 sleep 1
