@@ -98,6 +98,7 @@ constexpr const char *help_text =
     "  --max-rss-growth-mib M     fail when VmRSS at the end is more than M MiB above its value after warm-up\n"
     "  --check-slots-freed        at the end, fail unless /health soon shows every slot idle (no other client may run)\n"
     "  --timeout-seconds T        a read that waits longer is an error (default 30)\n"
+    "  --ready-seconds R          how long /health may answer 503 or refuse before the load starts (default 30)\n"
     "  --json                     print one JSON object instead of the report\n"
     "Exit status: 0 all went well, 1 an error occurred or a check failed, 2 a usage error.\n";
 
