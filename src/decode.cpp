@@ -31,7 +31,9 @@ void check_neuron(const ModelConfig& config, const Neuron& neuron) {
 DecodeRequest::DecodeRequest(int choices, bool scoring) : pending_(scoring ? 1 : static_cast<std::size_t>(choices)) {}
 
 void DecodeRequest::throw_if_failed() const {
-    if (!failure_.empty()) throw Error(failure_);
+    if (failure_.empty()) return;
+    if (unavailable_) throw DecoderBusy(failure_);
+    throw DecodeFailed(failure_);
 }
 
 bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news) {
@@ -40,7 +42,9 @@ bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector
         if (!failure_.empty() || choices_finished_ == pending_.size()) return true;
         return std::any_of(pending_.begin(), pending_.end(), [](const ChoiceNews& c) { return !c.characters.empty() || c.finished; });
     };
+    reader_waits_for_news_ = true;
     changed_.wait_for(lock, timeout, has_news);
+    reader_waits_for_news_ = false;
     throw_if_failed();
     news.assign(pending_.size(), {});
     for (std::size_t i = 0; i < pending_.size(); ++i) {
@@ -58,16 +62,21 @@ void DecodeRequest::wait_until_finished() {
     throw_if_failed();
 }
 
-void DecodeRequest::fail(const std::string& message) {
+void DecodeRequest::fail(const std::string& message, bool unavailable) {
     std::lock_guard lock(mutex_);
-    if (failure_.empty()) failure_ = message;
+    if (failure_.empty()) {
+        failure_ = message;
+        unavailable_ = unavailable;
+    }
     changed_.notify_all();
 }
 
 void DecodeRequest::post(std::size_t choice, DrawnCharacter character) {
     std::lock_guard lock(mutex_);
     pending_[choice].characters.push_back(std::move(character));
-    changed_.notify_all();
+    // Only a reader waiting for news is woken: one that waits for the end, or paces its reads, would
+    // otherwise be woken for every character of every step.
+    if (reader_waits_for_news_) changed_.notify_all();
 }
 
 void DecodeRequest::finish(std::size_t choice, FinishReason reason) {
@@ -415,9 +424,9 @@ void BatchDecoder::run() {
         ++steps_;
     }
     for (auto& slot : active)
-        if (!slot->finished) slot->request->fail("the server is shutting down");
+        if (!slot->finished) slot->request->fail("the server is shutting down", true);
     std::lock_guard lock(mutex_);
-    for (auto& pending : queue_) pending.request->fail("the server is shutting down");
+    for (auto& pending : queue_) pending.request->fail("the server is shutting down", true);
     queue_.clear();
     slots_queued_ = 0;
     model_.set_rows_as_if_alone(false);

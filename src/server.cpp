@@ -39,6 +39,8 @@ constexpr int kMostChoices = 8;
 constexpr std::size_t kMostStops = 4;
 constexpr std::size_t kMostNeurons = 64;
 constexpr int kMostVarying = 64;
+// A stream sends at most one event per pace (about 60 a second): smooth to watch, and cheap to serve.
+constexpr std::chrono::milliseconds kStreamPace{16};
 
 // A request refused: the status, a message that says what to send instead, and the field at fault.
 struct Refusal {
@@ -371,12 +373,11 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
         std::vector<std::vector<DrawnCharacter>> texts(static_cast<std::size_t>(request.choices));
         std::vector<FinishReason> reasons(texts.size(), FinishReason::length);
         std::vector<ChoiceNews> news;
-        for (bool done = false; !done;) {
-            done = mailbox->wait_for_news(std::chrono::milliseconds(1000), news);
-            for (std::size_t i = 0; i < news.size(); ++i) {
-                for (auto& c : news[i].characters) texts[i].push_back(std::move(c));
-                if (news[i].finished) reasons[i] = news[i].reason;
-            }
+        mailbox->wait_until_finished();
+        mailbox->wait_for_news(std::chrono::milliseconds(0), news);
+        for (std::size_t i = 0; i < news.size(); ++i) {
+            texts[i] = std::move(news[i].characters);
+            reasons[i] = news[i].reason;
         }
         json choices = json::array();
         std::size_t generated = 0;
@@ -402,10 +403,14 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
             std::vector<ChoiceNews> news;
             bool done = false;
             std::string events;
+            // At most one event per pace: a piece is what the decoder made meanwhile. An event per
+            // character would cost a wake-up, a JSON object and a write for each, for each client.
+            if (!first) std::this_thread::sleep_for(kStreamPace);
             try {
                 done = mailbox->wait_for_news(std::chrono::milliseconds(250), news);
-            } catch (const Error& error) {
-                const Refusal failure{500, error.what(), "", "server_error"};
+            } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
+                const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
+                const Refusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
                 events = "data: " + dump(error_body(failure)) + "\n\ndata: [DONE]\n\n";
                 sink.write(events.data(), events.size());
                 sink.done();
@@ -487,6 +492,8 @@ void Server::State::routes() {
                 answer(response, refusal);
             } catch (const DecoderBusy& busy) {
                 answer(response, Refusal{503, busy.what(), "", "unavailable_error"});
+            } catch (const DecodeFailed& failure) {
+                answer(response, Refusal{500, failure.what(), "", "server_error"});
             } catch (const UsageError& error) {
                 answer(response, Refusal{400, error.what(), ""});
             } catch (const Error& error) {

@@ -569,6 +569,33 @@ TEST_F(Cli, EvalPrintsNatsPerplexityAndBits) {
     EXPECT_EQ(match[5].str(), "0");
 }
 
+TEST_F(Cli, EvalHtmlWritesAReportOfTheFirstCharactersThatNeedsNoServer) {
+    const std::string text = make_corpus();
+    const auto checkpoint = trained_run();
+    const RunResult result = charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html", path("report.html").string(),
+                                     "--html-chars", "300"});
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    EXPECT_EQ(result.out.rfind("nats/char", 0), 0u) << "stdout keeps the figures";
+    const std::string report = read_bytes(path("report.html"));
+    const std::string marker = R"(<script id="charlm-report" type="application/json">)";
+    const std::size_t at = report.find(marker);
+    ASSERT_NE(at, std::string::npos);
+    const std::size_t end = report.find("</script>", at);
+    const json data = json::parse(report.substr(at + marker.size(), end - at - marker.size()));
+    EXPECT_EQ(data["report"]["characters_rendered"], 300);
+    EXPECT_EQ(data["report"]["characters_total"], code_points_of(text).size());
+    EXPECT_EQ(data["report"]["file"], "corpus.txt");
+    EXPECT_EQ(data["text"].size(), 300u);
+    EXPECT_EQ(data["most_varying"].size(), data["neurons"].size()) << "every listed neuron's activations travel with it";
+    EXPECT_EQ(data["neurons"][0]["activations"].size(), 300u);
+    for (const char* external : {"src=\"http", "href=\"http", "@import", "url(http"})
+        EXPECT_EQ(report.find(external), std::string::npos) << "the report must load nothing from elsewhere: " << external;
+
+    expect_error(charlm({"eval", checkpoint.string(), "-", "--html", path("x.html").string()}), {"--html", "standard input"}, true);
+    expect_error(charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html", path("no/such/dir/r.html").string()}),
+                 {"r.html"});
+}
+
 TEST_F(Cli, EvalJsonPrintsOneObject) {
     const std::string text = make_corpus();
     const auto checkpoint = trained_run();

@@ -417,13 +417,20 @@ TEST(Server, SixteenClientsAtOnceEachGetTheirSeedsText) {
     }
 }
 
-TEST(Server, StoppingEndsAStreamWithAnErrorEvent) {
-    auto running = std::make_unique<Running>();
+TEST(Server, StoppingEndsAStreamWithAnErrorEventAndARequestWith503) {
+    ServerOptions options;
+    options.max_tokens = 100'000'000;
+    auto running = std::make_unique<Running>(options);
     std::vector<std::string> events;
-    std::thread client([&] { events = running->stream(json{{"prompt", "a"}, {"max_tokens", 4096}, {"stream", true}}); });
-    for (int i = 0; i < 2000 && running->get("/health").body["slots_processing"] != 1; ++i) std::this_thread::sleep_for(1ms);
+    Reply plain;
+    std::thread client([&] { events = running->stream(json{{"prompt", "a"}, {"max_tokens", 100'000'000}, {"stream", true}}); });
+    std::thread other([&] { plain = running->post("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 100'000'000}}); });
+    for (int i = 0; i < 2000 && running->get("/health").body["slots_processing"] != 2; ++i) std::this_thread::sleep_for(1ms);
     running->server().stop();
     client.join();
+    other.join();
+    EXPECT_EQ(plain.status, 503) << plain.raw;
+    EXPECT_NE(plain.raw.find("shutting down"), std::string::npos) << plain.raw;
     ASSERT_GE(events.size(), 2u);
     EXPECT_EQ(events.back(), "[DONE]");
     EXPECT_NE(events[events.size() - 2].find("shutting down"), std::string::npos) << events[events.size() - 2];

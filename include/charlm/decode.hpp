@@ -107,9 +107,9 @@ public:
     // The client went away: the decoder frees the request's slots before its next step.
     void cancel() { cancelled_ = true; }
     bool cancelled() const { return cancelled_; }
-    // Set by the decoder where the request failed (the decoder stopped, or the model threw); the
-    // reader gets it as an Error from its next wait.
-    void fail(const std::string& message);
+    // Set by the decoder where the request failed: the reader's next wait throws DecoderBusy where
+    // the decoder stopped (`unavailable`: ask again later), else DecodeFailed.
+    void fail(const std::string& message, bool unavailable = false);
 
 private:
     friend class BatchDecoder;
@@ -122,13 +122,21 @@ private:
     std::condition_variable changed_;
     std::vector<ChoiceNews> pending_;
     std::size_t choices_finished_ = 0;
+    bool reader_waits_for_news_ = false;
     ScoreResult score_;
     std::string failure_;
+    bool unavailable_ = false;
     std::atomic<bool> cancelled_{false};
 };
 
-// Every slot is taken and the queue is full: come back later (HTTP 503).
+// Every slot is taken and the queue is full, or the decoder is stopping: come back later (HTTP 503).
 class DecoderBusy : public Error {
+public:
+    using Error::Error;
+};
+
+// The model failed while decoding a request (HTTP 500): the server's fault, never the request's.
+class DecodeFailed : public Error {
 public:
     using Error::Error;
 };

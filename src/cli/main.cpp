@@ -415,6 +415,11 @@ int run_bench(charlm::BenchOptions options, const std::string& corpus, const std
 int run_eval(EvalArguments& arguments) {
     if (!arguments.html.empty() && arguments.file == "-")
         throw charlm::UsageError("--html reads the file twice, so it needs a file, not standard input");
+    if (!arguments.html.empty()) {  // before the scoring, which may take a while
+        const std::filesystem::path folder = std::filesystem::absolute(arguments.html).parent_path();
+        if (!std::filesystem::is_directory(folder))
+            throw charlm::Error(fmt::format("cannot write {}: the folder {} does not exist", arguments.html, folder.string()));
+    }
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const std::string file = arguments.file == "-" ? "/dev/stdin" : arguments.file;  // read once, streamed: a pipe will do
@@ -422,6 +427,7 @@ int run_eval(EvalArguments& arguments) {
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
                      result.unknown_characters, arguments.file, 100 * result.unknown_fraction);
+    if (!arguments.html.empty()) write_html_report(arguments, checkpoint, result);  // before the figures: a failure prints none
     if (arguments.json) {
         fmt::print("{}\n", result.to_json().dump());
     } else {
@@ -429,7 +435,6 @@ int run_eval(EvalArguments& arguments) {
                    result.nats_per_character, result.perplexity, result.bits_per_character, result.characters_scored,
                    result.unknown_characters);
     }
-    if (!arguments.html.empty()) write_html_report(arguments, checkpoint, result);
     return 0;
 }
 

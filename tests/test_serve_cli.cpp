@@ -1,0 +1,104 @@
+// charlm serve as a user runs it: the URL on stdout, the page and the API behind it, Ctrl-C or SIGTERM
+// ending it with exit 0, and the refusals (a bad checkpoint, a taken port, an out-of-range option).
+#include <gtest/gtest.h>
+
+#include <random>
+#include <regex>
+
+#include <nlohmann/json.hpp>
+
+#include "charlm/checkpoint.hpp"
+#include "child_process.hpp"
+#include "test_helpers.hpp"
+
+// After Eigen: httplib.h brings <resolv.h>, whose macro _res renames a parameter of Eigen's products.
+#include <httplib.h>
+
+namespace {
+
+namespace fs = std::filesystem;
+using charlm::testing::ChildProcess;
+using charlm::testing::TemporaryDirectory;
+using nlohmann::json;
+
+// A tiny model to serve, trained for a few steps on a text made here.
+fs::path tiny_checkpoint(const TemporaryDirectory& directory) {
+    std::mt19937_64 rng(5);
+    const std::vector<std::string> words = {"the", "cat", "sat", "on", "a", "mat", "and", "ran", "café"};
+    std::string text;
+    for (int i = 0; i < 3000; ++i) text += words[rng() % words.size()] + (i % 9 == 8 ? ".\n" : " ");
+    const fs::path corpus = directory.write("corpus.txt", text);
+    ChildProcess train({"train", corpus.string(), "--out", (directory.path() / "run").string(), "--steps", "20", "--layers", "2",
+                        "--hidden", "32", "--embed", "8", "--seq", "16", "--batch", "4", "--threads", "1", "--quiet"},
+                       directory.path());
+    EXPECT_EQ(train.wait_for_exit(120), 0) << train.err();
+    return directory.path() / "run" / "best.safetensors";
+}
+
+// Waits for the URL line on the server's stdout; "" if it never comes.
+std::string wait_for_url(ChildProcess& server) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (std::chrono::steady_clock::now() < deadline && !server.poll_exit()) {
+        const std::string out = server.out();
+        if (out.find('\n') != std::string::npos) return out.substr(0, out.find('\n'));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return "";
+}
+
+void expect_stops_cleanly(int signal_number) {
+    TemporaryDirectory directory;
+    const fs::path checkpoint = tiny_checkpoint(directory);
+    ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--threads", "1"}, directory.path());
+    const std::string url = wait_for_url(server);
+    std::smatch match;
+    ASSERT_TRUE(std::regex_match(url, match, std::regex(R"(http://127\.0\.0\.1:(\d+)/)"))) << url << "\n" << server.err();
+    httplib::Client client("127.0.0.1", std::stoi(match[1].str()));
+    const auto health = client.Get("/health");
+    ASSERT_TRUE(health);
+    EXPECT_EQ(health->status, 200);
+    const auto page = client.Get("/");
+    ASSERT_TRUE(page);
+    EXPECT_NE(page->body.find("<html"), std::string::npos);
+    const auto completion = client.Post("/v1/completions", R"({"prompt": "the ", "max_tokens": 20, "seed": 1})", "application/json");
+    ASSERT_TRUE(completion);
+    ASSERT_EQ(completion->status, 200) << completion->body;
+    // The same text as charlm sample's for the seed.
+    ChildProcess sample({"sample", checkpoint.string(), "--prompt", "the ", "--length", "20", "--seed", "1"}, directory.path() / "run");
+    ASSERT_EQ(sample.wait_for_exit(60), 0);
+    EXPECT_EQ("the " + json::parse(completion->body)["choices"][0]["text"].get<std::string>() + "\n", sample.out());
+
+    server.send(signal_number);
+    EXPECT_EQ(server.wait_for_exit(10), 0) << server.err();
+    EXPECT_NE(server.err().find("stopping"), std::string::npos) << server.err();
+    EXPECT_EQ(server.out(), url + "\n") << "stdout holds the URL alone";
+}
+
+TEST(ServeCli, ServesTheUrlItPrintsAndCtrlCEndsItWithExitZero) { expect_stops_cleanly(SIGINT); }
+TEST(ServeCli, SigtermEndsItWithExitZeroToo) { expect_stops_cleanly(SIGTERM); }
+
+TEST(ServeCli, RefusesABadCheckpointATakenPortAndAPortOutOfRange) {
+    TemporaryDirectory directory;
+    const fs::path bad = directory.write("bad.safetensors", "not a checkpoint");
+    ChildProcess bad_file({"serve", bad.string(), "--port", "0"}, directory.path());
+    EXPECT_EQ(bad_file.wait_for_exit(30), 1);
+    EXPECT_EQ(bad_file.err().rfind("charlm: error: ", 0), 0u) << bad_file.err();
+    EXPECT_TRUE(bad_file.out().empty()) << "no URL for a server that never served";
+
+    const fs::path checkpoint = tiny_checkpoint(directory);
+    ChildProcess first({"serve", checkpoint.string(), "--port", "0", "--threads", "1"}, directory.path() / "run");
+    const std::string url = wait_for_url(first);
+    ASSERT_FALSE(url.empty()) << first.err();
+    const std::string port = url.substr(url.rfind(':') + 1, url.size() - url.rfind(':') - 2);
+    fs::create_directories(directory.path() / "second");
+    ChildProcess second({"serve", checkpoint.string(), "--port", port}, directory.path() / "second");
+    EXPECT_EQ(second.wait_for_exit(30), 1);
+    EXPECT_NE(second.err().find("--port"), std::string::npos) << second.err();
+
+    fs::create_directories(directory.path() / "third");
+    ChildProcess out_of_range({"serve", checkpoint.string(), "--port", "70000"}, directory.path() / "third");
+    EXPECT_EQ(out_of_range.wait_for_exit(30), 2);
+    EXPECT_NE(out_of_range.err().find("--port"), std::string::npos) << out_of_range.err();
+}
+
+}  // namespace
