@@ -326,6 +326,9 @@ private:
         }
         const Json event = Json::parse(data, nullptr, false);
         if (event.is_discarded()) return note_problem("an event that is not JSON: '" + data.substr(0, 120) + "'");
+        // The server ends a stream it cannot finish (it is stopping, the model failed) with an error event.
+        if (event.is_object() && event.contains("error"))
+            return note_problem("an error event: " + (event["error"].is_object() ? event["error"].value("message", data.substr(0, 200)) : data.substr(0, 200)));
         if (!event.contains("choices") || !event["choices"].is_array() || event["choices"].empty() ||
             !event["choices"][0].is_object() || !event["choices"][0].contains("text") || !event["choices"][0]["text"].is_string())
             return note_problem("an event without choices[0].text: '" + data.substr(0, 120) + "'");
