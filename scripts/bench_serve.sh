@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# Serving throughput of 'charlm serve' against what the same model does without a server, in one run on one
+# machine: 'charlm eval' (teacher-forced scoring of up to 32 streams a batch, the ceiling for batched decoding),
+# 'charlm sample' (one stream: a single user without a server) and 'charlm serve' under 1, 2, 4, ... clients
+# streaming completions at once (bench/serve_load.cpp), each point after a warm-up. Prints a markdown table:
+# aggregate and per-client characters per second, the aggregate's ratio to eval and to sample, time to first
+# character, and the CPU cores the server and the load client used (the client runs on the same machine, and
+# what it takes the server does not get). A second table compares streaming with "stream": false at 1 client
+# and at the most clients: the cost of an HTTP chunk and a JSON event per character.
+# The model is a 2x256 LSTM (embed 64) on tinyshakespeare after one training step (speed does not depend on
+# training); --checkpoint FILE measures another. --threads N goes to eval, sample and serve alike.
+# Usage: scripts/bench_serve.sh [--threads N] [--seconds S] [--clients "1 2 4 8 16 32"] [--max-tokens N]
+#        [--checkpoint FILE] [--json FILE]
+set -euo pipefail
+invoked_from="$PWD"
+cd "$(dirname "$0")/.."
+
+threads=1
+seconds=5
+client_counts="1 2 4 8 16 32"
+max_tokens=400
+checkpoint=""
+json_file=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --threads) threads="$2"; shift ;;
+    --seconds) seconds="$2"; shift ;;
+    --clients) client_counts="$2"; shift ;;
+    --max-tokens) max_tokens="$2"; shift ;;
+    --checkpoint) checkpoint="$2"; shift ;;
+    --json) json_file="$2"; shift ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bench_serve.sh: unknown option $1; see scripts/bench_serve.sh --help" >&2; exit 2 ;;
+  esac
+  shift
+done
+for value in "$threads" "$max_tokens" $client_counts; do
+  case "$value" in
+    ''|*[!0-9]*|0) echo "bench_serve.sh: --threads, --max-tokens and --clients take positive whole numbers, not '$value'" >&2; exit 2 ;;
+  esac
+done
+case "$seconds" in
+  ''|*[!0-9.]*|*.*.*|.) echo "bench_serve.sh: --seconds takes a positive number, not '$seconds'" >&2; exit 2 ;;
+esac
+[ -n "$client_counts" ] || { echo "bench_serve.sh: --clients needs at least one count" >&2; exit 2; }
+# Paths given on the command line are the caller's, from where the script was started.
+case "$checkpoint" in ''|/*) ;; *) checkpoint="$invoked_from/$checkpoint" ;; esac
+case "$json_file" in ''|/*) ;; *) json_file="$invoked_from/$json_file" ;; esac
+[ -z "$checkpoint" ] || [ -f "$checkpoint" ] || { echo "bench_serve.sh: --checkpoint $checkpoint: no such file" >&2; exit 2; }
+
+load=build/bench/charlm_serve_load
+if [ ! -x build/charlm ] || [ ! -x "$load" ]; then
+  echo "bench_serve.sh: build/charlm or $load is missing; build first: cmake -S . -B build && cmake --build build -j2" \
+       "(charlm_serve_load needs libcpp-httplib-dev)" >&2
+  exit 1
+fi
+corpus=../shared/data/tinyshakespeare.txt
+if [ ! -f "$corpus" ]; then
+  scripts/get-corpus.sh >&2
+  corpus=data/kjv.txt
+fi
+
+work="$(mktemp -d)"
+server_pid=""
+cleanup() {
+  [ -z "$server_pid" ] || kill -KILL "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ -z "$checkpoint" ]; then
+  echo "bench_serve: a 2x256 LSTM checkpoint: one training step on $corpus" >&2
+  build/charlm train "$corpus" --out "$work/run" --steps 1 --layers 2 --hidden 256 --embed 64 --threads "$threads" \
+    --quiet > "$work/train.log" 2>&1 || { cat "$work/train.log" >&2; exit 1; }
+  checkpoint="$work/run/best.safetensors"
+fi
+
+seconds_now() { date +%s.%N; }
+seconds_since() { awk -v start="$1" -v end="$(seconds_now)" 'BEGIN { printf "%.6f", end - start }'; }
+
+# eval: the first 200,000 characters, and the first 2,000 to take off what loading the model and the text
+# costs, so that the rate is the scoring's alone.
+/usr/bin/python3 -c '
+import sys
+text = open(sys.argv[1], encoding="utf-8").read()
+open(sys.argv[2], "w", encoding="utf-8").write(text[:200000])
+open(sys.argv[3], "w", encoding="utf-8").write(text[:2000])
+' "$corpus" "$work/eval_large.txt" "$work/eval_small.txt"
+echo "bench_serve: charlm eval --threads $threads, 200,000 characters" >&2
+start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_small.txt" --threads "$threads" --json > "$work/eval_small.json"
+eval_small_seconds=$(seconds_since "$start")
+start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_large.txt" --threads "$threads" --json > "$work/eval_large.json"
+eval_large_seconds=$(seconds_since "$start")
+eval_rate=$(/usr/bin/python3 -c '
+import json, sys
+small, large = (json.load(open(path))["characters_scored"] for path in sys.argv[1:3])
+print((large - small) / max(float(sys.argv[4]) - float(sys.argv[3]), 1e-9))
+' "$work/eval_small.json" "$work/eval_large.json" "$eval_small_seconds" "$eval_large_seconds")
+
+# sample: 20,000 characters at batch 1, less a 1-character run for the start.
+echo "bench_serve: charlm sample --threads $threads, 20,000 characters" >&2
+start=$(seconds_now); build/charlm sample "$checkpoint" --length 1 --seed 1 --threads "$threads" > /dev/null
+sample_short_seconds=$(seconds_since "$start")
+start=$(seconds_now); build/charlm sample "$checkpoint" --length 20000 --seed 1 --threads "$threads" > /dev/null
+sample_long_seconds=$(seconds_since "$start")
+sample_rate=$(awk -v short="$sample_short_seconds" -v long="$sample_long_seconds" \
+  'BEGIN { d = long - short; if (d < 1e-9) d = 1e-9; printf "%.1f", 19999 / d }')
+
+# serve: a slot for every client, so that the figures measure batching and not the queue. Job control on
+# while it starts, so that it does not inherit an ignored SIGINT and the Ctrl-C at the end reaches it.
+most_clients=$(printf '%s\n' $client_counts | sort -n | tail -n 1)
+slots=$(( most_clients > 32 ? most_clients : 32 ))
+set -m
+build/charlm serve "$checkpoint" --port 0 --threads "$threads" --parallel "$slots" > "$work/server.out" 2> "$work/server.log" &
+server_pid=$!
+set +m
+url=""
+for _ in $(seq 600); do
+  url="$(grep -m 1 -o 'http://[^[:space:]]*' "$work/server.out" || true)"
+  [ -n "$url" ] && break
+  kill -0 "$server_pid" 2>/dev/null || { echo "bench_serve.sh: charlm serve exited:" >&2; tail -n 5 "$work/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "bench_serve.sh: charlm serve printed no URL within 60 s" >&2; exit 1; }
+
+results="$work/serve.jsonl"
+: > "$results"
+measure() {  # clients, then charlm_serve_load's options
+  local clients="$1"
+  shift
+  if ! "$load" --url "$url" --clients "$clients" --seconds "$seconds" --warmup-seconds 1 --max-tokens "$max_tokens" \
+       --rss-pid "$server_pid" --json "$@" >> "$results" 2> "$work/load.err"; then
+    echo "bench_serve: $clients client(s) $*: errors:" >&2
+    head -n 3 "$work/load.err" >&2
+  fi
+}
+echo "bench_serve: charlm serve --threads $threads --parallel $slots at $url; warming up with $most_clients clients" >&2
+"$load" --url "$url" --clients "$most_clients" --seconds 1 --warmup-seconds 1 --max-tokens "$max_tokens" > /dev/null 2>&1 || true
+for clients in $client_counts; do
+  echo "bench_serve: $clients client(s), streaming, $seconds s" >&2
+  measure "$clients"
+done
+least_clients=$(printf '%s\n' $client_counts | sort -n | head -n 1)
+for clients in $(printf '%s\n' "$least_clients" "$most_clients" | sort -nu); do
+  echo "bench_serve: $clients client(s), streaming and not, requests finished, $seconds s each" >&2
+  measure "$clients" --finish
+  measure "$clients" --finish --non-streaming
+done
+
+kill -INT "$server_pid"
+for _ in $(seq 100); do
+  kill -0 "$server_pid" 2>/dev/null || break
+  sleep 0.1
+done
+if kill -0 "$server_pid" 2>/dev/null; then
+  echo "bench_serve.sh: charlm serve was still running 10 s after SIGINT" >&2
+else
+  status=0
+  wait "$server_pid" || status=$?
+  [ "$status" -eq 0 ] || echo "bench_serve.sh: charlm serve exited with status $status after SIGINT, not 0" >&2
+  server_pid=""
+fi
+
+/usr/bin/python3 - "$results" "$eval_rate" "$sample_rate" "$threads" "$seconds" "$max_tokens" "$checkpoint" "${json_file:-}" <<'EOF'
+import json, math, os, sys
+
+path, eval_rate, sample_rate, threads, seconds, max_tokens, checkpoint, json_file = sys.argv[1:9]
+eval_rate, sample_rate = float(eval_rate), float(sample_rate)
+runs = [json.loads(line) for line in open(path) if line.strip()]
+
+
+def rate(value):
+    return f"{value / 1000:.1f}k" if value >= 10000 else f"{value:.0f}"
+
+
+def milliseconds(value):
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def cores(value):
+    return "-" if value is None else f"{value:.2f}"
+
+
+cpu = "?"
+try:
+    cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+except (OSError, StopIteration):
+    pass
+print(f"Serving a 2x256 LSTM ({os.path.basename(checkpoint)}), --threads {threads} for eval, sample and serve, "
+      f"{os.cpu_count()} cores ({cpu}); each point {seconds} s after 1 s of warm-up, max_tokens {max_tokens}.\n")
+print(f"charlm eval: {rate(eval_rate)} chars/s (teacher-forced, up to 32 streams a batch); "
+      f"charlm sample: {rate(sample_rate)} chars/s (one stream). Ratios are of the aggregate.\n")
+print("| clients | aggregate chars/s | per-client chars/s (mean / min) | ratio to eval | ratio to sample "
+      "| first char (median / p95) | server CPU cores | client CPU cores | errors |")
+print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for run in runs:
+    if not run["streaming"] or run["in_flight_at_end"] != "cut":
+        continue
+    aggregate = run["chars_per_second"]
+    print(f"| {run['clients']} | {rate(aggregate)} | {rate(run['chars_per_second_per_client_mean'])} / "
+          f"{rate(run['chars_per_second_per_client_min'])} | {aggregate / eval_rate:.2f} | {aggregate / sample_rate:.2f} | "
+          f"{milliseconds(run['first_character_seconds_median'])} / {milliseconds(run['first_character_seconds_p95'])} | "
+          f"{cores(run.get('server_cpu_cores'))} | {cores(run.get('client_cpu_cores'))} | {run['errors']} |")
+
+finished = {(run["clients"], run["streaming"]): run for run in runs if run["in_flight_at_end"] == "finished"}
+if finished:
+    print("\nWhat an event per character costs: whole requests only (--finish), streamed or not.\n")
+    print("| clients | streaming chars/s | \"stream\": false chars/s | streaming / not | server CPU cores (streaming / not) | errors |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for clients in sorted({clients for clients, _ in finished}):
+        streamed, whole = finished.get((clients, True)), finished.get((clients, False))
+        if not streamed or not whole:
+            continue
+        ratio = streamed["chars_per_second"] / whole["chars_per_second"] if whole["chars_per_second"] else math.nan
+        print(f"| {clients} | {rate(streamed['chars_per_second'])} | {rate(whole['chars_per_second'])} | {ratio:.2f} | "
+              f"{cores(streamed.get('server_cpu_cores'))} / {cores(whole.get('server_cpu_cores'))} | "
+              f"{streamed['errors'] + whole['errors']} |")
+
+if json_file:
+    with open(json_file, "w") as out:
+        json.dump({"threads": int(threads), "eval_chars_per_second": eval_rate, "sample_chars_per_second": sample_rate,
+                   "serve": runs}, out, indent=1)
+EOF
