@@ -576,6 +576,9 @@ void Server::start() {
     s.routes();
     const ServerOptions& options = s.options;
     s.http.set_payload_max_length(options.max_body_bytes);
+    // Without it, an answer's first chunk on a reused connection waited ~40 ms for the client's delayed
+    // ACK of the headers (Nagle): a 1-client stream ran at a tenth of its speed.
+    s.http.set_tcp_nodelay(true);
     s.http.set_read_timeout(options.timeout_seconds, 0);
     s.http.set_write_timeout(options.timeout_seconds, 0);
     s.http.set_keep_alive_timeout(std::min(options.timeout_seconds, 5));
