@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "charlm/threads.hpp"
+#include "row_shares.hpp"
 
 namespace charlm {
 
@@ -36,8 +37,11 @@ void DecodeRequest::throw_if_failed() const {
     throw DecodeFailed(failure_);
 }
 
-bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news) {
+bool DecodeRequest::wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news, std::chrono::milliseconds gather) {
     std::unique_lock lock(mutex_);
+    // Gathering, only the end wakes the reader (finish() always notifies, post() only a reader waiting for news).
+    if (gather.count() > 0)
+        changed_.wait_for(lock, gather, [&] { return !failure_.empty() || choices_finished_ == pending_.size(); });
     auto has_news = [&] {
         if (!failure_.empty() || choices_finished_ == pending_.size()) return true;
         return std::any_of(pending_.begin(), pending_.end(), [](const ChoiceNews& c) { return !c.characters.empty() || c.finished; });
@@ -126,6 +130,9 @@ std::vector<CharacterLogprob> most_likely(std::span<const float> logits, double 
 }
 
 }  // namespace
+
+// Rows of a step's draws a thread takes at least: a handful keeps a region worth its start.
+constexpr Eigen::Index kRowsPerShareOfDraws = 4;
 
 struct BatchDecoder::Slot {
     std::shared_ptr<DecodeRequest> request;
@@ -358,6 +365,43 @@ std::shared_ptr<DecodeRequest> BatchDecoder::score(const ScoreRequest& request) 
     return mailbox;
 }
 
+// Between two steps: finished and cancelled slots leave, the queue's first requests join while there
+// are slots for all their choices, and the stayers' rows of the state are carried into the new batch
+// (newcomers start from zeros). Called with mutex_ held.
+void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active, ModelState<float>& state) {
+    std::vector<std::unique_ptr<Slot>> kept;
+    std::vector<Eigen::Index> rows;  // each kept slot's row in the old state; -1 for a newcomer
+    for (std::size_t i = 0; i < active.size(); ++i) {
+        if (!active[i]->finished && !active[i]->request->cancelled()) {
+            rows.push_back(static_cast<Eigen::Index>(i));
+            kept.push_back(std::move(active[i]));
+        } else {
+            --slots_busy_;
+        }
+    }
+    while (!queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots) {
+        Pending pending = std::move(queue_.front());
+        queue_.pop_front();
+        slots_queued_ -= static_cast<int>(pending.slots.size());
+        if (pending.request->cancelled()) continue;
+        for (auto& slot : pending.slots) {
+            rows.push_back(-1);
+            kept.push_back(std::move(slot));
+            ++slots_busy_;
+        }
+    }
+    const auto batch = static_cast<Eigen::Index>(kept.size());
+    ModelState<float> next = model_.initial_state(static_cast<int>(batch));
+    for (Eigen::Index r = 0; r < batch; ++r) {
+        const Eigen::Index from = rows[static_cast<std::size_t>(r)];
+        if (from < 0) continue;
+        for (std::size_t l = 0; l < next.hidden.size(); ++l) next.hidden[l].row(r) = state.hidden[l].row(from);
+        for (std::size_t l = 0; l < next.cell.size(); ++l) next.cell[l].row(r) = state.cell[l].row(from);
+    }
+    state = std::move(next);
+    active = std::move(kept);
+}
+
 void BatchDecoder::run() {
     set_thread_count(options_.threads);  // OpenMP's thread count is each thread's own setting
     const WeightsFreeze<float> freeze(model_);
@@ -365,53 +409,15 @@ void BatchDecoder::run() {
     std::vector<std::unique_ptr<Slot>> active;
     ModelState<float> state = model_.initial_state(0);
     std::vector<TokenId> inputs;
-    std::string failure;
     for (;;) {
-        bool changed = false;
         {
             std::unique_lock lock(mutex_);
-            // Leave: finished, cancelled.
-            const auto before = active.size();
-            std::vector<bool> staying(active.size());
-            for (std::size_t i = 0; i < active.size(); ++i) staying[i] = !active[i]->finished && !active[i]->request->cancelled();
-            // Join: whoever is first in the queue, while there are slots for all its choices.
-            work_.wait(lock, [&] { return stopping_ || !queue_.empty() || before != 0; });
+            work_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
             if (stopping_) break;
-            ModelState<float> next = model_.initial_state(0);
-            std::vector<std::unique_ptr<Slot>> kept;
-            std::vector<Eigen::Index> rows;
-            for (std::size_t i = 0; i < active.size(); ++i) {
-                if (staying[i]) {
-                    rows.push_back(static_cast<Eigen::Index>(i));
-                    kept.push_back(std::move(active[i]));
-                } else {
-                    --slots_busy_;
-                    changed = true;
-                }
-            }
-            while (!queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots) {
-                Pending pending = std::move(queue_.front());
-                queue_.pop_front();
-                slots_queued_ -= static_cast<int>(pending.slots.size());
-                if (pending.request->cancelled()) continue;
-                for (auto& slot : pending.slots) {
-                    rows.push_back(-1);
-                    kept.push_back(std::move(slot));
-                    ++slots_busy_;
-                }
-                changed = true;
-            }
-            if (changed) {  // carry the stayers' rows of the state, and zero rows for the newcomers
-                const auto batch = static_cast<Eigen::Index>(kept.size());
-                next = model_.initial_state(static_cast<int>(batch));
-                for (Eigen::Index r = 0; r < batch; ++r) {
-                    if (rows[static_cast<std::size_t>(r)] < 0) continue;
-                    for (std::size_t l = 0; l < next.hidden.size(); ++l) next.hidden[l].row(r) = state.hidden[l].row(rows[static_cast<std::size_t>(r)]);
-                    for (std::size_t l = 0; l < next.cell.size(); ++l) next.cell[l].row(r) = state.cell[l].row(rows[static_cast<std::size_t>(r)]);
-                }
-                state = std::move(next);
-            }
-            active = std::move(kept);
+            // Most steps nobody leaves or joins: then there is nothing to rebuild.
+            const bool leaving = std::any_of(active.begin(), active.end(), [](const auto& s) { return s->finished || s->request->cancelled(); });
+            const bool joining = !queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots;
+            if (leaving || joining) admit_and_release(active, state);
         }
         if (active.empty()) continue;
         const auto batch = static_cast<int>(active.size());
@@ -419,17 +425,27 @@ void BatchDecoder::run() {
         for (std::size_t i = 0; i < active.size(); ++i) inputs[i] = active[i]->next_input();
         try {
             model_.forward(inputs, 1, batch, state);
-            const Matrix<float>& logits = model_.logits();
-            for (std::size_t i = 0; i < active.size(); ++i) {
-                const std::span<const float> row(logits.row(static_cast<Eigen::Index>(i)).data(), static_cast<std::size_t>(logits.cols()));
-                active[i]->after_step(row, state, static_cast<Eigen::Index>(i), vocab_);
-            }
         } catch (const std::exception& error) {
             for (auto& slot : active) {
                 slot->request->fail(fmt::format("decoding failed: {}", error.what()));
                 slot->finished = true;
             }
+            continue;
         }
+        // Each row's draw, log-probabilities and posting are its own slot's: shared among the threads,
+        // they take a few microseconds a row that would otherwise leave the other threads idle.
+        const Matrix<float>& logits = model_.logits();
+        for_each_row_share(batch, kRowsPerShareOfDraws, [&](Eigen::Index first, Eigen::Index rows) {
+            for (Eigen::Index i = first; i < first + rows; ++i) {
+                Slot& slot = *active[static_cast<std::size_t>(i)];
+                try {
+                    slot.after_step(std::span<const float>(logits.row(i).data(), static_cast<std::size_t>(logits.cols())), state, i, vocab_);
+                } catch (const std::exception& error) {  // nothing may leave a parallel region
+                    slot.request->fail(fmt::format("decoding failed: {}", error.what()));
+                    slot.finished = true;
+                }
+            }
+        });
         std::lock_guard lock(mutex_);
         ++steps_;
     }

@@ -123,14 +123,25 @@ namespace {
 
 // rows x kPanelWidth of c (+)= rows x K of a times one K x kPanelWidth panel: the accumulators stay in
 // registers for the whole K loop. `count` < kPanelWidth at the right edge of c.
-// An FMA waits on the previous one into the same accumulator, so a block of few rows also splits the
-// depth among this many accumulators each: at least 8 independent chains keep both FMA units busy.
-constexpr int chains_for_rows(int rows) { return rows * kPanelPackets >= 8 ? 1 : (8 + rows * kPanelPackets - 1) / (rows * kPanelPackets); }
+// An FMA waits on the previous one into the same accumulator, so a block of few rows may also split
+// the depth among several accumulators each, for this many independent chains in all. With AVX2, 8
+// keep both FMA units busy. With AVX-512, a row alone has 4 (one per packet) and is kept at that: a
+// product of one row (sampling) is limited by reading the weights, and 2x256 and 3x512 sampled as fast
+// with 4 chains as with 8; in exchange every block size sums a row in the same order, so that rows
+// summed as if alone (serving) use the tall blocks that read the panel least.
+#ifdef __AVX512F__
+constexpr int kChainsWanted = 4;
+#else
+constexpr int kChainsWanted = 8;
+#endif
+constexpr int chains_for_rows(int rows) {
+    return rows * kPanelPackets >= kChainsWanted ? 1 : (kChainsWanted + rows * kPanelPackets - 1) / (rows * kPanelPackets);
+}
 // RowSums::as_if_alone: every block sums with one row's chains, so its blocks are only as tall as the
-// registers allow beside the panel's packets and a broadcast (AVX-512: 3 rows x 4 packets x 2 chains;
-// AVX2: 1 row x 2 packets x 4 chains).
+// registers allow beside the panel's packets and a broadcast (AVX-512: 6 rows x 4 packets x 1 chain,
+// the same kernels as `fastest`; AVX2: 1 row x 2 packets x 4 chains).
 constexpr int kAloneChains = chains_for_rows(1);
-constexpr Eigen::Index kAloneBlockRows = std::max(1, (kVectorRegisters - kPanelPackets - 2) / (kPanelPackets * kAloneChains));
+constexpr Eigen::Index kAloneBlockRows = std::min<Eigen::Index>(kBlockRows, std::max(1, (kVectorRegisters - kPanelPackets - 2) / (kPanelPackets * kAloneChains)));
 
 template <typename Scalar, int Rows, int Chains>
 void multiply_block(const Scalar* a, Eigen::Index lda, const Scalar* panel, Eigen::Index depth, bool accumulate,

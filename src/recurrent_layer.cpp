@@ -97,8 +97,13 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
     }
 
-    // Each thread runs every step for its share of the batch: the streams are independent.
-    for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
+    // Each thread runs every step for its share of the batch: the streams are independent. One step
+    // against frozen weights (sampling, serving many streams) is one share instead, and its products
+    // split the weights' panels among the threads: each thread then reads only its part of the
+    // weights, which stays in its core's cache from step to step, where a share of the rows would
+    // read all of them (2x256, 16 streams, 2 threads: 60k characters a second in shares of rows, 67k in panels).
+    const Eigen::Index min_rows = steps == 1 && weights.version != 0 ? std::max<Eigen::Index>(B, 1) : kMinRowsPerThread;
+    for_each_row_share(B, min_rows, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = 0; t < steps; ++t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? w.initial_hidden.middleRows(first, rows) : w.hidden.middleRows(row - B, rows);

@@ -409,10 +409,10 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
             bool done = false;
             std::string events;
             // At most one event per pace: a piece is what the decoder made meanwhile. An event per
-            // character would cost a wake-up, a JSON object and a write for each, for each client.
-            if (!first) std::this_thread::sleep_for(kStreamPace);
+            // character would cost a wake-up, a JSON object and a write for each, for each client. The
+            // last piece goes at once: waiting out the pace after the end slowed a client's next request.
             try {
-                done = mailbox->wait_for_news(std::chrono::milliseconds(250), news);
+                done = mailbox->wait_for_news(std::chrono::milliseconds(250), news, first ? std::chrono::milliseconds(0) : kStreamPace);
             } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
                 const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
                 const Refusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};

@@ -1409,9 +1409,9 @@ TEST_F(Cli, ParseErrorsSayWhatIsWrongAndWhereToReadMore) {
     expect_parse_error({"sample", "ck.safetensors", "--length", "ten"}, {"--length wants a whole number, not 'ten'"}, "charlm sample");
     expect_parse_error({"sample", "ck.safetensors", "--temperature", "abc"}, {"--temperature wants a number, not 'abc'"}, "charlm sample");
     expect_parse_error({"train", "c.txt", "--layers", "two"}, {"--layers wants a whole number, not 'two'"}, "charlm train");
-    expect_parse_error({"frobnicate"}, {"unknown command 'frobnicate'", "train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({"frobnicate"}, {"unknown command 'frobnicate'", "train, sample, eval, serve, info, plot, bench"}, "charlm");
     expect_parse_error({"smaple", "ck.safetensors"}, {"unknown command 'smaple' (did you mean sample?)"}, "charlm");
-    expect_parse_error({}, {"give a command: train, sample, eval, info, plot, bench"}, "charlm");
+    expect_parse_error({}, {"give a command: train, sample, eval, serve, info, plot, bench"}, "charlm");
     expect_parse_error({"sample", "ck.safetensors", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm sample");
     expect_parse_error({"eval", "ck.safetensors", "f.txt", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm eval");
     expect_parse_error({"bench", "--seconds", "0"}, {"--seconds must be above 0, not 0"}, "charlm bench");

@@ -134,7 +134,9 @@ TEST(Decode, LogprobsAreTheModelsOwnDistribution) {
                 listed = true;
                 EXPECT_EQ(alternative.logprob, c.logprob);
             }
-        if (!listed) EXPECT_LE(c.logprob, c.top.back().logprob);
+        if (!listed) {
+            EXPECT_LE(c.logprob, c.top.back().logprob);
+        }
     }
 }
 

@@ -98,8 +98,11 @@ public:
     DecodeRequest(int choices, bool scoring);
 
     // Waits until there is news or `timeout` passes, then moves every choice's news since the last call
-    // into `news` (one entry a choice). Returns true once every choice has finished.
-    bool wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news);
+    // into `news` (one entry a choice). Returns true once every choice has finished. With `gather`, it
+    // first lets news gather for that long, unless every choice finishes meanwhile (a stream that sends
+    // a piece per interval, and its last piece at once).
+    bool wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news,
+                       std::chrono::milliseconds gather = std::chrono::milliseconds(0));
     // Waits until the request has finished (a score, or a completion read all at once).
     void wait_until_finished();
     // After the score request has finished.
@@ -179,6 +182,7 @@ private:
         std::vector<std::unique_ptr<Slot>> slots;
     };
     void submit(Pending pending);
+    void admit_and_release(std::vector<std::unique_ptr<Slot>>& active, ModelState<float>& state);
     void run();
 
     Model<float>& model_;
