@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the checkpoint loader and the text pipeline with libFuzzer (clang, ASan, UBSan) for SECONDS each.
+# Fuzzes the checkpoint loader, the text pipeline and the server's request reading with libFuzzer (clang, ASan, UBSan) for SECONDS each.
 # Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -117,10 +117,47 @@ WORDS
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}"
 status=0
-for target in checkpoint text; do
+# Request bodies for charlm serve: good ones to mutate, and the field names and values that matter.
+mkdir -p "$seeds/request"
+printf '%s' '{"prompt": "abc", "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 7, "stop": ["\n", "x"], "n": 2, "stream": true, "logprobs": 3}' > "$seeds/request/completion"
+printf '%s' '{"prompt": ["a é"], "skip_unknown": true, "model": "m", "echo": false, "best_of": 1, "logit_bias": {}}' > "$seeds/request/openai"
+printf '%s' '{"text": "abc def", "top": 3, "neurons": [[0, 1], [1, 7, "cell"]], "most_varying": 4}' > "$seeds/request/score"
+cat > "$seeds/request.dict" <<'WORDS'
+"prompt"
+"max_tokens"
+"temperature"
+"top_p"
+"top_k"
+"seed"
+"stop"
+"stream"
+"logprobs"
+"skip_unknown"
+"text"
+"top"
+"neurons"
+"most_varying"
+"hidden"
+"cell"
+"echo"
+"best_of"
+"frequency_penalty"
+"logit_bias"
+"suffix"
+"null"
+"true"
+"1e300"
+"-1"
+"0.5"
+"18446744073709551615"
+"\\u0000"
+"\\ud83d\\ude42"
+WORDS
+for target in checkpoint text request; do
   case "$target" in
     checkpoint) max_length=65536 dictionary=(-dict="$seeds/checkpoint.dict") ;;
     text) max_length=4096 dictionary=() ;;
+    request) max_length=4096 dictionary=(-dict="$seeds/request.dict") ;;
   esac
   corpus="$build_dir/corpus/$target"  # kept between runs, so that later runs start where this one stopped
   mkdir -p "$corpus"

@@ -42,17 +42,9 @@ constexpr int kMostVarying = 64;
 // A stream sends at most one event per pace (about 60 a second): smooth to watch, and cheap to serve.
 constexpr std::chrono::milliseconds kStreamPace{16};
 
-// A request refused: the status, a message that says what to send instead, and the field at fault.
-struct Refusal {
-    int status = 400;
-    std::string message;
-    std::string param;
-    std::string type = "invalid_request_error";
-};
+[[noreturn]] void refuse(std::string param, std::string message) { throw RequestRefusal{400, std::move(message), std::move(param)}; }
 
-[[noreturn]] void refuse(std::string param, std::string message) { throw Refusal{400, std::move(message), std::move(param)}; }
-
-json error_body(const Refusal& refusal) {
+json error_body(const RequestRefusal& refusal) {
     return {{"error", {{"message", refusal.message}, {"type", refusal.type},
                        {"param", refusal.param.empty() ? json(nullptr) : json(refusal.param)}, {"code", refusal.status}}}};
 }
@@ -64,7 +56,7 @@ void answer(httplib::Response& response, int status, const json& body) {
     response.set_content(dump(body), "application/json");
 }
 
-void answer(httplib::Response& response, const Refusal& refusal) {
+void answer(httplib::Response& response, const RequestRefusal& refusal) {
     if (refusal.status == 503) response.set_header("Retry-After", "1");
     answer(response, refusal.status, error_body(refusal));
 }
@@ -89,11 +81,11 @@ int nesting_depth(std::string_view text) {
     return deepest;
 }
 
-json parse_body(const httplib::Request& request) {
-    if (nesting_depth(request.body) > kDeepestNesting)
+json parse_body(std::string_view text) {
+    if (nesting_depth(text) > kDeepestNesting)
         refuse("", fmt::format("the JSON is nested deeper than {} levels", kDeepestNesting));
     try {
-        json body = json::parse(request.body);
+        json body = json::parse(text);
         if (!body.is_object()) refuse("", "the body must be a JSON object");
         return body;
     } catch (const json::parse_error& error) {
@@ -172,9 +164,18 @@ private:
 
 // The text of a field as code points, with the characters the model never saw dropped (skip_unknown)
 // or refused in a list.
+// JSON strings are valid UTF-8 once parsed; a refusal all the same, should one not be.
+std::u32string code_points_of(const std::string& bytes, const std::string& param) {
+    try {
+        return decode_utf8(bytes, param);
+    } catch (const Error& error) {
+        refuse(param, error.what());
+    }
+}
+
 std::u32string known_text(const std::string& bytes, const Vocab& vocab, const std::string& param, bool skip_unknown,
                           std::size_t& unknown_count) {
-    std::u32string text = decode_utf8(bytes, param);
+    std::u32string text = code_points_of(bytes, param);
     std::u32string known;
     std::string unknown;
     unknown_count = 0;
@@ -266,57 +267,11 @@ std::string score_report_html(nlohmann::ordered_json score, const std::string& f
     return page;
 }
 
-struct Server::State {
-    ServerOptions options;
-    httplib::Server http;
-    std::thread listener;
-    int port = 0;
-    int listening_socket = -1;
-    std::atomic<std::uint64_t> next_id{1};
-
-    // The model and its decoder, from load() on. Handlers read them without a lock once `ready` is set:
-    // nothing changes them after that until stop(), which first stops the listener's handlers.
-    std::optional<Checkpoint> checkpoint;
-    std::string model_name;
-    std::unique_ptr<BatchDecoder> decoder;
-    std::atomic<bool> ready{false};
-
-    void routes();
-    void health(httplib::Response& response);
-    void models(httplib::Response& response);
-    void completions(const httplib::Request& request, httplib::Response& response);
-    void score(const httplib::Request& request, httplib::Response& response);
-    void check_ready() const {
-        if (!ready) throw Refusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
-    }
-};
-
-void Server::State::health(httplib::Response& response) {
-    if (!ready) return answer(response, 503, {{"status", "loading"}});
-    const DecoderLoad load = decoder->load();
-    answer(response, 200, {{"status", "ok"}, {"slots_idle", load.slots_idle}, {"slots_processing", load.slots_busy},
-                           {"requests_queued", load.requests_queued}});
-}
-
-void Server::State::models(httplib::Response& response) {
-    check_ready();
-    const ModelConfig& config = checkpoint->config;
-    const json meta = {{"cell", to_string(config.cell)}, {"layers", config.layers}, {"hidden_size", config.hidden_size},
-                       {"embed_size", config.embed_size}, {"vocab_size", config.vocab_size},
-                       {"parameters", config.parameter_count()}, {"step", checkpoint->training.step},
-                       {"vocabulary", encode_utf8(std::u32string(checkpoint->vocab.code_points().begin(), checkpoint->vocab.code_points().end()))},
-                       {"has_cell_state", config.has_cell_state()}, {"max_tokens", options.max_tokens},
-                       {"max_text_characters", options.max_score_characters}, {"slots", options.slots}};
-    answer(response, 200, {{"object", "list"}, {"data", json::array({{{"id", model_name}, {"object", "model"}, {"owned_by", "charlm"},
-                                                                      {"created", std::time(nullptr)}, {"meta", meta}}})}});
-}
-
-void Server::State::completions(const httplib::Request& http_request, httplib::Response& response) {
-    check_ready();
-    const json body = parse_body(http_request);
+CompletionCall read_completion_request(std::string_view text, const Vocab& vocab, const ServerOptions& options) {
+    const json body = parse_body(text);
     Fields fields(body);
-    const Vocab& vocab = checkpoint->vocab;
-    CompletionRequest request;
+    CompletionCall call;
+    CompletionRequest& request = call.request;
     std::string prompt_bytes;
     if (const json* prompt = fields.find("prompt")) {
         if (prompt->is_array() && prompt->size() == 1 && (*prompt)[0].is_string()) prompt_bytes = (*prompt)[0].get<std::string>();
@@ -348,16 +303,16 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
         if (!stops.is_array() || stops.size() > kMostStops || !std::all_of(stops.begin(), stops.end(), [](const json& s) { return s.is_string(); }))
             refuse("stop", fmt::format("stop must be a string or an array of at most {} strings", kMostStops));
         for (const json& s : stops) {
-            const std::u32string text = decode_utf8(s.get<std::string>(), "stop");
+            const std::u32string text = code_points_of(s.get<std::string>(), "stop");
             if (text.empty()) refuse("stop", "a stop text cannot be empty");
             if (text.size() > 64) refuse("stop", "a stop text may have at most 64 characters");
             request.stops.push_back(text);
         }
     }
     request.choices = static_cast<int>(fields.whole("n", 1, 1, std::min(kMostChoices, options.slots)));
-    const bool stream = fields.flag("stream", false);
+    call.stream = fields.flag("stream", false);
     request.alternatives = static_cast<int>(fields.whole("logprobs", 0, 0, kMostAlternatives));
-    const bool with_logprobs = fields.find("logprobs") != nullptr;
+    call.with_logprobs = fields.find("logprobs") != nullptr;
     fields.text("model", "");
     fields.text("user", "");
     fields.only_default("echo", false);
@@ -368,6 +323,100 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
     fields.only_default("logit_bias", json::object());
     fields.check_all_read();
 
+    return call;
+}
+
+ScoreCall read_score_request(std::string_view text, const Vocab& vocab, const ModelConfig& config, const ServerOptions& options) {
+    const json body = parse_body(text);
+    Fields fields(body);
+    ScoreCall call;
+    ScoreRequest& request = call.request;
+    const json* text_field = fields.find("text");
+    if (!text_field || !text_field->is_string()) refuse("text", "text must be a string of at least 2 characters");
+    const bool skip_unknown = fields.flag("skip_unknown", false);
+    std::size_t& unknown = call.unknown_characters;
+    request.text = known_text(text_field->get<std::string>(), vocab, "text", skip_unknown, unknown);
+    if (request.text.size() < 2) refuse("text", fmt::format("text must have at least 2 characters the model knows; it has {}", request.text.size()));
+    if (request.text.size() > options.max_score_characters)
+        refuse("text", fmt::format("the text has {} characters; this server scores at most {} (charlm eval --html scores a file)",
+                                   request.text.size(), options.max_score_characters));
+    request.top = static_cast<int>(fields.whole("top", 5, 0, kMostAlternatives));
+    request.most_varying = static_cast<int>(fields.whole("most_varying", 16, 0, kMostVarying));
+    if (const json* neurons = fields.find("neurons")) {
+        if (!neurons->is_array() || neurons->size() > kMostNeurons)
+            refuse("neurons", fmt::format("neurons must be an array of at most {} [layer, unit] or [layer, unit, \"hidden\"|\"cell\"]", kMostNeurons));
+        for (const json& n : *neurons) {
+            const bool shaped = n.is_array() && (n.size() == 2 || n.size() == 3) && n[0].is_number_integer() && n[1].is_number_integer() &&
+                                (n.size() == 2 || (n[2].is_string() && (n[2] == "hidden" || n[2] == "cell")));
+            if (!shaped) refuse("neurons", fmt::format("each neuron is [layer, unit] or [layer, unit, \"hidden\"|\"cell\"], not {}", n.dump()));
+            const auto layer = n[0].get<std::int64_t>(), unit = n[1].get<std::int64_t>();
+            if (layer < 0 || layer > 1'000'000 || unit < 0 || unit > 1'000'000)
+                refuse("neurons", fmt::format("no neuron {}", n.dump()));
+            const Neuron neuron{static_cast<int>(layer), static_cast<int>(unit), n.size() == 3 && n[2] == "cell"};
+            try {
+                check_neuron(config, neuron);
+            } catch (const UsageError& error) {
+                refuse("neurons", fmt::format("{}: {}", n.dump(), error.what()));
+            }
+            request.neurons.push_back(neuron);
+        }
+    }
+    fields.text("model", "");
+    fields.check_all_read();
+
+    return call;
+}
+
+struct Server::State {
+    ServerOptions options;
+    httplib::Server http;
+    std::thread listener;
+    int port = 0;
+    int listening_socket = -1;
+    std::atomic<std::uint64_t> next_id{1};
+
+    // The model and its decoder, from load() on. Handlers read them without a lock once `ready` is set:
+    // nothing changes them after that until stop(), which first stops the listener's handlers.
+    std::optional<Checkpoint> checkpoint;
+    std::string model_name;
+    std::unique_ptr<BatchDecoder> decoder;
+    std::atomic<bool> ready{false};
+
+    void routes();
+    void health(httplib::Response& response);
+    void models(httplib::Response& response);
+    void completions(const httplib::Request& request, httplib::Response& response);
+    void score(const httplib::Request& request, httplib::Response& response);
+    void check_ready() const {
+        if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
+    }
+};
+
+void Server::State::health(httplib::Response& response) {
+    if (!ready) return answer(response, 503, {{"status", "loading"}});
+    const DecoderLoad load = decoder->load();
+    answer(response, 200, {{"status", "ok"}, {"slots_idle", load.slots_idle}, {"slots_processing", load.slots_busy},
+                           {"requests_queued", load.requests_queued}});
+}
+
+void Server::State::models(httplib::Response& response) {
+    check_ready();
+    const ModelConfig& config = checkpoint->config;
+    const json meta = {{"cell", to_string(config.cell)}, {"layers", config.layers}, {"hidden_size", config.hidden_size},
+                       {"embed_size", config.embed_size}, {"vocab_size", config.vocab_size},
+                       {"parameters", config.parameter_count()}, {"step", checkpoint->training.step},
+                       {"vocabulary", encode_utf8(std::u32string(checkpoint->vocab.code_points().begin(), checkpoint->vocab.code_points().end()))},
+                       {"has_cell_state", config.has_cell_state()}, {"max_tokens", options.max_tokens},
+                       {"max_text_characters", options.max_score_characters}, {"slots", options.slots}};
+    answer(response, 200, {{"object", "list"}, {"data", json::array({{{"id", model_name}, {"object", "model"}, {"owned_by", "charlm"},
+                                                                      {"created", std::time(nullptr)}, {"meta", meta}}})}});
+}
+
+void Server::State::completions(const httplib::Request& http_request, httplib::Response& response) {
+    check_ready();
+    const CompletionCall call = read_completion_request(http_request.body, checkpoint->vocab, options);
+    const CompletionRequest& request = call.request;
+    const bool stream = call.stream, with_logprobs = call.with_logprobs;
     const auto mailbox = decoder->complete(request);
     const std::string id = fmt::format("cmpl-{}", next_id++);
     const std::time_t created = std::time(nullptr);
@@ -415,7 +464,7 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
                 done = mailbox->wait_for_news(std::chrono::milliseconds(250), news, first ? std::chrono::milliseconds(0) : kStreamPace);
             } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
                 const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
-                const Refusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
+                const RequestRefusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
                 events = "data: " + dump(error_body(failure)) + "\n\ndata: [DONE]\n\n";
                 sink.write(events.data(), events.size());
                 sink.done();
@@ -443,42 +492,9 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
 
 void Server::State::score(const httplib::Request& http_request, httplib::Response& response) {
     check_ready();
-    const json body = parse_body(http_request);
-    Fields fields(body);
-    ScoreRequest request;
-    const json* text = fields.find("text");
-    if (!text || !text->is_string()) refuse("text", "text must be a string of at least 2 characters");
-    const bool skip_unknown = fields.flag("skip_unknown", false);
-    std::size_t unknown = 0;
-    request.text = known_text(text->get<std::string>(), checkpoint->vocab, "text", skip_unknown, unknown);
-    if (request.text.size() < 2) refuse("text", fmt::format("text must have at least 2 characters the model knows; it has {}", request.text.size()));
-    if (request.text.size() > options.max_score_characters)
-        refuse("text", fmt::format("the text has {} characters; this server scores at most {} (charlm eval --html scores a file)",
-                                   request.text.size(), options.max_score_characters));
-    request.top = static_cast<int>(fields.whole("top", 5, 0, kMostAlternatives));
-    request.most_varying = static_cast<int>(fields.whole("most_varying", 16, 0, kMostVarying));
-    if (const json* neurons = fields.find("neurons")) {
-        if (!neurons->is_array() || neurons->size() > kMostNeurons)
-            refuse("neurons", fmt::format("neurons must be an array of at most {} [layer, unit] or [layer, unit, \"hidden\"|\"cell\"]", kMostNeurons));
-        for (const json& n : *neurons) {
-            const bool shaped = n.is_array() && (n.size() == 2 || n.size() == 3) && n[0].is_number_integer() && n[1].is_number_integer() &&
-                                (n.size() == 2 || (n[2].is_string() && (n[2] == "hidden" || n[2] == "cell")));
-            if (!shaped) refuse("neurons", fmt::format("each neuron is [layer, unit] or [layer, unit, \"hidden\"|\"cell\"], not {}", n.dump()));
-            const auto layer = n[0].get<std::int64_t>(), unit = n[1].get<std::int64_t>();
-            if (layer < 0 || layer > 1'000'000 || unit < 0 || unit > 1'000'000)
-                refuse("neurons", fmt::format("no neuron {}", n.dump()));
-            const Neuron neuron{static_cast<int>(layer), static_cast<int>(unit), n.size() == 3 && n[2] == "cell"};
-            try {
-                check_neuron(checkpoint->config, neuron);
-            } catch (const UsageError& error) {
-                refuse("neurons", fmt::format("{}: {}", n.dump(), error.what()));
-            }
-            request.neurons.push_back(neuron);
-        }
-    }
-    fields.text("model", "");
-    fields.check_all_read();
-
+    const ScoreCall call = read_score_request(http_request.body, checkpoint->vocab, checkpoint->config, options);
+    const ScoreRequest& request = call.request;
+    const std::size_t unknown = call.unknown_characters;
     const auto mailbox = decoder->score(request);
     mailbox->wait_until_finished();
     json result = score_to_json(mailbox->score(), request.text);
@@ -493,16 +509,16 @@ void Server::State::routes() {
         return [this, handler](const httplib::Request& request, httplib::Response& response) {
             try {
                 handler(request, response);
-            } catch (const Refusal& refusal) {
+            } catch (const RequestRefusal& refusal) {
                 answer(response, refusal);
             } catch (const DecoderBusy& busy) {
-                answer(response, Refusal{503, busy.what(), "", "unavailable_error"});
+                answer(response, RequestRefusal{503, busy.what(), "", "unavailable_error"});
             } catch (const DecodeFailed& failure) {
-                answer(response, Refusal{500, failure.what(), "", "server_error"});
+                answer(response, RequestRefusal{500, failure.what(), "", "server_error"});
             } catch (const UsageError& error) {
-                answer(response, Refusal{400, error.what(), ""});
+                answer(response, RequestRefusal{400, error.what(), ""});
             } catch (const Error& error) {
-                answer(response, Refusal{400, error.what(), ""});
+                answer(response, RequestRefusal{400, error.what(), ""});
             }
         };
     };
@@ -517,7 +533,7 @@ void Server::State::routes() {
     auto wrong_method = [](const char* allowed) {
         return [allowed](const httplib::Request& request, httplib::Response& response) {
             response.set_header("Allow", allowed);
-            answer(response, Refusal{405, fmt::format("{} takes {}, not {}", request.path, allowed, request.method), ""});
+            answer(response, RequestRefusal{405, fmt::format("{} takes {}, not {}", request.path, allowed, request.method), ""});
         };
     };
     for (const char* path : {"/v1/completions", "/v1/score"}) {
@@ -542,7 +558,7 @@ void Server::State::routes() {
             message = fmt::format("the body is larger than this server takes ({} bytes)", max_body);
         else if (response.status == 400)
             message = "a malformed HTTP request";
-        answer(response, Refusal{response.status, message, ""});
+        answer(response, RequestRefusal{response.status, message, ""});
     });
     http.set_exception_handler([](const httplib::Request&, httplib::Response& response, std::exception_ptr error) {
         std::string message = "internal error";
@@ -553,7 +569,7 @@ void Server::State::routes() {
         } catch (...) {
         }
         spdlog::error("{}", message);
-        answer(response, Refusal{500, message, "", "server_error"});
+        answer(response, RequestRefusal{500, message, "", "server_error"});
     });
     http.set_logger([](const httplib::Request& request, const httplib::Response& response) {
         spdlog::debug("{} {} {}", request.method, request.path, response.status);

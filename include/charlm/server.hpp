@@ -50,6 +50,33 @@ private:
     std::unique_ptr<State> state_;
 };
 
+// A request refused: its HTTP status, a message that says what to send instead, the field at fault
+// ("" for the body as a whole) and OpenAI's error type.
+struct RequestRefusal {
+    int status = 400;
+    std::string message;
+    std::string param;
+    std::string type = "invalid_request_error";
+};
+
+// A /v1/completions body read as docs/serve.md says: what to decode, and how to answer.
+struct CompletionCall {
+    CompletionRequest request;
+    bool stream = false;
+    bool with_logprobs = false;
+};
+// Throws RequestRefusal for anything docs/serve.md does not allow, and nothing else: whatever passes is
+// a request the decoder can serve (characters of the vocabulary, values in range, at most
+// options.max_tokens characters).
+CompletionCall read_completion_request(std::string_view body, const Vocab& vocab, const ServerOptions& options);
+
+struct ScoreCall {
+    ScoreRequest request;
+    std::size_t unknown_characters = 0;  // left out of the text (skip_unknown)
+};
+// The same for a /v1/score body.
+ScoreCall read_score_request(std::string_view body, const Vocab& vocab, const ModelConfig& config, const ServerOptions& options);
+
 // The page at GET / (src/serve/page.html, built in).
 std::string_view serve_page();
 
