@@ -88,7 +88,7 @@ json parse_body(std::string_view text) {
         json body = json::parse(text);
         if (!body.is_object()) refuse("", "the body must be a JSON object");
         return body;
-    } catch (const json::parse_error& error) {
+    } catch (const json::exception& error) {  // a syntax error, or a number past a double's range (1e700)
         refuse("", fmt::format("the body is not valid JSON: {}", error.what()));
     }
 }
@@ -283,7 +283,7 @@ CompletionCall read_completion_request(std::string_view text, const Vocab& vocab
     request.prompt = known_text(prompt_bytes, vocab, "prompt", skip_unknown, unknown);
     if (request.prompt.size() > options.max_score_characters)
         refuse("prompt", fmt::format("the prompt has {} characters; this server reads at most {}", request.prompt.size(), options.max_score_characters));
-    request.max_characters = static_cast<std::size_t>(fields.whole("max_tokens", 200, 0, static_cast<std::int64_t>(options.max_tokens), " (this server's --max-tokens)"));
+    request.max_characters = static_cast<std::size_t>(fields.whole("max_tokens", std::min<std::int64_t>(200, static_cast<std::int64_t>(options.max_tokens)), 0, static_cast<std::int64_t>(options.max_tokens), " (this server's --max-tokens)"));
     request.options.temperature = fields.number("temperature", 1.0);
     if (!(request.options.temperature > 0) || request.options.temperature > 100)
         refuse("temperature", fmt::format("temperature must be above 0 and at most 100, not {} (for the most likely character every time, send \"top_k\": 1)",

@@ -265,6 +265,7 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     const std::vector<Case> cases{
         {"invalid JSON", "/v1/completions", "{\"prompt\": ", 400, "not valid JSON"},
         {"not an object", "/v1/completions", "[1, 2]", 400, "JSON object"},
+        {"a number past a double", "/v1/completions", R"({"max_tokens": 1e700})", 400, "not valid JSON"},
         {"invalid UTF-8", "/v1/completions", "{\"prompt\": \"a\xff\"}", 400, "not valid JSON"},
         {"deeply nested JSON", "/v1/completions", "{\"prompt\": " + deep + "}", 400, "nested deeper"},
         {"max_tokens as a string", "/v1/completions", R"({"max_tokens": "10"})", 400, "whole number"},
@@ -323,7 +324,18 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     // What is refused above is taken where asked for.
     EXPECT_EQ(running.post("/v1/completions", json{{"prompt", "abc é"}, {"skip_unknown", true}, {"max_tokens", 3}}).status, 200);
     EXPECT_EQ(running.post("/v1/completions", json{{"model", "anything"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", nullptr}}).status, 200);
+    const Reply defaulted = running.post("/v1/completions", json{{"prompt", "a"}});
+    EXPECT_EQ(defaulted.body["usage"]["completion_tokens"], 200) << "the default max_tokens";
     EXPECT_EQ(running.get("/health").status, 200) << "the server serves on";
+}
+
+TEST(Server, TheDefaultLengthStaysWithinTheServersLimit) {
+    ServerOptions options;
+    options.max_tokens = 50;
+    Running running(options);
+    const Reply reply = running.post("/v1/completions", json{{"prompt", "a"}});
+    ASSERT_EQ(reply.status, 200) << reply.raw;
+    EXPECT_EQ(reply.body["usage"]["completion_tokens"], 50);
 }
 
 // A raw connection to the server, for clients that misbehave below HTTP.
