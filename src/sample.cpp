@@ -59,8 +59,14 @@ TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& op
     greedy_choice_ = -1;
     weights_.resize(V);
     const float max_logit = row.maxCoeff();
+    // 1/T overflows to infinity for a subnormal T, and 0 * infinity made the most likely weight NaN
+    // (a sample of garbage); dividing gives 0 for it and -infinity for the rest, as T -> 0 should.
     const double inverse_temperature = 1.0 / options.temperature;
-    for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) * inverse_temperature));
+    if (std::isfinite(inverse_temperature)) {
+        for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) * inverse_temperature));
+    } else {
+        for (std::size_t i = 0; i < V; ++i) weights_[i] = static_cast<float>(std::exp((logits[i] - max_logit) / options.temperature));
+    }
     auto weight = [&](TokenId id) { return weights_[static_cast<std::size_t>(id)]; };
     std::size_t kept = V;
     order_.resize(V);

@@ -385,8 +385,8 @@ struct Server::State {
     void routes();
     void health(httplib::Response& response);
     void models(httplib::Response& response);
-    void completions(const httplib::Request& request, httplib::Response& response);
-    void score(const httplib::Request& request, httplib::Response& response);
+    void completions(const std::string& body, httplib::Response& response);
+    void score(const std::string& body, httplib::Response& response);
     void check_ready() const {
         if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
     }
@@ -412,9 +412,9 @@ void Server::State::models(httplib::Response& response) {
                                                                       {"created", std::time(nullptr)}, {"meta", meta}}})}});
 }
 
-void Server::State::completions(const httplib::Request& http_request, httplib::Response& response) {
+void Server::State::completions(const std::string& body, httplib::Response& response) {
     check_ready();
-    const CompletionCall call = read_completion_request(http_request.body, checkpoint->vocab, options);
+    const CompletionCall call = read_completion_request(body, checkpoint->vocab, options);
     const CompletionRequest& request = call.request;
     const bool stream = call.stream, with_logprobs = call.with_logprobs;
     const auto mailbox = decoder->complete(request);
@@ -490,9 +490,9 @@ void Server::State::completions(const httplib::Request& http_request, httplib::R
         [mailbox](bool) { mailbox->cancel(); });  // finished or not, the slot is no longer wanted
 }
 
-void Server::State::score(const httplib::Request& http_request, httplib::Response& response) {
+void Server::State::score(const std::string& body, httplib::Response& response) {
     check_ready();
-    const ScoreCall call = read_score_request(http_request.body, checkpoint->vocab, checkpoint->config, options);
+    const ScoreCall call = read_score_request(body, checkpoint->vocab, checkpoint->config, options);
     const ScoreRequest& request = call.request;
     const std::size_t unknown = call.unknown_characters;
     const auto mailbox = decoder->score(request);
@@ -528,8 +528,32 @@ void Server::State::routes() {
     });
     http.Get("/health", guarded([this](const httplib::Request&, httplib::Response& response) { health(response); }));
     http.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& response) { models(response); }));
-    http.Post("/v1/completions", guarded([this](const httplib::Request& request, httplib::Response& response) { completions(request, response); }));
-    http.Post("/v1/score", guarded([this](const httplib::Request& request, httplib::Response& response) { score(request, response); }));
+    // The bodies are read through a content reader: httplib caps a body sent as a form (what curl -d and
+    // urllib send unless told otherwise) at 8 KB and answered 413 past it; read this way, only
+    // set_payload_max_length applies, whatever the Content-Type.
+    const std::size_t max_body = options.max_body_bytes;
+    auto with_body = [guarded, max_body](auto handler) {
+        return [guarded, handler, max_body](const httplib::Request& request, httplib::Response& response, const httplib::ContentReader& read) {
+            std::string body;
+            const bool whole = read([&](const char* data, std::size_t length) {
+                body.append(data, length);
+                return true;
+            });
+            if (!whole) {  // past the size limit (httplib has set 413), or the client stopped sending
+                const bool too_large = response.status == 413;
+                return answer(response, RequestRefusal{too_large ? 413 : 400,
+                                                       too_large ? fmt::format("the body is larger than this server takes ({} bytes)", max_body)
+                                                                 : std::string("the body could not be read in full"), ""});
+            }
+            guarded([&](const httplib::Request& r, httplib::Response& s) { handler(r, s, body); })(request, response);
+        };
+    };
+    http.Post("/v1/completions", with_body([this](const httplib::Request&, httplib::Response& response, const std::string& body) {
+        completions(body, response);
+    }));
+    http.Post("/v1/score", with_body([this](const httplib::Request&, httplib::Response& response, const std::string& body) {
+        score(body, response);
+    }));
     auto wrong_method = [](const char* allowed) {
         return [allowed](const httplib::Request& request, httplib::Response& response) {
             response.set_header("Allow", allowed);
@@ -539,15 +563,18 @@ void Server::State::routes() {
     for (const char* path : {"/v1/completions", "/v1/score"}) {
         http.Get(path, wrong_method("POST"));
         http.Put(path, wrong_method("POST"));
+        http.Patch(path, wrong_method("POST"));
         http.Delete(path, wrong_method("POST"));
+        http.Options(path, wrong_method("POST"));
     }
     for (const char* path : {"/", "/health", "/v1/models"}) {
         http.Post(path, wrong_method("GET"));
         http.Put(path, wrong_method("GET"));
+        http.Patch(path, wrong_method("GET"));
         http.Delete(path, wrong_method("GET"));
+        http.Options(path, wrong_method("GET"));
     }
     // What httplib answers itself (no such path, a body too large, a malformed request) gets a JSON body too.
-    const std::size_t max_body = options.max_body_bytes;
     http.set_error_handler([max_body](const httplib::Request& request, httplib::Response& response) {
         if (!response.body.empty()) return;
         std::string message = fmt::format("HTTP {}", response.status);
@@ -577,6 +604,7 @@ void Server::State::routes() {
 }
 
 Server::Server(ServerOptions options) : state_(std::make_unique<State>()) {
+    if (options.host.empty()) throw UsageError("--host needs an address, such as 127.0.0.1 or 0.0.0.0");
     if (options.port < 0 || options.port > 65535) throw UsageError(fmt::format("--port must be 0 to 65535, not {}", options.port));
     if (options.slots < 1 || options.slots > 256) throw UsageError(fmt::format("--parallel must be 1 to 256, not {}", options.slots));
     if (options.queued < 0 || options.queued > 4096) throw UsageError(fmt::format("--queue must be 0 to 4096, not {}", options.queued));

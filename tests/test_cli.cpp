@@ -592,6 +592,13 @@ TEST_F(Cli, EvalHtmlWritesAReportOfTheFirstCharactersThatNeedsNoServer) {
         EXPECT_EQ(report.find(external), std::string::npos) << "the report must load nothing from elsewhere: " << external;
 
     expect_error(charlm({"eval", checkpoint.string(), "-", "--html", path("x.html").string()}), {"--html", "standard input"}, true);
+    const std::string corpus_before = read_bytes(path("corpus.txt"));
+    expect_error(charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html", path("corpus.txt").string()}),
+                 {"overwrite"}, true);
+    expect_error(charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html", checkpoint.string()}), {"checkpoint"}, true);
+    EXPECT_EQ(read_bytes(path("corpus.txt")), corpus_before) << "the text scored must never be overwritten";
+    EXPECT_EQ(charlm({"info", checkpoint.string()}).exit_code, 0) << "nor the checkpoint";
+    expect_error(charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html-chars", "50"}), {"--html"}, true);
     expect_error(charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--html", path("no/such/dir/r.html").string()}),
                  {"r.html"});
 }
@@ -1412,8 +1419,8 @@ TEST_F(Cli, ParseErrorsSayWhatIsWrongAndWhereToReadMore) {
     expect_parse_error({"frobnicate"}, {"unknown command 'frobnicate'", "train, sample, eval, serve, info, plot, bench"}, "charlm");
     expect_parse_error({"smaple", "ck.safetensors"}, {"unknown command 'smaple' (did you mean sample?)"}, "charlm");
     expect_parse_error({}, {"give a command: train, sample, eval, serve, info, plot, bench"}, "charlm");
-    expect_parse_error({"sample", "ck.safetensors", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm sample");
-    expect_parse_error({"eval", "ck.safetensors", "f.txt", "--threads", "-1"}, {"--threads must be at least 0, not -1"}, "charlm eval");
+    expect_parse_error({"sample", "ck.safetensors", "--threads", "-1"}, {"--threads must be between 0 and 1024, not -1"}, "charlm sample");
+    expect_parse_error({"eval", "ck.safetensors", "f.txt", "--threads", "-1"}, {"--threads must be between 0 and 1024, not -1"}, "charlm eval");
     expect_parse_error({"bench", "--seconds", "0"}, {"--seconds must be above 0, not 0"}, "charlm bench");
     expect_parse_error({"sample"}, {"charlm sample needs CHECKPOINT: a .safetensors file"}, "charlm sample");
     expect_parse_error({"eval", "ck.safetensors"}, {"charlm eval needs FILE: UTF-8 text to score"}, "charlm eval");

@@ -317,6 +317,10 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     }
     // The wrong method or path.
     EXPECT_EQ(running.get("/v1/completions").status, 405);
+    auto options_client = running.client();
+    const auto options_answer = options_client.Options("/v1/completions");
+    ASSERT_TRUE(options_answer);
+    EXPECT_EQ(options_answer->status, 405);
     EXPECT_EQ(running.post("/health", std::string("{}")).status, 405);
     const Reply missing = running.get("/v2/nothing");
     EXPECT_EQ(missing.status, 404);
@@ -327,6 +331,17 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     const Reply defaulted = running.post("/v1/completions", json{{"prompt", "a"}});
     EXPECT_EQ(defaulted.body["usage"]["completion_tokens"], 200) << "the default max_tokens";
     EXPECT_EQ(running.get("/health").status, 200) << "the server serves on";
+}
+
+TEST(Server, ABodySentAsAFormIsReadAsJsonWhateverItsLength) {
+    // curl -d and urllib send application/x-www-form-urlencoded, which httplib alone capped at 8 KB.
+    Running running;
+    auto client = running.client();
+    std::string text;
+    for (int i = 0; i < 2000; ++i) text += "abc def ";
+    const auto result = client.Post("/v1/score", json{{"text", text}, {"top", 0}, {"most_varying", 0}}.dump(), "application/x-www-form-urlencoded");
+    ASSERT_TRUE(result);
+    EXPECT_EQ(result->status, 200) << result->body.substr(0, 300);
 }
 
 TEST(Server, TheDefaultLengthStaysWithinTheServersLimit) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <cctype>
 #include <charconv>
@@ -17,6 +18,7 @@
 #include <regex>
 #include <set>
 #include <string_view>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -42,6 +44,9 @@
 namespace {
 
 // Every command's --threads: set, and a word on stderr where the environment allows fewer.
+// Far past any machine's cores; libgomp crashed starting a team of 100000.
+constexpr int kMostThreads = 1024;
+
 void use_threads(int threads) {
     const charlm::ThreadCount count = charlm::set_thread_count(threads);
     if (count.limited_by)
@@ -420,6 +425,13 @@ int run_eval(EvalArguments& arguments) {
         const std::filesystem::path folder = std::filesystem::absolute(arguments.html).parent_path();
         if (!std::filesystem::is_directory(folder))
             throw charlm::Error(fmt::format("cannot write {}: the folder {} does not exist", arguments.html, folder.string()));
+        if (std::filesystem::is_directory(arguments.html))
+            throw charlm::UsageError(fmt::format("--html {} is a folder; give the report's file name", arguments.html));
+        std::error_code error;
+        for (const std::string& input : {arguments.file, arguments.checkpoint})
+            if (std::filesystem::equivalent(arguments.html, input, error))
+                throw charlm::UsageError(fmt::format("--html {} is the {} itself, which the report would overwrite; give another name",
+                                                     arguments.html, input == arguments.file ? "text scored" : "checkpoint"));
     }
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
@@ -451,22 +463,43 @@ int run_serve(const ServeArguments& arguments) {
     ::sigemptyset(&stop_signals);
     for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaddset(&stop_signals, signal_number);
     ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    // A thread of its own takes the signals from the start. The first one while the checkpoint loads
+    // ends the process at once (nothing is served yet; a checkpoint that is a pipe or /dev/zero would
+    // never finish loading); after that, the first stops the server, which waits for open connections
+    // up to --timeout, and a second ends the process at once.
+    static std::atomic<bool> serving{false};  // static: the detached thread may outlive this call
+    static std::atomic<int> first_signal{0};
+    static sigset_t waited;
+    waited = stop_signals;
+    std::thread signals([] {
+        for (int received = 0;; ++received) {
+            int signal_number = 0;
+            ::sigwait(&waited, &signal_number);
+            if (!serving || received > 0) {
+                fmt::print(stderr, "charlm: stopped ({})\n", ::strsignal(signal_number));
+                std::_Exit(130);
+            }
+            first_signal = signal_number;
+            first_signal.notify_all();
+        }
+    });
+    signals.detach();
     use_threads(arguments.options.threads);
     charlm::Server server(arguments.options);
     server.start();  // /health answers "loading" while the checkpoint loads
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const charlm::ModelConfig config = checkpoint.config;
     server.load(std::move(checkpoint), std::filesystem::path(arguments.checkpoint).filename().string());
+    serving = true;
     const std::string& host = arguments.options.host;
-    if (host != "127.0.0.1" && host != "localhost" && host != "::1")
+    if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "::1")
         spdlog::warn("listening on {}: whoever can reach this machine can use the server (it has no authentication)", host);
     spdlog::info("serving {} {}x{} ({} characters) with {} slots; Ctrl-C stops", charlm::to_string(config.cell), config.layers,
                  config.hidden_size, config.vocab_size, arguments.options.slots);
     fmt::print("{}\n", server.url());
     std::fflush(stdout);
-    int signal_number = 0;
-    ::sigwait(&stop_signals, &signal_number);
-    spdlog::info("stopping ({})", ::strsignal(signal_number));
+    first_signal.wait(0);
+    spdlog::info("stopping ({}); open connections close within --timeout; again to quit at once", ::strsignal(first_signal.load()));
     server.stop();
     return 0;
 }
@@ -726,7 +759,7 @@ int main(int argc, char** argv) {
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)")
-        ->check(CLI::NonNegativeNumber)
+        ->check(CLI::Range(0, kMostThreads))
         ->capture_default_str();
 
     // Which training options the command line gave, by name: a resumed run applies or refuses exactly those.
@@ -756,7 +789,7 @@ int main(int argc, char** argv) {
     sample->add_option("--top-p", sample_arguments.options.top_p, "Draw only from the most likely characters whose probability adds up to p")->capture_default_str();
     sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
     auto* seed_option = sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
-    sample->add_option("--threads", sample_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    sample->add_option("--threads", sample_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::Range(0, kMostThreads))->capture_default_str();
 
     EvalArguments eval_arguments;
     auto* eval = app.add_subcommand("eval", "Score a text: nats per character, perplexity, bits per character");
@@ -766,13 +799,14 @@ int main(int argc, char** argv) {
     eval->add_flag("--allow-unknown", eval_arguments.options.allow_unknown,
                    fmt::format("Score a text even when more than {:g}% of its characters are not in the model's vocabulary "
                                "(they are left out)", 100 * charlm::kMostUnknownFraction));
-    eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    eval->add_option("--threads", eval_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::Range(0, kMostThreads))->capture_default_str();
 
     eval->add_option("--html", eval_arguments.html,
                      "Also write REPORT.html: the text tinted by surprise, top predictions, the neurons that vary most")
         ->option_text("REPORT.html");
     eval->add_option("--html-chars", eval_arguments.html_characters, "Characters the report shows, from the start of the file")
-        ->check(CLI::Range(2LL, 1'000'000LL))
+        ->check(CLI::Range(2LL, 200'000LL))
+        ->needs(eval->get_option("--html"))
         ->capture_default_str();
 
     ServeArguments serve_arguments;
@@ -784,14 +818,14 @@ int main(int argc, char** argv) {
     serve->add_option("--port", serve_options.port, "Port; 0 takes a free one (the printed URL says which)")
         ->check(CLI::Range(0, 65535))
         ->capture_default_str();
-    serve->add_option("--threads", serve_options.threads, "CPU threads for the model; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    serve->add_option("--threads", serve_options.threads, "CPU threads for the model; 0 uses every core")->check(CLI::Range(0, kMostThreads))->capture_default_str();
     serve->add_option("--parallel", serve_options.slots, "Completions decoded at once, as one batch")->check(CLI::Range(1, 256))->capture_default_str();
     serve->add_option("--queue", serve_options.queued, "Completions that may wait for a slot; past that, 503")->check(CLI::Range(0, 4096))->capture_default_str();
     serve->add_option("--max-tokens", serve_options.max_tokens, "The most characters one completion may ask for")
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 30))
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
         ->capture_default_str();
     serve->add_option("--max-text", serve_options.max_score_characters, "The longest prompt or scored text, in characters")
-        ->check(CLI::Range(std::size_t{2}, std::size_t{10'000'000}))
+        ->check(CLI::Range(std::size_t{2}, std::size_t{200'000}))
         ->capture_default_str();
     serve->add_option("--timeout", serve_options.timeout_seconds, "Seconds a client may send or take nothing before it is dropped")
         ->check(CLI::Range(1, 3600))
@@ -813,7 +847,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> bench_models;
     bool bench_json = false;
     auto* bench = app.add_subcommand("bench", "Measure training, evaluation and sampling speed on the reference LSTMs");
-    bench->add_option("--threads", bench_options.threads, "CPU threads; 0 uses every core")->check(CLI::NonNegativeNumber)->capture_default_str();
+    bench->add_option("--threads", bench_options.threads, "CPU threads; 0 uses every core")->check(CLI::Range(0, kMostThreads))->capture_default_str();
     bench->add_option("--model", bench_models, "Measure only these, e.g. --model 2x128 --model 3x512 [default: 2x128, 2x256, 3x512]")
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     bench->add_option("--seconds", bench_options.seconds_per_measurement, "Seconds of each measurement")
