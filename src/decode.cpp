@@ -294,7 +294,7 @@ void BatchDecoder::stop() {
 
 DecoderLoad BatchDecoder::load() const {
     std::lock_guard lock(mutex_);
-    return {slots_busy_, options_.slots - slots_busy_, static_cast<int>(queue_.size()), steps_};
+    return {slots_busy_, options_.slots - slots_busy_, static_cast<int>(queue_.size())};
 }
 
 void BatchDecoder::submit(Pending pending) {
@@ -446,8 +446,6 @@ void BatchDecoder::run() {
                 }
             }
         });
-        std::lock_guard lock(mutex_);
-        ++steps_;
     }
     for (auto& slot : active)
         if (!slot->finished) slot->request->fail("the server is shutting down", true);

@@ -154,7 +154,6 @@ struct DecoderLoad {
     int slots_busy = 0;
     int slots_idle = 0;
     int requests_queued = 0;
-    std::uint64_t steps = 0;  // batched steps taken so far
 };
 
 // Runs a thread that advances every admitted request one character a step, as the rows of one batch
@@ -193,7 +192,6 @@ private:
     std::deque<Pending> queue_;
     int slots_busy_ = 0;
     int slots_queued_ = 0;  // the queue's requests' choices
-    std::uint64_t steps_ = 0;
     bool stopping_ = false;
     std::thread thread_;
 };
