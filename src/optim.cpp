@@ -1,4 +1,4 @@
-// Adam (Kingma and Ba, with PyTorch's bias correction) and global-norm clipping.
+// Adam (Kingma and Ba, with PyTorch's bias correction), global-norm clipping and dynamic evaluation's update.
 #include "charlm/optim.hpp"
 
 #include <algorithm>
@@ -116,6 +116,24 @@ bool Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
             Eigen::Map<Eigen::ArrayXf> w(value + first, count);
             w -= step_size * m / (v.sqrt() / root_correction2 + epsilon);
             if (!w.isFinite().all() || !v.isFinite().all()) finite.store(false, std::memory_order_relaxed);
+        });
+    }
+    return finite.load();
+}
+
+bool adaptation_step(std::vector<Parameter<float>>& parameters, const std::vector<Parameter<float>>& trained, double learning_rate,
+                     double decay) {
+    if (trained.size() != parameters.size()) throw Error("adaptation: the trained weights are another model's");
+    const auto step_size = static_cast<float>(learning_rate), kept = static_cast<float>(1 - decay);
+    std::atomic<bool> finite = true;
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+        float* value = parameters[i].value.data();
+        const float *gradient = parameters[i].gradient.data(), *trained_value = trained[i].value.data();
+        for_each_chunk(parameters[i].value.size(), [&](Eigen::Index first, Eigen::Index count) {
+            Eigen::Map<Eigen::ArrayXf> w(value + first, count);
+            const Eigen::Map<const Eigen::ArrayXf> g(gradient + first, count), w0(trained_value + first, count);
+            w = w0 + kept * (w - step_size * g - w0);
+            if (!w.isFinite().all()) finite.store(false, std::memory_order_relaxed);
         });
     }
     return finite.load();

@@ -1,4 +1,5 @@
-// Checks optim.cpp: Adam's first steps by hand, global-norm clipping, and the learning-rate schedule.
+// Checks optim.cpp: Adam's first steps by hand, global-norm clipping, the learning-rate schedule and
+// dynamic evaluation's update.
 #include <cmath>
 
 #include <gtest/gtest.h>
@@ -55,6 +56,26 @@ TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {
     auto fine = two_parameters();
     Adam third(fine);
     EXPECT_TRUE(third.step(fine, 1e-3));
+}
+
+TEST(Optim, AdaptationStepsThenDecaysTowardTheTrainedWeights) {
+    const auto trained = two_parameters();
+    auto parameters = two_parameters();
+    parameters[0].value(0, 1) = 3.0f;  // 2 away from the trained 1
+    ASSERT_TRUE(adaptation_step(parameters, trained, 0.1, 0.25));
+    // w0 + (1 - decay) (w - lr g - w0): 1 + 0.75 (1 - 0.3 - 1); 1 + 0.75 (3 - 0 - 1); -1 + 0.75 (-1 - 0.4 + 1)
+    EXPECT_NEAR(parameters[0].value(0, 0), 0.775f, 1e-6);
+    EXPECT_NEAR(parameters[0].value(0, 1), 2.5f, 1e-6);
+    EXPECT_FLOAT_EQ(parameters[1].value(0, 0), -1.0f) << "no gradient, no distance: it stays";
+    EXPECT_NEAR(parameters[1].value(1, 0), -1.3f, 1e-6);
+    // Decay 1 is the trained weights, exactly; learning rate 0 from the trained weights stays there, exactly.
+    ASSERT_TRUE(adaptation_step(parameters, trained, 0.1, 1.0));
+    for (std::size_t i = 0; i < parameters.size(); ++i) EXPECT_TRUE(parameters[i].value == trained[i].value) << i;
+    ASSERT_TRUE(adaptation_step(parameters, trained, 0.0, 0.5));
+    for (std::size_t i = 0; i < parameters.size(); ++i) EXPECT_TRUE(parameters[i].value == trained[i].value) << i;
+    // A step past float's range is reported, as Adam's is.
+    EXPECT_FALSE(adaptation_step(parameters, trained, 1e38, 0.0));
+    EXPECT_THROW((void)adaptation_step(parameters, {}, 0.1, 0.0), Error);
 }
 
 TEST(Optim, ScheduleWarmsUpThenDecays) {

@@ -1,4 +1,4 @@
-// Adam and global-norm gradient clipping over a model's parameters.
+// Adam, global-norm gradient clipping and dynamic evaluation's update over a model's parameters.
 #pragma once
 
 #include <cstdint>
@@ -58,5 +58,14 @@ private:
     std::vector<Matrix<float>> first_moments_;
     std::vector<Matrix<float>> second_moments_;
 };
+
+// Dynamic evaluation's update (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models"): a
+// step of SGD on the gradients of the text just read, then a decay of the distance to the trained
+// weights w0, w <- w0 + (1 - decay) (w - learning_rate g - w0). Krause et al. decay before the step
+// (w <- w - lr g + decay (w0 - w)), which is this rule at a learning rate lr / (1 - decay); decaying
+// after it makes decay 1 exactly the trained weights and keeps "the weights never move" exact at
+// learning rate 0. Returns false where a parameter became non-finite: the caller must stop.
+[[nodiscard]] bool adaptation_step(std::vector<Parameter<float>>& parameters, const std::vector<Parameter<float>>& trained,
+                                   double learning_rate, double decay);
 
 }  // namespace charlm
