@@ -121,18 +121,25 @@ bool Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
     return finite.load();
 }
 
-bool adaptation_step(std::vector<Parameter<float>>& parameters, const std::vector<Parameter<float>>& trained, double learning_rate,
-                     double decay) {
-    if (trained.size() != parameters.size()) throw Error("adaptation: the trained weights are another model's");
+WeightAdaptation::WeightAdaptation(const std::vector<Parameter<float>>& trained) : trained_(trained) {
+    for (const auto& parameter : trained)
+        mean_squares_.push_back(Matrix<float>::Zero(parameter.value.rows(), parameter.value.cols()));
+}
+
+bool WeightAdaptation::step(std::vector<Parameter<float>>& parameters, double learning_rate, double decay) {
+    if (parameters.size() != trained_.size()) throw Error("adaptation: the trained weights are another model's");
+    ++step_count_;
+    const auto share = static_cast<float>(1.0 / static_cast<double>(step_count_));  // of the new gradient in the mean
     const auto step_size = static_cast<float>(learning_rate), kept = static_cast<float>(1 - decay);
     std::atomic<bool> finite = true;
     for (std::size_t i = 0; i < parameters.size(); ++i) {
-        float* value = parameters[i].value.data();
-        const float *gradient = parameters[i].gradient.data(), *trained_value = trained[i].value.data();
+        float *value = parameters[i].value.data(), *mean_square = mean_squares_[i].data();
+        const float *gradient = parameters[i].gradient.data(), *trained_value = trained_[i].value.data();
         for_each_chunk(parameters[i].value.size(), [&](Eigen::Index first, Eigen::Index count) {
-            Eigen::Map<Eigen::ArrayXf> w(value + first, count);
             const Eigen::Map<const Eigen::ArrayXf> g(gradient + first, count), w0(trained_value + first, count);
-            w = w0 + kept * (w - step_size * g - w0);
+            Eigen::Map<Eigen::ArrayXf> w(value + first, count), ms(mean_square + first, count);
+            ms += share * (g.square() - ms);
+            w = w0 + kept * (w - step_size * g / (ms.sqrt() + 1e-8f) - w0);
             if (!w.isFinite().all()) finite.store(false, std::memory_order_relaxed);
         });
     }

@@ -58,24 +58,32 @@ TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {
     EXPECT_TRUE(third.step(fine, 1e-3));
 }
 
-TEST(Optim, AdaptationStepsThenDecaysTowardTheTrainedWeights) {
+TEST(Optim, AdaptationStepsByNormalisedGradientsThenDecaysTowardTheTrainedWeights) {
     const auto trained = two_parameters();
     auto parameters = two_parameters();
     parameters[0].value(0, 1) = 3.0f;  // 2 away from the trained 1
-    ASSERT_TRUE(adaptation_step(parameters, trained, 0.1, 0.25));
-    // w0 + (1 - decay) (w - lr g - w0): 1 + 0.75 (1 - 0.3 - 1); 1 + 0.75 (3 - 0 - 1); -1 + 0.75 (-1 - 0.4 + 1)
-    EXPECT_NEAR(parameters[0].value(0, 0), 0.775f, 1e-6);
-    EXPECT_NEAR(parameters[0].value(0, 1), 2.5f, 1e-6);
+    WeightAdaptation adaptation(trained);
+    ASSERT_TRUE(adaptation.step(parameters, 0.1, 0.25));
+    // w0 + (1 - decay) (w - lr g / rms(g) - w0), where rms of one step is |g|: a step of lr against its sign.
+    EXPECT_NEAR(parameters[0].value(0, 0), 1 + 0.75 * -0.1, 1e-6);
+    EXPECT_NEAR(parameters[0].value(0, 1), 1 + 0.75 * 2, 1e-6) << "no gradient: only the decay moves it";
     EXPECT_FLOAT_EQ(parameters[1].value(0, 0), -1.0f) << "no gradient, no distance: it stays";
-    EXPECT_NEAR(parameters[1].value(1, 0), -1.3f, 1e-6);
+    EXPECT_NEAR(parameters[1].value(1, 0), -1 + 0.75 * -0.1, 1e-6);
+    // The mean square is over every step so far: after gradients 3 and 1, (9 + 1) / 2.
+    parameters[0].gradient(0, 0) = 1.0f;
+    const float before = parameters[0].value(0, 0);
+    ASSERT_TRUE(adaptation.step(parameters, 0.1, 0.0));
+    EXPECT_NEAR(parameters[0].value(0, 0), before - 0.1 / std::sqrt(5.0), 1e-6);
+    EXPECT_EQ(adaptation.step_count(), 2);
     // Decay 1 is the trained weights, exactly; learning rate 0 from the trained weights stays there, exactly.
-    ASSERT_TRUE(adaptation_step(parameters, trained, 0.1, 1.0));
+    ASSERT_TRUE(adaptation.step(parameters, 0.1, 1.0));
     for (std::size_t i = 0; i < parameters.size(); ++i) EXPECT_TRUE(parameters[i].value == trained[i].value) << i;
-    ASSERT_TRUE(adaptation_step(parameters, trained, 0.0, 0.5));
+    ASSERT_TRUE(adaptation.step(parameters, 0.0, 0.5));
     for (std::size_t i = 0; i < parameters.size(); ++i) EXPECT_TRUE(parameters[i].value == trained[i].value) << i;
     // A step past float's range is reported, as Adam's is.
-    EXPECT_FALSE(adaptation_step(parameters, trained, 1e38, 0.0));
-    EXPECT_THROW((void)adaptation_step(parameters, {}, 0.1, 0.0), Error);
+    EXPECT_FALSE(adaptation.step(parameters, 1e39, 0.0));
+    std::vector<Parameter<float>> none;
+    EXPECT_THROW((void)adaptation.step(none, 0.1, 0.0), Error);
 }
 
 TEST(Optim, ScheduleWarmsUpThenDecays) {

@@ -59,13 +59,28 @@ private:
     std::vector<Matrix<float>> second_moments_;
 };
 
-// Dynamic evaluation's update (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models"): a
-// step of SGD on the gradients of the text just read, then a decay of the distance to the trained
-// weights w0, w <- w0 + (1 - decay) (w - learning_rate g - w0). Krause et al. decay before the step
-// (w <- w - lr g + decay (w0 - w)), which is this rule at a learning rate lr / (1 - decay); decaying
-// after it makes decay 1 exactly the trained weights and keeps "the weights never move" exact at
-// learning rate 0. Returns false where a parameter became non-finite: the caller must stop.
-[[nodiscard]] bool adaptation_step(std::vector<Parameter<float>>& parameters, const std::vector<Parameter<float>>& trained,
-                                   double learning_rate, double decay);
+// Dynamic evaluation's update (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models"), in
+// their RMS-normalised form: each gradient is divided by the root of its mean square, then the weights
+// take a step and decay toward the trained ones w0:
+//     w <- w0 + (1 - decay) (w - learning_rate g / (sqrt(mean g^2) + 1e-8) - w0)
+// Their mean square comes from gradients on training data, which evaluation does not have: here it is
+// the mean over the steps so far, of the text read so far. They decay before the step (w - lr g' +
+// decay (w0 - w)), which is this rule at a learning rate lr / (1 - decay); decaying after it makes
+// decay 1 exactly the trained weights and learning rate 0 exactly no change, so that a test can ask
+// for the plain figure bit for bit. Elementwise: the result does not depend on the thread count.
+class WeightAdaptation {
+public:
+    // `trained`: the weights w0, which must outlive this.
+    explicit WeightAdaptation(const std::vector<Parameter<float>>& trained);
+
+    // Returns false where a weight stopped being finite: the caller must stop.
+    [[nodiscard]] bool step(std::vector<Parameter<float>>& parameters, double learning_rate, double decay);
+    std::int64_t step_count() const { return step_count_; }
+
+private:
+    const std::vector<Parameter<float>>& trained_;
+    std::vector<Matrix<float>> mean_squares_;  // of each weight's gradient over the steps so far
+    std::int64_t step_count_ = 0;
+};
 
 }  // namespace charlm
