@@ -1,4 +1,5 @@
-// Evaluation: the training forward pass and loss, summed over the whole text or a chosen part of it.
+// Evaluation: the training forward pass and loss, summed over the whole text or a chosen part of it;
+// and dynamic evaluation, which adapts the weights to the text as it reads it.
 #include "charlm/eval.hpp"
 
 #include <algorithm>
@@ -7,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "charlm/optim.hpp"
 
 namespace charlm {
 
@@ -24,10 +26,94 @@ LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int ba
     return total;
 }
 
+nlohmann::json AdaptOptions::to_json() const {
+    return {{"learning_rate", learning_rate}, {"decay", decay}, {"window", window}};
+}
+
+void validate(const AdaptOptions& options) {
+    if (!(options.learning_rate >= 0) || !std::isfinite(options.learning_rate))
+        throw UsageError(fmt::format("--adapt-lr must be a number of at least 0, not {}", options.learning_rate));
+    if (!(options.decay >= 0 && options.decay <= 1))
+        throw UsageError(fmt::format("--adapt-decay must be in [0, 1], not {}; 0 never decays, 1 goes back to the trained "
+                                     "weights after every window",
+                                     options.decay));
+    if (options.window < 1) throw UsageError(fmt::format("--adapt-window must be at least 1 character, not {}", options.window));
+}
+
+namespace {
+
+// A model with `model`'s weights, and workspaces of its own.
+Model<float> copy_of(const Model<float>& model) {
+    Model<float> copy(model.config());
+    for (std::size_t i = 0; i < copy.parameters().size(); ++i) copy.parameters()[i].value = model.parameters()[i].value;
+    return copy;
+}
+
+void add(LossSum& total, const LossSum& window) {
+    total.total_nats += window.total_nats;
+    total.count += window.count;
+}
+
+}  // namespace
+
+AdaptedLoss evaluate_loss_adapting(Model<float>& model, TokenSpan ids, const AdaptOptions& options, const AdaptProgressCallback& progress) {
+    validate(options);
+    // The trained weights score the plain figure and anchor the decay. Neither model is frozen: the
+    // adapting one changes after every window, and the trained one must score through the same code,
+    // so that weights that never move (learning rate 0, decay 1) give exactly the plain figure.
+    Model<float> trained = copy_of(model);
+    model.set_weights_frozen(false);
+    WeightAdaptation adaptation(trained.parameters());
+    AdaptedLoss total;
+    AdaptProgress where{.characters_total = evaluation_pair_count(ids, 1)};
+    ModelState<float> trained_state, state;
+    const double uniform_loss = std::log(static_cast<double>(model.config().vocab_size));
+    for_each_evaluation_window(ids, options.window, 1, [&](const Batch& window) {
+        if (window.starts_streams) {
+            trained_state = trained.initial_state(1);
+            state = model.initial_state(1);
+        }
+        trained.forward(window.inputs, window.seq_length, window.batch_size, trained_state);
+        const LossSum plain = trained.loss(window.targets);
+        add(total.plain, plain);
+        // Scored before the model learns from it: a window's figure never depends on the window itself.
+        model.forward(window.inputs, window.seq_length, window.batch_size, state);
+        const LossSum scored = model.loss(window.targets);
+        add(total.adapted, scored);
+        const auto diverged = [&](const std::string& what) {
+            return Error(fmt::format("dynamic evaluation diverged: {} in the window after character {} of {}; lower --adapt-lr "
+                                     "(now {:g}) or raise --adapt-decay (now {:g})",
+                                     what, where.characters_scored, where.characters_total, options.learning_rate, options.decay));
+        };
+        // Far worse than a uniform guess and than the trained weights: the steps have thrown the weights
+        // away, and a figure of them (finite or not) would be garbage.
+        if (!std::isfinite(scored.total_nats) || scored.mean() > 3 * std::max(uniform_loss, plain.mean()))
+            throw diverged(fmt::format("the loss became {:.4g} nats/char (the trained weights: {:.4f})", scored.mean(), plain.mean()));
+        model.zero_gradients();
+        model.backward();
+        // The state carried on was computed under the weights before the step: truncated BPTT's
+        // approximation, as in training.
+        if (!adaptation.step(model.parameters(), options.learning_rate, options.decay))
+            throw diverged("a weight stopped being finite");
+        where.characters_scored += scored.count;
+        where.plain = total.plain;
+        where.adapted = total.adapted;
+        if (progress) progress(where);
+    });
+    return total;
+}
+
 nlohmann::json EvalResult::to_json() const {
-    return {{"nats_per_character", nats_per_character}, {"perplexity", perplexity},
-            {"bits_per_character", bits_per_character}, {"characters_scored", characters_scored},
-            {"unknown_characters", unknown_characters}, {"unknown_fraction", unknown_fraction}};
+    nlohmann::json json = {{"nats_per_character", nats_per_character}, {"perplexity", perplexity},
+                           {"bits_per_character", bits_per_character}, {"characters_scored", characters_scored},
+                           {"unknown_characters", unknown_characters}, {"unknown_fraction", unknown_fraction},
+                           {"adapted", adaptation.has_value()}};
+    if (adaptation) {
+        json["plain"] = {{"nats_per_character", plain_nats_per_character}, {"perplexity", perplexity_of(plain_nats_per_character)},
+                         {"bits_per_character", bits_per_character_of(plain_nats_per_character)}};
+        json["adaptation"] = adaptation->to_json();
+    }
+    return json;
 }
 
 namespace {
@@ -48,10 +134,18 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
                                 "to score it anyway",
                                 name.empty() ? "" : name + ": ", 100 * result.unknown_fraction, unknown_characters,
                                 all_characters, 100 * kMostUnknownFraction));
-    // Each stream starts from the zero state; keep streams long (at least ~1k characters) so that
-    // cold starts barely count, and use up to 32 of them for speed on long texts.
-    const int batch_size = static_cast<int>(std::clamp<std::size_t>(ids.size() / 1024, 1, 32));
-    const LossSum loss = evaluate_loss(model, ids, 100, batch_size);
+    LossSum loss;
+    if (options.adapt) {
+        const AdaptedLoss both = evaluate_loss_adapting(model, ids, *options.adapt, options.adapt_progress);
+        loss = both.adapted;
+        result.adaptation = options.adapt;
+        result.plain_nats_per_character = both.plain.mean();
+    } else {
+        // Each stream starts from the zero state; keep streams long (at least ~1k characters) so that
+        // cold starts barely count, and use up to 32 of them for speed on long texts.
+        const int batch_size = static_cast<int>(std::clamp<std::size_t>(ids.size() / 1024, 1, 32));
+        loss = evaluate_loss(model, ids, 100, batch_size);
+    }
     result.characters_scored = loss.count;
     result.nats_per_character = loss.mean();
     result.perplexity = perplexity_of(result.nats_per_character);

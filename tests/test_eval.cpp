@@ -1,5 +1,7 @@
 // Checks eval.cpp: evaluation is the training forward pass and loss, summed exactly over the text, and a text
-// mostly outside the vocabulary is refused unless allowed.
+// mostly outside the vocabulary is refused unless allowed; dynamic evaluation scores each window before it
+// learns from it, and learns.
+#include <cmath>
 #include <initializer_list>
 #include <utility>
 
@@ -172,6 +174,173 @@ TEST(Eval, ASubsetCoveringTheWholeTextScoresItBitForBit) {
     EXPECT_EQ(capped.total_nats, whole.total_nats);
     const LossSum part = evaluate_loss(fixture.model, ids, 20, 7, {.max_characters = 300});
     EXPECT_EQ(part.count, 301u) << "ceil(300 / 7) = 43 steps of 7 streams";
+}
+
+// ---- dynamic evaluation ----
+
+// `repeats` copies of a random string of `length` of the fixture's characters: what a model can only
+// predict by remembering what it read.
+std::u32string repeated_random_text(std::size_t length, int repeats, std::uint64_t seed = 3) {
+    const std::u32string alphabet = U"abcdefghijklmnopqrstuvwxyz ";
+    std::mt19937_64 rng(seed);
+    std::u32string piece;
+    for (std::size_t i = 0; i < length; ++i) piece += alphabet[rng() % alphabet.size()];
+    std::u32string text;
+    for (int i = 0; i < repeats; ++i) text += piece;
+    return text;
+}
+
+TEST(Eval, AdaptingLowersTheLossOnATextThatRepeats) {
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(repeated_random_text(40, 12));
+    const AdaptedLoss loss = evaluate_loss_adapting(fixture.model, ids, {.learning_rate = 0.03, .decay = 0.0, .window = 10});
+    EXPECT_EQ(loss.plain.count, ids.size() - 1);
+    EXPECT_EQ(loss.adapted.count, loss.plain.count);
+    // Untrained, the model cannot tell the repeats from the first copy: about ln 28 = 3.3 nats throughout.
+    EXPECT_NEAR(loss.plain.mean(), std::log(static_cast<double>(fixture.vocab.size())), 0.2);
+    EXPECT_LT(loss.adapted.mean(), loss.plain.mean() - 0.5) << "adapted " << loss.adapted.mean() << ", plain " << loss.plain.mean();
+    // The defaults, made for trained models, take smaller steps: they gain less, but gain.
+    Fixture again;
+    const AdaptedLoss by_default = evaluate_loss_adapting(again.model, ids, AdaptOptions{});
+    EXPECT_NEAR(by_default.plain.total_nats, loss.plain.total_nats, 1e-6 * loss.plain.total_nats) << "windows of another length";
+    EXPECT_LT(by_default.adapted.mean(), by_default.plain.mean()) << by_default.adapted.mean();
+}
+
+TEST(Eval, AdaptingScoresEachWindowBeforeLearningFromIt) {
+    Fixture fixture;
+    const std::u32string text = repeated_random_text(100, 3);
+    const AdaptOptions options{.learning_rate = 0.03, .decay = 0.1, .window = 25};
+    std::vector<AdaptProgress> seen;
+    const AdaptedLoss loss = evaluate_loss_adapting(fixture.model, fixture.vocab.encode(text), options,
+                                                    [&](const AdaptProgress& progress) { seen.push_back(progress); });
+    ASSERT_EQ(seen.size(), 12u) << "299 pairs in windows of 25";
+    EXPECT_EQ(seen.back().characters_scored, 299u);
+    EXPECT_EQ(seen.back().characters_total, 299u);
+    EXPECT_EQ(seen.back().adapted.total_nats, loss.adapted.total_nats);
+    // The first window meets the trained weights: the same figure as the plain pass, and as the plain
+    // evaluation of those 26 characters.
+    EXPECT_EQ(seen[0].characters_scored, 25u);
+    EXPECT_EQ(seen[0].adapted.total_nats, seen[0].plain.total_nats);
+    Fixture untouched;
+    const std::vector<TokenId> first_window = untouched.vocab.encode(text.substr(0, 26));
+    EXPECT_NEAR(seen[0].adapted.total_nats, evaluate_loss(untouched.model, first_window, 25, 1).total_nats, 1e-5);
+    // From the second on, the weights have learnt: the figures part.
+    EXPECT_NE(seen[1].adapted.total_nats, seen[1].plain.total_nats);
+    // What follows a window never changes its figure: the same first 151 characters (six windows of
+    // pairs), then other ones.
+    const std::u32string other_ending = text.substr(0, 151) + repeated_random_text(149, 1, 4);
+    std::vector<AdaptProgress> other;
+    Fixture fresh;
+    (void)evaluate_loss_adapting(fresh.model, fresh.vocab.encode(other_ending), options,
+                                 [&](const AdaptProgress& progress) { other.push_back(progress); });
+    ASSERT_EQ(other.size(), seen.size());
+    for (std::size_t window = 0; window < 6; ++window) {
+        EXPECT_EQ(other[window].adapted.total_nats, seen[window].adapted.total_nats) << window;
+        EXPECT_EQ(other[window].plain.total_nats, seen[window].plain.total_nats) << window;
+    }
+    EXPECT_NE(other.back().adapted.total_nats, seen.back().adapted.total_nats);
+}
+
+TEST(Eval, WeightsThatNeverMoveScoreExactlyThePlainFigure) {
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(repeated_random_text(150, 4));
+    // The plain figure is the one stream's, which a plain evaluation of one stream gives too.
+    const LossSum one_stream = evaluate_loss(fixture.model, ids, 1000, 1);
+    for (const AdaptOptions& options : {AdaptOptions{.learning_rate = 0.0, .decay = 0.0, .window = 30},
+                                        AdaptOptions{.learning_rate = 2.0, .decay = 1.0, .window = 30},
+                                        AdaptOptions{.learning_rate = 0.0, .decay = 0.5, .window = 7}}) {
+        SCOPED_TRACE(options.to_json().dump());
+        Fixture fresh;
+        const AdaptedLoss loss = evaluate_loss_adapting(fresh.model, ids, options);
+        EXPECT_EQ(loss.adapted.total_nats, loss.plain.total_nats);
+        EXPECT_EQ(loss.adapted.count, loss.plain.count);
+        EXPECT_NEAR(loss.plain.total_nats, one_stream.total_nats, 1e-6 * one_stream.total_nats);
+        for (std::size_t i = 0; i < fresh.model.parameters().size(); ++i)
+            EXPECT_TRUE(fresh.model.parameters()[i].value == fixture.model.parameters()[i].value) << fresh.model.parameters()[i].name;
+    }
+}
+
+TEST(Eval, AdaptingLeavesTheModelAdaptedAndTheResultSaysSo) {
+    Fixture fixture, trained;
+    const std::u32string text = repeated_random_text(300, 4);
+    const AdaptOptions options{.learning_rate = 0.03, .decay = 0.01, .window = 40};
+    const EvalResult result = evaluate_text(fixture.model, fixture.vocab, text, {.adapt = options});
+    ASSERT_TRUE(result.adaptation.has_value());
+    EXPECT_EQ(result.characters_scored, 1199u);
+    EXPECT_LT(result.nats_per_character, result.plain_nats_per_character);
+    EXPECT_NEAR(result.perplexity, std::exp(result.nats_per_character), 1e-9);
+    const nlohmann::json json = result.to_json();
+    EXPECT_EQ(json.at("adapted"), true);
+    EXPECT_EQ(json.at("nats_per_character").get<double>(), result.nats_per_character);
+    EXPECT_EQ(json.at("plain").at("nats_per_character").get<double>(), result.plain_nats_per_character);
+    EXPECT_NEAR(json.at("plain").at("bits_per_character").get<double>(), result.plain_nats_per_character / std::log(2.0), 1e-12);
+    EXPECT_EQ(json.at("adaptation").at("learning_rate"), 0.03);
+    EXPECT_EQ(json.at("adaptation").at("decay"), 0.01);
+    EXPECT_EQ(json.at("adaptation").at("window"), 40);
+    // The weights now are the adapted ones (what sampling in the text's style starts from).
+    EXPECT_FALSE(fixture.model.parameters()[0].value == trained.model.parameters()[0].value);
+    // Without adapting, the result says so and carries no plain figures of its own.
+    const nlohmann::json plain = evaluate_text(trained.model, trained.vocab, text).to_json();
+    EXPECT_EQ(plain.at("adapted"), false);
+    EXPECT_FALSE(plain.contains("plain"));
+    EXPECT_FALSE(plain.contains("adaptation"));
+}
+
+TEST(Eval, AdaptOptionsOutOfRangeAreRefusedByName) {
+    const std::pair<AdaptOptions, const char*> refused[] = {
+        {{.learning_rate = -0.1}, "--adapt-lr"},          {{.learning_rate = std::nan("")}, "--adapt-lr"},
+        {{.learning_rate = INFINITY}, "--adapt-lr"},      {{.decay = -0.01}, "--adapt-decay"},
+        {{.decay = 1.5}, "--adapt-decay"},                {{.decay = std::nan("")}, "--adapt-decay"},
+        {{.window = 0}, "--adapt-window"},                {{.window = -5}, "--adapt-window"}};
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(sample_text(100));
+    for (const auto& [options, name] : refused) {
+        SCOPED_TRACE(name);
+        try {
+            validate(options);
+            ADD_FAILURE() << "accepted " << options.to_json().dump();
+        } catch (const UsageError& error) {
+            EXPECT_EQ(std::string(error.what()).rfind(name, 0), 0u) << error.what();
+        }
+        EXPECT_THROW(evaluate_loss_adapting(fixture.model, ids, options), UsageError);
+    }
+    EXPECT_NO_THROW(validate({.learning_rate = 0, .decay = 1, .window = 1}));
+}
+
+TEST(Eval, AdaptingThatDivergesStopsWithAnError) {
+    Fixture fixture;
+    const std::vector<TokenId> ids = fixture.vocab.encode(repeated_random_text(100, 3));
+    // Steps that leave the loss finite but far past a uniform guess's, and steps past float's range.
+    for (const double learning_rate : {1e4, 1e30}) {
+        SCOPED_TRACE(learning_rate);
+        Fixture fresh;
+        try {
+            evaluate_loss_adapting(fresh.model, ids, {.learning_rate = learning_rate, .decay = 0, .window = 10});
+            FAIL() << "went on";
+        } catch (const Error& error) {
+            const std::string message = error.what();
+            for (const char* mention : {"diverged", "in the window after character 10 of 299", "--adapt-lr"})
+                EXPECT_NE(message.find(mention), std::string::npos) << mention << " in: " << message;
+        }
+    }
+}
+
+TEST(Eval, AdaptingDoesNotDependOnTheThreadCount) {
+    const std::vector<TokenId> ids = Fixture().vocab.encode(repeated_random_text(200, 3));
+    const AdaptOptions options{.learning_rate = 0.03, .decay = 0.02, .window = 30};
+    AdaptedLoss alone, shared;
+    {
+        const testing::Threads threads(1);
+        Fixture one;
+        alone = evaluate_loss_adapting(one.model, ids, options);
+    }
+    {
+        const testing::Threads threads(3);
+        Fixture three;
+        shared = evaluate_loss_adapting(three.model, ids, options);
+    }
+    EXPECT_NEAR(shared.adapted.total_nats, alone.adapted.total_nats, 1e-5 * alone.adapted.total_nats);
+    EXPECT_NEAR(shared.plain.total_nats, alone.plain.total_nats, 1e-5 * alone.plain.total_nats);
 }
 
 }  // namespace
