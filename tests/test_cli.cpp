@@ -636,7 +636,86 @@ TEST_F(Cli, EvalLeavesOutUnknownCharactersAndSaysSoOnStderr) {
     EXPECT_NE(result.err.find("4 characters"), std::string::npos) << describe(result);
 }
 
+TEST_F(Cli, EvalAdaptPrintsThePlainAndTheAdaptedFiguresAndLeavesTheCheckpointAlone) {
+    const std::string text = make_corpus();
+    const auto checkpoint = trained_run();
+    const std::string checkpoint_before = read_bytes(checkpoint);
+    const std::vector<std::string> adapt = {"eval", checkpoint.string(), path("corpus.txt").string(), "--adapt", "--adapt-lr", "0.01",
+                                            "--adapt-decay", "0.02", "--adapt-window", "40", "--threads", "1"};
+    const RunResult result = charlm(adapt);
+    ASSERT_EQ(result.exit_code, 0) << describe(result);
+    std::smatch match;
+    const std::regex figures(R"(^ +plain +adapted\nnats/char +([0-9.]+) +([0-9.]+)\nperplexity +([0-9.]+) +([0-9.]+)\n)"
+                             R"(bits/char +([0-9.]+) +([0-9.]+)\ncharacters +(\d+) scored, 0 unknown left out\n)"
+                             R"(adaptation +([0-9.]+) nats/char gained with --adapt-lr 0.01 --adapt-decay 0.02 --adapt-window 40\n$)");
+    ASSERT_TRUE(std::regex_match(result.out, match, figures)) << describe(result);
+    const double plain = std::stod(match[1].str()), adapted = std::stod(match[2].str());
+    EXPECT_LT(adapted, plain) << "a text of a dozen words, repeated in random order, is easier once read";
+    EXPECT_NEAR(std::stod(match[4].str()), std::exp(adapted), 1e-3 * std::exp(adapted));
+    EXPECT_NEAR(std::stod(match[6].str()), adapted / std::log(2.0), 2e-4);
+    EXPECT_EQ(std::stoul(match[7].str()), code_points_of(text).size() - 1);
+    EXPECT_NEAR(std::stod(match[8].str()), plain - adapted, 2e-4);
+    EXPECT_EQ(read_bytes(checkpoint), checkpoint_before) << "adapting changes the weights in memory, never the file";
+
+    std::vector<std::string> as_json = adapt;
+    as_json.push_back("--json");
+    const RunResult json_result = charlm(as_json);
+    ASSERT_EQ(json_result.exit_code, 0) << describe(json_result);
+    EXPECT_EQ(count_lines(json_result.out), 1u) << describe(json_result);
+    const json record = json::parse(json_result.out, nullptr, false);
+    ASSERT_TRUE(record.is_object()) << describe(json_result);
+    EXPECT_EQ(record.at("adapted"), true);
+    EXPECT_EQ(fixed4(record.at("nats_per_character").get<double>()), match[2].str());
+    EXPECT_EQ(fixed4(record.at("plain").at("nats_per_character").get<double>()), match[1].str());
+    EXPECT_EQ(record.at("adaptation"), json({{"learning_rate", 0.01}, {"decay", 0.02}, {"window", 40}}));
+    // Without --adapt, the JSON says so.
+    const RunResult plain_json = charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--json"});
+    ASSERT_EQ(plain_json.exit_code, 0) << describe(plain_json);
+    EXPECT_EQ(json::parse(plain_json.out).at("adapted"), false);
+}
+
+TEST_F(Cli, EvalAdaptRefusesSettingsOutOfRangeAndSettingsWithoutIt) {
+    const auto checkpoint = trained_run();
+    const std::vector<std::string> eval = {"eval", checkpoint.string(), path("corpus.txt").string()};
+    const auto with = [&](const std::vector<std::string>& extra) {
+        std::vector<std::string> arguments = eval;
+        arguments.insert(arguments.end(), extra.begin(), extra.end());
+        return charlm(arguments);
+    };
+    expect_error(with({"--adapt", "--adapt-lr", "-0.1"}), {"--adapt-lr must be a number of at least 0, not -0.1"}, true);
+    expect_error(with({"--adapt", "--adapt-decay", "1.5"}), {"--adapt-decay must be in [0, 1], not 1.5"}, true);
+    expect_error(with({"--adapt", "--adapt-decay", "-1"}), {"--adapt-decay must be in [0, 1], not -1"}, true);
+    expect_error(with({"--adapt", "--adapt-window", "0"}), {"--adapt-window must be at least 1 character, not 0"}, true);
+    expect_error(with({"--adapt", "--adapt-window", "2.5"}), {"--adapt-window"}, true);
+    expect_error(with({"--adapt-lr", "0.1"}), {"--adapt-lr requires --adapt"}, true);
+    expect_error(with({"--adapt-window", "20"}), {"--adapt-window requires --adapt"}, true);
+    expect_error(with({"--adapt", "--html", path("r.html").string()}), {"--adapt", "--html"}, true);
+    // A step far too large: the loss stops being finite, and eval says so instead of printing it.
+    expect_error(with({"--adapt", "--adapt-lr", "1e30", "--adapt-window", "10"}), {"diverged", "--adapt-lr"});
+}
+
 // ---- issue 12: sample, eval ----
+
+TEST_F(Cli, SampleAdaptToWritesInTheStyleOfTheTextItAdaptedTo) {
+    const auto checkpoint = trained_run();
+    std::string style;
+    for (int i = 0; i < 300; ++i) style += "dog ran on a mat\n";
+    const auto text = write("style.txt", style);
+    const std::vector<std::string> sample = {"sample", checkpoint.string(), "--prompt", "dog", "--greedy", "--length", "40", "--threads", "1"};
+    const RunResult plain = charlm(sample);
+    ASSERT_EQ(plain.exit_code, 0) << describe(plain);
+    std::vector<std::string> adapting = sample;
+    for (const char* argument : {"--adapt-to", "style.txt", "--adapt-lr", "0.01", "--adapt-window", "20"}) adapting.push_back(argument);
+    const RunResult adapted = charlm(adapting);
+    ASSERT_EQ(adapted.exit_code, 0) << describe(adapted);
+    EXPECT_NE(adapted.out.find("dog ran on a mat\ndog ran on a mat"), std::string::npos) << describe(adapted);
+    EXPECT_EQ(plain.out.find("dog ran on a mat\ndog ran on a mat"), std::string::npos) << "the test needs a text the model does "
+                                                                                           "not write untaught\n" << describe(plain);
+    EXPECT_NE(adapted.err.find("adapted to style.txt"), std::string::npos) << describe(adapted);
+    expect_error(charlm({"sample", checkpoint.string(), "--adapt-lr", "0.1"}), {"--adapt-lr requires --adapt-to"}, true);
+    expect_error(charlm({"sample", checkpoint.string(), "--adapt-to", text.string(), "--adapt-decay", "2"}), {"--adapt-decay"}, true);
+    expect_error(charlm({"sample", checkpoint.string(), "--adapt-to", "-", "--prompt-file", "-"}), {"standard input"}, true);
+}
 
 TEST_F(Cli, SampleWithoutSeedPrintsTheSeedOnStderrAndThatSeedRepeatsTheSample) {
     const auto checkpoint = trained_run();

@@ -8,6 +8,7 @@
 #include <array>
 #include <cctype>
 #include <charconv>
+#include <chrono>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -284,6 +285,20 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
     return status;
 }
 
+// Dynamic evaluation scores a few thousand characters a second: a log line every 10 seconds says how far it is.
+charlm::AdaptProgressCallback adapt_progress_log() {
+    const auto started = std::chrono::steady_clock::now();
+    return [started, logged_seconds = 0.0](const charlm::AdaptProgress& progress) mutable {
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        if (seconds - logged_seconds < 10 || progress.characters_scored >= progress.characters_total) return;
+        logged_seconds = seconds;
+        spdlog::info("adapting: {} of {} characters, {:.4f} nats/char so far (plain {:.4f}), {} chars/s",
+                     charlm::format_count(progress.characters_scored), charlm::format_count(progress.characters_total),
+                     progress.adapted.mean(), progress.plain.mean(),
+                     charlm::format_count(static_cast<std::size_t>(static_cast<double>(progress.characters_scored) / seconds)));
+    };
+}
+
 struct SampleArguments {
     std::string checkpoint;
     std::string prompt;
@@ -298,6 +313,8 @@ struct SampleArguments {
     charlm::SampleOptions options;
     charlm::ExplicitSampleOptions given;  // which drawing options were on the command line
     int threads = 1;
+    std::string adapt_to;                 // a text to adapt the weights to first, as eval --adapt reads it
+    charlm::AdaptOptions adapt_options;
 };
 
 std::string read_prompt_file(const std::string& path) {
@@ -308,8 +325,21 @@ std::string read_prompt_file(const std::string& path) {
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
     if (arguments.count < 1) throw charlm::UsageError(fmt::format("--count must be at least 1, not {}", arguments.count));
+    if (!arguments.adapt_to.empty()) charlm::validate(arguments.adapt_options);
+    if (arguments.adapt_to == "-" && arguments.prompt_file == "-")
+        throw charlm::UsageError("--adapt-to and --prompt-file cannot both read standard input; give one of them a file");
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    if (!arguments.adapt_to.empty()) {
+        const std::string file = arguments.adapt_to == "-" ? "/dev/stdin" : arguments.adapt_to;
+        const charlm::EvalResult adapted = charlm::evaluate_file(
+            *checkpoint.model, checkpoint.vocab, file, {.adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
+        if (adapted.unknown_characters > 0)
+            spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
+                         adapted.unknown_characters, arguments.adapt_to, 100 * adapted.unknown_fraction);
+        spdlog::info("adapted to {}: {:.4f} nats/char as it read it (trained weights: {:.4f})", arguments.adapt_to,
+                     adapted.nats_per_character, adapted.plain_nats_per_character);
+    }
     const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
     std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : arguments.prompt_file);
     if (arguments.skip_unknown) {
@@ -370,7 +400,10 @@ struct EvalArguments {
     int threads = 0;
     std::string html;                 // a report of the scored text, the page's score view in one file
     long long html_characters = 20000;
+    bool adapt = false;               // dynamic evaluation, with these settings
+    charlm::AdaptOptions adapt_options;
 };
+
 
 // The first `most` characters of a file that the vocabulary knows, for the report.
 std::u32string known_beginning(const std::string& path, const charlm::Vocab& vocab, std::size_t most) {
@@ -433,6 +466,11 @@ int run_eval(EvalArguments& arguments) {
                 throw charlm::UsageError(fmt::format("--html {} is the {} itself, which the report would overwrite; give another name",
                                                      arguments.html, input == arguments.file ? "text scored" : "checkpoint"));
     }
+    if (arguments.adapt) {
+        charlm::validate(arguments.adapt_options);
+        arguments.options.adapt = arguments.adapt_options;
+        arguments.options.adapt_progress = adapt_progress_log();
+    }
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const std::string file = arguments.file == "-" ? "/dev/stdin" : arguments.file;  // read once, streamed: a pipe will do
@@ -443,6 +481,15 @@ int run_eval(EvalArguments& arguments) {
     if (!arguments.html.empty()) write_html_report(arguments, checkpoint, result);  // before the figures: a failure prints none
     if (arguments.json) {
         fmt::print("{}\n", result.to_json().dump());
+    } else if (result.adaptation) {
+        const double plain = result.plain_nats_per_character;
+        const charlm::AdaptOptions& adapted = *result.adaptation;
+        fmt::print("            plain     adapted\nnats/char   {:<9.4f} {:.4f}\nperplexity  {:<9.4f} {:.4f}\nbits/char   {:<9.4f} {:.4f}\n"
+                   "characters  {} scored, {} unknown left out\n"
+                   "adaptation  {:.4f} nats/char gained with --adapt-lr {:g} --adapt-decay {:g} --adapt-window {}\n",
+                   plain, result.nats_per_character, charlm::perplexity_of(plain), result.perplexity,
+                   charlm::bits_per_character_of(plain), result.bits_per_character, result.characters_scored,
+                   result.unknown_characters, plain - result.nats_per_character, adapted.learning_rate, adapted.decay, adapted.window);
     } else {
         fmt::print("nats/char   {:.4f}\nperplexity  {:.4f}\nbits/char   {:.4f}\ncharacters  {} scored, {} unknown left out\n",
                    result.nats_per_character, result.perplexity, result.bits_per_character, result.characters_scored,
@@ -790,6 +837,20 @@ int main(int argc, char** argv) {
     sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
     auto* seed_option = sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
     sample->add_option("--threads", sample_arguments.threads, "CPU threads; 0 uses every core")->check(CLI::Range(0, kMostThreads))->capture_default_str();
+    auto* adapt_to = sample->add_option("--adapt-to", sample_arguments.adapt_to,
+                                        "First adapt the weights to this text, as 'charlm eval --adapt' reads it, then sample in "
+                                        "its style; - reads standard input")
+                         ->type_name("FILE");
+    sample->add_option("--adapt-lr", sample_arguments.adapt_options.learning_rate, "With --adapt-to: learning rate of each window's step")
+        ->needs(adapt_to)
+        ->capture_default_str();
+    sample->add_option("--adapt-decay", sample_arguments.adapt_options.decay,
+                       "With --adapt-to: share of the distance to the trained weights taken back after each step, in [0, 1]")
+        ->needs(adapt_to)
+        ->capture_default_str();
+    sample->add_option("--adapt-window", sample_arguments.adapt_options.window, "With --adapt-to: characters per step")
+        ->needs(adapt_to)
+        ->capture_default_str();
 
     EvalArguments eval_arguments;
     auto* eval = app.add_subcommand("eval", "Score a text: nats per character, perplexity, bits per character");
@@ -807,6 +868,21 @@ int main(int argc, char** argv) {
     eval->add_option("--html-chars", eval_arguments.html_characters, "Characters the report shows, from the start of the file")
         ->check(CLI::Range(2LL, 200'000LL))
         ->needs(eval->get_option("--html"))
+        ->capture_default_str();
+    auto* adapt = eval->add_flag("--adapt", eval_arguments.adapt,
+                                 "Dynamic evaluation: read the text as one stream and, after scoring each window, learn from it "
+                                 "(a step of SGD, decaying toward the trained weights); prints the plain and the adapted figures")
+                      ->excludes(eval->get_option("--html"));
+    eval->add_option("--adapt-lr", eval_arguments.adapt_options.learning_rate, "With --adapt: learning rate of each window's step")
+        ->needs(adapt)
+        ->capture_default_str();
+    eval->add_option("--adapt-decay", eval_arguments.adapt_options.decay,
+                     "With --adapt: share of the distance to the trained weights taken back after each step, in [0, 1]")
+        ->needs(adapt)
+        ->capture_default_str();
+    eval->add_option("--adapt-window", eval_arguments.adapt_options.window,
+                     "With --adapt: characters per step (how far back gradients reach, how often the weights change)")
+        ->needs(adapt)
         ->capture_default_str();
 
     ServeArguments serve_arguments;
