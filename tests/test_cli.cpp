@@ -862,8 +862,9 @@ TEST_F(Cli, HelpForTheAppAndEachSubcommand) {
          {"CORPUS", "--out", "--resume", "--force", "--cell", "--layers", "--hidden", "--embed", "--seq", "--batch", "--lr",
           "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads"}},
         {{"sample", "--help"},
-         {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads"}},
-        {{"eval", "--help"}, {"CHECKPOINT", "FILE", "--json", "--threads"}},
+         {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads",
+          "--adapt-to"}},
+        {{"eval", "--help"}, {"CHECKPOINT", "FILE", "--json", "--threads", "--adapt", "--adapt-lr", "--adapt-decay", "--adapt-window"}},
     };
     for (const auto& [arguments, mentions] : expected) {
         SCOPED_TRACE(arguments.size() == 1 ? "charlm --help" : "charlm " + arguments[0] + " --help");

@@ -332,8 +332,11 @@ int run_sample(SampleArguments& arguments) {
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     if (!arguments.adapt_to.empty()) {
         const std::string file = arguments.adapt_to == "-" ? "/dev/stdin" : arguments.adapt_to;
+        // Characters the model never saw are left out and counted, whatever their share: this text only
+        // steers the weights, and no figure of it is the command's result.
         const charlm::EvalResult adapted = charlm::evaluate_file(
-            *checkpoint.model, checkpoint.vocab, file, {.adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
+            *checkpoint.model, checkpoint.vocab, file,
+            {.allow_unknown = true, .adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
         if (adapted.unknown_characters > 0)
             spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
                          adapted.unknown_characters, arguments.adapt_to, 100 * adapted.unknown_fraction);
@@ -403,7 +406,6 @@ struct EvalArguments {
     bool adapt = false;               // dynamic evaluation, with these settings
     charlm::AdaptOptions adapt_options;
 };
-
 
 // The first `most` characters of a file that the vocabulary knows, for the report.
 std::u32string known_beginning(const std::string& path, const charlm::Vocab& vocab, std::size_t most) {
@@ -841,7 +843,8 @@ int main(int argc, char** argv) {
                                         "First adapt the weights to this text, as 'charlm eval --adapt' reads it, then sample in "
                                         "its style; - reads standard input")
                          ->type_name("FILE");
-    sample->add_option("--adapt-lr", sample_arguments.adapt_options.learning_rate, "With --adapt-to: learning rate of each window's step")
+    sample->add_option("--adapt-lr", sample_arguments.adapt_options.learning_rate,
+                       "With --adapt-to: each weight's step per window (its gradient divided by the gradient's RMS so far)")
         ->needs(adapt_to)
         ->capture_default_str();
     sample->add_option("--adapt-decay", sample_arguments.adapt_options.decay,
@@ -871,9 +874,11 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     auto* adapt = eval->add_flag("--adapt", eval_arguments.adapt,
                                  "Dynamic evaluation: read the text as one stream and, after scoring each window, learn from it "
-                                 "(a step of SGD, decaying toward the trained weights); prints the plain and the adapted figures")
+                                 "(a step on its gradients divided by their RMS so far, decaying toward the trained weights); "
+                                 "prints the plain and the adapted figures")
                       ->excludes(eval->get_option("--html"));
-    eval->add_option("--adapt-lr", eval_arguments.adapt_options.learning_rate, "With --adapt: learning rate of each window's step")
+    eval->add_option("--adapt-lr", eval_arguments.adapt_options.learning_rate,
+                     "With --adapt: each weight's step per window (its gradient divided by the gradient's RMS so far)")
         ->needs(adapt)
         ->capture_default_str();
     eval->add_option("--adapt-decay", eval_arguments.adapt_options.decay,
