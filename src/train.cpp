@@ -295,7 +295,6 @@ void TrainingLoop::remove_stale_temporaries() const {
 }
 
 void TrainingLoop::warn_about_options_that_do_nothing() {
-    const ModelConfig& model = session_.model.config();
     if (!has_validation_)
         progress_.warning(fmt::format(
             "no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
@@ -306,10 +305,6 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
-    if (model.dropout > 0 && model.layers == 1)
-        progress_.warning(fmt::format("--dropout {} does nothing with one layer: it drops units between layers, as "
-                                      "PyTorch's recurrent layers do; use --layers 2 or more",
-                                      model.dropout));
 }
 
 RunDescription TrainingLoop::description() const {
@@ -696,6 +691,8 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--steps", "/steps", true},              {"--minutes", "/minutes", true},
     {"--eval-every", "/eval_every", true},    {"--val-chars", "/validation_characters", true},
     {"--patience", "/patience", true},        {"--dropout", "/model/dropout", true},
+    {"--embed-dropout", "/model/embed_dropout", true}, {"--weight-drop", "/model/weight_drop", true},
+    {"--dropout-mask", "/model/dropout_mask", true},
     {"--cell", "/model/cell", false},         {"--layers", "/model/layers", false},
     {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
     {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
@@ -958,6 +955,10 @@ std::uint64_t periodic_validation_characters(const TrainOptions& options) {
 }
 
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given) {
+    const auto was_given = [&](const char* flag) { return std::find(given.begin(), given.end(), flag) != given.end(); };
+    if (was_given("--dropout-mask") && options.model.dropout == 0 && options.model.embed_dropout == 0)
+        throw UsageError("--dropout-mask says how --dropout and --embed-dropout draw their masks, and both are 0; give a rate, "
+                         "or leave --dropout-mask out");
     const LearningRateSchedule& schedule = options.learning_rate_schedule;
     if (schedule.kind == LearningRateSchedule::Kind::step) return;
     for (const char* flag : {"--lr-decay-every", "--lr-decay"})
@@ -989,9 +990,12 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
             throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
         options = TrainOptions::from_json(options_for_resume(checkpoint->training.options, request, changes));
         // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
-        const double dropout = options.model.dropout;
+        const ModelConfig rates = options.model;
         options.model = checkpoint->config;
-        options.model.dropout = dropout;
+        options.model.dropout = rates.dropout;
+        options.model.embed_dropout = rates.embed_dropout;
+        options.model.weight_drop = rates.weight_drop;
+        options.model.dropout_mask = rates.dropout_mask;
         options.run_directory = run_directory;
         threads_before = options.threads;
         processes_before = options.processes;
@@ -1029,7 +1033,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                     checkpoint->training,
                     {},
                     rng_from_string(checkpoint->training.rng_state)};
-    session.model.set_dropout(options.model.dropout);
+    session.model.set_regularization(options.model);
     session.processes = &processes;
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     // This process's streams' rows of the whole batch's carried state.
@@ -1046,7 +1050,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     if (processes_before != options.processes)
         progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
                                      processes_before == 1 ? "" : "es", options.processes,
-                                     options.model.dropout > 0 ? "with --dropout each process draws its own masks, so the run "
+                                     session.model.regularized() ? "with dropout each process draws its own masks, so the run "
                                                                  "takes another path from here than one uninterrupted run "
                                                                  "(of the same kind)"
                                                                : "the same path, but its numbers will differ in the last "

@@ -186,13 +186,13 @@ TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.model.layers = 1;
-    options.model.dropout = 0.3;  // does nothing with one layer: a warning
+    options.learning_rate_schedule.warmup_steps = 30;  // longer than the run: a warning
     RecordingProgress progress;
     const TrainResult result = train(options, progress);
     ASSERT_EQ(result.steps, 20);
 
     ASSERT_EQ(progress.warnings.size(), 1u);
-    EXPECT_EQ(progress.warnings[0].rfind("--dropout 0.3 does nothing with one layer", 0), 0u) << progress.warnings[0];
+    EXPECT_EQ(progress.warnings[0].rfind("--warmup 30 is longer than the run's 20 steps", 0), 0u) << progress.warnings[0];
     ASSERT_EQ(progress.count("started"), 1u);
     const auto started = std::find_if(progress.events.begin(), progress.events.end(), [](const auto& event) { return event.kind == "started"; });
     EXPECT_TRUE(std::none_of(progress.events.begin(), started, [](const auto& event) { return event.kind != "warning"; }))
@@ -215,7 +215,7 @@ TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
     for (const StepProgress& step : progress.steps) {
         EXPECT_EQ(step.total_steps, 20);
         EXPECT_TRUE(std::isfinite(step.train_loss) && step.train_loss > 0);
-        EXPECT_EQ(step.learning_rate, 2e-3);
+        EXPECT_DOUBLE_EQ(step.learning_rate, 2e-3 * static_cast<double>(step.step) / 30);  // warming up
         EXPECT_TRUE(step.remaining_seconds.has_value());
     }
     EXPECT_TRUE(progress.reports.front().new_best) << "the first validation is the best yet";
@@ -520,29 +520,56 @@ TEST(Train, TheIdsPathsOfTheRunDirectoryAreKeptClean) {
     }
 }
 
+// Every kind of mask is drawn from the run's generator, which the checkpoint keeps: a resumed run
+// draws the masks that one uninterrupted run would.
 TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
-    TemporaryDirectory directory;
-    directory.write("corpus.txt", small_corpus());
-    auto configure = [&](const std::string& run, std::int64_t steps) {
-        TrainOptions options = tiny_options(directory, run);
-        options.model.dropout = 0.3;
-        options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
-        options.learning_rate_schedule.decay_every_steps = 6;
-        options.learning_rate_schedule.warmup_steps = 5;
-        options.steps = steps;
-        return options;
+    struct Rates {
+        const char* name;
+        double dropout, embed_dropout, weight_drop;
+        DropoutMask mask;
     };
-    train(configure("straight", 20));
-    // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
-    // decay), the same dropout masks and the same data.
-    train(configure("halves", 9));
-    resume_to(directory.path() / "halves", 20);
-    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
-    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
-    EXPECT_EQ(b.training.step, 20);
-    EXPECT_EQ(a.training.data_position, b.training.data_position);
-    for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
-        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+    for (const Rates& rates : {Rates{"step", 0.3, 0, 0, DropoutMask::step}, Rates{"locked", 0.3, 0, 0, DropoutMask::locked},
+                               Rates{"embedding", 0, 0.3, 0, DropoutMask::locked}, Rates{"weights", 0, 0, 0.3, DropoutMask::locked},
+                               Rates{"all", 0.2, 0.1, 0.3, DropoutMask::step}}) {
+        SCOPED_TRACE(rates.name);
+        TemporaryDirectory directory;
+        directory.write("corpus.txt", small_corpus());
+        auto configure = [&](const std::string& run, std::int64_t steps) {
+            TrainOptions options = tiny_options(directory, run);
+            options.model.layers = 2;
+            options.model.dropout = rates.dropout;
+            options.model.embed_dropout = rates.embed_dropout;
+            options.model.weight_drop = rates.weight_drop;
+            options.model.dropout_mask = rates.mask;
+            options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
+            options.learning_rate_schedule.decay_every_steps = 6;
+            options.learning_rate_schedule.warmup_steps = 5;
+            options.steps = steps;
+            return options;
+        };
+        train(configure("straight", 20));
+        // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
+        // decay), the same dropout masks and the same data.
+        train(configure("halves", 9));
+        resume_to(directory.path() / "halves", 20);
+        const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
+        const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+        const Checkpoint plain = [&] {
+            TrainOptions options = configure("plain", 20);
+            options.model.dropout = options.model.embed_dropout = options.model.weight_drop = 0;
+            train(options);
+            return load_checkpoint(options.run_directory / "last.safetensors");
+        }();
+        EXPECT_EQ(b.training.step, 20);
+        EXPECT_EQ(a.training.data_position, b.training.data_position);
+        EXPECT_EQ(b.config.dropout, rates.dropout);
+        EXPECT_EQ(b.config.embed_dropout, rates.embed_dropout);
+        EXPECT_EQ(b.config.weight_drop, rates.weight_drop);
+        EXPECT_EQ(b.config.dropout_mask, rates.mask);
+        for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
+            EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+        EXPECT_NE(a.model->parameters()[1].value, plain.model->parameters()[1].value) << "the masks changed nothing";
+    }
 }
 
 TEST(Train, PatienceStopsEarly) {

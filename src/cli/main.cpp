@@ -148,6 +148,7 @@ struct TrainArguments {
     std::string resume;
     std::string moved_corpus;
     std::string cell = "lstm";
+    std::string dropout_mask = "locked";
     std::string learning_rate_schedule = "constant";
     std::string validation_characters = "auto";
     charlm::TrainOptions options;
@@ -182,6 +183,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
     options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
+    options.model.dropout_mask = charlm::parse_dropout_mask(arguments.dropout_mask);
     if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
     if (!arguments.resume.empty()) {
         if (!arguments.corpus.empty())
@@ -730,7 +732,16 @@ int main(int argc, char** argv) {
     train->add_option("--embed", train_options.model.embed_size, "Character embedding size")->capture_default_str();
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
-    train->add_option("--dropout", train_options.model.dropout, "Dropout between layers while training")->capture_default_str();
+    train->add_option("--dropout", train_options.model.dropout, "Dropout of each layer's output while training, the top layer's included")
+        ->capture_default_str();
+    train->add_option("--embed-dropout", train_options.model.embed_dropout, "Dropout of the character embeddings while training")
+        ->capture_default_str();
+    train->add_option("--weight-drop", train_options.model.weight_drop,
+                      "DropConnect on the recurrent weights W_hh while training, one mask per window (AWD-LSTM's weight drop)")
+        ->capture_default_str();
+    train->add_option("--dropout-mask", train_arguments.dropout_mask,
+                      "How --dropout and --embed-dropout draw masks: locked (one per stream per window, variational) or step (new each step)")
+        ->capture_default_str();
     auto& schedule = train_options.learning_rate_schedule;
     train->add_option("--lr", schedule.peak_learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
     train->add_option("--lr-schedule", train_arguments.learning_rate_schedule,
