@@ -148,6 +148,7 @@ struct Session {
     TrainingState state;
     ModelState<float> carried;
     std::mt19937_64 rng;
+    std::optional<ParameterAverage> average;  // --ema's
     // A fresh run in a directory that may hold an earlier run (--force): the earlier files stay as
     // they are until this run's first last.safetensors, which takes the directory over.
     bool fresh = false;
@@ -204,6 +205,19 @@ private:
     // run's first loss says nothing: it may already be low, or already have climbed.
     const double uniform_loss_;
     double exploded_loss_;
+    bool averaged_is_better_ = false;  // at the last validation, the averaged weights scored lower (--ema)
+};
+
+// The averaged parameters (--ema) in the model's place while it lives; the last step's come back after.
+class AveragedWeights {
+public:
+    explicit AveragedWeights(Session& session) : session_(session) { session_.average->swap_with(session_.model.parameters()); }
+    ~AveragedWeights() { session_.average->swap_with(session_.model.parameters()); }
+    AveragedWeights(const AveragedWeights&) = delete;
+    AveragedWeights& operator=(const AveragedWeights&) = delete;
+
+private:
+    Session& session_;
 };
 
 TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
@@ -349,6 +363,7 @@ double TrainingLoop::take_step() {
     const StepOutcome outcome =
         train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate, processes_);
     check_for_divergence(outcome, learning_rate, step);
+    if (session_.average) session_.average->update(session_.model.parameters(), step);
     session_.state.step = step;
     ++steps_this_run_;
     training_seconds_ += seconds_since(step_start);
@@ -410,10 +425,20 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     report.validation_loss = validation_loss;
     report.validation_characters = validation.count;
     report.held_out_characters = held_out.size() - 1;
-    report.new_best = validation_loss < session_.state.best_validation_loss;
+    // The averaged weights on the same characters; the lower of the two figures is the step's.
+    std::optional<double> averaged_loss;
+    if (session_.average) {
+        AveragedWeights averaged(session_);
+        averaged_loss = evaluate_held_out(periodic_validation_characters(options_)).mean();
+        report.averaged_validation_loss = averaged_loss;
+    }
+    averaged_is_better_ = averaged_loss && std::isfinite(*averaged_loss) && *averaged_loss < validation_loss;
+    const double step_loss = averaged_is_better_ ? *averaged_loss : validation_loss;
+    report.new_best = step_loss < session_.state.best_validation_loss;
     if (report.new_best) {
-        session_.state.best_validation_loss = validation_loss;
+        session_.state.best_validation_loss = step_loss;
         session_.state.best_validation_characters = validation.count;
+        session_.state.best_is_averaged = averaged_is_better_;
         session_.state.evaluations_since_best = 0;
     } else {
         ++session_.state.evaluations_since_best;
@@ -421,7 +446,11 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
     // loss reached, and never replaces a better best.safetensors with a worse one.
     save(CheckpointKind::last);
-    if (report.new_best) save(CheckpointKind::best);
+    if (report.new_best) {
+        std::optional<AveragedWeights> averaged;
+        if (averaged_is_better_) averaged.emplace(session_);
+        save(CheckpointKind::best);
+    }
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the
@@ -435,6 +464,8 @@ std::optional<double> TrainingLoop::score_all_held_out_text() {
     progress_.note(fmt::format("scoring all {} held-out characters at step {} (each validation scored {} of them)",
                                format_count(held_out.size() - 1), session_.state.step, format_count(periodic)));
     session_.model.set_dropout_generator(nullptr);
+    std::optional<AveragedWeights> averaged;  // the weights the last validation preferred
+    if (averaged_is_better_) averaged.emplace(session_);
     return evaluate_held_out(0).mean();
 }
 
@@ -470,7 +501,8 @@ void TrainingLoop::save(CheckpointKind kind) {
         session_.state.rng_state = rng_to_string(session_.rng);
         session_.state.options = options_.to_json();
         save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
-                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried);
+                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried,
+                        for_resume && session_.average ? &session_.average->values() : nullptr);
         // An earlier run's best at this run's first last.safetensors, which takes the directory over:
         // where this save is a validation's, this run's own best follows at once; where it is not
         // (stopped before its first validation), none may be left that a user would take for this run's.
@@ -558,6 +590,7 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
     result.last_train_loss = last_train_loss_;
     result.validated = has_validation_;
     result.best_validation_loss = session_.state.best_validation_loss;
+    result.best_is_averaged = session_.state.best_is_averaged;
     result.chars_per_second = chars_per_second_;
     result.stopped_by = stopped_by;
     result.patience = options_.patience;
@@ -612,6 +645,9 @@ void validate(const TrainOptions& options) {
     if (schedule.kind == LearningRateSchedule::Kind::cosine && options.steps == 0)
         throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
     if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must be 0 or more steps, not {}", schedule.warmup_steps));
+    if (!(options.average_decay >= 0 && options.average_decay < 1))
+        throw UsageError(fmt::format("--ema must be at least 0 (off) and below 1, not {}; 0.999 averages over about the last 1000 steps",
+                                     options.average_decay));
     if (options.patience < 0) throw UsageError(fmt::format("--patience must be 0 (off) or more validations, not {}", options.patience));
     if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError(fmt::format("--lr-decay must be in (0, 1], not {}", schedule.decay_factor));
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
@@ -692,7 +728,7 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--eval-every", "/eval_every", true},    {"--val-chars", "/validation_characters", true},
     {"--patience", "/patience", true},        {"--dropout", "/model/dropout", true},
     {"--embed-dropout", "/model/embed_dropout", true}, {"--weight-drop", "/model/weight_drop", true},
-    {"--dropout-mask", "/model/dropout_mask", true},
+    {"--dropout-mask", "/model/dropout_mask", true},   {"--ema", "/ema", true},
     {"--cell", "/model/cell", false},         {"--layers", "/model/layers", false},
     {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
     {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
@@ -786,6 +822,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"lr_decay_every", learning_rate_schedule.decay_every_steps},
         {"lr_decay_factor", learning_rate_schedule.decay_factor},
         {"patience", patience},
+        {"ema", average_decay},
         {"clip", clip},
         {"validation_fraction", validation_fraction},
         {"steps", steps},
@@ -827,6 +864,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         schedule.decay_every_steps = integer_value<std::int64_t>(json.at("lr_decay_every"));
         schedule.decay_factor = json.at("lr_decay_factor").get<double>();
         options.patience = integer_value<int>(json.at("patience"));
+        options.average_decay = json.value("ema", 0.0);
         options.validation_fraction = json.at("validation_fraction").get<double>();
         options.steps = integer_value<std::int64_t>(json.at("steps"));
         options.minutes = json.at("minutes").get<double>();
@@ -941,6 +979,7 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     session.model.initialize(session.rng);
     session.optimizer = Adam(session.model.parameters());
+    if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
     session.processes = &processes;
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     session.carried = session.model.initial_state(session.streams.count);
@@ -1034,6 +1073,18 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                     {},
                     rng_from_string(checkpoint->training.rng_state)};
     session.model.set_regularization(options.model);
+    if (options.average_decay > 0) {
+        // A run that averaged goes on from its average; one that starts averaging now, from its weights.
+        if (checkpoint->average) {
+            session.average.emplace();
+            session.average->values() = std::move(*checkpoint->average);
+            session.average->set_decay(options.average_decay);
+        } else {
+            session.average.emplace(session.model.parameters(), options.average_decay);
+            progress.note(fmt::format("--ema {}: the average of the parameters starts at step {}", options.average_decay,
+                                      checkpoint->training.step));
+        }
+    }
     session.processes = &processes;
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     // This process's streams' rows of the whole batch's carried state.

@@ -1093,6 +1093,7 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     expect_train_refused(corpus, {"embedding dropout", "-0.5"}, {"--embed-dropout", "-0.5"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"weight drop", "1"}, {"--weight-drop", "1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"unknown dropout mask 'per-unit'"}, {"--dropout", "0.2", "--dropout-mask", "per-unit"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--ema", "1"}, {"--ema", "1"}, /*usage_error=*/true);
     // With no dropout, a choice of masks would be ignored.
     expect_train_refused(corpus, {"--dropout-mask", "both are 0"}, {"--dropout-mask", "step", "--weight-drop", "0.2"}, /*usage_error=*/true);
     // Cosine decays over --steps: with --minutes alone there is nothing to decay over.

@@ -613,6 +613,77 @@ std::vector<TokenId> held_out_ids(const Vocab& vocab) {
     return {ids.end() - static_cast<std::ptrdiff_t>(held_out), ids.end()};
 }
 
+// --ema: the validation scores the averaged weights beside the last step's, and best.safetensors holds
+// whichever scored lower. One validation, at the last step, makes that step the best.
+TEST(Train, AveragedWeightsAreValidatedAndTheBetterOnesKeptAsBest) {
+    for (double decay : {0.5, 0.99}) {
+        SCOPED_TRACE(decay);
+        TemporaryDirectory directory;
+        directory.write("corpus.txt", small_corpus());
+        TrainOptions options = tiny_options(directory, "run");
+        options.average_decay = decay;
+        options.eval_every = 20;
+        RecordingProgress progress;
+        const TrainResult result = train(options, progress);
+        const ProgressReport& report = progress.reports.back();
+        ASSERT_TRUE(report.validation_loss && report.averaged_validation_loss);
+        EXPECT_NE(*report.validation_loss, *report.averaged_validation_loss);
+        const bool averaged_better = *report.averaged_validation_loss < *report.validation_loss;
+        EXPECT_EQ(result.best_is_averaged, averaged_better);
+        EXPECT_DOUBLE_EQ(result.best_validation_loss, std::min(*report.validation_loss, *report.averaged_validation_loss));
+        const Checkpoint last = load_checkpoint(result.last_checkpoint);
+        Checkpoint best = load_checkpoint(result.best_checkpoint);
+        ASSERT_TRUE(last.average.has_value());
+        EXPECT_FALSE(best.average.has_value()) << "best.safetensors is for sampling: weights only";
+        EXPECT_EQ(best.training.best_is_averaged, averaged_better);
+        for (std::size_t i = 0; i < best.model->parameters().size(); ++i)
+            EXPECT_EQ(best.model->parameters()[i].value, averaged_better ? (*last.average)[i] : last.model->parameters()[i].value);
+        // And the averaged weights really score what the report says (evaluation reads best.safetensors).
+        EXPECT_NEAR(evaluate_loss(*best.model, held_out_ids(best.vocab), 16, 4).mean(),
+                    result.best_validation_loss, 1e-6);
+    }
+}
+
+// The average is in last.safetensors: a resumed run averages on as one uninterrupted run does; one that
+// starts averaging on resume starts from its weights, and says so.
+TEST(Train, ResumingWithAveragedWeightsIsExact) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    auto configure = [&](const std::string& run, std::int64_t steps) {
+        TrainOptions options = tiny_options(directory, run);
+        options.average_decay = 0.9;
+        options.steps = steps;
+        return options;
+    };
+    train(configure("straight", 20));
+    train(configure("halves", 9));
+    resume_to(directory.path() / "halves", 20);
+    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
+    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+    ASSERT_TRUE(a.average && b.average);
+    for (std::size_t i = 0; i < a.model->parameters().size(); ++i) {
+        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+        EXPECT_EQ((*a.average)[i], (*b.average)[i]) << a.model->parameters()[i].name;
+        EXPECT_NE((*a.average)[i], a.model->parameters()[i].value) << "the average lags the weights";
+    }
+    EXPECT_EQ(load_checkpoint(directory.path() / "straight" / "best.safetensors").training.best_is_averaged, a.training.best_is_averaged);
+
+    TrainOptions plain = tiny_options(directory, "later");
+    plain.steps = 9;
+    train(plain);
+    ResumeRequest request;
+    request.run_directory = plain.run_directory;
+    request.options.steps = 12;
+    request.options.average_decay = 0.9;
+    request.given = {"--steps", "--ema"};
+    RecordingProgress progress;
+    resume_training(request, progress);
+    EXPECT_TRUE(std::any_of(progress.notes.begin(), progress.notes.end(), [](const std::string& note) {
+        return note == "--ema 0.9: the average of the parameters starts at step 9";
+    })) << fmt::format("{}", fmt::join(progress.notes, "\n"));
+    EXPECT_TRUE(load_checkpoint(plain.run_directory / "last.safetensors").average.has_value());
+}
+
 TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());

@@ -51,6 +51,7 @@ struct TrainingState {
     double best_validation_loss = std::numeric_limits<double>::infinity();
     std::int64_t evaluations_since_best = 0;  // for --patience
     std::size_t best_validation_characters = 0;  // what the best loss was scored on (--val-chars); 0: not recorded
+    bool best_is_averaged = false;  // the best loss was the averaged parameters' (--ema), and best.safetensors holds them
     std::size_t data_position = 0;
     std::string rng_state;       // std::mt19937_64 as text
     nlohmann::json options;      // the training options of the run
@@ -63,11 +64,14 @@ struct Checkpoint {
     TrainingState training;
     std::optional<Adam> optimizer;                // only in checkpoints written for resuming
     std::optional<ModelState<float>> carried_state;  // likewise: the state carried into the next window
+    std::optional<std::vector<Matrix<float>>> average;  // likewise, where the run averages its parameters (--ema)
 };
 
-// `optimizer` and `carried_state` may be null: a checkpoint for sampling and evaluation needs neither.
+// `optimizer`, `carried_state` and `average` may be null: a checkpoint for sampling and evaluation
+// needs none of them. `average` holds one matrix per parameter (ParameterAverage::values()).
 void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
-                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state);
+                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state,
+                     const std::vector<Matrix<float>>* average = nullptr);
 // Throws Error naming the file and the problem for anything missing, inconsistent or not finite, and for
 // training counts (steps, optimizer steps, data position, evaluations) below 0 or above 10^15.
 Checkpoint load_checkpoint(const std::filesystem::path& path);

@@ -59,4 +59,28 @@ private:
     std::vector<Matrix<float>> second_moments_;
 };
 
+// An exponential moving average of the parameters, updated after each step: weights averaged over the
+// last 1/(1 - decay) steps or so, which lie nearer the floor of the valley that the steps scatter
+// around than any one step's (Polyak and Juditsky 1992; the EMA of TensorFlow and timm). The decay
+// warms up as min(decay, (1 + step) / (10 + step)), so that early averages do not weigh the random start.
+class ParameterAverage {
+public:
+    ParameterAverage() = default;
+    ParameterAverage(const std::vector<Parameter<float>>& parameters, double decay);  // starts at the values
+
+    // After the update of `step` (counting from 1).
+    void update(const std::vector<Parameter<float>>& parameters, std::int64_t step);
+    // Exchanges the averages with the parameters' values: a second call puts them back.
+    void swap_with(std::vector<Parameter<float>>& parameters);
+
+    double decay() const { return decay_; }
+    void set_decay(double decay) { decay_ = decay; }
+    std::vector<Matrix<float>>& values() { return values_; }  // one per parameter, for checkpoints
+    const std::vector<Matrix<float>>& values() const { return values_; }
+
+private:
+    double decay_ = 0;
+    std::vector<Matrix<float>> values_;
+};
+
 }  // namespace charlm

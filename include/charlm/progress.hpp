@@ -45,7 +45,8 @@ struct ProgressReport : StepProgress {
     bool evaluated = false;                  // an --eval-every step or the run's last: validated (where there is
                                              // validation text) and saved
     std::optional<double> validation_loss;   // nats/char, where evaluated and the run has validation text
-    bool new_best = false;                   // the lowest validation loss yet: best.safetensors holds this step
+    std::optional<double> averaged_validation_loss;  // likewise, of the averaged parameters (--ema)
+    bool new_best = false;                   // the lowest validation loss yet (of either): best.safetensors holds this step's
     // Where there is a validation loss: the predictions it covers, and those of all the held-out text
     // (fewer where --val-chars validates on part of it).
     std::size_t validation_characters = 0;

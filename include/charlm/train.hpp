@@ -34,6 +34,9 @@ struct TrainOptions {
     // all. None: automatic (periodic_validation_characters()); 0: all of them every time.
     std::optional<std::uint64_t> validation_characters;
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
+    // --ema: the decay of an average of the parameters (ParameterAverage), 0 for none. Validations score
+    // the averaged weights beside the last step's, and best.safetensors holds whichever scored lower.
+    double average_decay = 0;
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
 
@@ -57,6 +60,7 @@ struct TrainResult {
     std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
+    bool best_is_averaged = false;     // best.safetensors holds the averaged parameters (--ema)
     // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
     // loss of the run's last step on all of it, scored once at its end (not after a stop request).
     std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)

@@ -273,8 +273,9 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
                                      ? fmt::format(" on {} of {} held-out chars", charlm::format_count(result.validation_characters),
                                                    charlm::format_count(result.held_out_characters))
                                      : std::string();
-        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{} (perplexity {:.3f}, {:.4f} bits/char)\n",
-                   result.steps, stopped, best, part, charlm::perplexity_of(best), charlm::bits_per_character_of(best));
+        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{}{} (perplexity {:.3f}, {:.4f} bits/char)\n",
+                   result.steps, stopped, best, part, result.best_is_averaged ? ", averaged weights" : "", charlm::perplexity_of(best),
+                   charlm::bits_per_character_of(best));
         if (result.full_validation_loss) {
             const double full = *result.full_validation_loss;
             fmt::print("on all {} held-out chars, step {}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n",
@@ -733,6 +734,10 @@ int main(int argc, char** argv) {
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
     train->add_option("--dropout", train_options.model.dropout, "Dropout of each layer's output while training, the top layer's included")
+        ->capture_default_str();
+    train->add_option("--ema", train_options.average_decay,
+                      "Average the weights over training (decay per step, e.g. 0.999); validation scores both, "
+                      "best.safetensors keeps the better; 0 turns it off")
         ->capture_default_str();
     train->add_option("--embed-dropout", train_options.model.embed_dropout, "Dropout of the character embeddings while training")
         ->capture_default_str();
