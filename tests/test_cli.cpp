@@ -1487,7 +1487,7 @@ protected:
         fs::create_directories(path("run"));
         fs::create_directories(path("bin"));
         fs::create_directories(path("tmp"));
-        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2}\n{\"step\":20,\"train_loss\":2.5}\n");
+        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2,\"elapsed_seconds\":5}\n{\"step\":20,\"train_loss\":2.5}\n");
     }
     // A stand-in for gnuplot, first on PATH.
     void fake_gnuplot(const std::string& script) const {
@@ -1510,6 +1510,13 @@ TEST_F(CliPlot, StdoutCarriesOnlyThePngPathNotGnuplotsChatter) {
     const RunResult elsewhere = charlm({"plot", path("run").string(), "--output", path("curve.png").string()});
     ASSERT_EQ(elsewhere.exit_code, 0) << describe(elsewhere);
     EXPECT_EQ(elsewhere.out, path("curve.png").string() + "\n");
+    // Two runs compared: one PNG for both, which must be named; the same run twice is two curves.
+    expect_error(charlm({"plot", path("run").string(), path("run").string()}), {"--output FILE.png"}, /*usage_error=*/true);
+    const RunResult compared = charlm({"plot", path("run").string(), path("run").string(), "--output", path("both.png").string()});
+    ASSERT_EQ(compared.exit_code, 0) << describe(compared);
+    EXPECT_EQ(compared.out, path("both.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("both.png")), "png\n");
+    expect_error(charlm({"plot", path("run").string(), "--by", "epoch", "--output", path("x.png").string()}), {"--by"}, true);
     EXPECT_TRUE(no_temporary_files_left());
 }
 

@@ -853,10 +853,16 @@ int main(int argc, char** argv) {
     info->add_option("CHECKPOINT", info_checkpoint, "A .safetensors file written by 'charlm train'")->required();
     info->add_flag("--json", info_json, "Print one JSON object");
 
-    std::string plot_run_directory, plot_output;
-    auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG (needs gnuplot)");
-    plot->add_option("RUN_DIR", plot_run_directory, "A run directory with metrics.jsonl")->required();
-    plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png]");
+    std::vector<std::string> plot_run_directories;
+    std::string plot_output, plot_axis;
+    auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG, or compare several runs' "
+                                            "validation losses (needs gnuplot)");
+    plot->add_option("RUN_DIR", plot_run_directories, "Run directories with metrics.jsonl; with more than one, their validation "
+                                                      "losses are compared")
+        ->required();
+    plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png for one run]");
+    plot->add_option("--by", plot_axis, "Compare validation losses by step or minutes of training [default: minutes]")
+        ->check(CLI::IsMember({"step", "minutes"}));
 
     charlm::BenchOptions bench_options;
     std::string bench_corpus = bench_options.corpus.string();
@@ -915,9 +921,17 @@ int main(int argc, char** argv) {
         else if (*info) status = run_info(info_checkpoint, info_json);
         else if (*bench) status = run_bench(bench_options, bench_corpus, bench_models, bench_json);
         else if (*plot) {
-            const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directory) / "loss.png"
+            const bool comparing = plot_run_directories.size() > 1 || !plot_axis.empty();
+            if (comparing && plot_output.empty())
+                throw charlm::UsageError("comparing runs writes one PNG for all of them: say where with --output FILE.png");
+            const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directories.front()) / "loss.png"
                                                                      : std::filesystem::path(plot_output);
-            charlm::plot_losses(plot_run_directory, output);
+            if (comparing) {
+                const std::vector<std::filesystem::path> runs(plot_run_directories.begin(), plot_run_directories.end());
+                charlm::plot_validation_losses(runs, output, plot_axis == "step" ? charlm::PlotAxis::step : charlm::PlotAxis::minutes);
+            } else {
+                charlm::plot_losses(plot_run_directories.front(), output);
+            }
             fmt::print("{}\n", output.string());
         }
     } catch (const charlm::UsageError& error) {
