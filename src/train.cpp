@@ -545,6 +545,8 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
             options_.minutes > 0 ? std::max(0.0, std::min(remaining, options_.minutes * 60 - progress.elapsed_seconds)) : remaining;
     }
     return progress;
+    progress.epoch = static_cast<double>(session_.state.step) * options_.seq_length * options_.batch_size /
+                     static_cast<double>(session_.corpus.train().size());
 }
 
 // The report's step figures are taken now, after its validation and saves, whose time they include.

@@ -136,10 +136,11 @@ void expect_metrics_match_reports(const std::filesystem::path& run_directory, co
     for (std::size_t i = 0; i < records.size(); ++i) {
         SCOPED_TRACE(records[i].dump());
         const ProgressReport& report = reports[i];
-        EXPECT_EQ(records[i].size(), report.validation_loss ? 7u : report.evaluated ? 6u : 5u);
+        EXPECT_EQ(records[i].size(), report.validation_loss ? 8u : report.evaluated ? 7u : 6u);
         EXPECT_EQ(records[i].at("step").get<std::int64_t>(), report.step);
         EXPECT_EQ(records[i].at("train_loss").get<double>(), report.train_loss);
         EXPECT_EQ(records[i].at("learning_rate").get<double>(), report.learning_rate);
+        EXPECT_EQ(records[i].at("epoch").get<double>(), report.epoch);
         EXPECT_EQ(records[i].at("chars_per_second").get<double>(), report.chars_per_second);
         EXPECT_EQ(records[i].at("elapsed_seconds").get<double>(), report.elapsed_seconds);
         EXPECT_EQ(records[i].contains("validation_loss"), report.evaluated);
@@ -216,6 +217,7 @@ TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
         EXPECT_EQ(step.total_steps, 20);
         EXPECT_TRUE(std::isfinite(step.train_loss) && step.train_loss > 0);
         EXPECT_EQ(step.learning_rate, 2e-3);
+        EXPECT_DOUBLE_EQ(step.epoch, step.step * 16.0 * 4 / static_cast<double>(run.train_characters)) << "characters trained on / training characters";
         EXPECT_TRUE(step.remaining_seconds.has_value());
     }
     EXPECT_TRUE(progress.reports.front().new_best) << "the first validation is the best yet";

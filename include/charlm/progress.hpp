@@ -32,6 +32,7 @@ struct RunDescription {
 struct StepProgress {
     std::int64_t step = 0;                    // the run's steps so far, resumed ones included
     std::int64_t total_steps = 0;             // the run's --steps; 0 where only --minutes bounds it
+    double epoch = 0;                         // characters trained on so far (steps x seq x batch) / training characters
     double train_loss = 0;                    // nats/char, the mean over the steps since the last report
     double learning_rate = 0;                 // the latest step's
     double chars_per_second = 0;              // training characters per second of training, in this invocation
