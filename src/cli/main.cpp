@@ -147,6 +147,7 @@ struct TrainArguments {
     std::string run_directory;
     std::string resume;
     std::string moved_corpus;
+    std::string init_from;
     std::string cell = "lstm";
     std::string learning_rate_schedule = "constant";
     std::string validation_characters = "auto";
@@ -184,6 +185,9 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
     if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
     if (!arguments.resume.empty()) {
+        if (given("--init-from"))
+            throw charlm::UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues a run; "
+                                     "choose one");
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
                                      "(if that moved, say where with --corpus PATH)");
@@ -210,6 +214,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     options.corpus = arguments.corpus;
     if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
     options.model.cell = charlm::parse_cell_type(arguments.cell);
+    if (given("--init-from")) options.init_from = charlm::TrainOptions::InitFrom{arguments.init_from, arguments.given};
     // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
     std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
     if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
@@ -724,6 +729,11 @@ int main(int argc, char** argv) {
                       "With --resume: where the run's corpus is now, if it moved (accepted when its content is the same)")
         ->type_name("PATH");
     train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
+    train->add_option("--init-from", train_arguments.init_from,
+                      "Start a new run from this checkpoint's weights, with a fresh optimizer: the model's shape is the "
+                      "checkpoint's (--cell, --layers, --hidden, --embed that contradict it are refused), its vocabulary "
+                      "too, extended by the new text's characters; --dropout and the training options are this run's")
+        ->type_name("CHECKPOINT");
     train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
     train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
     train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
