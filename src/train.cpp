@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <regex>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -180,7 +181,7 @@ private:
     void check_parameters_agree() const;
     std::optional<double> score_all_held_out_text();
     LossSum evaluate_held_out(std::size_t max_characters);
-    void save(CheckpointKind kind);
+    void save(CheckpointKind kind, const std::filesystem::path& kept_path = {});
     ModelState<float> whole_carried_state() const;
     StepProgress step_progress(double learning_rate) const;
     void report_progress(ProgressReport& report, double learning_rate);
@@ -294,6 +295,8 @@ void TrainingLoop::remove_stale_temporaries() const {
         const std::string name = entry.path().filename().string();
         for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt", "corpus.ids", "validation.ids"})
             if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
+        if (name.starts_with(".step-") && name.find(".safetensors.tmp-") != std::string::npos)  // --keep-checkpoints'
+            std::filesystem::remove(entry.path(), ignored);
     }
 }
 
@@ -309,6 +312,9 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
+    if (options_.keep_checkpoints && !has_validation_)
+        progress_.warning("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and this run has no "
+                          "validation text: it keeps none");
     if (model.dropout > 0 && model.layers == 1)
         progress_.warning(fmt::format("--dropout {} does nothing with one layer: it drops units between layers, as "
                                       "PyTorch's recurrent layers do; use --layers 2 or more",
@@ -430,6 +436,8 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     // loss reached, and never replaces a better best.safetensors with a worse one.
     save(CheckpointKind::last);
     if (report.new_best) save(CheckpointKind::best);
+    if (options_.keep_checkpoints)
+        save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, validation_loss));
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the
@@ -466,10 +474,10 @@ LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
     return {sums[0], static_cast<std::size_t>(sums[1])};
 }
 
-// Every process calls it at the same step; process 0 alone writes.
-void TrainingLoop::save(CheckpointKind kind) {
+// Every process calls it at the same step; process 0 alone writes. A kept checkpoint goes to `kept_path`.
+void TrainingLoop::save(CheckpointKind kind, const std::filesystem::path& kept_path) {
     const bool for_resume = kind == CheckpointKind::last;
-    const std::filesystem::path& path = for_resume ? last_path_ : best_path_;
+    const std::filesystem::path& path = for_resume ? last_path_ : kind == CheckpointKind::best ? best_path_ : kept_path;
     // last.safetensors holds every stream's carried state, whichever process ran it: the run resumes
     // on any process count.
     const ModelState<float> carried = for_resume && processes_.size() > 1 ? whole_carried_state() : ModelState<float>{};
@@ -692,7 +700,7 @@ void warn_if_validations_change(const TrainOptions& before, const TrainOptions& 
 // How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
 struct OptionOnResume {
     const char* flag;
-    const char* json_pointer;  // into TrainOptions::to_json()
+    const char* json_pointer;  // into TrainOptions::to_json(); null for an option of the invocation, not the run
     bool may_change;
 };
 constexpr OptionOnResume kOptionsOnResume[] = {
@@ -706,6 +714,7 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
     {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
     {"--val-fraction", "/validation_fraction", false}, {"--seed", "/seed", false},
+    {"--keep-checkpoints", nullptr, true},  // this invocation's choice, which the run does not record
 };
 
 // The stored options with the request's given ones laid over them, each change described in
@@ -716,6 +725,7 @@ nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& re
         const auto* option = std::find_if(std::begin(kOptionsOnResume), std::end(kOptionsOnResume),
                                           [&](const OptionOnResume& candidate) { return flag == candidate.flag; });
         if (option == std::end(kOptionsOnResume)) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
+        if (!option->json_pointer) continue;
         const nlohmann::json::json_pointer pointer(option->json_pointer);
         const nlohmann::json before = stored.contains(pointer) ? stored.at(pointer) : nlohmann::json(nullptr);
         const nlohmann::json& after = requested.at(pointer);
@@ -874,6 +884,20 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
 
 namespace {
 
+// Checkpoints that an earlier run in the directory kept (--keep-checkpoints) are the user's to keep, and
+// --force leaves them; named as this run's are, they are worth a word.
+void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_directory, TrainingProgress& progress) {
+    static const std::regex kept_name(R"(step-\d{6,}-val-\d+\.\d{4}\.safetensors)");
+    std::size_t count = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored))
+        if (std::regex_match(entry.path().filename().string(), kept_name)) ++count;
+    if (count > 0)
+        progress.warning(fmt::format("{} holds {} checkpoint{} that an earlier run kept (step-...-val-....safetensors); they "
+                                     "stay beside this run's: move them away, or choose another directory with --out",
+                                     run_directory.string(), count, count == 1 ? "" : "s"));
+}
+
 // A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
 // run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
 // started from a checkpoint's weights extends its vocabulary, `extended`.
@@ -894,6 +918,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
             throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
                                          "or choose another directory with --out",
                                          quoted_for_shell(options.run_directory.string())));
+        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
@@ -981,6 +1006,10 @@ std::string describe_start(const TrainOptions::InitFrom& init_from, const Vocab&
 }
 
 }  // namespace
+
+std::string kept_checkpoint_name(std::int64_t step, double validation_loss) {
+    return fmt::format("step-{:06d}-val-{:.4f}.safetensors", step, validation_loss);
+}
 
 Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, double dropout, std::mt19937_64& rng) {
     ModelConfig config = trained.config();
@@ -1080,6 +1109,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         options.model = checkpoint->config;
         options.model.dropout = dropout;
         options.run_directory = run_directory;
+        options.keep_checkpoints = request.options.keep_checkpoints;
         threads_before = options.threads;
         processes_before = options.processes;
         options.threads = omp_get_max_threads();

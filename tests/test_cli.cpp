@@ -529,6 +529,39 @@ TEST_F(Cli, TrainInitFromRefusesContradictionsResumeAndACheckpointItCannotRead) 
     expect_unchanged(before, snapshot(path("run")));
 }
 
+TEST_F(Cli, TrainKeepCheckpointsKeepsEachValidationNamedAsCharRnnUsersKnowIt) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult trained = train_tiny(corpus, "run", 20, {"--keep-checkpoints"});
+    std::vector<fs::path> kept;
+    for (const auto& record : read_metrics(path("run") / "metrics.jsonl"))
+        if (record.contains("validation_loss"))
+            kept.push_back(path("run") / fmt::format("step-{:06d}-val-{}.safetensors", record.at("step").get<int>(),
+                                                     fixed4(record.at("validation_loss").get<double>())));
+    ASSERT_EQ(kept.size(), 2u);  // steps 10 and 20
+    EXPECT_TRUE(kept[0].filename().string().starts_with("step-000010-val-")) << kept[0];
+    for (const auto& file : kept) {
+        EXPECT_TRUE(fs::is_regular_file(file)) << file;
+        const RunResult eval = charlm({"eval", file.string(), corpus.string()});
+        EXPECT_EQ(eval.exit_code, 0) << describe(eval);
+        EXPECT_EQ(charlm({"sample", file.string(), "--length", "10", "--seed", "1"}).exit_code, 0) << file;
+    }
+    // The progress line shows the epoch beside the step; metrics.jsonl records it.
+    EXPECT_NE(trained.err.find("step 20/20 | epoch "), std::string::npos) << trained.err;
+    const json info = json::parse(charlm({"info", (path("run") / "last.safetensors").string(), "--json"}).out);
+    EXPECT_DOUBLE_EQ(read_metrics(path("run") / "metrics.jsonl").back().at("epoch").get<double>(), info.at("epochs").get<double>());
+
+    // Resumed without it, the run keeps no more; with it, it keeps again.
+    const RunResult without = charlm({"train", "--resume", path("run").string(), "--steps", "30"});
+    ASSERT_EQ(without.exit_code, 0) << describe(without);
+    const RunResult with = charlm({"train", "--resume", path("run").string(), "--steps", "40", "--keep-checkpoints"});
+    ASSERT_EQ(with.exit_code, 0) << describe(with);
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        if (entry.path().filename().string().starts_with("step-")) names.push_back(entry.path().filename().string().substr(0, 16));
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, (std::vector<std::string>{"step-000010-val-", "step-000020-val-", "step-000040-val-"}));
+}
+
 // =============================== sample ===============================
 
 TEST_F(Cli, SamplePrintsThePromptThenLengthCharacters) {
@@ -833,7 +866,8 @@ TEST_F(Cli, HelpForTheAppAndEachSubcommand) {
         {{"--help"}, {"train", "sample", "eval", "--help"}},
         {{"train", "--help"},
          {"CORPUS", "--out", "--resume", "--force", "--cell", "--layers", "--hidden", "--embed", "--seq", "--batch", "--lr",
-          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads", "--init-from"}},
+          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads", "--init-from",
+          "--keep-checkpoints"}},
         {{"sample", "--help"},
          {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads"}},
         {{"eval", "--help"}, {"CHECKPOINT", "FILE", "--json", "--threads"}},

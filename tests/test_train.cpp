@@ -1373,5 +1373,124 @@ TEST(Train, AnInitFromCheckpointThatCannotBeReadIsRefusedBeforeTheRunDirectoryIs
     EXPECT_EQ(after, before);
 }
 
+// ---- --keep-checkpoints ----
+
+TEST(Train, KeptCheckpointsAreNamedAsCharRnnNamesThem) {
+    EXPECT_EQ(kept_checkpoint_name(1200, 1.48217), "step-001200-val-1.4822.safetensors");
+    EXPECT_EQ(kept_checkpoint_name(7, 0.5), "step-000007-val-0.5000.safetensors");
+    EXPECT_EQ(kept_checkpoint_name(1234567, 12.25), "step-1234567-val-12.2500.safetensors");
+}
+
+// The names of the run directory's kept checkpoints, in order.
+std::vector<std::string> kept_checkpoints(const std::filesystem::path& run_directory) {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory))
+        if (entry.path().filename().string().starts_with("step-")) names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+TEST(Train, KeepCheckpointsKeepsEachValidationsWeightsUnderItsStepAndLoss) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.keep_checkpoints = true;
+    RecordingProgress progress;
+    train(options, progress);
+    std::vector<std::string> expected;
+    for (const ProgressReport& report : progress.reports)
+        if (report.validation_loss) expected.push_back(kept_checkpoint_name(report.step, *report.validation_loss));
+    ASSERT_EQ(expected.size(), 3u);  // steps 7, 14 and 20
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+    // Each one after last.safetensors (and best.safetensors), before the report, with its path.
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < progress.checkpoints.size(); ++i) {
+        if (progress.checkpoints[i].kind != CheckpointKind::kept) continue;
+        EXPECT_EQ(progress.checkpoints[i].path, options.run_directory / expected[kept]);
+        ASSERT_GE(i, 1u);
+        EXPECT_EQ(progress.checkpoints[i - 1].step, progress.checkpoints[i].step);
+        ++kept;
+    }
+    EXPECT_EQ(kept, 3u);
+    // The weights validated, loadable as any checkpoint for sampling and evaluation: step 20's are the last's.
+    const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
+    Checkpoint at_20 = load_checkpoint(options.run_directory / expected.back());
+    EXPECT_EQ(at_20.training.step, 20);
+    EXPECT_FALSE(at_20.optimizer.has_value()) << "weights only, as best.safetensors";
+    for (std::size_t i = 0; i < last.model->parameters().size(); ++i)
+        EXPECT_EQ(at_20.model->parameters()[i].value, last.model->parameters()[i].value) << last.model->parameters()[i].name;
+    EXPECT_FALSE(last.training.options.contains("keep_checkpoints")) << "this invocation's choice, not the run's";
+    // The best is one of them.
+    const Checkpoint best = load_checkpoint(options.run_directory / "best.safetensors");
+    const Checkpoint same_step = load_checkpoint(options.run_directory / kept_checkpoint_name(best.training.step, best.training.best_validation_loss));
+    EXPECT_EQ(same_step.model->parameters()[0].value, best.model->parameters()[0].value);
+
+    // Without it, none.
+    TrainOptions plain = tiny_options(directory, "plain");
+    train(plain);
+    EXPECT_TRUE(kept_checkpoints(plain.run_directory).empty());
+}
+
+TEST(Train, KeepCheckpointsIsGivenOrNotOnEachResume) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 10;  // validates at 7 and 10, keeping nothing
+    train(options);
+    EXPECT_TRUE(kept_checkpoints(options.run_directory).empty());
+
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    request.options.steps = 20;
+    request.options.keep_checkpoints = true;
+    request.given = {"--steps", "--keep-checkpoints"};
+    RecordingProgress progress;
+    resume_training(request, progress);
+    std::vector<std::string> expected;
+    for (const ProgressReport& report : progress.reports)
+        if (report.validation_loss) expected.push_back(kept_checkpoint_name(report.step, *report.validation_loss));
+    ASSERT_EQ(expected.size(), 2u);  // 14 and 20
+    EXPECT_TRUE(expected[0].starts_with("step-000014-val-")) << expected[0];
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+    EXPECT_EQ(load_checkpoint(options.run_directory / expected.back()).training.step, 20);
+    for (const std::string& note : progress.notes) EXPECT_EQ(note.find("--keep-checkpoints"), std::string::npos) << "not a change of the run: " << note;
+
+    // Left out on the next resume, it keeps no more.
+    resume_to(options.run_directory, 30);
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+}
+
+TEST(Train, KeepCheckpointsWithoutValidationTextSaysItKeepsNone) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_fraction = 0;
+    options.keep_checkpoints = true;
+    RecordingProgress progress;
+    train(options, progress);
+    EXPECT_TRUE(kept_checkpoints(options.run_directory).empty());
+    EXPECT_EQ(std::count_if(progress.warnings.begin(), progress.warnings.end(),
+                            [](const std::string& warning) { return warning.starts_with("--keep-checkpoints keeps a checkpoint per validation"); }),
+              1);
+}
+
+TEST(Train, AForcedRunSaysThatTheCheckpointsAnEarlierRunKeptStay) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.keep_checkpoints = true;
+    options.steps = 7;
+    train(options);
+    const std::vector<std::string> earlier = kept_checkpoints(options.run_directory);
+    ASSERT_EQ(earlier.size(), 1u);
+    options.overwrite = true;
+    options.keep_checkpoints = false;
+    RecordingProgress progress;
+    train(options, progress);
+    EXPECT_EQ(kept_checkpoints(options.run_directory), earlier) << "the user's to keep";
+    ASSERT_FALSE(progress.warnings.empty());
+    EXPECT_NE(progress.warnings.front().find("holds 1 checkpoint that an earlier run kept"), std::string::npos) << progress.warnings.front();
+}
+
 }  // namespace
 }  // namespace charlm

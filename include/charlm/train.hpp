@@ -36,6 +36,9 @@ struct TrainOptions {
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
+    // At each validation, also keep the validated weights as step-001200-val-1.4822.safetensors
+    // (kept_checkpoint_name()). This invocation's choice: not recorded, given or not on each --resume.
+    bool keep_checkpoints = false;
     // --init-from: the run starts from a trained checkpoint's weights, with a fresh optimizer. The model's
     // shape is the checkpoint's, its vocabulary the checkpoint's extended by the texts' new characters.
     struct InitFrom {
@@ -92,6 +95,10 @@ std::uint64_t periodic_validation_characters(const TrainOptions& options);
 // --lr-decay or --lr-decay-every with a schedule other than step. Every option is obeyed or refused.
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given);
 
+// The name --keep-checkpoints gives a validation's checkpoint in the run directory, as char-rnn's users
+// know it: step-001200-val-1.4822.safetensors (the step in six digits or more, the loss to four decimals).
+std::string kept_checkpoint_name(std::int64_t step, double validation_loss);
+
 // The model that a run started from a trained one (--init-from) begins with, for `vocab_size` characters
 // of which the trained model's come first (Vocab::extended_by): the trained weights, and a row of the
 // embedding and of the head (weight and bias) for each new character, drawn from `rng` as
@@ -117,8 +124,9 @@ TrainResult train(const TrainOptions& options, TrainingProgress& progress = sile
 
 // A resumed run: its directory, and the options given again. Those a run may change (learning rate
 // and schedule, steps, minutes, eval interval, validation characters, clip, dropout, patience) take
-// effect and a note to the progress sink says so; those the checkpoint fixes (cell, sizes, seq, batch,
-// validation split, seed) are refused where they differ. The corpus must be the one the run started on (size and SHA-256);
+// effect and a note to the progress sink says so (--keep-checkpoints is this invocation's alone, given
+// or not); those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed) are refused
+// where they differ. The corpus must be the one the run started on (size and SHA-256);
 // `corpus` and `validation_file` say where it is now if it moved.
 struct ResumeRequest {
     std::filesystem::path run_directory;

@@ -766,6 +766,9 @@ int main(int argc, char** argv) {
         }, ""))
         ->capture_default_str();
     train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
+    train->add_flag("--keep-checkpoints", train_options.keep_checkpoints,
+                    "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
+                    "the validation loss); given or not on each --resume");
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)")
