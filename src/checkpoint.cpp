@@ -367,6 +367,12 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                 ? json(nullptr)
                                 : json(static_cast<double>(checkpoint.training.step) * seq_length.get<double>() *
                                        batch_size.get<double>() / train_characters.get<double>());
+    // A run started from another's weights (--init-from): that checkpoint, and the step it had reached.
+    const json init_from = stored("init_from", [](const json& value) { return value.is_object(); });
+    description["init_from"] = init_from.is_object() && init_from.contains("checkpoint") && text(init_from["checkpoint"]) &&
+                                       init_from.contains("step") && count(init_from["step"])
+                                   ? json{{"checkpoint", init_from["checkpoint"]}, {"step", init_from["step"]}}
+                                   : json(nullptr);
     description["training_options"] = options.is_object() ? options : json(nullptr);
     return description;
 }
@@ -417,6 +423,10 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
     const auto& epochs = description.at("epochs");
     text += fmt::format("trained     {} steps{}\n", description.at("steps_trained").get<std::int64_t>(),
                         epochs.is_number() ? fmt::format(", {:.2f} epochs", epochs.get<double>()) : "");
+    const nlohmann::json init_from = description.value("init_from", nlohmann::json(nullptr));
+    if (init_from.is_object())
+        text += fmt::format("init from   {} (at its step {})\n", displayable(init_from.at("checkpoint").get_ref<const std::string&>()),
+                            init_from.at("step").get<std::int64_t>());
     text += fmt::format("best val    {}{}\n",
                         best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(), perplexity_of(best.get<double>()))
                                          : std::string("none yet"),

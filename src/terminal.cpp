@@ -97,8 +97,9 @@ std::string describe_run(const RunDescription& run) {
 namespace {
 
 std::string step_of_total(const StepProgress& progress) {
-    return progress.total_steps > 0 ? fmt::format("step {}/{}", progress.step, progress.total_steps)
-                                    : fmt::format("step {}", progress.step);
+    const std::string step = progress.total_steps > 0 ? fmt::format("step {}/{}", progress.step, progress.total_steps)
+                                                      : fmt::format("step {}", progress.step);
+    return fmt::format("{} | epoch {:.2f}", step, progress.epoch);
 }
 
 std::string time_left(const StepProgress& progress) {

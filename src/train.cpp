@@ -3,10 +3,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <regex>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -64,9 +66,10 @@ std::size_t training_size(const TrainOptions& options, std::size_t characters) {
 }
 
 // The pass over the text before the run directory is touched: the vocabulary (a resumed run's is
-// `vocab`), and for a fresh run the count that refuses a text too short to train. The files are
+// `vocab`; a run started from a checkpoint's weights extends its vocabulary, `extended`, by the
+// text's), and for a fresh run the count that refuses a text too short to train. The files are
 // streamed, never held whole; map_corpus() then gives the ids.
-Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
+Corpus load_corpus(const TrainOptions& options, const Vocab* vocab, const Vocab* extended = nullptr) {
     Corpus corpus;
     std::vector<std::filesystem::path> files{options.corpus};
     if (options.validation_file) files.push_back(*options.validation_file);
@@ -78,6 +81,7 @@ Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
         throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
                                 options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
     if (!vocab) training_size(options, character_counts.front());
+    if (extended) corpus.vocab = extended->extended_by(corpus.vocab);
     return corpus;
 }
 
@@ -178,7 +182,7 @@ private:
     void check_parameters_agree() const;
     std::optional<double> score_all_held_out_text();
     LossSum evaluate_held_out(std::size_t max_characters);
-    void save(CheckpointKind kind);
+    void save(CheckpointKind kind, const std::filesystem::path& kept_path = {});
     ModelState<float> whole_carried_state() const;
     StepProgress step_progress(double learning_rate) const;
     void report_progress(ProgressReport& report, double learning_rate);
@@ -305,6 +309,8 @@ void TrainingLoop::remove_stale_temporaries() const {
         const std::string name = entry.path().filename().string();
         for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt", "corpus.ids", "validation.ids"})
             if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
+        if (name.starts_with(".step-") && name.find(".safetensors.tmp-") != std::string::npos)  // --keep-checkpoints'
+            std::filesystem::remove(entry.path(), ignored);
     }
 }
 
@@ -319,6 +325,9 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
+    if (options_.keep_checkpoints && !has_validation_)
+        progress_.warning("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and this run has no "
+                          "validation text: it keeps none");
 }
 
 RunDescription TrainingLoop::description() const {
@@ -446,11 +455,12 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
     // loss reached, and never replaces a better best.safetensors with a worse one.
     save(CheckpointKind::last);
-    if (report.new_best) {
-        std::optional<AveragedWeights> averaged;
-        if (averaged_is_better_) averaged.emplace(session_);
-        save(CheckpointKind::best);
-    }
+    // best.safetensors and a kept checkpoint hold the weights that scored lower: the averaged ones, or the step's.
+    std::optional<AveragedWeights> averaged;
+    if (averaged_is_better_ && (report.new_best || options_.keep_checkpoints)) averaged.emplace(session_);
+    if (report.new_best) save(CheckpointKind::best);
+    if (options_.keep_checkpoints)
+        save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the
@@ -489,10 +499,10 @@ LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
     return {sums[0], static_cast<std::size_t>(sums[1])};
 }
 
-// Every process calls it at the same step; process 0 alone writes.
-void TrainingLoop::save(CheckpointKind kind) {
+// Every process calls it at the same step; process 0 alone writes. A kept checkpoint goes to `kept_path`.
+void TrainingLoop::save(CheckpointKind kind, const std::filesystem::path& kept_path) {
     const bool for_resume = kind == CheckpointKind::last;
-    const std::filesystem::path& path = for_resume ? last_path_ : best_path_;
+    const std::filesystem::path& path = for_resume ? last_path_ : kind == CheckpointKind::best ? best_path_ : kept_path;
     // last.safetensors holds every stream's carried state, whichever process ran it: the run resumes
     // on any process count.
     const ModelState<float> carried = for_resume && processes_.size() > 1 ? whole_carried_state() : ModelState<float>{};
@@ -561,6 +571,8 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
     StepProgress progress;
     progress.step = session_.state.step;
     progress.total_steps = options_.steps;
+    progress.epoch = static_cast<double>(session_.state.step) * options_.seq_length * options_.batch_size /
+                     static_cast<double>(session_.corpus.train().size());
     progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
     progress.learning_rate = learning_rate;
     progress.chars_per_second = chars_per_second_;
@@ -655,7 +667,8 @@ void validate(const TrainOptions& options) {
         throw UsageError("--val-fraction must be at least 0 and below 1");
     if (options.steps < 0 || !(options.minutes >= 0)) throw UsageError("--steps and --minutes must not be negative");
     // Checkpoints record these paths in JSON, which holds UTF-8 only: refused now, not at the first save.
-    for (const auto* path : {&options.corpus, &options.run_directory, options.validation_file ? &*options.validation_file : nullptr}) {
+    for (const auto* path : {&options.corpus, &options.run_directory, options.validation_file ? &*options.validation_file : nullptr,
+                             options.init_from ? &options.init_from->checkpoint : nullptr}) {
         const std::string name = path ? path->string() : std::string();
         if (!utf8::is_valid(name.begin(), name.end()))
             throw UsageError(fmt::format("{}: the path is not UTF-8, and a checkpoint records it; rename it", displayable(name)));
@@ -717,7 +730,7 @@ void warn_if_validations_change(const TrainOptions& before, const TrainOptions& 
 // How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
 struct OptionOnResume {
     const char* flag;
-    const char* json_pointer;  // into TrainOptions::to_json()
+    const char* json_pointer;  // into TrainOptions::to_json(); null for an option of the invocation, not the run
     bool may_change;
 };
 constexpr OptionOnResume kOptionsOnResume[] = {
@@ -733,6 +746,7 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
     {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
     {"--val-fraction", "/validation_fraction", false}, {"--seed", "/seed", false},
+    {"--keep-checkpoints", nullptr, true},  // this invocation's choice, which the run does not record
 };
 
 // The stored options with the request's given ones laid over them, each change described in
@@ -743,6 +757,7 @@ nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& re
         const auto* option = std::find_if(std::begin(kOptionsOnResume), std::end(kOptionsOnResume),
                                           [&](const OptionOnResume& candidate) { return flag == candidate.flag; });
         if (option == std::end(kOptionsOnResume)) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
+        if (!option->json_pointer) continue;
         const nlohmann::json::json_pointer pointer(option->json_pointer);
         const nlohmann::json before = stored.contains(pointer) ? stored.at(pointer) : nlohmann::json(nullptr);
         const nlohmann::json& after = requested.at(pointer);
@@ -783,6 +798,9 @@ nlohmann::json options_to_share(const TrainOptions& options) {
     for (const char* key : {"corpus", "validation_file", "threads", "corpus_size_bytes", "corpus_sha256", "train_characters",
                             "validation_file_size_bytes", "validation_file_sha256"})
         json.erase(key);
+    // Where each finds --init-from's checkpoint may differ too; that they start from the same weights,
+    // the check of the parameters at each validation tells.
+    json["init_from"] = options.init_from.has_value();
     return json;
 }
 
@@ -839,6 +857,9 @@ nlohmann::json TrainOptions::to_json() const {
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
     json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
     json["validation_file_sha256"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->sha256) : nlohmann::json(nullptr);
+    json["init_from"] = init_from ? nlohmann::json{{"checkpoint", std::filesystem::absolute(init_from->checkpoint).string()},
+                                                   {"step", init_from->step}}
+                                  : nlohmann::json(nullptr);
     return json;
 }
 
@@ -885,6 +906,10 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
                 options.validation_fingerprint = FileFingerprint{integer_value<std::uint64_t>(json.at("validation_file_size_bytes")),
                                                                  json.at("validation_file_sha256").get<std::string>()};
         }
+        // Absent from checkpoints written before --init-from; null where the run started from scratch.
+        if (json.contains("init_from") && !json.at("init_from").is_null())
+            options.init_from = InitFrom{json.at("init_from").at("checkpoint").get<std::string>(), {},
+                                         integer_value<std::int64_t>(json.at("init_from").at("step"))};
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("the checkpoint's training options are incomplete ({})", error.what()));
     }
@@ -893,16 +918,31 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
 
 namespace {
 
+// Checkpoints that an earlier run in the directory kept (--keep-checkpoints) are the user's to keep, and
+// --force leaves them; named as this run's are, they are worth a word.
+void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_directory, TrainingProgress& progress) {
+    static const std::regex kept_name(R"(step-\d{6,}-val-\d+\.\d{4}\.safetensors)");
+    std::size_t count = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored))
+        if (std::regex_match(entry.path().filename().string(), kept_name)) ++count;
+    if (count > 0)
+        progress.warning(fmt::format("{} holds {} checkpoint{} that an earlier run kept (step-...-val-....safetensors); they "
+                                     "stay beside this run's: move them away, or choose another directory with --out",
+                                     run_directory.string(), count, count == 1 ? "" : "s"));
+}
+
 // A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
-// run directory (`lock`). A pipe is copied into the run directory, which `options` then names.
+// run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
+// started from a checkpoint's weights extends its vocabulary, `extended`.
 Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, const Communicator& processes,
-                         std::optional<RunLock>& lock) {
+                         std::optional<RunLock>& lock, const Vocab* extended) {
     // A text that can be read again is checked before the run directory is touched; a pipe is read
     // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
     const bool copy_corpus = can_be_read_only_once(options.corpus);
     const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
-    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr);
+    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr, extended);
     if (processes.is_first()) {  // the others never write there
         std::error_code error;
         std::filesystem::create_directories(options.run_directory, error);
@@ -912,6 +952,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
             throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
                                          "or choose another directory with --out",
                                          quoted_for_shell(options.run_directory.string())));
+        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
@@ -928,7 +969,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     if (copy_validation) copy(validation_copy, *options.validation_file, "validation.txt");
     if (!corpus) {
         try {
-            corpus = load_corpus(options, nullptr);
+            corpus = load_corpus(options, nullptr, extended);
         } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
             std::string message = error.what();
             for (const auto& [temporary, source] : copied)
@@ -952,13 +993,88 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     return std::move(*corpus);
 }
 
+// --init-from's checkpoint, read before the run directory is touched. Its shape becomes the run's
+// (options.model, with the regularization given for this run); a shape option given that contradicts it is
+// refused, one given with the same value is no contradiction.
+Checkpoint load_checkpoint_to_start_from(TrainOptions& options) {
+    TrainOptions::InitFrom& init_from = *options.init_from;
+    Checkpoint checkpoint = load_checkpoint(init_from.checkpoint);
+    const ModelConfig& given = options.model;
+    const ModelConfig& trained = checkpoint.config;
+    struct ShapeOption {
+        const char* flag;
+        std::string given, trained;
+    };
+    const ShapeOption shape[] = {
+        {"--cell", to_string(given.cell), to_string(trained.cell)},
+        {"--layers", std::to_string(given.layers), std::to_string(trained.layers)},
+        {"--hidden", std::to_string(given.hidden_size), std::to_string(trained.hidden_size)},
+        {"--embed", std::to_string(given.embed_size), std::to_string(trained.embed_size)},
+    };
+    for (const ShapeOption& option : shape)
+        if (option.given != option.trained && std::ranges::find(init_from.given, option.flag) != init_from.given.end())
+            throw UsageError(fmt::format("{} {} contradicts --init-from {}, whose model has {} {}; the run takes the model's shape "
+                                         "from its checkpoint: leave {} out",
+                                         option.flag, option.given, init_from.checkpoint.string(), option.flag, option.trained,
+                                         option.flag));
+    const ModelConfig rates = options.model;
+    options.model = trained;
+    options.model.dropout = rates.dropout;
+    options.model.embed_dropout = rates.embed_dropout;
+    options.model.weight_drop = rates.weight_drop;
+    options.model.dropout_mask = rates.dropout_mask;
+    init_from.step = checkpoint.training.step;
+    return checkpoint;
+}
+
+// What a run started from a checkpoint's weights says before it begins: where from, and the characters
+// its texts add to the checkpoint's vocabulary, named where they are few.
+std::string describe_start(const TrainOptions::InitFrom& init_from, const Vocab& trained, const Vocab& vocab) {
+    const std::string start =
+        fmt::format("starting from {} (step {}) with a fresh optimizer", init_from.checkpoint.string(), init_from.step);
+    const std::size_t added = vocab.size() - trained.size();
+    if (added == 0) return fmt::format("{}; the text adds no characters to its {}", start, trained.size());
+    constexpr std::size_t kMostNamed = 8;
+    std::vector<std::string> named;
+    for (std::size_t id = trained.size(); id < vocab.size() && named.size() < kMostNamed; ++id)
+        named.push_back(describe_code_point(vocab.code_point_of(static_cast<TokenId>(id))));
+    return fmt::format("{}; the text adds {} character{} to its {}: {}{}", start, added, added == 1 ? "" : "s", trained.size(),
+                       fmt::join(named, ", "), added > named.size() ? fmt::format(" and {} more", added - named.size()) : "");
+}
+
 }  // namespace
+
+std::string kept_checkpoint_name(std::int64_t step, double validation_loss) {
+    return fmt::format("step-{:06d}-val-{:.4f}.safetensors", step, validation_loss);
+}
+
+Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, const ModelConfig& rates, std::mt19937_64& rng) {
+    ModelConfig config = trained.config();
+    if (vocab_size < config.vocab_size)
+        throw Error(fmt::format("a model of {} characters cannot start from one of {}", vocab_size, config.vocab_size));
+    config.vocab_size = vocab_size;
+    config.dropout = rates.dropout;
+    config.embed_dropout = rates.embed_dropout;
+    config.weight_drop = rates.weight_drop;
+    config.dropout_mask = rates.dropout_mask;
+    Model<float> model(config);
+    model.initialize(rng);  // every weight drawn as a fresh run's, so that the new rows are drawn so too
+    // The trained weights over them: whole, or the trained characters' rows of the embedding and the
+    // head's weight and the first columns of the head's bias (the new characters' ids come last).
+    for (std::size_t i = 0; i < model.parameters().size(); ++i) {
+        const Matrix<float>& from = trained.parameters()[i].value;
+        model.parameters()[i].value.topLeftCorner(from.rows(), from.cols()) = from;
+    }
+    return model;
+}
 
 TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, const Communicator& processes) {
     TrainOptions options = options_in;
     options.threads = omp_get_max_threads();
     options.processes = processes.size();
+    std::optional<Checkpoint> trained;  // --init-from's: its shape is the run's, and validate() judges that
     run_on_every_process(processes, [&] {
+        if (options.init_from) trained = load_checkpoint_to_start_from(options);
         validate(options);
         check_text_can_be_shared(options, processes);
         static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
@@ -966,7 +1082,9 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
     std::optional<RunLock> lock;
     std::optional<Corpus> corpus;
-    run_on_every_process(processes, [&] { corpus = prepare_fresh_run(options, progress, processes, lock); });
+    run_on_every_process(processes, [&] {
+        corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
+    });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     run_on_every_process(processes, [&] {  // the ids are in the run directory now
         if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
@@ -976,8 +1094,11 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
         options.model.validate();
     });
 
+    if (trained) progress.note(describe_start(*options.init_from, trained->vocab, corpus->vocab));
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
-    session.model.initialize(session.rng);
+    if (trained) session.model = model_with_new_characters(*trained->model, options.model.vocab_size, options.model, session.rng);
+    else session.model.initialize(session.rng);
+    trained.reset();  // its weights are the session's now, and its optimizer's moments are not this run's
     session.optimizer = Adam(session.model.parameters());
     if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
     session.processes = &processes;
@@ -1036,6 +1157,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         options.model.weight_drop = rates.weight_drop;
         options.model.dropout_mask = rates.dropout_mask;
         options.run_directory = run_directory;
+        options.keep_checkpoints = request.options.keep_checkpoints;
         threads_before = options.threads;
         processes_before = options.processes;
         options.threads = omp_get_max_threads();

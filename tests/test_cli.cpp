@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <utf8.h>
@@ -477,6 +478,90 @@ TEST_F(Cli, TrainForceStartsOverInAnExistingRun) {
     EXPECT_EQ(metrics.back().at("step"), 20);
 }
 
+TEST_F(Cli, TrainInitFromFineTunesOnATextWithNewCharacters) {
+    const auto checkpoint = trained_run();
+    std::string spanish;
+    for (int i = 0; i < 60; ++i) spanish += "¿El gato? Ñandú, señor.\n";
+    const auto text = write("nuevo.txt", spanish);
+    // kTinyModel gives the checkpoint's own --layers, --hidden and --embed: no contradiction.
+    const RunResult tuned = train_tiny(text, "tune", 20, {"--init-from", checkpoint.string()});
+    const std::set<char32_t> trained = distinct_characters(make_corpus());
+    std::size_t added = 0;
+    for (char32_t c : distinct_characters(spanish)) added += trained.contains(c) ? 0 : 1;
+    EXPECT_NE(tuned.err.find(fmt::format("starting from {} (step ", checkpoint.string())), std::string::npos) << tuned.err;
+    EXPECT_NE(tuned.err.find(fmt::format("the text adds {} characters to its {}: ", added, trained.size())), std::string::npos)
+        << tuned.err;
+    EXPECT_NE(tuned.err.find("'Ñ' (U+00D1)"), std::string::npos) << tuned.err;
+
+    const RunResult info = charlm({"info", (path("tune") / "last.safetensors").string()});
+    ASSERT_EQ(info.exit_code, 0) << describe(info);
+    EXPECT_NE(info.out.find(fmt::format("init from   {} (at its step ", fs::absolute(checkpoint).string())), std::string::npos) << info.out;
+    EXPECT_TRUE(std::regex_search(info.out, std::regex("\ntrained     20 steps, [0-9]+\\.[0-9]{2} epochs\n"))) << info.out;
+    const json description = json::parse(charlm({"info", (path("tune") / "last.safetensors").string(), "--json"}).out);
+    EXPECT_EQ(description.at("vocab_size").get<std::size_t>(), trained.size() + added);
+
+    const RunResult sample = charlm({"sample", (path("tune") / "best.safetensors").string(), "--prompt", "¿El ñandú", "--length", "40",
+                                     "--seed", "1"});
+    ASSERT_EQ(sample.exit_code, 0) << describe(sample);
+    EXPECT_EQ(sample.out.rfind("¿El ñandú", 0), 0u) << sample.out;
+    EXPECT_EQ(code_points_of(sample.out).size(), 9u + 40 + 1);
+}
+
+TEST_F(Cli, TrainInitFromRefusesContradictionsResumeAndACheckpointItCannotRead) {
+    const auto checkpoint = trained_run();
+    const auto corpus = path("corpus.txt");
+    // The model's shape is the checkpoint's: a contradiction names the option and the checkpoint's value.
+    expect_train_refused(corpus, {"--hidden 64 contradicts --init-from", "whose model has --hidden 16", "leave --hidden out"},
+                         {"--init-from", checkpoint.string(), "--hidden", "64"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--cell gru contradicts", "--cell lstm"}, {"--init-from", checkpoint.string(), "--cell", "gru"},
+                         /*usage_error=*/true);
+    // A checkpoint that cannot be read: one line, exit 1, the run in the directory as it was.
+    expect_train_refused(corpus, {"missing.safetensors", "no such checkpoint"}, {"--init-from", path("missing.safetensors").string()});
+    expect_train_refused(corpus, {"text.safetensors"}, {"--init-from", write("text.safetensors", "hello").string()});
+    EXPECT_FALSE(fs::exists(path("fresh")));
+    expect_error(charlm({"train", corpus.string(), "--out", path("fresh").string(), "--init-from", path("missing.safetensors").string()}),
+                 {"no such checkpoint"});
+    EXPECT_FALSE(fs::exists(path("fresh"))) << "nothing written";
+
+    const auto before = snapshot(path("run"));
+    expect_error(charlm({"train", "--resume", path("run").string(), "--init-from", checkpoint.string()}),
+                 {"--init-from", "--resume", "choose one"}, /*usage_error=*/true);
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, TrainKeepCheckpointsKeepsEachValidationNamedAsCharRnnUsersKnowIt) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult trained = train_tiny(corpus, "run", 20, {"--keep-checkpoints"});
+    std::vector<fs::path> kept;
+    for (const auto& record : read_metrics(path("run") / "metrics.jsonl"))
+        if (record.contains("validation_loss"))
+            kept.push_back(path("run") / fmt::format("step-{:06d}-val-{}.safetensors", record.at("step").get<int>(),
+                                                     fixed4(record.at("validation_loss").get<double>())));
+    ASSERT_EQ(kept.size(), 2u);  // steps 10 and 20
+    EXPECT_TRUE(kept[0].filename().string().starts_with("step-000010-val-")) << kept[0];
+    for (const auto& file : kept) {
+        EXPECT_TRUE(fs::is_regular_file(file)) << file;
+        const RunResult eval = charlm({"eval", file.string(), corpus.string()});
+        EXPECT_EQ(eval.exit_code, 0) << describe(eval);
+        EXPECT_EQ(charlm({"sample", file.string(), "--length", "10", "--seed", "1"}).exit_code, 0) << file;
+    }
+    // The progress line shows the epoch beside the step; metrics.jsonl records it.
+    EXPECT_NE(trained.err.find("step 20/20 | epoch "), std::string::npos) << trained.err;
+    const json info = json::parse(charlm({"info", (path("run") / "last.safetensors").string(), "--json"}).out);
+    EXPECT_DOUBLE_EQ(read_metrics(path("run") / "metrics.jsonl").back().at("epoch").get<double>(), info.at("epochs").get<double>());
+
+    // Resumed without it, the run keeps no more; with it, it keeps again.
+    const RunResult without = charlm({"train", "--resume", path("run").string(), "--steps", "30"});
+    ASSERT_EQ(without.exit_code, 0) << describe(without);
+    const RunResult with = charlm({"train", "--resume", path("run").string(), "--steps", "40", "--keep-checkpoints"});
+    ASSERT_EQ(with.exit_code, 0) << describe(with);
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        if (entry.path().filename().string().starts_with("step-")) names.push_back(entry.path().filename().string().substr(0, 16));
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, (std::vector<std::string>{"step-000010-val-", "step-000020-val-", "step-000040-val-"}));
+}
+
 // =============================== sample ===============================
 
 TEST_F(Cli, SamplePrintsThePromptThenLengthCharacters) {
@@ -781,7 +866,8 @@ TEST_F(Cli, HelpForTheAppAndEachSubcommand) {
         {{"--help"}, {"train", "sample", "eval", "--help"}},
         {{"train", "--help"},
          {"CORPUS", "--out", "--resume", "--force", "--cell", "--layers", "--hidden", "--embed", "--seq", "--batch", "--lr",
-          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads"}},
+          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads", "--init-from",
+          "--keep-checkpoints"}},
         {{"sample", "--help"},
          {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads"}},
         {{"eval", "--help"}, {"CHECKPOINT", "FILE", "--json", "--threads"}},

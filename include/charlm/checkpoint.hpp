@@ -79,8 +79,9 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
 
 // What `charlm info` shows: cell, sizes, parameter count, vocabulary, steps trained, best validation loss,
 // and what reproducing the run takes: the corpus and validation file (path, size in bytes, SHA-256),
-// the characters trained on, epochs (steps x seq_length x batch_size / train characters) and every
-// training option as stored. Whatever an older checkpoint did not record is null; nothing here throws.
+// the characters trained on, epochs (steps x seq_length x batch_size / train characters), the checkpoint
+// the run started from with --init-from (`init_from`: checkpoint, step) and every training option as
+// stored. Whatever an older checkpoint did not record is null; nothing here throws.
 nlohmann::json describe_checkpoint(const Checkpoint& checkpoint);
 // describe_checkpoint()'s result as the lines `charlm info` prints, every character of a name, path,
 // option or the vocabulary shown readably (\n, \0, U+0301: see displayable()).

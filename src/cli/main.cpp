@@ -147,6 +147,7 @@ struct TrainArguments {
     std::string run_directory;
     std::string resume;
     std::string moved_corpus;
+    std::string init_from;
     std::string cell = "lstm";
     std::string dropout_mask = "locked";
     std::string learning_rate_schedule = "constant";
@@ -186,6 +187,9 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     options.model.dropout_mask = charlm::parse_dropout_mask(arguments.dropout_mask);
     if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
     if (!arguments.resume.empty()) {
+        if (given("--init-from"))
+            throw charlm::UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues a run; "
+                                     "choose one");
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
                                      "(if that moved, say where with --corpus PATH)");
@@ -212,6 +216,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     options.corpus = arguments.corpus;
     if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
     options.model.cell = charlm::parse_cell_type(arguments.cell);
+    if (given("--init-from")) options.init_from = charlm::TrainOptions::InitFrom{arguments.init_from, arguments.given};
     // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
     std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
     if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
@@ -727,6 +732,11 @@ int main(int argc, char** argv) {
                       "With --resume: where the run's corpus is now, if it moved (accepted when its content is the same)")
         ->type_name("PATH");
     train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
+    train->add_option("--init-from", train_arguments.init_from,
+                      "Start a new run from this checkpoint's weights, with a fresh optimizer: the model's shape is the "
+                      "checkpoint's (--cell, --layers, --hidden, --embed that contradict it are refused), its vocabulary "
+                      "too, extended by the new text's characters; --dropout and the training options are this run's")
+        ->type_name("CHECKPOINT");
     train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
     train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
     train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
@@ -772,6 +782,9 @@ int main(int argc, char** argv) {
         }, ""))
         ->capture_default_str();
     train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
+    train->add_flag("--keep-checkpoints", train_options.keep_checkpoints,
+                    "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
+                    "the validation loss); given or not on each --resume");
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)")
