@@ -188,6 +188,7 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
         {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)
                                                                                : nlohmann::json(nullptr)},
         {"evaluations_since_best", training.evaluations_since_best},
+        {"best_step", training.best_step},
         {"best_validation_characters", training.best_validation_characters},
         {"best_is_averaged", training.best_is_averaged},
         {"data_position", training.data_position},
@@ -266,6 +267,7 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
         checkpoint.training.data_position = static_cast<std::size_t>(count("data_position"));
         checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? count("evaluations_since_best") : 0;
+        checkpoint.training.best_step = training_json.contains("best_step") ? count("best_step") : 0;
         checkpoint.training.best_validation_characters =
             training_json.contains("best_validation_characters") ? static_cast<std::size_t>(count("best_validation_characters")) : 0;
         checkpoint.training.best_is_averaged = training_json.value("best_is_averaged", false);

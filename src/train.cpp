@@ -179,6 +179,7 @@ private:
     Error diverged(const std::string& what, std::int64_t step) const;
     bool report_due(bool evaluate_now) const;
     void validate_and_save(ProgressReport& report);
+    void warn_if_overfitting(double validation_loss);
     void check_parameters_agree() const;
     std::optional<double> score_all_held_out_text();
     LossSum evaluate_held_out(std::size_t max_characters);
@@ -448,9 +449,11 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
         session_.state.best_validation_loss = step_loss;
         session_.state.best_validation_characters = validation.count;
         session_.state.best_is_averaged = averaged_is_better_;
+        session_.state.best_step = session_.state.step;
         session_.state.evaluations_since_best = 0;
     } else {
         ++session_.state.evaluations_since_best;
+        warn_if_overfitting(step_loss);
     }
     // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
     // loss reached, and never replaces a better best.safetensors with a worse one.
@@ -461,6 +464,21 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     if (report.new_best) save(CheckpointKind::best);
     if (options_.keep_checkpoints)
         save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
+}
+
+// A validation loss that has risen well above its best for kOverfittingValidations validations in a
+// row: the model is learning its training text by heart. Said once per such stretch, with what helps.
+void TrainingLoop::warn_if_overfitting(double validation_loss) {
+    constexpr std::int64_t kOverfittingValidations = 3;
+    constexpr double kRise = 0.02;  // nats/char: far above the noise of one validation
+    const TrainingState& state = session_.state;
+    if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
+    progress_.warning(fmt::format(
+        "the validation loss has risen for {} validations, to {:.4f} from its best {:.4f}{}: the model is overfitting its "
+        "training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
+        "--steps would help, and --patience N stops such a run (docs/quality.md)",
+        kOverfittingValidations, validation_loss, state.best_validation_loss,
+        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string()));
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the

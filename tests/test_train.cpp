@@ -576,6 +576,41 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
     }
 }
 
+// A run that learns its training text by heart, validated on other text: its validation loss climbs,
+// and the run says so once, naming the best step, rather than train on silently.
+TEST(Train, WarnsOnceWhenTheValidationLossRisesAsTheModelOverfits) {
+    TemporaryDirectory directory;
+    std::mt19937_64 rng(5);
+    auto random_text = [&](std::size_t size) {
+        std::string text;
+        for (std::size_t i = 0; i < size; ++i) text += static_cast<char>('a' + rng() % 8);
+        return text;
+    };
+    const std::string line = random_text(200);
+    std::string corpus;
+    for (int i = 0; i < 30; ++i) corpus += line;
+    directory.write("corpus.txt", corpus);
+    const auto validation = directory.write("validation.txt", random_text(2000));
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_file = validation;
+    options.model.hidden_size = 64;
+    options.learning_rate_schedule.peak_learning_rate = 1e-2;
+    options.eval_every = 10;
+    options.steps = 150;
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    const auto overfitting = std::count_if(progress.warnings.begin(), progress.warnings.end(), [](const std::string& warning) {
+        return warning.find("the model is overfitting its training text") != std::string::npos;
+    });
+    EXPECT_EQ(overfitting, 1) << fmt::format("{}", fmt::join(progress.warnings, "\n"));
+    const Checkpoint best = load_checkpoint(result.best_checkpoint);
+    EXPECT_GT(best.training.best_step, 0);
+    EXPECT_LT(best.training.best_step, 150);
+    for (const std::string& warning : progress.warnings)
+        if (warning.find("overfitting") != std::string::npos)
+            EXPECT_NE(warning.find(fmt::format("at step {}", best.training.best_step)), std::string::npos) << warning;
+}
+
 TEST(Train, PatienceStopsEarly) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());

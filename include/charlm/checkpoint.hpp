@@ -50,6 +50,7 @@ struct TrainingState {
     std::int64_t step = 0;
     double best_validation_loss = std::numeric_limits<double>::infinity();
     std::int64_t evaluations_since_best = 0;  // for --patience
+    std::int64_t best_step = 0;                 // the step of the best validation loss; 0: not recorded
     std::size_t best_validation_characters = 0;  // what the best loss was scored on (--val-chars); 0: not recorded
     bool best_is_averaged = false;  // the best loss was the averaged parameters' (--ema), and best.safetensors holds them
     std::size_t data_position = 0;
