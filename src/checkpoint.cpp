@@ -144,11 +144,17 @@ static std::string optimizer_name(const std::string& kind, const std::string& pa
     return fmt::format("optimizer.{}.{}", kind, parameter);
 }
 
+static std::string average_name(const std::string& parameter) { return fmt::format("average.{}", parameter); }
+
 void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
-                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state) {
+                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state,
+                     const std::vector<Matrix<float>>* average) {
     std::vector<TensorToWrite> tensors;
     for (const auto& parameter : model.parameters())
         tensors.push_back({parameter.name, parameter.shape, parameter.value.data()});
+    if (average)
+        for (std::size_t i = 0; i < model.parameters().size(); ++i)
+            tensors.push_back({average_name(model.parameters()[i].name), model.parameters()[i].shape, (*average)[i].data()});
     if (optimizer) {
         const auto& parameters = model.parameters();
         for (std::size_t i = 0; i < parameters.size(); ++i) {
@@ -182,7 +188,9 @@ void save_checkpoint(const std::filesystem::path& path, const Model<float>& mode
         {"best_validation_loss", std::isfinite(training.best_validation_loss) ? nlohmann::json(training.best_validation_loss)
                                                                                : nlohmann::json(nullptr)},
         {"evaluations_since_best", training.evaluations_since_best},
+        {"best_step", training.best_step},
         {"best_validation_characters", training.best_validation_characters},
+        {"best_is_averaged", training.best_is_averaged},
         {"data_position", training.data_position},
         {"rng_state", training.rng_state},
         {"options", training.options},
@@ -259,8 +267,10 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         checkpoint.training.best_validation_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
         checkpoint.training.data_position = static_cast<std::size_t>(count("data_position"));
         checkpoint.training.evaluations_since_best = training_json.contains("evaluations_since_best") ? count("evaluations_since_best") : 0;
+        checkpoint.training.best_step = training_json.contains("best_step") ? count("best_step") : 0;
         checkpoint.training.best_validation_characters =
             training_json.contains("best_validation_characters") ? static_cast<std::size_t>(count("best_validation_characters")) : 0;
+        checkpoint.training.best_is_averaged = training_json.value("best_is_averaged", false);
         checkpoint.training.rng_state = training_json.at("rng_state").get<std::string>();
         checkpoint.training.options = training_json.at("options");
     } catch (const nlohmann::json::exception&) {
@@ -298,6 +308,13 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
         optimizer.set_step_count(count("optimizer_steps"));
         checkpoint.optimizer = std::move(optimizer);
     }
+    if (file.tensors.count(average_name(parameters.front().name))) {
+        std::vector<Matrix<float>> average;
+        for (const auto& parameter : parameters) {
+            take(average_name(parameter.name), average.emplace_back(parameter.value.rows(), parameter.value.cols()), parameter.shape);
+        }
+        checkpoint.average = std::move(average);
+    }
     if (file.tensors.count("state.hidden_l0")) {
         const auto batch_size = file.tensors.at("state.hidden_l0").shape.empty() ? 0 : file.tensors.at("state.hidden_l0").shape[0];
         if (batch_size < 1 || batch_size > (1 << 20)) throw fail("tensor 'state.hidden_l0' has an invalid batch size");
@@ -325,6 +342,7 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                               ? nlohmann::json(checkpoint.training.best_validation_loss)
                                               : nlohmann::json(nullptr);
     description["resumable"] = checkpoint.optimizer.has_value();
+    description["best_is_averaged"] = checkpoint.training.best_is_averaged;
 
     // What reproducing the run takes, from the options stored with it. Older checkpoints lack the corpus's
     // size and hash, and a file from elsewhere may hold anything: a value of the wrong kind is shown as
@@ -351,6 +369,12 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                 ? json(nullptr)
                                 : json(static_cast<double>(checkpoint.training.step) * seq_length.get<double>() *
                                        batch_size.get<double>() / train_characters.get<double>());
+    // A run started from another's weights (--init-from): that checkpoint, and the step it had reached.
+    const json init_from = stored("init_from", [](const json& value) { return value.is_object(); });
+    description["init_from"] = init_from.is_object() && init_from.contains("checkpoint") && text(init_from["checkpoint"]) &&
+                                       init_from.contains("step") && count(init_from["step"])
+                                   ? json{{"checkpoint", init_from["checkpoint"]}, {"step", init_from["step"]}}
+                                   : json(nullptr);
     description["training_options"] = options.is_object() ? options : json(nullptr);
     return description;
 }
@@ -385,19 +409,30 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
     std::string vocabulary;
     for (char32_t c : decode_utf8(description.at("vocabulary").get<std::string>(), "vocabulary")) vocabulary += displayable(c);
     const auto& best = description.at("best_validation_loss");
-    const double dropout = description.at("dropout").get<double>();
+    const double dropout = description.at("dropout").get<double>(), embed_dropout = description.value("embed_dropout", 0.0),
+                 weight_drop = description.value("weight_drop", 0.0);
+    const std::string mask = description.value("dropout_mask", std::string("step"));
+    std::string regularization;
+    if (dropout > 0) regularization += fmt::format(", dropout {} ({})", dropout, mask);
+    if (embed_dropout > 0) regularization += fmt::format(", embedding dropout {} ({})", embed_dropout, mask);
+    if (weight_drop > 0) regularization += fmt::format(", weight drop {}", weight_drop);
     std::string text;
     text += fmt::format("model       {} {} layers x {} hidden, embedding {}{}\n", description.at("cell").get<std::string>(),
                         description.at("layers").get<int>(), description.at("hidden_size").get<int>(),
-                        description.at("embed_size").get<int>(), dropout > 0 ? fmt::format(", dropout {}", dropout) : "");
+                        description.at("embed_size").get<int>(), regularization);
     text += fmt::format("parameters  {}\n", description.at("parameters").get<std::uint64_t>());
     text += fmt::format("vocabulary  {} characters: {}\n", description.at("vocab_size").get<int>(), vocabulary);
     const auto& epochs = description.at("epochs");
     text += fmt::format("trained     {} steps{}\n", description.at("steps_trained").get<std::int64_t>(),
                         epochs.is_number() ? fmt::format(", {:.2f} epochs", epochs.get<double>()) : "");
-    text += fmt::format("best val    {}\n", best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(),
-                                                                          perplexity_of(best.get<double>()))
-                                                             : std::string("none yet"));
+    const nlohmann::json init_from = description.value("init_from", nlohmann::json(nullptr));
+    if (init_from.is_object())
+        text += fmt::format("init from   {} (at its step {})\n", displayable(init_from.at("checkpoint").get_ref<const std::string&>()),
+                            init_from.at("step").get<std::int64_t>());
+    text += fmt::format("best val    {}{}\n",
+                        best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(), perplexity_of(best.get<double>()))
+                                         : std::string("none yet"),
+                        best.is_number() && description.value("best_is_averaged", false) ? ", of the averaged weights (--ema)" : "");
     text += fmt::format("resumable   {}\n", description.at("resumable").get<bool>() ? "yes (optimizer state included)" : "no (weights only)");
     const auto& corpus = description.at("corpus");
     text += fmt::format("corpus      {}\n", corpus.is_string() ? describe_file(corpus, description.at("corpus_size_bytes"),

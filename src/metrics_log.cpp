@@ -29,8 +29,10 @@ void MetricsLog::checkpoint_saved(const SavedCheckpoint& checkpoint) {
 }
 
 void MetricsLog::progress_reported(const ProgressReport& report) {
-    nlohmann::json record = {{"step", report.step}, {"train_loss", report.train_loss}, {"learning_rate", report.learning_rate}};
+    nlohmann::json record = {{"step", report.step}, {"epoch", report.epoch}, {"train_loss", report.train_loss},
+                             {"learning_rate", report.learning_rate}};
     if (report.evaluated) record["validation_loss"] = report.validation_loss ? nlohmann::json(*report.validation_loss) : nlohmann::json(nullptr);
+    if (report.averaged_validation_loss) record["averaged_validation_loss"] = *report.averaged_validation_loss;
     if (report.validation_loss) record["validation_characters"] = report.validation_characters;
     record["chars_per_second"] = report.chars_per_second;
     record["elapsed_seconds"] = report.elapsed_seconds;

@@ -20,7 +20,7 @@ public:
     MetricsLog(const std::filesystem::path& run_directory, bool wait_for_first_last_checkpoint);
 
     void checkpoint_saved(const SavedCheckpoint& checkpoint) override;
-    // One record: step, train_loss, learning_rate, chars_per_second, elapsed_seconds, and at an
+    // One record: step, epoch, train_loss, learning_rate, chars_per_second, elapsed_seconds, and at an
     // evaluation validation_loss (null for a run without validation text) and, with a loss, the
     // validation_characters it covers.
     void progress_reported(const ProgressReport& report) override;

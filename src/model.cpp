@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "cells.hpp"
+#include "dropout.hpp"
 #include "charlm/error.hpp"
 #include "charlm/json_integer.hpp"
 #include "gemm.hpp"
@@ -26,6 +27,14 @@ CellType parse_cell_type(const std::string& name) {
     }
     throw UsageError(fmt::format("unknown cell type '{}'; use {} or {}", name,
                                  fmt::join(names.begin(), names.end() - 1, ", "), names.back()));
+}
+
+std::string to_string(DropoutMask mask) { return mask == DropoutMask::locked ? "locked" : "step"; }
+
+DropoutMask parse_dropout_mask(const std::string& name) {
+    if (name == "locked") return DropoutMask::locked;
+    if (name == "step") return DropoutMask::step;
+    throw UsageError(fmt::format("unknown dropout mask '{}'; use locked (one per stream per window) or step (one per step)", name));
 }
 
 int ModelConfig::gate_count() const {
@@ -48,7 +57,12 @@ void ModelConfig::validate() const {
     check("embedding size", embed_size, 1 << 14);
     check("hidden size", hidden_size, 1 << 14);
     check("layers", layers, 64);
-    if (!(dropout >= 0 && dropout < 1)) throw UsageError(fmt::format("dropout must be at least 0 and below 1, not {}", dropout));
+    auto check_rate = [](const char* name, double rate) {
+        if (!(rate >= 0 && rate < 1)) throw UsageError(fmt::format("{} must be at least 0 and below 1, not {}", name, rate));
+    };
+    check_rate("dropout", dropout);
+    check_rate("embedding dropout", embed_dropout);
+    check_rate("weight drop", weight_drop);
     if (parameter_count() > (std::size_t{1} << 31))
         throw UsageError(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
 }
@@ -66,7 +80,8 @@ std::size_t ModelConfig::parameter_count() const {
 
 nlohmann::json ModelConfig::to_json() const {
     return {{"cell", to_string(cell)}, {"vocab_size", vocab_size}, {"embed_size", embed_size},
-            {"hidden_size", hidden_size}, {"layers", layers}, {"dropout", dropout}};
+            {"hidden_size", hidden_size}, {"layers", layers}, {"dropout", dropout}, {"embed_dropout", embed_dropout},
+            {"weight_drop", weight_drop}, {"dropout_mask", to_string(dropout_mask)}};
 }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
@@ -78,6 +93,10 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
         config.hidden_size = integer_value<int>(json.at("hidden_size"));
         config.layers = integer_value<int>(json.at("layers"));
         config.dropout = json.value("dropout", 0.0);
+        config.embed_dropout = json.value("embed_dropout", 0.0);
+        config.weight_drop = json.value("weight_drop", 0.0);
+        // Checkpoints from before the choice drew a mask per step.
+        config.dropout_mask = parse_dropout_mask(json.value("dropout_mask", std::string("step")));
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("model config is incomplete or has the wrong types ({})", error.what()));
     } catch (const UsageError& error) {
@@ -97,9 +116,12 @@ struct Model<Scalar>::Workspace {
     struct Layer {
         explicit Layer(CellType cell) : engine(cell) {}
         RecurrentLayer<Scalar> engine;
-        Matrix<Scalar> dropout_mask;  // (T*B, H): 0 or 1/(1-p)
-        Matrix<Scalar> dropped;       // (T*B, H): output times mask, the next layer's input
-        Matrix<Scalar> d_output;      // (T*B, H): the loss gradient of its output
+        Matrix<Scalar> output_mask;          // (B or T*B, H): 0 or 1/(1-p), dropout's
+        Matrix<Scalar> dropped;              // (T*B, H): output times mask, the next layer's input or the head's
+        Matrix<Scalar> d_output;             // (T*B, H): the loss gradient of what it hands on, then of its output
+        Matrix<Scalar> recurrent_mask;       // (G*H, H): weight drop's, of W_hh
+        Matrix<Scalar> dropped_recurrent;    // (G*H, H): W_hh times mask, the weights the window ran with
+        Matrix<Scalar> d_dropped_recurrent;  // (G*H, H): their gradient
     };
     std::vector<Layer> layers;
     Matrix<Scalar> no_cell_state;     // what a cell without one is handed for it
@@ -108,7 +130,11 @@ struct Model<Scalar>::Workspace {
     int steps = 0;
     std::size_t target_count = 0;
     std::mt19937_64* dropout_rng = nullptr;
-    bool dropping = false;            // whether the last forward() dropped units
+    // What the last forward() dropped
+    bool dropping_outputs = false, dropping_embedding = false, dropping_weights = false;
+    Matrix<Scalar> embedding_mask;    // (B or T*B, E)
+    Matrix<Scalar> embedded;          // (T*B, E): the inputs' embeddings times the mask, the first layer's input
+    Matrix<Scalar> d_embedded;        // (T*B, E): their gradient
     PackedMatrix<Scalar> head_packed; // head weight^T while frozen
     Matrix<Scalar> logits;            // (T*B, V)
     Matrix<Scalar> d_logits;          // (T*B, V): probabilities, then their gradient
@@ -205,6 +231,11 @@ const Matrix<Scalar>& Model<Scalar>::logits() const {
 }
 
 template <typename Scalar>
+bool Model<Scalar>::regularized() const {
+    return config_.dropout > 0 || config_.embed_dropout > 0 || config_.weight_drop > 0;
+}
+
+template <typename Scalar>
 void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state) {
     Workspace& w = *workspace_;
     const Eigen::Index TB = static_cast<Eigen::Index>(steps) * batch_size;
@@ -216,31 +247,48 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     const RowSums row_sums = rows_as_if_alone_ ? RowSums::as_if_alone : RowSums::fastest;
     w.inputs.assign(inputs.begin(), inputs.end());
     w.steps = steps;
-    w.dropping = w.dropout_rng != nullptr && config_.dropout > 0 && config_.layers > 1;
+    const bool training = w.dropout_rng != nullptr;
+    w.dropping_outputs = training && config_.dropout > 0;
+    w.dropping_embedding = training && config_.embed_dropout > 0;
+    w.dropping_weights = training && config_.weight_drop > 0;
+    // One word of the run's generator per window; every mask of the window is drawn from it (dropout.hpp).
+    const std::uint64_t window_key = training && regularized() ? (*w.dropout_rng)() : 0;
+    const Eigen::Index mask_rows = config_.dropout_mask == DropoutMask::locked ? batch_size : TB;
     // What the engine derives from the weights (packed copies, layer 0's table) is kept while frozen.
-    const std::uint64_t version = weights_frozen_ ? freezes_ : 0;
+    const std::uint64_t version = weights_frozen_ && !w.dropping_weights ? freezes_ : 0;
 
+    if (w.dropping_embedding) {  // dense rows instead of the table, whose rows cannot carry a stream's mask
+        const Matrix<Scalar>& embedding = embedding_->value;
+        draw_dropout_mask(w.embedding_mask, mask_rows, embedding.cols(), config_.embed_dropout, mask_key(window_key, 0));
+        w.embedded.resize(TB, embedding.cols());
+        for (Eigen::Index row = 0; row < TB; ++row)
+            w.embedded.row(row) = embedding.row(w.inputs[static_cast<std::size_t>(row)]).cwiseProduct(w.embedding_mask.row(row % mask_rows));
+    }
     const Matrix<Scalar>* below = nullptr;  // the layer below's output, after dropout
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerParameters& p = layers_[l];
         typename Workspace::Layer& layer = w.layers[l];
-        const LayerInput<Scalar> input = l == 0 ? LayerInput<Scalar>(w.inputs, embedding_->value) : LayerInput<Scalar>(*below);
-        layer.engine.forward(input, steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value, version, row_sums},
+        const LayerInput<Scalar> input = l > 0                  ? LayerInput<Scalar>(*below)
+                                         : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
+                                                                : LayerInput<Scalar>(w.inputs, embedding_->value);
+        if (w.dropping_weights) {
+            const Matrix<Scalar>& weight_hh = p.weight_hh->value;
+            draw_dropout_mask(layer.recurrent_mask, weight_hh.rows(), weight_hh.cols(), config_.weight_drop, mask_key(window_key, 2 * l + 1));
+            apply_dropout_mask(weight_hh, layer.recurrent_mask, layer.dropped_recurrent);
+        }
+        const Matrix<Scalar>& weight_hh = w.dropping_weights ? layer.dropped_recurrent : p.weight_hh->value;
+        layer.engine.forward(input, steps, {p.weight_ih->value, weight_hh, p.bias_ih->value, p.bias_hh->value, version, row_sums},
                              state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
         below = &layer.engine.output();
-        if (w.dropping && l + 1 < layers_.size()) {
-            // Inverted dropout between layers: survivors are scaled by 1/(1-p) so evaluation needs no change.
-            const auto keep = static_cast<Scalar>(1 - config_.dropout), scale = Scalar(1) / keep;
-            layer.dropout_mask.resize(below->rows(), below->cols());
-            for (Eigen::Index i = 0; i < layer.dropout_mask.size(); ++i)
-                layer.dropout_mask.data()[i] = static_cast<Scalar>((*w.dropout_rng)() >> 40) * Scalar(0x1.0p-24) < keep ? scale : Scalar(0);
-            layer.dropped = below->cwiseProduct(layer.dropout_mask);
+        if (w.dropping_outputs) {
+            draw_dropout_mask(layer.output_mask, mask_rows, below->cols(), config_.dropout, mask_key(window_key, 2 * l + 2));
+            apply_dropout_mask(*below, layer.output_mask, layer.dropped);
             below = &layer.dropped;
         }
     }
 
     // head: (T*B, V) = (T*B, H) . (H, V)
-    const Matrix<Scalar>& top = w.layers.back().engine.output();
+    const Matrix<Scalar>& top = *below;
     w.logits.resize(TB, config_.vocab_size);
     if (weights_frozen_ && (TB == 1 || rows_as_if_alone_)) {  // sampling: a packed copy, made once per freeze
         w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_);
@@ -252,9 +300,12 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
 }
 
 template <typename Scalar>
-void Model<Scalar>::set_dropout(double rate) {
+void Model<Scalar>::set_regularization(const ModelConfig& rates) {
     ModelConfig config = config_;
-    config.dropout = rate;
+    config.dropout = rates.dropout;
+    config.embed_dropout = rates.embed_dropout;
+    config.weight_drop = rates.weight_drop;
+    config.dropout_mask = rates.dropout_mask;
     config.validate();
     config_ = config;
 }
@@ -305,7 +356,7 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
             w.d_logits.row(row) *= scale;
         }
     }
-    const Matrix<Scalar>& top = w.layers.back().engine.output();
+    const Matrix<Scalar>& top = w.dropping_outputs ? w.layers.back().dropped : w.layers.back().engine.output();
     // (V, H) = (V, T*B) . (T*B, H)
     gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient);
     column_sums<Scalar>(w.d_logits, Scalar(1), head_bias_->gradient);
@@ -316,14 +367,27 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerParameters& p = layers_[l];
         typename Workspace::Layer& layer = w.layers[l];
-        const bool below_dropped = l > 0 && w.dropping;
-        const LayerInput<Scalar> input = l == 0 ? LayerInput<Scalar>(w.inputs, embedding_->value)
-                                                : LayerInput<Scalar>(below_dropped ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output());
-        // The first layer's input gradient is the embedding's; it accumulates as a weight's does.
-        Matrix<Scalar>& d_input = l == 0 ? embedding_->gradient : w.layers[l - 1].d_output;
-        layer.engine.backward(input, layer.d_output, w.steps, {p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value},
-                              {p.weight_ih->gradient, p.weight_hh->gradient, p.bias_ih->gradient, p.bias_hh->gradient}, d_input);
-        if (below_dropped) d_input.array() *= w.layers[l - 1].dropout_mask.array();
+        if (w.dropping_outputs) apply_dropout_mask_in_place(layer.d_output, layer.output_mask);  // now of the output itself
+        const LayerInput<Scalar> input = l > 0 ? LayerInput<Scalar>(w.dropping_outputs ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output())
+                                         : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
+                                                                : LayerInput<Scalar>(w.inputs, embedding_->value);
+        // Through the table, the first layer's input gradient is the embedding's, accumulated as a weight's is.
+        Matrix<Scalar>& d_input = l > 0 ? w.layers[l - 1].d_output : w.dropping_embedding ? w.d_embedded : embedding_->gradient;
+        if (w.dropping_weights) layer.d_dropped_recurrent.setZero(p.weight_hh->value.rows(), p.weight_hh->value.cols());
+        layer.engine.backward(input, layer.d_output, w.steps,
+                              {p.weight_ih->value, w.dropping_weights ? layer.dropped_recurrent : p.weight_hh->value, p.bias_ih->value,
+                               p.bias_hh->value},
+                              {p.weight_ih->gradient, w.dropping_weights ? layer.d_dropped_recurrent : p.weight_hh->gradient,
+                               p.bias_ih->gradient, p.bias_hh->gradient},
+                              d_input);
+        if (w.dropping_weights) {
+            apply_dropout_mask_in_place(layer.d_dropped_recurrent, layer.recurrent_mask);
+            p.weight_hh->gradient += layer.d_dropped_recurrent;
+        }
+    }
+    if (w.dropping_embedding) {  // each row's gradient through its mask, to its character's embedding
+        apply_dropout_mask_in_place(w.d_embedded, w.embedding_mask);
+        for (Eigen::Index row = 0; row < TB; ++row) embedding_->gradient.row(w.inputs[static_cast<std::size_t>(row)]) += w.d_embedded.row(row);
     }
 }
 

@@ -1,4 +1,4 @@
-// Adam (Kingma and Ba, with PyTorch's bias correction), global-norm clipping and dynamic evaluation's update.
+// Adam (with PyTorch's bias correction), global-norm clipping, the parameters' average, dynamic evaluation's update.
 #include "charlm/optim.hpp"
 
 #include <algorithm>
@@ -119,6 +119,27 @@ bool Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
         });
     }
     return finite.load();
+}
+
+ParameterAverage::ParameterAverage(const std::vector<Parameter<float>>& parameters, double decay) : decay_(decay) {
+    for (const auto& parameter : parameters) values_.push_back(parameter.value);
+}
+
+void ParameterAverage::update(const std::vector<Parameter<float>>& parameters, std::int64_t step) {
+    const double warming = static_cast<double>(1 + step) / static_cast<double>(10 + step);
+    const auto kept = static_cast<float>(std::min(decay_, warming)), taken = 1 - kept;
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+        const float* value = parameters[i].value.data();
+        float* average = values_[i].data();
+        for_each_chunk(parameters[i].value.size(), [&](Eigen::Index first, Eigen::Index count) {
+            Eigen::Map<Eigen::ArrayXf> a(average + first, count);
+            a = kept * a + taken * Eigen::Map<const Eigen::ArrayXf>(value + first, count);
+        });
+    }
+}
+
+void ParameterAverage::swap_with(std::vector<Parameter<float>>& parameters) {
+    for (std::size_t i = 0; i < parameters.size(); ++i) parameters[i].value.swap(values_[i]);
 }
 
 WeightAdaptation::WeightAdaptation(const std::vector<Parameter<float>>& trained) : trained_(trained) {

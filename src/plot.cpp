@@ -142,13 +142,16 @@ void plot_losses(const std::filesystem::path& run_directory, const std::filesyst
         throw Error(fmt::format("{}: gnuplot cannot write to a path with a line break in it; choose another --output",
                                 displayable(output.string())));
     std::string data;
-    std::size_t points = 0;
+    std::size_t points = 0, averaged_points = 0;
     std::string line;
     while (std::getline(metrics, line)) {
         const auto record = nlohmann::json::parse(line, nullptr, false);
         if (record.is_discarded() || !record.contains("step") || !record.contains("train_loss")) continue;
         const auto validation = record.value("validation_loss", nlohmann::json(nullptr));
-        data += record["step"].dump() + ' ' + record["train_loss"].dump() + ' ' + (validation.is_number() ? validation.dump() : "NaN") + '\n';
+        const auto averaged = record.value("averaged_validation_loss", nlohmann::json(nullptr));
+        data += record["step"].dump() + ' ' + record["train_loss"].dump() + ' ' + (validation.is_number() ? validation.dump() : "NaN") + ' ' +
+                (averaged.is_number() ? averaged.dump() : "NaN") + '\n';
+        averaged_points += averaged.is_number();
         ++points;
     }
     if (points == 0) throw Error(fmt::format("{}: has no metrics yet; train for at least one report first", metrics_path.string()));
@@ -165,7 +168,65 @@ void plot_losses(const std::filesystem::path& run_directory, const std::filesyst
                                "set xlabel 'step'\nset ylabel 'loss (nats/char)'\nset grid\nset key top right\n"
                                "set datafile missing 'NaN'\n"
                                "plot " + quoted(data_path.string()) + " using 1:2 with lines lw 2 title 'train', " +
-                               quoted(data_path.string()) + " using 1:3 with linespoints lw 2 pt 7 ps 0.6 title 'validation'\n");
+                               quoted(data_path.string()) + " using 1:3 with linespoints lw 2 pt 7 ps 0.6 title 'validation'" +
+                               (averaged_points > 0 ? ", " + quoted(data_path.string()) +
+                                                          " using 1:4 with linespoints lw 2 dt 2 pt 6 ps 0.6 title 'validation, averaged'"
+                                                    : std::string()) +
+                               "\n");
+    run_gnuplot(directory, script_path);
+}
+
+void plot_validation_losses(const std::vector<std::filesystem::path>& run_directories, const std::filesystem::path& output,
+                            PlotAxis axis) {
+    if (output.string().find_first_of("\n\r") != std::string::npos)
+        throw Error(fmt::format("{}: gnuplot cannot write to a path with a line break in it; choose another --output",
+                                displayable(output.string())));
+    const PrivateDirectory directory;
+    std::string plots;
+    for (std::size_t run = 0; run < run_directories.size(); ++run) {
+        const std::filesystem::path& run_directory = run_directories[run];
+        const auto metrics_path = run_directory / "metrics.jsonl";
+        std::ifstream metrics(metrics_path);
+        if (!metrics) throw Error(fmt::format("{}: no metrics.jsonl; give a run directory written by 'charlm train'", run_directory.string()));
+        std::string data, line;
+        std::size_t points = 0, averaged_points = 0;
+        double minutes_before = 0, last_minutes = 0;  // a resumed invocation's clock starts again at 0
+        while (std::getline(metrics, line)) {
+            const auto record = nlohmann::json::parse(line, nullptr, false);
+            if (record.is_discarded() || !record.contains("step")) continue;
+            const auto seconds = record.value("elapsed_seconds", nlohmann::json(nullptr));
+            if (!seconds.is_number()) continue;
+            double minutes = seconds.get<double>() / 60;
+            if (minutes + minutes_before < last_minutes) minutes_before = last_minutes;
+            minutes += minutes_before;
+            last_minutes = minutes;
+            const auto validation = record.value("validation_loss", nlohmann::json(nullptr));
+            if (!validation.is_number()) continue;
+            const auto averaged = record.value("averaged_validation_loss", nlohmann::json(nullptr));
+            data += (axis == PlotAxis::step ? record["step"].dump() : fmt::format("{}", minutes)) + ' ' + validation.dump() + ' ' +
+                    (averaged.is_number() ? averaged.dump() : "NaN") + '\n';
+            averaged_points += averaged.is_number();
+            ++points;
+        }
+        if (points == 0)
+            throw Error(fmt::format("{}: has no validation losses yet; train it to its first --eval-every first", metrics_path.string()));
+        const std::string name = fmt::format("run{}.dat", run);
+        directory.write(name, data);
+        const std::filesystem::path label = run_directory.filename().empty() ? run_directory.parent_path().filename() : run_directory.filename();
+        const std::string data_path = quoted((directory.path() / name).string());
+        plots += fmt::format("{}{} using 1:2 with linespoints lw 2 pt 7 ps 0.5 lc {} title {}", plots.empty() ? "" : ", ", data_path,
+                             run + 1, quoted(displayable(label.string())));
+        if (averaged_points > 0)
+            plots += fmt::format(", {} using 1:3 with lines lw 2 dt 2 lc {} title {}", data_path, run + 1,
+                                 quoted(displayable(label.string()) + ", averaged"));
+    }
+    const auto script_path = directory.path() / "plot.gp";
+    directory.write("plot.gp", "set terminal pngcairo size 900,540 enhanced font 'sans,11'\n"
+                               "set output " + quoted(output.string()) + "\n"
+                               "set xlabel '" + std::string(axis == PlotAxis::step ? "step" : "minutes of training") + "'\n"
+                               "set ylabel 'validation loss (nats/char)'\nset grid\nset key top right noenhanced\n"
+                               "set datafile missing 'NaN'\n"
+                               "plot " + plots + "\n");
     run_gnuplot(directory, script_path);
 }
 

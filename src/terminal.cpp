@@ -97,8 +97,9 @@ std::string describe_run(const RunDescription& run) {
 namespace {
 
 std::string step_of_total(const StepProgress& progress) {
-    return progress.total_steps > 0 ? fmt::format("step {}/{}", progress.step, progress.total_steps)
-                                    : fmt::format("step {}", progress.step);
+    const std::string step = progress.total_steps > 0 ? fmt::format("step {}/{}", progress.step, progress.total_steps)
+                                                      : fmt::format("step {}", progress.step);
+    return fmt::format("{} | epoch {:.2f}", step, progress.epoch);
 }
 
 std::string time_left(const StepProgress& progress) {
@@ -118,9 +119,11 @@ std::string format_report_line(const ProgressReport& report) {
     if (report.validation_characters > 0 && report.validation_characters < report.held_out_characters)
         remarks.push_back(fmt::format("on {} of {} held-out chars", format_count(report.validation_characters),
                                       format_count(report.held_out_characters)));
+    const std::string averaged =
+        report.averaged_validation_loss ? fmt::format(", averaged {:.4f}", *report.averaged_validation_loss) : std::string();
     const std::string validation =
         report.validation_loss
-            ? fmt::format(" | val {:.4f}{}", *report.validation_loss,
+            ? fmt::format(" | val {:.4f}{}{}", *report.validation_loss, averaged,
                           remarks.empty() ? std::string() : fmt::format(" ({})", fmt::join(remarks, ", ")))
             : "";
     return fmt::format("{} | train {:.4f}{} | lr {:.2e} | {:.1f}k chars/s | {}{}", step_of_total(report), report.train_loss,

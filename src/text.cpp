@@ -212,6 +212,7 @@ Vocab Vocab::from_text(const std::u32string& text) {
     set.add(text);
     Vocab vocab;
     vocab.code_points_ = set.sorted();
+    vocab.index();
     return vocab;
 }
 
@@ -225,30 +226,52 @@ Vocab Vocab::from_files(const std::vector<std::filesystem::path>& paths, std::ve
         });
     Vocab vocab;
     vocab.code_points_ = set.sorted();
+    vocab.index();
     return vocab;
 }
 
 Vocab Vocab::from_code_points(std::vector<char32_t> code_points) {
-    for (std::size_t i = 0; i < code_points.size(); ++i) {
+    for (std::size_t i = 0; i < code_points.size(); ++i)
         if (code_points[i] > 0x10FFFF || (code_points[i] >= 0xD800 && code_points[i] <= 0xDFFF))
             throw Error(fmt::format("vocabulary entry {} is not a Unicode scalar value", i));
-        if (i > 0 && code_points[i] <= code_points[i - 1])
-            throw Error("vocabulary is not sorted and distinct");
-    }
     Vocab vocab;
     vocab.code_points_ = std::move(code_points);
+    vocab.index();
+    for (std::size_t i = 1; i < vocab.by_code_point_.size(); ++i)
+        if (vocab.by_code_point_[i].first == vocab.by_code_point_[i - 1].first)
+            throw Error(fmt::format("vocabulary holds {} twice", describe_code_point(vocab.by_code_point_[i].first)));
     return vocab;
 }
 
+Vocab Vocab::extended_by(const Vocab& other) const {
+    Vocab vocab = *this;
+    for (char32_t c : other.code_points_)  // other's, in code-point order where it is a text's
+        if (!contains(c)) vocab.code_points_.push_back(c);
+    std::sort(vocab.code_points_.begin() + static_cast<std::ptrdiff_t>(size()), vocab.code_points_.end());
+    vocab.index();
+    return vocab;
+}
+
+void Vocab::index() {
+    by_code_point_.clear();
+    by_code_point_.reserve(code_points_.size());
+    for (std::size_t id = 0; id < code_points_.size(); ++id) by_code_point_.emplace_back(code_points_[id], static_cast<TokenId>(id));
+    std::sort(by_code_point_.begin(), by_code_point_.end());
+}
+
+TokenId Vocab::find(char32_t code_point) const {
+    auto found = std::lower_bound(by_code_point_.begin(), by_code_point_.end(), std::pair<char32_t, TokenId>(code_point, 0));
+    return found != by_code_point_.end() && found->first == code_point ? found->second : -1;
+}
+
 bool Vocab::contains(char32_t code_point) const {
-    return std::binary_search(code_points_.begin(), code_points_.end(), code_point);
+    return find(code_point) >= 0;
 }
 
 TokenId Vocab::id_of(char32_t code_point) const {
-    auto found = std::lower_bound(code_points_.begin(), code_points_.end(), code_point);
-    if (found == code_points_.end() || *found != code_point)
-        throw Error(fmt::format("character {} is not in the model's vocabulary", describe_code_point(code_point)));
-    return static_cast<TokenId>(found - code_points_.begin());
+    const TokenId id = find(code_point);
+    if (id < 0) throw Error(fmt::format("character {} is not in the model's vocabulary", describe_code_point(code_point)));
+    return id;
 }
 
 std::vector<TokenId> Vocab::encode(const std::u32string& text) const {
@@ -281,9 +304,9 @@ std::vector<TokenId> Vocab::encode_known(const std::u32string& text, std::size_t
     ids.reserve(text.size());
     unknown_count = 0;
     for (char32_t c : text) {
-        auto found = std::lower_bound(code_points_.begin(), code_points_.end(), c);
-        if (found == code_points_.end() || *found != c) ++unknown_count;
-        else ids.push_back(static_cast<TokenId>(found - code_points_.begin()));
+        const TokenId id = find(c);
+        if (id >= 0) ids.push_back(id);
+        else ++unknown_count;
     }
     return ids;
 }

@@ -3,10 +3,12 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <regex>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -64,9 +66,10 @@ std::size_t training_size(const TrainOptions& options, std::size_t characters) {
 }
 
 // The pass over the text before the run directory is touched: the vocabulary (a resumed run's is
-// `vocab`), and for a fresh run the count that refuses a text too short to train. The files are
+// `vocab`; a run started from a checkpoint's weights extends its vocabulary, `extended`, by the
+// text's), and for a fresh run the count that refuses a text too short to train. The files are
 // streamed, never held whole; map_corpus() then gives the ids.
-Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
+Corpus load_corpus(const TrainOptions& options, const Vocab* vocab, const Vocab* extended = nullptr) {
     Corpus corpus;
     std::vector<std::filesystem::path> files{options.corpus};
     if (options.validation_file) files.push_back(*options.validation_file);
@@ -78,6 +81,7 @@ Corpus load_corpus(const TrainOptions& options, const Vocab* vocab) {
         throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
                                 options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
     if (!vocab) training_size(options, character_counts.front());
+    if (extended) corpus.vocab = extended->extended_by(corpus.vocab);
     return corpus;
 }
 
@@ -148,6 +152,7 @@ struct Session {
     TrainingState state;
     ModelState<float> carried;
     std::mt19937_64 rng;
+    std::optional<ParameterAverage> average;  // --ema's
     // A fresh run in a directory that may hold an earlier run (--force): the earlier files stay as
     // they are until this run's first last.safetensors, which takes the directory over.
     bool fresh = false;
@@ -174,10 +179,11 @@ private:
     Error diverged(const std::string& what, std::int64_t step) const;
     bool report_due(bool evaluate_now) const;
     void validate_and_save(ProgressReport& report);
+    void warn_if_overfitting(double validation_loss);
     void check_parameters_agree() const;
     std::optional<double> score_all_held_out_text();
     LossSum evaluate_held_out(std::size_t max_characters);
-    void save(CheckpointKind kind);
+    void save(CheckpointKind kind, const std::filesystem::path& kept_path = {});
     ModelState<float> whole_carried_state() const;
     StepProgress step_progress(double learning_rate) const;
     void report_progress(ProgressReport& report, double learning_rate);
@@ -204,6 +210,19 @@ private:
     // run's first loss says nothing: it may already be low, or already have climbed.
     const double uniform_loss_;
     double exploded_loss_;
+    bool averaged_is_better_ = false;  // at the last validation, the averaged weights scored lower (--ema)
+};
+
+// The averaged parameters (--ema) in the model's place while it lives; the last step's come back after.
+class AveragedWeights {
+public:
+    explicit AveragedWeights(Session& session) : session_(session) { session_.average->swap_with(session_.model.parameters()); }
+    ~AveragedWeights() { session_.average->swap_with(session_.model.parameters()); }
+    AveragedWeights(const AveragedWeights&) = delete;
+    AveragedWeights& operator=(const AveragedWeights&) = delete;
+
+private:
+    Session& session_;
 };
 
 TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
@@ -291,11 +310,12 @@ void TrainingLoop::remove_stale_temporaries() const {
         const std::string name = entry.path().filename().string();
         for (const char* kept : {"last.safetensors", "best.safetensors", "corpus.txt", "validation.txt", "corpus.ids", "validation.ids"})
             if (name.starts_with(fmt::format(".{}.tmp-", kept))) std::filesystem::remove(entry.path(), ignored);
+        if (name.starts_with(".step-") && name.find(".safetensors.tmp-") != std::string::npos)  // --keep-checkpoints'
+            std::filesystem::remove(entry.path(), ignored);
     }
 }
 
 void TrainingLoop::warn_about_options_that_do_nothing() {
-    const ModelConfig& model = session_.model.config();
     if (!has_validation_)
         progress_.warning(fmt::format(
             "no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
@@ -306,10 +326,9 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
-    if (model.dropout > 0 && model.layers == 1)
-        progress_.warning(fmt::format("--dropout {} does nothing with one layer: it drops units between layers, as "
-                                      "PyTorch's recurrent layers do; use --layers 2 or more",
-                                      model.dropout));
+    if (options_.keep_checkpoints && !has_validation_)
+        progress_.warning("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and this run has no "
+                          "validation text: it keeps none");
 }
 
 RunDescription TrainingLoop::description() const {
@@ -354,6 +373,7 @@ double TrainingLoop::take_step() {
     const StepOutcome outcome =
         train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate, processes_);
     check_for_divergence(outcome, learning_rate, step);
+    if (session_.average) session_.average->update(session_.model.parameters(), step);
     session_.state.step = step;
     ++steps_this_run_;
     training_seconds_ += seconds_since(step_start);
@@ -415,18 +435,50 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     report.validation_loss = validation_loss;
     report.validation_characters = validation.count;
     report.held_out_characters = held_out.size() - 1;
-    report.new_best = validation_loss < session_.state.best_validation_loss;
+    // The averaged weights on the same characters; the lower of the two figures is the step's.
+    std::optional<double> averaged_loss;
+    if (session_.average) {
+        AveragedWeights averaged(session_);
+        averaged_loss = evaluate_held_out(periodic_validation_characters(options_)).mean();
+        report.averaged_validation_loss = averaged_loss;
+    }
+    averaged_is_better_ = averaged_loss && std::isfinite(*averaged_loss) && *averaged_loss < validation_loss;
+    const double step_loss = averaged_is_better_ ? *averaged_loss : validation_loss;
+    report.new_best = step_loss < session_.state.best_validation_loss;
     if (report.new_best) {
-        session_.state.best_validation_loss = validation_loss;
+        session_.state.best_validation_loss = step_loss;
         session_.state.best_validation_characters = validation.count;
+        session_.state.best_is_averaged = averaged_is_better_;
+        session_.state.best_step = session_.state.step;
         session_.state.evaluations_since_best = 0;
     } else {
         ++session_.state.evaluations_since_best;
+        warn_if_overfitting(step_loss);
     }
     // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
     // loss reached, and never replaces a better best.safetensors with a worse one.
     save(CheckpointKind::last);
+    // best.safetensors and a kept checkpoint hold the weights that scored lower: the averaged ones, or the step's.
+    std::optional<AveragedWeights> averaged;
+    if (averaged_is_better_ && (report.new_best || options_.keep_checkpoints)) averaged.emplace(session_);
     if (report.new_best) save(CheckpointKind::best);
+    if (options_.keep_checkpoints)
+        save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
+}
+
+// A validation loss that has risen well above its best for kOverfittingValidations validations in a
+// row: the model is learning its training text by heart. Said once per such stretch, with what helps.
+void TrainingLoop::warn_if_overfitting(double validation_loss) {
+    constexpr std::int64_t kOverfittingValidations = 3;
+    constexpr double kRise = 0.02;  // nats/char: far above the noise of one validation
+    const TrainingState& state = session_.state;
+    if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
+    progress_.warning(fmt::format(
+        "the validation loss has risen for {} validations, to {:.4f} from its best {:.4f}{}: the model is overfitting its "
+        "training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
+        "--steps would help, and --patience N stops such a run (docs/quality.md)",
+        kOverfittingValidations, validation_loss, state.best_validation_loss,
+        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string()));
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the
@@ -440,6 +492,8 @@ std::optional<double> TrainingLoop::score_all_held_out_text() {
     progress_.note(fmt::format("scoring all {} held-out characters at step {} (each validation scored {} of them)",
                                format_count(held_out.size() - 1), session_.state.step, format_count(periodic)));
     session_.model.set_dropout_generator(nullptr);
+    std::optional<AveragedWeights> averaged;  // the weights the last validation preferred
+    if (averaged_is_better_) averaged.emplace(session_);
     return evaluate_held_out(0).mean();
 }
 
@@ -463,10 +517,10 @@ LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
     return {sums[0], static_cast<std::size_t>(sums[1])};
 }
 
-// Every process calls it at the same step; process 0 alone writes.
-void TrainingLoop::save(CheckpointKind kind) {
+// Every process calls it at the same step; process 0 alone writes. A kept checkpoint goes to `kept_path`.
+void TrainingLoop::save(CheckpointKind kind, const std::filesystem::path& kept_path) {
     const bool for_resume = kind == CheckpointKind::last;
-    const std::filesystem::path& path = for_resume ? last_path_ : best_path_;
+    const std::filesystem::path& path = for_resume ? last_path_ : kind == CheckpointKind::best ? best_path_ : kept_path;
     // last.safetensors holds every stream's carried state, whichever process ran it: the run resumes
     // on any process count.
     const ModelState<float> carried = for_resume && processes_.size() > 1 ? whole_carried_state() : ModelState<float>{};
@@ -475,7 +529,8 @@ void TrainingLoop::save(CheckpointKind kind) {
         session_.state.rng_state = rng_to_string(session_.rng);
         session_.state.options = options_.to_json();
         save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
-                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried);
+                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried,
+                        for_resume && session_.average ? &session_.average->values() : nullptr);
         // An earlier run's best at this run's first last.safetensors, which takes the directory over:
         // where this save is a validation's, this run's own best follows at once; where it is not
         // (stopped before its first validation), none may be left that a user would take for this run's.
@@ -534,6 +589,8 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
     StepProgress progress;
     progress.step = session_.state.step;
     progress.total_steps = options_.steps;
+    progress.epoch = static_cast<double>(session_.state.step) * options_.seq_length * options_.batch_size /
+                     static_cast<double>(session_.corpus.train().size());
     progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
     progress.learning_rate = learning_rate;
     progress.chars_per_second = chars_per_second_;
@@ -563,6 +620,7 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
     result.last_train_loss = last_train_loss_;
     result.validated = has_validation_;
     result.best_validation_loss = session_.state.best_validation_loss;
+    result.best_is_averaged = session_.state.best_is_averaged;
     result.chars_per_second = chars_per_second_;
     result.stopped_by = stopped_by;
     result.patience = options_.patience;
@@ -617,6 +675,9 @@ void validate(const TrainOptions& options) {
     if (schedule.kind == LearningRateSchedule::Kind::cosine && options.steps == 0)
         throw UsageError("--lr-schedule cosine decays over the run's --steps; give --steps");
     if (schedule.warmup_steps < 0) throw UsageError(fmt::format("--warmup must be 0 or more steps, not {}", schedule.warmup_steps));
+    if (!(options.average_decay >= 0 && options.average_decay < 1))
+        throw UsageError(fmt::format("--ema must be at least 0 (off) and below 1, not {}; 0.999 averages over about the last 1000 steps",
+                                     options.average_decay));
     if (options.patience < 0) throw UsageError(fmt::format("--patience must be 0 (off) or more validations, not {}", options.patience));
     if (!(schedule.decay_factor > 0 && schedule.decay_factor <= 1)) throw UsageError(fmt::format("--lr-decay must be in (0, 1], not {}", schedule.decay_factor));
     if (!(options.clip >= 0)) throw UsageError("--clip must be zero (off) or positive");
@@ -624,7 +685,8 @@ void validate(const TrainOptions& options) {
         throw UsageError("--val-fraction must be at least 0 and below 1");
     if (options.steps < 0 || !(options.minutes >= 0)) throw UsageError("--steps and --minutes must not be negative");
     // Checkpoints record these paths in JSON, which holds UTF-8 only: refused now, not at the first save.
-    for (const auto* path : {&options.corpus, &options.run_directory, options.validation_file ? &*options.validation_file : nullptr}) {
+    for (const auto* path : {&options.corpus, &options.run_directory, options.validation_file ? &*options.validation_file : nullptr,
+                             options.init_from ? &options.init_from->checkpoint : nullptr}) {
         const std::string name = path ? path->string() : std::string();
         if (!utf8::is_valid(name.begin(), name.end()))
             throw UsageError(fmt::format("{}: the path is not UTF-8, and a checkpoint records it; rename it", displayable(name)));
@@ -686,7 +748,7 @@ void warn_if_validations_change(const TrainOptions& before, const TrainOptions& 
 // How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
 struct OptionOnResume {
     const char* flag;
-    const char* json_pointer;  // into TrainOptions::to_json()
+    const char* json_pointer;  // into TrainOptions::to_json(); null for an option of the invocation, not the run
     bool may_change;
 };
 constexpr OptionOnResume kOptionsOnResume[] = {
@@ -696,10 +758,13 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--steps", "/steps", true},              {"--minutes", "/minutes", true},
     {"--eval-every", "/eval_every", true},    {"--val-chars", "/validation_characters", true},
     {"--patience", "/patience", true},        {"--dropout", "/model/dropout", true},
+    {"--embed-dropout", "/model/embed_dropout", true}, {"--weight-drop", "/model/weight_drop", true},
+    {"--dropout-mask", "/model/dropout_mask", true},   {"--ema", "/ema", true},
     {"--cell", "/model/cell", false},         {"--layers", "/model/layers", false},
     {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
     {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
     {"--val-fraction", "/validation_fraction", false}, {"--seed", "/seed", false},
+    {"--keep-checkpoints", nullptr, true},  // this invocation's choice, which the run does not record
 };
 
 // The stored options with the request's given ones laid over them, each change described in
@@ -710,6 +775,7 @@ nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& re
         const auto* option = std::find_if(std::begin(kOptionsOnResume), std::end(kOptionsOnResume),
                                           [&](const OptionOnResume& candidate) { return flag == candidate.flag; });
         if (option == std::end(kOptionsOnResume)) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
+        if (!option->json_pointer) continue;
         const nlohmann::json::json_pointer pointer(option->json_pointer);
         const nlohmann::json before = stored.contains(pointer) ? stored.at(pointer) : nlohmann::json(nullptr);
         const nlohmann::json& after = requested.at(pointer);
@@ -750,6 +816,9 @@ nlohmann::json options_to_share(const TrainOptions& options) {
     for (const char* key : {"corpus", "validation_file", "threads", "corpus_size_bytes", "corpus_sha256", "train_characters",
                             "validation_file_size_bytes", "validation_file_sha256"})
         json.erase(key);
+    // Where each finds --init-from's checkpoint may differ too; that they start from the same weights,
+    // the check of the parameters at each validation tells.
+    json["init_from"] = options.init_from.has_value();
     return json;
 }
 
@@ -789,6 +858,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"lr_decay_every", learning_rate_schedule.decay_every_steps},
         {"lr_decay_factor", learning_rate_schedule.decay_factor},
         {"patience", patience},
+        {"ema", average_decay},
         {"clip", clip},
         {"validation_fraction", validation_fraction},
         {"steps", steps},
@@ -805,6 +875,9 @@ nlohmann::json TrainOptions::to_json() const {
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
     json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
     json["validation_file_sha256"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->sha256) : nlohmann::json(nullptr);
+    json["init_from"] = init_from ? nlohmann::json{{"checkpoint", std::filesystem::absolute(init_from->checkpoint).string()},
+                                                   {"step", init_from->step}}
+                                  : nlohmann::json(nullptr);
     return json;
 }
 
@@ -830,6 +903,7 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         schedule.decay_every_steps = integer_value<std::int64_t>(json.at("lr_decay_every"));
         schedule.decay_factor = json.at("lr_decay_factor").get<double>();
         options.patience = integer_value<int>(json.at("patience"));
+        options.average_decay = json.value("ema", 0.0);
         options.validation_fraction = json.at("validation_fraction").get<double>();
         options.steps = integer_value<std::int64_t>(json.at("steps"));
         options.minutes = json.at("minutes").get<double>();
@@ -850,6 +924,10 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
                 options.validation_fingerprint = FileFingerprint{integer_value<std::uint64_t>(json.at("validation_file_size_bytes")),
                                                                  json.at("validation_file_sha256").get<std::string>()};
         }
+        // Absent from checkpoints written before --init-from; null where the run started from scratch.
+        if (json.contains("init_from") && !json.at("init_from").is_null())
+            options.init_from = InitFrom{json.at("init_from").at("checkpoint").get<std::string>(), {},
+                                         integer_value<std::int64_t>(json.at("init_from").at("step"))};
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("the checkpoint's training options are incomplete ({})", error.what()));
     }
@@ -858,16 +936,31 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
 
 namespace {
 
+// Checkpoints that an earlier run in the directory kept (--keep-checkpoints) are the user's to keep, and
+// --force leaves them; named as this run's are, they are worth a word.
+void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_directory, TrainingProgress& progress) {
+    static const std::regex kept_name(R"(step-\d{6,}-val-\d+\.\d{4}\.safetensors)");
+    std::size_t count = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored))
+        if (std::regex_match(entry.path().filename().string(), kept_name)) ++count;
+    if (count > 0)
+        progress.warning(fmt::format("{} holds {} checkpoint{} that an earlier run kept (step-...-val-....safetensors); they "
+                                     "stay beside this run's: move them away, or choose another directory with --out",
+                                     run_directory.string(), count, count == 1 ? "" : "s"));
+}
+
 // A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
-// run directory (`lock`). A pipe is copied into the run directory, which `options` then names.
+// run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
+// started from a checkpoint's weights extends its vocabulary, `extended`.
 Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, const Communicator& processes,
-                         std::optional<RunLock>& lock) {
+                         std::optional<RunLock>& lock, const Vocab* extended) {
     // A text that can be read again is checked before the run directory is touched; a pipe is read
     // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
     const bool copy_corpus = can_be_read_only_once(options.corpus);
     const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
-    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr);
+    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr, extended);
     if (processes.is_first()) {  // the others never write there
         std::error_code error;
         std::filesystem::create_directories(options.run_directory, error);
@@ -877,6 +970,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
             throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
                                          "or choose another directory with --out",
                                          quoted_for_shell(options.run_directory.string())));
+        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
@@ -893,7 +987,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     if (copy_validation) copy(validation_copy, *options.validation_file, "validation.txt");
     if (!corpus) {
         try {
-            corpus = load_corpus(options, nullptr);
+            corpus = load_corpus(options, nullptr, extended);
         } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
             std::string message = error.what();
             for (const auto& [temporary, source] : copied)
@@ -917,13 +1011,88 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     return std::move(*corpus);
 }
 
+// --init-from's checkpoint, read before the run directory is touched. Its shape becomes the run's
+// (options.model, with the regularization given for this run); a shape option given that contradicts it is
+// refused, one given with the same value is no contradiction.
+Checkpoint load_checkpoint_to_start_from(TrainOptions& options) {
+    TrainOptions::InitFrom& init_from = *options.init_from;
+    Checkpoint checkpoint = load_checkpoint(init_from.checkpoint);
+    const ModelConfig& given = options.model;
+    const ModelConfig& trained = checkpoint.config;
+    struct ShapeOption {
+        const char* flag;
+        std::string given, trained;
+    };
+    const ShapeOption shape[] = {
+        {"--cell", to_string(given.cell), to_string(trained.cell)},
+        {"--layers", std::to_string(given.layers), std::to_string(trained.layers)},
+        {"--hidden", std::to_string(given.hidden_size), std::to_string(trained.hidden_size)},
+        {"--embed", std::to_string(given.embed_size), std::to_string(trained.embed_size)},
+    };
+    for (const ShapeOption& option : shape)
+        if (option.given != option.trained && std::ranges::find(init_from.given, option.flag) != init_from.given.end())
+            throw UsageError(fmt::format("{} {} contradicts --init-from {}, whose model has {} {}; the run takes the model's shape "
+                                         "from its checkpoint: leave {} out",
+                                         option.flag, option.given, init_from.checkpoint.string(), option.flag, option.trained,
+                                         option.flag));
+    const ModelConfig rates = options.model;
+    options.model = trained;
+    options.model.dropout = rates.dropout;
+    options.model.embed_dropout = rates.embed_dropout;
+    options.model.weight_drop = rates.weight_drop;
+    options.model.dropout_mask = rates.dropout_mask;
+    init_from.step = checkpoint.training.step;
+    return checkpoint;
+}
+
+// What a run started from a checkpoint's weights says before it begins: where from, and the characters
+// its texts add to the checkpoint's vocabulary, named where they are few.
+std::string describe_start(const TrainOptions::InitFrom& init_from, const Vocab& trained, const Vocab& vocab) {
+    const std::string start =
+        fmt::format("starting from {} (step {}) with a fresh optimizer", init_from.checkpoint.string(), init_from.step);
+    const std::size_t added = vocab.size() - trained.size();
+    if (added == 0) return fmt::format("{}; the text adds no characters to its {}", start, trained.size());
+    constexpr std::size_t kMostNamed = 8;
+    std::vector<std::string> named;
+    for (std::size_t id = trained.size(); id < vocab.size() && named.size() < kMostNamed; ++id)
+        named.push_back(describe_code_point(vocab.code_point_of(static_cast<TokenId>(id))));
+    return fmt::format("{}; the text adds {} character{} to its {}: {}{}", start, added, added == 1 ? "" : "s", trained.size(),
+                       fmt::join(named, ", "), added > named.size() ? fmt::format(" and {} more", added - named.size()) : "");
+}
+
 }  // namespace
+
+std::string kept_checkpoint_name(std::int64_t step, double validation_loss) {
+    return fmt::format("step-{:06d}-val-{:.4f}.safetensors", step, validation_loss);
+}
+
+Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, const ModelConfig& rates, std::mt19937_64& rng) {
+    ModelConfig config = trained.config();
+    if (vocab_size < config.vocab_size)
+        throw Error(fmt::format("a model of {} characters cannot start from one of {}", vocab_size, config.vocab_size));
+    config.vocab_size = vocab_size;
+    config.dropout = rates.dropout;
+    config.embed_dropout = rates.embed_dropout;
+    config.weight_drop = rates.weight_drop;
+    config.dropout_mask = rates.dropout_mask;
+    Model<float> model(config);
+    model.initialize(rng);  // every weight drawn as a fresh run's, so that the new rows are drawn so too
+    // The trained weights over them: whole, or the trained characters' rows of the embedding and the
+    // head's weight and the first columns of the head's bias (the new characters' ids come last).
+    for (std::size_t i = 0; i < model.parameters().size(); ++i) {
+        const Matrix<float>& from = trained.parameters()[i].value;
+        model.parameters()[i].value.topLeftCorner(from.rows(), from.cols()) = from;
+    }
+    return model;
+}
 
 TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, const Communicator& processes) {
     TrainOptions options = options_in;
     options.threads = omp_get_max_threads();
     options.processes = processes.size();
+    std::optional<Checkpoint> trained;  // --init-from's: its shape is the run's, and validate() judges that
     run_on_every_process(processes, [&] {
+        if (options.init_from) trained = load_checkpoint_to_start_from(options);
         validate(options);
         check_text_can_be_shared(options, processes);
         static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
@@ -931,7 +1100,9 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
     std::optional<RunLock> lock;
     std::optional<Corpus> corpus;
-    run_on_every_process(processes, [&] { corpus = prepare_fresh_run(options, progress, processes, lock); });
+    run_on_every_process(processes, [&] {
+        corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
+    });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     run_on_every_process(processes, [&] {  // the ids are in the run directory now
         if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
@@ -941,9 +1112,13 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
         options.model.validate();
     });
 
+    if (trained) progress.note(describe_start(*options.init_from, trained->vocab, corpus->vocab));
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
-    session.model.initialize(session.rng);
+    if (trained) session.model = model_with_new_characters(*trained->model, options.model.vocab_size, options.model, session.rng);
+    else session.model.initialize(session.rng);
+    trained.reset();  // its weights are the session's now, and its optimizer's moments are not this run's
     session.optimizer = Adam(session.model.parameters());
+    if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
     session.processes = &processes;
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     session.carried = session.model.initial_state(session.streams.count);
@@ -958,6 +1133,10 @@ std::uint64_t periodic_validation_characters(const TrainOptions& options) {
 }
 
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given) {
+    const auto was_given = [&](const char* flag) { return std::find(given.begin(), given.end(), flag) != given.end(); };
+    if (was_given("--dropout-mask") && options.model.dropout == 0 && options.model.embed_dropout == 0)
+        throw UsageError("--dropout-mask says how --dropout and --embed-dropout draw their masks, and both are 0; give a rate, "
+                         "or leave --dropout-mask out");
     const LearningRateSchedule& schedule = options.learning_rate_schedule;
     if (schedule.kind == LearningRateSchedule::Kind::step) return;
     for (const char* flag : {"--lr-decay-every", "--lr-decay"})
@@ -989,10 +1168,14 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
             throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
         options = TrainOptions::from_json(options_for_resume(checkpoint->training.options, request, changes));
         // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
-        const double dropout = options.model.dropout;
+        const ModelConfig rates = options.model;
         options.model = checkpoint->config;
-        options.model.dropout = dropout;
+        options.model.dropout = rates.dropout;
+        options.model.embed_dropout = rates.embed_dropout;
+        options.model.weight_drop = rates.weight_drop;
+        options.model.dropout_mask = rates.dropout_mask;
         options.run_directory = run_directory;
+        options.keep_checkpoints = request.options.keep_checkpoints;
         threads_before = options.threads;
         processes_before = options.processes;
         options.threads = omp_get_max_threads();
@@ -1029,7 +1212,19 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                     checkpoint->training,
                     {},
                     rng_from_string(checkpoint->training.rng_state)};
-    session.model.set_dropout(options.model.dropout);
+    session.model.set_regularization(options.model);
+    if (options.average_decay > 0) {
+        // A run that averaged goes on from its average; one that starts averaging now, from its weights.
+        if (checkpoint->average) {
+            session.average.emplace();
+            session.average->values() = std::move(*checkpoint->average);
+            session.average->set_decay(options.average_decay);
+        } else {
+            session.average.emplace(session.model.parameters(), options.average_decay);
+            progress.note(fmt::format("--ema {}: the average of the parameters starts at step {}", options.average_decay,
+                                      checkpoint->training.step));
+        }
+    }
     session.processes = &processes;
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     // This process's streams' rows of the whole batch's carried state.
@@ -1046,7 +1241,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     if (processes_before != options.processes)
         progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
                                      processes_before == 1 ? "" : "es", options.processes,
-                                     options.model.dropout > 0 ? "with --dropout each process draws its own masks, so the run "
+                                     session.model.regularized() ? "with dropout each process draws its own masks, so the run "
                                                                  "takes another path from here than one uninterrupted run "
                                                                  "(of the same kind)"
                                                                : "the same path, but its numbers will differ in the last "

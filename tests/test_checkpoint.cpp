@@ -387,6 +387,33 @@ TEST(Checkpoint, DescriptionOfAnOlderOrOddCheckpointNeverFails) {
     }
 }
 
+// A run started from another's weights (--init-from) says which checkpoint and the step it had reached;
+// its own steps and epochs are the new run's.
+TEST(Checkpoint, DescriptionNamesTheCheckpointARunStartedFrom) {
+    Saved saved;
+    Checkpoint checkpoint;
+    checkpoint.config = saved.model.config();
+    checkpoint.vocab = saved.vocab;
+    checkpoint.training.step = 40;
+    checkpoint.training.options = {{"corpus", "new.txt"}, {"train_characters", 3200}, {"seq_length", 16}, {"batch_size", 4},
+                                   {"init_from", {{"checkpoint", "/runs/kjv/best.safetensors"}, {"step", 2000}}}};
+    nlohmann::json description = describe_checkpoint(checkpoint);
+    EXPECT_EQ(description.at("init_from"), (nlohmann::json{{"checkpoint", "/runs/kjv/best.safetensors"}, {"step", 2000}}));
+    std::string text = format_checkpoint_description(description);
+    EXPECT_NE(text.find("trained     40 steps, 0.80 epochs\ninit from   /runs/kjv/best.safetensors (at its step 2000)\n"),
+              std::string::npos)
+        << text;
+    // A run from scratch, and a crafted record of one of the wrong kinds: no line, and no failure.
+    for (const nlohmann::json& odd : {nlohmann::json(nullptr), nlohmann::json("x"), nlohmann::json{{"checkpoint", 5}, {"step", 1}},
+                                      nlohmann::json{{"checkpoint", "a\x1b[31m"}, {"step", -3}}}) {
+        checkpoint.training.options["init_from"] = odd;
+        ASSERT_NO_THROW(description = describe_checkpoint(checkpoint)) << odd.dump();
+        EXPECT_TRUE(description.at("init_from").is_null()) << odd.dump();
+        ASSERT_NO_THROW(text = format_checkpoint_description(description)) << odd.dump();
+        EXPECT_EQ(text.find("init from"), std::string::npos) << text;
+    }
+}
+
 // A temporary at a name known in advance (.NAME.tmp-PID, as it once was) lets anyone who can write to the
 // folder plant a symlink there and have the checkpoint's bytes written through it into another file.
 TEST(Checkpoint, WriteNeverFollowsASymlinkPlantedAtATemporaryName) {

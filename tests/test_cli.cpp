@@ -27,6 +27,7 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <utf8.h>
@@ -477,6 +478,90 @@ TEST_F(Cli, TrainForceStartsOverInAnExistingRun) {
     EXPECT_EQ(metrics.back().at("step"), 20);
 }
 
+TEST_F(Cli, TrainInitFromFineTunesOnATextWithNewCharacters) {
+    const auto checkpoint = trained_run();
+    std::string spanish;
+    for (int i = 0; i < 60; ++i) spanish += "¿El gato? Ñandú, señor.\n";
+    const auto text = write("nuevo.txt", spanish);
+    // kTinyModel gives the checkpoint's own --layers, --hidden and --embed: no contradiction.
+    const RunResult tuned = train_tiny(text, "tune", 20, {"--init-from", checkpoint.string()});
+    const std::set<char32_t> trained = distinct_characters(make_corpus());
+    std::size_t added = 0;
+    for (char32_t c : distinct_characters(spanish)) added += trained.contains(c) ? 0 : 1;
+    EXPECT_NE(tuned.err.find(fmt::format("starting from {} (step ", checkpoint.string())), std::string::npos) << tuned.err;
+    EXPECT_NE(tuned.err.find(fmt::format("the text adds {} characters to its {}: ", added, trained.size())), std::string::npos)
+        << tuned.err;
+    EXPECT_NE(tuned.err.find("'Ñ' (U+00D1)"), std::string::npos) << tuned.err;
+
+    const RunResult info = charlm({"info", (path("tune") / "last.safetensors").string()});
+    ASSERT_EQ(info.exit_code, 0) << describe(info);
+    EXPECT_NE(info.out.find(fmt::format("init from   {} (at its step ", fs::absolute(checkpoint).string())), std::string::npos) << info.out;
+    EXPECT_TRUE(std::regex_search(info.out, std::regex("\ntrained     20 steps, [0-9]+\\.[0-9]{2} epochs\n"))) << info.out;
+    const json description = json::parse(charlm({"info", (path("tune") / "last.safetensors").string(), "--json"}).out);
+    EXPECT_EQ(description.at("vocab_size").get<std::size_t>(), trained.size() + added);
+
+    const RunResult sample = charlm({"sample", (path("tune") / "best.safetensors").string(), "--prompt", "¿El ñandú", "--length", "40",
+                                     "--seed", "1"});
+    ASSERT_EQ(sample.exit_code, 0) << describe(sample);
+    EXPECT_EQ(sample.out.rfind("¿El ñandú", 0), 0u) << sample.out;
+    EXPECT_EQ(code_points_of(sample.out).size(), 9u + 40 + 1);
+}
+
+TEST_F(Cli, TrainInitFromRefusesContradictionsResumeAndACheckpointItCannotRead) {
+    const auto checkpoint = trained_run();
+    const auto corpus = path("corpus.txt");
+    // The model's shape is the checkpoint's: a contradiction names the option and the checkpoint's value.
+    expect_train_refused(corpus, {"--hidden 64 contradicts --init-from", "whose model has --hidden 16", "leave --hidden out"},
+                         {"--init-from", checkpoint.string(), "--hidden", "64"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--cell gru contradicts", "--cell lstm"}, {"--init-from", checkpoint.string(), "--cell", "gru"},
+                         /*usage_error=*/true);
+    // A checkpoint that cannot be read: one line, exit 1, the run in the directory as it was.
+    expect_train_refused(corpus, {"missing.safetensors", "no such checkpoint"}, {"--init-from", path("missing.safetensors").string()});
+    expect_train_refused(corpus, {"text.safetensors"}, {"--init-from", write("text.safetensors", "hello").string()});
+    EXPECT_FALSE(fs::exists(path("fresh")));
+    expect_error(charlm({"train", corpus.string(), "--out", path("fresh").string(), "--init-from", path("missing.safetensors").string()}),
+                 {"no such checkpoint"});
+    EXPECT_FALSE(fs::exists(path("fresh"))) << "nothing written";
+
+    const auto before = snapshot(path("run"));
+    expect_error(charlm({"train", "--resume", path("run").string(), "--init-from", checkpoint.string()}),
+                 {"--init-from", "--resume", "choose one"}, /*usage_error=*/true);
+    expect_unchanged(before, snapshot(path("run")));
+}
+
+TEST_F(Cli, TrainKeepCheckpointsKeepsEachValidationNamedAsCharRnnUsersKnowIt) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult trained = train_tiny(corpus, "run", 20, {"--keep-checkpoints"});
+    std::vector<fs::path> kept;
+    for (const auto& record : read_metrics(path("run") / "metrics.jsonl"))
+        if (record.contains("validation_loss"))
+            kept.push_back(path("run") / fmt::format("step-{:06d}-val-{}.safetensors", record.at("step").get<int>(),
+                                                     fixed4(record.at("validation_loss").get<double>())));
+    ASSERT_EQ(kept.size(), 2u);  // steps 10 and 20
+    EXPECT_TRUE(kept[0].filename().string().starts_with("step-000010-val-")) << kept[0];
+    for (const auto& file : kept) {
+        EXPECT_TRUE(fs::is_regular_file(file)) << file;
+        const RunResult eval = charlm({"eval", file.string(), corpus.string()});
+        EXPECT_EQ(eval.exit_code, 0) << describe(eval);
+        EXPECT_EQ(charlm({"sample", file.string(), "--length", "10", "--seed", "1"}).exit_code, 0) << file;
+    }
+    // The progress line shows the epoch beside the step; metrics.jsonl records it.
+    EXPECT_NE(trained.err.find("step 20/20 | epoch "), std::string::npos) << trained.err;
+    const json info = json::parse(charlm({"info", (path("run") / "last.safetensors").string(), "--json"}).out);
+    EXPECT_DOUBLE_EQ(read_metrics(path("run") / "metrics.jsonl").back().at("epoch").get<double>(), info.at("epochs").get<double>());
+
+    // Resumed without it, the run keeps no more; with it, it keeps again.
+    const RunResult without = charlm({"train", "--resume", path("run").string(), "--steps", "30"});
+    ASSERT_EQ(without.exit_code, 0) << describe(without);
+    const RunResult with = charlm({"train", "--resume", path("run").string(), "--steps", "40", "--keep-checkpoints"});
+    ASSERT_EQ(with.exit_code, 0) << describe(with);
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        if (entry.path().filename().string().starts_with("step-")) names.push_back(entry.path().filename().string().substr(0, 16));
+    std::sort(names.begin(), names.end());
+    EXPECT_EQ(names, (std::vector<std::string>{"step-000010-val-", "step-000020-val-", "step-000040-val-"}));
+}
+
 // =============================== sample ===============================
 
 TEST_F(Cli, SamplePrintsThePromptThenLengthCharacters) {
@@ -860,7 +945,8 @@ TEST_F(Cli, HelpForTheAppAndEachSubcommand) {
         {{"--help"}, {"train", "sample", "eval", "--help"}},
         {{"train", "--help"},
          {"CORPUS", "--out", "--resume", "--force", "--cell", "--layers", "--hidden", "--embed", "--seq", "--batch", "--lr",
-          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads"}},
+          "--clip", "--val-fraction", "--steps", "--minutes", "--eval-every", "--seed", "--threads", "--init-from",
+          "--keep-checkpoints"}},
         {{"sample", "--help"},
          {"CHECKPOINT", "--prompt", "--length", "--temperature", "--top-k", "--top-p", "--greedy", "--seed", "--threads",
           "--adapt-to"}},
@@ -1170,6 +1256,12 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"embedding dropout", "-0.5"}, {"--embed-dropout", "-0.5"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"weight drop", "1"}, {"--weight-drop", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"unknown dropout mask 'per-unit'"}, {"--dropout", "0.2", "--dropout-mask", "per-unit"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--ema", "1"}, {"--ema", "1"}, /*usage_error=*/true);
+    // With no dropout, a choice of masks would be ignored.
+    expect_train_refused(corpus, {"--dropout-mask", "both are 0"}, {"--dropout-mask", "step", "--weight-drop", "0.2"}, /*usage_error=*/true);
     // Cosine decays over --steps: with --minutes alone there is nothing to decay over.
     std::vector<std::string> cosine = {"train", corpus.string(), "--out", path("cosine").string(), "--lr-schedule", "cosine", "--minutes", "1"};
     cosine.insert(cosine.end(), kTinyModel.begin(), kTinyModel.end());
@@ -1371,8 +1463,9 @@ TEST_F(Cli, TrainRefusesZeroStepsAndZeroMinutes) {
 
 TEST_F(Cli, TrainWarnsAboutOptionsThatWouldDoNothing) {
     const auto corpus = write("corpus.txt", make_corpus());
-    const RunResult dropout = train_tiny(corpus, "dropout", 10, {"--dropout", "0.3"});  // kTinyModel has one layer
-    EXPECT_NE(dropout.err.find("--dropout 0.3 does nothing with one layer"), std::string::npos) << dropout.err;
+    const RunResult dropout = train_tiny(corpus, "dropout", 10, {"--dropout", "0.3"});  // kTinyModel has one layer: its output
+    EXPECT_EQ(dropout.exit_code, 0) << dropout.err;
+    EXPECT_EQ(dropout.err.find("warning"), std::string::npos) << dropout.err;
     const RunResult warmup = train_tiny(corpus, "warmup", 10, {"--warmup", "50"});
     EXPECT_NE(warmup.err.find("--warmup 50 is longer than the run's 10 steps"), std::string::npos) << warmup.err;
     const RunResult exact = train_tiny(corpus, "exact", 10, {"--warmup", "10"});  // reaches --lr at its last step
@@ -1560,7 +1653,7 @@ protected:
         fs::create_directories(path("run"));
         fs::create_directories(path("bin"));
         fs::create_directories(path("tmp"));
-        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2}\n{\"step\":20,\"train_loss\":2.5}\n");
+        write("run/metrics.jsonl", "{\"step\":10,\"train_loss\":3.1,\"validation_loss\":3.2,\"elapsed_seconds\":5}\n{\"step\":20,\"train_loss\":2.5}\n");
     }
     // A stand-in for gnuplot, first on PATH.
     void fake_gnuplot(const std::string& script) const {
@@ -1583,6 +1676,13 @@ TEST_F(CliPlot, StdoutCarriesOnlyThePngPathNotGnuplotsChatter) {
     const RunResult elsewhere = charlm({"plot", path("run").string(), "--output", path("curve.png").string()});
     ASSERT_EQ(elsewhere.exit_code, 0) << describe(elsewhere);
     EXPECT_EQ(elsewhere.out, path("curve.png").string() + "\n");
+    // Two runs compared: one PNG for both, which must be named; the same run twice is two curves.
+    expect_error(charlm({"plot", path("run").string(), path("run").string()}), {"--output FILE.png"}, /*usage_error=*/true);
+    const RunResult compared = charlm({"plot", path("run").string(), path("run").string(), "--output", path("both.png").string()});
+    ASSERT_EQ(compared.exit_code, 0) << describe(compared);
+    EXPECT_EQ(compared.out, path("both.png").string() + "\n");
+    EXPECT_EQ(read_bytes(path("both.png")), "png\n");
+    expect_error(charlm({"plot", path("run").string(), "--by", "epoch", "--output", path("x.png").string()}), {"--by"}, true);
     EXPECT_TRUE(no_temporary_files_left());
 }
 

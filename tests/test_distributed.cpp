@@ -215,6 +215,30 @@ TEST_F(Distributed, ACheckpointHoldsEveryStreamAndResumesOnAnyProcessCount) {
     expect_same_path(whole, validation_losses("one_then_three", false), "1 process, then 3");
 }
 
+// Every process starts from the checkpoint's weights and draws the new characters' rows from the seed:
+// the run follows one process's path, and process 0 alone keeps each validation's checkpoint.
+TEST_F(Distributed, FineTuningFromACheckpointFollowsOneProcessPath) {
+    ASSERT_EQ(run(train("base", 20)).exit_code, 0);
+    std::string text;
+    std::mt19937_64 rng(11);
+    const std::vector<std::string> words{"el ", "rey ", "y ", "la ", "reina ", "¿dijo? ", "señor, ", "mañana\n", "¡oíd! "};
+    while (text.size() < 30000) text += words[rng() % words.size()];
+    std::ofstream(directory_.path() / "nuevo.txt") << text;
+    const std::string tune = std::string(CHARLM_BINARY) + " train nuevo.txt --init-from base/best.safetensors --steps 30 --eval-every 10 "
+                                                          "--batch 16 --seq 20 --threads 1 --keep-checkpoints --out ";
+    const Outcome one = run(tune + "one");
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    const Outcome two = run(mpirun(2) + tune + "two");
+    ASSERT_EQ(two.exit_code, 0) << two.err;
+    EXPECT_NE(two.err.find("the text adds "), std::string::npos) << two.err;
+    expect_same_path(validation_losses("one"), validation_losses("two"), "2 processes");
+    EXPECT_EQ(checkpoint("two/last.safetensors").vocab.code_points(), checkpoint("one/last.safetensors").vocab.code_points());
+    std::size_t kept = 0;
+    for (const auto& entry : fs::directory_iterator(directory_.path() / "two"))
+        if (entry.path().filename().string().starts_with("step-")) ++kept;
+    EXPECT_EQ(kept, 3u);
+}
+
 // Starts `command` through the shell in its own process group; returns the shell's pid.
 pid_t start(const std::string& command, const fs::path& directory) {
     const pid_t pid = ::fork();

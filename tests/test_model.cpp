@@ -37,10 +37,19 @@ Window long_window() {
     return window;
 }
 
-void check_all_gradients(int layers, CellType cell = CellType::lstm, double dropout = 0, const Window& window = {}) {
+// Regularization's rates for a gradient check; masks are drawn wherever one is above 0.
+struct Rates {
+    double dropout = 0, embed_dropout = 0, weight_drop = 0;
+    DropoutMask mask = DropoutMask::locked;
+};
+
+void check_all_gradients(int layers, CellType cell = CellType::lstm, const Rates& rates = {}, const Window& window = {}) {
     ModelConfig config = small_config(layers);
     config.cell = cell;
-    config.dropout = dropout;
+    config.dropout = rates.dropout;
+    config.embed_dropout = rates.embed_dropout;
+    config.weight_drop = rates.weight_drop;
+    config.dropout_mask = rates.mask;
     Model<double> model(config);
     std::mt19937_64 rng(3);
     model.initialize(rng);
@@ -49,9 +58,9 @@ void check_all_gradients(int layers, CellType cell = CellType::lstm, double drop
     for (auto& h : carried.hidden) testing::fill_random(h, rng);
     for (auto& c : carried.cell) testing::fill_random(c, rng);
 
-    // Dropout draws from this generator; restarting it for each evaluation keeps the mask fixed.
+    // Dropout draws from this generator; restarting it for each evaluation keeps the masks fixed.
     std::mt19937_64 dropout_rng;
-    model.set_dropout_generator(dropout > 0 ? &dropout_rng : nullptr);
+    model.set_dropout_generator(model.regularized() ? &dropout_rng : nullptr);
     auto loss = [&] {
         dropout_rng.seed(99);
         ModelState<double> state = carried;
@@ -147,27 +156,79 @@ TEST(Model, RowsAsIfAloneRefuseAWindowOrWeightsThatMayChange) {
 TEST(Model, TwoLayerStackGradientsMatchFiniteDifferences) { check_all_gradients(2); }
 TEST(Model, GruStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::gru); }
 TEST(Model, RnnStackGradientsMatchFiniteDifferences) { check_all_gradients(2, CellType::rnn); }
-TEST(Model, GradientsWithDropoutMatchFiniteDifferences) { check_all_gradients(3, CellType::lstm, 0.4); }
+TEST(Model, GradientsWithDropoutMatchFiniteDifferences) {
+    check_all_gradients(3, CellType::lstm, {.dropout = 0.4, .mask = DropoutMask::step});
+    check_all_gradients(3, CellType::lstm, {.dropout = 0.4, .mask = DropoutMask::locked});
+}
+TEST(Model, GradientsWithDropoutOfOneLayerMatchFiniteDifferences) {  // its output, before the head
+    check_all_gradients(1, CellType::lstm, {.dropout = 0.4});
+}
+TEST(Model, GradientsWithEmbeddingDropoutMatchFiniteDifferences) {
+    for (DropoutMask mask : {DropoutMask::locked, DropoutMask::step})
+        check_all_gradients(2, CellType::lstm, {.embed_dropout = 0.4, .mask = mask}, long_window());
+}
+TEST(Model, GradientsWithWeightDropMatchFiniteDifferences) {
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) check_all_gradients(2, cell, {.weight_drop = 0.4});
+}
+TEST(Model, GradientsWithEveryMaskAtOnceMatchFiniteDifferences) {
+    for (CellType cell : {CellType::lstm, CellType::gru})
+        check_all_gradients(2, cell, {.dropout = 0.3, .embed_dropout = 0.2, .weight_drop = 0.3}, long_window());
+}
 TEST(Model, GradientsThroughTheFirstLayersInputTableMatchFiniteDifferences) {
-    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) check_all_gradients(2, cell, 0, long_window());
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) check_all_gradients(2, cell, {}, long_window());
 }
 
-TEST(Model, DropoutActsOnlyWithAGenerator) {
-    ModelConfig config = small_config(2);
-    config.dropout = 0.5;
-    Model<float> model(config);
-    std::mt19937_64 rng(2);
-    model.initialize(rng);
-    std::vector<TokenId> inputs{1, 2, 3, 4};
-    auto logits = [&](std::mt19937_64* generator) {
-        model.set_dropout_generator(generator);
-        ModelState<float> state = model.initial_state(1);
-        model.forward(inputs, 4, 1, state);
-        return Matrix<float>(model.logits());
-    };
-    const Matrix<float> evaluation = logits(nullptr);
-    EXPECT_EQ(logits(nullptr), evaluation);
-    EXPECT_NE(logits(&rng), evaluation);
+TEST(Model, EveryKindOfDropoutActsOnlyWithAGenerator) {
+    for (Rates rates : {Rates{.dropout = 0.5}, Rates{.embed_dropout = 0.5}, Rates{.weight_drop = 0.5}}) {
+        ModelConfig config = small_config(1);
+        config.dropout = rates.dropout;
+        config.embed_dropout = rates.embed_dropout;
+        config.weight_drop = rates.weight_drop;
+        Model<float> model(config);
+        std::mt19937_64 rng(2);
+        model.initialize(rng);
+        std::vector<TokenId> inputs{1, 2, 3, 4};
+        auto logits = [&](std::mt19937_64* generator) {
+            model.set_dropout_generator(generator);
+            ModelState<float> state = model.initial_state(1);
+            model.forward(inputs, 4, 1, state);
+            return Matrix<float>(model.logits());
+        };
+        const Matrix<float> evaluation = logits(nullptr);
+        EXPECT_EQ(logits(nullptr), evaluation);
+        const Matrix<float> first = logits(&rng);
+        EXPECT_NE(first, evaluation);
+        EXPECT_NE(logits(&rng), first) << "each window draws new masks";
+    }
+}
+
+// Locked dropout drops the same units of a stream at every step of a window: with the embedding's
+// dropout at 0.5 and one character repeated, every step of a stream sees the same input (its state
+// apart), where masks drawn per step differ between steps.
+TEST(Model, LockedMasksAreSharedByEveryStepOfAStream) {
+    for (DropoutMask mask : {DropoutMask::locked, DropoutMask::step}) {
+        ModelConfig config = small_config(1);
+        config.cell = CellType::rnn;
+        config.embed_size = 16;
+        config.embed_dropout = 0.5;
+        config.dropout_mask = mask;
+        Model<double> model(config);
+        std::mt19937_64 rng(4);
+        model.initialize(rng);
+        // With W_hh zero, a step's output depends on its input alone.
+        model.find_parameter("rnn.weight_hh_l0")->value.setZero();
+        const int steps = 6, batch = 2;
+        std::vector<TokenId> inputs(steps * batch, 3);
+        model.set_dropout_generator(&rng);
+        ModelState<double> state = model.initial_state(batch);
+        model.forward(inputs, steps, batch, state);
+        const Matrix<double>& logits = model.logits();
+        bool steps_alike = true;
+        for (int t = 1; t < steps; ++t)
+            for (int b = 0; b < batch; ++b) steps_alike = steps_alike && logits.row(t * batch + b) == logits.row(b);
+        EXPECT_EQ(steps_alike, mask == DropoutMask::locked) << to_string(mask);
+        EXPECT_NE(logits.row(0), logits.row(1)) << "each stream has a mask of its own";
+    }
 }
 
 TEST(Model, GruAndRnnParametersHavePyTorchShapes) {
@@ -245,6 +306,15 @@ TEST(Model, ConfigRejectsNonsenseSizes) {
     config = small_config(1);
     config.dropout = 1.0;
     EXPECT_THROW(config.validate(), Error);
+    for (double rate : {-0.1, 1.0, std::nan("")}) {
+        config = small_config(1);
+        config.embed_dropout = rate;
+        EXPECT_THROW(config.validate(), UsageError) << rate;
+        config = small_config(1);
+        config.weight_drop = rate;
+        EXPECT_THROW(config.validate(), UsageError) << rate;
+    }
+    EXPECT_THROW(parse_dropout_mask("gaussian"), UsageError);
 }
 
 // Sizes given on the command line are the user's mistake (exit 2); the same sizes read from a file are
@@ -274,6 +344,24 @@ TEST(Model, BadSizesAreUsageErrorsButABadConfigFromAFileIsNot) {
     json = small_config(1).to_json();
     json["cell"] = "transformer";
     expect_plain_error(json, "unknown cell type 'transformer'");
+    json = small_config(1).to_json();
+    json["dropout_mask"] = "gaussian";
+    expect_plain_error(json, "unknown dropout mask 'gaussian'");
+    json = small_config(1).to_json();
+    json["weight_drop"] = 1.5;
+    expect_plain_error(json, "weight drop must be at least 0 and below 1, not 1.5");
+}
+
+// A checkpoint from before the choice of masks drew them per step, and goes on doing so.
+TEST(Model, AConfigWithoutAMaskKindDrawsOnePerStep) {
+    nlohmann::json json = small_config(2).to_json();
+    json.erase("dropout_mask");
+    json.erase("embed_dropout");
+    json.erase("weight_drop");
+    const ModelConfig config = ModelConfig::from_json(json);
+    EXPECT_EQ(config.dropout_mask, DropoutMask::step);
+    EXPECT_EQ(config.weight_drop, 0.0);
+    EXPECT_EQ(ModelConfig::from_json(small_config(2).to_json()).dropout_mask, DropoutMask::locked);
 }
 
 }  // namespace

@@ -58,6 +58,27 @@ TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {
     EXPECT_TRUE(third.step(fine, 1e-3));
 }
 
+TEST(Optim, TheAverageOfTheParametersFollowsThemWithAWarmingDecay) {
+    auto parameters = two_parameters();
+    ParameterAverage average(parameters, 0.9);
+    EXPECT_EQ(average.values()[0], parameters[0].value) << "it starts at the values";
+    parameters[0].value.setConstant(3.0f);
+    average.update(parameters, 1);  // decay min(0.9, 2/11): mostly the new value
+    const float early = 2.0f / 11.0f;
+    EXPECT_FLOAT_EQ(average.values()[0](0, 0), early * 1.0f + (1 - early) * 3.0f);
+    const float before = average.values()[0](0, 0);
+    average.update(parameters, 1000);  // the decay itself once warm
+    EXPECT_FLOAT_EQ(average.values()[0](0, 0), 0.9f * before + 0.1f * 3.0f);
+    EXPECT_FLOAT_EQ(average.values()[1](1, 0), -1.0f) << "an unchanged parameter stays";
+
+    const Matrix<float> averaged = average.values()[0], current = parameters[0].value;
+    average.swap_with(parameters);
+    EXPECT_EQ(parameters[0].value, averaged);
+    average.swap_with(parameters);
+    EXPECT_EQ(parameters[0].value, current);
+    EXPECT_EQ(average.values()[0], averaged);
+}
+
 TEST(Optim, AdaptationStepsByNormalisedGradientsThenDecaysTowardTheTrainedWeights) {
     const auto trained = two_parameters();
     auto parameters = two_parameters();

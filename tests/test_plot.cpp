@@ -105,6 +105,45 @@ TEST(Plot, TemporaryFilesArePrivateUnpredictableAndRemoved) {
     EXPECT_TRUE(fixture.temporary_is_empty()) << "temporary files left behind";
 }
 
+// Runs compared: each run's validation losses by minutes of training, a resumed invocation's minutes
+// going on from the last one's, and the averaged weights' where a run has them.
+TEST(Plot, ComparesRunsByMinutesOrStep) {
+    PlotFixture fixture;
+    const ScopedEnvironment temporary("TMPDIR", fixture.temporary.string());
+    std::filesystem::create_directories(fixture.directory.path() / "other");
+    std::filesystem::create_directories(fixture.directory.path() / "none");
+    fixture.directory.write("other/metrics.jsonl",
+                            R"({"step":10,"train_loss":3.0,"validation_loss":3.0,"averaged_validation_loss":2.9,"elapsed_seconds":60}
+{"step":20,"train_loss":2.0,"elapsed_seconds":90}
+{"step":30,"train_loss":2.0,"validation_loss":2.5,"averaged_validation_loss":2.2,"elapsed_seconds":30}
+)");
+    fixture.directory.write("run/metrics.jsonl", R"({"step":10,"train_loss":3.1,"validation_loss":3.2,"elapsed_seconds":120}
+)");
+    const auto copies = fixture.directory.path() / "copies";
+    std::filesystem::create_directories(copies);
+    fixture.fake_gnuplot("cp \"$(dirname \"$1\")\"/*.dat \"$1\" '" + copies.string() + "'\n");
+    const ScopedEnvironment path("PATH", fixture.bin.string() + ":/usr/bin:/bin");
+    const std::vector<std::filesystem::path> runs = {fixture.run, fixture.directory.path() / "other"};
+    plot_validation_losses(runs, fixture.directory.path() / "both.png", PlotAxis::minutes);
+    EXPECT_EQ(read_bytes(copies / "run0.dat"), "2 3.2 NaN\n");
+    EXPECT_EQ(read_bytes(copies / "run1.dat"), "1 3.0 2.9\n2 2.5 2.2\n") << "30 s after a resume at 1.5 minutes";
+    const std::string script = read_bytes(copies / "plot.gp");
+    EXPECT_NE(script.find("title 'run'"), std::string::npos) << script;
+    EXPECT_NE(script.find("title 'other'"), std::string::npos) << script;
+    EXPECT_NE(script.find("title 'other, averaged'"), std::string::npos) << script;
+    EXPECT_EQ(script.find("run, averaged"), std::string::npos) << script;
+    EXPECT_NE(script.find("minutes of training"), std::string::npos) << script;
+
+    plot_validation_losses(runs, fixture.directory.path() / "both.png", PlotAxis::step);
+    EXPECT_EQ(read_bytes(copies / "run1.dat"), "10 3.0 2.9\n30 2.5 2.2\n");
+    fixture.directory.write("none/metrics.jsonl", R"({"step":10,"train_loss":3.1,"elapsed_seconds":5}
+)");
+    EXPECT_NE(error_of([&] { plot_validation_losses({fixture.directory.path() / "none"}, "x.png", PlotAxis::step); })
+                  .find("has no validation losses yet"),
+              std::string::npos);
+    EXPECT_TRUE(fixture.temporary_is_empty());
+}
+
 TEST(Plot, WritesAPngWithTheRealGnuplot) {
     if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
     PlotFixture fixture;

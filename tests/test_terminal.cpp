@@ -106,36 +106,37 @@ TEST(Terminal, TheStatusLineAndTheReportLineShowTheSameFigures) {
     ProgressReport report;
     report.step = 120;
     report.total_steps = 2000;
+    report.epoch = 2.3125;  // beside the step, to two decimals
     report.train_loss = 1.98771;
     report.learning_rate = 0.002;
     report.chars_per_second = 41234;
     report.elapsed_seconds = 62;
     report.remaining_seconds = 970;
-    EXPECT_EQ(format_status_line(report), "step 120/2000 | train 1.9877 | 41.2k chars/s | 1m02s | ETA 16m10s");
-    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    EXPECT_EQ(format_status_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     report.evaluated = true;
     report.validation_loss = 2.0123;
-    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     report.new_best = true;
     EXPECT_EQ(format_report_line(report),
-              "step 120/2000 | train 1.9877 | val 2.0123 (best) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+              "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 (best) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     // A validation of part of the held-out text says how much it covers; one of all of it, nothing more.
     report.validation_characters = 320'000;
     report.held_out_characters = 5'500'000;
-    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 (best, on 320k of 5.5M held-out chars) | "
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 (best, on 320k of 5.5M held-out chars) | "
                                           "lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     report.new_best = false;
-    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 (on 320k of 5.5M held-out chars) | "
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 (on 320k of 5.5M held-out chars) | "
                                           "lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     report.validation_characters = report.held_out_characters;
-    EXPECT_EQ(format_report_line(report), "step 120/2000 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     // A run bounded by --minutes alone has no step total, and no time left to tell.
     report.total_steps = 0;
     report.remaining_seconds.reset();
     report.validation_loss.reset();
     report.new_best = false;
-    EXPECT_EQ(format_status_line(report), "step 120 | train 1.9877 | 41.2k chars/s | 1m02s");
-    EXPECT_EQ(format_report_line(report), "step 120 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s");
+    EXPECT_EQ(format_status_line(report), "step 120 | epoch 2.31 | train 1.9877 | 41.2k chars/s | 1m02s");
+    EXPECT_EQ(format_report_line(report), "step 120 | epoch 2.31 | train 1.9877 | lr 2.00e-03 | 41.2k chars/s | 1m02s");
 }
 
 }  // namespace

@@ -35,9 +35,32 @@ TEST(Text, VocabularyIsSortedAndDistinct) {
     EXPECT_EQ(vocab.code_points(), (std::vector<char32_t>{U'a', U'b', U'n'}));
     EXPECT_EQ(vocab.id_of(U'n'), 2);
     EXPECT_THROW(vocab.id_of(U'z'), Error);
-    EXPECT_THROW(Vocab::from_code_points({U'b', U'a'}), Error);
     EXPECT_THROW(Vocab::from_code_points({U'a', U'a'}), Error);
+    EXPECT_THROW(Vocab::from_code_points({U'b', U'a', U'c', U'b'}), Error);
     EXPECT_THROW(Vocab::from_code_points({0xD800}), Error);
+}
+
+TEST(Text, AnExtendedVocabularyKeepsItsIdsAndAppendsTheNewCharacters) {
+    const Vocab trained = Vocab::from_text(U"banana");
+    const Vocab extended = trained.extended_by(Vocab::from_text(U"año, bañera"));
+    // a, b, n keep 0, 1 and 2; the new characters follow in code-point order.
+    EXPECT_EQ(extended.code_points(), (std::vector<char32_t>{U'a', U'b', U'n', U' ', U',', U'e', U'o', U'r', U'ñ'}));
+    EXPECT_EQ(extended.id_of(U'n'), 2);
+    EXPECT_EQ(extended.id_of(U' '), 3);
+    EXPECT_EQ(extended.id_of(U'ñ'), 8);
+    EXPECT_TRUE(extended.contains(U'r'));
+    EXPECT_FALSE(extended.contains(U'z'));
+    EXPECT_EQ(extended.decode(extended.encode(U"bañera, año")), U"bañera, año");
+    std::size_t unknown = 0;
+    EXPECT_EQ(extended.encode_known(U"zña", unknown), (std::vector<TokenId>{8, 0}));
+    EXPECT_EQ(unknown, 1u);
+    EXPECT_EQ(trained.extended_by(Vocab::from_text(U"nab")).code_points(), trained.code_points()) << "nothing new";
+    // The order is the ids': a checkpoint's list loads as it was saved, and extends again.
+    const Vocab loaded = Vocab::from_code_points(extended.code_points());
+    EXPECT_EQ(loaded.id_of(U'ñ'), 8);
+    EXPECT_EQ(loaded.sha256(), extended.sha256());
+    EXPECT_NE(loaded.sha256(), Vocab::from_text(U"banana, año ber").sha256()) << "the same characters in another order";
+    EXPECT_EQ(loaded.extended_by(Vocab::from_text(U"!")).id_of(U'!'), 9);
 }
 
 TEST(Text, InvalidUtf8NamesTheByteOffset) {

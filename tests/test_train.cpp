@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <numeric>
 #include <thread>
 
@@ -18,6 +19,7 @@
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
 #include "charlm/run_lock.hpp"
+#include "charlm/sample.hpp"
 #include "charlm/train.hpp"
 #include "test_helpers.hpp"
 
@@ -136,8 +138,9 @@ void expect_metrics_match_reports(const std::filesystem::path& run_directory, co
     for (std::size_t i = 0; i < records.size(); ++i) {
         SCOPED_TRACE(records[i].dump());
         const ProgressReport& report = reports[i];
-        EXPECT_EQ(records[i].size(), report.validation_loss ? 7u : report.evaluated ? 6u : 5u);
+        EXPECT_EQ(records[i].size(), report.validation_loss ? 8u : report.evaluated ? 7u : 6u);
         EXPECT_EQ(records[i].at("step").get<std::int64_t>(), report.step);
+        EXPECT_EQ(records[i].at("epoch").get<double>(), report.epoch);
         EXPECT_EQ(records[i].at("train_loss").get<double>(), report.train_loss);
         EXPECT_EQ(records[i].at("learning_rate").get<double>(), report.learning_rate);
         EXPECT_EQ(records[i].at("chars_per_second").get<double>(), report.chars_per_second);
@@ -186,13 +189,13 @@ TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.model.layers = 1;
-    options.model.dropout = 0.3;  // does nothing with one layer: a warning
+    options.learning_rate_schedule.warmup_steps = 30;  // longer than the run: a warning
     RecordingProgress progress;
     const TrainResult result = train(options, progress);
     ASSERT_EQ(result.steps, 20);
 
     ASSERT_EQ(progress.warnings.size(), 1u);
-    EXPECT_EQ(progress.warnings[0].rfind("--dropout 0.3 does nothing with one layer", 0), 0u) << progress.warnings[0];
+    EXPECT_EQ(progress.warnings[0].rfind("--warmup 30 is longer than the run's 20 steps", 0), 0u) << progress.warnings[0];
     ASSERT_EQ(progress.count("started"), 1u);
     const auto started = std::find_if(progress.events.begin(), progress.events.end(), [](const auto& event) { return event.kind == "started"; });
     EXPECT_TRUE(std::none_of(progress.events.begin(), started, [](const auto& event) { return event.kind != "warning"; }))
@@ -214,8 +217,9 @@ TEST(Train, TellsItsProgressSinkEveryEventInOrder) {
     EXPECT_EQ(progress.evaluated_steps(), (std::vector<std::int64_t>{7, 14, 20}));
     for (const StepProgress& step : progress.steps) {
         EXPECT_EQ(step.total_steps, 20);
+        EXPECT_DOUBLE_EQ(step.epoch, step.step * 16.0 * 4 / static_cast<double>(run.train_characters)) << "characters trained on / training characters";
         EXPECT_TRUE(std::isfinite(step.train_loss) && step.train_loss > 0);
-        EXPECT_EQ(step.learning_rate, 2e-3);
+        EXPECT_DOUBLE_EQ(step.learning_rate, 2e-3 * static_cast<double>(step.step) / 30);  // warming up
         EXPECT_TRUE(step.remaining_seconds.has_value());
     }
     EXPECT_TRUE(progress.reports.front().new_best) << "the first validation is the best yet";
@@ -520,29 +524,91 @@ TEST(Train, TheIdsPathsOfTheRunDirectoryAreKeptClean) {
     }
 }
 
+// Every kind of mask is drawn from the run's generator, which the checkpoint keeps: a resumed run
+// draws the masks that one uninterrupted run would.
 TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
-    TemporaryDirectory directory;
-    directory.write("corpus.txt", small_corpus());
-    auto configure = [&](const std::string& run, std::int64_t steps) {
-        TrainOptions options = tiny_options(directory, run);
-        options.model.dropout = 0.3;
-        options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
-        options.learning_rate_schedule.decay_every_steps = 6;
-        options.learning_rate_schedule.warmup_steps = 5;
-        options.steps = steps;
-        return options;
+    struct Rates {
+        const char* name;
+        double dropout, embed_dropout, weight_drop;
+        DropoutMask mask;
     };
-    train(configure("straight", 20));
-    // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
-    // decay), the same dropout masks and the same data.
-    train(configure("halves", 9));
-    resume_to(directory.path() / "halves", 20);
-    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
-    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
-    EXPECT_EQ(b.training.step, 20);
-    EXPECT_EQ(a.training.data_position, b.training.data_position);
-    for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
-        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+    for (const Rates& rates : {Rates{"step", 0.3, 0, 0, DropoutMask::step}, Rates{"locked", 0.3, 0, 0, DropoutMask::locked},
+                               Rates{"embedding", 0, 0.3, 0, DropoutMask::locked}, Rates{"weights", 0, 0, 0.3, DropoutMask::locked},
+                               Rates{"all", 0.2, 0.1, 0.3, DropoutMask::step}}) {
+        SCOPED_TRACE(rates.name);
+        TemporaryDirectory directory;
+        directory.write("corpus.txt", small_corpus());
+        auto configure = [&](const std::string& run, std::int64_t steps) {
+            TrainOptions options = tiny_options(directory, run);
+            options.model.layers = 2;
+            options.model.dropout = rates.dropout;
+            options.model.embed_dropout = rates.embed_dropout;
+            options.model.weight_drop = rates.weight_drop;
+            options.model.dropout_mask = rates.mask;
+            options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
+            options.learning_rate_schedule.decay_every_steps = 6;
+            options.learning_rate_schedule.warmup_steps = 5;
+            options.steps = steps;
+            return options;
+        };
+        train(configure("straight", 20));
+        // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
+        // decay), the same dropout masks and the same data.
+        train(configure("halves", 9));
+        resume_to(directory.path() / "halves", 20);
+        const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
+        const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+        const Checkpoint plain = [&] {
+            TrainOptions options = configure("plain", 20);
+            options.model.dropout = options.model.embed_dropout = options.model.weight_drop = 0;
+            train(options);
+            return load_checkpoint(options.run_directory / "last.safetensors");
+        }();
+        EXPECT_EQ(b.training.step, 20);
+        EXPECT_EQ(a.training.data_position, b.training.data_position);
+        EXPECT_EQ(b.config.dropout, rates.dropout);
+        EXPECT_EQ(b.config.embed_dropout, rates.embed_dropout);
+        EXPECT_EQ(b.config.weight_drop, rates.weight_drop);
+        EXPECT_EQ(b.config.dropout_mask, rates.mask);
+        for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
+            EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+        EXPECT_NE(a.model->parameters()[1].value, plain.model->parameters()[1].value) << "the masks changed nothing";
+    }
+}
+
+// A run that learns its training text by heart, validated on other text: its validation loss climbs,
+// and the run says so once, naming the best step, rather than train on silently.
+TEST(Train, WarnsOnceWhenTheValidationLossRisesAsTheModelOverfits) {
+    TemporaryDirectory directory;
+    std::mt19937_64 rng(5);
+    auto random_text = [&](std::size_t size) {
+        std::string text;
+        for (std::size_t i = 0; i < size; ++i) text += static_cast<char>('a' + rng() % 8);
+        return text;
+    };
+    const std::string line = random_text(200);
+    std::string corpus;
+    for (int i = 0; i < 30; ++i) corpus += line;
+    directory.write("corpus.txt", corpus);
+    const auto validation = directory.write("validation.txt", random_text(2000));
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_file = validation;
+    options.model.hidden_size = 64;
+    options.learning_rate_schedule.peak_learning_rate = 1e-2;
+    options.eval_every = 10;
+    options.steps = 150;
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    const auto overfitting = std::count_if(progress.warnings.begin(), progress.warnings.end(), [](const std::string& warning) {
+        return warning.find("the model is overfitting its training text") != std::string::npos;
+    });
+    EXPECT_EQ(overfitting, 1) << fmt::format("{}", fmt::join(progress.warnings, "\n"));
+    const Checkpoint best = load_checkpoint(result.best_checkpoint);
+    EXPECT_GT(best.training.best_step, 0);
+    EXPECT_LT(best.training.best_step, 150);
+    for (const std::string& warning : progress.warnings)
+        if (warning.find("overfitting") != std::string::npos)
+            EXPECT_NE(warning.find(fmt::format("at step {}", best.training.best_step)), std::string::npos) << warning;
 }
 
 TEST(Train, PatienceStopsEarly) {
@@ -584,6 +650,77 @@ std::vector<TokenId> held_out_ids(const Vocab& vocab) {
     const std::vector<TokenId> ids = vocab.encode(decode_utf8(small_corpus(), "corpus"));
     const std::size_t held_out = validation_size(ids.size(), 0.05);
     return {ids.end() - static_cast<std::ptrdiff_t>(held_out), ids.end()};
+}
+
+// --ema: the validation scores the averaged weights beside the last step's, and best.safetensors holds
+// whichever scored lower. One validation, at the last step, makes that step the best.
+TEST(Train, AveragedWeightsAreValidatedAndTheBetterOnesKeptAsBest) {
+    for (double decay : {0.5, 0.99}) {
+        SCOPED_TRACE(decay);
+        TemporaryDirectory directory;
+        directory.write("corpus.txt", small_corpus());
+        TrainOptions options = tiny_options(directory, "run");
+        options.average_decay = decay;
+        options.eval_every = 20;
+        RecordingProgress progress;
+        const TrainResult result = train(options, progress);
+        const ProgressReport& report = progress.reports.back();
+        ASSERT_TRUE(report.validation_loss && report.averaged_validation_loss);
+        EXPECT_NE(*report.validation_loss, *report.averaged_validation_loss);
+        const bool averaged_better = *report.averaged_validation_loss < *report.validation_loss;
+        EXPECT_EQ(result.best_is_averaged, averaged_better);
+        EXPECT_DOUBLE_EQ(result.best_validation_loss, std::min(*report.validation_loss, *report.averaged_validation_loss));
+        const Checkpoint last = load_checkpoint(result.last_checkpoint);
+        Checkpoint best = load_checkpoint(result.best_checkpoint);
+        ASSERT_TRUE(last.average.has_value());
+        EXPECT_FALSE(best.average.has_value()) << "best.safetensors is for sampling: weights only";
+        EXPECT_EQ(best.training.best_is_averaged, averaged_better);
+        for (std::size_t i = 0; i < best.model->parameters().size(); ++i)
+            EXPECT_EQ(best.model->parameters()[i].value, averaged_better ? (*last.average)[i] : last.model->parameters()[i].value);
+        // And the averaged weights really score what the report says (evaluation reads best.safetensors).
+        EXPECT_NEAR(evaluate_loss(*best.model, held_out_ids(best.vocab), 16, 4).mean(),
+                    result.best_validation_loss, 1e-6);
+    }
+}
+
+// The average is in last.safetensors: a resumed run averages on as one uninterrupted run does; one that
+// starts averaging on resume starts from its weights, and says so.
+TEST(Train, ResumingWithAveragedWeightsIsExact) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    auto configure = [&](const std::string& run, std::int64_t steps) {
+        TrainOptions options = tiny_options(directory, run);
+        options.average_decay = 0.9;
+        options.steps = steps;
+        return options;
+    };
+    train(configure("straight", 20));
+    train(configure("halves", 9));
+    resume_to(directory.path() / "halves", 20);
+    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
+    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+    ASSERT_TRUE(a.average && b.average);
+    for (std::size_t i = 0; i < a.model->parameters().size(); ++i) {
+        EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
+        EXPECT_EQ((*a.average)[i], (*b.average)[i]) << a.model->parameters()[i].name;
+        EXPECT_NE((*a.average)[i], a.model->parameters()[i].value) << "the average lags the weights";
+    }
+    EXPECT_EQ(load_checkpoint(directory.path() / "straight" / "best.safetensors").training.best_is_averaged, a.training.best_is_averaged);
+
+    TrainOptions plain = tiny_options(directory, "later");
+    plain.steps = 9;
+    train(plain);
+    ResumeRequest request;
+    request.run_directory = plain.run_directory;
+    request.options.steps = 12;
+    request.options.average_decay = 0.9;
+    request.given = {"--steps", "--ema"};
+    RecordingProgress progress;
+    resume_training(request, progress);
+    EXPECT_TRUE(std::any_of(progress.notes.begin(), progress.notes.end(), [](const std::string& note) {
+        return note == "--ema 0.9: the average of the parameters starts at step 9";
+    })) << fmt::format("{}", fmt::join(progress.notes, "\n"));
+    EXPECT_TRUE(load_checkpoint(plain.run_directory / "last.safetensors").average.has_value());
 }
 
 TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
@@ -1122,6 +1259,382 @@ TEST(Train, AModelTooLargeForThisMachineIsRefusedBeforeAnythingIsAllocated) {
         EXPECT_NE(std::string(error.what()).find("GB for its parameters"), std::string::npos) << error.what();
     }
     EXPECT_FALSE(std::filesystem::exists(options.run_directory));
+}
+
+// ---- --init-from ----
+
+std::string english_corpus() {
+    std::string text;
+    for (int i = 0; i < 60; ++i) text += "To be, or not to be: that is the question.\n";
+    return text;
+}
+
+// Beside english_corpus()'s characters, eight new ones: ? S c l ¿ É ñ ó.
+std::string spanish_corpus() {
+    std::string text;
+    for (int i = 0; i < 60; ++i) text += "¿Ser o no ser? Ésa es la cuestión, señor.\n";
+    return text;
+}
+
+// A run on english_corpus() in "base" and one that starts from its best checkpoint on spanish_corpus().
+struct FineTuning {
+    TemporaryDirectory directory;
+    TrainOptions base;
+    std::filesystem::path checkpoint;
+
+    FineTuning() {
+        directory.write("english.txt", english_corpus());
+        directory.write("spanish.txt", spanish_corpus());
+        base = tiny_options(directory, "base");
+        base.corpus = directory.path() / "english.txt";
+        base.steps = 30;
+        train(base);
+        checkpoint = base.run_directory / "best.safetensors";
+    }
+    TrainOptions tuning(const std::string& run) const {
+        TrainOptions options = tiny_options(directory, run);
+        options.corpus = directory.path() / "spanish.txt";
+        options.init_from = TrainOptions::InitFrom{checkpoint, {}};
+        return options;
+    }
+};
+
+TEST(Train, AModelWithNewCharactersKeepsTheTrainedWeightsToTheBitAndDrawsTheNewRowsAsAFreshModelDoes) {
+    ModelConfig config;
+    config.vocab_size = 5;
+    config.embed_size = 4;
+    config.hidden_size = 6;
+    config.layers = 2;
+    Model<float> trained(config);
+    std::mt19937_64 trained_rng(3);
+    trained.initialize(trained_rng);
+
+    std::mt19937_64 rng(9);
+    ModelConfig rates;
+    rates.dropout = 0.25;
+    rates.embed_dropout = 0.1;
+    rates.weight_drop = 0.3;
+    rates.dropout_mask = DropoutMask::step;
+    Model<float> widened = model_with_new_characters(trained, 8, rates, rng);
+    EXPECT_EQ(widened.config().vocab_size, 8);
+    EXPECT_EQ(widened.config().dropout, 0.25) << "the new run's";
+    EXPECT_EQ(widened.config().embed_dropout, 0.1);
+    EXPECT_EQ(widened.config().weight_drop, 0.3);
+    EXPECT_EQ(widened.config().dropout_mask, DropoutMask::step);
+    EXPECT_EQ(widened.config().hidden_size, 6);
+    ModelConfig fresh_config = config;
+    fresh_config.vocab_size = 8;
+    Model<float> fresh(fresh_config);
+    std::mt19937_64 fresh_rng(9);
+    fresh.initialize(fresh_rng);
+    EXPECT_EQ(rng(), fresh_rng()) << "it draws what a fresh model draws, and leaves the generator where a fresh run leaves it";
+
+    ASSERT_EQ(widened.parameters().size(), trained.parameters().size());
+    for (std::size_t i = 0; i < widened.parameters().size(); ++i) {
+        const Matrix<float>& old = trained.parameters()[i].value;
+        const Matrix<float>& now = widened.parameters()[i].value;
+        const Matrix<float>& drawn = fresh.parameters()[i].value;
+        SCOPED_TRACE(widened.parameters()[i].name);
+        ASSERT_EQ(now.rows(), drawn.rows());
+        ASSERT_EQ(now.cols(), drawn.cols());
+        // The trained characters' rows (the bias's columns) and every recurrent weight as trained; the new
+        // characters' as a fresh model of 8 characters draws them.
+        for (Eigen::Index row = 0; row < now.rows(); ++row)
+            for (Eigen::Index col = 0; col < now.cols(); ++col)
+                ASSERT_EQ(now(row, col), row < old.rows() && col < old.cols() ? old(row, col) : drawn(row, col)) << row << ", " << col;
+    }
+    EXPECT_EQ(widened.find_parameter("embedding.weight")->value.rows(), 8);
+    EXPECT_EQ(widened.find_parameter("head.bias")->value.cols(), 8);
+
+    // On a text of the trained characters, the trained characters' logits are what they were.
+    const std::vector<TokenId> inputs = {0, 3, 1, 4, 2, 2, 0, 1};  // 4 steps x 2 streams
+    ModelState<float> trained_state = trained.initial_state(2), widened_state = widened.initial_state(2);
+    trained.forward(inputs, 4, 2, trained_state);
+    widened.forward(inputs, 4, 2, widened_state);
+    const Matrix<float> old_logits = widened.logits().leftCols(5);
+    EXPECT_LT((old_logits - trained.logits()).cwiseAbs().maxCoeff(), 1e-6f);
+    EXPECT_LT((widened_state.hidden.back() - trained_state.hidden.back()).cwiseAbs().maxCoeff(), 1e-6f);
+    EXPECT_THROW(model_with_new_characters(trained, 4, ModelConfig{}, rng), Error) << "characters are added, never taken away";
+}
+
+TEST(Train, FineTuningStartsFromTheCheckpointsWeightsWithItsIdsAndTheNewCharactersDrawnFromTheSeed) {
+    FineTuning fine_tuning;
+    Checkpoint trained = load_checkpoint(fine_tuning.checkpoint);
+    const Vocab vocab = trained.vocab.extended_by(Vocab::from_text(decode_utf8(spanish_corpus(), "spanish")));
+    ASSERT_EQ(vocab.size(), trained.vocab.size() + 8);
+
+    // One step at a rate so small that Adam's update (about the rate itself) is below half a unit in the
+    // last place of every weight: the run's checkpoint holds the weights it started from.
+    TrainOptions options = fine_tuning.tuning("start");
+    options.steps = 1;
+    options.learning_rate_schedule.peak_learning_rate = 1e-30;
+    options.model.weight_drop = 0.2;  // the new run's regularization, not the checkpoint's
+    options.model.embed_dropout = 0.1;
+    RecordingProgress progress;
+    train(options, progress);
+    Checkpoint started = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(started.config.weight_drop, 0.2);
+    EXPECT_EQ(started.config.embed_dropout, 0.1);
+    EXPECT_EQ(started.vocab.code_points(), vocab.code_points()) << "the trained characters keep their ids; the new ones follow";
+    std::mt19937_64 rng(options.seed);
+    const Model<float> expected = model_with_new_characters(*trained.model, static_cast<int>(vocab.size()), ModelConfig{}, rng);
+    for (std::size_t i = 0; i < expected.parameters().size(); ++i)
+        EXPECT_EQ(started.model->parameters()[i].value, expected.parameters()[i].value) << expected.parameters()[i].name;
+    const Matrix<float>& embedding = started.model->find_parameter("embedding.weight")->value;
+    EXPECT_EQ(Matrix<float>(embedding.topRows(static_cast<Eigen::Index>(trained.vocab.size()))),
+              trained.model->find_parameter("embedding.weight")->value);
+
+    // The log says where the run started and which characters its text added.
+    ASSERT_FALSE(progress.notes.empty());
+    const std::string& note = progress.notes.front();
+    EXPECT_NE(note.find(fmt::format("starting from {} (step {}) with a fresh optimizer", fine_tuning.checkpoint.string(),
+                                    trained.training.step)),
+              std::string::npos)
+        << note;
+    EXPECT_NE(note.find(fmt::format("the text adds 8 characters to its {}: '?' (U+003F), 'S' (U+0053)", trained.vocab.size())),
+              std::string::npos)
+        << note;
+    EXPECT_NE(note.find("'ñ' (U+00F1)"), std::string::npos) << note;
+}
+
+TEST(Train, FineTuningOnATextWithNewCharactersLearnsItAndRecordsWhereItStarted) {
+    FineTuning fine_tuning;
+    const Checkpoint trained = load_checkpoint(fine_tuning.checkpoint);
+    TrainOptions options = fine_tuning.tuning("tune");
+    options.steps = 60;
+    options.eval_every = 10;
+    options.learning_rate_schedule.peak_learning_rate = 1e-2;
+    options.model.dropout = 0.1;  // the new run's own
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    EXPECT_EQ(result.steps, 60) << "the new run's steps, from 0";
+
+    std::vector<double> validation_losses;
+    for (const ProgressReport& report : progress.reports)
+        if (report.validation_loss) validation_losses.push_back(*report.validation_loss);
+    ASSERT_GE(validation_losses.size(), 2u);
+    EXPECT_LT(validation_losses.back(), validation_losses.front() - 0.3) << "it learns the new text";
+
+    const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(last.config.hidden_size, trained.config.hidden_size);
+    EXPECT_EQ(last.config.dropout, 0.1);
+    EXPECT_EQ(last.optimizer->step_count(), 60) << "a fresh optimizer";
+    const nlohmann::json description = describe_checkpoint(last);
+    EXPECT_EQ(description.at("init_from").at("checkpoint"), std::filesystem::absolute(fine_tuning.checkpoint).string());
+    EXPECT_EQ(description.at("init_from").at("step"), trained.training.step);
+    EXPECT_DOUBLE_EQ(description.at("epochs").get<double>(), 60.0 * 16 * 4 / last.training.options.at("train_characters").get<double>());
+    EXPECT_NE(format_checkpoint_description(description)
+                  .find(fmt::format("init from   {} (at its step {})\n", std::filesystem::absolute(fine_tuning.checkpoint).string(),
+                                    trained.training.step)),
+              std::string::npos)
+        << format_checkpoint_description(description);
+
+    // Its best checkpoint samples from a prompt of the new characters.
+    Checkpoint best = load_checkpoint(options.run_directory / "best.safetensors");
+    std::u32string sample;
+    generate(*best.model, best.vocab, U"¿Ser o no ser? É", 60, SampleOptions{}, 1, [&](char32_t c) { sample += c; });
+    EXPECT_EQ(sample.size(), 60u);
+    for (char32_t c : sample) EXPECT_TRUE(best.vocab.contains(c));
+
+    // It resumes as any run does, its vocabulary in the order of its ids, and still says where it started.
+    EXPECT_EQ(resume_to(options.run_directory, 65).steps, 65);
+    const Checkpoint resumed = load_checkpoint(options.run_directory / "last.safetensors");
+    EXPECT_EQ(resumed.vocab.code_points(), last.vocab.code_points());
+    EXPECT_EQ(describe_checkpoint(resumed).at("init_from"), description.at("init_from"));
+    ResumeRequest again;
+    again.run_directory = options.run_directory;
+    again.options.init_from = TrainOptions::InitFrom{fine_tuning.checkpoint, {}};
+    again.given = {"--init-from"};
+    EXPECT_THROW(resume_training(again), UsageError) << "--init-from starts a run; --resume continues one";
+}
+
+TEST(Train, InitFromTakesTheModelsShapeFromItsCheckpointAndRefusesOptionsThatContradictIt) {
+    FineTuning fine_tuning;  // lstm, 2 layers x 16, embedding 8
+    auto refused = [&](const std::string& flag, const std::string& given, const std::string& theirs,
+                       const std::function<void(ModelConfig&)>& set) {
+        TrainOptions options = fine_tuning.tuning("refused");
+        set(options.model);
+        options.init_from->given = {"--steps", flag};
+        try {
+            train(options);
+            ADD_FAILURE() << flag << " was not refused";
+        } catch (const UsageError& error) {
+            EXPECT_NE(std::string(error.what()).find(fmt::format("{} {} contradicts --init-from {}, whose model has {} {}", flag, given,
+                                                                 fine_tuning.checkpoint.string(), flag, theirs)),
+                      std::string::npos)
+                << error.what();
+        }
+        EXPECT_FALSE(std::filesystem::exists(options.run_directory)) << flag;
+    };
+    refused("--hidden", "64", "16", [](ModelConfig& model) { model.hidden_size = 64; });
+    refused("--layers", "3", "2", [](ModelConfig& model) { model.layers = 3; });
+    refused("--embed", "32", "8", [](ModelConfig& model) { model.embed_size = 32; });
+    refused("--cell", "gru", "lstm", [](ModelConfig& model) { model.cell = CellType::gru; });
+
+    // Not given, the options' values are not the user's: the checkpoint's shape, whatever they hold.
+    TrainOptions defaults = fine_tuning.tuning("defaults");
+    defaults.model.hidden_size = 256;
+    defaults.model.layers = 1;
+    defaults.model.cell = CellType::rnn;
+    defaults.steps = 3;
+    defaults.init_from->given = {"--steps", "--dropout"};
+    defaults.model.dropout = 0.2;
+    train(defaults);
+    const Checkpoint last = load_checkpoint(defaults.run_directory / "last.safetensors");
+    EXPECT_EQ(last.config.cell, CellType::lstm);
+    EXPECT_EQ(last.config.layers, 2);
+    EXPECT_EQ(last.config.hidden_size, 16);
+    EXPECT_EQ(last.config.dropout, 0.2);
+    // Given with the checkpoint's own values, they contradict nothing.
+    TrainOptions same = fine_tuning.tuning("same");
+    same.steps = 3;
+    same.init_from->given = {"--hidden", "--cell", "--layers", "--embed"};
+    EXPECT_EQ(train(same).steps, 3);
+}
+
+TEST(Train, AnInitFromCheckpointThatCannotBeReadIsRefusedBeforeTheRunDirectoryIsTouched) {
+    FineTuning fine_tuning;
+    const auto garbage = fine_tuning.directory.write("garbage.safetensors", "not a checkpoint at all");
+    for (const auto& [checkpoint, expected] : std::vector<std::pair<std::filesystem::path, std::string>>{
+             {fine_tuning.directory.path() / "missing.safetensors", "no such checkpoint"},
+             {garbage, "garbage.safetensors"},
+             {fine_tuning.base.run_directory, "is a directory"}}) {
+        TrainOptions options = fine_tuning.tuning("new");
+        options.init_from->checkpoint = checkpoint;
+        EXPECT_NE(error_of([&] { train(options); }).find(expected), std::string::npos) << checkpoint;
+        EXPECT_FALSE(std::filesystem::exists(options.run_directory)) << checkpoint;
+    }
+    // Over a run, with --force: the run is as it was.
+    TrainOptions options = fine_tuning.tuning("base");
+    options.overwrite = true;
+    options.init_from->checkpoint = garbage;
+    std::map<std::string, std::string> before;
+    for (const auto& entry : std::filesystem::directory_iterator(options.run_directory))
+        before[entry.path().filename().string()] = read_bytes(entry.path());
+    error_of([&] { train(options); });
+    std::map<std::string, std::string> after;
+    for (const auto& entry : std::filesystem::directory_iterator(options.run_directory))
+        after[entry.path().filename().string()] = read_bytes(entry.path());
+    EXPECT_EQ(after, before);
+}
+
+// ---- --keep-checkpoints ----
+
+TEST(Train, KeptCheckpointsAreNamedAsCharRnnNamesThem) {
+    EXPECT_EQ(kept_checkpoint_name(1200, 1.48217), "step-001200-val-1.4822.safetensors");
+    EXPECT_EQ(kept_checkpoint_name(7, 0.5), "step-000007-val-0.5000.safetensors");
+    EXPECT_EQ(kept_checkpoint_name(1234567, 12.25), "step-1234567-val-12.2500.safetensors");
+}
+
+// The names of the run directory's kept checkpoints, in order.
+std::vector<std::string> kept_checkpoints(const std::filesystem::path& run_directory) {
+    std::vector<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory))
+        if (entry.path().filename().string().starts_with("step-")) names.push_back(entry.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+TEST(Train, KeepCheckpointsKeepsEachValidationsWeightsUnderItsStepAndLoss) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.keep_checkpoints = true;
+    RecordingProgress progress;
+    train(options, progress);
+    std::vector<std::string> expected;
+    for (const ProgressReport& report : progress.reports)
+        if (report.validation_loss) expected.push_back(kept_checkpoint_name(report.step, *report.validation_loss));
+    ASSERT_EQ(expected.size(), 3u);  // steps 7, 14 and 20
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+    // Each one after last.safetensors (and best.safetensors), before the report, with its path.
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < progress.checkpoints.size(); ++i) {
+        if (progress.checkpoints[i].kind != CheckpointKind::kept) continue;
+        EXPECT_EQ(progress.checkpoints[i].path, options.run_directory / expected[kept]);
+        ASSERT_GE(i, 1u);
+        EXPECT_EQ(progress.checkpoints[i - 1].step, progress.checkpoints[i].step);
+        ++kept;
+    }
+    EXPECT_EQ(kept, 3u);
+    // The weights validated, loadable as any checkpoint for sampling and evaluation: step 20's are the last's.
+    const Checkpoint last = load_checkpoint(options.run_directory / "last.safetensors");
+    Checkpoint at_20 = load_checkpoint(options.run_directory / expected.back());
+    EXPECT_EQ(at_20.training.step, 20);
+    EXPECT_FALSE(at_20.optimizer.has_value()) << "weights only, as best.safetensors";
+    for (std::size_t i = 0; i < last.model->parameters().size(); ++i)
+        EXPECT_EQ(at_20.model->parameters()[i].value, last.model->parameters()[i].value) << last.model->parameters()[i].name;
+    EXPECT_FALSE(last.training.options.contains("keep_checkpoints")) << "this invocation's choice, not the run's";
+    // The best is one of them.
+    const Checkpoint best = load_checkpoint(options.run_directory / "best.safetensors");
+    const Checkpoint same_step = load_checkpoint(options.run_directory / kept_checkpoint_name(best.training.step, best.training.best_validation_loss));
+    EXPECT_EQ(same_step.model->parameters()[0].value, best.model->parameters()[0].value);
+
+    // Without it, none.
+    TrainOptions plain = tiny_options(directory, "plain");
+    train(plain);
+    EXPECT_TRUE(kept_checkpoints(plain.run_directory).empty());
+}
+
+TEST(Train, KeepCheckpointsIsGivenOrNotOnEachResume) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.steps = 10;  // validates at 7 and 10, keeping nothing
+    train(options);
+    EXPECT_TRUE(kept_checkpoints(options.run_directory).empty());
+
+    ResumeRequest request;
+    request.run_directory = options.run_directory;
+    request.options.steps = 20;
+    request.options.keep_checkpoints = true;
+    request.given = {"--steps", "--keep-checkpoints"};
+    RecordingProgress progress;
+    resume_training(request, progress);
+    std::vector<std::string> expected;
+    for (const ProgressReport& report : progress.reports)
+        if (report.validation_loss) expected.push_back(kept_checkpoint_name(report.step, *report.validation_loss));
+    ASSERT_EQ(expected.size(), 2u);  // 14 and 20
+    EXPECT_TRUE(expected[0].starts_with("step-000014-val-")) << expected[0];
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+    EXPECT_EQ(load_checkpoint(options.run_directory / expected.back()).training.step, 20);
+    for (const std::string& note : progress.notes) EXPECT_EQ(note.find("--keep-checkpoints"), std::string::npos) << "not a change of the run: " << note;
+
+    // Left out on the next resume, it keeps no more.
+    resume_to(options.run_directory, 30);
+    EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
+}
+
+TEST(Train, KeepCheckpointsWithoutValidationTextSaysItKeepsNone) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_fraction = 0;
+    options.keep_checkpoints = true;
+    RecordingProgress progress;
+    train(options, progress);
+    EXPECT_TRUE(kept_checkpoints(options.run_directory).empty());
+    EXPECT_EQ(std::count_if(progress.warnings.begin(), progress.warnings.end(),
+                            [](const std::string& warning) { return warning.starts_with("--keep-checkpoints keeps a checkpoint per validation"); }),
+              1);
+}
+
+TEST(Train, AForcedRunSaysThatTheCheckpointsAnEarlierRunKeptStay) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", small_corpus());
+    TrainOptions options = tiny_options(directory, "run");
+    options.keep_checkpoints = true;
+    options.steps = 7;
+    train(options);
+    const std::vector<std::string> earlier = kept_checkpoints(options.run_directory);
+    ASSERT_EQ(earlier.size(), 1u);
+    options.overwrite = true;
+    options.keep_checkpoints = false;
+    RecordingProgress progress;
+    train(options, progress);
+    EXPECT_EQ(kept_checkpoints(options.run_directory), earlier) << "the user's to keep";
+    ASSERT_FALSE(progress.warnings.empty());
+    EXPECT_NE(progress.warnings.front().find("holds 1 checkpoint that an earlier run kept"), std::string::npos) << progress.warnings.front();
 }
 
 }  // namespace

@@ -50,7 +50,9 @@ struct TrainingState {
     std::int64_t step = 0;
     double best_validation_loss = std::numeric_limits<double>::infinity();
     std::int64_t evaluations_since_best = 0;  // for --patience
+    std::int64_t best_step = 0;                 // the step of the best validation loss; 0: not recorded
     std::size_t best_validation_characters = 0;  // what the best loss was scored on (--val-chars); 0: not recorded
+    bool best_is_averaged = false;  // the best loss was the averaged parameters' (--ema), and best.safetensors holds them
     std::size_t data_position = 0;
     std::string rng_state;       // std::mt19937_64 as text
     nlohmann::json options;      // the training options of the run
@@ -63,11 +65,14 @@ struct Checkpoint {
     TrainingState training;
     std::optional<Adam> optimizer;                // only in checkpoints written for resuming
     std::optional<ModelState<float>> carried_state;  // likewise: the state carried into the next window
+    std::optional<std::vector<Matrix<float>>> average;  // likewise, where the run averages its parameters (--ema)
 };
 
-// `optimizer` and `carried_state` may be null: a checkpoint for sampling and evaluation needs neither.
+// `optimizer`, `carried_state` and `average` may be null: a checkpoint for sampling and evaluation
+// needs none of them. `average` holds one matrix per parameter (ParameterAverage::values()).
 void save_checkpoint(const std::filesystem::path& path, const Model<float>& model, const Vocab& vocab,
-                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state);
+                     const TrainingState& training, const Adam* optimizer, const ModelState<float>* carried_state,
+                     const std::vector<Matrix<float>>* average = nullptr);
 // Throws Error naming the file and the problem for anything missing, inconsistent or not finite, and for
 // training counts (steps, optimizer steps, data position, evaluations) below 0 or above 10^15.
 Checkpoint load_checkpoint(const std::filesystem::path& path);
@@ -75,8 +80,9 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
 
 // What `charlm info` shows: cell, sizes, parameter count, vocabulary, steps trained, best validation loss,
 // and what reproducing the run takes: the corpus and validation file (path, size in bytes, SHA-256),
-// the characters trained on, epochs (steps x seq_length x batch_size / train characters) and every
-// training option as stored. Whatever an older checkpoint did not record is null; nothing here throws.
+// the characters trained on, epochs (steps x seq_length x batch_size / train characters), the checkpoint
+// the run started from with --init-from (`init_from`: checkpoint, step) and every training option as
+// stored. Whatever an older checkpoint did not record is null; nothing here throws.
 nlohmann::json describe_checkpoint(const Checkpoint& checkpoint);
 // describe_checkpoint()'s result as the lines `charlm info` prints, every character of a name, path,
 // option or the vocabulary shown readably (\n, \0, U+0301: see displayable()).

@@ -21,13 +21,23 @@ enum class CellType { lstm, gru, rnn };
 std::string to_string(CellType cell);
 CellType parse_cell_type(const std::string& name);  // throws UsageError for an unknown name
 
+// How dropout draws its masks on a window: one per stream shared by every step (Gal and Ghahramani's
+// variational or "locked" dropout), or a new one at each step (nn.Dropout's).
+enum class DropoutMask { locked, step };
+std::string to_string(DropoutMask mask);
+DropoutMask parse_dropout_mask(const std::string& name);  // throws UsageError for an unknown name
+
 struct ModelConfig {
     CellType cell = CellType::lstm;
     int vocab_size = 0;
     int embed_size = 64;
     int hidden_size = 256;
     int layers = 2;
-    double dropout = 0.0;  // between layers, in training only (as nn.LSTM's dropout)
+    // Regularization, in training only; a resumed run may change it (set_regularization).
+    double dropout = 0.0;        // of each layer's output, the top one's included (as char-rnn's)
+    double embed_dropout = 0.0;  // of the embedding's output, the first layer's input
+    double weight_drop = 0.0;    // DropConnect on each layer's W_hh, one mask per window (AWD-LSTM's weight drop)
+    DropoutMask dropout_mask = DropoutMask::locked;  // of dropout and embed_dropout
 
     void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
     std::size_t parameter_count() const;
@@ -94,11 +104,13 @@ public:
     // for one step against frozen weights: forward() refuses anything else while it is set.
     void set_rows_as_if_alone(bool alone) { rows_as_if_alone_ = alone; }
 
-    // With a generator, forward() drops units between layers at the config's rate (training);
-    // without one (the default) it does not (evaluation and sampling).
+    // With a generator, forward() drops units and weights at the config's rates (training), drawing
+    // one word of it per window; without one (the default) it does not (evaluation and sampling).
     void set_dropout_generator(std::mt19937_64* rng);
-    // A resumed run may go on at another rate; throws Error for a rate outside [0, 1).
-    void set_dropout(double rate);
+    // A resumed run may go on at other rates: takes dropout, embed_dropout, weight_drop and
+    // dropout_mask from `rates`; throws UsageError for a rate outside [0, 1).
+    void set_regularization(const ModelConfig& rates);
+    bool regularized() const;  // whether any rate is above 0
 
     // inputs: T*B ids, step-major. Fills logits(): (T*B) x V. Carries `state` to the window's end.
     void forward(std::span<const TokenId> inputs, int steps, int batch_size, ModelState<Scalar>& state);

@@ -1,4 +1,4 @@
-// Adam, global-norm gradient clipping and dynamic evaluation's update over a model's parameters.
+// Adam, gradient clipping, the parameters' average and dynamic evaluation's update over a model's parameters.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +57,30 @@ private:
     std::int64_t step_count_ = 0;
     std::vector<Matrix<float>> first_moments_;
     std::vector<Matrix<float>> second_moments_;
+};
+
+// An exponential moving average of the parameters, updated after each step: weights averaged over the
+// last 1/(1 - decay) steps or so, which lie nearer the floor of the valley that the steps scatter
+// around than any one step's (Polyak and Juditsky 1992; the EMA of TensorFlow and timm). The decay
+// warms up as min(decay, (1 + step) / (10 + step)), so that early averages do not weigh the random start.
+class ParameterAverage {
+public:
+    ParameterAverage() = default;
+    ParameterAverage(const std::vector<Parameter<float>>& parameters, double decay);  // starts at the values
+
+    // After the update of `step` (counting from 1).
+    void update(const std::vector<Parameter<float>>& parameters, std::int64_t step);
+    // Exchanges the averages with the parameters' values: a second call puts them back.
+    void swap_with(std::vector<Parameter<float>>& parameters);
+
+    double decay() const { return decay_; }
+    void set_decay(double decay) { decay_ = decay; }
+    std::vector<Matrix<float>>& values() { return values_; }  // one per parameter, for checkpoints
+    const std::vector<Matrix<float>>& values() const { return values_; }
+
+private:
+    double decay_ = 0;
+    std::vector<Matrix<float>> values_;
 };
 
 // Dynamic evaluation's update (Krause et al. 2018, "Dynamic Evaluation of Neural Sequence Models"), in

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <vector>
 
 namespace charlm {
 
@@ -11,5 +12,13 @@ namespace charlm {
 // Throws Error when there are no metrics, when gnuplot is not installed ("gnuplot is not installed
 // (apt-get install gnuplot-nox)") and when it fails ("gnuplot failed: " and gnuplot's own reason).
 void plot_losses(const std::filesystem::path& run_directory, const std::filesystem::path& output);
+
+// Several runs' validation losses on one PNG, each named by its folder, with its averaged weights'
+// (--ema) as a dashed line where it has them: by step, or by minutes of training, which compares runs
+// of different speeds (a resumed run's minutes go on from where its last invocation's ended). Errors
+// as plot_losses's, naming the run without metrics or validations.
+enum class PlotAxis { step, minutes };
+void plot_validation_losses(const std::vector<std::filesystem::path>& run_directories, const std::filesystem::path& output,
+                            PlotAxis axis);
 
 }  // namespace charlm

@@ -32,6 +32,7 @@ struct RunDescription {
 struct StepProgress {
     std::int64_t step = 0;                    // the run's steps so far, resumed ones included
     std::int64_t total_steps = 0;             // the run's --steps; 0 where only --minutes bounds it
+    double epoch = 0;                         // characters trained on so far (steps x seq x batch) / training characters
     double train_loss = 0;                    // nats/char, the mean over the steps since the last report
     double learning_rate = 0;                 // the latest step's
     double chars_per_second = 0;              // training characters per second of training, in this invocation
@@ -45,7 +46,8 @@ struct ProgressReport : StepProgress {
     bool evaluated = false;                  // an --eval-every step or the run's last: validated (where there is
                                              // validation text) and saved
     std::optional<double> validation_loss;   // nats/char, where evaluated and the run has validation text
-    bool new_best = false;                   // the lowest validation loss yet: best.safetensors holds this step
+    std::optional<double> averaged_validation_loss;  // likewise, of the averaged parameters (--ema)
+    bool new_best = false;                   // the lowest validation loss yet (of either): best.safetensors holds this step's
     // Where there is a validation loss: the predictions it covers, and those of all the held-out text
     // (fewer where --val-chars validates on part of it).
     std::size_t validation_characters = 0;
@@ -55,6 +57,7 @@ struct ProgressReport : StepProgress {
 enum class CheckpointKind {
     last,  // last.safetensors: everything a resume needs
     best,  // best.safetensors: the parameters with the lowest validation loss
+    kept,  // step-001200-val-1.4822.safetensors: a validation's parameters (--keep-checkpoints)
 };
 
 struct SavedCheckpoint {
@@ -79,7 +82,7 @@ public:
     virtual void run_started(const RunDescription& /*run*/) {}
     // Each step that no report follows, for a display that follows every step.
     virtual void step_taken(const StepProgress& /*progress*/) {}
-    // After the file is in place; at an evaluation, last before best, and both before the report.
+    // After the file is in place; at an evaluation, last before best before kept, and all before the report.
     virtual void checkpoint_saved(const SavedCheckpoint& /*checkpoint*/) {}
     virtual void progress_reported(const ProgressReport& /*report*/) {}
     // The run ended, its last.safetensors saved, as `result` says. Not called where training throws.

@@ -32,7 +32,7 @@ std::string format_count(std::size_t count);
 // "training lstm 2x256 (833600 parameters) on 950000 characters, validating on 50000, 148 windows of 100x64 per pass";
 // where each validation scores part of the held-out text, "validating on 5500000 (320000 of them each time, all at the end)".
 std::string describe_run(const RunDescription& run);
-// The line redrawn after each step: "step 120/2000 | train 1.9876 | 41.2k chars/s | 1m02s | ETA 16m10s".
+// The line redrawn after each step: "step 120/2000 | epoch 2.31 | train 1.9876 | 41.2k chars/s | 1m02s | ETA 16m10s".
 std::string format_status_line(const StepProgress& progress);
 // A report's log line: the status line's figures, with the validation loss and the learning rate. A
 // validation loss of part of the held-out text says how much: "val 1.5230 (on 320k of 5.5M held-out chars)".

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace charlm {
@@ -81,14 +82,19 @@ std::u32string decode_utf8(const std::string& bytes, const std::string& source_n
 std::string encode_utf8(const std::u32string& code_points);
 std::string encode_utf8(char32_t code_point);
 
-// The sorted set of distinct code points in a text; a code point's id is its rank.
+// The distinct code points of a text, each with its id: its place in the list. A text's vocabulary is
+// sorted (a code point's id is its rank); one extended for fine-tuning (extended_by) keeps the ids it
+// had and gives the new characters the next ones.
 class Vocab {
 public:
     Vocab() = default;
     static Vocab from_text(const std::u32string& text);
     // Streams them (see for_each_text_piece); `character_counts`, given, gets each file's count of characters.
     static Vocab from_files(const std::vector<std::filesystem::path>& paths, std::vector<std::size_t>* character_counts = nullptr);
-    static Vocab from_code_points(std::vector<char32_t> code_points);  // validates: sorted, distinct
+    static Vocab from_code_points(std::vector<char32_t> code_points);  // in id order; validates: Unicode scalars, distinct
+    // This vocabulary's code points at their ids, then those of `other` that it lacks, in code-point
+    // order: a model trained further on a new text (--init-from) keeps every id it knew.
+    Vocab extended_by(const Vocab& other) const;
 
     std::size_t size() const { return code_points_.size(); }
     bool contains(char32_t code_point) const;
@@ -105,7 +111,11 @@ public:
     std::vector<TokenId> encode_known(const std::u32string& text, std::size_t& unknown_count) const;
 
 private:
-    std::vector<char32_t> code_points_;
+    void index();                          // builds by_code_point_ from code_points_
+    TokenId find(char32_t code_point) const;  // its id, or -1 where it is not here
+
+    std::vector<char32_t> code_points_;                       // in id order
+    std::vector<std::pair<char32_t, TokenId>> by_code_point_;  // the same, sorted by code point, for lookups
 };
 
 // Token ids in as few bytes each as the vocabulary needs: 1 for up to 256 characters, 2 for up to

@@ -34,8 +34,24 @@ struct TrainOptions {
     // all. None: automatic (periodic_validation_characters()); 0: all of them every time.
     std::optional<std::uint64_t> validation_characters;
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
+    // --ema: the decay of an average of the parameters (ParameterAverage), 0 for none. Validations score
+    // the averaged weights beside the last step's, and best.safetensors holds whichever scored lower.
+    double average_decay = 0;
     std::uint64_t seed = 1;
     bool overwrite = false;            // start over in a run directory that already holds a run
+    // At each validation, also keep the validated weights as step-001200-val-1.4822.safetensors
+    // (kept_checkpoint_name()). This invocation's choice: not recorded, given or not on each --resume.
+    bool keep_checkpoints = false;
+    // --init-from: the run starts from a trained checkpoint's weights, with a fresh optimizer. The model's
+    // shape is the checkpoint's, its vocabulary the checkpoint's extended by the texts' new characters.
+    struct InitFrom {
+        std::filesystem::path checkpoint;
+        // The options given on the command line, by name: those of the model's shape (--cell, --layers,
+        // --hidden, --embed) must agree with the checkpoint. Not recorded.
+        std::vector<std::string> given;
+        std::int64_t step = 0;  // the step the checkpoint had reached: train() reads it, and records it
+    };
+    std::optional<InitFrom> init_from;
 
     // Facts of the run that train() records beside the options, for --resume and `charlm info`.
     // Checkpoints older than these have no hash (empty sha256); a resume then cannot check the text.
@@ -57,6 +73,7 @@ struct TrainResult {
     std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
+    bool best_is_averaged = false;     // best.safetensors holds the averaged parameters (--ema)
     // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
     // loss of the run's last step on all of it, scored once at its end (not after a stop request).
     std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)
@@ -82,10 +99,22 @@ std::uint64_t periodic_validation_characters(const TrainOptions& options);
 // --lr-decay or --lr-decay-every with a schedule other than step. Every option is obeyed or refused.
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given);
 
-// Trains from scratch; the run directory gets last.safetensors, metrics.jsonl and, when there is
-// validation text, best.safetensors. A corpus that cannot be read twice (a pipe, "-" for standard
-// input) is first copied to RUN_DIR/corpus.txt, and that copy is the run's corpus. `progress` hears
-// how it goes; metrics.jsonl holds the same reports.
+// The name --keep-checkpoints gives a validation's checkpoint in the run directory, as char-rnn's users
+// know it: step-001200-val-1.4822.safetensors (the step in six digits or more, the loss to four decimals).
+std::string kept_checkpoint_name(std::int64_t step, double validation_loss);
+
+// The model that a run started from a trained one (--init-from) begins with, for `vocab_size` characters
+// of which the trained model's come first (Vocab::extended_by): the trained weights, and a row of the
+// embedding and of the head (weight and bias) for each new character, drawn from `rng` as
+// Model::initialize draws fresh ones. Its regularization (dropout, embed_dropout, weight_drop,
+// dropout_mask) is `rates`'s, the new run's own.
+Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, const ModelConfig& rates, std::mt19937_64& rng);
+
+// Trains from scratch, or from the weights of options.init_from (read, and its shape checked against the
+// options given, before the run directory is touched); the run directory gets last.safetensors,
+// metrics.jsonl and, when there is validation text, best.safetensors. A corpus that cannot be read
+// twice (a pipe, "-" for standard input) is first copied to RUN_DIR/corpus.txt, and that copy is the
+// run's corpus. `progress` hears how it goes; metrics.jsonl holds the same reports.
 //
 // With several processes (mpirun -np N: `processes` is their communicator), every process calls it with
 // the same options: each trains on its block of the batch's streams and the gradients are summed, so
@@ -100,8 +129,9 @@ TrainResult train(const TrainOptions& options, TrainingProgress& progress = sile
 
 // A resumed run: its directory, and the options given again. Those a run may change (learning rate
 // and schedule, steps, minutes, eval interval, validation characters, clip, dropout, patience) take
-// effect and a note to the progress sink says so; those the checkpoint fixes (cell, sizes, seq, batch,
-// validation split, seed) are refused where they differ. The corpus must be the one the run started on (size and SHA-256);
+// effect and a note to the progress sink says so (--keep-checkpoints is this invocation's alone, given
+// or not); those the checkpoint fixes (cell, sizes, seq, batch, validation split, seed) are refused
+// where they differ. The corpus must be the one the run started on (size and SHA-256);
 // `corpus` and `validation_file` say where it is now if it moved.
 struct ResumeRequest {
     std::filesystem::path run_directory;

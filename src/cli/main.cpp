@@ -148,7 +148,9 @@ struct TrainArguments {
     std::string run_directory;
     std::string resume;
     std::string moved_corpus;
+    std::string init_from;
     std::string cell = "lstm";
+    std::string dropout_mask = "locked";
     std::string learning_rate_schedule = "constant";
     std::string validation_characters = "auto";
     charlm::TrainOptions options;
@@ -183,8 +185,12 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
     options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
+    options.model.dropout_mask = charlm::parse_dropout_mask(arguments.dropout_mask);
     if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
     if (!arguments.resume.empty()) {
+        if (given("--init-from"))
+            throw charlm::UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues a run; "
+                                     "choose one");
         if (!arguments.corpus.empty())
             throw charlm::UsageError("give CORPUS or --resume RUN_DIR, not both: a resumed run reads the corpus it started with "
                                      "(if that moved, say where with --corpus PATH)");
@@ -211,6 +217,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     options.corpus = arguments.corpus;
     if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
     options.model.cell = charlm::parse_cell_type(arguments.cell);
+    if (given("--init-from")) options.init_from = charlm::TrainOptions::InitFrom{arguments.init_from, arguments.given};
     // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
     std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
     if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
@@ -272,8 +279,9 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
                                      ? fmt::format(" on {} of {} held-out chars", charlm::format_count(result.validation_characters),
                                                    charlm::format_count(result.held_out_characters))
                                      : std::string();
-        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{} (perplexity {:.3f}, {:.4f} bits/char)\n",
-                   result.steps, stopped, best, part, charlm::perplexity_of(best), charlm::bits_per_character_of(best));
+        fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{}{} (perplexity {:.3f}, {:.4f} bits/char)\n",
+                   result.steps, stopped, best, part, result.best_is_averaged ? ", averaged weights" : "", charlm::perplexity_of(best),
+                   charlm::bits_per_character_of(best));
         if (result.full_validation_loss) {
             const double full = *result.full_validation_loss;
             fmt::print("on all {} held-out chars, step {}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n",
@@ -773,13 +781,31 @@ int main(int argc, char** argv) {
                       "With --resume: where the run's corpus is now, if it moved (accepted when its content is the same)")
         ->type_name("PATH");
     train->add_flag("--force", train_options.overwrite, "Start over in a run directory that already holds a run");
+    train->add_option("--init-from", train_arguments.init_from,
+                      "Start a new run from this checkpoint's weights, with a fresh optimizer: the model's shape is the "
+                      "checkpoint's (--cell, --layers, --hidden, --embed that contradict it are refused), its vocabulary "
+                      "too, extended by the new text's characters; --dropout and the training options are this run's")
+        ->type_name("CHECKPOINT");
     train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
     train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
     train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
     train->add_option("--embed", train_options.model.embed_size, "Character embedding size")->capture_default_str();
     train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
     train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
-    train->add_option("--dropout", train_options.model.dropout, "Dropout between layers while training")->capture_default_str();
+    train->add_option("--dropout", train_options.model.dropout, "Dropout of each layer's output while training, the top layer's included")
+        ->capture_default_str();
+    train->add_option("--ema", train_options.average_decay,
+                      "Average the weights over training (decay per step, e.g. 0.999); validation scores both, "
+                      "best.safetensors keeps the better; 0 turns it off")
+        ->capture_default_str();
+    train->add_option("--embed-dropout", train_options.model.embed_dropout, "Dropout of the character embeddings while training")
+        ->capture_default_str();
+    train->add_option("--weight-drop", train_options.model.weight_drop,
+                      "DropConnect on the recurrent weights W_hh while training, one mask per window (AWD-LSTM's weight drop)")
+        ->capture_default_str();
+    train->add_option("--dropout-mask", train_arguments.dropout_mask,
+                      "How --dropout and --embed-dropout draw masks: locked (one per stream per window, variational) or step (new each step)")
+        ->capture_default_str();
     auto& schedule = train_options.learning_rate_schedule;
     train->add_option("--lr", schedule.peak_learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
     train->add_option("--lr-schedule", train_arguments.learning_rate_schedule,
@@ -805,6 +831,9 @@ int main(int argc, char** argv) {
         }, ""))
         ->capture_default_str();
     train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
+    train->add_flag("--keep-checkpoints", train_options.keep_checkpoints,
+                    "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
+                    "the validation loss); given or not on each --resume");
     train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
     train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
     train->add_option("--threads", train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)")
@@ -918,10 +947,16 @@ int main(int argc, char** argv) {
     info->add_option("CHECKPOINT", info_checkpoint, "A .safetensors file written by 'charlm train'")->required();
     info->add_flag("--json", info_json, "Print one JSON object");
 
-    std::string plot_run_directory, plot_output;
-    auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG (needs gnuplot)");
-    plot->add_option("RUN_DIR", plot_run_directory, "A run directory with metrics.jsonl")->required();
-    plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png]");
+    std::vector<std::string> plot_run_directories;
+    std::string plot_output, plot_axis;
+    auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG, or compare several runs' "
+                                            "validation losses (needs gnuplot)");
+    plot->add_option("RUN_DIR", plot_run_directories, "Run directories with metrics.jsonl; with more than one, their validation "
+                                                      "losses are compared")
+        ->required();
+    plot->add_option("--output", plot_output, "PNG to write [default: RUN_DIR/loss.png for one run]");
+    plot->add_option("--by", plot_axis, "Compare validation losses by step or minutes of training [default: minutes]")
+        ->check(CLI::IsMember({"step", "minutes"}));
 
     charlm::BenchOptions bench_options;
     std::string bench_corpus = bench_options.corpus.string();
@@ -980,9 +1015,17 @@ int main(int argc, char** argv) {
         else if (*info) status = run_info(info_checkpoint, info_json);
         else if (*bench) status = run_bench(bench_options, bench_corpus, bench_models, bench_json);
         else if (*plot) {
-            const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directory) / "loss.png"
+            const bool comparing = plot_run_directories.size() > 1 || !plot_axis.empty();
+            if (comparing && plot_output.empty())
+                throw charlm::UsageError("comparing runs writes one PNG for all of them: say where with --output FILE.png");
+            const std::filesystem::path output = plot_output.empty() ? std::filesystem::path(plot_run_directories.front()) / "loss.png"
                                                                      : std::filesystem::path(plot_output);
-            charlm::plot_losses(plot_run_directory, output);
+            if (comparing) {
+                const std::vector<std::filesystem::path> runs(plot_run_directories.begin(), plot_run_directories.end());
+                charlm::plot_validation_losses(runs, output, plot_axis == "step" ? charlm::PlotAxis::step : charlm::PlotAxis::minutes);
+            } else {
+                charlm::plot_losses(plot_run_directories.front(), output);
+            }
             fmt::print("{}\n", output.string());
         }
     } catch (const charlm::UsageError& error) {
