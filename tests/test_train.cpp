@@ -606,9 +606,11 @@ TEST(Train, WarnsOnceWhenTheValidationLossRisesAsTheModelOverfits) {
     const Checkpoint best = load_checkpoint(result.best_checkpoint);
     EXPECT_GT(best.training.best_step, 0);
     EXPECT_LT(best.training.best_step, 150);
-    for (const std::string& warning : progress.warnings)
-        if (warning.find("overfitting") != std::string::npos)
+    for (const std::string& warning : progress.warnings) {
+        if (warning.find("overfitting") != std::string::npos) {
             EXPECT_NE(warning.find(fmt::format("at step {}", best.training.best_step)), std::string::npos) << warning;
+        }
+    }
 }
 
 TEST(Train, PatienceStopsEarly) {
