@@ -664,6 +664,7 @@ TEST(Train, AveragedWeightsAreValidatedAndTheBetterOnesKeptAsBest) {
         TrainOptions options = tiny_options(directory, "run");
         options.average_decay = decay;
         options.eval_every = 20;
+        options.keep_checkpoints = true;
         RecordingProgress progress;
         const TrainResult result = train(options, progress);
         const ProgressReport& report = progress.reports.back();
@@ -679,6 +680,10 @@ TEST(Train, AveragedWeightsAreValidatedAndTheBetterOnesKeptAsBest) {
         EXPECT_EQ(best.training.best_is_averaged, averaged_better);
         for (std::size_t i = 0; i < best.model->parameters().size(); ++i)
             EXPECT_EQ(best.model->parameters()[i].value, averaged_better ? (*last.average)[i] : last.model->parameters()[i].value);
+        // The kept checkpoint of that validation holds the same weights as best, named by the lower loss.
+        const Checkpoint kept = load_checkpoint(options.run_directory / kept_checkpoint_name(20, result.best_validation_loss));
+        for (std::size_t i = 0; i < best.model->parameters().size(); ++i)
+            EXPECT_EQ(kept.model->parameters()[i].value, best.model->parameters()[i].value);
         // And the averaged weights really score what the report says (evaluation reads best.safetensors).
         EXPECT_NEAR(evaluate_loss(*best.model, held_out_ids(best.vocab), 16, 4).mean(),
                     result.best_validation_loss, 1e-6);
