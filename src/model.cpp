@@ -67,6 +67,13 @@ void ModelConfig::validate() const {
         throw UsageError(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
 }
 
+void ModelConfig::take_regularization(const ModelConfig& rates) {
+    dropout = rates.dropout;
+    embed_dropout = rates.embed_dropout;
+    weight_drop = rates.weight_drop;
+    dropout_mask = rates.dropout_mask;
+}
+
 std::size_t ModelConfig::parameter_count() const {
     const std::size_t V = static_cast<std::size_t>(vocab_size), E = static_cast<std::size_t>(embed_size),
                       H = static_cast<std::size_t>(hidden_size), G = static_cast<std::size_t>(gate_count());
@@ -302,10 +309,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
 template <typename Scalar>
 void Model<Scalar>::set_regularization(const ModelConfig& rates) {
     ModelConfig config = config_;
-    config.dropout = rates.dropout;
-    config.embed_dropout = rates.embed_dropout;
-    config.weight_drop = rates.weight_drop;
-    config.dropout_mask = rates.dropout_mask;
+    config.take_regularization(rates);
     config.validate();
     config_ = config;
 }

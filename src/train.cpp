@@ -1037,10 +1037,7 @@ Checkpoint load_checkpoint_to_start_from(TrainOptions& options) {
                                          option.flag));
     const ModelConfig rates = options.model;
     options.model = trained;
-    options.model.dropout = rates.dropout;
-    options.model.embed_dropout = rates.embed_dropout;
-    options.model.weight_drop = rates.weight_drop;
-    options.model.dropout_mask = rates.dropout_mask;
+    options.model.take_regularization(rates);
     init_from.step = checkpoint.training.step;
     return checkpoint;
 }
@@ -1071,10 +1068,7 @@ Model<float> model_with_new_characters(const Model<float>& trained, int vocab_si
     if (vocab_size < config.vocab_size)
         throw Error(fmt::format("a model of {} characters cannot start from one of {}", vocab_size, config.vocab_size));
     config.vocab_size = vocab_size;
-    config.dropout = rates.dropout;
-    config.embed_dropout = rates.embed_dropout;
-    config.weight_drop = rates.weight_drop;
-    config.dropout_mask = rates.dropout_mask;
+    config.take_regularization(rates);
     Model<float> model(config);
     model.initialize(rng);  // every weight drawn as a fresh run's, so that the new rows are drawn so too
     // The trained weights over them: whole, or the trained characters' rows of the embedding and the
@@ -1170,10 +1164,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
         const ModelConfig rates = options.model;
         options.model = checkpoint->config;
-        options.model.dropout = rates.dropout;
-        options.model.embed_dropout = rates.embed_dropout;
-        options.model.weight_drop = rates.weight_drop;
-        options.model.dropout_mask = rates.dropout_mask;
+        options.model.take_regularization(rates);
         options.run_directory = run_directory;
         options.keep_checkpoints = request.options.keep_checkpoints;
         threads_before = options.threads;

@@ -40,6 +40,9 @@ struct ModelConfig {
     DropoutMask dropout_mask = DropoutMask::locked;  // of dropout and embed_dropout
 
     void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
+    // Takes dropout, embed_dropout, weight_drop and dropout_mask from `rates`: what a run sets for itself
+    // where its shape comes from a checkpoint (--resume, --init-from).
+    void take_regularization(const ModelConfig& rates);
     std::size_t parameter_count() const;
     int gate_count() const;       // G: a layer's weights are (G*H, I) and (G*H, H)
     bool has_cell_state() const;  // whether the cell carries c besides h (the LSTM)
