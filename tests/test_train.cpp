@@ -167,6 +167,17 @@ TrainResult resume_to(const std::filesystem::path& run_directory, std::int64_t s
     return resume_to_with(run_directory, steps, silent_progress());
 }
 
+// 20 steps straight, and 9 steps then a resume to 20, of the options `configure` makes for a run's
+// name and steps: the two runs' last checkpoints, which an exact resume makes equal.
+std::pair<Checkpoint, Checkpoint> straight_and_resumed(const TemporaryDirectory& directory,
+                                                       const std::function<TrainOptions(const std::string&, std::int64_t)>& configure) {
+    train(configure("straight", 20));
+    train(configure("halves", 9));
+    resume_to(directory.path() / "halves", 20);
+    return {load_checkpoint(directory.path() / "straight" / "last.safetensors"),
+            load_checkpoint(directory.path() / "halves" / "last.safetensors")};
+}
+
 TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
@@ -551,13 +562,9 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
             options.steps = steps;
             return options;
         };
-        train(configure("straight", 20));
-        // 9 steps, then a resume to 20: both runs see the same learning rates (warmup, then step
-        // decay), the same dropout masks and the same data.
-        train(configure("halves", 9));
-        resume_to(directory.path() / "halves", 20);
-        const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
-        const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+        // Both runs see the same learning rates (warmup, then step decay), the same dropout masks
+        // and the same data.
+        const auto [a, b] = straight_and_resumed(directory, configure);
         const Checkpoint plain = [&] {
             TrainOptions options = configure("plain", 20);
             options.model.dropout = options.model.embed_dropout = options.model.weight_drop = 0;
@@ -701,11 +708,7 @@ TEST(Train, ResumingWithAveragedWeightsIsExact) {
         options.steps = steps;
         return options;
     };
-    train(configure("straight", 20));
-    train(configure("halves", 9));
-    resume_to(directory.path() / "halves", 20);
-    const Checkpoint a = load_checkpoint(directory.path() / "straight" / "last.safetensors");
-    const Checkpoint b = load_checkpoint(directory.path() / "halves" / "last.safetensors");
+    const auto [a, b] = straight_and_resumed(directory, configure);
     ASSERT_TRUE(a.average && b.average);
     for (std::size_t i = 0; i < a.model->parameters().size(); ++i) {
         EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
