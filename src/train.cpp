@@ -633,6 +633,7 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
                                                                                        : periodic_validation_pairs(held_out, options_);
         result.held_out_characters = held_out.size() - 1;
         result.full_validation_loss = full_validation_loss;
+        result.full_validation_is_averaged = full_validation_loss && averaged_is_better_;
     }
     return result;
 }

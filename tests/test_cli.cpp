@@ -1261,7 +1261,7 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     expect_train_refused(corpus, {"unknown dropout mask 'per-unit'"}, {"--dropout", "0.2", "--dropout-mask", "per-unit"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--ema", "1"}, {"--ema", "1"}, /*usage_error=*/true);
     // With no dropout, a choice of masks would be ignored.
-    expect_train_refused(corpus, {"--dropout-mask", "both are 0"}, {"--dropout-mask", "step", "--weight-drop", "0.2"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--dropout-mask", "both are 0"}, {"--dropout-mask", "step", "--dropout", "0", "--weight-drop", "0.2"}, /*usage_error=*/true);
     // Cosine decays over --steps: with --minutes alone there is nothing to decay over.
     std::vector<std::string> cosine = {"train", corpus.string(), "--out", path("cosine").string(), "--lr-schedule", "cosine", "--minutes", "1"};
     cosine.insert(cosine.end(), kTinyModel.begin(), kTinyModel.end());

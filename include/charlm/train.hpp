@@ -79,6 +79,7 @@ struct TrainResult {
     std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)
     std::size_t held_out_characters = 0;    // predictions of all the held-out text
     std::optional<double> full_validation_loss;
+    bool full_validation_is_averaged = false;  // that loss is the averaged parameters' (the last validation preferred them)
     double chars_per_second = 0;
     StopReason stopped_by = StopReason::steps;
     int patience = 0;                  // the run's --patience, for saying why it stopped
