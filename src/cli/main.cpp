@@ -143,8 +143,8 @@ private:
 };
 
 // `charlm train`'s --dropout when none is given. A library TrainOptions drops nothing; on the command
-// line, 0.1 gained 0.03 nats/char at the default length on two 1 MB corpora, and the default run no
-// longer overfits by its end (docs/quality.md, "The default run on a 1 MB corpus").
+// line, 0.1 gained 0.03 nats/char at the default length on two 1 MB corpora, where the default run
+// without it overfits by its end (docs/quality.md, "The default run on a 1 MB corpus").
 constexpr double kDefaultDropout = 0.1;
 
 charlm::TrainOptions default_train_options() {
