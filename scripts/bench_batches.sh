@@ -39,7 +39,7 @@ for round in $(seq "$rounds"); do
     for machines in 1 2 4 8 16 32 64; do
       streams=$(( (batch + machines - 1) / machines ))
       echo "bench_batches: round $round/$rounds, lstm ${layers}x${hidden}, batch $streams" >&2
-      build/charlm train "$corpus" --layers "$layers" --hidden "$hidden" --embed 64 --dropout 0 --seq "$seq" --batch "$streams" \
+      build/charlm train "$corpus" --layers "$layers" --hidden "$hidden" --embed 64 --dropout 0 --ema 0 --seq "$seq" --batch "$streams" \
         --minutes "$minutes" --eval-every 1000000000 --val-fraction 0.002 --threads "$threads" --out "$work/run" --force > "$work/log" 2>&1 ||
         { grep -m 3 'charlm: error' "$work/log" >&2 || tail -n 5 "$work/log" >&2; exit 1; }
       /usr/bin/python3 -c '

@@ -98,7 +98,7 @@ for round in $(seq "$rounds"); do
     read -r layers hidden seq batch <<< "$shape"
     model="${layers}x${hidden}"
     steps=$(steps_for "$layers" "$hidden" "$seq" "$batch")
-    options=(--layers "$layers" --hidden "$hidden" --embed 64 --dropout 0 --seq "$seq" --batch "$batch" --steps "$steps"
+    options=(--layers "$layers" --hidden "$hidden" --embed 64 --dropout 0 --ema 0 --seq "$seq" --batch "$batch" --steps "$steps"
              --eval-every 1000000000 --force)
     # Taking turns: a neighbour's burst on this shared machine then slows one run, not one side.
     echo "bench_scale: round $round/$rounds, lstm $model, $steps steps: charlm train --threads $ranks" >&2

@@ -345,28 +345,39 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
 
     // The summary on stdout, the progress log on stderr.
     std::smatch match;
-    const std::regex summary(R"(^trained (\d+) steps; best validation loss ([0-9.]+) nats/char \(perplexity ([0-9.]+), ([0-9.]+) bits/char\)\n)"
+    // ", averaged weights" where the best figure came from the average of the weights (--ema, 0.999 unless given).
+    const std::regex summary(R"(^trained (\d+) steps; best validation loss ([0-9.]+) nats/char(, averaged weights)? )"
+                             R"(\(perplexity ([0-9.]+), ([0-9.]+) bits/char\)\n)"
                              R"(checkpoints: (.*) \(best\), (.*) \(to resume\)\n$)");
     ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
     EXPECT_EQ(match[1].str(), "30");
     const double best = std::stod(match[2].str());
-    EXPECT_NEAR(std::stod(match[3].str()), std::exp(best), 0.01);
-    EXPECT_NEAR(std::stod(match[4].str()), best / std::log(2.0), 0.001);
-    EXPECT_EQ(fs::path(match[5].str()), path("run") / "best.safetensors");
-    EXPECT_EQ(fs::path(match[6].str()), path("run") / "last.safetensors");
+    EXPECT_NEAR(std::stod(match[4].str()), std::exp(best), 0.01);
+    EXPECT_NEAR(std::stod(match[5].str()), best / std::log(2.0), 0.001);
+    EXPECT_EQ(fs::path(match[6].str()), path("run") / "best.safetensors");
+    EXPECT_EQ(fs::path(match[7].str()), path("run") / "last.safetensors");
     EXPECT_EQ(result.out.find("[", 0), std::string::npos) << "log lines belong on stderr";
     EXPECT_NE(result.err.find("step 30"), std::string::npos) << describe(result);
 
-    // One record per evaluation, the best of them in the summary.
+    // One record per evaluation, each scoring the last step's weights and their average, the best of them
+    // in the summary, said to be the average's where it is.
     const auto metrics = read_metrics(path("run") / "metrics.jsonl");
     ASSERT_EQ(metrics.size(), 3u);
     double lowest = INFINITY;
+    bool lowest_is_averaged = false;
     for (std::size_t i = 0; i < metrics.size(); ++i) {
         EXPECT_EQ(metrics[i].at("step").get<int>(), static_cast<int>(10 * (i + 1)));
         EXPECT_TRUE(std::isfinite(metrics[i].at("train_loss").get<double>()));
-        lowest = std::min(lowest, metrics[i].at("validation_loss").get<double>());
+        for (const bool averaged : {false, true}) {
+            const double loss = metrics[i].at(averaged ? "averaged_validation_loss" : "validation_loss").get<double>();
+            if (loss < lowest) {
+                lowest = loss;
+                lowest_is_averaged = averaged;
+            }
+        }
     }
     EXPECT_NEAR(best, lowest, 6e-5);
+    EXPECT_EQ(match[3].matched, lowest_is_averaged) << describe(result);
 
     // Safetensors with PyTorch's names and shapes, vocabulary and config in the metadata.
     const std::size_t vocab_size = distinct_characters(text).size();
@@ -395,9 +406,10 @@ TEST_F(Cli, TrainValCharsValidatesOnPartOfTheHeldOutTextAndOnAllOfItAtTheEnd) {
     const RunResult result = train_tiny(corpus, "run", 30, {"--val-chars", "20"});
     // The summary says what the best figure covers, and gives the figure of all the held-out text.
     std::smatch match;
-    const std::regex summary(R"(^trained 30 steps; best validation loss ([0-9.]+) nats/char on 20 of (\d+) held-out chars )"
-                             R"(\(perplexity [0-9.]+, [0-9.]+ bits/char\)\n)"
-                             R"(on all (\d+) held-out chars, step 30: ([0-9.]+) nats/char \(perplexity ([0-9.]+), [0-9.]+ bits/char\)\n)"
+    const std::regex summary(R"(^trained 30 steps; best validation loss ([0-9.]+) nats/char on 20 of (\d+) held-out chars)"
+                             R"((?:, averaged weights)? \(perplexity [0-9.]+, [0-9.]+ bits/char\)\n)"
+                             R"(on all (\d+) held-out chars, step 30(?:, averaged weights)?: ([0-9.]+) nats/char )"
+                             R"(\(perplexity ([0-9.]+), [0-9.]+ bits/char\)\n)"
                              R"(checkpoints: .* \(best\), .* \(to resume\)\n$)");
     ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
     EXPECT_EQ(match[2].str(), match[3].str());
@@ -532,11 +544,14 @@ TEST_F(Cli, TrainInitFromRefusesContradictionsResumeAndACheckpointItCannotRead) 
 TEST_F(Cli, TrainKeepCheckpointsKeepsEachValidationNamedAsCharRnnUsersKnowIt) {
     const auto corpus = write("corpus.txt", make_corpus());
     const RunResult trained = train_tiny(corpus, "run", 20, {"--keep-checkpoints"});
+    // Named with the validation's figure: the lower of the last step's weights and their average, whose
+    // weights the file holds.
     std::vector<fs::path> kept;
     for (const auto& record : read_metrics(path("run") / "metrics.jsonl"))
         if (record.contains("validation_loss"))
             kept.push_back(path("run") / fmt::format("step-{:06d}-val-{}.safetensors", record.at("step").get<int>(),
-                                                     fixed4(record.at("validation_loss").get<double>())));
+                                                     fixed4(std::min(record.at("validation_loss").get<double>(),
+                                                                     record.value("averaged_validation_loss", double{INFINITY})))));
     ASSERT_EQ(kept.size(), 2u);  // steps 10 and 20
     EXPECT_TRUE(kept[0].filename().string().starts_with("step-000010-val-")) << kept[0];
     for (const auto& file : kept) {
@@ -1461,17 +1476,30 @@ TEST_F(Cli, TrainRefusesZeroStepsAndZeroMinutes) {
     }
 }
 
-// `charlm train` drops 0.1 unless told otherwise (docs/quality.md's table); --dropout 0 turns it off,
-// and a resume keeps the run's own rate unless --dropout is given again.
-TEST_F(Cli, TrainDropsATenthByDefaultAndZeroTurnsItOff) {
+// `charlm train` drops 0.1 and averages the weights with decay 0.999 unless told otherwise
+// (docs/quality.md's table); --dropout 0 and --ema 0 turn them off, and a resume keeps the run's own
+// unless they are given again.
+TEST_F(Cli, TrainDropsATenthAndAveragesByDefaultAndZeroTurnsEachOff) {
     const auto corpus = write("corpus.txt", make_corpus());
     train_tiny(corpus, "default", 10);
-    train_tiny(corpus, "off", 10, {"--dropout", "0"});
-    EXPECT_EQ(charlm::load_checkpoint(path("default") / "last.safetensors").config.dropout, 0.1);
-    EXPECT_EQ(charlm::load_checkpoint(path("off") / "last.safetensors").config.dropout, 0.0);
+    train_tiny(corpus, "off", 10, {"--dropout", "0", "--ema", "0"});
+    const charlm::Checkpoint by_default = charlm::load_checkpoint(path("default") / "last.safetensors");
+    EXPECT_EQ(by_default.config.dropout, 0.1);
+    EXPECT_EQ(by_default.training.options.value("ema", 0.0), 0.999);
+    EXPECT_TRUE(by_default.average.has_value());
+    EXPECT_TRUE(read_metrics(path("default") / "metrics.jsonl").front().contains("averaged_validation_loss"));
+    const auto expect_off = [&](const char* when) {
+        const charlm::Checkpoint off = charlm::load_checkpoint(path("off") / "last.safetensors");
+        EXPECT_EQ(off.config.dropout, 0.0) << when;
+        EXPECT_EQ(off.training.options.value("ema", 0.0), 0.0) << when;
+        EXPECT_FALSE(off.average.has_value()) << when;
+        for (const auto& record : read_metrics(path("off") / "metrics.jsonl"))
+            EXPECT_FALSE(record.contains("averaged_validation_loss")) << when << ": " << record.dump();
+    };
+    expect_off("trained");
     const RunResult resumed = charlm({"train", "--resume", path("off").string(), "--steps", "20"});
     ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
-    EXPECT_EQ(charlm::load_checkpoint(path("off") / "last.safetensors").config.dropout, 0.0) << "the default is for new runs";
+    expect_off("resumed: the defaults are for new runs");
 }
 
 TEST_F(Cli, TrainWarnsAboutOptionsThatWouldDoNothing) {

@@ -73,7 +73,7 @@ def main():
     vocab = json.loads(metadata["vocab"])
     model = CharModel(config["cell"], config["vocab_size"], config["embed_size"], config["hidden_size"], config["layers"])
     state_dict = {name: value for name, value in tensors.items()
-                  if not name.startswith("optimizer.") and not name.startswith("state.")}
+                  if not name.startswith(("optimizer.", "state.", "average."))}
     model.load_state_dict(state_dict, strict=True)  # every name and shape must match, both ways
     model.eval()
 

@@ -128,7 +128,7 @@ def main():
     vocab = json.loads(metadata["vocab"])
     model = CharModel(config["cell"], config["vocab_size"], config["embed_size"], config["hidden_size"], config["layers"])
     model.load_state_dict({name: value for name, value in tensors.items()
-                           if not name.startswith("optimizer.") and not name.startswith("state.")}, strict=True)
+                           if not name.startswith(("optimizer.", "state.", "average."))}, strict=True)
     model.eval()
 
     name = os.path.basename(checkpoint_path)
