@@ -62,20 +62,27 @@ class CharModel(nn.Module):
         return self.head(output.squeeze(1))
 
 
+def load_model(checkpoint_path):
+    """The checkpoint's config, vocabulary and network in eval mode, loaded strictly: every name and shape
+    must match, both ways, once what training keeps beside the weights (optimizer., state., average.) is
+    left out."""
+    metadata, tensors = read_safetensors(checkpoint_path)
+    config = json.loads(metadata["config"])
+    vocab = json.loads(metadata["vocab"])
+    model = CharModel(config["cell"], config["vocab_size"], config["embed_size"], config["hidden_size"], config["layers"])
+    model.load_state_dict({name: value for name, value in tensors.items()
+                           if not name.startswith(("optimizer.", "state.", "average."))}, strict=True)
+    model.eval()
+    return config, vocab, model
+
+
 def main():
     if len(sys.argv) != 5:
         print(__doc__, file=sys.stderr)
         return 1
     charlm_binary, dump_logits_binary, checkpoint_path, text_path = sys.argv[1:]
     torch.set_num_threads(1)
-    metadata, tensors = read_safetensors(checkpoint_path)
-    config = json.loads(metadata["config"])
-    vocab = json.loads(metadata["vocab"])
-    model = CharModel(config["cell"], config["vocab_size"], config["embed_size"], config["hidden_size"], config["layers"])
-    state_dict = {name: value for name, value in tensors.items()
-                  if not name.startswith(("optimizer.", "state.", "average."))}
-    model.load_state_dict(state_dict, strict=True)  # every name and shape must match, both ways
-    model.eval()
+    config, vocab, model = load_model(checkpoint_path)
 
     with open(text_path, "rb") as file:
         text = file.read().decode("utf-8")

@@ -15,7 +15,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from torch_interop import CharModel, read_safetensors, torch  # exits 77 where PyTorch is missing
+from torch_interop import load_model, torch  # exits 77 where PyTorch is missing
 
 PROBABILITY_TOLERANCE = 1e-4
 # A draw this close to a boundary of the cumulative distribution, or a top-p cut this close to p, may fall
@@ -123,13 +123,7 @@ def main():
         return 1
     charlm_binary, dump_sample_binary, checkpoint_path = sys.argv[1:]
     torch.set_num_threads(1)
-    metadata, tensors = read_safetensors(checkpoint_path)
-    config = json.loads(metadata["config"])
-    vocab = json.loads(metadata["vocab"])
-    model = CharModel(config["cell"], config["vocab_size"], config["embed_size"], config["hidden_size"], config["layers"])
-    model.load_state_dict({name: value for name, value in tensors.items()
-                           if not name.startswith(("optimizer.", "state.", "average."))}, strict=True)
-    model.eval()
+    config, vocab, model = load_model(checkpoint_path)
 
     name = os.path.basename(checkpoint_path)
     all_failures = []
