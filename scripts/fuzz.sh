@@ -33,7 +33,8 @@ for name in last best; do
     head -c "$cut" "$checkpoint" > "$seeds/checkpoint/$name-first-$cut"
   done
   # The fuzz target's second reading: "JSON header, NUL, tensor data", the header length computed for it.
-  { tail -c +9 "$checkpoint" | head -c $((header_end - 8)); printf '\0'; tail -c +$((header_end + 1)) "$checkpoint"; } \
+  # (head before tail: a writer that outlives its reader dies of SIGPIPE, which pipefail makes the script's exit 141.)
+  { head -c "$header_end" "$checkpoint" | tail -c +9; printf '\0'; tail -c +$((header_end + 1)) "$checkpoint"; } \
     > "$seeds/checkpoint/$name-unprefixed"
   # Without the generator's state (most of the header's bytes), mutations land on the fields that matter more often.
   LC_ALL=C sed 's/\\"rng_state\\":\\"[0-9 ]*\\"/\\"rng_state\\":\\"\\"/' "$seeds/checkpoint/$name-unprefixed" \
