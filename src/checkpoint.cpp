@@ -343,6 +343,7 @@ nlohmann::json describe_checkpoint(const Checkpoint& checkpoint) {
                                               : nlohmann::json(nullptr);
     description["resumable"] = checkpoint.optimizer.has_value();
     description["best_is_averaged"] = checkpoint.training.best_is_averaged;
+    description["best_step"] = checkpoint.training.best_step > 0 ? nlohmann::json(checkpoint.training.best_step) : nlohmann::json(nullptr);
 
     // What reproducing the run takes, from the options stored with it. Older checkpoints lack the corpus's
     // size and hash, and a file from elsewhere may hold anything: a value of the wrong kind is shown as
@@ -429,10 +430,22 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
     if (init_from.is_object())
         text += fmt::format("init from   {} (at its step {})\n", displayable(init_from.at("checkpoint").get_ref<const std::string&>()),
                             init_from.at("step").get<std::int64_t>());
-    text += fmt::format("best val    {}{}\n",
-                        best.is_number() ? fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(), perplexity_of(best.get<double>()))
-                                         : std::string("none yet"),
-                        best.is_number() && description.value("best_is_averaged", false) ? ", of the averaged weights (--ema)" : "");
+    // Which weights scored the best figure: in a run that averaged them, last.safetensors holds the last
+    // step's for eval and sample, and best.safetensors the better of the two at the best validation.
+    std::string best_text = "none yet";
+    if (best.is_number()) {
+        best_text = fmt::format("{:.4f} nats/char (perplexity {:.3f})", best.get<double>(), perplexity_of(best.get<double>()));
+        const auto& best_step = description.value("best_step", nlohmann::json(nullptr));
+        if (best_step.is_number_integer()) best_text += fmt::format(" at step {}", best_step.get<std::int64_t>());
+        const auto& run_options = description.at("training_options");
+        const bool averaged_run = run_options.is_object() && run_options.contains("ema") && run_options["ema"].is_number() &&
+                                  run_options["ema"].get<double>() > 0;
+        if (description.value("best_is_averaged", false))
+            best_text += ", of the averaged weights (--ema); best.safetensors holds them";
+        else if (averaged_run)
+            best_text += ", of the step's own weights (not their average, --ema)";
+    }
+    text += fmt::format("best val    {}\n", best_text);
     text += fmt::format("resumable   {}\n", description.at("resumable").get<bool>() ? "yes (optimizer state included)" : "no (weights only)");
     const auto& corpus = description.at("corpus");
     text += fmt::format("corpus      {}\n", corpus.is_string() ? describe_file(corpus, description.at("corpus_size_bytes"),

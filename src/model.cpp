@@ -60,9 +60,9 @@ void ModelConfig::validate() const {
     auto check_rate = [](const char* name, double rate) {
         if (!(rate >= 0 && rate < 1)) throw UsageError(fmt::format("{} must be at least 0 and below 1, not {}", name, rate));
     };
-    check_rate("dropout", dropout);
-    check_rate("embedding dropout", embed_dropout);
-    check_rate("weight drop", weight_drop);
+    check_rate("dropout (--dropout)", dropout);
+    check_rate("embedding dropout (--embed-dropout)", embed_dropout);
+    check_rate("weight drop (--weight-drop)", weight_drop);
     if (parameter_count() > (std::size_t{1} << 31))
         throw UsageError(fmt::format("the model would have {} parameters; the most is 2^31", parameter_count()));
 }

@@ -88,9 +88,12 @@ std::string describe_run(const RunDescription& run) {
     const bool validates_on_part = run.periodic_validation_characters > 0 && run.periodic_validation_characters + 1 < run.validation_characters;
     const std::string part = validates_on_part ? fmt::format(" ({} of them each time, all at the end)", run.periodic_validation_characters)
                                                : std::string();
-    return fmt::format("training {} {}x{} ({} parameters) on {} characters, validating on {}{}, {} window{} of {}x{} per pass",
+    // A held-out part of one character has nothing to predict: no validation at all.
+    const std::string validation = run.validation_characters > 1 ? fmt::format("validating on {}{}", run.validation_characters, part)
+                                                                 : std::string("with no validation");
+    return fmt::format("training {} {}x{} ({} parameters) on {} characters, {}, {} window{} of {}x{} per pass",
                        to_string(run.model.cell), run.model.layers, run.model.hidden_size, run.model.parameter_count(),
-                       run.train_characters, run.validation_characters, part, run.windows_per_pass,
+                       run.train_characters, validation, run.windows_per_pass,
                        run.windows_per_pass == 1 ? "" : "s", run.seq_length, run.batch_size);
 }
 
@@ -114,18 +117,22 @@ std::string format_status_line(const StepProgress& progress) {
 }
 
 std::string format_report_line(const ProgressReport& report) {
-    std::vector<std::string> remarks;
-    if (report.new_best) remarks.emplace_back("best");
+    // "(best)" follows the figure that was best, the step's or the average's; how much of the held-out
+    // text was scored follows the last figure, since it holds for both.
+    std::vector<std::string> step_remarks, averaged_remarks;
+    if (report.new_best) (report.best_is_averaged ? averaged_remarks : step_remarks).emplace_back("best");
     if (report.validation_characters > 0 && report.validation_characters < report.held_out_characters)
-        remarks.push_back(fmt::format("on {} of {} held-out chars", format_count(report.validation_characters),
-                                      format_count(report.held_out_characters)));
-    const std::string averaged =
-        report.averaged_validation_loss ? fmt::format(", averaged {:.4f}", *report.averaged_validation_loss) : std::string();
+        (report.averaged_validation_loss ? averaged_remarks : step_remarks)
+            .push_back(fmt::format("on {} of {} held-out chars", format_count(report.validation_characters),
+                                   format_count(report.held_out_characters)));
+    auto remarked = [](double loss, const std::vector<std::string>& remarks) {
+        return remarks.empty() ? fmt::format("{:.4f}", loss) : fmt::format("{:.4f} ({})", loss, fmt::join(remarks, ", "));
+    };
+    const std::string averaged = report.averaged_validation_loss
+                                     ? fmt::format(", averaged {}", remarked(*report.averaged_validation_loss, averaged_remarks))
+                                     : std::string();
     const std::string validation =
-        report.validation_loss
-            ? fmt::format(" | val {:.4f}{}{}", *report.validation_loss, averaged,
-                          remarks.empty() ? std::string() : fmt::format(" ({})", fmt::join(remarks, ", ")))
-            : "";
+        report.validation_loss ? fmt::format(" | val {}{}", remarked(*report.validation_loss, step_remarks), averaged) : "";
     return fmt::format("{} | train {:.4f}{} | lr {:.2e} | {:.1f}k chars/s | {}{}", step_of_total(report), report.train_loss,
                        validation, report.learning_rate, report.chars_per_second / 1000, format_duration(report.elapsed_seconds),
                        time_left(report));

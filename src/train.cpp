@@ -10,6 +10,7 @@
 #include <csignal>
 #include <regex>
 #include <sstream>
+#include <utility>
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -198,6 +199,7 @@ private:
     BatchStream stream_;
     Batch batch_;
     const bool has_validation_;
+    std::optional<std::string> overfitting_warning_;  // said after its validation's report, which shows the figure it names
     Clock::time_point start_, last_report_;  // when the steps began; the last report
     bool interrupted_ = false, out_of_time_ = false;  // a stop signal, and --minutes up, on any process
     double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
@@ -318,10 +320,13 @@ void TrainingLoop::remove_stale_temporaries() const {
 void TrainingLoop::warn_about_options_that_do_nothing() {
     if (!has_validation_)
         progress_.warning(fmt::format(
-            "no validation text ({} has {} characters): no best.safetensors, and the summary shows the training loss",
+            "no validation text ({} has {} character{}): no best.safetensors, and the summary shows the training loss{}",
             options_.validation_file ? options_.validation_file->string()
                                      : fmt::format("--val-fraction {} of the corpus", options_.validation_fraction),
-            session_.corpus.validation().size()));
+            session_.corpus.validation().size(), session_.corpus.validation().size() == 1 ? "" : "s",
+            session_.average ? fmt::format("; the average of the weights (--ema {}) is kept for a resume but never scored, so "
+                                           "--ema 0 saves its time", options_.average_decay)
+                             : std::string()));
     const LearningRateSchedule& schedule = options_.learning_rate_schedule;
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
@@ -445,6 +450,7 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
     averaged_is_better_ = averaged_loss && std::isfinite(*averaged_loss) && *averaged_loss < validation_loss;
     const double step_loss = averaged_is_better_ ? *averaged_loss : validation_loss;
     report.new_best = step_loss < session_.state.best_validation_loss;
+    report.best_is_averaged = report.new_best && averaged_is_better_;
     if (report.new_best) {
         session_.state.best_validation_loss = step_loss;
         session_.state.best_validation_characters = validation.count;
@@ -466,19 +472,20 @@ void TrainingLoop::validate_and_save(ProgressReport& report) {
         save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
 }
 
-// A validation loss that has risen well above its best for kOverfittingValidations validations in a
-// row: the model is learning its training text by heart. Said once per such stretch, with what helps.
+// kOverfittingValidations validations in a row without a new best, the last of them well above the
+// best: the model is learning its training text by heart. Said once per such stretch, with what helps,
+// after the report line of the validation that showed it.
 void TrainingLoop::warn_if_overfitting(double validation_loss) {
     constexpr std::int64_t kOverfittingValidations = 3;
     constexpr double kRise = 0.02;  // nats/char: far above the noise of one validation
     const TrainingState& state = session_.state;
     if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
-    progress_.warning(fmt::format(
-        "the validation loss has risen for {} validations, to {:.4f} from its best {:.4f}{}: the model is overfitting its "
+    overfitting_warning_ = fmt::format(
+        "{} validations in a row without a new best, and the validation loss is now {:.4f} against its best {:.4f}{}: the model is overfitting its "
         "training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
         "--steps would help, and --patience N stops such a run (docs/quality.md)",
         kOverfittingValidations, validation_loss, state.best_validation_loss,
-        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string()));
+        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string());
 }
 
 // The last step's loss on all the held-out text, where the validations scored part of it: once, at the
@@ -609,6 +616,7 @@ void TrainingLoop::report_progress(ProgressReport& report, double learning_rate)
     static_cast<StepProgress&>(report) = step_progress(learning_rate);
     if (metrics_log_) metrics_log_->progress_reported(report);
     progress_.progress_reported(report);
+    if (overfitting_warning_) progress_.warning(*std::exchange(overfitting_warning_, std::nullopt));
     loss_since_report_ = 0;
     steps_since_report_ = 0;
     last_report_ = Clock::now();
@@ -620,6 +628,7 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
     result.last_train_loss = last_train_loss_;
     result.validated = has_validation_;
     result.best_validation_loss = session_.state.best_validation_loss;
+    result.averaged = session_.average.has_value();
     result.best_is_averaged = session_.state.best_is_averaged;
     result.chars_per_second = chars_per_second_;
     result.stopped_by = stopped_by;
@@ -768,6 +777,13 @@ constexpr OptionOnResume kOptionsOnResume[] = {
     {"--keep-checkpoints", nullptr, true},  // this invocation's choice, which the run does not record
 };
 
+// An option's value as the command line writes it: 0 and 0.25, not 0.0 and 0.25; step, not "step".
+std::string option_value_text(const nlohmann::json& value) {
+    if (value.is_number_float()) return fmt::format("{}", value.get<double>());
+    if (value.is_string()) return value.get<std::string>();
+    return value.dump();
+}
+
 // The stored options with the request's given ones laid over them, each change described in
 // `changes`; refuses any option that the checkpoint fixes.
 nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& request, std::vector<std::string>& changes) {
@@ -784,8 +800,8 @@ nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& re
         if (!option->may_change)
             throw UsageError(fmt::format("{} {} differs from the run's {}, which its checkpoint fixes; leave {} out to "
                                          "resume, or start a new run with --out",
-                                         flag, after.dump(), before.dump(), flag));
-        changes.push_back(fmt::format("{} {} (was {})", flag, after.dump(), before.dump()));
+                                         flag, option_value_text(after), option_value_text(before), flag));
+        changes.push_back(fmt::format("{} {} (was {})", flag, option_value_text(after), option_value_text(before)));
         stored[pointer] = after;
     }
     return stored;

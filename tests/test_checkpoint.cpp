@@ -321,7 +321,8 @@ TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
     checkpoint.config.vocab_size = 8;
     checkpoint.training.step = 30;
     checkpoint.training.best_validation_loss = 1.5;
-    checkpoint.training.options = {
+    checkpoint.training.best_step = 20;
+    checkpoint.training.options = {{"ema", 0.999},
         {"corpus", "/data/shakespeare.txt"}, {"corpus_size_bytes", 1115394},
         {"corpus_sha256", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
         {"validation_file", nullptr}, {"validation_file_size_bytes", nullptr}, {"validation_file_sha256", nullptr},
@@ -341,7 +342,9 @@ TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
 
     const std::string text = format_checkpoint_description(description);
     for (const char* expected :
-         {"trained     30 steps, 1.50 epochs\n", "best val    1.5000 nats/char",
+         {"trained     30 steps, 1.50 epochs\n",
+          // which weights scored it, since the run averaged them
+          "best val    1.5000 nats/char (perplexity 4.482) at step 20, of the step's own weights (not their average, --ema)\n",
           "corpus      /data/shakespeare.txt (1115394 bytes, sha256 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed)\n",
           "validation  the corpus's last 5%\n", "train text  1280 characters\n",
           // the vocabulary with its control characters and its combining mark readable, never '?'
@@ -377,8 +380,10 @@ TEST(Checkpoint, DescriptionOfAnOlderOrOddCheckpointNeverFails) {
 
     for (const nlohmann::json& odd : {nlohmann::json(), nlohmann::json::array({1, 2}), nlohmann::json("text"),
                                       nlohmann::json{{"corpus", 5}, {"corpus_size_bytes", "big"}, {"train_characters", 0},
-                                                     {"seq_length", -1}, {"batch_size", 1.5}, {"model", nlohmann::json::object()}}}) {
+                                                     {"seq_length", -1}, {"batch_size", 1.5}, {"model", nlohmann::json::object()},
+                                                     {"ema", "much"}}}) {
         checkpoint.training.options = odd;
+        checkpoint.training.best_validation_loss = 2.0;  // so that the best's line reads the options too
         ASSERT_NO_THROW(description = describe_checkpoint(checkpoint)) << odd.dump();
         EXPECT_TRUE(description.at("corpus").is_null()) << odd.dump();
         EXPECT_TRUE(description.at("epochs").is_null()) << odd.dump();

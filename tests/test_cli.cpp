@@ -1,6 +1,7 @@
 // End-to-end tests of the charlm binary: real processes on tiny texts, stdout, stderr and exit code kept apart.
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -345,8 +346,8 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
 
     // The summary on stdout, the progress log on stderr.
     std::smatch match;
-    // ", averaged weights" where the best figure came from the average of the weights (--ema, 0.999 unless given).
-    const std::regex summary(R"(^trained (\d+) steps; best validation loss ([0-9.]+) nats/char(, averaged weights)? )"
+    // Which weights the best figure is of, since the run averages them (--ema, 0.999 unless given).
+    const std::regex summary(R"(^trained (\d+) steps; best validation loss ([0-9.]+) nats/char, (averaged weights|the step's weights) )"
                              R"(\(perplexity ([0-9.]+), ([0-9.]+) bits/char\)\n)"
                              R"(checkpoints: (.*) \(best\), (.*) \(to resume\)\n$)");
     ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
@@ -377,7 +378,7 @@ TEST_F(Cli, TrainWritesCheckpointsMetricsAndSummary) {
         }
     }
     EXPECT_NEAR(best, lowest, 6e-5);
-    EXPECT_EQ(match[3].matched, lowest_is_averaged) << describe(result);
+    EXPECT_EQ(match[3].str() == "averaged weights", lowest_is_averaged) << describe(result);
 
     // Safetensors with PyTorch's names and shapes, vocabulary and config in the metadata.
     const std::size_t vocab_size = distinct_characters(text).size();
@@ -407,8 +408,8 @@ TEST_F(Cli, TrainValCharsValidatesOnPartOfTheHeldOutTextAndOnAllOfItAtTheEnd) {
     // The summary says what the best figure covers, and gives the figure of all the held-out text.
     std::smatch match;
     const std::regex summary(R"(^trained 30 steps; best validation loss ([0-9.]+) nats/char on 20 of (\d+) held-out chars)"
-                             R"((?:, averaged weights)? \(perplexity [0-9.]+, [0-9.]+ bits/char\)\n)"
-                             R"(on all (\d+) held-out chars, step 30(?:, averaged weights)?: ([0-9.]+) nats/char )"
+                             R"(, (?:averaged weights|the step's weights) \(perplexity [0-9.]+, [0-9.]+ bits/char\)\n)"
+                             R"(on all (\d+) held-out chars, step 30, (?:averaged weights|the step's weights): ([0-9.]+) nats/char )"
                              R"(\(perplexity ([0-9.]+), [0-9.]+ bits/char\)\n)"
                              R"(checkpoints: .* \(best\), .* \(to resume\)\n$)");
     ASSERT_TRUE(std::regex_match(result.out, match, summary)) << describe(result);
@@ -1270,9 +1271,10 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     expect_train_refused(corpus, {"--batch"}, {"--batch", "-4"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"hidden size", "1000000"}, {"--hidden", "1000000"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"too large"}, {"--seq", "100000", "--batch", "100000"}, /*usage_error=*/true);
-    expect_train_refused(corpus, {"dropout"}, {"--dropout", "1"}, /*usage_error=*/true);
-    expect_train_refused(corpus, {"embedding dropout", "-0.5"}, {"--embed-dropout", "-0.5"}, /*usage_error=*/true);
-    expect_train_refused(corpus, {"weight drop", "1"}, {"--weight-drop", "1"}, /*usage_error=*/true);
+    // Each rate's refusal names its option.
+    expect_train_refused(corpus, {"(--dropout)", "1"}, {"--dropout", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"(--embed-dropout)", "-0.5"}, {"--embed-dropout", "-0.5"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"(--weight-drop)", "1"}, {"--weight-drop", "1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"unknown dropout mask 'per-unit'"}, {"--dropout", "0.2", "--dropout-mask", "per-unit"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--ema", "1"}, {"--ema", "1"}, /*usage_error=*/true);
     // With no dropout, a choice of masks would be ignored.
@@ -1394,6 +1396,26 @@ TEST_F(Cli, ResultsAreTheSameWhateverTeamsOpenMPGives) {
         }();
         EXPECT_EQ(under_dynamic.out, two_threads.out);
     }
+}
+
+// More threads than the cores a process may run on make it slower, not faster: said, and obeyed all the same.
+TEST_F(Cli, MoreThreadsThanCoresAreWarnedAboutAndGiveTheSameResult) {
+    const fs::path checkpoint = trained_run();
+    cpu_set_t usable;
+    ASSERT_EQ(::sched_getaffinity(0, sizeof usable, &usable), 0);
+    const int cores = CPU_COUNT(&usable);
+    auto eval_with = [&](int threads) {
+        return charlm({"eval", checkpoint.string(), path("corpus.txt").string(), "--json", "--threads", std::to_string(threads)});
+    };
+    const RunResult fitting = eval_with(cores), beyond = eval_with(cores + 1);
+    ASSERT_EQ(fitting.exit_code, 0) << describe(fitting);
+    ASSERT_EQ(beyond.exit_code, 0) << describe(beyond);
+    EXPECT_EQ(fitting.err.find("is more than the"), std::string::npos) << describe(fitting);
+    EXPECT_NE(beyond.err.find(fmt::format("--threads {} is more than the {} core{} this process may run on", cores + 1, cores,
+                                          cores == 1 ? "" : "s")),
+              std::string::npos)
+        << describe(beyond);
+    EXPECT_NEAR(json::parse(beyond.out).at("nats_per_character").get<double>(), json::parse(fitting.out).at("nats_per_character").get<double>(), 1e-5);
 }
 
 TEST_F(Cli, TrainThatDivergesSaysSoInOneLineAndKeepsTheLastGoodCheckpoint) {
@@ -1519,6 +1541,10 @@ TEST_F(Cli, TrainWithoutValidationSaysSoAndWritesNoBestCheckpoint) {
     EXPECT_NE(result.out.find("no validation text, so no best checkpoint"), std::string::npos) << result.out;
     EXPECT_EQ(result.out.find("best validation loss"), std::string::npos) << result.out;
     EXPECT_FALSE(fs::exists(path("run") / "best.safetensors"));
+    // The average (--ema, on by default) has nothing to be scored on: said, with how to save its time.
+    EXPECT_NE(result.err.find("(--ema 0.999) is kept for a resume but never scored"), std::string::npos) << result.err;
+    const RunResult plain = train_tiny(corpus, "plain", 20, {"--val-fraction", "0", "--ema", "0"});
+    EXPECT_EQ(plain.err.find("--ema"), std::string::npos) << plain.err;
     expect_error(charlm({"train", corpus.string(), "--out", path("patient").string(), "--val-fraction", "0", "--patience", "2"}),
                  {"--patience", "no validation text"}, true);
 }

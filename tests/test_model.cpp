@@ -349,7 +349,7 @@ TEST(Model, BadSizesAreUsageErrorsButABadConfigFromAFileIsNot) {
     expect_plain_error(json, "unknown dropout mask 'gaussian'");
     json = small_config(1).to_json();
     json["weight_drop"] = 1.5;
-    expect_plain_error(json, "weight drop must be at least 0 and below 1, not 1.5");
+    expect_plain_error(json, "weight drop (--weight-drop) must be at least 0 and below 1, not 1.5");
 }
 
 // A checkpoint from before the choice of masks drew them per step, and goes on doing so.

@@ -100,6 +100,8 @@ TEST(Terminal, ARunIsDescribedInOneLine) {
     EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240 (40 of "
                                              "them each time, all at the end), 71 windows of 16x4 per pass",
                                              run.model.parameter_count()));
+    run.validation_characters = 1;  // nothing to predict
+    EXPECT_NE(describe_run(run).find("on 4560 characters, with no validation, 71 windows"), std::string::npos) << describe_run(run);
 }
 
 TEST(Terminal, TheStatusLineAndTheReportLineShowTheSameFigures) {
@@ -128,6 +130,17 @@ TEST(Terminal, TheStatusLineAndTheReportLineShowTheSameFigures) {
     report.new_best = false;
     EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 (on 320k of 5.5M held-out chars) | "
                                           "lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    // With averaged weights (--ema), "(best)" follows whichever figure was the best, and the part scored follows the last.
+    report.averaged_validation_loss = 2.0456;
+    report.new_best = true;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 (best), averaged 2.0456 (on 320k of "
+                                          "5.5M held-out chars) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.averaged_validation_loss = 2.0012;
+    report.best_is_averaged = true;
+    EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123, averaged 2.0012 (best, on 320k of "
+                                          "5.5M held-out chars) | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
+    report.averaged_validation_loss.reset();
+    report.new_best = report.best_is_averaged = false;
     report.validation_characters = report.held_out_characters;
     EXPECT_EQ(format_report_line(report), "step 120/2000 | epoch 2.31 | train 1.9877 | val 2.0123 | lr 2.00e-03 | 41.2k chars/s | 1m02s | ETA 16m10s");
     // A run bounded by --minutes alone has no step total, and no time left to tell.

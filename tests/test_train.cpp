@@ -613,10 +613,16 @@ TEST(Train, WarnsOnceWhenTheValidationLossRisesAsTheModelOverfits) {
     const Checkpoint best = load_checkpoint(result.best_checkpoint);
     EXPECT_GT(best.training.best_step, 0);
     EXPECT_LT(best.training.best_step, 150);
-    for (const std::string& warning : progress.warnings) {
-        if (warning.find("overfitting") != std::string::npos) {
-            EXPECT_NE(warning.find(fmt::format("at step {}", best.training.best_step)), std::string::npos) << warning;
-        }
+    // Said right after the report of the validation it names, never before it: the warnings in order of events.
+    std::size_t warning_index = 0;
+    for (std::size_t i = 0; i < progress.events.size(); ++i) {
+        if (progress.events[i].kind != "warning") continue;
+        const std::string& warning = progress.warnings.at(warning_index++);
+        if (warning.find("overfitting") == std::string::npos) continue;
+        EXPECT_NE(warning.find(fmt::format("at step {}", best.training.best_step)), std::string::npos) << warning;
+        EXPECT_NE(warning.find("3 validations in a row without a new best"), std::string::npos) << warning;
+        ASSERT_GT(i, 0u);
+        EXPECT_EQ(progress.events[i - 1].kind, "report") << "the warning follows its validation's report line";
     }
 }
 
@@ -856,7 +862,7 @@ TEST(Train, ResumeKeepsOrChangesTheValidationCharacters) {
     RecordingProgress automatic;
     resume(15, automatic, true);
     EXPECT_EQ(stored(), "auto");
-    EXPECT_NE(automatic.notes.at(0).find("--val-chars \"auto\" (was 0)"), std::string::npos) << automatic.notes[0];
+    EXPECT_NE(automatic.notes.at(0).find("--val-chars auto (was 0)"), std::string::npos) << automatic.notes[0];
     EXPECT_EQ(automatic.reports.back().validation_characters, 112u) << "a quarter of 7 x 16 x 4";
     ASSERT_EQ(automatic.warnings.size(), 1u);
     EXPECT_NE(automatic.warnings[0].find("give --val-chars 0 to keep them as they were"), std::string::npos) << automatic.warnings[0];
@@ -1031,7 +1037,7 @@ TEST(Train, ResumeAppliesTheOptionsARunMayChange) {
     EXPECT_EQ(progress.runs[0].first_step, 10);
     EXPECT_EQ(progress.steps_in_order(), (std::vector<std::int64_t>{11, 12, 13, 14}));
     ASSERT_FALSE(progress.notes.empty());
-    EXPECT_NE(progress.notes[0].find("at step 10; changed: --lr 0.0005 (was 0.002), --dropout 0.2 (was 0.0)"), std::string::npos)
+    EXPECT_NE(progress.notes[0].find("at step 10; changed: --lr 0.0005 (was 0.002), --dropout 0.2 (was 0)"), std::string::npos)
         << progress.notes[0];
     // --eval-every 3 makes each (automatic) validation score less than before: a warning says so.
     ASSERT_EQ(progress.warnings.size(), 1u);

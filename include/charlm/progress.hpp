@@ -48,6 +48,7 @@ struct ProgressReport : StepProgress {
     std::optional<double> validation_loss;   // nats/char, where evaluated and the run has validation text
     std::optional<double> averaged_validation_loss;  // likewise, of the averaged parameters (--ema)
     bool new_best = false;                   // the lowest validation loss yet (of either): best.safetensors holds this step's
+    bool best_is_averaged = false;           // that new best is the averaged parameters' (--ema), not the step's own
     // Where there is a validation loss: the predictions it covers, and those of all the held-out text
     // (fewer where --val-chars validates on part of it).
     std::size_t validation_characters = 0;

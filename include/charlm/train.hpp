@@ -73,6 +73,7 @@ struct TrainResult {
     std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
+    bool averaged = false;             // the run averaged its parameters (--ema): each validation scored both
     bool best_is_averaged = false;     // best.safetensors holds the averaged parameters (--ema)
     // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
     // loss of the run's last step on all of it, scored once at its end (not after a stop request).

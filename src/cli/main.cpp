@@ -52,6 +52,12 @@ void use_threads(int threads) {
     const charlm::ThreadCount count = charlm::set_thread_count(threads);
     if (count.limited_by)
         spdlog::warn("--threads {} asks for more than {} allows; using {}", count.requested, count.limited_by, count.used);
+    // More threads than cores: each parallel region waits for its slowest thread, which waits for a core.
+    const int cores = omp_get_num_procs();
+    if (count.used > cores)
+        spdlog::warn("--threads {} is more than the {} core{} this process may run on: the threads beyond them wait for a core at "
+                     "every step, which makes the work slower, not faster; give --threads {} or leave it out",
+                     count.used, cores, cores == 1 ? "" : "s", cores);
 }
 
 // Training's threads where several processes share a machine: by default the cores this process may
@@ -289,18 +295,22 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
                    result.last_checkpoint.string());
     } else {
         const double best = result.best_validation_loss;
+        // Which weights a figure is of, where the run scored both: the average's or the step's own.
+        auto weights = [&](bool averaged) {
+            return !result.averaged ? std::string() : averaged ? std::string(", averaged weights") : std::string(", the step's weights");
+        };
         const std::string part = result.validation_characters < result.held_out_characters
                                      ? fmt::format(" on {} of {} held-out chars", charlm::format_count(result.validation_characters),
                                                    charlm::format_count(result.held_out_characters))
                                      : std::string();
         fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{}{} (perplexity {:.3f}, {:.4f} bits/char)\n",
-                   result.steps, stopped, best, part, result.best_is_averaged ? ", averaged weights" : "", charlm::perplexity_of(best),
+                   result.steps, stopped, best, part, weights(result.best_is_averaged), charlm::perplexity_of(best),
                    charlm::bits_per_character_of(best));
         if (result.full_validation_loss) {
             const double full = *result.full_validation_loss;
             fmt::print("on all {} held-out chars, step {}{}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n",
                        charlm::format_count(result.held_out_characters), result.steps,
-                       result.full_validation_is_averaged ? ", averaged weights" : "", full, charlm::perplexity_of(full),
+                       weights(result.full_validation_is_averaged), full, charlm::perplexity_of(full),
                        charlm::bits_per_character_of(full));
         }
         fmt::print("checkpoints: {} (best), {} (to resume)\n", result.best_checkpoint.string(), result.last_checkpoint.string());
@@ -810,8 +820,9 @@ int main(int argc, char** argv) {
     train->add_option("--dropout", train_options.model.dropout, "Dropout of each layer's output while training, the top layer's included")
         ->capture_default_str();
     train->add_option("--ema", train_options.average_decay,
-                      "Average the weights over training (decay per step, e.g. 0.999); validation scores both, "
-                      "best.safetensors keeps the better; 0 turns it off")
+                      "Average the weights over training, with this decay per step once warmed up (the decay is "
+                      "min(DECAY, (1+step)/(10+step)), so 0.999 spans about the last 1000 steps, and fewer in a run of "
+                      "fewer steps); validation scores both, best.safetensors keeps the better; 0 turns it off")
         ->capture_default_str();
     train->add_option("--embed-dropout", train_options.model.embed_dropout, "Dropout of the character embeddings while training")
         ->capture_default_str();
