@@ -481,8 +481,8 @@ void TrainingLoop::warn_if_overfitting(double validation_loss) {
     const TrainingState& state = session_.state;
     if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
     overfitting_warning_ = fmt::format(
-        "{} validations in a row without a new best, and the validation loss is now {:.4f} against its best {:.4f}{}: the model is overfitting its "
-        "training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
+        "{} validations in a row without a new best, and the validation loss is now {:.4f} against its best {:.4f}{}: the "
+        "model is overfitting its training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
         "--steps would help, and --patience N stops such a run (docs/quality.md)",
         kOverfittingValidations, validation_loss, state.best_validation_loss,
         state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string());

@@ -1415,7 +1415,8 @@ TEST_F(Cli, MoreThreadsThanCoresAreWarnedAboutAndGiveTheSameResult) {
                                           cores == 1 ? "" : "s")),
               std::string::npos)
         << describe(beyond);
-    EXPECT_NEAR(json::parse(beyond.out).at("nats_per_character").get<double>(), json::parse(fitting.out).at("nats_per_character").get<double>(), 1e-5);
+    EXPECT_NEAR(json::parse(beyond.out).at("nats_per_character").get<double>(),
+                json::parse(fitting.out).at("nats_per_character").get<double>(), 1e-5);
 }
 
 TEST_F(Cli, TrainThatDivergesSaysSoInOneLineAndKeepsTheLastGoodCheckpoint) {
