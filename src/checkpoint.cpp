@@ -388,9 +388,11 @@ void flatten_options(const nlohmann::json& value, const std::string& name, std::
         for (const auto& [key, inner] : value.items()) flatten_options(inner, name.empty() ? key : name + "." + key, rows);
         return;
     }
-    const std::string shown = value.is_string() ? displayable(value.get_ref<const std::string&>())
-                              : value.is_null() ? std::string("none")
-                                                : displayable(value.dump());
+    // 0 and 0.25 as the command line writes them, not JSON's 0.0.
+    const std::string shown = value.is_string()         ? displayable(value.get_ref<const std::string&>())
+                              : value.is_null()         ? std::string("none")
+                              : value.is_number_float() ? fmt::format("{}", value.get<double>())
+                                                        : displayable(value.dump());
     rows.emplace_back(displayable(name), shown);
 }
 

@@ -322,7 +322,7 @@ TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
     checkpoint.training.step = 30;
     checkpoint.training.best_validation_loss = 1.5;
     checkpoint.training.best_step = 20;
-    checkpoint.training.options = {{"ema", 0.999},
+    checkpoint.training.options = {{"ema", 0.999}, {"clip", 0.0},
         {"corpus", "/data/shakespeare.txt"}, {"corpus_size_bytes", 1115394},
         {"corpus_sha256", "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"},
         {"validation_file", nullptr}, {"validation_file_size_bytes", nullptr}, {"validation_file_sha256", nullptr},
@@ -352,7 +352,7 @@ TEST(Checkpoint, DescriptionShowsWhatReproducingARunTakes) {
         EXPECT_NE(text.find(expected), std::string::npos) << "missing: " << expected << "\nin:\n" << text;
     // Every stored option, nested ones by their dotted name, and none that can send the terminal an escape sequence.
     for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
-             {"batch_size", "4"}, {"learning_rate", "0.002"}, {"lr_schedule", "cosine"}, {"model\\.cell", "gru"},
+             {"batch_size", "4"}, {"learning_rate", "0.002"}, {"clip", "0"}, {"ema", "0.999"}, {"lr_schedule", "cosine"}, {"model\\.cell", "gru"},
              {"model\\.hidden_size", "8"}, {"validation_file", "none"}, {"run_directory", "runs/aU\\+001B\\[31mb"}})
         EXPECT_TRUE(std::regex_search(text, std::regex("\n  " + name + " +" + value + "\n"))) << name << "\nin:\n" << text;
     EXPECT_EQ(text.find('?'), std::string::npos) << text;
