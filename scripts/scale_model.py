@@ -53,7 +53,7 @@ def lstm_shape(row, vocab):
 
 
 def backward_flop(row, vocab):
-    """(forward FLOP, [backward FLOP of each part of lstm_shape()]) per window, as src/bench.cpp's count_flops."""
+    """(forward FLOP, [backward FLOP of each part of lstm_shape()]) per window, as src/bench/bench.cpp's count_flops."""
     V, E, H, L = vocab, row["embed"], row["hidden"], row["layers"]
     G, T, B = 4 * H, row["seq"], row["batch"]
     TB = T * B

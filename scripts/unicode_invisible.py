@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-# Writes src/unicode_invisible.inc: the code point ranges that charlm shows as U+XXXX rather than as themselves.
+# Writes src/text/unicode_invisible.inc: the code point ranges that charlm shows as U+XXXX rather than as themselves.
 """Characters that do not print as a mark of their own: combining marks that fuse with the character
 before them (Mn, Me), format characters such as bidirectional overrides and zero-width joiners (Cf),
 line and paragraph separators and every space but U+0020 (Zl, Zp, Zs), controls (Cc), surrogates
 (Cs) and private use (Co). The table follows this Python's unicodedata; run it again on a newer
-Python to follow a newer Unicode:  python3 scripts/unicode_invisible.py > src/unicode_invisible.inc
+Python to follow a newer Unicode:  python3 scripts/unicode_invisible.py > src/text/unicode_invisible.inc
 """
 import unicodedata
 

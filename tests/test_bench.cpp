@@ -4,7 +4,7 @@
 
 #include "charlm/bench.hpp"
 #include "charlm/error.hpp"
-#include "input_projection.hpp"
+#include "nn/input_projection.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -5,7 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
-#include "dropout.hpp"
+#include "nn/dropout.hpp"
 
 namespace charlm {
 namespace {

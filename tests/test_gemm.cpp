@@ -2,7 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
-#include "gemm.hpp"
+#include "nn/gemm.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -3,7 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "charlm/error.hpp"
-#include "input_projection.hpp"
+#include "nn/input_projection.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -3,10 +3,10 @@
 // differences in double precision at sizes that take full chunks of units and both threads' shares.
 #include <gtest/gtest.h>
 
-#include "cell_units.hpp"
-#include "recurrent_layer.hpp"
+#include "nn/cell_units.hpp"
+#include "nn/recurrent_layer.hpp"
 #include "reference_cells.hpp"
-#include "row_shares.hpp"
+#include "nn/row_shares.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -3,7 +3,7 @@
 
 #include <atomic>
 
-#include "row_shares.hpp"
+#include "nn/row_shares.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

@@ -3,7 +3,8 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
+#include "cli/terminal.hpp"
 
 namespace charlm {
 namespace {

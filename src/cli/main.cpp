@@ -38,7 +38,8 @@
 #include "charlm/plot.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/server.hpp"
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
+#include "cli/terminal.hpp"
 #include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 

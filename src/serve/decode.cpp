@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 
 #include "charlm/threads.hpp"
-#include "row_shares.hpp"
+#include "nn/row_shares.hpp"
 
 namespace charlm {
 

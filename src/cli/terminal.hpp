@@ -1,9 +1,7 @@
-// Writing for a person at a terminal: whether the log is coloured, characters shown so that they can be read,
-// and the lines that show a training run's progress.
+// Training's progress as the terminal shows it, and whether the log is coloured: presentation, for the CLI alone.
 #pragma once
 
 #include <string>
-#include <string_view>
 
 #include <spdlog/common.h>
 
@@ -16,19 +14,6 @@ namespace charlm {
 // `no_color` is the variable's value, or null where it is not set.
 spdlog::color_mode log_color_mode(const char* no_color, bool stderr_is_terminal);
 
-// One character as it can be read in a list such as a vocabulary: itself where it prints as a mark of
-// its own; \n, \t, \r, \0 and \\ (a backslash, so that "\n" is never ambiguous) as escapes; and
-// U+XXXX for every other control, format character (such as a bidirectional override), combining mark
-// (such as U+0301, which would fuse with its neighbour), space other than U+0020, separator,
-// surrogate or private-use character.
-std::string displayable(char32_t character);
-// The same for every character of a UTF-8 text (a path, an option); a byte that is not UTF-8 as \xFF.
-std::string displayable(std::string_view utf8_text);
-
-// A time as a person reads it: 42s, 3m07s, 2h05m.
-std::string format_duration(double seconds);
-// A count as a person reads it, to three digits: 950, 320k, 5.5M, 1.23G.
-std::string format_count(std::size_t count);
 // "training lstm 2x256 (833600 parameters) on 950000 characters, validating on 50000, 148 windows of 100x64 per pass";
 // where each validation scores part of the held-out text, "validating on 5500000 (320000 of them each time, all at the end)".
 std::string describe_run(const RunDescription& run);

@@ -18,7 +18,7 @@
 #include <nlohmann/json.hpp>
 
 #include "charlm/error.hpp"
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
 
 extern char** environ;
 

@@ -22,7 +22,7 @@
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
 
 namespace charlm {
 

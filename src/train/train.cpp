@@ -24,7 +24,7 @@
 #include "charlm/json_integer.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/run_lock.hpp"
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
 #include "metrics_log.hpp"
 
 namespace charlm {

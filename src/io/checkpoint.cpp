@@ -13,7 +13,7 @@
 #include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
-#include "charlm/terminal.hpp"
+#include "charlm/display.hpp"
 
 namespace charlm {
 

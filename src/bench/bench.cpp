@@ -14,7 +14,7 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
-#include "gemm.hpp"
+#include "nn/gemm.hpp"
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/sample.hpp"
