@@ -3,7 +3,8 @@
 # then print a sample and the validation perplexity.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh --demo
+# Only the binary: the tests and benchmarks (about half the files) are scripts/test.sh's to build, in the same build/.
+scripts/setup.sh --demo --target charlm -- -DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF
 [ -s data/kjv.txt ] || scripts/get-corpus.sh
 minutes="${CHARLM_DEMO_MINUTES:-2.5}"
 echo "demo: training a 2x256 LSTM on data/kjv.txt for $minutes minutes (Ctrl-C stops early and keeps the checkpoint)" >&2

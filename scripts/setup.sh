@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Installs what charlm needs from Debian's packages (only what is missing), then builds it with CMake.
-# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--browser] [--fuzz] [--build-dir DIR] [-- extra cmake arguments]
+# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--browser] [--fuzz] [--build-dir DIR] [--target NAME]
+#                         [-- extra cmake arguments]
+# Without --target it builds everything the configuration names: the tests and the benchmarks too unless the extra
+# arguments turn them off (-DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF, as scripts/demo.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,7 +11,10 @@ packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev lib
   libopenmpi-dev openmpi-bin
   libdnnl-dev ocl-icd-opencl-dev)
 build_dir=build
-cmake_arguments=()
+# The demo configures build/ without tests and benchmarks, and CMake's cache would keep that for every later
+# build there: name the full build here, so that the caller's arguments (after --) alone turn parts off.
+cmake_arguments=(-DCHARLM_TESTS=ON -DCHARLM_BENCH=ON)
+build_target=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --demo) packages+=(bible-kjv) ;;
@@ -19,7 +25,8 @@ while [ $# -gt 0 ]; do
     --browser) packages+=(chromium chromium-driver python3-selenium) ;;  # the serve page's test in headless Chromium
     --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev python3) ;;
     --build-dir) build_dir="$2"; shift ;;
-    --) shift; cmake_arguments=("$@"); break ;;
+    --target) build_target=(--target "$2"); shift ;;  # e.g. charlm: the binary and the libraries it links, nothing else
+    --) shift; cmake_arguments+=("$@"); break ;;
     *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -39,4 +46,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "${cmake_arguments[@]}" >&2
-cmake --build "$build_dir" -j "$(nproc)" >&2
+cmake --build "$build_dir" -j "$(nproc)" "${build_target[@]}" >&2
