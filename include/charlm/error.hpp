@@ -1,4 +1,5 @@
-// The one error type: a message meant for the user, printed once by the CLI (exit 1; a UsageError, exit 2).
+// Errors meant for the user: Error (exit 1) and UsageError (exit 2), and those that derive from them (the
+// decoder's), each a message printed once by the CLI.
 #pragma once
 
 #include <stdexcept>

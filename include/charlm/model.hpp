@@ -11,44 +11,10 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
+#include "charlm/model_config.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
-
-// The recurrent cells: Elman's (PyTorch's nn.RNN, tanh), the LSTM and the GRU. Their math is in
-// src/cells/, one file each; src/cells.hpp lists them.
-enum class CellType { lstm, gru, rnn };
-std::string to_string(CellType cell);
-CellType parse_cell_type(const std::string& name);  // throws UsageError for an unknown name
-
-// How dropout draws its masks on a window: one per stream shared by every step (Gal and Ghahramani's
-// variational or "locked" dropout), or a new one at each step (nn.Dropout's).
-enum class DropoutMask { locked, step };
-std::string to_string(DropoutMask mask);
-DropoutMask parse_dropout_mask(const std::string& name);  // throws UsageError for an unknown name
-
-struct ModelConfig {
-    CellType cell = CellType::lstm;
-    int vocab_size = 0;
-    int embed_size = 64;
-    int hidden_size = 256;
-    int layers = 2;
-    // Regularization, in training only; a resumed run may change it (set_regularization).
-    double dropout = 0.0;        // of each layer's output, the top one's included (as char-rnn's)
-    double embed_dropout = 0.0;  // of the embedding's output, the first layer's input
-    double weight_drop = 0.0;    // DropConnect on each layer's W_hh, one mask per window (AWD-LSTM's weight drop)
-    DropoutMask dropout_mask = DropoutMask::locked;  // of dropout and embed_dropout
-
-    void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
-    // Takes dropout, embed_dropout, weight_drop and dropout_mask from `rates`: what a run sets for itself
-    // where its shape comes from a checkpoint (--resume, --init-from).
-    void take_regularization(const ModelConfig& rates);
-    std::size_t parameter_count() const;
-    int gate_count() const;       // G: a layer's weights are (G*H, I) and (G*H, H)
-    bool has_cell_state() const;  // whether the cell carries c besides h (the LSTM)
-    nlohmann::json to_json() const;
-    static ModelConfig from_json(const nlohmann::json& json);  // validates; a bad config is an Error (a bad file), never a UsageError
-};
 
 // The recurrent state carried between windows: per layer, (B, H).
 template <typename Scalar>

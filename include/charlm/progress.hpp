@@ -7,7 +7,7 @@
 #include <optional>
 #include <string>
 
-#include "charlm/model.hpp"
+#include "charlm/model_config.hpp"
 
 namespace charlm {
 

@@ -12,7 +12,7 @@
 #pragma once
 
 #include "charlm/error.hpp"
-#include "charlm/model.hpp"
+#include "charlm/model_config.hpp"
 #include "cells/gru.hpp"
 #include "cells/lstm.hpp"
 #include "cells/rnn.hpp"

@@ -10,7 +10,7 @@
 #include <cstdint>
 
 #include "gemm.hpp"
-#include "recurrent_layer.hpp"
+#include "layer_io.hpp"
 
 namespace charlm {
 
