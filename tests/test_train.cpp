@@ -1,4 +1,4 @@
-// Checks train.cpp: a run writes its files, resuming is exact and obeys or refuses each option, every
+// Checks src/train/: a run writes its files, resuming is exact and obeys or refuses each option, every
 // end leaves a checkpoint that loads, divergence writes nothing, existing runs are not overwritten, and
 // the progress sink hears every event in order, as metrics.jsonl records it.
 #include <sys/stat.h>
@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include "charlm/atomic_file.hpp"
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
@@ -22,6 +23,7 @@
 #include "charlm/sample.hpp"
 #include "charlm/train.hpp"
 #include "test_helpers.hpp"
+#include "train/run_directory.hpp"
 
 namespace charlm {
 namespace {
@@ -1544,6 +1546,23 @@ TEST(Train, KeptCheckpointsAreNamedAsCharRnnNamesThem) {
     EXPECT_EQ(kept_checkpoint_name(1200, 1.48217), "step-001200-val-1.4822.safetensors");
     EXPECT_EQ(kept_checkpoint_name(7, 0.5), "step-000007-val-0.5000.safetensors");
     EXPECT_EQ(kept_checkpoint_name(1234567, 12.25), "step-1234567-val-12.2500.safetensors");
+}
+
+// The sweep after a crash removes the temporaries of the run's own writes, and no file of the user's.
+TEST(Train, RunDirectoryKnowsItsKeptCheckpointsAndStaleTemporaries) {
+    EXPECT_TRUE(run_files::is_kept_checkpoint_name(kept_checkpoint_name(1200, 1.48217)));
+    EXPECT_TRUE(run_files::is_kept_checkpoint_name(kept_checkpoint_name(1234567, 12.25)));
+    EXPECT_FALSE(run_files::is_kept_checkpoint_name("step-12-val-1.4822.safetensors"));
+    EXPECT_FALSE(run_files::is_kept_checkpoint_name(run_files::kBestCheckpoint));
+    for (const char* stale : {".last.safetensors.tmp-AbC123", ".best.safetensors.tmp-x", ".corpus.ids.tmp-AbC123",
+                              ".validation.ids.tmp-AbC123", ".corpus.txt.tmp-AbC123", ".validation.txt.tmp-AbC123",
+                              ".step-001200-val-1.4822.safetensors.tmp-AbC123"})
+        EXPECT_TRUE(run_files::is_stale_temporary(stale)) << stale;
+    for (const char* kept : {"last.safetensors", ".lock", ".notes.txt.tmp-AbC123", "last.safetensors.tmp-AbC123", ".tmp-AbC123",
+                             ".metrics.jsonl"})
+        EXPECT_FALSE(run_files::is_stale_temporary(kept)) << kept;
+    EXPECT_EQ(file_of_temporary(".last.safetensors.tmp-AbC123"), "last.safetensors");
+    EXPECT_EQ(file_of_temporary("last.safetensors"), std::nullopt);
 }
 
 // The names of the run directory's kept checkpoints, in order.

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -37,5 +38,9 @@ private:
 // The whole of `bytes` as `path`, through an AtomicFile: a crash or a full disk at any moment leaves
 // the previous file intact.
 void write_file_atomically(const std::filesystem::path& path, std::string_view bytes);
+
+// The file name that an AtomicFile's temporary stands for: NAME for ".NAME.tmp-XXXXXX"; none for a name
+// of any other form. What a sweep after a crash reads, so that the form is written down once.
+std::optional<std::string> file_of_temporary(std::string_view temporary_name);
 
 }  // namespace charlm

@@ -65,29 +65,6 @@ struct TrainOptions {
     static TrainOptions from_json(const nlohmann::json& json);
 };
 
-// Why a run ended. Every one of these leaves last.safetensors holding the final state.
-enum class StopReason { steps, minutes, patience, interrupted };
-
-struct TrainResult {
-    std::int64_t steps = 0;            // the run's step count, resumed ones included
-    std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
-    bool validated = false;            // the run has validation text; without it there is no best checkpoint
-    double best_validation_loss = 0;
-    bool averaged = false;             // the run averaged its parameters (--ema): each validation scored both
-    bool best_is_averaged = false;     // best.safetensors holds the averaged parameters (--ema)
-    // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
-    // loss of the run's last step on all of it, scored once at its end (not after a stop request).
-    std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)
-    std::size_t held_out_characters = 0;    // predictions of all the held-out text
-    std::optional<double> full_validation_loss;
-    bool full_validation_is_averaged = false;  // that loss is the averaged parameters' (the last validation preferred them)
-    double chars_per_second = 0;
-    StopReason stopped_by = StopReason::steps;
-    int patience = 0;                  // the run's --patience, for saying why it stopped
-    std::filesystem::path best_checkpoint;  // empty where the run has no validation text
-    std::filesystem::path last_checkpoint;
-};
-
 // Validation scores about a quarter of the characters that training reads between two validations,
 // and evaluation reads a character 3-4 times faster than training does: a validation then takes under
 // a tenth of the run's time, whatever the size of the held-out text.

@@ -16,6 +16,8 @@ namespace charlm {
 
 namespace {
 
+constexpr std::string_view kTemporaryMark = ".tmp-";  // between the target's name and the random letters
+
 std::filesystem::path folder_of(const std::filesystem::path& path) {
     return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
 }
@@ -30,7 +32,7 @@ int create_temporary_beside(const std::filesystem::path& path, std::filesystem::
     for (int attempt = 0; attempt < 100; ++attempt) {
         std::string suffix(6, ' ');
         for (char& letter : suffix) letter = kLetters[random() % (sizeof kLetters - 1)];
-        temporary = folder_of(path) / fmt::format(".{}.tmp-{}", path.filename().string(), suffix);
+        temporary = folder_of(path) / fmt::format(".{}{}{}", path.filename().string(), kTemporaryMark, suffix);
         const int fd = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
         if (fd >= 0 || errno != EEXIST) return fd;
     }
@@ -105,6 +107,12 @@ void AtomicFile::commit() {
     if (synced != 0 && saved != EINVAL)
         throw Error(fmt::format("{}: written, but flushing its folder to disk failed ({}); a crash now could lose it",
                                 target_.string(), std::strerror(saved)));
+}
+
+std::optional<std::string> file_of_temporary(std::string_view temporary_name) {
+    const std::size_t mark = temporary_name.find(kTemporaryMark);
+    if (!temporary_name.starts_with('.') || mark == std::string_view::npos || mark < 2) return std::nullopt;
+    return std::string(temporary_name.substr(1, mark - 1));
 }
 
 void write_file_atomically(const std::filesystem::path& path, std::string_view bytes) {

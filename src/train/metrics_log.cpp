@@ -6,18 +6,18 @@
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/error.hpp"
-#include "charlm/train.hpp"
+#include "run_directory.hpp"
 
 namespace charlm {
 
 MetricsLog::MetricsLog(const std::filesystem::path& run_directory, bool wait_for_first_last_checkpoint)
-    : run_directory_(run_directory), path_(run_directory / "metrics.jsonl"), waiting_(wait_for_first_last_checkpoint) {
+    : run_directory_(run_directory), path_(run_directory / run_files::kMetrics), waiting_(wait_for_first_last_checkpoint) {
     if (!waiting_) open_for_appending();
 }
 
 void MetricsLog::open_for_appending() {
     file_.open(path_, std::ios::app);
-    if (!file_) throw Error(fmt::format("{}: cannot write metrics.jsonl there", run_directory_.string()));
+    if (!file_) throw Error(fmt::format("{}: cannot write {} there", run_directory_.string(), run_files::kMetrics));
 }
 
 void MetricsLog::checkpoint_saved(const SavedCheckpoint& checkpoint) {

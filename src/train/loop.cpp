@@ -1,0 +1,489 @@
+// The training loop: steps, validations and checkpoints between them, and what the progress sinks hear.
+#include "loop.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <csignal>
+#include <sstream>
+#include <utility>
+
+#include <fmt/format.h>
+
+#include "charlm/clock.hpp"
+#include "charlm/display.hpp"
+#include "charlm/error.hpp"
+#include "charlm/eval.hpp"
+#include "metrics_log.hpp"
+#include "run_directory.hpp"
+#include "step.hpp"
+
+namespace charlm {
+
+namespace {
+
+volatile std::sig_atomic_t stop_requested = 0;
+volatile std::sig_atomic_t loop_running = 0;  // a stop request is heard only while the loop runs
+
+// The loss past which training has exploded (char-rnn stops past three times its first loss): three
+// times `starting_loss`, or that of a uniform guess (ln V) where that is higher.
+double exploded_loss_past(double starting_loss, double uniform_loss) {
+    return 3 * std::max(starting_loss, uniform_loss);
+}
+
+// One invocation's training loop over a session: the steps, the evaluations and checkpoints between
+// them, and what it tells the progress sinks. run() reads top to bottom; the rest are its parts.
+class TrainingLoop {
+public:
+    TrainingLoop(Session& session, TrainingProgress& progress);
+    TrainResult run();
+
+private:
+    void remove_stale_temporaries() const;
+    void warn_about_options_that_do_nothing();
+    RunDescription description() const;
+    void agree_on_stop();
+    std::optional<StopReason> stop_reason() const;
+    double take_step();
+    void check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step);
+    Error diverged(const std::string& what, std::int64_t step) const;
+    bool report_due(bool evaluate_now) const;
+    void validate_and_save(ProgressReport& report);
+    void warn_if_overfitting(double validation_loss);
+    std::optional<double> score_all_held_out_text();
+    LossSum evaluate_held_out(std::size_t max_characters);
+    void save(CheckpointKind kind, const std::filesystem::path& kept_path = {});
+    StepProgress step_progress(double learning_rate) const;
+    void report_progress(ProgressReport& report, double learning_rate);
+    TrainResult final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const;
+
+    Session& session_;
+    const TrainOptions& options_;
+    const Communicator& processes_;
+    TrainingProgress& progress_;  // the caller's sink
+    std::optional<MetricsLog> metrics_log_;  // and the run directory's, told the same checkpoints and reports (process 0's)
+    const std::filesystem::path last_path_, best_path_;
+    BatchStream stream_;
+    Batch batch_;
+    const bool has_validation_;
+    std::optional<std::string> overfitting_warning_;  // said after its validation's report, which shows the figure it names
+    Clock::time_point start_, last_report_;  // when the steps began; the last report
+    bool interrupted_ = false, out_of_time_ = false;  // a stop signal, and --minutes up, on any process
+    double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
+    std::optional<double> last_train_loss_;  // none until this invocation takes a step
+    std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
+    // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
+    std::int64_t saved_step_;
+    // Past this the loss has exploded (char-rnn stops past three times its first loss): three times
+    // the loss of a uniform guess, ln V, or of a fresh run's first step where that is higher. A resumed
+    // run's first loss says nothing: it may already be low, or already have climbed.
+    const double uniform_loss_;
+    double exploded_loss_;
+    bool exploded(double loss) const { return !std::isfinite(loss) || loss > exploded_loss_; }
+    bool averaged_is_better_ = false;  // at the last validation, the averaged weights scored lower (--ema)
+};
+
+// The averaged parameters (--ema) in the model's place while it lives; the last step's come back after.
+class AveragedWeights {
+public:
+    explicit AveragedWeights(Session& session) : session_(session) { session_.average->swap_with(session_.model.parameters()); }
+    ~AveragedWeights() { session_.average->swap_with(session_.model.parameters()); }
+    AveragedWeights(const AveragedWeights&) = delete;
+    AveragedWeights& operator=(const AveragedWeights&) = delete;
+
+private:
+    Session& session_;
+};
+
+TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
+    : session_(session),
+      options_(session.options),
+      processes_(*session.processes),
+      progress_(progress),
+      last_path_(session.options.run_directory / run_files::kLastCheckpoint),
+      best_path_(session.options.run_directory / run_files::kBestCheckpoint),
+      stream_(session.corpus.train(), session.options.seq_length, session.options.batch_size, session.streams),
+      has_validation_(session.corpus.validation().size() >= 2),
+      saved_step_(session.state.step > 0 ? session.state.step : -1),
+      uniform_loss_(std::log(static_cast<double>(session.corpus.vocab.size()))),
+      exploded_loss_(exploded_loss_past(uniform_loss_, uniform_loss_)) {
+    stream_.set_position(session.state.data_position % stream_.windows_per_pass());
+    if (processes_.is_first()) metrics_log_.emplace(options_.run_directory, session.fresh);
+    // Dropout's masks: process 0 draws from the run's generator, which checkpoints keep; each other
+    // process from one of its own, derived from it, so that no two blocks of streams share masks.
+    if (!processes_.is_first()) {
+        std::mt19937_64 run_generator = session.rng;
+        std::seed_seq derived{run_generator(), run_generator(), static_cast<std::uint64_t>(processes_.rank())};
+        session.rng.seed(derived);
+    }
+}
+
+TrainResult TrainingLoop::run() {
+    remove_stale_temporaries();
+    warn_about_options_that_do_nothing();
+    start_ = last_report_ = Clock::now();
+
+    // From here a stop signal is heard, and answered with a save; a request left by an earlier loop in
+    // this process is not this one's.
+    stop_requested = 0;
+    loop_running = 1;
+    struct LoopEnd {
+        ~LoopEnd() { loop_running = 0; }
+    } loop_end;
+    // Decided once per step, so that the step that ends the run is also the one validated and saved.
+    agree_on_stop();
+    std::optional<StopReason> stop = stop_reason();
+    if (stop == StopReason::patience)
+        progress_.warning(fmt::format("the run stopped early by --patience {}: it had no better validation loss in {} "
+                                      "validations; give a larger --patience to go on",
+                                      options_.patience, session_.state.evaluations_since_best));
+    // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
+    if (!stop) progress_.run_started(description());
+    while (!stop) {
+        const double learning_rate = take_step();
+        agree_on_stop();
+        stop = stop_reason();
+        // Ctrl-C saves at once, without a validation pass; every other end validates and saves.
+        const bool evaluate_now = session_.state.step % options_.eval_every == 0 || (stop && *stop != StopReason::interrupted);
+        if (!report_due(evaluate_now)) {
+            progress_.step_taken(step_progress(learning_rate));
+            continue;
+        }
+        ProgressReport progress_report;
+        if (evaluate_now) {
+            validate_and_save(progress_report);
+            stop = stop ? stop : stop_reason();  // patience is known only now
+        }
+        report_progress(progress_report, learning_rate);
+    }
+    if (saved_step_ != session_.state.step) save(CheckpointKind::last);  // stopped between validations (Ctrl-C)
+    // A stop request wants the process ended now, not after a pass over the held-out text.
+    std::optional<double> full_validation_loss;
+    if (*stop != StopReason::interrupted && steps_this_run_ > 0) full_validation_loss = score_all_held_out_text();
+    if (*stop == StopReason::patience)
+        progress_.note(fmt::format("stopped early: no better validation loss in {} validations", options_.patience));
+    if (*stop == StopReason::interrupted)
+        progress_.warning(fmt::format("stopped at step {}; continue with: charlm train --resume {}", session_.state.step,
+                                      quoted_for_shell(options_.run_directory.string())));
+    const TrainResult finished = final_result(*stop, full_validation_loss);
+    if (metrics_log_) metrics_log_->run_finished(finished);
+    progress_.run_finished(finished);
+    return finished;
+}
+
+// Temporaries of checkpoint writes that a killed process never renamed. The run directory's lock is
+// held, so none of them belongs to a live process.
+void TrainingLoop::remove_stale_temporaries() const {
+    if (!processes_.is_first()) return;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(options_.run_directory, ignored))
+        if (run_files::is_stale_temporary(entry.path().filename().string())) std::filesystem::remove(entry.path(), ignored);
+}
+
+void TrainingLoop::warn_about_options_that_do_nothing() {
+    if (!has_validation_)
+        progress_.warning(fmt::format(
+            "no validation text ({} has {} character{}): no best.safetensors, and the summary shows the training loss{}",
+            options_.validation_file ? options_.validation_file->string()
+                                     : fmt::format("--val-fraction {} of the corpus", options_.validation_fraction),
+            session_.corpus.validation().size(), session_.corpus.validation().size() == 1 ? "" : "s",
+            session_.average ? fmt::format("; the average of the weights (--ema {}) is kept for a resume but never scored, so "
+                                           "--ema 0 saves its time", options_.average_decay)
+                             : std::string()));
+    const LearningRateSchedule& schedule = options_.learning_rate_schedule;
+    if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
+        progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
+                                      schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
+    if (options_.keep_checkpoints && !has_validation_)
+        progress_.warning("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and this run has no "
+                          "validation text: it keeps none");
+}
+
+RunDescription TrainingLoop::description() const {
+    RunDescription run;
+    run.model = session_.model.config();
+    run.train_characters = session_.corpus.train().size();
+    run.validation_characters = session_.corpus.validation().size();
+    run.periodic_validation_characters = periodic_validation_pairs(session_.corpus.validation(), options_);
+    run.windows_per_pass = stream_.windows_per_pass();
+    run.seq_length = options_.seq_length;
+    run.batch_size = options_.batch_size;
+    run.resumed = !session_.fresh;
+    run.first_step = session_.state.step;
+    return run;
+}
+
+// A stop signal, and the end of --minutes, as every process sees them: one process stopping alone
+// would leave the others waiting for it in the next step's sums.
+void TrainingLoop::agree_on_stop() {
+    std::array<double, 2> flags{stop_requested ? 1.0 : 0.0, options_.minutes > 0 && seconds_since(start_) >= options_.minutes * 60 ? 1.0 : 0.0};
+    processes_.sum(flags);
+    interrupted_ = flags[0] > 0;
+    out_of_time_ = flags[1] > 0;
+}
+
+std::optional<StopReason> TrainingLoop::stop_reason() const {
+    if (interrupted_) return StopReason::interrupted;
+    if (options_.steps > 0 && session_.state.step >= options_.steps) return StopReason::steps;
+    if (out_of_time_) return StopReason::minutes;
+    if (options_.patience > 0 && session_.state.evaluations_since_best >= options_.patience) return StopReason::patience;
+    return std::nullopt;
+}
+
+// One step on the next window; returns the learning rate it took. Throws where training diverged,
+// before the step counts.
+double TrainingLoop::take_step() {
+    const auto step_start = Clock::now();
+    stream_.next(batch_);
+    session_.model.set_dropout_generator(&session_.rng);
+    const std::int64_t step = session_.state.step + 1;
+    const double learning_rate = options_.learning_rate_schedule.at(step, options_.steps);
+    const StepOutcome outcome =
+        train_step(session_.model, session_.optimizer, batch_, session_.carried, options_.clip, learning_rate, processes_);
+    check_for_divergence(outcome, learning_rate, step);
+    if (session_.average) session_.average->update(session_.model.parameters(), step);
+    session_.state.step = step;
+    ++steps_this_run_;
+    training_seconds_ += seconds_since(step_start);
+    loss_since_report_ += outcome.loss;
+    ++steps_since_report_;
+    last_train_loss_ = outcome.loss;
+    const double characters_per_step = static_cast<double>(options_.seq_length) * options_.batch_size;
+    chars_per_second_ = characters_per_step * static_cast<double>(steps_this_run_) / training_seconds_;
+    return learning_rate;
+}
+
+// A fresh run's first step also sets the bar that later losses must stay under.
+void TrainingLoop::check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step) {
+    const auto shown = [](double value) { return std::isnan(value) ? std::string("NaN") : fmt::format("{}", value); };
+    if (!std::isfinite(outcome.loss)) throw diverged(fmt::format("the loss became {}", shown(outcome.loss)), step);
+    if (!std::isfinite(outcome.gradient_norm))
+        throw diverged(fmt::format("the gradient became {}", shown(outcome.gradient_norm)), step);
+    if (!outcome.finite) throw diverged(fmt::format("the update at learning rate {:g} made a weight infinite", learning_rate), step);
+    if (steps_this_run_ == 0 && session_.fresh) exploded_loss_ = exploded_loss_past(outcome.loss, uniform_loss_);
+    if (exploded(outcome.loss))
+        throw diverged(fmt::format("the loss rose to {:.4g} nats/char, past {:.4g} (three times where it started)",
+                                   outcome.loss, exploded_loss_),
+                       step);
+}
+
+Error TrainingLoop::diverged(const std::string& what, std::int64_t step) const {
+    const double peak = options_.learning_rate_schedule.peak_learning_rate;
+    const std::string kept =
+        saved_step_ >= 0 ? fmt::format("{} keeps step {}; resume it with a lower rate: charlm train --resume {} --lr {:g}",
+                                       last_path_.string(), saved_step_, quoted_for_shell(options_.run_directory.string()),
+                                       peak / 10)
+                         : fmt::format("no checkpoint of this run was saved yet; start again with a lower --lr than {:g}", peak);
+    return shared(Error(fmt::format("training diverged: {} at step {}; {}", what, step, kept)));  // from figures every process shares
+}
+
+// A sink that shows every step needs reports only at evaluations; a log gets one every ten seconds too.
+bool TrainingLoop::report_due(bool evaluate_now) const {
+    return evaluate_now || (!progress_.shows_every_step() && seconds_since(last_report_) >= 10);
+}
+
+// The validation pass, where the run has validation text, and the checkpoints it leads to.
+void TrainingLoop::validate_and_save(ProgressReport& report) {
+    report.evaluated = true;
+    check_parameters_agree(session_.model, session_.state.step, processes_);
+    if (!has_validation_) {
+        save(CheckpointKind::last);
+        return;
+    }
+    session_.model.set_dropout_generator(nullptr);
+    // The same part of the held-out text every time, so that the figures compare with each other.
+    const TokenSpan held_out = session_.corpus.validation();
+    const LossSum validation = evaluate_held_out(periodic_validation_characters(options_));
+    const double validation_loss = validation.mean();
+    // The update of the step just taken is judged here too: its weights are what would be saved.
+    if (exploded(validation_loss))
+        throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where training started)",
+                                   fmt::format("{:.4g}", validation_loss), exploded_loss_),
+                       session_.state.step);
+    report.validation_loss = validation_loss;
+    report.validation_characters = validation.count;
+    report.held_out_characters = held_out.size() - 1;
+    // The averaged weights on the same characters; the lower of the two figures is the step's.
+    std::optional<double> averaged_loss;
+    if (session_.average) {
+        AveragedWeights averaged(session_);
+        averaged_loss = evaluate_held_out(periodic_validation_characters(options_)).mean();
+        report.averaged_validation_loss = averaged_loss;
+    }
+    averaged_is_better_ = averaged_loss && std::isfinite(*averaged_loss) && *averaged_loss < validation_loss;
+    const double step_loss = averaged_is_better_ ? *averaged_loss : validation_loss;
+    report.new_best = step_loss < session_.state.best_validation_loss;
+    report.best_is_averaged = report.new_best && averaged_is_better_;
+    if (report.new_best) {
+        session_.state.best_validation_loss = step_loss;
+        session_.state.best_validation_characters = validation.count;
+        session_.state.best_is_averaged = averaged_is_better_;
+        session_.state.best_step = session_.state.step;
+        session_.state.evaluations_since_best = 0;
+    } else {
+        ++session_.state.evaluations_since_best;
+        warn_if_overfitting(step_loss);
+    }
+    // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
+    // loss reached, and never replaces a better best.safetensors with a worse one.
+    save(CheckpointKind::last);
+    // best.safetensors and a kept checkpoint hold the weights that scored lower: the averaged ones, or the step's.
+    std::optional<AveragedWeights> averaged;
+    if (averaged_is_better_ && (report.new_best || options_.keep_checkpoints)) averaged.emplace(session_);
+    if (report.new_best) save(CheckpointKind::best);
+    if (options_.keep_checkpoints)
+        save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
+}
+
+// kOverfittingValidations validations in a row without a new best, the last of them well above the
+// best: the model is learning its training text by heart. Said once per such stretch, with what helps,
+// after the report line of the validation that showed it.
+void TrainingLoop::warn_if_overfitting(double validation_loss) {
+    constexpr std::int64_t kOverfittingValidations = 3;
+    constexpr double kRise = 0.02;  // nats/char: far above the noise of one validation
+    const TrainingState& state = session_.state;
+    if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
+    overfitting_warning_ = fmt::format(
+        "{} validations in a row without a new best, and the validation loss is now {:.4f} against its best {:.4f}{}: the "
+        "model is overfitting its training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
+        "--steps would help, and --patience N stops such a run (docs/quality.md)",
+        kOverfittingValidations, validation_loss, state.best_validation_loss,
+        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string());
+}
+
+// The last step's loss on all the held-out text, where the validations scored part of it: once, at the
+// run's end, so that the run has a figure to compare with `charlm eval` and with runs validated whole.
+std::optional<double> TrainingLoop::score_all_held_out_text() {
+    if (!has_validation_) return std::nullopt;
+    const TokenSpan held_out = session_.corpus.validation();
+    const std::size_t periodic = periodic_validation_pairs(held_out, options_);
+    if (periodic == held_out.size() - 1) return std::nullopt;
+    // It may take a while on a large text: say what it is waiting for.
+    progress_.note(fmt::format("scoring all {} held-out characters at step {} (each validation scored {} of them)",
+                               format_count(held_out.size() - 1), session_.state.step, format_count(periodic)));
+    session_.model.set_dropout_generator(nullptr);
+    std::optional<AveragedWeights> averaged;  // the weights the last validation preferred
+    if (averaged_is_better_) averaged.emplace(session_);
+    return evaluate_held_out(0).mean();
+}
+
+// The loss of the held-out text (at most `max_characters` of it: 0 for all), every process scoring a
+// block of the pass's streams, summed: every process gets the same figure, and it is the figure one
+// process would get, up to the order of the sums.
+LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
+    const TokenSpan held_out = session_.corpus.validation();
+    EvaluationSelection selection{.max_characters = max_characters};
+    const int streams = evaluation_stream_count(held_out, options_.batch_size);
+    const int sharing = std::min(processes_.size(), streams);  // a short text may have fewer streams than processes
+    LossSum mine;
+    if (processes_.rank() < sharing) {
+        const StreamBlock block = stream_block(streams, processes_.rank(), sharing);
+        selection.first_stream = block.first;
+        selection.stream_count = block.count;
+        mine = evaluate_loss(session_.model, held_out, options_.seq_length, options_.batch_size, selection);
+    }
+    return summed_across(processes_, mine);
+}
+
+// Every process calls it at the same step; process 0 alone writes. A kept checkpoint goes to `kept_path`.
+void TrainingLoop::save(CheckpointKind kind, const std::filesystem::path& kept_path) {
+    const bool for_resume = kind == CheckpointKind::last;
+    const std::filesystem::path& path = for_resume ? last_path_ : kind == CheckpointKind::best ? best_path_ : kept_path;
+    // last.safetensors holds every stream's carried state, whichever process ran it: the run resumes
+    // on any process count.
+    const ModelState<float> carried = for_resume && processes_.size() > 1 ? gather_carried_state(session_.model, session_.carried, options_.batch_size, processes_)
+                                                                                   : ModelState<float>{};
+    if (processes_.is_first()) {
+        session_.state.data_position = stream_.position();
+        session_.state.rng_state = rng_to_string(session_.rng);
+        session_.state.options = options_.to_json();
+        save_checkpoint(path, session_.model, session_.corpus.vocab, session_.state, for_resume ? &session_.optimizer : nullptr,
+                        !for_resume ? nullptr : processes_.size() > 1 ? &carried : &session_.carried,
+                        for_resume && session_.average ? &session_.average->values() : nullptr);
+        // An earlier run's best at this run's first last.safetensors, which takes the directory over:
+        // where this save is a validation's, this run's own best follows at once; where it is not
+        // (stopped before its first validation), none may be left that a user would take for this run's.
+        std::error_code ignored;
+        if (for_resume && session_.fresh) std::filesystem::remove(best_path_, ignored);
+    }
+    if (for_resume) {
+        saved_step_ = session_.state.step;
+        session_.fresh = false;
+    }
+    if (!processes_.is_first()) return;
+    const SavedCheckpoint saved{kind, path, session_.state.step};
+    metrics_log_->checkpoint_saved(saved);  // the first last.safetensors of a fresh run takes metrics.jsonl over too
+    progress_.checkpoint_saved(saved);
+}
+
+StepProgress TrainingLoop::step_progress(double learning_rate) const {
+    StepProgress progress;
+    progress.step = session_.state.step;
+    progress.total_steps = options_.steps;
+    progress.epoch = static_cast<double>(session_.state.step) * options_.seq_length * options_.batch_size /
+                     static_cast<double>(session_.corpus.train().size());
+    progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
+    progress.learning_rate = learning_rate;
+    progress.chars_per_second = chars_per_second_;
+    progress.elapsed_seconds = seconds_since(start_);
+    if (options_.steps > 0) {
+        const double remaining = static_cast<double>(options_.steps - session_.state.step) * progress.elapsed_seconds /
+                                 static_cast<double>(steps_this_run_);
+        progress.remaining_seconds =
+            options_.minutes > 0 ? std::max(0.0, std::min(remaining, options_.minutes * 60 - progress.elapsed_seconds)) : remaining;
+    }
+    return progress;
+}
+
+// The report's step figures are taken now, after its validation and saves, whose time they include.
+void TrainingLoop::report_progress(ProgressReport& report, double learning_rate) {
+    static_cast<StepProgress&>(report) = step_progress(learning_rate);
+    if (metrics_log_) metrics_log_->progress_reported(report);
+    progress_.progress_reported(report);
+    if (overfitting_warning_) progress_.warning(*std::exchange(overfitting_warning_, std::nullopt));
+    loss_since_report_ = 0;
+    steps_since_report_ = 0;
+    last_report_ = Clock::now();
+}
+
+TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const {
+    TrainResult result;
+    result.steps = session_.state.step;
+    result.last_train_loss = last_train_loss_;
+    result.validated = has_validation_;
+    result.best_validation_loss = session_.state.best_validation_loss;
+    result.averaged = session_.average.has_value();
+    result.best_is_averaged = session_.state.best_is_averaged;
+    result.chars_per_second = chars_per_second_;
+    result.stopped_by = stopped_by;
+    result.patience = options_.patience;
+    result.last_checkpoint = last_path_;
+    if (has_validation_) {
+        result.best_checkpoint = best_path_;
+        const TokenSpan held_out = session_.corpus.validation();
+        // What the best figure was scored on: a resume may have changed --val-chars since.
+        result.validation_characters = session_.state.best_validation_characters > 0 ? session_.state.best_validation_characters
+                                                                                       : periodic_validation_pairs(held_out, options_);
+        result.held_out_characters = held_out.size() - 1;
+        result.full_validation_loss = full_validation_loss;
+        result.full_validation_is_averaged = full_validation_loss && averaged_is_better_;
+    }
+    return result;
+}
+}  // namespace
+
+TrainResult run_training_loop(Session& session, TrainingProgress& progress) {
+    return TrainingLoop(session, progress).run();
+}
+
+bool request_training_stop() {
+    stop_requested = 1;
+    return loop_running != 0;
+}
+
+// The held-out characters (predictions) that each periodic validation scores under `options`.
+std::size_t periodic_validation_pairs(TokenSpan held_out, const TrainOptions& options) {
+    return evaluation_pair_count(held_out, options.batch_size, {.max_characters = periodic_validation_characters(options)});
+}
+
+}  // namespace charlm

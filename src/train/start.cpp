@@ -1,0 +1,429 @@
+// Starting a run: fresh, from a trained checkpoint's weights (--init-from), or where it stopped (--resume).
+#include "charlm/train.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+#include <omp.h>
+
+#include "charlm/atomic_file.hpp"
+#include "charlm/checkpoint.hpp"
+#include "charlm/display.hpp"
+#include "charlm/error.hpp"
+#include "charlm/run_lock.hpp"
+#include "corpus.hpp"
+#include "loop.hpp"
+#include "options.hpp"
+#include "run_directory.hpp"
+#include "step.hpp"
+
+namespace charlm {
+
+namespace {
+
+// ---- checks that every process of a run shares ------------------------------------------------------
+
+// Collective: each process's `facts` (a JSON object) against process 0's. Where any process's differ,
+// every process throws the same error, naming the first such process and the first fact that differs,
+// then `advice`.
+void check_processes_agree(const Communicator& processes, const nlohmann::json& facts, const char* what, const char* advice) {
+    if (processes.size() == 1) return;
+    const std::vector<std::string> all = processes.gather_all(nlohmann::json{{"host", processes.host()}, {"facts", facts}}.dump());
+    const nlohmann::json first = nlohmann::json::parse(all[0]);
+    for (std::size_t rank = 1; rank < all.size(); ++rank) {
+        const nlohmann::json theirs = nlohmann::json::parse(all[rank]);
+        for (const auto& [key, value] : first.at("facts").items()) {
+            const nlohmann::json their_value = theirs.at("facts").value(key, nlohmann::json(nullptr));
+            if (their_value == value) continue;
+            throw shared(UsageError(fmt::format("process {} of {} (on {}) {} than process 0 (on {}): its {} is {}, not {}; {}", rank,
+                                                all.size(), theirs.at("host").get<std::string>(), what,
+                                                first.at("host").get<std::string>(), key, their_value.dump(), value.dump(), advice)));
+        }
+    }
+}
+
+// What the processes must agree on about the text: the same bytes, hence the same vocabulary and ids.
+nlohmann::json corpus_facts(const TrainOptions& options, const Corpus& corpus) {
+    return {{"corpus SHA-256", options.corpus_fingerprint.sha256},
+            {"validation file SHA-256", options.validation_fingerprint ? options.validation_fingerprint->sha256 : std::string()},
+            {"vocabulary size", corpus.vocab.size()}};
+}
+
+constexpr const char* kSameCommandAdvice = "start every process with the same command";
+constexpr const char* kSameCorpusAdvice =
+    "every process must read the same text: copy it to each machine at the same path, or keep it on a filesystem they share";
+
+// A pipe is read once, by one process: the others would wait for text that never comes. A shell's
+// process substitution (/dev/fd/63) is not even passed on to them.
+void check_text_can_be_shared(const TrainOptions& options, const Communicator& processes) {
+    if (processes.size() == 1) return;
+    for (const auto* path : {&options.corpus, options.validation_file ? &*options.validation_file : nullptr})
+        if (path && (can_be_read_only_once(*path) || path->string().starts_with("/dev/") || path->string().starts_with("/proc/")))
+            throw UsageError(fmt::format("{}: {} processes cannot all read a pipe or standard input; save the text to a file first",
+                                         *path == "-" ? std::string("standard input") : path->string(), processes.size()));
+}
+
+// --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
+void check_patience_has_validation(const TrainOptions& options, const Corpus& corpus) {
+    if (options.patience > 0 && corpus.validation().size() < 2)
+        throw UsageError(fmt::format("--patience {} waits for a better validation loss, and this run has no validation text; "
+                                     "give --val-fraction above 0 or --val FILE, or leave --patience out",
+                                     options.patience));
+}
+
+// ---- --init-from: a trained checkpoint's weights ----------------------------------------------------
+
+// The model of a run whose shape a checkpoint fixes (--init-from, --resume): `shape`, with the
+// regularization given for this run, `rates`'s (dropout, embed_dropout, weight_drop, dropout_mask).
+ModelConfig with_regularization_of(ModelConfig shape, const ModelConfig& rates) {
+    shape.take_regularization(rates);
+    return shape;
+}
+
+// --init-from's checkpoint, read before the run directory is touched. Its shape becomes the run's
+// (options.model, with the regularization given for this run); a shape option given that contradicts it is
+// refused, one given with the same value is no contradiction.
+Checkpoint load_checkpoint_to_start_from(TrainOptions& options) {
+    TrainOptions::InitFrom& init_from = *options.init_from;
+    Checkpoint checkpoint = load_checkpoint(init_from.checkpoint);
+    const ModelConfig& given = options.model;
+    const ModelConfig& trained = checkpoint.config;
+    struct ShapeOption {
+        const char* flag;
+        std::string given, trained;
+    };
+    const ShapeOption shape[] = {
+        {"--cell", to_string(given.cell), to_string(trained.cell)},
+        {"--layers", std::to_string(given.layers), std::to_string(trained.layers)},
+        {"--hidden", std::to_string(given.hidden_size), std::to_string(trained.hidden_size)},
+        {"--embed", std::to_string(given.embed_size), std::to_string(trained.embed_size)},
+    };
+    for (const ShapeOption& option : shape)
+        if (option.given != option.trained && std::ranges::find(init_from.given, option.flag) != init_from.given.end())
+            throw UsageError(fmt::format("{} {} contradicts --init-from {}, whose model has {} {}; the run takes the model's shape "
+                                         "from its checkpoint: leave {} out",
+                                         option.flag, option.given, init_from.checkpoint.string(), option.flag, option.trained,
+                                         option.flag));
+    options.model = with_regularization_of(trained, options.model);
+    init_from.step = checkpoint.training.step;
+    return checkpoint;
+}
+
+// What a run started from a checkpoint's weights says before it begins: where from, and the characters
+// its texts add to the checkpoint's vocabulary, named where they are few.
+std::string describe_start(const TrainOptions::InitFrom& init_from, const Vocab& trained, const Vocab& vocab) {
+    const std::string start =
+        fmt::format("starting from {} (step {}) with a fresh optimizer", init_from.checkpoint.string(), init_from.step);
+    const std::size_t added = vocab.size() - trained.size();
+    if (added == 0) return fmt::format("{}; the text adds no characters to its {}", start, trained.size());
+    constexpr std::size_t kMostNamed = 8;
+    std::vector<std::string> named;
+    for (std::size_t id = trained.size(); id < vocab.size() && named.size() < kMostNamed; ++id)
+        named.push_back(describe_code_point(vocab.code_point_of(static_cast<TokenId>(id))));
+    return fmt::format("{}; the text adds {} character{} to its {}: {}{}", start, added, added == 1 ? "" : "s", trained.size(),
+                       fmt::join(named, ", "), added > named.size() ? fmt::format(" and {} more", added - named.size()) : "");
+}
+
+}  // namespace
+
+Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, const ModelConfig& rates, std::mt19937_64& rng) {
+    ModelConfig config = with_regularization_of(trained.config(), rates);
+    if (vocab_size < config.vocab_size)
+        throw Error(fmt::format("a model of {} characters cannot start from one of {}", vocab_size, config.vocab_size));
+    config.vocab_size = vocab_size;
+    Model<float> model(config);
+    model.initialize(rng);  // every weight drawn as a fresh run's, so that the new rows are drawn so too
+    // The trained weights over them: whole, or the trained characters' rows of the embedding and the
+    // head's weight and the first columns of the head's bias (the new characters' ids come last).
+    for (std::size_t i = 0; i < model.parameters().size(); ++i) {
+        const Matrix<float>& from = trained.parameters()[i].value;
+        model.parameters()[i].value.topLeftCorner(from.rows(), from.cols()) = from;
+    }
+    return model;
+}
+
+namespace {
+
+// ---- a fresh run ------------------------------------------------------------------------------------
+
+// Checkpoints that an earlier run in the directory kept (--keep-checkpoints) are the user's to keep, and
+// --force leaves them; named as this run's are, they are worth a word.
+void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_directory, TrainingProgress& progress) {
+    std::size_t count = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored))
+        if (run_files::is_kept_checkpoint_name(entry.path().filename().string())) ++count;
+    if (count > 0)
+        progress.warning(fmt::format("{} holds {} checkpoint{} that an earlier run kept ({}); they stay beside this run's: "
+                                     "move them away, or choose another directory with --out",
+                                     run_directory.string(), count, count == 1 ? "" : "s", run_files::kKeptCheckpointPattern));
+}
+
+// A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
+// run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
+// started from a checkpoint's weights extends its vocabulary, `extended`.
+Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, const Communicator& processes,
+                         std::optional<RunLock>& lock, const Vocab* extended) {
+    // A text that can be read again is checked before the run directory is touched; a pipe is read
+    // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
+    const bool copy_corpus = can_be_read_only_once(options.corpus);
+    const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
+    std::optional<Corpus> corpus;
+    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr, extended);
+    if (processes.is_first()) {  // the others never write there
+        std::error_code error;
+        std::filesystem::create_directories(options.run_directory, error);
+        if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
+        lock.emplace(options.run_directory);
+        if (!options.overwrite && std::filesystem::exists(options.run_directory / run_files::kLastCheckpoint, error))
+            throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                         "or choose another directory with --out",
+                                         quoted_for_shell(options.run_directory.string())));
+        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
+    }
+    std::optional<AtomicFile> corpus_copy, validation_copy;
+    std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
+    auto copy = [&](std::optional<AtomicFile>& file, std::filesystem::path& path, const char* name) {
+        const std::string source = path == "-" ? std::string("standard input") : path.string();
+        file.emplace(options.run_directory / name);
+        spool_to_file(path, *file);
+        path = file->temporary_path();
+        copied.emplace_back(path.string(), source);
+    };
+    if (copy_corpus && copy_validation && options.corpus == "-" && *options.validation_file == "-")
+        throw UsageError("CORPUS and --val cannot both read standard input");
+    if (copy_corpus) copy(corpus_copy, options.corpus, run_files::kCorpusCopy);
+    if (copy_validation) copy(validation_copy, *options.validation_file, run_files::kValidationCopy);
+    if (!corpus) {
+        try {
+            corpus = load_corpus(options, nullptr, extended);
+        } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
+            std::string message = error.what();
+            for (const auto& [temporary, source] : copied)
+                for (std::size_t at; (at = message.find(temporary)) != std::string::npos;) message.replace(at, temporary.size(), source);
+            throw Error(message);
+        }
+    }
+    options.corpus_fingerprint = fingerprint_file(options.corpus);
+    if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
+    for (const auto& [temporary, source] : copied)
+        progress.note(fmt::format("copied {} into the run directory: the run reads its text more than once", source));
+    if (corpus_copy) {
+        corpus_copy->commit();
+        options.corpus = options.run_directory / run_files::kCorpusCopy;
+    }
+    if (validation_copy) {
+        validation_copy->commit();
+        options.validation_file = options.run_directory / run_files::kValidationCopy;
+    }
+    if (processes.is_first()) map_corpus(*corpus, options, false, progress);
+    return std::move(*corpus);
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, const Communicator& processes) {
+    TrainOptions options = options_in;
+    options.threads = omp_get_max_threads();
+    options.processes = processes.size();
+    std::optional<Checkpoint> trained;  // --init-from's: its shape is the run's, and validate() judges that
+    run_on_every_process(processes, [&] {
+        if (options.init_from) trained = load_checkpoint_to_start_from(options);
+        validate(options);
+        check_text_can_be_shared(options, processes);
+        static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
+    });
+    check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
+    std::optional<RunLock> lock;
+    std::optional<Corpus> corpus;
+    run_on_every_process(processes, [&] {
+        corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
+    });
+    check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
+    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+        if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
+        check_patience_has_validation(options, *corpus);
+        options.train_characters = corpus->train_size;
+        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
+        options.model.validate();
+    });
+
+    if (trained) progress.note(describe_start(*options.init_from, trained->vocab, corpus->vocab));
+    Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
+    if (trained) session.model = model_with_new_characters(*trained->model, options.model.vocab_size, options.model, session.rng);
+    else session.model.initialize(session.rng);
+    trained.reset();  // its weights are the session's now, and its optimizer's moments are not this run's
+    session.optimizer = Adam(session.model.parameters());
+    if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
+    session.processes = &processes;
+    session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
+    session.carried = session.model.initial_state(session.streams.count);
+    session.fresh = true;
+    return run_training_loop(session, progress);
+}
+
+// ---- --resume: a run where it stopped ---------------------------------------------------------------
+
+namespace {
+
+// The file a resumed run reads for its corpus (or validation text): where it was, or where the user
+// says it moved. Its size and SHA-256 must be the ones recorded, so neither an edited text nor a
+// path in a crafted checkpoint feeds the run anything but the text it started on.
+std::filesystem::path locate_recorded_file(const char* what, const char* flag, const std::filesystem::path& recorded_path,
+                                           const FileFingerprint& recorded, const std::optional<std::filesystem::path>& moved_to,
+                                           TrainingProgress& progress) {
+    const std::filesystem::path path = moved_to.value_or(recorded_path);
+    const std::string hint = moved_to ? std::string()
+                                      : fmt::format("; if it moved, give its new place with --resume RUN_DIR {} PATH", flag);
+    std::error_code error;
+    if (!std::filesystem::exists(path, error))
+        throw Error(fmt::format("{}: the run's {} is not there{}", path.string(), what, hint));
+    if (recorded.sha256.empty()) {
+        progress.warning(fmt::format("{}: the checkpoint predates corpus hashes, so the {} cannot be checked against the one "
+                                     "the run started on",
+                                     path.string(), what));
+        return path;
+    }
+    const FileFingerprint now = fingerprint_file(path);
+    if (now != recorded)
+        throw Error(fmt::format("{}: not the {} the run started on ({} bytes, SHA-256 {:.12}..., where the run recorded {} "
+                                "bytes, {:.12}...){}",
+                                path.string(), what, now.size_bytes, now.sha256, recorded.size_bytes, recorded.sha256, hint));
+    return path;
+}
+
+// A resume that changes what each validation scores (--val-chars, or --eval-every where it is automatic)
+// makes figures that compare neither with the earlier ones nor with the best so far, which still decides
+// whether best.safetensors is replaced.
+void warn_if_validations_change(const TrainOptions& before, const TrainOptions& after, TokenSpan held_out,
+                                double best_validation_loss, TrainingProgress& progress) {
+    if (!std::isfinite(best_validation_loss)) return;  // no validation yet: nothing to compare with
+    const std::size_t now = periodic_validation_pairs(held_out, after), earlier = periodic_validation_pairs(held_out, before);
+    if (now == earlier) return;
+    const std::size_t all = held_out.size() - 1;
+    progress.warning(fmt::format("each validation now scores {} of the {} held-out characters, not {}: its figures do not compare "
+                                 "with the earlier ones, nor with the best so far ({:.4f}), which a new best must still beat; "
+                                 "give --val-chars {} to keep them as they were",
+                                 now, all, earlier, best_validation_loss, earlier == all ? 0 : periodic_validation_characters(before)));
+}
+
+}  // namespace
+
+TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress, const Communicator& processes) {
+    const auto& run_directory = request.run_directory;
+    const auto last_path = run_directory / run_files::kLastCheckpoint;
+    std::optional<RunLock> lock;
+    std::optional<Checkpoint> checkpoint;
+    std::optional<Corpus> corpus;
+    TrainOptions options;
+    std::vector<std::string> changes;
+    int threads_before = 0, processes_before = 1;
+    run_on_every_process(processes, [&] {
+        std::error_code error;
+        if (std::filesystem::is_regular_file(run_directory, error))
+            throw UsageError(fmt::format("{}: --resume takes the run's directory, not a file in it: --resume {}", run_directory.string(),
+                                         quoted_for_shell(run_directory.parent_path().empty() ? "." : run_directory.parent_path().string())));
+        if (!std::filesystem::is_directory(run_directory, error))
+            throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
+        if (processes.is_first()) lock.emplace(run_directory);
+        checkpoint = load_checkpoint(last_path);
+        if (!checkpoint->optimizer || !checkpoint->carried_state)
+            throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
+        options = TrainOptions::from_json(options_for_resume(checkpoint->training.options, request, changes));
+        // The model is the checkpoint's: its tensors' shapes, not what its options JSON says, size the run.
+        options.model = with_regularization_of(checkpoint->config, options.model);
+        options.run_directory = run_directory;
+        options.keep_checkpoints = request.options.keep_checkpoints;
+        threads_before = options.threads;
+        processes_before = options.processes;
+        options.threads = omp_get_max_threads();
+        options.processes = processes.size();
+        validate(options);
+        check_options_take_effect(options, request.given);
+        static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
+        if (request.validation_file && !options.validation_file)
+            throw UsageError("--val names where a moved validation file is now, and this run validates on part of its corpus; leave --val out");
+        options.corpus = locate_recorded_file("corpus", "--corpus", options.corpus, options.corpus_fingerprint, request.corpus, progress);
+        if (options.validation_file)
+            options.validation_file = locate_recorded_file("validation file", "--val", *options.validation_file,
+                                                           options.validation_fingerprint.value_or(FileFingerprint{}),
+                                                           request.validation_file, progress);
+        check_text_can_be_shared(options, processes);
+        corpus = load_corpus(options, &checkpoint->vocab);
+        if (processes.is_first()) map_corpus(*corpus, options, true, progress);
+        if (checkpoint->carried_state->hidden.front().rows() != options.batch_size)
+            throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
+    });
+    nlohmann::json shared_options = options_to_share(options);
+    shared_options["checkpoint step"] = checkpoint->training.step;  // each process read the same last.safetensors
+    check_processes_agree(processes, shared_options, "resumes another run or with other options", kSameCommandAdvice);
+    check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
+    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+        if (!processes.is_first()) map_corpus(*corpus, options, true, progress, /*encoded_by_another=*/true);
+        check_patience_has_validation(options, *corpus);
+    });
+
+    Session session{options,
+                    std::move(*corpus),
+                    std::move(*checkpoint->model),
+                    std::move(*checkpoint->optimizer),
+                    checkpoint->training,
+                    {},
+                    rng_from_string(checkpoint->training.rng_state)};
+    session.model.set_regularization(options.model);
+    if (options.average_decay > 0) {
+        // A run that averaged goes on from its average; one that starts averaging now, from its weights.
+        if (checkpoint->average) {
+            session.average.emplace();
+            session.average->values() = std::move(*checkpoint->average);
+            session.average->set_decay(options.average_decay);
+        } else {
+            session.average.emplace(session.model.parameters(), options.average_decay);
+            progress.note(fmt::format("--ema {}: the average of the parameters starts at step {}", options.average_decay,
+                                      checkpoint->training.step));
+        }
+    }
+    session.processes = &processes;
+    session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
+    // This process's streams' rows of the whole batch's carried state.
+    const ModelState<float>& whole = *checkpoint->carried_state;
+    for (const auto& hidden : whole.hidden) session.carried.hidden.emplace_back(hidden.middleRows(session.streams.first, session.streams.count));
+    for (const auto& cell : whole.cell) session.carried.cell.emplace_back(cell.middleRows(session.streams.first, session.streams.count));
+    // Warnings only now, once every check has passed: a refusal is one line.
+    warn_if_validations_change(TrainOptions::from_json(checkpoint->training.options), options, session.corpus.validation(),
+                               session.state.best_validation_loss, progress);
+    if (threads_before > 0 && threads_before != options.threads)
+        progress.warning(fmt::format("the run trained with --threads {} and goes on with {}: its numbers will differ in the "
+                                     "last bits from one uninterrupted run (give --threads {} to keep them the same)",
+                                     threads_before, options.threads, threads_before));
+    if (processes_before != options.processes)
+        progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
+                                     processes_before == 1 ? "" : "es", options.processes,
+                                     session.model.regularized() ? "with dropout each process draws its own masks, so the run "
+                                                                 "takes another path from here than one uninterrupted run "
+                                                                 "(of the same kind)"
+                                                               : "the same path, but its numbers will differ in the last "
+                                                                 "bits from one uninterrupted run"));
+    const std::int64_t steps_before = checkpoint->training.options.value("steps", options.steps);
+    if (options.learning_rate_schedule.kind == LearningRateSchedule::Kind::cosine && options.steps != steps_before) {
+        const std::int64_t next_step = checkpoint->training.step + 1;
+        progress.warning(fmt::format("the cosine schedule now decays over {} steps, not {}: the learning rate moves from {:.3g} "
+                                     "to {:.3g}",
+                                     options.steps, steps_before, options.learning_rate_schedule.at(next_step, steps_before),
+                                     options.learning_rate_schedule.at(next_step, options.steps)));
+    }
+    progress.note(fmt::format("resuming {} at step {}{}", run_directory.string(), session.state.step,
+                              changes.empty() ? std::string() : fmt::format("; changed: {}", fmt::join(changes, ", "))));
+    if (options.steps > 0 && session.state.step >= options.steps)
+        progress.warning(fmt::format("the run is already at step {}, not below --steps {}; nothing to do", session.state.step,
+                                     options.steps));
+    return run_training_loop(session, progress);
+}
+
+}  // namespace charlm
