@@ -6,11 +6,17 @@
 #include <thread>
 
 #include "charlm/decode.hpp"
+#include "charlm/sample.hpp"
+#include "charlm/score.hpp"
 
 namespace charlm {
 namespace {
 
 using namespace std::chrono_literals;
+
+std::string describe(const Neuron& neuron) {  // "layer 1 cell 37"
+    return "layer " + std::to_string(neuron.layer) + (neuron.cell ? " cell " : " hidden ") + std::to_string(neuron.unit);
+}
 
 struct Fixture {
     Vocab vocab = Vocab::from_text(U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC");
@@ -41,7 +47,7 @@ struct Completed {
     std::vector<FinishReason> reasons;
 };
 
-Completed read_all(DecodeRequest& request) {
+Completed read_all(RequestMailbox& request) {
     Completed completed;
     std::vector<ChoiceNews> news;
     for (bool done = false; !done;) {
@@ -70,9 +76,9 @@ TEST(Decode, CompletionsDecodedTogetherAreEachCharlmSamplesText) {
             CompletionRequest request;
             request.prompt = prompts[i];
             request.max_characters = 60 + 17 * i;  // they leave the batch at different steps
-            request.options.temperature = 0.7 + 0.1 * static_cast<double>(i);
-            request.options.top_k = i == 2 ? 5 : 0;
-            request.options.top_p = i == 3 ? 0.9 : 1.0;
+            request.temperature = 0.7 + 0.1 * static_cast<double>(i);
+            request.top_k = i == 2 ? 5 : 0;
+            request.top_p = i == 3 ? 0.9 : 1.0;
             request.seed = 100 + i;
             request.choices = i == 4 ? 3 : 1;
             requests.push_back(request);
@@ -81,14 +87,15 @@ TEST(Decode, CompletionsDecodedTogetherAreEachCharlmSamplesText) {
         {
             // 8 choices on 5 slots: some wait, and join the batch as others leave it.
             BatchDecoder decoder(fixture.model, fixture.vocab, {.slots = 5, .queued = 8, .threads = 2});
-            std::vector<std::shared_ptr<DecodeRequest>> running;
+            std::vector<std::shared_ptr<RequestMailbox>> running;
             for (const auto& request : requests) running.push_back(decoder.complete(request));
             for (const auto& request : running) completed.push_back(read_all(*request));
         }
         for (std::size_t i = 0; i < requests.size(); ++i) {
             ASSERT_EQ(completed[i].texts.size(), static_cast<std::size_t>(requests[i].choices));
+            const SampleOptions options = requests[i].drawing();
             for (int choice = 0; choice < requests[i].choices; ++choice) {
-                const std::u32string expected = fixture.sample(requests[i].prompt, requests[i].options,
+                const std::u32string expected = fixture.sample(requests[i].prompt, options,
                                                                requests[i].seed + static_cast<std::uint64_t>(choice), requests[i].max_characters);
                 EXPECT_EQ(completed[i].texts[static_cast<std::size_t>(choice)], expected) << "request " << i << ", choice " << choice;
                 EXPECT_EQ(completed[i].reasons[static_cast<std::size_t>(choice)], FinishReason::length);
@@ -120,7 +127,7 @@ TEST(Decode, LogprobsAreTheModelsOwnDistribution) {
     CompletionRequest request;
     request.prompt = U"abc";
     request.max_characters = 40;
-    request.options.temperature = 0.5;  // draws from a sharper distribution than the one reported
+    request.temperature = 0.5;  // draws from a sharper distribution than the one reported
     request.alternatives = 4;
     const Completed completed = read_all(*decoder.complete(request));
     ASSERT_EQ(completed.characters[0].size(), 40u);
@@ -244,7 +251,7 @@ TEST(Decode, AFullQueueIsBusyAndACancelledRequestFreesItsSlot) {
 
 TEST(Decode, NothingToGenerateFinishesAtOnceAndStoppingFailsWhatIsLeft) {
     Fixture fixture;
-    std::shared_ptr<DecodeRequest> hog, queued;
+    std::shared_ptr<RequestMailbox> hog, queued;
     {
         BatchDecoder decoder(fixture.model, fixture.vocab, {.slots = 1, .queued = 1, .threads = 1});
         CompletionRequest none;

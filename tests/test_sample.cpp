@@ -186,8 +186,7 @@ void expect_draws_follow_the_exact_distribution(const std::vector<float>& logits
     std::mt19937_64 rng(2024);
     std::vector<long> counts(logits.size(), 0);
     for (int i = 0; i < draws; ++i) {
-        const double uniform = static_cast<double>(rng() >> 11) * 0x1.0p-53;
-        ++counts[static_cast<std::size_t>(drawer.draw(logits, options, uniform))];
+        ++counts[static_cast<std::size_t>(drawer.draw(logits, options, uniform_draw(rng)))];
     }
     // The distribution the drawer reports is the exact one (up to float weights).
     const std::vector<double> reported = drawer.distribution();
@@ -269,6 +268,17 @@ TEST(Sample, StopDetectorFindsTheStopTextAcrossRingWrapsAndOverlaps) {
     EXPECT_EQ(first_stop(U"日本", U"x日x本日本"), 6u);
     EXPECT_EQ(first_stop(U"", U"anything"), std::u32string::npos);
     EXPECT_EQ(first_stop(U"cab", U"cab"), 3u);           // the stop text is the whole text
+}
+
+TEST(Sample, StopDetectorTakesTheFirstStopListedAndCountsWhatMayStillBecomeOne) {
+    StopDetector detector(std::vector<std::u32string>{U"b", U"ab", U"xyz", U""});
+    EXPECT_EQ(detector.push(U'x'), 0u);
+    EXPECT_EQ(detector.undecided(), 1u);  // "x" begins "xyz"
+    EXPECT_EQ(detector.push(U'y'), 0u);
+    EXPECT_EQ(detector.undecided(), 2u);
+    EXPECT_EQ(detector.push(U'a'), 0u);
+    EXPECT_EQ(detector.undecided(), 1u) << "\"a\" begins \"ab\"; \"ya\" begins nothing";
+    EXPECT_EQ(detector.push(U'b'), 1u) << "\"b\", listed first, wins over \"ab\"";
 }
 
 // Resident memory of this process, in bytes.

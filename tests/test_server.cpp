@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "charlm/sample.hpp"
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
 

@@ -16,27 +16,10 @@
 #include "charlm/error.hpp"
 #include "charlm/model.hpp"
 #include "charlm/sample.hpp"
+#include "charlm/score.hpp"
 #include "charlm/text.hpp"
 
 namespace charlm {
-
-// A neuron of the model: a unit of a layer's hidden state h, or of the LSTM's cell state c.
-struct Neuron {
-    int layer = 0;
-    int unit = 0;
-    bool cell = false;
-    bool operator==(const Neuron&) const = default;
-};
-std::string describe(const Neuron& neuron);  // "layer 1 cell 37"
-// Throws UsageError where the model has no such neuron (a layer or unit past its size, a cell state
-// of a cell that has none).
-void check_neuron(const ModelConfig& config, const Neuron& neuron);
-
-// A character and the natural log of the probability the model gave it.
-struct CharacterLogprob {
-    char32_t character = 0;
-    float logprob = 0;
-};
 
 // One character of a completion: its log-probability under the model's own distribution
 // (temperature 1, nothing cut), whatever drew it, and the most likely characters there.
@@ -49,38 +32,17 @@ struct DrawnCharacter {
 enum class FinishReason { length, stop };
 
 struct CompletionRequest {
-    std::u32string prompt;              // characters of the vocabulary only (check_prompt); empty starts after a line break
+    std::u32string prompt;              // characters of the vocabulary only; empty starts after a line break (priming_ids)
     std::size_t max_characters = 200;
-    SampleOptions options;              // how to draw; its greedy and stop are not used (top_k 1 is greedy)
+    double temperature = 1.0;           // how to draw, as SampleOptions says; top_k 1 is greedy
+    int top_k = 0;
+    double top_p = 1.0;
     std::vector<std::u32string> stops;  // a choice ends before the first of these it generates, which it does not return
     std::uint64_t seed = 0;             // choice i draws with seed + i: choice 0 is charlm sample's text for the seed
     int choices = 1;
     int alternatives = 0;               // most likely characters reported beside each drawn one
-};
 
-struct ScoreRequest {
-    std::u32string text;          // characters of the vocabulary only, at least 2
-    int top = 5;                  // most likely characters reported at each position
-    std::vector<Neuron> neurons;  // whose activations to report (check_neuron)
-    int most_varying = 16;        // how many of the neurons that vary most on the text to list
-};
-
-struct NeuronTrace {
-    Neuron neuron;
-    std::vector<float> activations;  // per character: the value after reading it
-};
-
-struct NeuronSpread {
-    Neuron neuron;
-    double standard_deviation = 0;
-};
-
-struct ScoreResult {
-    LossSum loss;                                   // over every character but the first
-    std::vector<float> losses;                      // per character: -ln p of it; NaN for the first
-    std::vector<std::vector<CharacterLogprob>> top; // per character: what the model expected there (empty for the first)
-    std::vector<NeuronTrace> neurons;               // as asked, in order
-    std::vector<NeuronSpread> most_varying;         // hidden and cell states ranked apart, in turns, largest deviation first
+    SampleOptions drawing() const;      // temperature, top_k and top_p as the drawer takes them
 };
 
 // What a choice of a completion has released since the reader last asked: characters that can no
@@ -92,10 +54,10 @@ struct ChoiceNews {
 };
 
 // A request's mailbox, shared by the decoder (which posts) and the one thread that serves the request
-// (which reads).
-class DecodeRequest {
+// (which reads): a completion's choices post their characters, a score its result.
+class RequestMailbox {
 public:
-    DecodeRequest(int choices, bool scoring);
+    RequestMailbox(int choices, bool scoring);
 
     // Waits until there is news or `timeout` passes, then moves every choice's news since the last call
     // into `news` (one entry a choice). Returns true once every choice has finished. With `gather`, it
@@ -114,11 +76,12 @@ public:
     // the decoder stopped (`unavailable`: ask again later), else DecodeFailed.
     void fail(const std::string& message, bool unavailable = false);
 
-private:
-    friend class BatchDecoder;
+    // The decoder's side.
     void post(std::size_t choice, DrawnCharacter character);
     void finish(std::size_t choice, FinishReason reason);
     void finish_score(ScoreResult result);
+
+private:
     void throw_if_failed() const;
 
     mutable std::mutex mutex_;
@@ -168,16 +131,16 @@ public:
     BatchDecoder& operator=(const BatchDecoder&) = delete;
 
     // Throw DecoderBusy where the queue is full, UsageError for a request the model cannot serve.
-    std::shared_ptr<DecodeRequest> complete(const CompletionRequest& request);
-    std::shared_ptr<DecodeRequest> score(const ScoreRequest& request);
+    std::shared_ptr<RequestMailbox> complete(const CompletionRequest& request);
+    std::shared_ptr<RequestMailbox> score(const ScoreRequest& request);
     DecoderLoad load() const;
     void stop();
 
-    struct Slot;  // a choice or a score being decoded: in decode.cpp
+    struct Slot;  // one row of the batch, a completion's choice or a score: src/serve/slots.hpp
 
 private:
     struct Pending {
-        std::shared_ptr<DecodeRequest> request;
+        std::shared_ptr<RequestMailbox> mailbox;
         std::vector<std::unique_ptr<Slot>> slots;
     };
     void submit(Pending pending);
@@ -195,8 +158,5 @@ private:
     bool stopping_ = false;
     std::thread thread_;
 };
-
-// Scores `request.text` with one request on a decoder of its own (charlm eval --html).
-ScoreResult score_text(Model<float>& model, const Vocab& vocab, const ScoreRequest& request, int threads = 0);
 
 }  // namespace charlm

@@ -6,10 +6,12 @@
 #include <random>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "charlm/model.hpp"
 #include "charlm/text.hpp"
+#include "charlm/uniform_draw.hpp"
 
 namespace charlm {
 
@@ -21,9 +23,17 @@ struct SampleOptions {
     std::u32string stop;       // end a sample as soon as it ends with this text (kept); empty never
 };
 
-void validate(const SampleOptions& options);  // throws Error for a temperature or top-p out of range
+// Throws UsageError for a temperature, top-k or top-p out of range.
+void validate(const SampleOptions& options);
+// The characters of `text` that the vocabulary lacks, each named once (describe_code_point) in the
+// order they first come, joined with ", "; empty where it has them all. The list stops growing once it
+// reaches `most_bytes`: a request full of strange characters gets a message, not a page.
+std::string unknown_characters(std::u32string_view text, const Vocab& vocab, std::size_t most_bytes = std::string::npos);
 // Throws Error listing the prompt's characters that are not in the vocabulary.
 void check_prompt(const Vocab& vocab, const std::u32string& prompt);
+// The ids that prime the state for `prompt`, whose characters the vocabulary must hold: an empty prompt
+// starts as if after a line break where the text has one, else after the first character.
+std::vector<TokenId> priming_ids(const Vocab& vocab, const std::u32string& prompt);
 
 // Which drawing options the user set, whatever their values: --greedy ignores every one of them.
 struct ExplicitSampleOptions {
@@ -49,7 +59,6 @@ public:
     TokenId draw(std::span<const float> logits, const SampleOptions& options, double uniform);
     // The distribution the last draw() chose from: one probability per id, zero for those cut off.
     std::vector<double> distribution() const;
-    double last_uniform() const { return uniform_; }
 
 private:
     std::size_t size_ = 0;        // the vocabulary's, as the last draw's logits had it
@@ -57,12 +66,8 @@ private:
     std::vector<TokenId> order_;  // ids, most likely first where anything is cut
     std::size_t kept_ = 0;        // the first kept_ of order_ may be drawn
     double total_ = 0;            // their weights' sum
-    double uniform_ = 0;
     TokenId greedy_choice_ = -1;  // the last draw's id where it was greedy, else -1
 };
-
-// A uniform draw in [0, 1) from the generator's top 53 bits, the same on every platform.
-inline double uniform_draw(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) * 0x1.0p-53; }
 
 class Sampler {
 public:
@@ -76,7 +81,7 @@ public:
     void prime(const std::u32string& prompt);
     // Draws the next character and feeds it back in.
     char32_t next(const SampleOptions& options);
-    // What the last next() drew from, and with which uniform draw.
+    // What the last next() drew from.
     const TokenDrawer& last_draw() const { return drawer_; }
 
 private:
@@ -91,20 +96,27 @@ private:
     TokenId input_ = 0;
 };
 
-// Whether a stream of characters has just ended with a stop text, keeping only the last stop.size()
-// characters: a sample can run for as long as it likes in constant memory.
+// Whether a stream of characters has just ended with one of a few stop texts, keeping only as many
+// characters as the longest has: a sample can run for as long as it likes in constant memory. charlm
+// sample ends at its one --stop; a completion also holds back what may still turn out to be a stop.
 class StopDetector {
 public:
-    explicit StopDetector(std::u32string stop) : stop_(std::move(stop)), tail_(stop_.size(), U'\0') {}
-    // Takes the next character; true when the characters so far end with the stop text (never for an
-    // empty one).
-    bool push(char32_t character);
+    explicit StopDetector(std::u32string stop) : StopDetector(std::vector<std::u32string>{std::move(stop)}) {}
+    explicit StopDetector(std::vector<std::u32string> stops);  // an empty one never matches
+    // Takes the next character; returns the length of the first stop text (in the order given) that
+    // the characters so far end with, else 0.
+    std::size_t push(char32_t character);
+    // How many of the last characters begin some stop text without completing it: a caller that shows
+    // the text as it comes holds these back until they can no longer turn out to be a stop.
+    std::size_t undecided() const;
 
 private:
-    std::u32string stop_;
-    std::u32string tail_;    // the last stop_.size() characters, a ring whose oldest is at next_slot_
+    bool last_characters_are(const std::u32string& text, std::size_t length) const;  // the last `length` are text's first `length`
+
+    std::vector<std::u32string> stops_;
+    std::u32string tail_;    // the last tail_.size() characters, a ring whose oldest is at next_slot_
     std::size_t next_slot_ = 0;
-    std::size_t seen_ = 0;   // characters pushed, up to stop_.size()
+    std::size_t seen_ = 0;   // characters pushed, up to tail_.size()
 };
 
 // Primes with `prompt`, then calls `emit` for each of up to `length` generated characters as it is

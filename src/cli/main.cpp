@@ -568,7 +568,12 @@ int run_serve(const ServeArguments& arguments) {
     });
     signals.detach();
     use_threads(arguments.options.threads);
-    charlm::Server server(arguments.options);
+    charlm::ServerOptions options = arguments.options;
+    options.log = [](charlm::ServerLogLevel level, const std::string& message) {
+        if (level == charlm::ServerLogLevel::error) spdlog::error("{}", message);
+        else spdlog::debug("{}", message);
+    };
+    charlm::Server server(options);
     server.start();  // /health answers "loading" while the checkpoint loads
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     const charlm::ModelConfig config = checkpoint.config;

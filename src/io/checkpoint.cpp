@@ -14,6 +14,7 @@
 
 #include "charlm/error.hpp"
 #include "charlm/display.hpp"
+#include "charlm/json_limits.hpp"
 
 namespace charlm {
 
@@ -25,26 +26,6 @@ constexpr std::uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr std::int64_t kMostCount = 1'000'000'000'000'000;  // of steps, windows or evaluations in a training state
 constexpr int kMaxJsonDepth = 64;
 constexpr const char* kFormat = "charlm-checkpoint-1";
-
-// nlohmann::json parses recursively; refuse deep nesting before it can exhaust the stack.
-bool json_nesting_within(std::string_view text, int most) {
-    int depth = 0;
-    bool in_string = false, escaped = false;
-    for (char c : text) {
-        if (in_string) {
-            if (escaped) escaped = false;
-            else if (c == '\\') escaped = true;
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-        } else if (c == '[' || c == '{') {
-            if (++depth > most) return false;
-        } else if (c == ']' || c == '}') {
-            --depth;
-        }
-    }
-    return true;
-}
 
 }  // namespace
 

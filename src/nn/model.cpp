@@ -9,6 +9,7 @@
 #include "cells.hpp"
 #include "dropout.hpp"
 #include "charlm/error.hpp"
+#include "charlm/uniform_draw.hpp"
 #include "gemm.hpp"
 #include "recurrent_layer.hpp"
 
@@ -84,7 +85,7 @@ Model<Scalar>::~Model() = default;
 template <typename Scalar>
 void Model<Scalar>::initialize(std::mt19937_64& rng) {
     // Uniform and normal draws from raw 64-bit words, so that a seed means the same weights everywhere.
-    auto uniform = [&rng]() { return static_cast<double>(rng() >> 11) * 0x1.0p-53; };
+    auto uniform = [&rng]() { return uniform_draw(rng); };
     auto fill_uniform = [&](Matrix<Scalar>& matrix, double bound) {
         for (Eigen::Index i = 0; i < matrix.size(); ++i)
             matrix.data()[i] = static_cast<Scalar>((2 * uniform() - 1) * bound);

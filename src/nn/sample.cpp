@@ -32,22 +32,15 @@ std::vector<std::string> sample_warnings(const SampleOptions& options, const Exp
                                            "to draw with {}",
                                            fmt::join(ignored, ", "), ignored.size() == 1 ? "it" : "them"));
     }
-    std::vector<std::string> unknown;
-    for (char32_t c : options.stop) {
-        const std::string described = describe_code_point(c);
-        if (!vocab.contains(c) && std::find(unknown.begin(), unknown.end(), described) == unknown.end())
-            unknown.push_back(described);
-    }
+    const std::string unknown = unknown_characters(options.stop, vocab);
     if (!unknown.empty())
-        warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length",
-                                       fmt::join(unknown, ", ")));
+        warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length", unknown));
     return warnings;
 }
 
 TokenId TokenDrawer::draw(std::span<const float> logits, const SampleOptions& options, double uniform) {
     const std::size_t V = logits.size();
     size_ = V;
-    uniform_ = uniform;
     // Eigen's reductions run in SIMD registers, as sampling's did before the drawer; std::max_element's do not.
     const Eigen::Map<const Eigen::ArrayXf> row(logits.data(), static_cast<Eigen::Index>(V));
     if (options.greedy) {
@@ -126,24 +119,34 @@ void Sampler::feed(TokenId id) {
     model_.forward(std::span<const TokenId>(&input_, 1), 1, 1, state_);
 }
 
+std::string unknown_characters(std::u32string_view text, const Vocab& vocab, std::size_t most_bytes) {
+    std::vector<std::string> named;
+    std::string list;
+    for (char32_t c : text) {
+        if (vocab.contains(c) || list.size() >= most_bytes) continue;
+        std::string name = describe_code_point(c);
+        if (std::find(named.begin(), named.end(), name) != named.end()) continue;
+        list += (list.empty() ? "" : ", ") + name;
+        named.push_back(std::move(name));
+    }
+    return list;
+}
+
 void check_prompt(const Vocab& vocab, const std::u32string& prompt) {
-    std::string unknown;
-    for (char32_t c : prompt)
-        if (!vocab.contains(c) && unknown.find(describe_code_point(c)) == std::string::npos)
-            unknown += (unknown.empty() ? "" : ", ") + describe_code_point(c);
+    const std::string unknown = unknown_characters(prompt, vocab);
     if (!unknown.empty())
         throw Error(fmt::format("the prompt has characters the model never saw: {}; remove them or pass --skip-unknown", unknown));
+}
+
+std::vector<TokenId> priming_ids(const Vocab& vocab, const std::u32string& prompt) {
+    if (prompt.empty()) return {vocab.contains(U'\n') ? vocab.id_of(U'\n') : TokenId{0}};
+    return vocab.encode(prompt);
 }
 
 void Sampler::prime(const std::u32string& prompt) {
     check_prompt(vocab_, prompt);
     state_.reset();
-    if (prompt.empty()) {
-        // Start as if after a line break when the text has one, else after the first character.
-        feed(vocab_.contains(U'\n') ? vocab_.id_of(U'\n') : 0);
-        return;
-    }
-    for (char32_t c : prompt) feed(vocab_.id_of(c));
+    for (TokenId id : priming_ids(vocab_, prompt)) feed(id);
 }
 
 char32_t Sampler::next(const SampleOptions& options) {
@@ -154,16 +157,42 @@ char32_t Sampler::next(const SampleOptions& options) {
     return vocab_.code_point_of(chosen);
 }
 
-bool StopDetector::push(char32_t character) {
-    const std::size_t length = stop_.size();
-    if (length == 0) return false;
-    tail_[next_slot_] = character;
-    next_slot_ = next_slot_ + 1 == length ? 0 : next_slot_ + 1;
-    if (seen_ < length) ++seen_;
-    if (seen_ < length || character != stop_.back()) return false;
-    for (std::size_t i = 0; i < length; ++i)
-        if (tail_[(next_slot_ + i) % length] != stop_[i]) return false;
+StopDetector::StopDetector(std::vector<std::u32string> stops) {
+    std::erase_if(stops, [](const std::u32string& stop) { return stop.empty(); });
+    stops_ = std::move(stops);
+    std::size_t longest = 0;
+    for (const std::u32string& stop : stops_) longest = std::max(longest, stop.size());
+    tail_.assign(longest, U'\0');
+}
+
+bool StopDetector::last_characters_are(const std::u32string& text, std::size_t length) const {
+    if (length > seen_) return false;
+    // Newest first: most characters differ from a stop text's last, and the test ends there.
+    const std::size_t ring = tail_.size();
+    for (std::size_t back = 0; back < length; ++back)
+        if (tail_[(next_slot_ + ring - 1 - back) % ring] != text[length - 1 - back]) return false;
     return true;
+}
+
+std::size_t StopDetector::push(char32_t character) {
+    if (tail_.empty()) return 0;
+    tail_[next_slot_] = character;
+    next_slot_ = next_slot_ + 1 == tail_.size() ? 0 : next_slot_ + 1;
+    if (seen_ < tail_.size()) ++seen_;
+    for (const std::u32string& stop : stops_)
+        if (last_characters_are(stop, stop.size())) return stop.size();
+    return 0;
+}
+
+std::size_t StopDetector::undecided() const {
+    std::size_t longest = 0;
+    for (const std::u32string& stop : stops_)
+        for (std::size_t length = std::min(stop.size() - 1, seen_); length > longest; --length)
+            if (last_characters_are(stop, length)) {
+                longest = length;
+                break;
+            }
+    return longest;
 }
 
 std::size_t generate(Model<float>& model, const Vocab& vocab, const std::u32string& prompt, std::size_t length,

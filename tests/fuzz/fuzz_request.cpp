@@ -8,7 +8,8 @@
 #include <string_view>
 
 #include "charlm/decode.hpp"
-#include "charlm/server.hpp"
+#include "charlm/sample.hpp"
+#include "serve/api.hpp"
 
 namespace {
 
@@ -58,11 +59,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check(request.max_characters <= 100);
         check(request.choices >= 1 && request.choices <= 4);
         check(request.alternatives >= 0 && request.alternatives <= 10);
-        check(std::isfinite(request.options.temperature) && request.options.temperature > 0);
-        check(request.options.top_p > 0 && request.options.top_p <= 1 && request.options.top_k >= 0);
+        check(std::isfinite(request.temperature) && request.temperature > 0);
+        check(request.top_p > 0 && request.top_p <= 1 && request.top_k >= 0);
         check(request.stops.size() <= 4);
         for (const auto& stop : request.stops) check(!stop.empty() && stop.size() <= 64);
-        charlm::validate(request.options);  // throws (a crash here) for what the decoder would refuse
+        charlm::validate(request.drawing());  // throws (a crash here) for what the decoder would refuse
     } catch (const charlm::RequestRefusal& refusal) {
         check_refusal(refusal);
     }

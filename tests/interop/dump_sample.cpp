@@ -2,6 +2,7 @@
 // character drawn, the uniform draw that chose it, and the whole distribution it was drawn from.
 // Usage: dump_sample CHECKPOINT PROMPT LENGTH SEED OUT_FILE [--temperature T] [--top-k K] [--top-p P] [--greedy]
 #include <fstream>
+#include <random>
 #include <string>
 
 #include <fmt/format.h>
@@ -39,13 +40,17 @@ int main(int argc, char** argv) {
         // The library's own Sampler, as generate() and 'charlm sample' drive it.
         charlm::Sampler sampler(*checkpoint.model, checkpoint.vocab, seed);
         sampler.prime(prompt);
+        // The sampler's uniform draws, replayed from the same seed as Sampler::next makes them (greedy
+        // draws none): were they not the sampler's, PyTorch's replay would choose other characters.
+        std::mt19937_64 replay(seed);
         nlohmann::json steps = nlohmann::json::array();
         std::u32string text;
         for (unsigned long i = 0; i < length; ++i) {
             const char32_t character = sampler.next(options);
+            const double uniform = options.greedy ? 0.0 : charlm::uniform_draw(replay);
             text += character;
             steps.push_back({{"chosen", checkpoint.vocab.id_of(character)},
-                             {"uniform", sampler.last_draw().last_uniform()},
+                             {"uniform", uniform},
                              {"distribution", sampler.last_draw().distribution()}});
         }
         std::ofstream out(argv[5], std::ios::binary | std::ios::trunc);

@@ -1,0 +1,79 @@
+// A request's mailbox: the decoder posts characters and results, the request's one reader waits for them (see decode.hpp).
+#include "charlm/decode.hpp"
+
+#include <algorithm>
+
+namespace charlm {
+
+RequestMailbox::RequestMailbox(int choices, bool scoring) : pending_(scoring ? 1 : static_cast<std::size_t>(choices)) {}
+
+void RequestMailbox::throw_if_failed() const {
+    if (failure_.empty()) return;
+    if (unavailable_) throw DecoderBusy(failure_);
+    throw DecodeFailed(failure_);
+}
+
+bool RequestMailbox::wait_for_news(std::chrono::milliseconds timeout, std::vector<ChoiceNews>& news, std::chrono::milliseconds gather) {
+    std::unique_lock lock(mutex_);
+    // Gathering, only the end wakes the reader (finish() always notifies, post() only a reader waiting for news).
+    if (gather.count() > 0)
+        changed_.wait_for(lock, gather, [&] { return !failure_.empty() || choices_finished_ == pending_.size(); });
+    auto has_news = [&] {
+        if (!failure_.empty() || choices_finished_ == pending_.size()) return true;
+        return std::any_of(pending_.begin(), pending_.end(), [](const ChoiceNews& c) { return !c.characters.empty() || c.finished; });
+    };
+    reader_waits_for_news_ = true;
+    changed_.wait_for(lock, timeout, has_news);
+    reader_waits_for_news_ = false;
+    throw_if_failed();
+    news.assign(pending_.size(), {});
+    for (std::size_t i = 0; i < pending_.size(); ++i) {
+        news[i].characters = std::move(pending_[i].characters);
+        pending_[i].characters.clear();
+        news[i].finished = pending_[i].finished;
+        news[i].reason = pending_[i].reason;
+    }
+    return choices_finished_ == pending_.size();
+}
+
+void RequestMailbox::wait_until_finished() {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !failure_.empty() || choices_finished_ == pending_.size(); });
+    throw_if_failed();
+}
+
+void RequestMailbox::fail(const std::string& message, bool unavailable) {
+    std::lock_guard lock(mutex_);
+    if (failure_.empty()) {
+        failure_ = message;
+        unavailable_ = unavailable;
+    }
+    changed_.notify_all();
+}
+
+void RequestMailbox::post(std::size_t choice, DrawnCharacter character) {
+    std::lock_guard lock(mutex_);
+    pending_[choice].characters.push_back(std::move(character));
+    // Only a reader waiting for news is woken: one that waits for the end, or paces its reads, would
+    // otherwise be woken for every character of every step.
+    if (reader_waits_for_news_) changed_.notify_all();
+}
+
+void RequestMailbox::finish(std::size_t choice, FinishReason reason) {
+    std::lock_guard lock(mutex_);
+    if (pending_[choice].finished) return;
+    pending_[choice].finished = true;
+    pending_[choice].reason = reason;
+    ++choices_finished_;
+    changed_.notify_all();
+}
+
+void RequestMailbox::finish_score(ScoreResult result) {
+    std::lock_guard lock(mutex_);
+    score_ = std::move(result);
+    pending_[0].finished = true;
+    choices_finished_ = 1;
+    changed_.notify_all();
+}
+
+}  // namespace charlm
