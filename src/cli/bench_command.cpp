@@ -5,10 +5,12 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
 
 #include "charlm/bench.hpp"
 #include "cli/commands.hpp"
 #include "cli/common_options.hpp"
+#include "cli/terminal.hpp"
 
 namespace charlm::cli {
 
@@ -25,6 +27,7 @@ int run_bench(BenchArguments& arguments) {
     BenchOptions& options = arguments.options;
     options.corpus = arguments.corpus;
     if (!arguments.models.empty()) options.models = select_bench_models(arguments.models);
+    options.note = [](const std::string& line) { spdlog::info("{}", line); };
     const nlohmann::json result = run_benchmark(options);
     if (arguments.json) fmt::print("{}\n", result.dump());
     else fmt::print("{}", format_benchmark_table(result));

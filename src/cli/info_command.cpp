@@ -7,6 +7,7 @@
 #include "charlm/checkpoint.hpp"
 #include "cli/commands.hpp"
 #include "cli/common_options.hpp"
+#include "cli/terminal.hpp"
 
 namespace charlm::cli {
 
