@@ -10,10 +10,8 @@
 #include <sstream>
 
 #include <fmt/format.h>
-#include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
-#include "charlm/display.hpp"
 
 namespace charlm {
 
