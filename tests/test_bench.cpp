@@ -1,9 +1,10 @@
-// Checks bench.cpp on a tiny model: every figure present and sensible, FLOP counted as the code runs them, the
-// table readable, bad names refused.
+// Checks bench.cpp on a tiny model: every figure present and sensible, each measurement announced, FLOP counted as
+// the code runs them, bad names refused; and the CLI's table of the result (cli/terminal.cpp) readable.
 #include <gtest/gtest.h>
 
 #include "charlm/bench.hpp"
 #include "charlm/error.hpp"
+#include "cli/terminal.hpp"
 #include "nn/input_projection.hpp"
 #include "test_helpers.hpp"
 
@@ -19,7 +20,14 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     options.seconds_per_measurement = 0.05;
     options.corpus = directory.write("corpus.txt", text);
     options.models = {{.layers = 1, .hidden_size = 8, .embed_size = 4, .seq_length = 5, .batch_size = 4}};
+    std::vector<std::string> notes;
+    options.note = [&](const std::string& line) { notes.push_back(line); };
     const nlohmann::json result = run_benchmark(options);
+    // The library writes nothing itself: the GEMM peak and each model reach the caller as lines.
+    ASSERT_EQ(notes.size(), 2u);
+    EXPECT_EQ(notes[0].rfind("GEMM 2048^3 through ", 0), 0u) << notes[0];
+    EXPECT_NE(notes[0].find(" GFLOP/s on 1 threads"), std::string::npos) << notes[0];
+    EXPECT_EQ(notes[1], "measuring lstm 1x8 at 5 x 4");
 
     EXPECT_EQ(result.at("threads").get<int>(), 1);
     EXPECT_GT(result.at("gemm_gflops").get<double>(), 0);

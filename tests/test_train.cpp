@@ -22,6 +22,7 @@
 #include "charlm/run_lock.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/train.hpp"
+#include "cli/terminal.hpp"
 #include "test_helpers.hpp"
 #include "train/run_directory.hpp"
 

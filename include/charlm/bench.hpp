@@ -2,6 +2,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -37,6 +38,8 @@ struct BenchOptions {
     std::vector<BenchModel> models = default_bench_models();
     // Only sets the vocabulary and the token ids; the speed hardly depends on the text.
     std::filesystem::path corpus = default_bench_corpus();
+    // Hears of the GEMM peak and of each model as its measurement starts, one line each; may be empty.
+    std::function<void(const std::string&)> note;
 };
 
 // Floating-point operations per character in the matrix products that charlm really runs for a model,
@@ -57,15 +60,12 @@ struct FlopsPerCharacter {
 };
 FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size);
 
-// Logs each model to stderr as it is measured.
+// Tells options.note of each measurement as it starts.
 // {"threads", "gemm_backend", "gemm_gflops", "flop_counted", "corpus", "vocab_size", "models": [{"model", "seq", "batch",
 //  "parameters", "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second",
 //  "train_flop_per_character", "eval_flop_per_character", "sample_flop_per_character", "train_gflops", "eval_gflops",
 //  "sample_gflops", "fraction_of_gemm_peak" (training's), "eval_fraction_of_gemm_peak", "peak_rss_megabytes"}, ...]}.
 // Throws Error for an unreadable corpus.
 nlohmann::json run_benchmark(const BenchOptions& options);
-
-// An aligned text table of run_benchmark()'s result, for a terminal.
-std::string format_benchmark_table(const nlohmann::json& result);
 
 }  // namespace charlm

@@ -84,8 +84,5 @@ Checkpoint parse_checkpoint(std::string_view bytes, const std::string& source_na
 // the run started from with --init-from (`init_from`: checkpoint, step) and every training option as
 // stored. Whatever an older checkpoint did not record is null; nothing here throws.
 nlohmann::json describe_checkpoint(const Checkpoint& checkpoint);
-// describe_checkpoint()'s result as the lines `charlm info` prints, every character of a name, path,
-// option or the vocabulary shown readably (\n, \0, U+0301: see displayable()).
-std::string format_checkpoint_description(const nlohmann::json& description);
 
 }  // namespace charlm

@@ -10,7 +10,6 @@
 
 #include <Eigen/Core>
 #include <fmt/format.h>
-#include <spdlog/spdlog.h>
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
@@ -221,11 +220,14 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
                                     options.corpus.string(), shape.seq_length, shape.batch_size));
     }
 
+    const auto note = [&](const std::string& line) {
+        if (options.note) options.note(line);
+    };
     const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement);
-    spdlog::info("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} threads", gemm_backend(), gemm_gflops, Eigen::nbThreads());
+    note(fmt::format("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} threads", gemm_backend(), gemm_gflops, Eigen::nbThreads()));
     nlohmann::json models = nlohmann::json::array();
     for (const BenchModel& shape : options.models) {
-        spdlog::info("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size);
+        note(fmt::format("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size));
         nlohmann::json row = measure_model(shape, ids, vocab, options.seconds_per_measurement);
         row["fraction_of_gemm_peak"] = row["train_gflops"].get<double>() / gemm_gflops;
         row["eval_fraction_of_gemm_peak"] = row["eval_gflops"].get<double>() / gemm_gflops;
@@ -241,26 +243,6 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         {"flop_counted", kFlopCounted},
         {"models", models},
     };
-}
-
-std::string format_benchmark_table(const nlohmann::json& result) {
-    std::string table = fmt::format("charlm bench: {} threads, GEMM 2048^3 through {}: {:.1f} GFLOP/s\n", result.at("threads").get<int>(),
-                                    result.at("gemm_backend").get<std::string>(), result.at("gemm_gflops").get<double>());
-    table += fmt::format("{:<14} {:>8} {:>12} {:>12} {:>12} {:>11} {:>8} {:>10} {:>8} {:>9}\n", "model", "seq x b",
-                         "train ch/s", "eval ch/s", "sample ch/s", "train GF/s", "% peak", "eval GF/s", "% peak", "peak MB");
-    for (const auto& row : result.at("models")) {
-        table += fmt::format("{:<14} {:>8} {:>12.0f} {:>12.0f} {:>12.0f} {:>11.2f} {:>7.1f}% {:>10.2f} {:>7.1f}% {:>9.0f}\n",
-                             row.at("model").get<std::string>(),
-                             fmt::format("{}x{}", row.at("seq").get<int>(), row.at("batch").get<int>()),
-                             row.at("train_chars_per_second").get<double>(), row.at("eval_chars_per_second").get<double>(),
-                             row.at("sample_chars_per_second").get<double>(), row.at("train_gflops").get<double>(),
-                             100.0 * row.at("fraction_of_gemm_peak").get<double>(), row.at("eval_gflops").get<double>(),
-                             100.0 * row.at("eval_fraction_of_gemm_peak").get<double>(),
-                             row.at("peak_rss_megabytes").get<double>());
-    }
-    table += fmt::format("GF/s counts {}.\n", result.at("flop_counted").get<std::string>());
-    table += "peak MB is the process's high-water mark so far: models run smallest first.\n";
-    return table;
 }
 
 }  // namespace charlm

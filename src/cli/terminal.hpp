@@ -1,8 +1,9 @@
-// Training's progress as the terminal shows it, and whether the log is coloured: presentation, for the CLI alone.
+// What the terminal shows: training's progress lines, `info`'s text, `bench`'s table, whether the log is coloured. Presentation, for the CLI alone.
 #pragma once
 
 #include <string>
 
+#include <nlohmann/json.hpp>
 #include <spdlog/common.h>
 
 #include "charlm/progress.hpp"
@@ -22,5 +23,12 @@ std::string format_status_line(const StepProgress& progress);
 // A report's log line: the status line's figures, with the validation loss and the learning rate. A
 // validation loss of part of the held-out text says how much: "val 1.5230 (on 320k of 5.5M held-out chars)".
 std::string format_report_line(const ProgressReport& report);
+
+// describe_checkpoint()'s result as the lines `charlm info` prints, every character of a name, path,
+// option or the vocabulary shown readably (\n, \0, U+0301: see displayable()).
+std::string format_checkpoint_description(const nlohmann::json& description);
+
+// An aligned text table of run_benchmark()'s result, for a terminal.
+std::string format_benchmark_table(const nlohmann::json& result);
 
 }  // namespace charlm

@@ -1,0 +1,69 @@
+// Options that several commands share (--threads, CHECKPOINT, --adapt-*), declared once, and what acting on them takes.
+#include "cli/common_options.hpp"
+
+#include <chrono>
+
+#include <omp.h>
+#include <spdlog/spdlog.h>
+
+#include "charlm/display.hpp"
+#include "charlm/threads.hpp"
+
+namespace charlm::cli {
+
+namespace {
+
+// Far past any machine's cores; libgomp crashed starting a team of 100000.
+constexpr int kMostThreads = 1024;
+
+}  // namespace
+
+CLI::Option* add_threads_option(CLI::App& command, int& threads, const std::string& description) {
+    return command.add_option("--threads", threads, description)->check(CLI::Range(0, kMostThreads))->capture_default_str();
+}
+
+void use_threads(int threads) {
+    const ThreadCount count = set_thread_count(threads);
+    if (count.limited_by)
+        spdlog::warn("--threads {} asks for more than {} allows; using {}", count.requested, count.limited_by, count.used);
+    // More threads than cores: each parallel region waits for its slowest thread, which waits for a core.
+    const int cores = omp_get_num_procs();
+    if (count.used > cores)
+        spdlog::warn("--threads {} is more than the {} core{} this process may run on: the threads beyond them wait for a core at "
+                     "every step, which makes the work slower, not faster; give --threads {} or leave it out",
+                     count.used, cores, cores == 1 ? "" : "s", cores);
+}
+
+CLI::Option* add_checkpoint_argument(CLI::App& command, std::string& checkpoint) {
+    return command.add_option("CHECKPOINT", checkpoint, "A .safetensors file written by 'charlm train'")->required();
+}
+
+void add_adapt_options(CLI::App& command, AdaptOptions& options, CLI::Option* enabled_by, const std::string& window_detail) {
+    const std::string with = "With " + enabled_by->get_name() + ": ";
+    command.add_option("--adapt-lr", options.learning_rate,
+                       with + "each weight's step per window (its gradient divided by the gradient's RMS so far)")
+        ->needs(enabled_by)
+        ->capture_default_str();
+    command.add_option("--adapt-decay", options.decay,
+                       with + "share of the distance to the trained weights taken back after each step, in [0, 1]")
+        ->needs(enabled_by)
+        ->capture_default_str();
+    command.add_option("--adapt-window", options.window, with + "characters per step" + window_detail)
+        ->needs(enabled_by)
+        ->capture_default_str();
+}
+
+AdaptProgressCallback adapt_progress_log() {
+    const auto started = std::chrono::steady_clock::now();
+    return [started, logged_seconds = 0.0](const AdaptProgress& progress) mutable {
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        if (seconds - logged_seconds < 10 || progress.characters_scored >= progress.characters_total) return;
+        logged_seconds = seconds;
+        spdlog::info("adapting: {} of {} characters, {:.4f} nats/char so far (plain {:.4f}), {} chars/s",
+                     format_count(progress.characters_scored), format_count(progress.characters_total),
+                     progress.adapted.mean(), progress.plain.mean(),
+                     format_count(static_cast<std::size_t>(static_cast<double>(progress.characters_scored) / seconds)));
+    };
+}
+
+}  // namespace charlm::cli

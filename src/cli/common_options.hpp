@@ -1,0 +1,27 @@
+// Options that several commands share (--threads, CHECKPOINT, --adapt-*), declared once, and what acting on them takes.
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "charlm/eval.hpp"
+
+namespace charlm::cli {
+
+// --threads N, from 0 (every core) to a bound far past any machine's cores.
+CLI::Option* add_threads_option(CLI::App& command, int& threads,
+                                const std::string& description = "CPU threads; 0 uses every core");
+// Sets the threads, with a word on stderr where the environment allows fewer or the machine has fewer cores.
+void use_threads(int threads);
+
+// The CHECKPOINT argument of sample, eval, serve and info.
+CLI::Option* add_checkpoint_argument(CLI::App& command, std::string& checkpoint);
+
+// --adapt-lr, --adapt-decay and --adapt-window, each taken only with `enabled_by` (eval's --adapt,
+// sample's --adapt-to). `window_detail` follows --adapt-window's description.
+void add_adapt_options(CLI::App& command, AdaptOptions& options, CLI::Option* enabled_by, const std::string& window_detail);
+// Dynamic evaluation scores a few thousand characters a second: a log line every 10 seconds says how far it is.
+AdaptProgressCallback adapt_progress_log();
+
+}  // namespace charlm::cli

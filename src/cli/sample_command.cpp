@@ -1,0 +1,152 @@
+// charlm sample: its options, and text drawn from a checkpoint, streamed to stdout.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <iterator>
+#include <memory>
+#include <random>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/error.hpp"
+#include "charlm/eval.hpp"
+#include "charlm/sample.hpp"
+#include "charlm/text.hpp"
+#include "cli/commands.hpp"
+#include "cli/common_options.hpp"
+
+namespace charlm::cli {
+
+namespace {
+
+struct SampleArguments {
+    std::string checkpoint;
+    std::string prompt;
+    std::string prompt_file;
+    std::string stop;
+    long long length = 500;
+    int count = 1;
+    std::uint64_t seed = 0;
+    bool seed_given = false;
+    bool skip_unknown = false;
+    bool json = false;
+    charlm::SampleOptions options;
+    charlm::ExplicitSampleOptions given;  // which drawing options were on the command line
+    int threads = 1;
+    std::string adapt_to;                 // a text to adapt the weights to first, as eval --adapt reads it
+    charlm::AdaptOptions adapt_options;
+};
+
+std::string read_prompt_file(const std::string& path) {
+    if (path == "-") return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+    return charlm::encode_utf8(charlm::read_text_file(path));
+}
+
+int run_sample(SampleArguments& arguments) {
+    charlm::validate(arguments.options);
+    if (arguments.count < 1) throw charlm::UsageError(fmt::format("--count must be at least 1, not {}", arguments.count));
+    if (!arguments.adapt_to.empty()) charlm::validate(arguments.adapt_options);
+    if (arguments.adapt_to == "-" && arguments.prompt_file == "-")
+        throw charlm::UsageError("--adapt-to and --prompt-file cannot both read standard input; give one of them a file");
+    use_threads(arguments.threads);
+    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    if (!arguments.adapt_to.empty()) {
+        const std::string file = arguments.adapt_to == "-" ? "/dev/stdin" : arguments.adapt_to;
+        // Characters the model never saw are left out and counted, whatever their share: this text only
+        // steers the weights, and no figure of it is the command's result.
+        const charlm::EvalResult adapted = charlm::evaluate_file(
+            *checkpoint.model, checkpoint.vocab, file,
+            {.allow_unknown = true, .adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
+        if (adapted.unknown_characters > 0)
+            spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
+                         adapted.unknown_characters, arguments.adapt_to, 100 * adapted.unknown_fraction);
+        spdlog::info("adapted to {}: {:.4f} nats/char as it read it (trained weights: {:.4f})", arguments.adapt_to,
+                     adapted.nats_per_character, adapted.plain_nats_per_character);
+    }
+    const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
+    std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : arguments.prompt_file);
+    if (arguments.skip_unknown) {
+        std::size_t unknown = 0;
+        prompt = checkpoint.vocab.decode(checkpoint.vocab.encode_known(prompt, unknown));
+        if (unknown > 0) spdlog::warn("left {} prompt characters out that the model never saw", unknown);
+    }
+    charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
+    arguments.options.stop = charlm::decode_utf8(arguments.stop, "--stop");
+    for (const std::string& warning : charlm::sample_warnings(arguments.options, arguments.given, checkpoint.vocab))
+        spdlog::warn("{}", warning);
+    const std::uint64_t first_seed = arguments.seed_given ? arguments.seed : std::random_device{}();
+    if (!arguments.seed_given && !arguments.options.greedy) {
+        // On stderr, so that stdout stays the sample; the seed is what makes it repeatable (greedy needs none).
+        const std::uint64_t last_seed = first_seed + static_cast<std::uint64_t>(arguments.count) - 1;
+        if (arguments.count == 1) spdlog::info("seed {} (repeat with --seed {})", first_seed, first_seed);
+        else spdlog::info("seeds {} to {} (repeat with --seed {})", first_seed, last_seed, first_seed);
+    }
+    const bool to_terminal = ::isatty(STDOUT_FILENO);
+    const std::string shown_prompt = charlm::encode_utf8(prompt);
+    for (int index = 0; index < arguments.count; ++index) {
+        const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(index);
+        if (arguments.json) {
+            // One JSON object needs the whole text; the library streams it, and only this mode keeps it.
+            std::string text;
+            charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
+                             arguments.options, seed, [&](char32_t c) { text += charlm::encode_utf8(c); });
+            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text}, {"seed", seed}};
+            fmt::print("{}\n", record.dump());
+            continue;
+        }
+        if (index > 0) std::fputs("\n", stdout);
+        std::fputs(shown_prompt.c_str(), stdout);
+        charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
+                         arguments.options, seed, [&](char32_t c) {
+                             const std::string bytes = charlm::encode_utf8(c);
+                             std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+                             if (to_terminal || c == U'\n') std::fflush(stdout);
+                         });
+        std::fputc('\n', stdout);
+    }
+    return 0;  // main() checks that stdout took everything
+}
+
+}  // namespace
+
+Command add_sample_command(CLI::App& app) {
+    const auto arguments = std::make_shared<SampleArguments>();
+    SampleArguments& sample_arguments = *arguments;
+    auto* sample = app.add_subcommand("sample", "Generate text from a checkpoint, streamed to stdout");
+    add_checkpoint_argument(*sample, sample_arguments.checkpoint);
+    sample->add_option("--prompt", sample_arguments.prompt, "Text that primes the model; it is printed first");
+    sample->add_option("--prompt-file", sample_arguments.prompt_file, "Read the prompt from a file; - reads standard input")
+        ->excludes(sample->get_option("--prompt"));
+    sample->add_flag("--skip-unknown", sample_arguments.skip_unknown, "Leave out prompt characters the model never saw");
+    sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
+    sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text")
+        ->check([](const std::string& text) { return text.empty() ? std::string("needs the text to stop at") : std::string(); });
+    sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed");
+    sample->add_option("--length", sample_arguments.length, "Characters to generate")
+        ->check(CLI::Range(0LL, 1LL << 40))
+        ->capture_default_str();
+    sample->add_option("--temperature", sample_arguments.options.temperature,
+                       "Below 1 is safer and more repetitive, above 1 wilder")->capture_default_str();
+    sample->add_option("--top-k", sample_arguments.options.top_k, "Draw only from the k most likely characters; 0 for all")->capture_default_str();
+    sample->add_option("--top-p", sample_arguments.options.top_p, "Draw only from the most likely characters whose probability adds up to p")->capture_default_str();
+    sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
+    sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
+    add_threads_option(*sample, sample_arguments.threads);
+    auto* adapt_to = sample->add_option("--adapt-to", sample_arguments.adapt_to,
+                                        "First adapt the weights to this text, as 'charlm eval --adapt' reads it, then sample in "
+                                        "its style; - reads standard input")
+                         ->type_name("FILE");
+    add_adapt_options(*sample, sample_arguments.adapt_options, adapt_to, "");
+    return {sample, [sample, arguments](const Communicator&) {
+        arguments->seed_given = sample->count("--seed") > 0;
+        arguments->given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
+                            .top_p = sample->count("--top-p") > 0};
+        return run_sample(*arguments);
+    }};
+}
+
+}  // namespace charlm::cli

@@ -1,0 +1,111 @@
+// charlm serve: its options, and a server that answers until a stop signal (taken by a thread of its own, not a handler).
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <thread>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "charlm/checkpoint.hpp"
+#include "charlm/server.hpp"
+#include "cli/commands.hpp"
+#include "cli/common_options.hpp"
+
+namespace charlm::cli {
+
+namespace {
+
+struct ServeArguments {
+    std::string checkpoint;
+    charlm::ServerOptions options;
+};
+
+// Serves until SIGINT, SIGTERM or SIGHUP, which are taken by sigwait() here rather than by a handler:
+// blocked before the server's threads start, so that every thread inherits the block.
+int run_serve(const ServeArguments& arguments) {
+    sigset_t stop_signals;
+    ::sigemptyset(&stop_signals);
+    for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaddset(&stop_signals, signal_number);
+    ::pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+    // A thread of its own takes the signals from the start. The first one while the checkpoint loads
+    // ends the process at once (nothing is served yet; a checkpoint that is a pipe or /dev/zero would
+    // never finish loading); after that, the first stops the server, which waits for open connections
+    // up to --timeout, and a second ends the process at once.
+    static std::atomic<bool> serving{false};  // static: the detached thread may outlive this call
+    static std::atomic<int> first_signal{0};
+    static sigset_t waited;
+    waited = stop_signals;
+    std::thread signals([] {
+        for (int received = 0;; ++received) {
+            int signal_number = 0;
+            ::sigwait(&waited, &signal_number);
+            if (!serving || received > 0) {
+                fmt::print(stderr, "charlm: stopped ({})\n", ::strsignal(signal_number));
+                std::_Exit(130);
+            }
+            first_signal = signal_number;
+            first_signal.notify_all();
+        }
+    });
+    signals.detach();
+    use_threads(arguments.options.threads);
+    charlm::ServerOptions options = arguments.options;
+    options.log = [](charlm::ServerLogLevel level, const std::string& message) {
+        if (level == charlm::ServerLogLevel::error) spdlog::error("{}", message);
+        else spdlog::debug("{}", message);
+    };
+    charlm::Server server(options);
+    server.start();  // /health answers "loading" while the checkpoint loads
+    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const charlm::ModelConfig config = checkpoint.config;
+    server.load(std::move(checkpoint), std::filesystem::path(arguments.checkpoint).filename().string());
+    serving = true;
+    const std::string& host = arguments.options.host;
+    if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "::1")
+        spdlog::warn("listening on {}: whoever can reach this machine can use the server (it has no authentication)", host);
+    spdlog::info("serving {} {}x{} ({} characters) with {} slots; Ctrl-C stops", charlm::to_string(config.cell), config.layers,
+                 config.hidden_size, config.vocab_size, arguments.options.slots);
+    fmt::print("{}\n", server.url());
+    std::fflush(stdout);
+    first_signal.wait(0);
+    spdlog::info("stopping ({}); open connections close within --timeout; again to quit at once", ::strsignal(first_signal.load()));
+    server.stop();
+    return 0;
+}
+
+}  // namespace
+
+Command add_serve_command(CLI::App& app) {
+    const auto arguments = std::make_shared<ServeArguments>();
+    ServeArguments& serve_arguments = *arguments;
+    auto& serve_options = serve_arguments.options;
+    auto* serve = app.add_subcommand("serve", "Serve a checkpoint over HTTP: a page to generate and look inside, and an "
+                                              "OpenAI-style API (docs/serve.md)");
+    add_checkpoint_argument(*serve, serve_arguments.checkpoint);
+    serve->add_option("--host", serve_options.host, "Address to listen on; another than 127.0.0.1 lets other machines in")->capture_default_str();
+    serve->add_option("--port", serve_options.port, "Port; 0 takes a free one (the printed URL says which)")
+        ->check(CLI::Range(0, 65535))
+        ->capture_default_str();
+    add_threads_option(*serve, serve_options.threads, "CPU threads for the model; 0 uses every core");
+    serve->add_option("--parallel", serve_options.slots, "Completions decoded at once, as one batch")->check(CLI::Range(1, 256))->capture_default_str();
+    serve->add_option("--queue", serve_options.queued, "Completions that may wait for a slot; past that, 503")->check(CLI::Range(0, 4096))->capture_default_str();
+    serve->add_option("--max-tokens", serve_options.max_tokens, "The most characters one completion may ask for")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
+        ->capture_default_str();
+    serve->add_option("--max-text", serve_options.max_score_characters, "The longest prompt or scored text, in characters")
+        ->check(CLI::Range(std::size_t{2}, std::size_t{200'000}))
+        ->capture_default_str();
+    serve->add_option("--timeout", serve_options.timeout_seconds, "Seconds a client may send or take nothing before it is dropped")
+        ->check(CLI::Range(1, 3600))
+        ->capture_default_str();
+    return {serve, [arguments](const Communicator&) { return run_serve(*arguments); }};
+}
+
+}  // namespace charlm::cli
