@@ -1,4 +1,4 @@
-// Checks text.cpp: UTF-8 decoding, the code-point vocabulary and the validation split.
+// Checks src/text: UTF-8 decoding, the code-point vocabulary, ids in memory and in files, file identity and the validation split.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -10,8 +10,13 @@
 #include <gtest/gtest.h>
 
 #include "charlm/atomic_file.hpp"
+#include "charlm/display.hpp"
 #include "charlm/error.hpp"
-#include "charlm/text.hpp"
+#include "charlm/file_identity.hpp"
+#include "charlm/ids_file.hpp"
+#include "charlm/tokens.hpp"
+#include "charlm/utf8.hpp"
+#include "charlm/vocab.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {

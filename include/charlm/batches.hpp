@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "charlm/text.hpp"
+#include "charlm/text.hpp"  // tokens.hpp is all this needs; the umbrella stays while eval.hpp reaches Vocab through here
 
 namespace charlm {
 
