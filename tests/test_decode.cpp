@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "charlm/decode.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -13,7 +14,7 @@ namespace {
 using namespace std::chrono_literals;
 
 struct Fixture {
-    Vocab vocab = Vocab::from_text(U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC");
+    Vocab vocab = testing::vocab_of_text(U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC");
     Model<float> model;
     explicit Fixture(CellType cell = CellType::lstm) : model(config(vocab, cell)) {
         std::mt19937_64 rng(11);

@@ -69,11 +69,4 @@ private:
 // How many of `count` ids the last `validation_fraction` holds; throws Error outside [0, 1).
 std::size_t validation_size(std::size_t count, double validation_fraction);
 
-// The first part of the ids trains, the last `validation_fraction` validates.
-struct Split {
-    std::vector<TokenId> train;
-    std::vector<TokenId> validation;
-};
-Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction);
-
 }  // namespace charlm

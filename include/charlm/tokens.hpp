@@ -31,7 +31,6 @@ public:
     TokenSpan subspan(std::size_t first, std::size_t count) const {
         return {static_cast<const char*>(data_) + first * static_cast<std::size_t>(width_), count, width_, mapped_};
     }
-    std::vector<TokenId> to_vector() const;
     // Where the ids are a file's mapping (MappedIds), lets the pages behind ids [first, first + count)
     // leave the process's resident memory, all but the page of the id after them, which is read next:
     // read again, they come back from the page cache or the disk. Ids in memory stay as they are.

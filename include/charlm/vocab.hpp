@@ -17,7 +17,6 @@ namespace charlm {
 class Vocab {
 public:
     Vocab() = default;
-    static Vocab from_text(const std::u32string& text);
     // Streams them (see for_each_text_piece); `character_counts`, given, gets each file's count of characters.
     static Vocab from_files(const std::vector<std::filesystem::path>& paths, std::vector<std::size_t>* character_counts = nullptr);
     static Vocab from_code_points(std::vector<char32_t> code_points);  // in id order; validates: Unicode scalars, distinct

@@ -1,4 +1,4 @@
-// A corpus's token ids stored compactly: in memory (CompactIds), in a mapped ids file (MappedIds, IdsHeader), and the validation split.
+// A corpus's token ids stored compactly: in memory (CompactIds), in a mapped ids file (MappedIds, IdsHeader), and how many of them validate.
 #include "charlm/ids_file.hpp"
 
 #include <algorithm>
@@ -22,12 +22,6 @@
 #include "text/sha256.hpp"
 
 namespace charlm {
-
-std::vector<TokenId> TokenSpan::to_vector() const {
-    std::vector<TokenId> ids(size_);
-    for (std::size_t i = 0; i < size_; ++i) ids[i] = (*this)[i];
-    return ids;
-}
 
 void TokenSpan::release(std::size_t first, std::size_t count) const {
     if (!mapped_ || first >= size_) return;
@@ -270,14 +264,6 @@ std::size_t validation_size(std::size_t count, double validation_fraction) {
     if (!(validation_fraction >= 0.0 && validation_fraction < 1.0))
         throw Error("validation fraction must be in [0, 1)");
     return static_cast<std::size_t>(std::llround(validation_fraction * static_cast<double>(count)));
-}
-
-Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction) {
-    const auto held_out = static_cast<std::ptrdiff_t>(validation_size(ids.size(), validation_fraction));
-    Split split;
-    split.train.assign(ids.begin(), ids.end() - held_out);
-    split.validation.assign(ids.end() - held_out, ids.end());
-    return split;
 }
 
 }  // namespace charlm

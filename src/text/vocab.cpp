@@ -39,15 +39,6 @@ private:
 
 }  // namespace
 
-Vocab Vocab::from_text(const std::u32string& text) {
-    CodePointSet set;
-    set.add(text);
-    Vocab vocab;
-    vocab.code_points_ = set.sorted();
-    vocab.index();
-    return vocab;
-}
-
 Vocab Vocab::from_files(const std::vector<std::filesystem::path>& paths, std::vector<std::size_t>* character_counts) {
     CodePointSet set;
     if (character_counts) character_counts->assign(paths.size(), 0);
