@@ -316,6 +316,10 @@ TEST(Text, OnlyWhatCannotBeReadTwiceIsCopied) {
     EXPECT_FALSE(can_be_read_only_once(directory.path()));
     EXPECT_TRUE(can_be_read_only_once("-"));
     EXPECT_TRUE(can_be_read_only_once("/dev/stdin"));
+    EXPECT_TRUE(is_under_dev_or_proc("/dev/fd/63"));
+    EXPECT_TRUE(is_under_dev_or_proc("/proc/self/fd/0"));
+    EXPECT_FALSE(is_under_dev_or_proc("/devices.txt"));
+    EXPECT_FALSE(is_under_dev_or_proc("dev/corpus.txt"));  // as written: relative paths are the caller's to resolve
     const auto fifo = directory.path() / "pipe";
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
     EXPECT_TRUE(can_be_read_only_once(fifo));

@@ -18,6 +18,10 @@ struct FileFingerprint {
 // Reads the file once, streamed. Throws Error naming the file where it cannot be read.
 FileFingerprint fingerprint_file(const std::filesystem::path& path);
 
+// True for a path under /dev or /proc as written (/dev/stdin, a process substitution's /dev/fd/63):
+// it names what this process was handed, not a file that another process or a later run finds there.
+bool is_under_dev_or_proc(const std::filesystem::path& path);
+
 // True for standard input ("-") and for a path that cannot be read twice from the start, now and by
 // a later process: a pipe, a FIFO, anything under /dev or /proc (/dev/stdin, a process substitution's
 // /dev/fd/63). Training copies these first (spool_to_file). False for a regular file, and for a path

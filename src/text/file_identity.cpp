@@ -32,14 +32,18 @@ FileFingerprint fingerprint_file(const std::filesystem::path& path) {
     return fingerprint;
 }
 
+bool is_under_dev_or_proc(const std::filesystem::path& path) {
+    const std::string written = path.string();
+    return written.starts_with("/dev/") || written.starts_with("/proc/");
+}
+
 bool can_be_read_only_once(const std::filesystem::path& path) {
     if (path == "-") return true;
     struct stat status {};
     if (::stat(path.c_str(), &status) != 0 || S_ISDIR(status.st_mode)) return false;  // the reader says what is wrong
     // /dev/stdin and /dev/fd/N name whatever the process was handed, which the next process is not:
     // a regular file behind one is copied all the same, so that a resume finds it.
-    const std::string absolute = std::filesystem::absolute(path).lexically_normal().string();
-    return !S_ISREG(status.st_mode) || absolute.starts_with("/dev/") || absolute.starts_with("/proc/");
+    return !S_ISREG(status.st_mode) || is_under_dev_or_proc(std::filesystem::absolute(path).lexically_normal());
 }
 
 void spool_to_file(const std::filesystem::path& source, AtomicFile& out) {
