@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include "charlm/batches.hpp"
+#include "charlm/ids_file.hpp"
 #include "charlm/error.hpp"
 #include "test_helpers.hpp"
 

@@ -15,6 +15,7 @@
 #include "charlm/checkpoint.hpp"
 #include "charlm/error.hpp"
 #include "test_helpers.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -23,7 +24,7 @@ using testing::read_bytes;
 using testing::TemporaryDirectory;
 
 struct Saved {
-    Vocab vocab = Vocab::from_text(U"abcdé\n");
+    Vocab vocab = testing::vocab_of_text(U"abcdé\n");
     Model<float> model;
     Saved() : model(config()) {
         std::mt19937_64 rng(5);
@@ -89,7 +90,7 @@ TEST(Checkpoint, CellsWithoutACellStateCarryOnlyTheirHiddenState) {
     // A GRU carries no c: its checkpoints hold no state.cell_l* tensors, and those of earlier versions,
     // which wrote zeros there, still load.
     TemporaryDirectory directory;
-    const Vocab vocab = Vocab::from_text(U"abc");
+    const Vocab vocab = testing::vocab_of_text(U"abc");
     ModelConfig config = Saved::config();
     config.cell = CellType::gru;
     config.vocab_size = 3;

@@ -8,6 +8,7 @@
 #include "charlm/decode.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/score.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -19,7 +20,7 @@ std::string describe(const Neuron& neuron) {  // "layer 1 cell 37"
 }
 
 struct Fixture {
-    Vocab vocab = Vocab::from_text(U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC");
+    Vocab vocab = testing::vocab_of_text(U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC");
     Model<float> model;
     explicit Fixture(CellType cell = CellType::lstm) : model(config(vocab, cell)) {
         std::mt19937_64 rng(11);

@@ -10,13 +10,15 @@
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
+#include "charlm/utf8.hpp"
 #include "test_helpers.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
 
 struct Fixture {
-    Vocab vocab = Vocab::from_text(U"the quick brown fox jumps over the lazy dog\n");
+    Vocab vocab = testing::vocab_of_text(U"the quick brown fox jumps over the lazy dog\n");
     Model<float> model;
     Fixture() : model(config(vocab)) {
         std::mt19937_64 rng(9);

@@ -13,12 +13,13 @@
 
 #include "charlm/error.hpp"
 #include "charlm/sample.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
 
 struct Fixture {
-    Vocab vocab = Vocab::from_text(U"Zażółć gęślą jaźń 你好世界 မင်္ဂလာပါ\n");
+    Vocab vocab = testing::vocab_of_text(U"Zażółć gęślą jaźń 你好世界 မင်္ဂလာပါ\n");
     Model<float> model;
     Fixture() : model(config(vocab)) {
         std::mt19937_64 rng(4);

@@ -15,6 +15,7 @@
 #include "charlm/sample.hpp"
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
+#include "text_helpers.hpp"
 
 // After Eigen: httplib.h brings <resolv.h>, whose macro _res renames a parameter of Eigen's products.
 #include <httplib.h>
@@ -29,7 +30,7 @@ const std::u32string kAlphabet = U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC";
 
 Checkpoint small_checkpoint(std::uint64_t seed = 3) {
     Checkpoint checkpoint;
-    checkpoint.vocab = Vocab::from_text(kAlphabet);
+    checkpoint.vocab = testing::vocab_of_text(kAlphabet);
     checkpoint.config.vocab_size = static_cast<int>(checkpoint.vocab.size());
     checkpoint.config.embed_size = 8;
     checkpoint.config.hidden_size = 32;

@@ -1,4 +1,4 @@
-// Checks text.cpp: UTF-8 decoding, the code-point vocabulary and the validation split.
+// Checks src/text: UTF-8 decoding, the code-point vocabulary, ids in memory and in files, file identity and the validation split.
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -10,9 +10,15 @@
 #include <gtest/gtest.h>
 
 #include "charlm/atomic_file.hpp"
+#include "charlm/display.hpp"
 #include "charlm/error.hpp"
-#include "charlm/text.hpp"
+#include "charlm/file_identity.hpp"
+#include "charlm/ids_file.hpp"
+#include "charlm/tokens.hpp"
+#include "charlm/utf8.hpp"
+#include "charlm/vocab.hpp"
 #include "test_helpers.hpp"
+#include "text_helpers.hpp"
 
 namespace charlm {
 namespace {
@@ -22,7 +28,7 @@ TEST(Text, MultiByteTextRoundTripsThroughTheVocabulary) {
     const std::string original = "Zażółć gęślą jaźń. 你好，世界！ မင်္ဂလာပါ 🙂";
     const std::u32string text = decode_utf8(original, "test");
     EXPECT_EQ(text.size(), 37u);
-    const Vocab vocab = Vocab::from_text(text);
+    const Vocab vocab = testing::vocab_of_text(text);
     const std::vector<TokenId> ids = vocab.encode(text);
     EXPECT_EQ(encode_utf8(vocab.decode(ids)), original);
     EXPECT_TRUE(vocab.contains(U'你'));
@@ -31,7 +37,7 @@ TEST(Text, MultiByteTextRoundTripsThroughTheVocabulary) {
 }
 
 TEST(Text, VocabularyIsSortedAndDistinct) {
-    const Vocab vocab = Vocab::from_text(U"banana");
+    const Vocab vocab = testing::vocab_of_text(U"banana");
     EXPECT_EQ(vocab.code_points(), (std::vector<char32_t>{U'a', U'b', U'n'}));
     EXPECT_EQ(vocab.id_of(U'n'), 2);
     EXPECT_THROW(vocab.id_of(U'z'), Error);
@@ -41,8 +47,8 @@ TEST(Text, VocabularyIsSortedAndDistinct) {
 }
 
 TEST(Text, AnExtendedVocabularyKeepsItsIdsAndAppendsTheNewCharacters) {
-    const Vocab trained = Vocab::from_text(U"banana");
-    const Vocab extended = trained.extended_by(Vocab::from_text(U"año, bañera"));
+    const Vocab trained = testing::vocab_of_text(U"banana");
+    const Vocab extended = trained.extended_by(testing::vocab_of_text(U"año, bañera"));
     // a, b, n keep 0, 1 and 2; the new characters follow in code-point order.
     EXPECT_EQ(extended.code_points(), (std::vector<char32_t>{U'a', U'b', U'n', U' ', U',', U'e', U'o', U'r', U'ñ'}));
     EXPECT_EQ(extended.id_of(U'n'), 2);
@@ -54,13 +60,13 @@ TEST(Text, AnExtendedVocabularyKeepsItsIdsAndAppendsTheNewCharacters) {
     std::size_t unknown = 0;
     EXPECT_EQ(extended.encode_known(U"zña", unknown), (std::vector<TokenId>{8, 0}));
     EXPECT_EQ(unknown, 1u);
-    EXPECT_EQ(trained.extended_by(Vocab::from_text(U"nab")).code_points(), trained.code_points()) << "nothing new";
+    EXPECT_EQ(trained.extended_by(testing::vocab_of_text(U"nab")).code_points(), trained.code_points()) << "nothing new";
     // The order is the ids': a checkpoint's list loads as it was saved, and extends again.
     const Vocab loaded = Vocab::from_code_points(extended.code_points());
     EXPECT_EQ(loaded.id_of(U'ñ'), 8);
     EXPECT_EQ(loaded.sha256(), extended.sha256());
-    EXPECT_NE(loaded.sha256(), Vocab::from_text(U"banana, año ber").sha256()) << "the same characters in another order";
-    EXPECT_EQ(loaded.extended_by(Vocab::from_text(U"!")).id_of(U'!'), 9);
+    EXPECT_NE(loaded.sha256(), testing::vocab_of_text(U"banana, año ber").sha256()) << "the same characters in another order";
+    EXPECT_EQ(loaded.extended_by(testing::vocab_of_text(U"!")).id_of(U'!'), 9);
 }
 
 TEST(Text, InvalidUtf8NamesTheByteOffset) {
@@ -89,7 +95,7 @@ TEST(Text, ReadTextFileRefusesMissingEmptyAndDirectories) {
 }
 
 TEST(Text, EncodeKnownDropsAndCountsUnknownCharacters) {
-    const Vocab vocab = Vocab::from_text(U"abc");
+    const Vocab vocab = testing::vocab_of_text(U"abc");
     std::size_t unknown = 0;
     EXPECT_EQ(vocab.encode_known(U"axbyyc", unknown), (std::vector<TokenId>{0, 1, 2}));
     EXPECT_EQ(unknown, 3u);
@@ -109,7 +115,7 @@ TEST(Text, StreamedReadingMatchesWholeFileReadingAcrossPieceBoundaries) {
     });
     EXPECT_GE(pieces, 3);
     EXPECT_EQ(streamed, decode_utf8(bytes, "big.txt"));
-    EXPECT_EQ(Vocab::from_files({path}).code_points(), Vocab::from_text(streamed).code_points());
+    EXPECT_EQ(Vocab::from_files({path}).code_points(), testing::vocab_of_text(streamed).code_points());
 }
 
 TEST(Text, StreamedReadingNamesTheByteOffsetOfInvalidUtf8FarIntoTheFile) {
@@ -139,12 +145,12 @@ TEST(Text, CompactIdsUseTheFewestBytesAndReadBackTheSameIds) {
         const Vocab vocab = Vocab::from_files({path});
         const CompactIds ids = CompactIds::encode_file(path, vocab);
         const std::vector<TokenId> expected = vocab.encode(text);
-        EXPECT_EQ(ids.span().to_vector(), expected);
-        EXPECT_EQ(ids.span().subspan(2, 3).to_vector(), std::vector<TokenId>(expected.begin() + 2, expected.begin() + 5));
+        EXPECT_EQ(testing::to_vector(ids.span()), expected);
+        EXPECT_EQ(testing::to_vector(ids.span().subspan(2, 3)), std::vector<TokenId>(expected.begin() + 2, expected.begin() + 5));
     }
     // Encoding against a vocabulary that lacks a character names it.
     const auto path = directory.write("other.txt", "abcz");
-    const Vocab vocab = Vocab::from_text(U"abc");
+    const Vocab vocab = testing::vocab_of_text(U"abc");
     try {
         CompactIds::encode_file(path, vocab);
         FAIL() << "no error";
@@ -160,14 +166,14 @@ TEST(Text, CompactIdsCanLeaveUnknownCharactersOutAndCountThem) {
     while (text.size() < 3'000'000) text += U"abzcaé z";
     text += U"z";
     const auto path = directory.write("text.txt", encode_utf8(text));
-    const Vocab vocab = Vocab::from_text(U"abc\u00e9 ");
+    const Vocab vocab = testing::vocab_of_text(U"abc\u00e9 ");
     std::size_t unknown = 0;
     const CompactIds ids = CompactIds::encode_file(path, vocab, &unknown);
     std::size_t expected_unknown = 0;
     const std::vector<TokenId> expected = vocab.encode_known(text, expected_unknown);
     EXPECT_EQ(unknown, expected_unknown);
     EXPECT_EQ(unknown, static_cast<std::size_t>(std::count(text.begin(), text.end(), U'z')));
-    EXPECT_EQ(ids.span().to_vector(), expected);
+    EXPECT_EQ(testing::to_vector(ids.span()), expected);
 }
 
 TEST(Text, IdsFilesRoundTripAtEveryWidth) {
@@ -187,15 +193,15 @@ TEST(Text, IdsFilesRoundTripAtEveryWidth) {
         const std::vector<TokenId> expected = vocab.encode(text);
         {
             const MappedIds written = MappedIds::encode(path, source, fingerprint, vocab);
-            EXPECT_EQ(written.span().to_vector(), expected);
+            EXPECT_EQ(testing::to_vector(written.span()), expected);
         }
         EXPECT_EQ(std::filesystem::file_size(path), 256 + text.size() * static_cast<std::size_t>(width));
         std::string why_not;
         const std::optional<MappedIds> opened = MappedIds::open(path, fingerprint, vocab, &why_not);
         ASSERT_TRUE(opened) << why_not;
         EXPECT_EQ(opened->size(), text.size());
-        EXPECT_EQ(opened->span().to_vector(), expected);
-        EXPECT_EQ(opened->span().subspan(3, 4).to_vector(), std::vector<TokenId>(expected.begin() + 3, expected.begin() + 7));
+        EXPECT_EQ(testing::to_vector(opened->span()), expected);
+        EXPECT_EQ(testing::to_vector(opened->span().subspan(3, 4)), std::vector<TokenId>(expected.begin() + 3, expected.begin() + 7));
         width *= 2;
     }
 }
@@ -219,7 +225,7 @@ TEST(Text, AnIdsFileIsOpenedOnlyForItsOwnTextAndVocabularyAndWhole) {
     };
     EXPECT_TRUE(MappedIds::open(path, fingerprint, vocab));
     EXPECT_EQ(refusal(good, fingerprint_file(directory.write("other.txt", text + "bce")), vocab), "the ids of another text");
-    EXPECT_EQ(refusal(good, fingerprint, Vocab::from_text(U"abcde")), "the ids of another vocabulary");
+    EXPECT_EQ(refusal(good, fingerprint, testing::vocab_of_text(U"abcde")), "the ids of another vocabulary");
     EXPECT_NE(refusal(good.substr(0, good.size() - 1), fingerprint, vocab).find("bytes long"), std::string::npos);
     EXPECT_NE(refusal(good + "x", fingerprint, vocab).find("bytes long"), std::string::npos);
     EXPECT_NE(refusal(good.substr(0, 100), fingerprint, vocab).find("header"), std::string::npos);
@@ -246,7 +252,7 @@ TEST(Text, AnEncodingThatFailsLeavesNoFile) {
     const auto source = directory.write("text.txt", std::string(3'000'000, 'a') + "z");  // fails after the first pieces
     const auto path = directory.path() / "run" / "text.ids";
     std::filesystem::create_directories(path.parent_path());
-    EXPECT_THROW(MappedIds::encode(path, source, fingerprint_file(source), Vocab::from_text(U"ab")), Error);
+    EXPECT_THROW(MappedIds::encode(path, source, fingerprint_file(source), testing::vocab_of_text(U"ab")), Error);
     EXPECT_TRUE(std::filesystem::is_empty(path.parent_path()));
 }
 
@@ -259,7 +265,7 @@ TEST(Text, TheMappingGoesWithItsIds) {
         MappedIds ids = MappedIds::encode(path, source, fingerprint_file(source), vocab);
         EXPECT_GE(testing::resident_bytes_of_mapping(path), 0);
         const MappedIds moved = std::move(ids);
-        EXPECT_EQ(moved.span().to_vector(), vocab.encode(U"abcabc"));
+        EXPECT_EQ(testing::to_vector(moved.span()), vocab.encode(U"abcabc"));
         EXPECT_EQ(ids.size(), 0u);
         EXPECT_GE(testing::resident_bytes_of_mapping(path), 0);
     }
@@ -286,7 +292,7 @@ TEST(Text, ReleasingLetsTheReadPagesOfAMappingGoAndLeavesIdsInMemoryAlone) {
 
     const CompactIds in_memory = CompactIds::encode_file(source, vocab);
     in_memory.span().release(0, in_memory.size());
-    EXPECT_EQ(in_memory.span().subspan((std::size_t{8} << 20) - 8, 8).to_vector(), vocab.encode(U"abcdefgh"));
+    EXPECT_EQ(testing::to_vector(in_memory.span().subspan((std::size_t{8} << 20) - 8, 8)), vocab.encode(U"abcdefgh"));
 }
 
 TEST(Text, FingerprintIsTheSizeAndSha256OfTheBytes) {
@@ -310,6 +316,10 @@ TEST(Text, OnlyWhatCannotBeReadTwiceIsCopied) {
     EXPECT_FALSE(can_be_read_only_once(directory.path()));
     EXPECT_TRUE(can_be_read_only_once("-"));
     EXPECT_TRUE(can_be_read_only_once("/dev/stdin"));
+    EXPECT_TRUE(is_under_dev_or_proc("/dev/fd/63"));
+    EXPECT_TRUE(is_under_dev_or_proc("/proc/self/fd/0"));
+    EXPECT_FALSE(is_under_dev_or_proc("/devices.txt"));
+    EXPECT_FALSE(is_under_dev_or_proc("dev/corpus.txt"));  // as written: relative paths are the caller's to resolve
     const auto fifo = directory.path() / "pipe";
     ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
     EXPECT_TRUE(can_be_read_only_once(fifo));
@@ -344,6 +354,19 @@ TEST(Text, CodePointsInMessagesAreShownReadably) {
     EXPECT_EQ(describe_code_point(U'\n'), "'\\n' (U+000A)");
     EXPECT_EQ(describe_code_point(U'\x01'), "U+0001");   // never a '?' that hides which character it is
     EXPECT_EQ(describe_code_point(U'\u0301'), "U+0301");  // a combining mark would fuse with the quote
+}
+
+// The first part of the ids trains, the last `validation_fraction` (validation_size) validates.
+struct Split {
+    std::vector<TokenId> train;
+    std::vector<TokenId> validation;
+};
+Split split_for_validation(const std::vector<TokenId>& ids, double validation_fraction) {
+    const auto held_out = static_cast<std::ptrdiff_t>(validation_size(ids.size(), validation_fraction));
+    Split split;
+    split.train.assign(ids.begin(), ids.end() - held_out);
+    split.validation.assign(ids.end() - held_out, ids.end());
+    return split;
 }
 
 TEST(Text, SplitHoldsOutTheEnd) {

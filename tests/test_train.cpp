@@ -24,6 +24,7 @@
 #include "charlm/train.hpp"
 #include "cli/terminal.hpp"
 #include "test_helpers.hpp"
+#include "text_helpers.hpp"
 #include "train/run_directory.hpp"
 
 namespace charlm {
@@ -434,7 +435,7 @@ TEST(Train, TheRunDirectoryHoldsTheIdsOfItsTexts) {
         std::string why_not;
         const std::optional<MappedIds> ids = MappedIds::open(options.run_directory / name, fingerprint_file(text), last.vocab, &why_not);
         ASSERT_TRUE(ids) << name << ": " << why_not;
-        EXPECT_EQ(ids->span().to_vector(), last.vocab.encode(read_text_file(text))) << name;
+        EXPECT_EQ(testing::to_vector(ids->span()), last.vocab.encode(read_text_file(text))) << name;
     }
 }
 
@@ -1383,7 +1384,7 @@ TEST(Train, AModelWithNewCharactersKeepsTheTrainedWeightsToTheBitAndDrawsTheNewR
 TEST(Train, FineTuningStartsFromTheCheckpointsWeightsWithItsIdsAndTheNewCharactersDrawnFromTheSeed) {
     FineTuning fine_tuning;
     Checkpoint trained = load_checkpoint(fine_tuning.checkpoint);
-    const Vocab vocab = trained.vocab.extended_by(Vocab::from_text(decode_utf8(spanish_corpus(), "spanish")));
+    const Vocab vocab = trained.vocab.extended_by(testing::vocab_of_text(decode_utf8(spanish_corpus(), "spanish")));
     ASSERT_EQ(vocab.size(), trained.vocab.size() + 8);
 
     // One step at a rate so small that Adam's update (about the rate itself) is below half a unit in the

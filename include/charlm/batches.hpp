@@ -6,7 +6,7 @@
 #include <span>
 #include <vector>
 
-#include "charlm/text.hpp"
+#include "charlm/tokens.hpp"
 
 namespace charlm {
 

@@ -16,6 +16,10 @@ std::string displayable(char32_t character);
 // The same for every character of a UTF-8 text (a path, an option); a byte that is not UTF-8 as \xFF.
 std::string displayable(std::string_view utf8_text);
 
+// A printable description of a code point for error messages: 'x' (U+0078), '\n' (U+000A), or just U+0301 for a
+// control or invisible mark (see displayable()).
+std::string describe_code_point(char32_t code_point);
+
 // A time as a person reads it: 42s, 3m07s, 2h05m.
 std::string format_duration(double seconds);
 // A count as a person reads it, to three digits: 950, 320k, 5.5M, 1.23G.

@@ -10,6 +10,7 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/model.hpp"
+#include "charlm/vocab.hpp"
 
 namespace charlm {
 

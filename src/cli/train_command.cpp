@@ -119,7 +119,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     if (given("--init-from")) options.init_from = charlm::TrainOptions::InitFrom{arguments.init_from, arguments.given};
     // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
     std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
-    if (arguments.corpus == "-" || arguments.corpus.starts_with("/dev/") || arguments.corpus.starts_with("/proc/"))
+    if (arguments.corpus == "-" || charlm::is_under_dev_or_proc(arguments.corpus))
         run_name = "stdin";
     if (run_name.empty() || run_name.starts_with(".")) run_name = "corpus";
     options.run_directory = arguments.run_directory.empty() ? std::filesystem::path("runs") / run_name

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "charlm/ids_file.hpp"
 #include "charlm/optim.hpp"
 
 namespace charlm {

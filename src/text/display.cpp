@@ -2,12 +2,13 @@
 #include "charlm/display.hpp"
 
 #include <algorithm>
+#include <cstdint>
 #include <iterator>
 
 #include <fmt/format.h>
 #include <utf8.h>
 
-#include "charlm/text.hpp"
+#include "charlm/utf8.hpp"
 
 namespace charlm {
 
@@ -57,6 +58,12 @@ std::string displayable(std::string_view utf8_text) {
         }
     }
     return shown;
+}
+
+std::string describe_code_point(char32_t code_point) {
+    const std::string shown = displayable(code_point);
+    if (shown.starts_with("U+")) return shown;  // a control or an invisible mark: its number says it all
+    return fmt::format("'{}' (U+{:04X})", shown, static_cast<std::uint32_t>(code_point));
 }
 
 std::string format_duration(double seconds) {

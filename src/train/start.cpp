@@ -64,7 +64,7 @@ constexpr const char* kSameCorpusAdvice =
 void check_text_can_be_shared(const TrainOptions& options, const Communicator& processes) {
     if (processes.size() == 1) return;
     for (const auto* path : {&options.corpus, options.validation_file ? &*options.validation_file : nullptr})
-        if (path && (can_be_read_only_once(*path) || path->string().starts_with("/dev/") || path->string().starts_with("/proc/")))
+        if (path && (can_be_read_only_once(*path) || is_under_dev_or_proc(*path)))
             throw UsageError(fmt::format("{}: {} processes cannot all read a pipe or standard input; save the text to a file first",
                                          *path == "-" ? std::string("standard input") : path->string(), processes.size()));
 }

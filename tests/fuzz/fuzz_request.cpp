@@ -10,11 +10,12 @@
 #include "charlm/decode.hpp"
 #include "charlm/sample.hpp"
 #include "serve/api.hpp"
+#include "../text_helpers.hpp"
 
 namespace {
 
 const charlm::Vocab& vocab() {
-    static const charlm::Vocab vocab = charlm::Vocab::from_text(U"\n !,.;:'abcdefghijklmnopqrstuvwxyzABC é你🙂");
+    static const charlm::Vocab vocab = charlm::testing::vocab_of_text(U"\n !,.;:'abcdefghijklmnopqrstuvwxyzABC é你🙂");
     return vocab;
 }
 

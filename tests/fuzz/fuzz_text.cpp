@@ -6,6 +6,7 @@
 
 #include "charlm/error.hpp"
 #include "charlm/text.hpp"
+#include "../text_helpers.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     const std::string bytes(reinterpret_cast<const char*>(data), size);
@@ -15,7 +16,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     } catch (const charlm::Error&) {
         return 0;  // invalid UTF-8 is refused with a message naming the offset
     }
-    const charlm::Vocab vocab = charlm::Vocab::from_text(code_points);
+    const charlm::Vocab vocab = charlm::testing::vocab_of_text(code_points);
     std::u32string decoded;
     try {
         decoded = vocab.decode(vocab.encode(code_points));
