@@ -32,6 +32,11 @@ struct LossSum {
     double total_nats = 0;
     std::size_t count = 0;
     double mean() const { return count ? total_nats / static_cast<double>(count) : 0.0; }
+    LossSum& operator+=(const LossSum& more) {
+        total_nats += more.total_nats;
+        count += more.count;
+        return *this;
+    }
 };
 
 // A cross-entropy in nats per character, as the two other figures people quote: perplexity (e^nats)

@@ -4,7 +4,6 @@
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <chrono>
 #include <functional>
 #include <random>
 
@@ -12,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "charlm/batches.hpp"
+#include "charlm/clock.hpp"
 #include "charlm/error.hpp"
 #include "nn/gemm.hpp"
 #include "charlm/model.hpp"
@@ -24,12 +24,6 @@
 namespace charlm {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // Calls `work` for a short warm-up (caches, workspaces sized on the first window, thread pools spun up),
 // then repeatedly for about `seconds`; returns seconds per call.

@@ -1,11 +1,11 @@
 // Options that several commands share (--threads, CHECKPOINT, --adapt-*), declared once, and what acting on them takes.
 #include "cli/common_options.hpp"
 
-#include <chrono>
 
 #include <omp.h>
 #include <spdlog/spdlog.h>
 
+#include "charlm/clock.hpp"
 #include "charlm/display.hpp"
 #include "charlm/threads.hpp"
 
@@ -54,9 +54,9 @@ void add_adapt_options(CLI::App& command, AdaptOptions& options, CLI::Option* en
 }
 
 AdaptProgressCallback adapt_progress_log() {
-    const auto started = std::chrono::steady_clock::now();
+    const auto started = Clock::now();
     return [started, logged_seconds = 0.0](const AdaptProgress& progress) mutable {
-        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        const double seconds = seconds_since(started);
         if (seconds - logged_seconds < 10 || progress.characters_scored >= progress.characters_total) return;
         logged_seconds = seconds;
         spdlog::info("adapting: {} of {} characters, {:.4f} nats/char so far (plain {:.4f}), {} chars/s",

@@ -20,9 +20,7 @@ LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int ba
     for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
         if (window.starts_streams) state = model.initial_state(window.batch_size);
         model.forward(window.inputs, window.seq_length, window.batch_size, state);
-        LossSum window_loss = model.loss(window.targets);
-        total.total_nats += window_loss.total_nats;
-        total.count += window_loss.count;
+        total += model.loss(window.targets);
     }, selection);
     return total;
 }
@@ -50,11 +48,6 @@ Model<float> copy_of(const Model<float>& model) {
     return copy;
 }
 
-void add(LossSum& total, const LossSum& window) {
-    total.total_nats += window.total_nats;
-    total.count += window.count;
-}
-
 }  // namespace
 
 AdaptedLoss evaluate_loss_adapting(Model<float>& model, TokenSpan ids, const AdaptOptions& options, const AdaptProgressCallback& progress) {
@@ -76,11 +69,11 @@ AdaptedLoss evaluate_loss_adapting(Model<float>& model, TokenSpan ids, const Ada
         }
         trained.forward(window.inputs, window.seq_length, window.batch_size, trained_state);
         const LossSum plain = trained.loss(window.targets);
-        add(total.plain, plain);
+        total.plain += plain;
         // Scored before the model learns from it: a window's figure never depends on the window itself.
         model.forward(window.inputs, window.seq_length, window.batch_size, state);
         const LossSum scored = model.loss(window.targets);
-        add(total.adapted, scored);
+        total.adapted += scored;
         const auto diverged = [&](const std::string& what) {
             return Error(fmt::format("dynamic evaluation diverged: {} in the window after character {} of {}; lower --adapt-lr "
                                      "(now {:g}) or raise --adapt-decay (now {:g})",
