@@ -107,7 +107,7 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
     std::uniform_real_distribution<double> kill_after_cpu_seconds(0.1, 1.0);
 
     std::int64_t previous_step = -1;
-    int temporaries_left = 0;
+    int temporaries_left = 0, kills_between_write_and_rename = 0;
     std::vector<std::int64_t> steps_after_round;
     constexpr int kRounds = 8;
     for (int round = 0; round < kRounds; ++round) {
@@ -116,17 +116,45 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
         const auto arguments = resuming ? std::vector<std::string>{"train", "--resume", run.string(), "--threads", "1"}
                                         : fresh_train(corpus, run, "5");
         fs::create_directories(directory.path() / "logs");
+        // Odd rounds kill at the moment that matters most: last.safetensors's temporary written and flushed,
+        // not yet renamed (atomic_file.cpp's fault-injection point pauses there and says so); even rounds
+        // at a random moment of CPU time.
+        const bool between_write_and_rename = round % 2 == 1;
+        std::optional<charlm::testing::ScopedEnvironment> pause;
+        if (between_write_and_rename) pause.emplace("CHARLM_TEST_PAUSE_BEFORE_RENAME", "last.safetensors");
         ChildProcess child(arguments, directory.path() / "logs");
-        const double delay = kill_after_cpu_seconds(rng);
-        wait_for_cpu_seconds(child, delay);
+        pause.reset();
+        double delay = 0;
+        if (between_write_and_rename) {
+            const auto give_up = Clock::now() + std::chrono::duration<double>(kHangSeconds);
+            while (child.err().find("paused before renaming") == std::string::npos && !child.poll_exit() && Clock::now() < give_up)
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            ASSERT_NE(child.err().find("paused before renaming"), std::string::npos)
+                << "round " << round << ": never reached the rename\n--- stderr ---\n" << child.err();
+        } else {
+            delay = kill_after_cpu_seconds(rng);
+            wait_for_cpu_seconds(child, delay);
+        }
         ASSERT_FALSE(child.poll_exit()) << "round " << round << ": charlm exited with " << *child.wait_for_exit(0)
                                         << " before it was killed\n--- stderr ---\n" << child.err();
         child.send(SIGKILL);
         ASSERT_EQ(child.wait_for_exit(kHangSeconds), 128 + SIGKILL) << "round " << round;
 
-        SCOPED_TRACE("round " + std::to_string(round) + (resuming ? " (--resume)" : " (fresh)") + ", killed after " +
-                     std::to_string(delay) + " s of CPU time");
+        SCOPED_TRACE("round " + std::to_string(round) + (resuming ? " (--resume)" : " (fresh)") + ", killed " +
+                     (between_write_and_rename ? std::string("between write and rename") : "after " + std::to_string(delay) + " s of CPU time"));
         temporaries_left = expect_only_expected_files(run);
+        if (between_write_and_rename) {
+            // The kill left the written temporary behind, and last.safetensors as it was before the save.
+            EXPECT_GE(temporaries_left, 1) << "no temporary left by a kill between write and rename";
+            kills_between_write_and_rename += temporaries_left >= 1;
+            if (resuming) {
+                const auto before = load(last);
+                ASSERT_TRUE(before.has_value());
+                EXPECT_EQ(before->training.step, previous_step) << "last.safetensors changed though its rename never happened";
+            } else {
+                EXPECT_FALSE(fs::exists(last)) << "last.safetensors appeared though its rename never happened";
+            }
+        }
         if (fs::exists(best)) load(best);
         if (!fs::exists(last)) {
             EXPECT_FALSE(resuming) << "last.safetensors disappeared";
@@ -148,6 +176,7 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
     RecordProperty("steps_after_each_round", trail);
     std::cout << "[          ] steps in last.safetensors after each kill: " << trail << "; temporary files left by kills: "
               << temporaries_left << "\n";
+    EXPECT_EQ(kills_between_write_and_rename, kRounds / 2) << "kills that landed between a checkpoint's write and its rename";
     ASSERT_GT(previous_step, 0) << "no round ever wrote a checkpoint";
     // Resuming must make progress, not just survive: the run ends well past where the first checkpoint was.
     const auto first_checkpointed = std::find_if(steps_after_round.begin(), steps_after_round.end(), [](auto s) { return s >= 0; });
