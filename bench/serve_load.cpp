@@ -22,8 +22,8 @@
 // the server's VmRSS every 0.5 s from the end of the warm-up, so that a test can say memory stays flat, and
 // its CPU time, so that a benchmark can say how many cores the server used; the client reports its own too,
 // since on one machine whatever it takes the server does not get.
-// --check-slots-freed asks /health at the end whether every slot is idle again: the cut streams' slots
-// must be freed by the disconnect, not by running to max_tokens.
+// --check-slots-freed (with --rss-pid) asks /health at the end whether every slot is idle again: the cut streams'
+// slots must be freed by the disconnect, not by running to max_tokens, which the server's CPU time tells apart.
 // Only a server on this machine is ever loaded: 127.0.0.1, localhost or ::1.
 //
 // Usage: charlm_serve_load --url http://127.0.0.1:PORT --clients N --seconds S [--warmup-seconds 1]
@@ -96,7 +96,8 @@ constexpr const char *help_text =
     "  --rss-pid PID              sample this process's VmRSS every 0.5 s, and its CPU time (the server's)\n"
     "  --min-requests-per-client N   fail unless every client completed at least N requests\n"
     "  --max-rss-growth-mib M     fail when VmRSS at the end is more than M MiB above its value after warm-up\n"
-    "  --check-slots-freed        at the end, fail unless /health soon shows every slot idle (no other client may run)\n"
+    "  --check-slots-freed        at the end, fail unless /health shows every slot idle before the server spent a hundredth of\n"
+    "                             the CPU time finishing the cut streams would take (needs --rss-pid; no other client may run)\n"
     "  --timeout-seconds T        a read that waits longer is an error (default 30)\n"
     "  --ready-seconds R          how long /health may answer 503 or refuse before the load starts (default 30)\n"
     "  --json                     print one JSON object instead of the report\n"
@@ -205,6 +206,7 @@ Options parse_options(int argc, char **argv) {
     if (!have_url || !have_clients || !have_seconds) usage_error("--url, --clients and --seconds are required");
     parse_url(options);
     if (options.max_rss_growth_mib >= 0 && options.rss_pid == 0) usage_error("--max-rss-growth-mib needs --rss-pid");
+    if (options.check_slots_freed && options.rss_pid == 0) usage_error("--check-slots-freed needs --rss-pid (its CPU time)");
     return options;
 }
 
@@ -527,13 +529,24 @@ std::string wait_until_ready(const Options &options) {
 }
 
 // After every client has gone (cut streams included), /health must show no slot processing and nothing
-// queued: docs/serve.md says a client that disconnects frees its slot before the next step. Returns the
-// seconds that took, or nothing when the slots were still busy after two seconds; why goes in `problem`.
-std::optional<double> wait_until_slots_idle(const Options &options, std::string &problem) {
+// queued: docs/serve.md says a client that disconnects frees its slot before the next step. Slots that ran on
+// to max_tokens would go idle too, in the end: what tells the two apart is the server's CPU time, not the
+// clock. `cpu_left_to_finish` is what finishing the cut streams would cost the server, at the CPU per
+// character it spent under this load. Freed by the disconnects, the slots are idle within a step or two,
+// milliseconds of CPU; a server that ran them on without clients to write to might spend less per character
+// than under load, but not a hundred times less, so a hundredth of that cost tells the two apart. Waits at
+// most --timeout-seconds (a server that never frees them); returns the seconds it took, or nothing, why in
+// `problem`.
+std::optional<double> wait_until_slots_idle(const Options &options, double cpu_left_to_finish, std::string &problem) {
     httplib::Client client(options.host, options.port);
     client.set_connection_timeout(2);
     client.set_read_timeout(2);
     const auto start = Clock::now();
+    const std::optional<double> server_cpu_at_start = process_cpu_seconds(options.rss_pid);
+    if (!server_cpu_at_start) {
+        problem = "the server process " + std::to_string(options.rss_pid) + " is gone";
+        return std::nullopt;
+    }
     do {
         const auto result = client.Get("/health");
         if (!result) {
@@ -542,11 +555,24 @@ std::optional<double> wait_until_slots_idle(const Options &options, std::string 
             const Json health = Json::parse(result->body, nullptr, false);
             const bool idle = result->status == 200 && health.is_object() && health.value("slots_processing", -1) == 0 &&
                               health.value("requests_queued", -1) == 0;
-            if (idle) return seconds_between(start, Clock::now());
-            problem = "2 s after every client left, GET /health answered " + std::to_string(result->status) + " " + result->body.substr(0, 200);
+            const std::optional<double> server_cpu = process_cpu_seconds(options.rss_pid);
+            const double cpu_spent = server_cpu ? *server_cpu - *server_cpu_at_start : NAN;
+            if (idle && cpu_spent < cpu_left_to_finish / 100) return seconds_between(start, Clock::now());
+            if (idle) {
+                char text[320];
+                std::snprintf(text, sizeof text,
+                              "the slots went idle only after the server spent %.3g CPU s, a hundredth or more of the %.3g its cut "
+                              "streams would take to finish: they ran on instead of being freed",
+                              cpu_spent, cpu_left_to_finish);
+                problem = text;
+                return std::nullopt;
+            }
+            problem = "after every client left, GET /health still answered " + std::to_string(result->status) + " " +
+                      result->body.substr(0, 200);
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    } while (Clock::now() - start < std::chrono::seconds(2));
+    } while (Clock::now() - start < std::chrono::duration<double>(options.timeout_seconds));
+    problem += " (waited --timeout-seconds)";
     return std::nullopt;
 }
 
@@ -656,9 +682,20 @@ int main(int argc, char **argv) {
     connections.clear();  // closes the kept-alive connections: every client has now left
     std::optional<double> slots_idle_seconds;
     if (options.check_slots_freed) {
+        // The server's CPU per character received under the load, and the characters the cut streams had left.
+        long characters_received = 0;
+        for (const auto &tally : tallies) characters_received += tally.characters;
+        const std::optional<double> server_cpu_now = process_cpu_seconds(options.rss_pid);
         std::string problem;
-        slots_idle_seconds = wait_until_slots_idle(options, problem);
-        if (!slots_idle_seconds) errors.add(-1, problem);
+        if (!server_cpu_at_start || !server_cpu_now || characters_received == 0) {
+            errors.add(-1, "--check-slots-freed: no characters received, or no CPU time of the server, to compare with");
+        } else {
+            const double cpu_per_character = (*server_cpu_now - *server_cpu_at_start) / static_cast<double>(characters_received);
+            const double characters_left = static_cast<double>(options.clients) * static_cast<double>(options.max_tokens) -
+                                           static_cast<double>(characters_received);
+            slots_idle_seconds = wait_until_slots_idle(options, cpu_per_character * characters_left, problem);
+            if (!slots_idle_seconds) errors.add(-1, problem);
+        }
     }
     // CPU in cores over the measured time: how much of the machine the server used, and how much this
     // client took from it (both run on the same machine).

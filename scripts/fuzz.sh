@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the checkpoint loader, the text pipeline and the server's request reading with libFuzzer (clang, ASan, UBSan) for SECONDS each.
-# Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any.
+# Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any, or if a
+# fuzzer reports no runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -166,8 +167,15 @@ for target in checkpoint text request; do
   echo "fuzz: fuzz_$target for $seconds s (log: $log)" >&2
   if "$build_dir/fuzz_$target" -max_total_time="$seconds" -rss_limit_mb=2048 -max_len="$max_length" -timeout=30 \
        "${dictionary[@]}" -print_final_stats=1 -artifact_prefix="$build_dir/crashes/$target-" "$corpus" "$seeds/$target" > "$log" 2>&1; then
-    runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1)
-    echo "fuzz_$target: ${runs:-no 'Done N runs' line} in $seconds s, no crash"
+    runs=$(grep -o 'Done [0-9]* runs' "$log" | tail -1 || true)
+    if [ -n "$runs" ] && [ "${runs//[!0-9]/}" -gt 0 ]; then
+      echo "fuzz_$target: $runs in $seconds s, no crash"
+    else
+      # An exit of 0 with no runs reported is a fuzzer that never fuzzed (a bad flag, an empty build): no pass.
+      status=1
+      echo "fuzz_$target: FAILED: libFuzzer reported no 'Done N runs' line, or none run; the log ends:" >&2
+      tail -5 "$log" >&2
+    fi
   else
     status=1
     echo "fuzz_$target: FAILED; the report:" >&2

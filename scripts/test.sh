@@ -15,4 +15,30 @@ fi
 # PyTorch checks that checkpoints load into nn.LSTM/GRU/RNN; gnuplot draws `charlm plot`; headless
 # Chromium drives the page of `charlm serve`.
 scripts/setup.sh --interop --browser --build-dir "$build_dir" -- "${cmake_arguments[@]}"
-ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)" --timeout 900
+
+# The only tests that may skip, each with why. Any other skip fails the suite: a tool that went missing, or
+# a suite that stopped running, must not pass unseen. Each entry: "TEST NAME|why it may skip".
+allowed_skips=(
+  "Train.AModelTooLargeForThisMachineIsRefusedBeforeAnythingIsAllocated|the refusal is seen only on a machine with under 30 GB of memory"
+  "Cli.TrainRefusesAnUnreadableCorpus|runs as root; another helper makes it run as an unprivileged user"
+)
+log="$build_dir/ctest.log"
+status=0
+ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j "$(nproc)" --timeout 900 2>&1 | tee "$log" || status=$?
+# ctest lists what did not run after "The following tests did not run:", one "  N - NAME (Skipped)" a line.
+skipped="$(sed -n '/^The following tests did not run:/,/^$/s/^[[:space:]]*[0-9]* - \(.*\) (Skipped)$/\1/p' "$log")"
+while IFS= read -r name; do
+  [ -n "$name" ] || continue
+  reason=""
+  for entry in "${allowed_skips[@]}"; do
+    [ "${entry%%|*}" = "$name" ] && reason="${entry#*|}"
+  done
+  if [ -n "$reason" ]; then
+    echo "test: $name skipped, as allowed: $reason"
+  else
+    echo "test: FAILED: $name skipped, and it is not in scripts/test.sh's allowed_skips" \
+      "(its reason: ctest --test-dir $build_dir -R '^$name\$' -V)" >&2
+    status=1
+  fi
+done <<< "$skipped"
+exit "$status"

@@ -85,16 +85,29 @@ int expect_only_expected_files(const fs::path& run) {
     return temporaries;
 }
 
+// How long a wait for something the test is sure to see may last: long enough that only a hang reaches it,
+// however slow or shared the machine (the sanitizers, ctest -j). No assertion is about how fast things are.
+constexpr double kHangSeconds = 120;
+
+// Waits until `child` has used `cpu_seconds` of CPU time (or has exited): a point in its work that a busy
+// machine does not move, unlike a moment on the wall clock.
+void wait_for_cpu_seconds(ChildProcess& child, double cpu_seconds) {
+    const auto give_up = Clock::now() + std::chrono::duration<double>(kHangSeconds);
+    while (child.cpu_seconds() < cpu_seconds && !child.poll_exit() && Clock::now() < give_up)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+}
+
 TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResumeContinues) {
     TemporaryDirectory directory;
     const fs::path corpus = write_corpus(directory);
     const fs::path run = directory.path() / "run";
     const fs::path last = run / "last.safetensors", best = run / "best.safetensors";
     std::mt19937_64 rng(20240611);
-    std::uniform_real_distribution<double> kill_after_seconds(0.2, 1.5);
+    // Moments in CPU time (a step of this model takes about a millisecond of it): a few hundred steps at most.
+    std::uniform_real_distribution<double> kill_after_cpu_seconds(0.1, 1.0);
 
     std::int64_t previous_step = -1;
-    int temporaries_left = 0;
+    int temporaries_left = 0, kills_between_write_and_rename = 0;
     std::vector<std::int64_t> steps_after_round;
     constexpr int kRounds = 8;
     for (int round = 0; round < kRounds; ++round) {
@@ -103,17 +116,45 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
         const auto arguments = resuming ? std::vector<std::string>{"train", "--resume", run.string(), "--threads", "1"}
                                         : fresh_train(corpus, run, "5");
         fs::create_directories(directory.path() / "logs");
+        // Odd rounds kill at the moment that matters most: last.safetensors's temporary written and flushed,
+        // not yet renamed (atomic_file.cpp's fault-injection point pauses there and says so); even rounds
+        // at a random moment of CPU time.
+        const bool between_write_and_rename = round % 2 == 1;
+        std::optional<charlm::testing::ScopedEnvironment> pause;
+        if (between_write_and_rename) pause.emplace("CHARLM_TEST_PAUSE_BEFORE_RENAME", "last.safetensors");
         ChildProcess child(arguments, directory.path() / "logs");
-        const double delay = kill_after_seconds(rng);
-        std::this_thread::sleep_for(std::chrono::duration<double>(delay));
+        pause.reset();
+        double delay = 0;
+        if (between_write_and_rename) {
+            const auto give_up = Clock::now() + std::chrono::duration<double>(kHangSeconds);
+            while (child.err().find("paused before renaming") == std::string::npos && !child.poll_exit() && Clock::now() < give_up)
+                std::this_thread::sleep_for(std::chrono::milliseconds(5));
+            ASSERT_NE(child.err().find("paused before renaming"), std::string::npos)
+                << "round " << round << ": never reached the rename\n--- stderr ---\n" << child.err();
+        } else {
+            delay = kill_after_cpu_seconds(rng);
+            wait_for_cpu_seconds(child, delay);
+        }
         ASSERT_FALSE(child.poll_exit()) << "round " << round << ": charlm exited with " << *child.wait_for_exit(0)
                                         << " before it was killed\n--- stderr ---\n" << child.err();
         child.send(SIGKILL);
-        ASSERT_EQ(child.wait_for_exit(20), 128 + SIGKILL) << "round " << round;
+        ASSERT_EQ(child.wait_for_exit(kHangSeconds), 128 + SIGKILL) << "round " << round;
 
-        SCOPED_TRACE("round " + std::to_string(round) + (resuming ? " (--resume)" : " (fresh)") + ", killed after " +
-                     std::to_string(delay) + " s");
+        SCOPED_TRACE("round " + std::to_string(round) + (resuming ? " (--resume)" : " (fresh)") + ", killed " +
+                     (between_write_and_rename ? std::string("between write and rename") : "after " + std::to_string(delay) + " s of CPU time"));
         temporaries_left = expect_only_expected_files(run);
+        if (between_write_and_rename) {
+            // The kill left the written temporary behind, and last.safetensors as it was before the save.
+            EXPECT_GE(temporaries_left, 1) << "no temporary left by a kill between write and rename";
+            kills_between_write_and_rename += temporaries_left >= 1;
+            if (resuming) {
+                const auto before = load(last);
+                ASSERT_TRUE(before.has_value());
+                EXPECT_EQ(before->training.step, previous_step) << "last.safetensors changed though its rename never happened";
+            } else {
+                EXPECT_FALSE(fs::exists(last)) << "last.safetensors appeared though its rename never happened";
+            }
+        }
         if (fs::exists(best)) load(best);
         if (!fs::exists(last)) {
             EXPECT_FALSE(resuming) << "last.safetensors disappeared";
@@ -135,6 +176,7 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
     RecordProperty("steps_after_each_round", trail);
     std::cout << "[          ] steps in last.safetensors after each kill: " << trail << "; temporary files left by kills: "
               << temporaries_left << "\n";
+    EXPECT_EQ(kills_between_write_and_rename, kRounds / 2) << "kills that landed between a checkpoint's write and its rename";
     ASSERT_GT(previous_step, 0) << "no round ever wrote a checkpoint";
     // Resuming must make progress, not just survive: the run ends well past where the first checkpoint was.
     const auto first_checkpointed = std::find_if(steps_after_round.begin(), steps_after_round.end(), [](auto s) { return s >= 0; });
@@ -143,7 +185,7 @@ TEST(CrashSafety, KillingTrainingAtRandomMomentsNeverCorruptsCheckpointsAndResum
     // And the run that survived eight kills still resumes cleanly to a bound.
     ChildProcess finish({"train", "--resume", run.string(), "--threads", "1", "--steps", std::to_string(previous_step + 10)},
                         directory.path() / "logs");
-    ASSERT_EQ(finish.wait_for_exit(60), 0) << finish.err();
+    ASSERT_EQ(finish.wait_for_exit(kHangSeconds), 0) << finish.err();
     const auto final_checkpoint = load(last);
     ASSERT_TRUE(final_checkpoint.has_value());
     EXPECT_EQ(final_checkpoint->training.step, previous_step + 10);
@@ -157,19 +199,18 @@ void expect_stop_signal_saves(int signal_number) {
     // No periodic checkpoint for a very long time: whatever last.safetensors holds, the signal saved.
     fs::create_directories(directory.path() / "logs");
     ChildProcess child(fresh_train(corpus, run, "1000000"), directory.path() / "logs");
-    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    const auto deadline = Clock::now() + std::chrono::duration<double>(kHangSeconds);
     while (child.err().find("training ") == std::string::npos && Clock::now() < deadline && !child.poll_exit())
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_TRUE(child.running()) << "charlm exited early\n--- stderr ---\n" << child.err();
     ASSERT_NE(child.err().find("training "), std::string::npos) << "training never started\n" << child.err();
     // Some steps into the loop: a step of this model takes about a millisecond of CPU time.
-    while (child.cpu_seconds() < 0.3 && Clock::now() < deadline && !child.poll_exit())
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    wait_for_cpu_seconds(child, 0.3);
     ASSERT_FALSE(fs::exists(run / "last.safetensors")) << "a checkpoint was written before the signal";
 
     child.send(signal_number);
-    const auto exit_code = child.wait_for_exit(20);
-    ASSERT_TRUE(exit_code.has_value()) << "charlm did not stop within 20 s of the signal";
+    const auto exit_code = child.wait_for_exit(kHangSeconds);
+    ASSERT_TRUE(exit_code.has_value()) << "charlm did not stop after the signal (waited " << kHangSeconds << " s)";
     EXPECT_EQ(*exit_code, 130) << child.err();
     EXPECT_NE(child.err().find("--resume"), std::string::npos) << "stderr does not say how to resume:\n" << child.err();
     ASSERT_TRUE(fs::exists(run / "last.safetensors")) << "the signal did not save last.safetensors\n" << child.err();
@@ -183,7 +224,7 @@ void expect_stop_signal_saves(int signal_number) {
     ChildProcess resume({"train", "--resume", run.string(), "--threads", "1", "--steps",
                          std::to_string(checkpoint->training.step + 5)},
                         directory.path() / "logs");
-    ASSERT_EQ(resume.wait_for_exit(60), 0) << resume.err();
+    ASSERT_EQ(resume.wait_for_exit(kHangSeconds), 0) << resume.err();
     const auto resumed = load(run / "last.safetensors");
     ASSERT_TRUE(resumed.has_value());
     EXPECT_EQ(resumed->training.step, checkpoint->training.step + 5);
@@ -201,7 +242,7 @@ TEST(CrashSafety, ASecondTrainingInTheSameDirectoryIsRefusedAndAKilledOneLeavesN
     const fs::path run = directory.path() / "run";
     for (const char* logs : {"first", "second", "third"}) fs::create_directories(directory.path() / logs);
     ChildProcess first(fresh_train(corpus, run, "1000000"), directory.path() / "first");
-    const auto deadline = Clock::now() + std::chrono::seconds(20);
+    const auto deadline = Clock::now() + std::chrono::duration<double>(kHangSeconds);
     while (first.err().find("training ") == std::string::npos && Clock::now() < deadline && !first.poll_exit())
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     ASSERT_TRUE(first.running()) << first.err();
@@ -209,18 +250,18 @@ TEST(CrashSafety, ASecondTrainingInTheSameDirectoryIsRefusedAndAKilledOneLeavesN
     std::vector<std::string> again = fresh_train(corpus, run, "5");
     again.push_back("--force");  // even --force: it starts a run over, never shares one
     ChildProcess second(again, directory.path() / "second");
-    EXPECT_EQ(second.wait_for_exit(20), 1) << second.err();
+    EXPECT_EQ(second.wait_for_exit(kHangSeconds), 1) << second.err();
     EXPECT_NE(second.err().find("in use by another training (pid " + std::to_string(first.pid()) + ")"), std::string::npos)
         << second.err();
     EXPECT_TRUE(first.running()) << "the refused run disturbed the first\n" << first.err();
 
     first.send(SIGKILL);
-    ASSERT_TRUE(first.wait_for_exit(10).has_value());
+    ASSERT_TRUE(first.wait_for_exit(kHangSeconds).has_value());
     std::vector<std::string> after = {"train", corpus.string(), "--out", run.string(), "--force", "--steps", "5",
                                       "--layers", "1", "--hidden", "32", "--embed", "8", "--seq", "16", "--batch", "4",
                                       "--threads", "1"};
     ChildProcess third(after, directory.path() / "third");
-    EXPECT_EQ(third.wait_for_exit(60), 0) << third.err();
+    EXPECT_EQ(third.wait_for_exit(kHangSeconds), 0) << third.err();
     EXPECT_TRUE(load(run / "last.safetensors").has_value());
 }
 

@@ -146,6 +146,28 @@ TEST(Decode, LogprobsAreTheModelsOwnDistribution) {
             EXPECT_LE(c.logprob, c.top.back().logprob);
         }
     }
+
+    // The values: the log-softmax at temperature 1 of a batch of one reading the prompt and then each drawn
+    // character, as charlm sample does; whatever temperature drew them.
+    const WeightsFreeze<float> freeze(fixture.model);
+    ModelState<float> state = fixture.model.initial_state(1);
+    const auto read = [&](char32_t c) {
+        const TokenId id = fixture.vocab.id_of(c);
+        fixture.model.forward(std::span<const TokenId>(&id, 1), 1, 1, state);
+    };
+    for (const char32_t c : request.prompt) read(c);
+    for (std::size_t i = 0; i < completed.characters[0].size(); ++i) {
+        const DrawnCharacter& c = completed.characters[0][i];
+        const auto& logits = fixture.model.logits();
+        const double partition = std::log((logits.array() - logits.maxCoeff()).exp().cast<double>().sum()) + logits.maxCoeff();
+        const auto logprob_of = [&](char32_t character) { return logits(0, fixture.vocab.id_of(character)) - partition; };
+        EXPECT_NEAR(c.logprob, logprob_of(c.character), 1e-5) << "character " << i;
+        for (const auto& alternative : c.top) EXPECT_NEAR(alternative.logprob, logprob_of(alternative.character), 1e-5) << "character " << i;
+        Eigen::Index best = 0;
+        logits.row(0).maxCoeff(&best);
+        EXPECT_EQ(c.top[0].character, fixture.vocab.code_point_of(static_cast<TokenId>(best))) << "character " << i;
+        read(c.character);
+    }
 }
 
 TEST(Decode, ScoresMatchAStepByStepReading) {

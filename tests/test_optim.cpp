@@ -1,6 +1,9 @@
-// Checks optim.cpp: Adam's first steps by hand, global-norm clipping, the learning-rate schedule and
-// dynamic evaluation's update.
+// Checks optim.cpp: Adam's first steps by hand and five steps against PyTorch, global-norm clipping, the
+// learning-rate schedule and dynamic evaluation's update.
+#include <algorithm>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -43,6 +46,58 @@ TEST(Optim, AdamFirstStepMovesEachWeightByTheLearningRate) {
     // Second step with the same gradient: m = g (corrected), v = g^2 (corrected), again lr.
     ASSERT_TRUE(adam.step(parameters, 0.1));
     EXPECT_NEAR(parameters[0].value(0, 0), 0.8f, 1e-5);
+}
+
+// Adam's betas, epsilon, bias corrections and learning rate per step, against PyTorch's own: five steps of
+// gradients that change sign and size (a constant gradient moves every weight by lr x sign(g) whatever the
+// betas), with betas and epsilon not the defaults. The values come from torch.optim.Adam in float64, made
+// and printed by tests/interop/adam_reference.py; this float32 Adam agrees to a few parts in a million.
+TEST(Optim, AdamFollowsPyTorchOverStepsOfVariedGradients) {
+    // Made by tests/interop/adam_reference.py (torch 1.13.0a0)
+    const std::vector<std::vector<float>> kStart = {{0.5, 0.25, 0, -0.25, -0.5, -0.75}, {0.5, 0.25, 0, -0.25}};
+    const std::vector<double> kRates = {0.1, 0.05, 0.2, 0.1, 0.03};
+    // [step][parameter]: the gradient of that step, then the values after it
+    const std::vector<std::vector<std::vector<float>>> kGradients = {
+        {{0, 0.991665, -2.555411, -0.925815, 4.941134, 0.079849}, {0.084147, 0.42738, -9.516021, -0.018216}},
+        {{0.745705, -7.568025, -0.055069, 8.987081, 0.03191, -0.980936}, {-0.157746, -9.589243, 0.040485, 0.854599}},
+        {{-9.93691, 0.001681, 0.989358, -0.027176, -0.919329, 5.086615}, {-6.312666, 0.085044, 0.412118, -9.56635}},
+        {{0.057844, 0.734397, -7.676858, -0.536573, 9.059547, 0.030312}, {0.099894, -0.174327, -9.540192, 0.042017}},
+        {{0.22289, -9.954363, 0.003362, 9.86772, -0.02879, -0.912582}, {-0.699875, -6.181371, 0.085916, 0.396741}},
+    };
+    const std::vector<std::vector<std::vector<double>>> kValues = {
+        {{0.5, 0.150000101, 0.0999999609, -0.150000108, -0.59999998, -0.849998748}, {0.400001188, 0.150000234, 0.0999999895, -0.150005489}},
+        {{0.461210517, 0.184443691, 0.132687378, -0.185414823, -0.632094073, -0.813848844}, {0.419729989, 0.1873715, 0.131668165, -0.188125309}},
+        {{0.590989954, 0.285308584, 0.169125973, -0.288727908, -0.697748447, -0.930267751}, {0.559700963, 0.295580847, 0.218033693, -0.0598984383}},
+        {{0.640805125, 0.317551595, 0.235485478, -0.324544149, -0.76738603, -0.975695168}, {0.612782305, 0.338680721, 0.288623303, -0.0105877566}},
+        {{0.652250418, 0.337476546, 0.2513235, -0.344549453, -0.783959824, -0.982897169}, {0.627571637, 0.357967738, 0.305350367, 0.000351341248}},
+    };
+    const std::vector<std::vector<double>> kFirstMoments = {{-1.14173125, -2.56688248, -1.31596539, 2.72864812, 1.73414069, 0.379513624}, {-0.941273076, -2.2002084, -2.23190319, -1.0524032}};
+    const std::vector<std::vector<double>> kSecondMoments = {{4.4822221, 7.47544287, 3.1096137, 8.37961813, 4.93110489, 1.25074198}, {1.82454041, 5.86161097, 8.01919509, 4.16889302}};
+    const std::vector<std::pair<int, int>> shapes = {{2, 3}, {4, 1}};
+    std::vector<Parameter<float>> parameters(shapes.size());
+    const auto set = [&](Matrix<float>& matrix, std::size_t index, const std::vector<float>& flat) {
+        matrix.resize(shapes[index].first, shapes[index].second);
+        for (int r = 0; r < shapes[index].first; ++r)
+            for (int c = 0; c < shapes[index].second; ++c) matrix(r, c) = flat[static_cast<std::size_t>(r * shapes[index].second + c)];
+    };
+    const auto expect_near = [&](const Matrix<float>& matrix, std::size_t index, const std::vector<double>& flat, const std::string& what) {
+        for (int r = 0; r < shapes[index].first; ++r)
+            for (int c = 0; c < shapes[index].second; ++c) {
+                const double expected = flat[static_cast<std::size_t>(r * shapes[index].second + c)];
+                EXPECT_NEAR(matrix(r, c), expected, 5e-6 * std::max(1.0, std::abs(expected))) << what << " of parameter " << index << " at (" << r << ", " << c << ")";
+            }
+    };
+    for (std::size_t i = 0; i < parameters.size(); ++i) set(parameters[i].value, i, kStart[i]);
+    Adam adam(parameters, AdamConfig{.beta1 = 0.8, .beta2 = 0.95, .epsilon = 1e-6});
+    for (std::size_t step = 0; step < kRates.size(); ++step) {
+        for (std::size_t i = 0; i < parameters.size(); ++i) set(parameters[i].gradient, i, kGradients[step][i]);
+        ASSERT_TRUE(adam.step(parameters, kRates[step]));
+        for (std::size_t i = 0; i < parameters.size(); ++i) expect_near(parameters[i].value, i, kValues[step][i], "step " + std::to_string(step + 1));
+    }
+    for (std::size_t i = 0; i < parameters.size(); ++i) {
+        expect_near(adam.first_moments()[i], i, kFirstMoments[i], "first moment");
+        expect_near(adam.second_moments()[i], i, kSecondMoments[i], "second moment");
+    }
 }
 
 TEST(Optim, AdamSaysWhenAStepLeftAWeightOrMomentThatIsNotFinite) {

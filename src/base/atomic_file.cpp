@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 
@@ -37,6 +38,17 @@ int create_temporary_beside(const std::filesystem::path& path, std::filesystem::
         if (fd >= 0 || errno != EEXIST) return fd;
     }
     return -1;  // errno is EEXIST: a hundred names taken is not chance
+}
+
+// A fault-injection point for tests/test_crash.cpp alone: where CHARLM_TEST_PAUSE_BEFORE_RENAME names the
+// file being written (e.g. last.safetensors), the process says so on stderr and waits, its temporary written
+// and flushed but not renamed, for the test's SIGKILL: a kill that lands between write and rename, on purpose.
+void pause_here_if_a_test_asks(const std::filesystem::path& target, const std::filesystem::path& temporary) {
+    const char* name = std::getenv("CHARLM_TEST_PAUSE_BEFORE_RENAME");
+    if (name == nullptr || target.filename() != name) return;
+    const std::string line = fmt::format("charlm: paused before renaming {} into place\n", temporary.string());
+    [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line.data(), line.size());
+    for (;;) ::pause();
 }
 
 }  // namespace
@@ -94,6 +106,7 @@ void AtomicFile::commit() {
     const int fd = fd_;
     fd_ = -1;
     if (::close(fd) != 0) fail("closing");
+    pause_here_if_a_test_asks(target_, temporary_);
     if (::rename(temporary_.c_str(), target_.c_str()) != 0) fail("renaming into place");
     temporary_.clear();
     // The rename is durable only once the folder's entry is on disk too. A folder that cannot be opened
