@@ -22,9 +22,11 @@
 #include "charlm/run_lock.hpp"
 #include "charlm/sample.hpp"
 #include "charlm/train.hpp"
+#include "cli/commands.hpp"
 #include "cli/terminal.hpp"
 #include "test_helpers.hpp"
 #include "text_helpers.hpp"
+#include "train/options.hpp"
 #include "train/run_directory.hpp"
 
 namespace charlm {
@@ -1679,4 +1681,140 @@ TEST(Train, AForcedRunSaysThatTheCheckpointsAnEarlierRunKeptStay) {
 }
 
 }  // namespace
+// ---- the training options' one table ----------------------------------------------------------------
+
+namespace {
+
+// A value other than the default for each option the table parses from text.
+const std::map<std::string_view, std::string> kOtherTexts = {
+    {"--cell", "gru"}, {"--dropout-mask", "step"}, {"--lr-schedule", "cosine"}, {"--val-chars", "123"}};
+
+void set_other_than_default(const TrainOptionSpec& row, TrainOptions& options) {
+    std::visit([&](auto binding) {
+        using Binding = decltype(binding);
+        if constexpr (std::is_same_v<Binding, TextOption>) {
+            ASSERT_TRUE(kOtherTexts.contains(row.flag)) << row.flag << ": give the test a value for it";
+            binding.parse(options, kOtherTexts.at(row.flag));
+        } else if constexpr (std::is_same_v<Binding, OptionField<bool>>) {
+            binding(options) = !binding(options);
+        } else if constexpr (std::is_same_v<Binding, OptionField<double>>) {
+            binding(options) += 0.25;
+        } else {
+            binding(options) += 3;
+        }
+    }, row.binding);
+}
+
+// The row's value in `options`, as text, whatever its type.
+std::string value_text(const TrainOptionSpec& row, TrainOptions options) {
+    return std::visit([&](auto binding) -> std::string {
+        if constexpr (std::is_same_v<decltype(binding), TextOption>) return binding.show(options);
+        else return fmt::format("{}", binding(options));
+    }, row.binding);
+}
+
+TrainOptions options_with_a_vocabulary() {
+    TrainOptions options;
+    options.model.vocab_size = 10;  // ModelConfig::from_json refuses a model of no characters
+    return options;
+}
+
+}  // namespace
+
+TEST(Train, EachOptionOfTheTableIsRecordedUnderItsKeyAndReadBack) {
+    const TrainOptions defaults = options_with_a_vocabulary();
+    TrainOptions options = defaults;
+    for (const TrainOptionSpec& row : train_option_table()) set_other_than_default(row, options);
+    const nlohmann::json json = options.to_json();
+    const TrainOptions back = TrainOptions::from_json(json);
+    for (const TrainOptionSpec& row : train_option_table()) {
+        SCOPED_TRACE(std::string(row.flag));
+        ASSERT_NE(value_text(row, options), value_text(row, defaults));
+        if (row.json_pointer.empty()) {  // this invocation's choice: not recorded
+            EXPECT_EQ(value_text(row, back), value_text(row, defaults));
+            continue;
+        }
+        const nlohmann::json::json_pointer pointer{std::string(row.json_pointer)};
+        ASSERT_TRUE(json.contains(pointer));
+        EXPECT_EQ(value_text(row, back), value_text(row, options));
+        if (row.json_pointer.starts_with("/model/")) continue;  // ModelConfig's JSON, read with the model's
+        // A checkpoint without the key: one from before the option (read as its row says), or an incomplete one.
+        nlohmann::json without = json;
+        without.erase(std::string(row.json_pointer.substr(1)));
+        if (row.when_absent.empty()) {
+            EXPECT_THROW(TrainOptions::from_json(without), Error);
+            continue;
+        }
+        nlohmann::json as_absent = json;
+        as_absent[pointer] = nlohmann::json::parse(row.when_absent);
+        EXPECT_EQ(value_text(row, TrainOptions::from_json(without)), value_text(row, TrainOptions::from_json(as_absent)));
+    }
+}
+
+TEST(Train, AResumeChangesOrRefusesEachOptionAsItsRowSays) {
+    const TrainOptions run = options_with_a_vocabulary();
+    const nlohmann::json stored = run.to_json();
+    for (const TrainOptionSpec& row : train_option_table()) {
+        SCOPED_TRACE(std::string(row.flag));
+        ResumeRequest request;
+        request.options = run;
+        set_other_than_default(row, request.options);
+        request.given = {std::string(row.flag)};
+        std::vector<std::string> changes;
+        if (row.json_pointer.empty()) {  // given or not on each resume, and nothing to merge
+            EXPECT_EQ(options_for_resume(stored, request, changes), stored);
+            EXPECT_TRUE(changes.empty());
+            continue;
+        }
+        const nlohmann::json::json_pointer pointer{std::string(row.json_pointer)};
+        if (row.on_resume == OnResume::fixed) {
+            try {
+                options_for_resume(stored, request, changes);
+                ADD_FAILURE() << "not refused";
+            } catch (const UsageError& error) {
+                EXPECT_TRUE(std::string(error.what()).starts_with(std::string(row.flag) + " ")) << error.what();
+                EXPECT_NE(std::string(error.what()).find("which its checkpoint fixes"), std::string::npos) << error.what();
+            }
+            continue;
+        }
+        nlohmann::json merged = options_for_resume(stored, request, changes);
+        EXPECT_EQ(merged.at(pointer), request.options.to_json().at(pointer));
+        ASSERT_EQ(changes.size(), 1u);
+        EXPECT_TRUE(changes[0].starts_with(std::string(row.flag) + " ")) << changes[0];
+        merged[pointer] = stored.at(pointer);
+        EXPECT_EQ(merged, stored) << "it changed more than its own key";
+    }
+    ResumeRequest request;
+    request.options = run;
+    request.given = {"--threads"};  // not an option of the run
+    std::vector<std::string> changes;
+    EXPECT_THROW(options_for_resume(stored, request, changes), UsageError);
+}
+
+TEST(Train, TheCommandLineDeclaresEachOptionOfTheTableInItsOrderWithItsHelp) {
+    CLI::App app;
+    const cli::Command command = cli::add_train_command(app);
+    std::vector<std::string> of_the_table, others;
+    for (const CLI::Option* option : command.app->get_options()) {
+        if (option->get_lnames().empty()) continue;  // CORPUS
+        const std::string flag = "--" + option->get_lnames().front();
+        const TrainOptionSpec* row = find_train_option(flag);
+        if (!row) {
+            others.push_back(flag);
+            continue;
+        }
+        of_the_table.push_back(flag);
+        EXPECT_EQ(option->get_description(), row->help) << flag;
+        if (const auto* text = std::get_if<TextOption>(&row->binding)) {
+            EXPECT_EQ(option->get_default_str(), text->show(TrainOptions())) << flag;
+        }
+    }
+    std::vector<std::string> table;
+    for (const TrainOptionSpec& row : train_option_table()) table.emplace_back(row.flag);
+    EXPECT_EQ(of_the_table, table);
+    // The invocation's own options, declared by hand.
+    EXPECT_EQ(others, (std::vector<std::string>{"--help", "--out", "--resume", "--corpus", "--force", "--init-from", "--val", "--quiet",
+                                                "--threads"}));
+}
+
 }  // namespace charlm

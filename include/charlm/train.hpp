@@ -17,6 +17,8 @@
 
 namespace charlm {
 
+// A run's options. Those a user sets are each one row of train_option_table() (src/train/options.cpp),
+// which the command line, the checkpoint's JSON and a resume read; a member's initializer is its default.
 struct TrainOptions {
     std::filesystem::path corpus;
     std::optional<std::filesystem::path> validation_file;  // instead of holding out part of the corpus

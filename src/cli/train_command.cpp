@@ -5,10 +5,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <set>
 #include <string_view>
+#include <type_traits>
+#include <variant>
 
 #include <fmt/format.h>
 #include <omp.h>
@@ -22,6 +26,7 @@
 #include "cli/parse_errors.hpp"
 #include "cli/stop_signals.hpp"
 #include "cli/terminal_progress.hpp"
+#include "train/options.hpp"
 
 namespace charlm::cli {
 
@@ -48,11 +53,9 @@ struct TrainArguments {
     std::string resume;
     std::string moved_corpus;
     std::string init_from;
-    std::string cell = "lstm";
-    std::string dropout_mask = "locked";
-    std::string learning_rate_schedule = "constant";
-    std::string validation_characters = "auto";
     charlm::TrainOptions options = default_train_options();
+    // The options that the table parses from text (--cell, --lr-schedule, ...), as given, by flag.
+    std::map<std::string, std::string, std::less<>> texts;
     int threads = 0;
     bool quiet = false;
     std::vector<std::string> given;  // the training options given on the command line, by name
@@ -66,6 +69,11 @@ std::string describe_stop(const charlm::TrainResult& result) {
         case charlm::StopReason::interrupted: return " (interrupted)";
     }
     return "";
+}
+
+// Sets `flag`'s option from its text, as its row parses it; throws UsageError for a bad value.
+void parse_text_option(TrainArguments& arguments, charlm::TrainOptions& options, std::string_view flag) {
+    std::get<charlm::TextOption>(charlm::find_train_option(flag)->binding).parse(options, arguments.texts.find(flag)->second);
 }
 
 // What the command line asks of training: a resumed run's request, or a fresh run's options. Throws
@@ -83,9 +91,10 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     if (given("--minutes") && !(arguments.options.minutes > 0))
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
-    options.learning_rate_schedule.kind = charlm::LearningRateSchedule::parse(arguments.learning_rate_schedule);
-    options.model.dropout_mask = charlm::parse_dropout_mask(arguments.dropout_mask);
-    if (arguments.validation_characters != "auto") options.validation_characters = std::stoull(arguments.validation_characters);
+    // --cell's refusal follows those of the request's shape, below.
+    for (const charlm::TrainOptionSpec& option : charlm::train_option_table())
+        if (std::holds_alternative<charlm::TextOption>(option.binding) && option.flag != "--cell")
+            parse_text_option(arguments, options, option.flag);
     if (!arguments.resume.empty()) {
         if (given("--init-from"))
             throw charlm::UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues a run; "
@@ -99,7 +108,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         charlm::ResumeRequest request;
         request.run_directory = arguments.resume;
         request.options = options;
-        request.options.model.cell = charlm::parse_cell_type(arguments.cell);
+        parse_text_option(arguments, request.options, "--cell");
         // These act on this invocation, or were checked above; the rest are the run's options.
         const std::set<std::string> not_options = {"--threads", "--quiet", "--out", "--force", "--resume", "--corpus", "--val"};
         for (const auto& name : arguments.given)
@@ -115,7 +124,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         throw charlm::UsageError("CORPUS - reads standard input, which is a terminal; pipe a text in: cat corpus.txt | charlm train -");
     options.corpus = arguments.corpus;
     if (!arguments.validation_file.empty()) options.validation_file = arguments.validation_file;
-    options.model.cell = charlm::parse_cell_type(arguments.cell);
+    parse_text_option(arguments, options, "--cell");
     if (given("--init-from")) options.init_from = charlm::TrainOptions::InitFrom{arguments.init_from, arguments.given};
     // runs/<corpus name>; a name that is no name (a pipe's /dev/fd/63, "..txt") is not one to use.
     std::string run_name = std::filesystem::path(arguments.corpus).stem().string();
@@ -212,6 +221,33 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
     return status;
 }
 
+// Declares one row of the training options' table on `train`, bound to `arguments`.
+void declare_training_option(CLI::App& train, const charlm::TrainOptionSpec& row, TrainArguments& arguments) {
+    const std::string flag(row.flag), help(row.help);
+    CLI::Option* option = std::visit(
+        [&](auto binding) -> CLI::Option* {
+            using Binding = decltype(binding);
+            if constexpr (std::is_same_v<Binding, charlm::TextOption>) {
+                std::string& text = arguments.texts[flag];
+                text = binding.show(arguments.options);
+                return train.add_option(flag, text, help);
+            } else if constexpr (std::is_same_v<Binding, charlm::OptionField<bool>>) {
+                return train.add_flag(flag, binding(arguments.options), help);
+            } else {
+                return train.add_option(flag, binding(arguments.options), help);
+            }
+        },
+        row.binding);
+    if (!row.value_name.empty()) option->type_name(std::string(row.value_name));
+    // A count or auto: the check of whole numbers, in its own words, where CLI11's type is text.
+    if (row.flag == "--val-chars")
+        option->check(CLI::Validator([](std::string& value) {
+            if (value == "auto" || check_whole_number(value, false).empty()) return std::string();
+            return fmt::format("wants auto, 0 (all of them) or a count of characters, not '{}'", value);
+        }, ""));
+    if (row.show_default && !std::holds_alternative<charlm::OptionField<bool>>(row.binding)) option->capture_default_str();
+}
+
 }  // namespace
 
 Command add_train_command(CLI::App& app) {
@@ -236,57 +272,17 @@ Command add_train_command(CLI::App& app) {
                       "checkpoint's (--cell, --layers, --hidden, --embed that contradict it are refused), its vocabulary "
                       "too, extended by the new text's characters; --dropout and the training options are this run's")
         ->type_name("CHECKPOINT");
-    train->add_option("--cell", train_arguments.cell, "Recurrent cell: lstm, gru or rnn (tanh)")->capture_default_str();
-    train->add_option("--layers", train_options.model.layers, "Stacked recurrent layers")->capture_default_str();
-    train->add_option("--hidden", train_options.model.hidden_size, "Hidden units per layer")->capture_default_str();
-    train->add_option("--embed", train_options.model.embed_size, "Character embedding size")->capture_default_str();
-    train->add_option("--seq", train_options.seq_length, "Steps of backpropagation through time per window")->capture_default_str();
-    train->add_option("--batch", train_options.batch_size, "Parallel streams of text per window")->capture_default_str();
-    train->add_option("--dropout", train_options.model.dropout, "Dropout of each layer's output while training, the top layer's included")
-        ->capture_default_str();
-    train->add_option("--ema", train_options.average_decay,
-                      "Average the weights over training, with this decay per step once warmed up (the decay is "
-                      "min(DECAY, (1+step)/(10+step)), so 0.999 spans about the last 1000 steps, and fewer in a run of "
-                      "fewer steps); validation scores both, best.safetensors keeps the better; 0 turns it off")
-        ->capture_default_str();
-    train->add_option("--embed-dropout", train_options.model.embed_dropout, "Dropout of the character embeddings while training")
-        ->capture_default_str();
-    train->add_option("--weight-drop", train_options.model.weight_drop,
-                      "DropConnect on the recurrent weights W_hh while training, one mask per window (AWD-LSTM's weight drop)")
-        ->capture_default_str();
-    train->add_option("--dropout-mask", train_arguments.dropout_mask,
-                      "How --dropout and --embed-dropout draw masks: locked (one per stream per window, variational) or step (new each step)")
-        ->capture_default_str();
-    auto& schedule = train_options.learning_rate_schedule;
-    train->add_option("--lr", schedule.peak_learning_rate, "Adam learning rate (the peak, after warmup)")->capture_default_str();
-    train->add_option("--lr-schedule", train_arguments.learning_rate_schedule,
-                      "constant; cosine: down to lr/10 at --steps; step: times --lr-decay every --lr-decay-every steps")
-        ->capture_default_str();
-    train->add_option("--warmup", schedule.warmup_steps, "Steps of linear learning-rate warmup")->capture_default_str();
-    train->add_option("--lr-decay-every", schedule.decay_every_steps, "Steps between decays of the step schedule")->capture_default_str();
-    train->add_option("--lr-decay", schedule.decay_factor, "Factor of each decay of the step schedule")->capture_default_str();
-    train->add_option("--clip", train_options.clip, "Clip the global gradient norm to this; 0 turns clipping off")->capture_default_str();
-    train->add_option("--val-fraction", train_options.validation_fraction, "Fraction of the corpus held out for validation")->capture_default_str();
-    train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");
-    train->add_option("--steps", train_options.steps, "Stop after this many steps in all, resumed ones included [default: 2000 unless --minutes]");
-    train->add_option("--minutes", train_options.minutes, "Stop after this many minutes of wall-clock time");
-    train->add_option("--eval-every", train_options.eval_every, "Validate and save checkpoints every N steps")->capture_default_str();
-    train->add_option("--val-chars", train_arguments.validation_characters,
-                      "Held-out characters each validation scores, the same ones each time: auto (a quarter of the "
-                      "characters trained between validations, --eval-every x --seq x --batch / 4), 0 for all of them, or "
-                      "a count. The run's end scores them all")
-        ->type_name("N")
-        ->check(CLI::Validator([](std::string& value) {
-            if (value == "auto" || check_whole_number(value, false).empty()) return std::string();
-            return fmt::format("wants auto, 0 (all of them) or a count of characters, not '{}'", value);
-        }, ""))
-        ->capture_default_str();
-    train->add_option("--patience", train_options.patience, "Stop after N validations without a new best; 0 never")->capture_default_str();
-    train->add_flag("--keep-checkpoints", train_options.keep_checkpoints,
-                    "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
-                    "the validation loss); given or not on each --resume");
-    train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary");
-    train->add_option("--seed", train_options.seed, "Seed for the initial weights")->capture_default_str();
+    // The training options, from their table; --val and --quiet keep their places in --help among them.
+    const std::map<std::string_view, std::function<void()>> declared_before = {
+        {"--steps", [&] {
+             train->add_option("--val", train_arguments.validation_file, "Validate on this file instead of holding out part of the corpus");
+         }},
+        {"--seed", [&] { train->add_flag("--quiet", train_arguments.quiet, "Print only warnings and the final summary"); }},
+    };
+    for (const charlm::TrainOptionSpec& row : charlm::train_option_table()) {
+        if (const auto before = declared_before.find(row.flag); before != declared_before.end()) before->second();
+        declare_training_option(*train, row, train_arguments);
+    }
     add_threads_option(*train, train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)");
 
     // Which training options the command line gave, by name: a resumed run applies or refuses exactly those.

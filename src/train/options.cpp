@@ -1,4 +1,4 @@
-// Training options: as a checkpoint records them (JSON), their checks, and the merge of a resume's with the recorded.
+// Training options: their one table, as a checkpoint records them (JSON), their checks, and the merge of a resume's with the recorded.
 #include "options.hpp"
 
 #include <unistd.h>
@@ -7,6 +7,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iterator>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <utf8.h>
@@ -17,6 +18,127 @@
 
 namespace charlm {
 
+// ---- the table ----------------------------------------------------------------------------------------
+
+namespace {
+
+template <auto member>
+auto& member_of(TrainOptions& options) {
+    return options.*member;
+}
+
+const TrainOptionSpec kTrainOptions[] = {
+    {"--cell", "Recurrent cell: lstm, gru or rnn (tanh)",
+     TextOption{[](const TrainOptions& options) { return to_string(options.model.cell); },
+                [](TrainOptions& options, const std::string& text) { options.model.cell = parse_cell_type(text); }},
+     "/model/cell", OnResume::fixed},
+    {"--layers", "Stacked recurrent layers", +[](TrainOptions& options) -> int& { return options.model.layers; }, "/model/layers",
+     OnResume::fixed},
+    {"--hidden", "Hidden units per layer", +[](TrainOptions& options) -> int& { return options.model.hidden_size; },
+     "/model/hidden_size", OnResume::fixed},
+    {"--embed", "Character embedding size", +[](TrainOptions& options) -> int& { return options.model.embed_size; },
+     "/model/embed_size", OnResume::fixed},
+    {"--seq", "Steps of backpropagation through time per window", &member_of<&TrainOptions::seq_length>, "/seq_length",
+     OnResume::fixed},
+    {"--batch", "Parallel streams of text per window", &member_of<&TrainOptions::batch_size>, "/batch_size", OnResume::fixed},
+    {"--dropout", "Dropout of each layer's output while training, the top layer's included",
+     +[](TrainOptions& options) -> double& { return options.model.dropout; }, "/model/dropout", OnResume::may_change},
+    {"--ema",
+     "Average the weights over training, with this decay per step once warmed up (the decay is "
+     "min(DECAY, (1+step)/(10+step)), so 0.999 spans about the last 1000 steps, and fewer in a run of "
+     "fewer steps); validation scores both, best.safetensors keeps the better; 0 turns it off",
+     &member_of<&TrainOptions::average_decay>, "/ema", OnResume::may_change, /*when_absent=*/"0"},
+    {"--embed-dropout", "Dropout of the character embeddings while training",
+     +[](TrainOptions& options) -> double& { return options.model.embed_dropout; }, "/model/embed_dropout", OnResume::may_change},
+    {"--weight-drop", "DropConnect on the recurrent weights W_hh while training, one mask per window (AWD-LSTM's weight drop)",
+     +[](TrainOptions& options) -> double& { return options.model.weight_drop; }, "/model/weight_drop", OnResume::may_change},
+    {"--dropout-mask",
+     "How --dropout and --embed-dropout draw masks: locked (one per stream per window, variational) or step (new each step)",
+     TextOption{[](const TrainOptions& options) { return to_string(options.model.dropout_mask); },
+                [](TrainOptions& options, const std::string& text) { options.model.dropout_mask = parse_dropout_mask(text); }},
+     "/model/dropout_mask", OnResume::may_change},
+    {"--lr", "Adam learning rate (the peak, after warmup)",
+     +[](TrainOptions& options) -> double& { return options.learning_rate_schedule.peak_learning_rate; }, "/learning_rate",
+     OnResume::may_change},
+    {"--lr-schedule", "constant; cosine: down to lr/10 at --steps; step: times --lr-decay every --lr-decay-every steps",
+     TextOption{[](const TrainOptions& options) { return LearningRateSchedule::name(options.learning_rate_schedule.kind); },
+                [](TrainOptions& options, const std::string& text) { options.learning_rate_schedule.kind = LearningRateSchedule::parse(text); },
+                [](const TrainOptions& options) { return nlohmann::json(LearningRateSchedule::name(options.learning_rate_schedule.kind)); },
+                [](TrainOptions& options, const nlohmann::json& value) {
+                    const std::string name = value.get<std::string>();
+                    try {
+                        options.learning_rate_schedule.kind = LearningRateSchedule::parse(name);
+                    } catch (const UsageError&) {  // the file's fault, not the user's options
+                        throw Error(fmt::format("the checkpoint's training options name an unknown learning-rate schedule, '{}'", name));
+                    }
+                }},
+     "/lr_schedule", OnResume::may_change},
+    {"--warmup", "Steps of linear learning-rate warmup",
+     +[](TrainOptions& options) -> std::int64_t& { return options.learning_rate_schedule.warmup_steps; }, "/warmup_steps",
+     OnResume::may_change},
+    {"--lr-decay-every", "Steps between decays of the step schedule",
+     +[](TrainOptions& options) -> std::int64_t& { return options.learning_rate_schedule.decay_every_steps; }, "/lr_decay_every",
+     OnResume::may_change},
+    {"--lr-decay", "Factor of each decay of the step schedule",
+     +[](TrainOptions& options) -> double& { return options.learning_rate_schedule.decay_factor; }, "/lr_decay_factor",
+     OnResume::may_change},
+    {"--clip", "Clip the global gradient norm to this; 0 turns clipping off", &member_of<&TrainOptions::clip>, "/clip",
+     OnResume::may_change},
+    {"--val-fraction", "Fraction of the corpus held out for validation", &member_of<&TrainOptions::validation_fraction>,
+     "/validation_fraction", OnResume::fixed},
+    {"--steps", "Stop after this many steps in all, resumed ones included [default: 2000 unless --minutes]",
+     &member_of<&TrainOptions::steps>, "/steps", OnResume::may_change, {}, /*show_default=*/false},
+    {"--minutes", "Stop after this many minutes of wall-clock time", &member_of<&TrainOptions::minutes>, "/minutes",
+     OnResume::may_change, {}, /*show_default=*/false},
+    {"--eval-every", "Validate and save checkpoints every N steps", &member_of<&TrainOptions::eval_every>, "/eval_every",
+     OnResume::may_change},
+    // Runs from before --val-chars validated on all the held-out text: the best loss they recorded
+    // compares only with figures of all of it (0).
+    {"--val-chars",
+     "Held-out characters each validation scores, the same ones each time: auto (a quarter of the "
+     "characters trained between validations, --eval-every x --seq x --batch / 4), 0 for all of them, or "
+     "a count. The run's end scores them all",
+     TextOption{[](const TrainOptions& options) {
+                    return options.validation_characters ? std::to_string(*options.validation_characters) : std::string("auto");
+                },
+                [](TrainOptions& options, const std::string& text) {
+                    if (text != "auto") options.validation_characters = std::stoull(text);
+                },
+                [](const TrainOptions& options) {
+                    return options.validation_characters ? nlohmann::json(*options.validation_characters) : nlohmann::json("auto");
+                },
+                [](TrainOptions& options, const nlohmann::json& value) {
+                    if (value != "auto") options.validation_characters = integer_value<std::uint64_t>(value);
+                }},
+     "/validation_characters", OnResume::may_change, /*when_absent=*/"0", true, /*value_name=*/"N"},
+    {"--patience", "Stop after N validations without a new best; 0 never", &member_of<&TrainOptions::patience>, "/patience",
+     OnResume::may_change},
+    {"--keep-checkpoints",
+     "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
+     "the validation loss); given or not on each --resume",
+     &member_of<&TrainOptions::keep_checkpoints>, /*json_pointer=*/{}, OnResume::may_change},
+    {"--seed", "Seed for the initial weights", &member_of<&TrainOptions::seed>, "/seed", OnResume::fixed},
+};
+
+// ModelConfig's JSON, "model" in the options', records the options under /model/.
+bool recorded_by_model(const TrainOptionSpec& option) { return option.json_pointer.starts_with("/model/"); }
+
+template <typename Value>
+Value value_from_json(const nlohmann::json& value) {
+    if constexpr (std::is_same_v<Value, bool> || std::is_floating_point_v<Value>) return value.get<Value>();
+    else return integer_value<Value>(value);
+}
+
+}  // namespace
+
+std::span<const TrainOptionSpec> train_option_table() { return kTrainOptions; }
+
+const TrainOptionSpec* find_train_option(std::string_view flag) {
+    const auto* option = std::find_if(std::begin(kTrainOptions), std::end(kTrainOptions),
+                                      [&](const TrainOptionSpec& candidate) { return candidate.flag == flag; });
+    return option == std::end(kTrainOptions) ? nullptr : option;
+}
+
 // ---- the options as a checkpoint records them -------------------------------------------------------
 
 nlohmann::json TrainOptions::to_json() const {
@@ -24,28 +146,21 @@ nlohmann::json TrainOptions::to_json() const {
         {"corpus", corpus.empty() ? std::string() : std::filesystem::absolute(corpus).string()},
         {"run_directory", run_directory.string()},
         {"model", model.to_json()},
-        {"seq_length", seq_length},
-        {"batch_size", batch_size},
-        {"learning_rate", learning_rate_schedule.peak_learning_rate},
-        {"lr_schedule", LearningRateSchedule::name(learning_rate_schedule.kind)},
-        {"warmup_steps", learning_rate_schedule.warmup_steps},
-        {"lr_decay_every", learning_rate_schedule.decay_every_steps},
-        {"lr_decay_factor", learning_rate_schedule.decay_factor},
-        {"patience", patience},
-        {"ema", average_decay},
-        {"clip", clip},
-        {"validation_fraction", validation_fraction},
-        {"steps", steps},
-        {"minutes", minutes},
-        {"eval_every", eval_every},
-        {"validation_characters", validation_characters ? nlohmann::json(*validation_characters) : nlohmann::json("auto")},
-        {"seed", seed},
         {"corpus_size_bytes", corpus_fingerprint.size_bytes},
         {"corpus_sha256", corpus_fingerprint.sha256},
         {"train_characters", train_characters},
         {"threads", threads},
         {"processes", processes},
     };
+    TrainOptions readable = *this;  // the fields' accessors take options they may write
+    for (const TrainOptionSpec& option : kTrainOptions) {
+        if (option.json_pointer.empty() || recorded_by_model(option)) continue;
+        auto& value = json[nlohmann::json::json_pointer(std::string(option.json_pointer))];
+        std::visit([&](auto binding) {
+            if constexpr (std::is_same_v<decltype(binding), TextOption>) value = binding.record(readable);
+            else value = binding(readable);
+        }, option.binding);
+    }
     json["validation_file"] = validation_file ? nlohmann::json(std::filesystem::absolute(*validation_file).string()) : nlohmann::json(nullptr);
     json["validation_file_size_bytes"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->size_bytes) : nlohmann::json(nullptr);
     json["validation_file_sha256"] = validation_fingerprint ? nlohmann::json(validation_fingerprint->sha256) : nlohmann::json(nullptr);
@@ -62,31 +177,17 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         if (!json.at("validation_file").is_null()) options.validation_file = json.at("validation_file").get<std::string>();
         options.run_directory = json.at("run_directory").get<std::string>();
         options.model = ModelConfig::from_json(json.at("model"));
-        options.seq_length = integer_value<int>(json.at("seq_length"));
-        options.batch_size = integer_value<int>(json.at("batch_size"));
-        LearningRateSchedule& schedule = options.learning_rate_schedule;
-        schedule.peak_learning_rate = json.at("learning_rate").get<double>();
-        options.clip = json.at("clip").get<double>();
-        const std::string schedule_name = json.at("lr_schedule").get<std::string>();
-        try {
-            schedule.kind = LearningRateSchedule::parse(schedule_name);
-        } catch (const UsageError&) {  // the file's fault, not the user's options
-            throw Error(fmt::format("the checkpoint's training options name an unknown learning-rate schedule, '{}'", schedule_name));
+        for (const TrainOptionSpec& option : kTrainOptions) {
+            if (option.json_pointer.empty() || recorded_by_model(option)) continue;
+            const nlohmann::json::json_pointer pointer{std::string(option.json_pointer)};
+            const nlohmann::json value = option.when_absent.empty() || json.contains(pointer)
+                                             ? json.at(pointer)
+                                             : nlohmann::json::parse(option.when_absent);
+            std::visit([&](auto binding) {
+                if constexpr (std::is_same_v<decltype(binding), TextOption>) binding.restore(options, value);
+                else binding(options) = value_from_json<std::remove_reference_t<decltype(binding(options))>>(value);
+            }, option.binding);
         }
-        schedule.warmup_steps = integer_value<std::int64_t>(json.at("warmup_steps"));
-        schedule.decay_every_steps = integer_value<std::int64_t>(json.at("lr_decay_every"));
-        schedule.decay_factor = json.at("lr_decay_factor").get<double>();
-        options.patience = integer_value<int>(json.at("patience"));
-        options.average_decay = json.value("ema", 0.0);
-        options.validation_fraction = json.at("validation_fraction").get<double>();
-        options.steps = integer_value<std::int64_t>(json.at("steps"));
-        options.minutes = json.at("minutes").get<double>();
-        options.eval_every = integer_value<int>(json.at("eval_every"));
-        // Runs from before --val-chars validated on all the held-out text: the best loss they recorded
-        // compares only with figures of all of it.
-        const nlohmann::json validation_characters = json.value("validation_characters", nlohmann::json(0));
-        if (validation_characters != "auto") options.validation_characters = integer_value<std::uint64_t>(validation_characters);
-        options.seed = integer_value<std::uint64_t>(json.at("seed"));
         options.threads = json.contains("threads") ? integer_value<int>(json.at("threads")) : 0;
         options.processes = json.contains("processes") ? integer_value<int>(json.at("processes")) : 1;
         // Absent from checkpoints written before the corpus was fingerprinted.
@@ -197,28 +298,6 @@ void validate(const TrainOptions& options) {
 
 namespace {
 
-// How each training option behaves on --resume: given again, it takes effect, or it must match the checkpoint.
-struct OptionOnResume {
-    const char* flag;
-    const char* json_pointer;  // into TrainOptions::to_json(); null for an option of the invocation, not the run
-    bool may_change;
-};
-constexpr OptionOnResume kOptionsOnResume[] = {
-    {"--lr", "/learning_rate", true},         {"--lr-schedule", "/lr_schedule", true},
-    {"--warmup", "/warmup_steps", true},      {"--lr-decay-every", "/lr_decay_every", true},
-    {"--lr-decay", "/lr_decay_factor", true}, {"--clip", "/clip", true},
-    {"--steps", "/steps", true},              {"--minutes", "/minutes", true},
-    {"--eval-every", "/eval_every", true},    {"--val-chars", "/validation_characters", true},
-    {"--patience", "/patience", true},        {"--dropout", "/model/dropout", true},
-    {"--embed-dropout", "/model/embed_dropout", true}, {"--weight-drop", "/model/weight_drop", true},
-    {"--dropout-mask", "/model/dropout_mask", true},   {"--ema", "/ema", true},
-    {"--cell", "/model/cell", false},         {"--layers", "/model/layers", false},
-    {"--hidden", "/model/hidden_size", false}, {"--embed", "/model/embed_size", false},
-    {"--seq", "/seq_length", false},          {"--batch", "/batch_size", false},
-    {"--val-fraction", "/validation_fraction", false}, {"--seed", "/seed", false},
-    {"--keep-checkpoints", nullptr, true},  // this invocation's choice, which the run does not record
-};
-
 // An option's value as the command line writes it: 0 and 0.25, not 0.0 and 0.25; step, not "step".
 std::string option_value_text(const nlohmann::json& value) {
     if (value.is_number_float()) return fmt::format("{}", value.get<double>());
@@ -231,15 +310,14 @@ std::string option_value_text(const nlohmann::json& value) {
 nlohmann::json options_for_resume(nlohmann::json stored, const ResumeRequest& request, std::vector<std::string>& changes) {
     const nlohmann::json requested = request.options.to_json();
     for (const std::string& flag : request.given) {
-        const auto* option = std::find_if(std::begin(kOptionsOnResume), std::end(kOptionsOnResume),
-                                          [&](const OptionOnResume& candidate) { return flag == candidate.flag; });
-        if (option == std::end(kOptionsOnResume)) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
-        if (!option->json_pointer) continue;
-        const nlohmann::json::json_pointer pointer(option->json_pointer);
+        const TrainOptionSpec* option = find_train_option(flag);
+        if (!option) throw UsageError(fmt::format("{} cannot be given with --resume", flag));
+        if (option->json_pointer.empty()) continue;  // this invocation's choice, given or not on each resume
+        const nlohmann::json::json_pointer pointer(std::string(option->json_pointer));
         const nlohmann::json before = stored.contains(pointer) ? stored.at(pointer) : nlohmann::json(nullptr);
         const nlohmann::json& after = requested.at(pointer);
         if (before == after) continue;
-        if (!option->may_change)
+        if (option->on_resume == OnResume::fixed)
             throw UsageError(fmt::format("{} {} differs from the run's {}, which its checkpoint fixes; leave {} out to "
                                          "resume, or start a new run with --out",
                                          flag, option_value_text(after), option_value_text(before), flag));

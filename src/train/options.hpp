@@ -1,7 +1,11 @@
-// What the run's parts need of the training options beyond train.hpp: their checks and the resume merge.
+// The training options' one table (flag, help, JSON key, resume rule, binding), their checks and the resume merge.
 #pragma once
 
+#include <cstdint>
+#include <span>
 #include <string>
+#include <string_view>
+#include <variant>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -9,6 +13,53 @@
 #include "charlm/train.hpp"
 
 namespace charlm {
+
+// ---- the table: each training option declared once ------------------------------------------------
+//
+// The command line declares the options by walking it (src/cli/train_command.cpp), TrainOptions::to_json
+// and from_json record and read them by it, and a resume applies or refuses them by it; `info` lists the
+// recorded JSON. Adding an option is one row here and a member in TrainOptions, whose initializer is the
+// default that --help shows.
+
+// A number or a switch, read and written in place.
+template <typename Value>
+using OptionField = Value& (*)(TrainOptions&);
+
+// An option whose text the row parses: a name (--cell lstm) or a word beside numbers (--val-chars auto).
+struct TextOption {
+    std::string (*show)(const TrainOptions&);          // as the command line writes it: the default in --help
+    void (*parse)(TrainOptions&, const std::string&);  // from the command line; throws UsageError
+    // As the checkpoint's JSON holds it; null under /model, where ModelConfig writes and reads it.
+    nlohmann::json (*record)(const TrainOptions&) = nullptr;
+    void (*restore)(TrainOptions&, const nlohmann::json&) = nullptr;  // throws Error for a value no run writes
+};
+
+using OptionBinding = std::variant<OptionField<bool>, OptionField<int>, OptionField<std::int64_t>, OptionField<std::uint64_t>,
+                                   OptionField<double>, TextOption>;
+
+enum class OnResume { may_change, fixed };
+
+struct TrainOptionSpec {
+    std::string_view flag;  // "--lr"
+    std::string_view help;
+    OptionBinding binding;
+    // Where TrainOptions::to_json() records it ("/learning_rate"; under "/model/", ModelConfig's JSON);
+    // empty for this invocation's choice, which the run does not record.
+    std::string_view json_pointer;
+    OnResume on_resume;
+    // What a checkpoint from before the option meant, as JSON text, where its key is absent; empty where
+    // every checkpoint records it.
+    std::string_view when_absent = {};
+    bool show_default = true;     // --help shows the default ("[default: 2000 unless --minutes]" says it itself)
+    std::string_view value_name = {};  // in --help, for a value CLI11's type name does not describe
+};
+
+// Every training option, in --help's order.
+std::span<const TrainOptionSpec> train_option_table();
+// The row of `flag` ("--lr"), or null.
+const TrainOptionSpec* find_train_option(std::string_view flag);
+
+// ---- checks and the resume merge ------------------------------------------------------------------
 
 // Refuses (UsageError) options that cannot make a run: sizes, rates and bounds out of range, paths
 // that a checkpoint's JSON cannot record, a model too large for this machine's memory.
