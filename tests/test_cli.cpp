@@ -1046,6 +1046,34 @@ TEST_F(Cli, TrainRefusesARunDirectoryThatHoldsARunWithoutForce) {
     expect_unchanged(before, snapshot(path("run")));
 }
 
+// A run that cannot be resumed (its last.safetensors gone) still owns what it made: its best checkpoint,
+// the ones it kept, its metrics. Only the ids files, which any run encodes again, take no directory.
+TEST_F(Cli, TrainRefusesADirectoryThatHoldsAnyRunFileWithoutForce) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30, {"--eval-every", "10", "--keep-checkpoints"});
+    fs::remove(path("run") / "last.safetensors");
+    ASSERT_TRUE(fs::exists(path("run") / "best.safetensors"));
+    std::vector<std::string> arguments = {"train", write("other.txt", make_corpus(200)).string(), "--out", path("run").string(),
+                                          "--steps", "10"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    auto refused = [&](const std::vector<std::string>& mentions) {
+        const auto before = snapshot(path("run"));
+        const RunResult result = charlm(arguments);
+        expect_error(result, mentions, /*usage_error=*/true);
+        EXPECT_EQ(result.err.find("--resume"), std::string::npos) << "there is nothing to resume: " << result.err;
+        expect_unchanged(before, snapshot(path("run")));
+    };
+    refused({"already holds a run", "best.safetensors", "metrics.jsonl", "kept checkpoints", "--force"});
+    fs::remove(path("run") / "best.safetensors");
+    fs::remove(path("run") / "metrics.jsonl");
+    refused({"already holds a run", "kept checkpoints", "--force"});
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        if (entry.path().filename().string().starts_with("step-")) fs::remove(entry.path());
+    ASSERT_TRUE(fs::exists(path("run") / "corpus.ids"));
+    const RunResult result = charlm(arguments);
+    EXPECT_EQ(result.exit_code, 0) << describe(result);
+}
+
 TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {
     const RunResult result = charlm({"train"});
     expect_error(result, {"CORPUS"}, /*usage_error=*/true);

@@ -165,6 +165,32 @@ void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_direct
                                      run_directory.string(), count, count == 1 ? "" : "s", run_files::kKeptCheckpointPattern));
 }
 
+// A directory that holds what a run made (its checkpoints, kept ones, its metrics) is that run's, whether
+// or not it can still be resumed: a fresh run there would replace them. The ids files are left out: they
+// are the text's, encoded again whenever they do not fit, and a first run that failed before its first
+// checkpoint leaves only them, which must not stand in the way of trying again.
+void refuse_a_directory_that_holds_a_run(const std::filesystem::path& run_directory) {
+    std::vector<std::string> held;
+    std::size_t kept = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored)) {
+        const std::string name = entry.path().filename().string();
+        if (name == run_files::kLastCheckpoint || name == run_files::kBestCheckpoint || name == run_files::kMetrics) held.push_back(name);
+        else if (run_files::is_kept_checkpoint_name(name)) ++kept;
+    }
+    const std::string directory = quoted_for_shell(run_directory.string());
+    if (std::ranges::find(held, run_files::kLastCheckpoint) != held.end())
+        throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                     "or choose another directory with --out",
+                                     directory));
+    if (held.empty() && kept == 0) return;
+    std::ranges::sort(held);
+    if (kept > 0) held.push_back(fmt::format("{} kept checkpoint{}", kept, kept == 1 ? "" : "s"));
+    throw UsageError(fmt::format("{} already holds a run ({}), though no {} to resume it from; start over there with --force, "
+                                 "or choose another directory with --out",
+                                 directory, fmt::join(held, ", "), run_files::kLastCheckpoint));
+}
+
 // A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
 // run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
 // started from a checkpoint's weights extends its vocabulary, `extended`.
@@ -181,10 +207,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
         std::filesystem::create_directories(options.run_directory, error);
         if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
         lock.emplace(options.run_directory);
-        if (!options.overwrite && std::filesystem::exists(options.run_directory / run_files::kLastCheckpoint, error))
-            throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
-                                         "or choose another directory with --out",
-                                         quoted_for_shell(options.run_directory.string())));
+        if (!options.overwrite) refuse_a_directory_that_holds_a_run(options.run_directory);
         warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
