@@ -1074,6 +1074,25 @@ TEST_F(Cli, TrainRefusesADirectoryThatHoldsAnyRunFileWithoutForce) {
     EXPECT_EQ(result.exit_code, 0) << describe(result);
 }
 
+// --patience without validation text can only be refused once the text is read; the refusal must still come
+// before the run directory is touched: neither the ids of the run there re-encoded, nor its validation.ids
+// removed, nor a copy of standard input left behind.
+TEST_F(Cli, TrainRefusesAnOptionThatNeedsTheTextBeforeTheRunDirectoryChanges) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30, {"--val", write("val.txt", make_corpus(100)).string()});
+    ASSERT_TRUE(fs::exists(path("run") / "validation.ids"));
+    const auto other = write("other.txt", make_corpus(200) + "Zebra!\n");
+    const auto before = snapshot(path("run"));
+    for (const std::string& text : {other.string(), std::string("-")}) {
+        std::vector<std::string> arguments = {"train", text, "--out", path("run").string(), "--force", "--steps", "10",
+                                              "--val-fraction", "0", "--patience", "3"};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        const RunResult result = charlm(arguments, 60, other.string());
+        expect_error(result, {"--patience 3", "no validation text"}, /*usage_error=*/true);
+        expect_unchanged(before, snapshot(path("run")));
+    }
+}
+
 TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {
     const RunResult result = charlm({"train"});
     expect_error(result, {"CORPUS"}, /*usage_error=*/true);

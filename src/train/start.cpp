@@ -70,8 +70,8 @@ void check_text_can_be_shared(const TrainOptions& options, const Communicator& p
 }
 
 // --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
-void check_patience_has_validation(const TrainOptions& options, const Corpus& corpus) {
-    if (options.patience > 0 && corpus.validation().size() < 2)
+void check_patience_has_validation(const TrainOptions& options, std::size_t validation_size) {
+    if (options.patience > 0 && validation_size < 2)
         throw UsageError(fmt::format("--patience {} waits for a better validation loss, and this run has no validation text; "
                                      "give --val-fraction above 0 or --val FILE, or leave --patience out",
                                      options.patience));
@@ -201,14 +201,21 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     const bool copy_corpus = can_be_read_only_once(options.corpus);
     const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
-    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr, extended);
+    // What the text decides (the validation that --patience needs, the vocabulary that sizes the model) is
+    // checked before anything in the run directory is written or removed: a refusal changes nothing there.
+    auto load_and_check = [&] {
+        corpus = load_corpus(options, nullptr, extended);
+        check_patience_has_validation(options, corpus->counted_validation_size);
+        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
+        options.model.validate();
+    };
+    if (!copy_corpus && !copy_validation) load_and_check();
     if (processes.is_first()) {  // the others never write there
         std::error_code error;
         std::filesystem::create_directories(options.run_directory, error);
         if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
         lock.emplace(options.run_directory);
         if (!options.overwrite) refuse_a_directory_that_holds_a_run(options.run_directory);
-        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
@@ -225,7 +232,9 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     if (copy_validation) copy(validation_copy, *options.validation_file, run_files::kValidationCopy);
     if (!corpus) {
         try {
-            corpus = load_corpus(options, nullptr, extended);
+            load_and_check();
+        } catch (const UsageError&) {
+            throw;  // about an option, not the text: no path in it to rename
         } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
             std::string message = error.what();
             for (const auto& [temporary, source] : copied)
@@ -235,6 +244,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     }
     options.corpus_fingerprint = fingerprint_file(options.corpus);
     if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
+    if (processes.is_first()) warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     for (const auto& [temporary, source] : copied)
         progress.note(fmt::format("copied {} into the run directory: the run reads its text more than once", source));
     if (corpus_copy) {
@@ -245,7 +255,6 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
         validation_copy->commit();
         options.validation_file = options.run_directory / run_files::kValidationCopy;
     }
-    if (processes.is_first()) map_corpus(*corpus, options, false, progress);
     return std::move(*corpus);
 }
 
@@ -269,12 +278,13 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
         corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
     });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
-    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+    // Every check has passed: the ids go into the run directory, written by process 0, then mapped by the others.
+    run_on_every_process(processes, [&] {
+        if (processes.is_first()) map_corpus(*corpus, options, false, progress);
+    });
+    run_on_every_process(processes, [&] {
         if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
-        check_patience_has_validation(options, *corpus);
         options.train_characters = corpus->train_size;
-        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
-        options.model.validate();
     });
 
     if (trained) progress.note(describe_start(*options.init_from, trained->vocab, corpus->vocab));
@@ -389,7 +399,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     run_on_every_process(processes, [&] {  // the ids are in the run directory now
         if (!processes.is_first()) map_corpus(*corpus, options, true, progress, /*encoded_by_another=*/true);
-        check_patience_has_validation(options, *corpus);
+        check_patience_has_validation(options, corpus->validation().size());
     });
 
     Session session{options,
