@@ -34,6 +34,7 @@
 #include <utf8.h>
 
 #include "charlm/checkpoint.hpp"
+#include "child_process.hpp"
 #include "test_helpers.hpp"
 
 namespace {
@@ -1090,6 +1091,34 @@ TEST_F(Cli, TrainRefusesAnOptionThatNeedsTheTextBeforeTheRunDirectoryChanges) {
         const RunResult result = charlm(arguments, 60, other.string());
         expect_error(result, {"--patience 3", "no validation text"}, /*usage_error=*/true);
         expect_unchanged(before, snapshot(path("run")));
+    }
+}
+
+// A real pipe whose reader exits: `charlm train ... 2>&1 | head -c 1` used to die of SIGPIPE unsaved, and
+// `charlm sample ... | head -c 10` exited 141. Training saves and stops as on SIGTERM (130); a sample
+// stops generating and ends quietly with 0, as its reader took what it wanted. `timeout` bounds a
+// charlm that would go on writing into nothing.
+TEST_F(Cli, AClosedPipeSavesTrainingAndEndsASampleQuietly) {
+    const auto corpus = write("corpus.txt", make_corpus(2000));
+    auto run_in_shell = [&](const std::string& script) {
+        charlm::testing::ChildProcess shell({"-c", "cd \"$1\" && " + script, CHARLM_BINARY, path(".").string()}, path("."), "/bin/bash");
+        const std::optional<int> exit_code = shell.wait_for_exit(150);
+        EXPECT_EQ(exit_code, 0) << shell.err();
+        return shell.out();
+    };
+    std::string train = "timeout 120 \"$0\" train corpus.txt --out run --steps 1000000";
+    for (const std::string& option : kTinyModel) train += " " + option;
+    const std::string trained = run_in_shell(train + " 2>&1 | head -c 1 >/dev/null; echo \"charlm exit ${PIPESTATUS[0]}\"");
+    EXPECT_NE(trained.find("charlm exit 130"), std::string::npos) << trained;
+    ASSERT_TRUE(fs::exists(path("run") / "last.safetensors"));
+    EXPECT_LT(charlm::load_checkpoint(path("run") / "last.safetensors").training.step, 1000000);
+
+    // One sample far longer than the reader takes; a JSON object per sample, far more of them than it takes.
+    for (const std::string& sample : {std::string(" --length 100000000"), std::string(" --length 100 --json --count 1000000")}) {
+        const std::string sampled = run_in_shell("timeout 60 \"$0\" sample run/last.safetensors --seed 1" + sample +
+                                                 " 2>sample-stderr.txt | head -c 10 >/dev/null; echo \"charlm exit ${PIPESTATUS[0]}\"");
+        EXPECT_NE(sampled.find("charlm exit 0"), std::string::npos) << sampled;
+        EXPECT_EQ(read_bytes(path("sample-stderr.txt")), "") << "a reader that went is no error";
     }
 }
 
