@@ -1051,7 +1051,7 @@ TEST_F(Cli, TrainRefusesARunDirectoryThatHoldsARunWithoutForce) {
 // the ones it kept, its metrics. Only the ids files, which any run encodes again, take no directory.
 TEST_F(Cli, TrainRefusesADirectoryThatHoldsAnyRunFileWithoutForce) {
     const auto corpus = write("corpus.txt", make_corpus());
-    train_tiny(corpus, "run", 30, {"--eval-every", "10", "--keep-checkpoints"});
+    train_tiny(corpus, "run", 30, {"--keep-checkpoints"});  // kTinyModel validates every 10 steps
     fs::remove(path("run") / "last.safetensors");
     ASSERT_TRUE(fs::exists(path("run") / "best.safetensors"));
     std::vector<std::string> arguments = {"train", write("other.txt", make_corpus(200)).string(), "--out", path("run").string(),
@@ -1120,6 +1120,29 @@ TEST_F(Cli, AClosedPipeSavesTrainingAndEndsASampleQuietly) {
         EXPECT_NE(sampled.find("charlm exit 0"), std::string::npos) << sampled;
         EXPECT_EQ(read_bytes(path("sample-stderr.txt")), "") << "a reader that went is no error";
     }
+}
+
+// An option given twice kept its last value without a word (`sample --stop of --stop xyzq` ran past "of").
+// A sample has one stop text, so every option that takes a value refuses a second, naming it; the flags,
+// which a repeat cannot change, and the options that take a list (plot's RUN_DIRs) are not refused.
+TEST_F(Cli, AnOptionGivenTwiceIsRefusedByName) {
+    const fs::path checkpoint = trained_run();
+    struct Case {
+        std::vector<std::string> arguments;
+        std::string message;
+    };
+    const Case cases[] = {
+        {{"sample", checkpoint.string(), "--stop", "of", "--stop", "xyzq"}, "--stop was given twice; give it once"},
+        {{"sample", checkpoint.string(), "--seed", "1", "--length", "5", "--seed=2"}, "--seed was given twice; give it once"},
+        {{"train", "corpus.txt", "--steps", "3", "--steps", "4", "--steps", "5"}, "--steps was given 3 times; give it once"},
+        {{"eval", checkpoint.string(), "corpus.txt", "--threads", "1", "--threads", "2"}, "--threads was given twice; give it once"},
+    };
+    for (const Case& given : cases) {
+        const RunResult result = charlm(given.arguments);
+        expect_error(result, {given.message}, /*usage_error=*/true);
+    }
+    const RunResult flags = charlm({"sample", checkpoint.string(), "--seed", "1", "--length", "5", "--json", "--json"});
+    EXPECT_EQ(flags.exit_code, 0) << describe(flags);
 }
 
 TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {

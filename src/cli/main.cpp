@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
                  "Start with 'charlm train FILE.txt', then 'charlm sample runs/FILE/best.safetensors --prompt \"...\"'."};
     app.require_subcommand(1);
     app.set_version_flag("--version", "charlm 0.1.0");
-    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last --x wins, as in most tools
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::Throw);  // a second --x is refused, never silently taken
     std::vector<Command> commands;
     for (const auto add_command : kCommands) commands.push_back(add_command(app));
     charlm::cli::check_values_in_plain_words(app);
