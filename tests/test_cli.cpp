@@ -34,6 +34,7 @@
 #include <utf8.h>
 
 #include "charlm/checkpoint.hpp"
+#include "child_process.hpp"
 #include "test_helpers.hpp"
 
 namespace {
@@ -1044,6 +1045,104 @@ TEST_F(Cli, TrainRefusesARunDirectoryThatHoldsARunWithoutForce) {
     const RunResult result = charlm(arguments);
     expect_error(result, {path("run").string(), "--resume", "--force"}, /*usage_error=*/true);
     expect_unchanged(before, snapshot(path("run")));
+}
+
+// A run that cannot be resumed (its last.safetensors gone) still owns what it made: its best checkpoint,
+// the ones it kept, its metrics. Only the ids files, which any run encodes again, take no directory.
+TEST_F(Cli, TrainRefusesADirectoryThatHoldsAnyRunFileWithoutForce) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30, {"--keep-checkpoints"});  // kTinyModel validates every 10 steps
+    fs::remove(path("run") / "last.safetensors");
+    ASSERT_TRUE(fs::exists(path("run") / "best.safetensors"));
+    std::vector<std::string> arguments = {"train", write("other.txt", make_corpus(200)).string(), "--out", path("run").string(),
+                                          "--steps", "10"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    auto refused = [&](const std::vector<std::string>& mentions) {
+        const auto before = snapshot(path("run"));
+        const RunResult result = charlm(arguments);
+        expect_error(result, mentions, /*usage_error=*/true);
+        EXPECT_EQ(result.err.find("--resume"), std::string::npos) << "there is nothing to resume: " << result.err;
+        expect_unchanged(before, snapshot(path("run")));
+    };
+    refused({"already holds a run", "best.safetensors", "metrics.jsonl", "kept checkpoints", "--force"});
+    fs::remove(path("run") / "best.safetensors");
+    fs::remove(path("run") / "metrics.jsonl");
+    refused({"already holds a run", "kept checkpoints", "--force"});
+    for (const auto& entry : fs::directory_iterator(path("run")))
+        if (entry.path().filename().string().starts_with("step-")) fs::remove(entry.path());
+    ASSERT_TRUE(fs::exists(path("run") / "corpus.ids"));
+    const RunResult result = charlm(arguments);
+    EXPECT_EQ(result.exit_code, 0) << describe(result);
+}
+
+// --patience without validation text can only be refused once the text is read; the refusal must still come
+// before the run directory is touched: neither the ids of the run there re-encoded, nor its validation.ids
+// removed, nor a copy of standard input left behind.
+TEST_F(Cli, TrainRefusesAnOptionThatNeedsTheTextBeforeTheRunDirectoryChanges) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 30, {"--val", write("val.txt", make_corpus(100)).string()});
+    ASSERT_TRUE(fs::exists(path("run") / "validation.ids"));
+    const auto other = write("other.txt", make_corpus(200) + "Zebra!\n");
+    const auto before = snapshot(path("run"));
+    for (const std::string& text : {other.string(), std::string("-")}) {
+        std::vector<std::string> arguments = {"train", text, "--out", path("run").string(), "--force", "--steps", "10",
+                                              "--val-fraction", "0", "--patience", "3"};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        const RunResult result = charlm(arguments, 60, other.string());
+        expect_error(result, {"--patience 3", "no validation text"}, /*usage_error=*/true);
+        expect_unchanged(before, snapshot(path("run")));
+    }
+}
+
+// A real pipe whose reader exits: `charlm train ... 2>&1 | head -c 1` used to die of SIGPIPE unsaved, and
+// `charlm sample ... | head -c 10` exited 141. Training saves and stops as on SIGTERM (130); a sample
+// stops generating and ends quietly with 0, as its reader took what it wanted. `timeout` bounds a
+// charlm that would go on writing into nothing.
+TEST_F(Cli, AClosedPipeSavesTrainingAndEndsASampleQuietly) {
+    const auto corpus = write("corpus.txt", make_corpus(2000));
+    auto run_in_shell = [&](const std::string& script) {
+        charlm::testing::ChildProcess shell({"-c", "cd \"$1\" && " + script, CHARLM_BINARY, path(".").string()}, path("."), "/bin/bash");
+        const std::optional<int> exit_code = shell.wait_for_exit(150);
+        EXPECT_EQ(exit_code, 0) << shell.err();
+        return shell.out();
+    };
+    std::string train = "timeout 120 \"$0\" train corpus.txt --out run --steps 1000000";
+    for (const std::string& option : kTinyModel) train += " " + option;
+    const std::string trained = run_in_shell(train + " 2>&1 | head -c 1 >/dev/null; echo \"charlm exit ${PIPESTATUS[0]}\"");
+    EXPECT_NE(trained.find("charlm exit 130"), std::string::npos) << trained;
+    ASSERT_TRUE(fs::exists(path("run") / "last.safetensors"));
+    EXPECT_LT(charlm::load_checkpoint(path("run") / "last.safetensors").training.step, 1000000);
+
+    // One sample far longer than the reader takes; a JSON object per sample, far more of them than it takes.
+    for (const std::string& sample : {std::string(" --length 100000000"), std::string(" --length 100 --json --count 1000000")}) {
+        const std::string sampled = run_in_shell("timeout 60 \"$0\" sample run/last.safetensors --seed 1" + sample +
+                                                 " 2>sample-stderr.txt | head -c 10 >/dev/null; echo \"charlm exit ${PIPESTATUS[0]}\"");
+        EXPECT_NE(sampled.find("charlm exit 0"), std::string::npos) << sampled;
+        EXPECT_EQ(read_bytes(path("sample-stderr.txt")), "") << "a reader that went is no error";
+    }
+}
+
+// An option given twice kept its last value without a word (`sample --stop of --stop xyzq` ran past "of").
+// A sample has one stop text, so every option that takes a value refuses a second, naming it; the flags,
+// which a repeat cannot change, and the options that take a list (plot's RUN_DIRs) are not refused.
+TEST_F(Cli, AnOptionGivenTwiceIsRefusedByName) {
+    const fs::path checkpoint = trained_run();
+    struct Case {
+        std::vector<std::string> arguments;
+        std::string message;
+    };
+    const Case cases[] = {
+        {{"sample", checkpoint.string(), "--stop", "of", "--stop", "xyzq"}, "--stop was given twice; give it once"},
+        {{"sample", checkpoint.string(), "--seed", "1", "--length", "5", "--seed=2"}, "--seed was given twice; give it once"},
+        {{"train", "corpus.txt", "--steps", "3", "--steps", "4", "--steps", "5"}, "--steps was given 3 times; give it once"},
+        {{"eval", checkpoint.string(), "corpus.txt", "--threads", "1", "--threads", "2"}, "--threads was given twice; give it once"},
+    };
+    for (const Case& given : cases) {
+        const RunResult result = charlm(given.arguments);
+        expect_error(result, {given.message}, /*usage_error=*/true);
+    }
+    const RunResult flags = charlm({"sample", checkpoint.string(), "--seed", "1", "--length", "5", "--json", "--json"});
+    EXPECT_EQ(flags.exit_code, 0) << describe(flags);
 }
 
 TEST_F(Cli, TrainWithNeitherCorpusNorResumeIsRefused) {

@@ -1,5 +1,8 @@
 // The charlm command line: the table of commands (one file each, *_command.cpp), the parse, and the exit codes.
+#include <poll.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <cerrno>
 #include <cstdio>
@@ -8,6 +11,7 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -32,20 +36,34 @@ constexpr Command (*kCommands[])(CLI::App&) = {
     charlm::cli::add_bench_command,
 };
 
+// Whether standard output is a pipe whose reader has gone (`charlm sample ... | head -c 10`): the reader
+// took what it wanted, as when `head` reads a file, and that is no failure of charlm's.
+bool stdout_reader_gone() {
+    pollfd output{STDOUT_FILENO, 0, 0};
+    return ::poll(&output, 1, 0) == 1 && (output.revents & POLLERR);
+}
+
+// A line on stderr that never throws (fmt::print does where stderr is closed: nothing is left to tell).
+template <typename... Arguments>
+void print_to_stderr(fmt::format_string<Arguments...> format, Arguments&&... arguments) {
+    std::fputs(fmt::format(format, std::forward<Arguments>(arguments)...).c_str(), stderr);
+}
+
 // Prints an error's one line and returns the exit status. Of several processes, an error that every
 // one met is printed by the first alone; one that only this process met ends them all, the others
 // waiting for it otherwise forever, and says which process it was.
 int report_failure(const std::string& message, int status, bool shared, const charlm::Communicator& processes) {
     std::fflush(stdout);
-    if (processes.size() == 1 || (shared && processes.is_first())) fmt::print(stderr, "charlm: error: {}\n", message);
+    if (processes.size() == 1 || (shared && processes.is_first())) print_to_stderr("charlm: error: {}\n", message);
     if (processes.size() == 1 || shared) return status;
-    fmt::print(stderr, "charlm: error: process {} of {} (on {}): {}\n", processes.rank(), processes.size(), processes.host(), message);
+    print_to_stderr("charlm: error: process {} of {} (on {}): {}\n", processes.rank(), processes.size(), processes.host(), message);
     std::fflush(stderr);
     processes.abort(status);
     return status;  // not reached: GCC does not carry [[noreturn]] through a virtual call
 }
 
-// Exit codes: 0 success, 1 a runtime error, 2 a usage error (every parse error included), 130 interrupted.
+// Exit codes: 0 success, 1 a runtime error, 2 a usage error (every parse error included), 130 interrupted
+// (a signal, or training's output closed).
 int run(const Command& command, const charlm::Communicator& processes) {
     int status = 0;
     try {
@@ -57,11 +75,15 @@ int run(const Command& command, const charlm::Communicator& processes) {
     } catch (const std::bad_alloc&) {
         return report_failure("out of memory; try a smaller model, --batch or --seq", 1, false, processes);
     } catch (const std::exception& error) {
+        if (std::ferror(stdout) && stdout_reader_gone()) return 0;  // fmt's write to a reader that went
         return report_failure(error.what(), 1, false, processes);
     }
-    // Results that never reached stdout (a full disk, a closed pipe) are a failure, not a success.
+    // Results that never reached stdout (a full disk) are a failure, not a success; a reader that
+    // stopped reading is not: the command ends quietly with its status (0, or 130 for training, which
+    // the closed pipe stopped).
     if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
-        fmt::print(stderr, "charlm: error: cannot write the results to standard output ({})\n", std::strerror(errno));
+        if (stdout_reader_gone()) return status;
+        print_to_stderr("charlm: error: cannot write the results to standard output ({})\n", std::strerror(errno));
         return 1;
     }
     return status;
@@ -70,6 +92,9 @@ int run(const Command& command, const charlm::Communicator& processes) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A closed pipe is an error on the write (EPIPE), never the end of the process: training saves first
+    // (stop_signals.cpp), and the other commands stop writing and end quietly (run() above).
+    std::signal(SIGPIPE, SIG_IGN);
     auto logger = spdlog::stderr_color_mt("charlm", charlm::log_color_mode(std::getenv("NO_COLOR"), ::isatty(STDERR_FILENO)));
     logger->set_pattern("[%T] %^%v%$");
     spdlog::set_default_logger(logger);
@@ -78,7 +103,7 @@ int main(int argc, char** argv) {
                  "Start with 'charlm train FILE.txt', then 'charlm sample runs/FILE/best.safetensors --prompt \"...\"'."};
     app.require_subcommand(1);
     app.set_version_flag("--version", "charlm 0.1.0");
-    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);  // the last --x wins, as in most tools
+    app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::Throw);  // a second --x is refused, never silently taken
     std::vector<Command> commands;
     for (const auto add_command : kCommands) commands.push_back(add_command(app));
     charlm::cli::check_values_in_plain_words(app);
@@ -91,7 +116,7 @@ int main(int argc, char** argv) {
         CLI::App* command = app.get_subcommands().empty() ? nullptr : app.get_subcommands().front();
         const std::string help_command = command ? "charlm " + command->get_name() + " --help" : std::string("charlm --help");
         if (charlm::DistributedRun::launched_rank() == 0)  // under mpirun, every process met the same
-            fmt::print(stderr, "charlm: error: {}; see '{}'\n", charlm::cli::plain_parse_error(error, app, command), help_command);
+            print_to_stderr("charlm: error: {}; see '{}'\n", charlm::cli::plain_parse_error(error, app, command), help_command);
         return 2;  // every parse error is a usage error, whatever CLI11's own code for it
     }
     const Command* chosen = nullptr;
@@ -109,7 +134,7 @@ int main(int argc, char** argv) {
             refusal = "this charlm was built without MPI, so each process would train a model of its own; install libopenmpi-dev "
                       "and rebuild (scripts/setup.sh), or run charlm without mpirun";
         if (!refusal.empty()) {
-            if (charlm::DistributedRun::launched_rank() == 0) fmt::print(stderr, "charlm: error: {}\n", refusal);
+            if (charlm::DistributedRun::launched_rank() == 0) print_to_stderr("charlm: error: {}\n", refusal);
             return 2;
         }
     }

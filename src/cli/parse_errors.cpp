@@ -173,6 +173,14 @@ std::string plain_parse_error(const CLI::ParseError& error, CLI::App& app, CLI::
     if (dynamic_cast<const CLI::ArgumentMismatch*>(&error)) {
         const auto [name, rest] = name_and_rest(message, ": ");
         if (rest.find("required") != std::string::npos && rest.ends_with("missing")) return fmt::format("{} needs a value", name);
+        // An option given again (the options that take one value refuse a second, main.cpp): CLI11's
+        // "At Most 1 required but received 2".
+        const std::regex repeated(R"(^At Most 1 required but received (\d+)$)");
+        std::smatch match;
+        if (std::regex_match(rest, match, repeated)) {
+            const std::string times = match[1].str() == "2" ? std::string("twice") : match[1].str() + " times";
+            return fmt::format("{} was given {}; give it once", name, times);
+        }
     }
     if (dynamic_cast<const CLI::ExcludesError*>(&error)) {
         const auto [first, second] = name_and_rest(message, " excludes ");

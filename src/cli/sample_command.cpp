@@ -41,10 +41,21 @@ struct SampleArguments {
     charlm::AdaptOptions adapt_options;
 };
 
+// Thrown out of generate() once stdout takes no more (its reader gone: `| head -c 10`; a full disk): the
+// rest would go nowhere, and main() tells the two apart.
+struct StdoutFailed {};
+
+void stop_if_stdout_failed() {
+    if (std::ferror(stdout)) throw StdoutFailed{};
+}
+
 std::string read_prompt_file(const std::string& path) {
     if (path == "-") return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
     return charlm::encode_utf8(charlm::read_text_file(path));
 }
+
+void write_samples(const SampleArguments& arguments, charlm::Checkpoint& checkpoint, const std::u32string& prompt,
+                   const std::string& shown_prompt, std::uint64_t first_seed, bool to_terminal);
 
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
@@ -87,6 +98,15 @@ int run_sample(SampleArguments& arguments) {
     }
     const bool to_terminal = ::isatty(STDOUT_FILENO);
     const std::string shown_prompt = charlm::encode_utf8(prompt);
+    try {
+        write_samples(arguments, checkpoint, prompt, shown_prompt, first_seed, to_terminal);
+    } catch (const StdoutFailed&) {
+    }
+    return 0;  // main() checks that stdout took everything
+}
+
+void write_samples(const SampleArguments& arguments, charlm::Checkpoint& checkpoint, const std::u32string& prompt,
+                   const std::string& shown_prompt, std::uint64_t first_seed, bool to_terminal) {
     for (int index = 0; index < arguments.count; ++index) {
         const std::uint64_t seed = first_seed + static_cast<std::uint64_t>(index);
         if (arguments.json) {
@@ -95,7 +115,8 @@ int run_sample(SampleArguments& arguments) {
             charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
                              arguments.options, seed, [&](char32_t c) { text += charlm::encode_utf8(c); });
             const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text}, {"seed", seed}};
-            fmt::print("{}\n", record.dump());
+            std::fputs((record.dump() + "\n").c_str(), stdout);
+            stop_if_stdout_failed();
             continue;
         }
         if (index > 0) std::fputs("\n", stdout);
@@ -105,10 +126,11 @@ int run_sample(SampleArguments& arguments) {
                              const std::string bytes = charlm::encode_utf8(c);
                              std::fwrite(bytes.data(), 1, bytes.size(), stdout);
                              if (to_terminal || c == U'\n') std::fflush(stdout);
+                             stop_if_stdout_failed();
                          });
         std::fputc('\n', stdout);
+        stop_if_stdout_failed();
     }
-    return 0;  // main() checks that stdout took everything
 }
 
 }  // namespace

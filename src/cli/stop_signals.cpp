@@ -20,6 +20,12 @@ void on_stop_signal(int signal_number) {
     if (!request_training_stop()) std::raise(signal_number);
 }
 
+// The reader of training's log has gone (`charlm train ... 2>&1 | head`, `| less` and q): the run saves and
+// stops after this step as on SIGTERM, exit 130, rather than die unsaved or train on unseen. Before the
+// loop has begun nothing is lost: the write fails, and the loop stops at its first report, which fails
+// the same way. The handler stays, since every later log line raises it again.
+void on_closed_output(int) { static_cast<void>(request_training_stop()); }
+
 }  // namespace
 
 // The handler runs on a stack of its own (the kernel gives a process's signal to its main thread
@@ -38,6 +44,9 @@ void install_training_stop_handler() {
     action.sa_flags = SA_ONSTACK | SA_RESTART;
     ::sigemptyset(&action.sa_mask);
     for (const int signal_number : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(signal_number, &action, nullptr);
+    action.sa_handler = on_closed_output;
+    ::sigaction(SIGPIPE, &action, nullptr);
+    action.sa_handler = on_stop_signal;
     // mpirun keeps SIGINT and SIGTERM for itself (it ends the job: SIGTERM to every process a second
     // later, SIGKILL a second after that) but passes SIGUSR1 on: the way to stop a run of several
     // processes that lets them all save and exit 130, mpirun with them.

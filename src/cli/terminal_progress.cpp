@@ -33,7 +33,7 @@ void TerminalProgress::step_taken(const StepProgress& progress) {
     winsize size{};
     if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1 && line.size() >= size.ws_col)
         line.resize(size.ws_col - 1u);
-    fmt::print(stderr, "\r\033[K{}", line);
+    std::fputs(fmt::format("\r\033[K{}", line).c_str(), stderr);  // fmt::print throws where stderr is gone; a log line does not
     std::fflush(stderr);
     status_shown_ = true;
     drawn_at_seconds_ = progress.elapsed_seconds;

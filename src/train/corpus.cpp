@@ -34,7 +34,10 @@ Corpus load_corpus(const TrainOptions& options, const Vocab* vocab, const Vocab*
     if (corpus.vocab.size() < 2)
         throw Error(fmt::format("{}: the text has only one distinct character, {}; there is nothing to learn",
                                 options.corpus.string(), describe_code_point(corpus.vocab.code_point_of(0))));
-    if (!vocab) training_size(options, character_counts.front());
+    if (!vocab) {
+        const std::size_t trained = training_size(options, character_counts.front());
+        corpus.counted_validation_size = options.validation_file ? character_counts.back() : character_counts.front() - trained;
+    }
     if (extended) corpus.vocab = extended->extended_by(corpus.vocab);
     return corpus;
 }

@@ -18,6 +18,9 @@ struct Corpus {
     MappedIds validation_ids;  // the --val file's, when there is one
     std::size_t train_size = 0;
     bool separate_validation = false;
+    // For a fresh run, the held-out characters as load_corpus() counted them: what validation() will hold,
+    // known before any ids are written, so that the checks that need it come first.
+    std::size_t counted_validation_size = 0;
 
     TokenSpan train() const { return ids.span().subspan(0, train_size); }
     TokenSpan validation() const {

@@ -70,8 +70,8 @@ void check_text_can_be_shared(const TrainOptions& options, const Communicator& p
 }
 
 // --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
-void check_patience_has_validation(const TrainOptions& options, const Corpus& corpus) {
-    if (options.patience > 0 && corpus.validation().size() < 2)
+void check_patience_has_validation(const TrainOptions& options, std::size_t validation_size) {
+    if (options.patience > 0 && validation_size < 2)
         throw UsageError(fmt::format("--patience {} waits for a better validation loss, and this run has no validation text; "
                                      "give --val-fraction above 0 or --val FILE, or leave --patience out",
                                      options.patience));
@@ -165,6 +165,32 @@ void warn_about_earlier_kept_checkpoints(const std::filesystem::path& run_direct
                                      run_directory.string(), count, count == 1 ? "" : "s", run_files::kKeptCheckpointPattern));
 }
 
+// A directory that holds what a run made (its checkpoints, kept ones, its metrics) is that run's, whether
+// or not it can still be resumed: a fresh run there would replace them. The ids files are left out: they
+// are the text's, encoded again whenever they do not fit, and a first run that failed before its first
+// checkpoint leaves only them, which must not stand in the way of trying again.
+void refuse_a_directory_that_holds_a_run(const std::filesystem::path& run_directory) {
+    std::vector<std::string> held;
+    std::size_t kept = 0;
+    std::error_code ignored;
+    for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored)) {
+        const std::string name = entry.path().filename().string();
+        if (name == run_files::kLastCheckpoint || name == run_files::kBestCheckpoint || name == run_files::kMetrics) held.push_back(name);
+        else if (run_files::is_kept_checkpoint_name(name)) ++kept;
+    }
+    const std::string directory = quoted_for_shell(run_directory.string());
+    if (std::ranges::find(held, run_files::kLastCheckpoint) != held.end())
+        throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
+                                     "or choose another directory with --out",
+                                     directory));
+    if (held.empty() && kept == 0) return;
+    std::ranges::sort(held);
+    if (kept > 0) held.push_back(fmt::format("{} kept checkpoint{}", kept, kept == 1 ? "" : "s"));
+    throw UsageError(fmt::format("{} already holds a run ({}), though no {} to resume it from; start over there with --force, "
+                                 "or choose another directory with --out",
+                                 directory, fmt::join(held, ", "), run_files::kLastCheckpoint));
+}
+
 // A fresh run's text, read and checked, with its fingerprints in `options`; process 0 also takes the
 // run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
 // started from a checkpoint's weights extends its vocabulary, `extended`.
@@ -175,17 +201,21 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     const bool copy_corpus = can_be_read_only_once(options.corpus);
     const bool copy_validation = options.validation_file && can_be_read_only_once(*options.validation_file);
     std::optional<Corpus> corpus;
-    if (!copy_corpus && !copy_validation) corpus = load_corpus(options, nullptr, extended);
+    // What the text decides (the validation that --patience needs, the vocabulary that sizes the model) is
+    // checked before anything in the run directory is written or removed: a refusal changes nothing there.
+    auto load_and_check = [&] {
+        corpus = load_corpus(options, nullptr, extended);
+        check_patience_has_validation(options, corpus->counted_validation_size);
+        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
+        options.model.validate();
+    };
+    if (!copy_corpus && !copy_validation) load_and_check();
     if (processes.is_first()) {  // the others never write there
         std::error_code error;
         std::filesystem::create_directories(options.run_directory, error);
         if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
         lock.emplace(options.run_directory);
-        if (!options.overwrite && std::filesystem::exists(options.run_directory / run_files::kLastCheckpoint, error))
-            throw UsageError(fmt::format("{0} already holds a run; continue it with --resume {0}, start over with --force, "
-                                         "or choose another directory with --out",
-                                         quoted_for_shell(options.run_directory.string())));
-        warn_about_earlier_kept_checkpoints(options.run_directory, progress);
+        if (!options.overwrite) refuse_a_directory_that_holds_a_run(options.run_directory);
     }
     std::optional<AtomicFile> corpus_copy, validation_copy;
     std::vector<std::pair<std::string, std::string>> copied;  // (temporary path, what it copies), for messages
@@ -202,7 +232,9 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     if (copy_validation) copy(validation_copy, *options.validation_file, run_files::kValidationCopy);
     if (!corpus) {
         try {
-            corpus = load_corpus(options, nullptr, extended);
+            load_and_check();
+        } catch (const UsageError&) {
+            throw;  // about an option, not the text: no path in it to rename
         } catch (const Error& error) {  // name what the user gave, not the copy's temporary name
             std::string message = error.what();
             for (const auto& [temporary, source] : copied)
@@ -212,6 +244,7 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     }
     options.corpus_fingerprint = fingerprint_file(options.corpus);
     if (options.validation_file) options.validation_fingerprint = fingerprint_file(*options.validation_file);
+    if (processes.is_first()) warn_about_earlier_kept_checkpoints(options.run_directory, progress);
     for (const auto& [temporary, source] : copied)
         progress.note(fmt::format("copied {} into the run directory: the run reads its text more than once", source));
     if (corpus_copy) {
@@ -222,7 +255,6 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
         validation_copy->commit();
         options.validation_file = options.run_directory / run_files::kValidationCopy;
     }
-    if (processes.is_first()) map_corpus(*corpus, options, false, progress);
     return std::move(*corpus);
 }
 
@@ -246,12 +278,13 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
         corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
     });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
-    run_on_every_process(processes, [&] {  // the ids are in the run directory now
+    // Every check has passed: the ids go into the run directory, written by process 0, then mapped by the others.
+    run_on_every_process(processes, [&] {
+        if (processes.is_first()) map_corpus(*corpus, options, false, progress);
+    });
+    run_on_every_process(processes, [&] {
         if (!processes.is_first()) map_corpus(*corpus, options, false, progress, /*encoded_by_another=*/true);
-        check_patience_has_validation(options, *corpus);
         options.train_characters = corpus->train_size;
-        options.model.vocab_size = static_cast<int>(corpus->vocab.size());
-        options.model.validate();
     });
 
     if (trained) progress.note(describe_start(*options.init_from, trained->vocab, corpus->vocab));
@@ -366,7 +399,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     run_on_every_process(processes, [&] {  // the ids are in the run directory now
         if (!processes.is_first()) map_corpus(*corpus, options, true, progress, /*encoded_by_another=*/true);
-        check_patience_has_validation(options, *corpus);
+        check_patience_has_validation(options, corpus->validation().size());
     });
 
     Session session{options,
