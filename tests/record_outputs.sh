@@ -167,7 +167,8 @@ if [ -n "$url" ]; then
   request GET /v1/models
   request POST /v1/completions '{"prompt": "the ", "max_tokens": 40, "seed": 4}'
   request POST /v1/completions '{"prompt": "the ", "max_tokens": 20, "seed": 4, "temperature": 0.7, "top_k": 4, "top_p": 0.9, "n": 2, "logprobs": 2, "stop": ["."]}'
-  request POST /v1/completions '{"prompt": "the ", "max_tokens": 10, "seed": 4, "stream": true}'
+  # A stream's pieces follow the clock (an event at most every 16 ms): its texts joined, its last finish_reason and [DONE].
+  run machine sh -c "curl -sN -X POST -H 'Content-Type: application/json' -d '{\"prompt\": \"the \", \"max_tokens\": 10, \"seed\": 4, \"stream\": true}' ${url}v1/completions | sed -nE 's/.*\"text\":\"([^\"]*)\".*\"finish_reason\":(null|\"[a-z]*\").*/\\1 \\2/p; /\\[DONE\\]/p' | awk '{ if (\$0 == \"data: [DONE]\") done = 1; else { text = text substr(\$0, 1, length(\$0) - length(\$NF) - 1); last = \$NF } } END { print \"text: \" text; print \"finish_reason: \" last; print (done ? \"[DONE]\" : \"no [DONE]\") }'"
   request POST /v1/score '{"text": "we were there", "top": 2, "neurons": [[0, 1], [0, 2, "cell"]], "most_varying": 2}'
   request POST /v1/completions '{"prompt": "the ", "temperature": 0}'
   request POST /v1/completions '{"prompt": "QQ"}'
