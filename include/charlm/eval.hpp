@@ -85,14 +85,13 @@ struct EvalResult {
     nlohmann::json to_json() const;
 };
 
-// Characters outside the vocabulary are removed from the text before scoring and counted. Throws
-// Error where fewer than two characters are known, and where more than kMostUnknownFraction of them
-// are unknown unless options.allow_unknown.
+// Scores a file as `charlm eval` does. It is streamed into ids of one byte per character (for up to 256
+// distinct ones), so that scoring a gigabyte takes about a gigabyte. Characters outside the vocabulary
+// are removed before scoring and counted. Throws Error for an unreadable or non-UTF-8 file, where fewer
+// than two characters are known, and where more than kMostUnknownFraction of them are unknown unless
+// options.allow_unknown.
 // The text is read as up to 32 streams of at least ~1k characters each, in windows of 100 steps; where
 // options.adapt, as one stream adapting (evaluate_loss_adapting), which leaves `model` adapted to it.
-EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text, const EvalOptions& options = {});
-// The same for a file, streamed into ids of one byte per character (for up to 256 distinct ones), so
-// that scoring a gigabyte takes about a gigabyte. Throws Error for an unreadable or non-UTF-8 file.
 EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path,
                          const EvalOptions& options = {});
 

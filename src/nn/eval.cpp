@@ -149,12 +149,6 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
 
 }  // namespace
 
-EvalResult evaluate_text(Model<float>& model, const Vocab& vocab, const std::u32string& text, const EvalOptions& options) {
-    std::size_t unknown_characters = 0;
-    const std::vector<TokenId> ids = vocab.encode_known(text, unknown_characters);
-    return score(model, ids, unknown_characters, options, "");
-}
-
 EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path, const EvalOptions& options) {
     std::size_t unknown_characters = 0;
     const CompactIds ids = CompactIds::encode_file(path, vocab, &unknown_characters);
