@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what charlm needs from Debian's packages (only what is missing), then builds it with CMake.
-# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--browser] [--fuzz] [--build-dir DIR] [--target NAME]
+# Usage: scripts/setup.sh [--demo] [--bench] [--interop] [--browser] [--package] [--fuzz] [--build-dir DIR] [--target NAME]
 #                         [-- extra cmake arguments]
 # Without --target it builds everything the configuration names: the tests and the benchmarks too unless the extra
 # arguments turn them off (-DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF, as scripts/demo.sh does).
@@ -23,6 +23,7 @@ while [ $# -gt 0 ]; do
     --bench) packages+=(python3-torch libopenblas0-pthread) ;;
     --interop) packages+=(python3-torch libopenblas0-pthread gnuplot-nox) ;;
     --browser) packages+=(chromium chromium-driver python3-selenium) ;;  # the serve page's test in headless Chromium
+    --package) packages+=(dpkg-dev groff-base zsh fish) ;;  # the Debian package, and its test's man page and shells
     --fuzz) packages+=(clang-14 libclang-rt-14-dev libomp-14-dev python3) ;;
     --build-dir) build_dir="$2"; shift ;;
     --target) build_target=(--target "$2"); shift ;;  # e.g. charlm: the binary and the libraries it links, nothing else

@@ -13,8 +13,8 @@ if [ "${1:-}" = "--sanitize" ]; then
   export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 fi
 # PyTorch checks that checkpoints load into nn.LSTM/GRU/RNN; gnuplot draws `charlm plot`; headless
-# Chromium drives the page of `charlm serve`.
-scripts/setup.sh --interop --browser --build-dir "$build_dir" -- "${cmake_arguments[@]}"
+# Chromium drives the page of `charlm serve`; dpkg-dev, groff, zsh and fish check the installed files and the package.
+scripts/setup.sh --interop --browser --package --build-dir "$build_dir" -- "${cmake_arguments[@]}"
 
 # The only tests that may skip, each with why. Any other skip fails the suite: a tool that went missing, or
 # a suite that stopped running, must not pass unseen. Each entry: "TEST NAME|why it may skip".

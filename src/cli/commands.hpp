@@ -2,6 +2,8 @@
 #pragma once
 
 #include <functional>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -25,5 +27,12 @@ Command add_serve_command(CLI::App& app);
 Command add_info_command(CLI::App& app);
 Command add_plot_command(CLI::App& app);
 Command add_bench_command(CLI::App& app);
+// Hidden from --help: the man page and the shell completions, written from `app`'s own option tables.
+Command add_generate_command(CLI::App& app);
+
+// What `charlm generate WHAT` writes (man, bash, zsh or fish) for the commands of `app`.
+std::string generate_text(const CLI::App& app, const std::string& what);
+// Every argument the completions complete with file or directory names, as "COMMAND --flag" or "COMMAND NAME".
+std::vector<std::string> arguments_naming_paths(const CLI::App& app);
 
 }  // namespace charlm::cli

@@ -33,7 +33,7 @@ using charlm::cli::Command;
 constexpr Command (*kCommands[])(CLI::App&) = {
     charlm::cli::add_train_command, charlm::cli::add_sample_command, charlm::cli::add_eval_command,
     charlm::cli::add_serve_command, charlm::cli::add_info_command,   charlm::cli::add_plot_command,
-    charlm::cli::add_bench_command,
+    charlm::cli::add_bench_command, charlm::cli::add_generate_command,
 };
 
 // Whether standard output is a pipe whose reader has gone (`charlm sample ... | head -c 10`): the reader
@@ -102,7 +102,7 @@ int main(int argc, char** argv) {
     CLI::App app{"charlm: train a character-level language model on any text, then sample from it and score it.\n"
                  "Start with 'charlm train FILE.txt', then 'charlm sample runs/FILE/best.safetensors --prompt \"...\"'."};
     app.require_subcommand(1);
-    app.set_version_flag("--version", "charlm 0.1.0");
+    app.set_version_flag("--version", "charlm " CHARLM_VERSION);
     app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::Throw);  // a second --x is refused, never silently taken
     std::vector<Command> commands;
     for (const auto add_command : kCommands) commands.push_back(add_command(app));

@@ -96,9 +96,11 @@ std::string closest_suggestion(const std::string& word, const std::vector<std::s
 
 namespace {
 
+// The commands --help lists: not those hidden from it (an empty group: charlm generate, for packagers).
 std::vector<std::string> command_names(CLI::App& app) {
     std::vector<std::string> names;
-    for (CLI::App* command : app.get_subcommands([](CLI::App*) { return true; })) names.push_back(command->get_name());
+    for (CLI::App* command : app.get_subcommands([](CLI::App* each) { return !each->get_group().empty(); }))
+        names.push_back(command->get_name());
     return names;
 }
 
