@@ -128,11 +128,11 @@ protected:
         return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, read_file(out), read_file(err)};
     }
 
-    // --dropout 0: with dropout, each process draws the masks of its own streams, and the path is the
-    // process count's own.
+    // The default regularization (--dropout 0.1, locked masks): the masks are keyed by the stream's place in the
+    // whole batch, so that every process count draws the same ones.
     std::string train(const std::string& run_directory, int steps, const std::string& extra = "") {
         return std::string(CHARLM_BINARY) + " train corpus.txt --out " + run_directory + " --steps " + std::to_string(steps) +
-               " --eval-every 10 --hidden 32 --layers 2 --embed 16 --batch 16 --seq 20 --threads 1 --dropout 0 " + extra;
+               " --eval-every 10 --hidden 32 --layers 2 --embed 16 --batch 16 --seq 20 --threads 1 " + extra;
     }
 
     // The validation losses metrics.jsonl recorded, in order; with `whole`, the figures on all the

@@ -48,6 +48,32 @@ TEST(Dropout, AKeyDecidesItsMaskWhateverTheThreads) {
     EXPECT_NEAR(both, 0.7 * 0.7, 0.01);
 }
 
+TEST(Dropout, AStreamKeyedMaskIsTheSameWhicheverProcessDrawsItsRows) {
+    // A window of 3 steps x 5 streams, step-major, drawn whole by one process and as blocks of streams 0-1 and
+    // 2-4 by two (mpirun -np 2): every row of every block is the whole mask's row of that step and stream.
+    const Eigen::Index steps = 3, streams = 5, units = 37;
+    Matrix<float> whole, first, second;
+    draw_dropout_mask(whole, steps * streams, units, 0.4, 99, {streams, 0});
+    draw_dropout_mask(first, steps * 2, units, 0.4, 99, {2, 0});
+    draw_dropout_mask(second, steps * 3, units, 0.4, 99, {3, 2});
+    for (Eigen::Index step = 0; step < steps; ++step)
+        for (Eigen::Index stream = 0; stream < streams; ++stream) {
+            const auto row = stream < 2 ? first.row(step * 2 + stream) : second.row(step * 3 + stream - 2);
+            EXPECT_EQ(row, whole.row(step * streams + stream)) << "step " << step << ", stream " << stream;
+        }
+    // Each row its own draw: the rows differ, and the rate holds.
+    EXPECT_NE(whole.row(0), whole.row(1));
+    EXPECT_NE(whole.row(0), whole.row(streams));
+    Matrix<float> large;
+    draw_dropout_mask(large, 400, 1001, 0.25, 5, {100, 7});
+    EXPECT_NEAR((large.array() > 0).cast<double>().mean(), 0.75, 0.005);
+    // Keyed by place in the mask alone, the second block's rows would be the first's.
+    Matrix<float> local_first, local_second;
+    draw_dropout_mask(local_first, 2, units, 0.4, 99);
+    draw_dropout_mask(local_second, 2, units, 0.4, 99);
+    EXPECT_EQ(local_first, local_second);
+}
+
 TEST(Dropout, AMaskOfFewerRowsRepeatsDownTheValues) {
     Matrix<double> values = Matrix<double>::Random(6, 4), mask(2, 4), out;
     mask << 2, 0, 2, 0,  //

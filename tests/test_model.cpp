@@ -78,6 +78,20 @@ void check_all_gradients(int layers, CellType cell = CellType::lstm, const Rates
 
 TEST(Model, OneLayerGradientsMatchFiniteDifferences) { check_all_gradients(1); }
 
+TEST(Model, ACheckpointsConfigThatDoesNotSayHowMasksAreKeyedKeyedThemLocally) {
+    // Runs before DropoutKeys::stream recorded nothing: they resume keyed by place in each process's block.
+    ModelConfig config;
+    config.vocab_size = 10;
+    EXPECT_EQ(config.dropout_keys, DropoutKeys::stream) << "a new run's masks are keyed by stream";
+    nlohmann::json json = config.to_json();
+    EXPECT_EQ(json.at("dropout_keys"), "stream");
+    EXPECT_EQ(ModelConfig::from_json(json).dropout_keys, DropoutKeys::stream);
+    json.erase("dropout_keys");
+    EXPECT_EQ(ModelConfig::from_json(json).dropout_keys, DropoutKeys::local);
+    json["dropout_keys"] = "sideways";
+    EXPECT_THROW(ModelConfig::from_json(json), Error);
+}
+
 TEST(Model, LossFiguresAreThePerplexityAndBitsOfTheNats) {
     EXPECT_DOUBLE_EQ(perplexity_of(std::log(3.0)), 3.0);
     EXPECT_DOUBLE_EQ(bits_per_character_of(std::log(2.0)), 1.0);

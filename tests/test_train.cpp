@@ -548,10 +548,13 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
         const char* name;
         double dropout, embed_dropout, weight_drop;
         DropoutMask mask;
+        DropoutKeys keys = DropoutKeys::stream;
     };
     for (const Rates& rates : {Rates{"step", 0.3, 0, 0, DropoutMask::step}, Rates{"locked", 0.3, 0, 0, DropoutMask::locked},
                                Rates{"embedding", 0, 0.3, 0, DropoutMask::locked}, Rates{"weights", 0, 0, 0.3, DropoutMask::locked},
-                               Rates{"all", 0.2, 0.1, 0.3, DropoutMask::step}}) {
+                               Rates{"all", 0.2, 0.1, 0.3, DropoutMask::step},
+                               // A run begun before masks were keyed by stream goes on keyed as it was.
+                               Rates{"all, keyed locally", 0.2, 0.1, 0.3, DropoutMask::step, DropoutKeys::local}}) {
         SCOPED_TRACE(rates.name);
         TemporaryDirectory directory;
         directory.write("corpus.txt", small_corpus());
@@ -562,6 +565,7 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
             options.model.embed_dropout = rates.embed_dropout;
             options.model.weight_drop = rates.weight_drop;
             options.model.dropout_mask = rates.mask;
+            options.model.dropout_keys = rates.keys;
             options.learning_rate_schedule.kind = LearningRateSchedule::Kind::step;
             options.learning_rate_schedule.decay_every_steps = 6;
             options.learning_rate_schedule.warmup_steps = 5;
@@ -583,6 +587,7 @@ TEST(Train, ResumingWithDropoutAndAScheduleIsExactToo) {
         EXPECT_EQ(b.config.embed_dropout, rates.embed_dropout);
         EXPECT_EQ(b.config.weight_drop, rates.weight_drop);
         EXPECT_EQ(b.config.dropout_mask, rates.mask);
+        EXPECT_EQ(b.config.dropout_keys, rates.keys);
         for (std::size_t i = 0; i < a.model->parameters().size(); ++i)
             EXPECT_EQ(a.model->parameters()[i].value, b.model->parameters()[i].value) << a.model->parameters()[i].name;
         EXPECT_NE(a.model->parameters()[1].value, plain.model->parameters()[1].value) << "the masks changed nothing";

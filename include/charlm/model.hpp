@@ -80,7 +80,9 @@ public:
 
     // With a generator, forward() drops units and weights at the config's rates (training), drawing
     // one word of it per window; without one (the default) it does not (evaluation and sampling).
-    void set_dropout_generator(std::mt19937_64* rng);
+    // `first_stream`: the place in the whole batch of the first of this process's streams (mpirun -np N),
+    // by which the masks are keyed (DropoutKeys::stream), so that they do not depend on the process count.
+    void set_dropout_generator(std::mt19937_64* rng, std::size_t first_stream = 0);
     // A resumed run may go on at other rates: takes dropout, embed_dropout, weight_drop and
     // dropout_mask from `rates`; throws UsageError for a rate outside [0, 1).
     void set_regularization(const ModelConfig& rates);

@@ -21,6 +21,12 @@ enum class DropoutMask { locked, step };
 std::string to_string(DropoutMask mask);
 DropoutMask parse_dropout_mask(const std::string& name);  // throws UsageError for an unknown name
 
+// What a dropout mask's elements are keyed by. `stream`: the stream's place in the whole batch (and the step, the
+// unit), so that mpirun -np N, where each process holds a block of the streams, draws the masks one process would.
+// `local`: the element's place in this process's own mask, as runs before it did; a checkpoint that does not say
+// (written before) resumes so, on its path as before.
+enum class DropoutKeys { stream, local };
+
 struct ModelConfig {
     CellType cell = CellType::lstm;
     int vocab_size = 0;
@@ -32,9 +38,10 @@ struct ModelConfig {
     double embed_dropout = 0.0;  // of the embedding's output, the first layer's input
     double weight_drop = 0.0;    // DropConnect on each layer's W_hh, one mask per window (AWD-LSTM's weight drop)
     DropoutMask dropout_mask = DropoutMask::locked;  // of dropout and embed_dropout
+    DropoutKeys dropout_keys = DropoutKeys::stream;  // of dropout and embed_dropout: no option, a new run's is `stream`
 
     void validate() const;  // throws UsageError naming the bad field (the sizes are the user's options)
-    // Takes dropout, embed_dropout, weight_drop and dropout_mask from `rates`: what a run sets for itself
+    // Takes dropout, embed_dropout, weight_drop, dropout_mask and dropout_keys from `rates`: what a run sets for itself
     // where its shape comes from a checkpoint (--resume, --init-from).
     void take_regularization(const ModelConfig& rates);
     std::size_t parameter_count() const;

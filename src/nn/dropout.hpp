@@ -24,10 +24,20 @@ constexpr std::uint64_t mask_key(std::uint64_t window_key, std::uint64_t mask) {
     return mix64(window_key ^ mix64(mask + 0x9e3779b97f4a7c15ull));
 }
 
+// Which stream of the whole batch each row of a mask belongs to: the rows are step-major, `streams` of this
+// process's a step, and its first is stream `first_stream` of the batch (mpirun -np N: each process holds a
+// block of the streams). With it, an element is keyed by (step, stream of the batch, unit), so that a mask's
+// rows are the same whichever process draws them; without it (streams 0), by its place in this mask alone.
+struct MaskRows {
+    Eigen::Index streams = 0;
+    std::uint64_t first_stream = 0;
+};
+
 // Inverted dropout's mask at `rate`: each element 1/(1 - rate) with probability 1 - rate, else 0, so
 // that what survives keeps its expected value and evaluation needs no change.
 template <typename Scalar>
-void draw_dropout_mask(Matrix<Scalar>& mask, Eigen::Index rows, Eigen::Index cols, double rate, std::uint64_t key);
+void draw_dropout_mask(Matrix<Scalar>& mask, Eigen::Index rows, Eigen::Index cols, double rate, std::uint64_t key,
+                       MaskRows rows_are = {});
 
 // out = in ⊙ mask, where the mask's rows repeat down `in` (a window's rows are step-major: a mask of B
 // rows, one per stream, is shared by every step, Gal and Ghahramani's "locked" dropout).

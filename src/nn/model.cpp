@@ -35,6 +35,7 @@ struct Model<Scalar>::Workspace {
     int steps = 0;
     std::size_t target_count = 0;
     std::mt19937_64* dropout_rng = nullptr;
+    std::size_t first_stream = 0;  // of the whole batch, this process's first (set_dropout_generator)
     // What the last forward() dropped
     bool dropping_outputs = false, dropping_embedding = false, dropping_weights = false;
     Matrix<Scalar> embedding_mask;    // (B or T*B, E)
@@ -126,8 +127,9 @@ ModelState<Scalar> Model<Scalar>::initial_state(int batch_size) const {
 }
 
 template <typename Scalar>
-void Model<Scalar>::set_dropout_generator(std::mt19937_64* rng) {
+void Model<Scalar>::set_dropout_generator(std::mt19937_64* rng, std::size_t first_stream) {
     workspace_->dropout_rng = rng;
+    workspace_->first_stream = first_stream;
 }
 
 template <typename Scalar>
@@ -159,12 +161,13 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     // One word of the run's generator per window; every mask of the window is drawn from it (dropout.hpp).
     const std::uint64_t window_key = training && regularized() ? (*w.dropout_rng)() : 0;
     const Eigen::Index mask_rows = config_.dropout_mask == DropoutMask::locked ? batch_size : TB;
+    const MaskRows rows_are = config_.dropout_keys == DropoutKeys::stream ? MaskRows{batch_size, w.first_stream} : MaskRows{};
     // What the engine derives from the weights (packed copies, layer 0's table) is kept while frozen.
     const std::uint64_t version = weights_frozen_ && !w.dropping_weights ? freezes_ : 0;
 
     if (w.dropping_embedding) {  // dense rows instead of the table, whose rows cannot carry a stream's mask
         const Matrix<Scalar>& embedding = embedding_->value;
-        draw_dropout_mask(w.embedding_mask, mask_rows, embedding.cols(), config_.embed_dropout, mask_key(window_key, 0));
+        draw_dropout_mask(w.embedding_mask, mask_rows, embedding.cols(), config_.embed_dropout, mask_key(window_key, 0), rows_are);
         w.embedded.resize(TB, embedding.cols());
         for (Eigen::Index row = 0; row < TB; ++row)
             w.embedded.row(row) = embedding.row(w.inputs[static_cast<std::size_t>(row)]).cwiseProduct(w.embedding_mask.row(row % mask_rows));
@@ -186,7 +189,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
                              state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
         below = &layer.engine.output();
         if (w.dropping_outputs) {
-            draw_dropout_mask(layer.output_mask, mask_rows, below->cols(), config_.dropout, mask_key(window_key, 2 * l + 2));
+            draw_dropout_mask(layer.output_mask, mask_rows, below->cols(), config_.dropout, mask_key(window_key, 2 * l + 2), rows_are);
             apply_dropout_mask(*below, layer.output_mask, layer.dropped);
             below = &layer.dropped;
         }

@@ -67,6 +67,7 @@ void ModelConfig::take_regularization(const ModelConfig& rates) {
     embed_dropout = rates.embed_dropout;
     weight_drop = rates.weight_drop;
     dropout_mask = rates.dropout_mask;
+    dropout_keys = rates.dropout_keys;
 }
 
 std::size_t ModelConfig::parameter_count() const {
@@ -83,7 +84,8 @@ std::size_t ModelConfig::parameter_count() const {
 nlohmann::json ModelConfig::to_json() const {
     return {{"cell", to_string(cell)}, {"vocab_size", vocab_size}, {"embed_size", embed_size},
             {"hidden_size", hidden_size}, {"layers", layers}, {"dropout", dropout}, {"embed_dropout", embed_dropout},
-            {"weight_drop", weight_drop}, {"dropout_mask", to_string(dropout_mask)}};
+            {"weight_drop", weight_drop}, {"dropout_mask", to_string(dropout_mask)},
+            {"dropout_keys", dropout_keys == DropoutKeys::stream ? "stream" : "local"}};
 }
 
 ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
@@ -99,6 +101,10 @@ ModelConfig ModelConfig::from_json(const nlohmann::json& json) {
         config.weight_drop = json.value("weight_drop", 0.0);
         // Checkpoints from before the choice drew a mask per step.
         config.dropout_mask = parse_dropout_mask(json.value("dropout_mask", std::string("step")));
+        // Checkpoints from before the choice keyed masks by their place in each process's own batch.
+        const std::string keys = json.value("dropout_keys", std::string("local"));
+        if (keys != "stream" && keys != "local") throw Error(fmt::format("unknown dropout_keys '{}'", keys));
+        config.dropout_keys = keys == "stream" ? DropoutKeys::stream : DropoutKeys::local;
     } catch (const nlohmann::json::exception& error) {
         throw Error(fmt::format("model config is incomplete or has the wrong types ({})", error.what()));
     } catch (const UsageError& error) {

@@ -109,9 +109,11 @@ TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
       exploded_loss_(exploded_loss_past(uniform_loss_, uniform_loss_)) {
     stream_.set_position(session.state.data_position % stream_.windows_per_pass());
     if (processes_.is_first()) metrics_log_.emplace(options_.run_directory, session.fresh);
-    // Dropout's masks: process 0 draws from the run's generator, which checkpoints keep; each other
-    // process from one of its own, derived from it, so that no two blocks of streams share masks.
-    if (!processes_.is_first()) {
+    // Dropout's masks come from one key a window, drawn from the run's generator (which checkpoints keep), and
+    // keyed by the stream's place in the whole batch: every process draws the same keys. A run begun before that
+    // (DropoutKeys::local) keyed them by the place in each process's own block, and gave each process other than
+    // the first a generator of its own, derived from the run's, so that no two blocks shared masks: it goes on so.
+    if (!processes_.is_first() && session.model.config().dropout_keys == DropoutKeys::local) {
         std::mt19937_64 run_generator = session.rng;
         std::seed_seq derived{run_generator(), run_generator(), static_cast<std::uint64_t>(processes_.rank())};
         session.rng.seed(derived);
@@ -235,7 +237,7 @@ std::optional<StopReason> TrainingLoop::stop_reason() const {
 double TrainingLoop::take_step() {
     const auto step_start = Clock::now();
     stream_.next(batch_);
-    session_.model.set_dropout_generator(&session_.rng);
+    session_.model.set_dropout_generator(&session_.rng, static_cast<std::size_t>(session_.streams.first));
     const std::int64_t step = session_.state.step + 1;
     const double learning_rate = options_.learning_rate_schedule.at(step, options_.steps);
     const StepOutcome outcome =
