@@ -26,7 +26,8 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     // The library writes nothing itself: the GEMM peak and each model reach the caller as lines.
     ASSERT_EQ(notes.size(), 2u);
     EXPECT_EQ(notes[0].rfind("GEMM 2048^3 through ", 0), 0u) << notes[0];
-    EXPECT_NE(notes[0].find(" GFLOP/s on 1 threads"), std::string::npos) << notes[0];
+    EXPECT_NE(notes[0].find(" GFLOP/s on 1 thread"), std::string::npos) << notes[0];
+    EXPECT_EQ(notes[0].find("1 threads"), std::string::npos) << notes[0];
     EXPECT_EQ(notes[1], "measuring lstm 1x8 at 5 x 4");
 
     EXPECT_EQ(result.at("threads").get<int>(), 1);
@@ -56,6 +57,9 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     EXPECT_NE(table.find("5x4"), std::string::npos) << table;
     EXPECT_NE(table.find("eval GF/s"), std::string::npos) << table;
     EXPECT_NE(table.find(result.at("flop_counted").get<std::string>()), std::string::npos) << "says what it counts\n" << table;
+    nlohmann::json one_thread = result;
+    one_thread["threads"] = 1;
+    EXPECT_EQ(format_benchmark_table(one_thread).rfind("charlm bench: 1 thread, GEMM", 0), 0u) << "not \"1 threads\"";
 }
 
 ModelConfig bench_config(CellType cell, int layers, int vocab, int embed, int hidden) {

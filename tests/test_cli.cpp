@@ -1666,6 +1666,185 @@ TEST_F(Cli, TrainReadsStandardInputThroughACopyInTheRunDirectory) {
     }
 }
 
+// A training refused for its text made nothing from a file, but from standard input left the run
+// directory it had made for the copy, holding only its lock. Whatever the text's fault and wherever
+// it comes from, a refusal leaves no folder it made (parents included) and no lock in one it found.
+TEST_F(Cli, ATrainingRefusedForItsTextLeavesNoDirectoryBehind) {
+    struct Text {
+        std::string name, bytes, mention;
+    };
+    const Text texts[] = {{"empty.txt", "", "empty"},
+                          {"one.txt", std::string(500, 'a'), "one distinct character"},
+                          {"latin1.txt", "hello\xff world, hello world\n", "UTF-8"},
+                          {"short.txt", "the cat sat\n", "--seq"}};
+    fs::create_directories(path("found"));
+    for (const Text& text : texts) {
+        const fs::path file = write(text.name, text.bytes);
+        for (const std::string& source : {std::string("-"), file.string()}) {
+            for (const std::string& out : {std::string("made/deeper/run"), std::string("found")}) {
+                SCOPED_TRACE(text.name + " from " + source + " into " + out);
+                std::vector<std::string> arguments = {"train", source, "--out", path(out).string()};
+                arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+                expect_error(charlm(arguments, 60, file.string()), {text.mention});
+                EXPECT_FALSE(fs::exists(path("made"))) << "a folder the refused run made is left";
+                EXPECT_TRUE(fs::is_empty(path("found"))) << "the refused run left a file in a folder it found";
+            }
+        }
+    }
+}
+
+// Options that could do nothing were taken without a word where --patience in the same case was refused:
+// --val-chars or --keep-checkpoints without validation text, a --val-fraction that holds out nothing,
+// --greedy --count 3 (three identical samples under three "seeds"). One rule refuses each: an option that
+// acts only through something the run lacks. --greedy's --seed draws nothing, and is warned about as
+// --greedy's --temperature is.
+TEST_F(Cli, AnOptionThatWouldDoNothingIsRefusedByOneRule) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    auto train = [&](const std::vector<std::string>& extra) {
+        std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("run").string(), "--steps", "10"};
+        arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+        arguments.insert(arguments.end(), extra.begin(), extra.end());
+        return charlm(arguments);
+    };
+    expect_error(train({"--val-fraction", "0", "--val-chars", "50"}),
+                 {"--val-chars 50 sets how many held-out characters each validation scores, and this run has no validation text",
+                  "leave --val-chars out"},
+                 true);
+    expect_error(train({"--val-fraction", "0", "--keep-checkpoints"}),
+                 {"--keep-checkpoints keeps a checkpoint per validation", "no validation text"}, true);
+    expect_error(train({"--val-fraction", "0", "--patience", "3"}), {"--patience 3 waits for a better validation loss"}, true);
+    const std::size_t characters = code_points_of(make_corpus()).size();
+    expect_error(train({"--val-fraction", "0.0001"}),
+                 {fmt::format("--val-fraction 0.0001 holds out 0 of the {} characters", characters), "a validation needs at least 2",
+                  "or 0 for no validation"},
+                 true);
+    expect_error(train({"--val", write("one.txt", "a").string()}), {"one.txt: the validation text has 1 character", "--val"});
+    EXPECT_FALSE(fs::exists(path("run"))) << "each refused before the run directory was made";
+    // What the rule leaves: --val-fraction 0 alone, and a share that holds out two characters.
+    const RunResult least = train({"--val-fraction", fmt::format("{}", 1.5 / static_cast<double>(characters))});
+    EXPECT_EQ(least.exit_code, 0) << describe(least);
+
+    // A resume checks the options given again as a fresh run does: before the ids are mapped, or
+    // written again where they are gone, so the refusal leaves the run directory as it was.
+    std::vector<std::string> fresh = {"train", corpus.string(), "--out", path("plain").string(), "--steps", "10", "--val-fraction", "0"};
+    fresh.insert(fresh.end(), kTinyModel.begin(), kTinyModel.end());
+    ASSERT_EQ(charlm(fresh).exit_code, 0);
+    fs::remove(path("plain") / "corpus.ids");
+    const auto before = snapshot(path("plain"));
+    for (const std::vector<std::string>& again : {std::vector<std::string>{"--patience", "2"}, {"--val-chars", "30"}, {"--keep-checkpoints"}}) {
+        std::vector<std::string> resume = {"train", "--resume", path("plain").string(), "--steps", "20"};
+        resume.insert(resume.end(), again.begin(), again.end());
+        expect_error(charlm(resume), {again.front(), "no validation text"}, true);
+        expect_unchanged(before, snapshot(path("plain")));
+    }
+
+    const fs::path checkpoint = path("run") / "last.safetensors";
+    expect_error(charlm({"sample", checkpoint.string(), "--greedy", "--count", "3", "--json"}),
+                 {"--greedy takes the most likely character every time, so --count 3 would print 3 identical samples"}, true);
+    const RunResult seeded = charlm({"sample", checkpoint.string(), "--greedy", "--seed", "5", "--length", "10", "--json"});
+    ASSERT_EQ(seeded.exit_code, 0) << describe(seeded);
+    EXPECT_NE(seeded.err.find("--greedy always takes the most likely character, so it ignores --seed 5"), std::string::npos)
+        << describe(seeded);
+    EXPECT_TRUE(json::parse(seeded.out).at("seed").is_null()) << "no seed made a greedy text\n" << seeded.out;
+}
+
+// Figures that disagreed with each other, and a refusal that blamed the wrong option.
+TEST_F(Cli, TheFiguresOfARunAgreeAndARefusalBlamesTheOptionAtFault) {
+    const auto corpus = write("corpus.txt", make_corpus(2000));
+    // Without validation, the summary's train loss is the last one the log and metrics.jsonl showed
+    // (the mean over that report's steps), not the last step's alone.
+    const RunResult plain = train_tiny(corpus, "plain", 25, {"--val-fraction", "0"});
+    std::smatch match;
+    ASSERT_TRUE(std::regex_search(plain.out, match, std::regex(R"(last train loss ([0-9.]+) nats/char)"))) << describe(plain);
+    const auto metrics = read_metrics(path("plain") / "metrics.jsonl");
+    ASSERT_FALSE(metrics.empty());
+    EXPECT_EQ(metrics.back().at("step"), 25);
+    EXPECT_EQ(match[1].str(), fixed4(metrics.back().at("train_loss").get<double>()));
+    // The log counts the characters validation predicts, as the summary and metrics.jsonl do.
+    const RunResult validated = train_tiny(corpus, "validated", 10, {"--val-chars", "20"});
+    ASSERT_TRUE(std::regex_search(validated.out, match, std::regex(R"(on 20 of (\d+) held-out chars)"))) << describe(validated);
+    const std::string held_out = match[1].str();
+    EXPECT_NE(validated.err.find("validating on " + held_out + " (20 of them each time"), std::string::npos) << describe(validated);
+    EXPECT_EQ(std::to_string(read_metrics(path("validated") / "metrics.jsonl").back().at("validation_characters").get<int>()), held_out);
+    // A text long enough whose --val-fraction leaves too little to train on: --val-fraction is at fault.
+    std::vector<std::string> arguments = {"train", corpus.string(), "--out", path("greedy").string(), "--val-fraction", "0.9999"};
+    arguments.insert(arguments.end(), kTinyModel.begin(), kTinyModel.end());
+    expect_error(charlm(arguments), {"--val-fraction 0.9999 holds out", "give a smaller --val-fraction"}, true);
+}
+
+// --resume's advice fitted neither a directory without last.safetensors ("give a .safetensors file
+// written by 'charlm train'") nor a damaged one (the tensor named, and nothing to do next).
+TEST_F(Cli, AResumeThatCannotGoOnSaysWhatTheDirectoryStillOffers) {
+    fs::create_directories(path("empty"));
+    expect_error(charlm({"train", "--resume", path("empty").string()}),
+                 {"holds no run to resume (no last.safetensors)", "--out " + path("empty").string()});
+    const auto corpus = write("corpus.txt", make_corpus());
+    train_tiny(corpus, "run", 10);
+    const std::string last = read_bytes(path("run") / "last.safetensors");
+    write_bytes(path("run") / "last.safetensors", last.substr(0, last.size() / 2));
+    const std::string best = (path("run") / "best.safetensors").string();
+    expect_error(charlm({"train", "--resume", path("run").string()}),
+                 {"last.safetensors", "the run cannot be resumed from it", "--init-from " + best, "--force"});
+    fs::remove(path("run") / "last.safetensors");
+    const RunResult missing = charlm({"train", "--resume", path("run").string()});
+    expect_error(missing, {"no last.safetensors to resume the run from", "--init-from " + best, "--force"});
+    EXPECT_EQ(missing.err.find("give a .safetensors file"), std::string::npos) << missing.err;
+    fs::remove(best);
+    expect_error(charlm({"train", "--resume", path("run").string()}), {"no last.safetensors to resume the run from", "--force"});
+}
+
+// The README says sample --adapt-to reads its text as eval --adapt does, yet it took a text that eval
+// refuses as mostly outside the vocabulary; now it refuses it alike, and --allow-unknown takes it.
+TEST_F(Cli, SampleAdaptToRefusesATextMostlyOutsideTheVocabularyAsEvalDoes) {
+    const auto checkpoint = trained_run();
+    const auto foreign = write("foreign.txt", "the cat sat on a matZQZQZQZQZQZQZQZQZQZQ");
+    expect_error(charlm({"eval", checkpoint.string(), foreign.string(), "--adapt"}), {"foreign.txt", "50%", "--allow-unknown"});
+    const std::vector<std::string> sample = {"sample", checkpoint.string(), "--length", "5", "--seed", "1", "--adapt-to", foreign.string()};
+    expect_error(charlm(sample), {"foreign.txt", "50%", "--allow-unknown"});
+    std::vector<std::string> allowed = sample;
+    allowed.push_back("--allow-unknown");
+    const RunResult taken = charlm(allowed);
+    ASSERT_EQ(taken.exit_code, 0) << describe(taken);
+    EXPECT_NE(taken.err.find("20 characters of " + foreign.string()), std::string::npos) << describe(taken);
+    expect_error(charlm({"sample", checkpoint.string(), "--allow-unknown"}), {"--allow-unknown requires --adapt-to"}, true);
+}
+
+// Small words that were off: standard input named three ways, an empty prompt file refused where
+// --prompt "" is taken, a file named like an option, a file given as --out, an --html folder exiting 2
+// where a missing folder exits 1, and bench's text missing outside a checkout.
+TEST_F(Cli, MessagesNameWhatTheUserGaveAndSayWhatToDo) {
+    const auto checkpoint = trained_run();
+    write("empty.txt", "");
+    const RunResult from_file = charlm({"sample", checkpoint.string(), "--prompt-file", "empty.txt", "--length", "8", "--seed", "3"});
+    const RunResult from_option = charlm({"sample", checkpoint.string(), "--prompt", "", "--length", "8", "--seed", "3"});
+    ASSERT_EQ(from_file.exit_code, 0) << describe(from_file);
+    EXPECT_EQ(from_file.out, from_option.out);
+    // Standard input is "standard input" to every command, as to train.
+    const RunResult eval_empty = charlm({"eval", checkpoint.string(), "-"}, 60, "/dev/null");
+    expect_error(eval_empty, {"standard input"});
+    EXPECT_EQ(eval_empty.err.find("/dev/stdin"), std::string::npos) << eval_empty.err;
+    const auto bad = write("bad.txt", "ab\xff");
+    const RunResult prompt_bad = charlm({"sample", checkpoint.string(), "--prompt-file", "-"}, 60, bad.string());
+    expect_error(prompt_bad, {"standard input", "UTF-8"});
+    const RunResult adapt_empty = charlm({"sample", checkpoint.string(), "--adapt-to", "-"}, 60, "/dev/null");
+    expect_error(adapt_empty, {"standard input"});
+    EXPECT_EQ(adapt_empty.err.find("/dev/stdin"), std::string::npos) << adapt_empty.err;
+    // A file whose name starts with -.
+    write("-my corpus.txt", make_corpus());
+    expect_error(charlm({"train", "-my corpus.txt"}), {"-my corpus.txt", "'./-my corpus.txt'"}, true);
+    // A file where the run directory goes, or where a folder of it goes.
+    std::vector<std::string> out_file = {"train", "corpus.txt", "--out", "corpus.txt"};
+    out_file.insert(out_file.end(), kTinyModel.begin(), kTinyModel.end());
+    expect_error(charlm(out_file), {"corpus.txt: is a file, not a folder; choose another --out"});
+    out_file[3] = "corpus.txt/run";
+    expect_error(charlm(out_file), {"corpus.txt: is a file, not a folder to hold corpus.txt/run; choose another --out"});
+    // --html into a folder is a path that cannot be written, as one into a missing folder: both exit 1.
+    fs::create_directories(path("adir"));
+    expect_error(charlm({"eval", checkpoint.string(), "corpus.txt", "--html", "adir"}), {"cannot write adir", "adir/report.html"});
+    // bench outside a checkout, where its default text is not.
+    expect_error(charlm({"bench", "--seconds", "0.01"}), {"data/kjv.txt", "--corpus FILE"});
+}
+
 TEST_F(Cli, SuggestedCommandsQuotePathsWithSpaces) {
     const auto corpus = write("corpus.txt", make_corpus());
     train_tiny(corpus, "my run", 10);

@@ -144,6 +144,42 @@ TEST(Plot, ComparesRunsByMinutesOrStep) {
     EXPECT_TRUE(fixture.temporary_is_empty());
 }
 
+// `plot r/metrics.jsonl` said "r/metrics.jsonl: no metrics.jsonl"; a garbage line was left out without a
+// word; a run of one report had a train curve in the key but none drawn (lines need two points).
+TEST(Plot, TakesARunsMetricsFileWarnsOfLinesLeftOutAndDrawsACurveOfOnePoint) {
+    PlotFixture fixture;
+    const ScopedEnvironment temporary("TMPDIR", fixture.temporary.string());
+    const auto copies = fixture.directory.path() / "copies";
+    std::filesystem::create_directories(copies);
+    fixture.fake_gnuplot("cp \"$(dirname \"$1\")\"/*.dat \"$1\" '" + copies.string() + "'\n");
+    const ScopedEnvironment path("PATH", fixture.bin.string() + ":/usr/bin:/bin");
+    fixture.directory.write("run/metrics.jsonl", R"({"step":10,"train_loss":3.1,"validation_loss":3.2,"averaged_validation_loss":3.3,"elapsed_seconds":6}
+{"step":20,"train_lo
+not json at all
+{"step":20,"full_validation_loss":3.0,"validation_characters":99}
+)");
+    const auto metrics = fixture.run / "metrics.jsonl";
+    EXPECT_EQ(run_directory_of(metrics), fixture.run);
+    EXPECT_EQ(run_directory_of(fixture.run), fixture.run);
+    fixture.directory.write("run/last.safetensors", "x");
+    EXPECT_EQ(error_of([&] { run_directory_of(fixture.run / "last.safetensors"); }),
+              (fixture.run / "last.safetensors").string() + ": is a file; give the run directory that holds metrics.jsonl, such as " +
+                  fixture.run.string());
+    const std::vector<std::string> warnings = plot_losses(metrics, fixture.directory.path() / "one.png");
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_EQ(warnings[0], metrics.string() + ": left out 2 lines that are no metrics record (line 2 and 1 more)");
+    EXPECT_EQ(read_bytes(copies / "losses.dat"), "10 3.1 3.2 3.3\n");
+    const std::string script = read_bytes(copies / "plot.gp");
+    EXPECT_NE(script.find("using 1:2 with points pt 7 ps 1.2 title 'train'"), std::string::npos) << script;
+    EXPECT_NE(script.find("using 1:4 with points pt 7 ps 1.2 title 'validation, averaged'"), std::string::npos) << script;
+    EXPECT_EQ(script.find("with lines lw"), std::string::npos) << "a line of one point draws nothing\n" << script;
+    // Compared, each run's file is taken too, its warnings said, and an averaged curve of one point drawn.
+    const std::vector<std::string> compared = plot_validation_losses({metrics}, fixture.directory.path() / "both.png", PlotAxis::step);
+    EXPECT_EQ(compared, warnings);
+    EXPECT_EQ(read_bytes(copies / "plot.gp").find("with lines lw"), std::string::npos) << read_bytes(copies / "plot.gp");
+    EXPECT_TRUE(fixture.temporary_is_empty());
+}
+
 TEST(Plot, WritesAPngWithTheRealGnuplot) {
     if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
     PlotFixture fixture;

@@ -330,15 +330,15 @@ TEST(Sample, WarnsThatGreedyIgnoresTheDrawingOptionsGiven) {
     options.top_k = 5;
     // Given or not is what counts: the values themselves may be the defaults.
     EXPECT_TRUE(sample_warnings(options, {}, fixture.vocab).empty());
-    const auto warnings = sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true}, fixture.vocab);
+    const auto warnings = sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true, .seed = 7}, fixture.vocab);
     ASSERT_EQ(warnings.size(), 1u);
-    for (const char* mention : {"--greedy", "ignores", "--temperature 0.5", "--top-k 5", "--top-p 1"})
+    for (const char* mention : {"--greedy", "ignores", "--temperature 0.5", "--top-k 5", "--top-p 1", "--seed 7"})
         EXPECT_NE(warnings[0].find(mention), std::string::npos) << mention << " in: " << warnings[0];
     const auto one = sample_warnings(options, {.top_p = true}, fixture.vocab);
     ASSERT_EQ(one.size(), 1u);
     EXPECT_EQ(one[0].find("--temperature"), std::string::npos) << one[0];
     options.greedy = false;
-    EXPECT_TRUE(sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true}, fixture.vocab).empty());
+    EXPECT_TRUE(sample_warnings(options, {.temperature = true, .top_k = true, .top_p = true, .seed = 7}, fixture.vocab).empty());
 }
 
 TEST(Sample, WarnsThatAStopTextWithCharactersOutsideTheVocabularyCanNeverMatch) {

@@ -279,6 +279,9 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
         {"huge max_tokens", "/v1/completions", R"({"max_tokens": 100000000000000000000})", 400, "--max-tokens"},
         {"max_tokens past the limit", "/v1/completions", R"({"max_tokens": 1001})", 400, "--max-tokens"},
         {"temperature zero", "/v1/completions", R"({"temperature": 0})", 400, "top_k"},
+        {"temperature far too high", "/v1/completions", R"({"temperature": 1000})", 400, "at most 100, not 1000"},
+        {"an empty body", "/v1/score", "", 400, "the body is empty; send a JSON object"},
+        {"an empty body to complete", "/v1/completions", "", 400, "the body is empty"},
         {"temperature negative", "/v1/completions", R"({"temperature": -1})", 400, "temperature"},
         {"temperature a string", "/v1/completions", R"({"temperature": "hot"})", 400, "number"},
         {"top_p zero", "/v1/completions", R"({"top_p": 0})", 400, "top_p"},
@@ -319,6 +322,8 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
         EXPECT_NE(reply.body["error"]["message"].get<std::string>().find(c.says), std::string::npos) << reply.raw;
         EXPECT_EQ(reply.body["error"]["code"], c.status);
     }
+    // top_k 1 is the way to the most likely character, not to a temperature that is too high.
+    EXPECT_EQ(running.post("/v1/completions", std::string(R"({"temperature": 1000})")).raw.find("top_k"), std::string::npos);
     // The wrong method or path.
     EXPECT_EQ(running.get("/v1/completions").status, 405);
     auto options_client = running.client();

@@ -96,13 +96,14 @@ TEST(Terminal, ARunIsDescribedInOneLine) {
     run.windows_per_pass = 71;
     run.seq_length = 16;
     run.batch_size = 4;
-    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240, 71 "
+    // 239 predictions of 240 held-out characters, as metrics.jsonl and the summary count them (it said 240).
+    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 239, 71 "
                                              "windows of 16x4 per pass",
                                              run.model.parameter_count()));
     run.periodic_validation_characters = 239;  // all of them: predictions of 240 characters
     EXPECT_EQ(describe_run(run).find("each time"), std::string::npos);
     run.periodic_validation_characters = 40;
-    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 240 (40 of "
+    EXPECT_EQ(describe_run(run), fmt::format("training gru 2x16 ({} parameters) on 4560 characters, validating on 239 (40 of "
                                              "them each time, all at the end), 71 windows of 16x4 per pass",
                                              run.model.parameter_count()));
     run.validation_characters = 1;  // nothing to predict

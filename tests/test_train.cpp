@@ -1653,18 +1653,30 @@ TEST(Train, KeepCheckpointsIsGivenOrNotOnEachResume) {
     EXPECT_EQ(kept_checkpoints(options.run_directory), expected);
 }
 
-TEST(Train, KeepCheckpointsWithoutValidationTextSaysItKeepsNone) {
+// It kept none, with a warning; by the rule for every option that acts only through validation
+// (--patience, --val-chars), it is refused, before the run directory is made.
+TEST(Train, KeepCheckpointsWithoutValidationTextIsRefused) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
     options.validation_fraction = 0;
     options.keep_checkpoints = true;
-    RecordingProgress progress;
-    train(options, progress);
-    EXPECT_TRUE(kept_checkpoints(options.run_directory).empty());
-    EXPECT_EQ(std::count_if(progress.warnings.begin(), progress.warnings.end(),
-                            [](const std::string& warning) { return warning.starts_with("--keep-checkpoints keeps a checkpoint per validation"); }),
-              1);
+    try {
+        train(options);
+        ADD_FAILURE() << "not refused";
+    } catch (const UsageError& error) {
+        EXPECT_EQ(std::string(error.what()).rfind("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and "
+                                                  "this run has no validation text",
+                                                  0),
+                  0u)
+            << error.what();
+    }
+    EXPECT_FALSE(std::filesystem::exists(options.run_directory));
+    options.validation_characters = 40;
+    options.keep_checkpoints = false;
+    EXPECT_THROW(train(options), UsageError) << "--val-chars 40, by the same rule";
+    options.validation_characters.reset();
+    EXPECT_EQ(train(options).steps, options.steps) << "without them, a run without validation text";
 }
 
 TEST(Train, AForcedRunSaysThatTheCheckpointsAnEarlierRunKeptStay) {

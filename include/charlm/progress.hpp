@@ -71,7 +71,9 @@ enum class StopReason { steps, minutes, patience, interrupted };
 // How a run ended: what train() and resume_training() return, and what run_finished() hears.
 struct TrainResult {
     std::int64_t steps = 0;            // the run's step count, resumed ones included
-    std::optional<double> last_train_loss;  // the last step's; none where this invocation took no step
+    // The train loss the log showed last (the mean over its last report's steps, or those since); none
+    // where this invocation took no step.
+    std::optional<double> last_train_loss;
     bool validated = false;            // the run has validation text; without it there is no best checkpoint
     double best_validation_loss = 0;
     bool averaged = false;             // the run averaged its parameters (--ema): each validation scored both

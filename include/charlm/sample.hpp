@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -40,6 +41,7 @@ struct ExplicitSampleOptions {
     bool temperature = false;
     bool top_k = false;
     bool top_p = false;
+    std::optional<std::uint64_t> seed = std::nullopt;  // the seed given, which draws nothing for --greedy either
 };
 
 // A sentence for each thing the user asked that sampling will not do, for the CLI to warn with:

@@ -218,7 +218,8 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         if (options.note) options.note(line);
     };
     const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement);
-    note(fmt::format("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} threads", gemm_backend(), gemm_gflops, Eigen::nbThreads()));
+    note(fmt::format("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} thread{}", gemm_backend(), gemm_gflops, Eigen::nbThreads(),
+                     Eigen::nbThreads() == 1 ? "" : "s"));
     nlohmann::json models = nlohmann::json::array();
     for (const BenchModel& shape : options.models) {
         note(fmt::format("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size));

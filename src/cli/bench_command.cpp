@@ -1,4 +1,5 @@
 // charlm bench: its options, and the library's speed measured, printed as a table or one JSON object.
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -8,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "charlm/bench.hpp"
+#include "charlm/error.hpp"
 #include "cli/commands.hpp"
 #include "cli/common_options.hpp"
 #include "cli/terminal.hpp"
@@ -23,9 +25,14 @@ struct BenchArguments {
     bool json = false;
 };
 
-int run_bench(BenchArguments& arguments) {
+int run_bench(BenchArguments& arguments, bool corpus_given) {
     BenchOptions& options = arguments.options;
     options.corpus = arguments.corpus;
+    std::error_code ignored;
+    if (!corpus_given && !std::filesystem::exists(options.corpus, ignored))  // the default is the checkout's
+        throw Error(fmt::format("{}: no such file here, where charlm bench looks for its text by default (in a checkout, "
+                                "scripts/get-corpus.sh makes it); give a UTF-8 text with --corpus FILE",
+                                options.corpus.string()));
     if (!arguments.models.empty()) options.models = select_bench_models(arguments.models);
     options.note = [](const std::string& line) { spdlog::info("{}", line); };
     const nlohmann::json result = run_benchmark(options);
@@ -47,7 +54,7 @@ Command add_bench_command(CLI::App& app) {
         ->capture_default_str();
     bench->add_option("--corpus", arguments->corpus, "Text for the vocabulary and the windows")->capture_default_str();
     bench->add_flag("--json", arguments->json, "Print one JSON object instead of a table");
-    return {bench, [arguments](const Communicator&) { return run_bench(*arguments); }};
+    return {bench, [bench, arguments](const Communicator&) { return run_bench(*arguments, bench->count("--corpus") > 0); }};
 }
 
 }  // namespace charlm::cli

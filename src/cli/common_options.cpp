@@ -1,4 +1,4 @@
-// Options that several commands share (--threads, CHECKPOINT, --adapt-*), declared once, and what acting on them takes.
+// Options that several commands share (--threads, CHECKPOINT, --adapt-*, standard input as -), declared once, and what acting on them takes.
 #include "cli/common_options.hpp"
 
 
@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "charlm/clock.hpp"
+#include "charlm/error.hpp"
 #include "charlm/display.hpp"
 #include "charlm/threads.hpp"
 
@@ -64,6 +65,26 @@ AdaptProgressCallback adapt_progress_log() {
                      progress.adapted.mean(), progress.plain.mean(),
                      format_count(static_cast<std::size_t>(static_cast<double>(progress.characters_scored) / seconds)));
     };
+}
+
+std::string path_to_read(const std::string& given) { return given == "-" ? std::string("/dev/stdin") : given; }
+
+std::string name_of_input(const std::string& given) {
+    return given == "-" || given == "/dev/stdin" ? std::string("standard input") : given;
+}
+
+void naming_standard_input(const std::function<void()>& action) {
+    auto renamed = [](std::string message) {
+        for (std::size_t at; (at = message.find("/dev/stdin")) != std::string::npos;) message.replace(at, 10, "standard input");
+        return message;
+    };
+    try {
+        action();
+    } catch (const UsageError& error) {
+        throw UsageError(renamed(error.what()));
+    } catch (const Error& error) {
+        throw Error(renamed(error.what()));
+    }
 }
 
 }  // namespace charlm::cli

@@ -1,6 +1,7 @@
-// Options that several commands share (--threads, CHECKPOINT, --adapt-*), declared once, and what acting on them takes.
+// Options that several commands share (--threads, CHECKPOINT, --adapt-*, standard input as -), declared once, and what acting on them takes.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -23,5 +24,12 @@ CLI::Option* add_checkpoint_argument(CLI::App& command, std::string& checkpoint)
 void add_adapt_options(CLI::App& command, AdaptOptions& options, CLI::Option* enabled_by, const std::string& window_detail);
 // Dynamic evaluation scores a few thousand characters a second: a log line every 10 seconds says how far it is.
 AdaptProgressCallback adapt_progress_log();
+
+// A text the user gave, - for standard input: the path to read ("/dev/stdin" for -), and its name in
+// messages, "standard input" as train says it (for - and for /dev/stdin alike).
+std::string path_to_read(const std::string& given);
+std::string name_of_input(const std::string& given);
+// `action`, whose errors name standard input as name_of_input() does, not by the path read.
+void naming_standard_input(const std::function<void()>& action);
 
 }  // namespace charlm::cli

@@ -77,8 +77,9 @@ int run_eval(EvalArguments& arguments) {
         const std::filesystem::path folder = std::filesystem::absolute(arguments.html).parent_path();
         if (!std::filesystem::is_directory(folder))
             throw charlm::Error(fmt::format("cannot write {}: the folder {} does not exist", arguments.html, folder.string()));
-        if (std::filesystem::is_directory(arguments.html))
-            throw charlm::UsageError(fmt::format("--html {} is a folder; give the report's file name", arguments.html));
+        if (std::filesystem::is_directory(arguments.html))  // a path that cannot be written, as the missing folder's above
+            throw charlm::Error(fmt::format("cannot write {}: it is a folder; give the report's file name, such as {}/report.html",
+                                            arguments.html, arguments.html));
         std::error_code error;
         for (const std::string& input : {arguments.file, arguments.checkpoint})
             if (std::filesystem::equivalent(arguments.html, input, error))
@@ -92,11 +93,13 @@ int run_eval(EvalArguments& arguments) {
     }
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const std::string file = arguments.file == "-" ? "/dev/stdin" : arguments.file;  // read once, streamed: a pipe will do
-    const charlm::EvalResult result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, file, arguments.options);
+    charlm::EvalResult result;
+    naming_standard_input([&] {  // read once, streamed: a pipe will do
+        result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, path_to_read(arguments.file), arguments.options);
+    });
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
-                     result.unknown_characters, arguments.file, 100 * result.unknown_fraction);
+                     result.unknown_characters, name_of_input(arguments.file), 100 * result.unknown_fraction);
     if (!arguments.html.empty()) write_html_report(arguments, checkpoint, result);  // before the figures: a failure prints none
     if (arguments.json) {
         fmt::print("{}\n", result.to_json().dump());

@@ -5,10 +5,13 @@
 #include <cctype>
 #include <charconv>
 #include <cstdlib>
+#include <filesystem>
 #include <regex>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+
+#include "charlm/error.hpp"
 
 namespace charlm::cli {
 
@@ -144,6 +147,11 @@ std::string plain_parse_error(const CLI::ParseError& error, CLI::App& app, CLI::
                 for (const CLI::Option* option : (command ? command : &app)->get_options())
                     for (const auto& long_name : option->get_lnames()) names.push_back("--" + long_name);
                 const std::string word = first.substr(0, first.find('='));
+                // A file whose name starts with -, as a shell passes it: said how to give it.
+                std::error_code ignored;
+                if (std::filesystem::exists(first, ignored))
+                    return fmt::format("{} has no option {}; to give the file of that name, write it {}", command_name, first,
+                                       quoted_for_shell("./" + first));
                 return fmt::format("{} has no option {}{}", command_name, word, closest_suggestion(word, names));
             }
             std::vector<std::string> positionals;

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "charlm/error.hpp"
 #include "charlm/plot.hpp"
@@ -24,14 +25,13 @@ int run_plot(const PlotArguments& arguments) {
     const bool comparing = arguments.run_directories.size() > 1 || !arguments.axis.empty();
     if (comparing && arguments.output.empty())
         throw UsageError("comparing runs writes one PNG for all of them: say where with --output FILE.png");
-    const std::filesystem::path output = arguments.output.empty() ? std::filesystem::path(arguments.run_directories.front()) / "loss.png"
+    const std::filesystem::path output = arguments.output.empty() ? run_directory_of(arguments.run_directories.front()) / "loss.png"
                                                                   : std::filesystem::path(arguments.output);
-    if (comparing) {
-        const std::vector<std::filesystem::path> runs(arguments.run_directories.begin(), arguments.run_directories.end());
-        plot_validation_losses(runs, output, arguments.axis == "step" ? PlotAxis::step : PlotAxis::minutes);
-    } else {
-        plot_losses(arguments.run_directories.front(), output);
-    }
+    const std::vector<std::filesystem::path> runs(arguments.run_directories.begin(), arguments.run_directories.end());
+    const std::vector<std::string> warnings =
+        comparing ? plot_validation_losses(runs, output, arguments.axis == "step" ? PlotAxis::step : PlotAxis::minutes)
+                  : plot_losses(runs.front(), output);
+    for (const std::string& warning : warnings) spdlog::warn("{}", warning);
     fmt::print("{}\n", output.string());
     return 0;
 }
@@ -42,7 +42,7 @@ Command add_plot_command(CLI::App& app) {
     const auto arguments = std::make_shared<PlotArguments>();
     auto* plot = app.add_subcommand("plot", "Draw a run's train and validation loss to a PNG, or compare several runs' "
                                             "validation losses (needs gnuplot)");
-    plot->add_option("RUN_DIR", arguments->run_directories, "Run directories with metrics.jsonl; with more than one, their validation "
+    plot->add_option("RUN_DIR", arguments->run_directories, "Run directories with metrics.jsonl (or their metrics.jsonl); with more than one, their validation "
                                                             "losses are compared")
         ->required();
     plot->add_option("--output", arguments->output, "PNG to write [default: RUN_DIR/loss.png for one run]");

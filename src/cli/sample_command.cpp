@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <memory>
@@ -39,6 +40,7 @@ struct SampleArguments {
     int threads = 1;
     std::string adapt_to;                 // a text to adapt the weights to first, as eval --adapt reads it
     charlm::AdaptOptions adapt_options;
+    bool allow_unknown = false;           // adapt to it whatever share of it the model never saw
 };
 
 // Thrown out of generate() once stdout takes no more (its reader gone: `| head -c 10`; a full disk): the
@@ -49,8 +51,11 @@ void stop_if_stdout_failed() {
     if (std::ferror(stdout)) throw StdoutFailed{};
 }
 
+// An empty file is an empty prompt, as --prompt "" is; decode_utf8() checks the bytes.
 std::string read_prompt_file(const std::string& path) {
     if (path == "-") return {std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
+    std::error_code error;
+    if (std::filesystem::is_regular_file(path, error) && std::filesystem::file_size(path, error) == 0 && !error) return {};
     return charlm::encode_utf8(charlm::read_text_file(path));
 }
 
@@ -60,26 +65,33 @@ void write_samples(const SampleArguments& arguments, charlm::Checkpoint& checkpo
 int run_sample(SampleArguments& arguments) {
     charlm::validate(arguments.options);
     if (arguments.count < 1) throw charlm::UsageError(fmt::format("--count must be at least 1, not {}", arguments.count));
+    if (arguments.options.greedy && arguments.count > 1)
+        throw charlm::UsageError(fmt::format("--greedy takes the most likely character every time, so --count {} would print {} "
+                                             "identical samples; drop --greedy to draw them, or leave --count out",
+                                             arguments.count, arguments.count));
     if (!arguments.adapt_to.empty()) charlm::validate(arguments.adapt_options);
     if (arguments.adapt_to == "-" && arguments.prompt_file == "-")
         throw charlm::UsageError("--adapt-to and --prompt-file cannot both read standard input; give one of them a file");
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
     if (!arguments.adapt_to.empty()) {
-        const std::string file = arguments.adapt_to == "-" ? "/dev/stdin" : arguments.adapt_to;
-        // Characters the model never saw are left out and counted, whatever their share: this text only
-        // steers the weights, and no figure of it is the command's result.
-        const charlm::EvalResult adapted = charlm::evaluate_file(
-            *checkpoint.model, checkpoint.vocab, file,
-            {.allow_unknown = true, .adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
+        // Read as eval --adapt reads it: a text mostly of characters the model never saw is refused
+        // unless --allow-unknown, since what is left of it would say little of its style.
+        charlm::EvalResult adapted;
+        naming_standard_input([&] {
+            adapted = charlm::evaluate_file(
+                *checkpoint.model, checkpoint.vocab, path_to_read(arguments.adapt_to),
+                {.allow_unknown = arguments.allow_unknown, .adapt = arguments.adapt_options, .adapt_progress = adapt_progress_log()});
+        });
+        const std::string adapted_to = name_of_input(arguments.adapt_to);
         if (adapted.unknown_characters > 0)
             spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
-                         adapted.unknown_characters, arguments.adapt_to, 100 * adapted.unknown_fraction);
-        spdlog::info("adapted to {}: {:.4f} nats/char as it read it (trained weights: {:.4f})", arguments.adapt_to,
+                         adapted.unknown_characters, adapted_to, 100 * adapted.unknown_fraction);
+        spdlog::info("adapted to {}: {:.4f} nats/char as it read it (trained weights: {:.4f})", adapted_to,
                      adapted.nats_per_character, adapted.plain_nats_per_character);
     }
     const std::string prompt_bytes = arguments.prompt_file.empty() ? arguments.prompt : read_prompt_file(arguments.prompt_file);
-    std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : arguments.prompt_file);
+    std::u32string prompt = charlm::decode_utf8(prompt_bytes, arguments.prompt_file.empty() ? "--prompt" : name_of_input(arguments.prompt_file));
     if (arguments.skip_unknown) {
         std::size_t unknown = 0;
         prompt = checkpoint.vocab.decode(checkpoint.vocab.encode_known(prompt, unknown));
@@ -114,7 +126,9 @@ void write_samples(const SampleArguments& arguments, charlm::Checkpoint& checkpo
             std::string text;
             charlm::generate(*checkpoint.model, checkpoint.vocab, prompt, static_cast<std::size_t>(arguments.length),
                              arguments.options, seed, [&](char32_t c) { text += charlm::encode_utf8(c); });
-            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text}, {"seed", seed}};
+            // Greedy draws nothing: no seed made its text.
+            const nlohmann::json record = {{"prompt", shown_prompt}, {"text", text},
+                                           {"seed", arguments.options.greedy ? nlohmann::json(nullptr) : nlohmann::json(seed)}};
             std::fputs((record.dump() + "\n").c_str(), stdout);
             stop_if_stdout_failed();
             continue;
@@ -147,7 +161,7 @@ Command add_sample_command(CLI::App& app) {
     sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
     sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text")
         ->check([](const std::string& text) { return text.empty() ? std::string("needs the text to stop at") : std::string(); });
-    sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed");
+    sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed (null for --greedy)");
     sample->add_option("--length", sample_arguments.length, "Characters to generate")
         ->check(CLI::Range(0LL, 1LL << 40))
         ->capture_default_str();
@@ -163,10 +177,16 @@ Command add_sample_command(CLI::App& app) {
                                         "its style; - reads standard input")
                          ->type_name("FILE");
     add_adapt_options(*sample, sample_arguments.adapt_options, adapt_to, "");
+    sample->add_flag("--allow-unknown", sample_arguments.allow_unknown,
+                     fmt::format("With --adapt-to: adapt to a text even when more than {:g}% of its characters are not in the "
+                                 "model's vocabulary (they are left out)",
+                                 100 * charlm::kMostUnknownFraction))
+        ->needs(adapt_to);
     return {sample, [sample, arguments](const Communicator&) {
         arguments->seed_given = sample->count("--seed") > 0;
         arguments->given = {.temperature = sample->count("--temperature") > 0, .top_k = sample->count("--top-k") > 0,
-                            .top_p = sample->count("--top-p") > 0};
+                            .top_p = sample->count("--top-p") > 0,
+                            .seed = arguments->seed_given ? std::optional<std::uint64_t>(arguments->seed) : std::nullopt};
         return run_sample(*arguments);
     }};
 }

@@ -21,12 +21,13 @@ spdlog::color_mode log_color_mode(const char* no_color, bool stderr_is_terminal)
 }
 
 std::string describe_run(const RunDescription& run) {
-    const bool validates_on_part = run.periodic_validation_characters > 0 && run.periodic_validation_characters + 1 < run.validation_characters;
+    // The characters validation predicts, as metrics.jsonl and the summary count them: each but the
+    // held-out part's first, which only primes. A part of one character has nothing to predict.
+    const std::size_t predicted = run.validation_characters > 0 ? run.validation_characters - 1 : 0;
+    const bool validates_on_part = run.periodic_validation_characters > 0 && run.periodic_validation_characters < predicted;
     const std::string part = validates_on_part ? fmt::format(" ({} of them each time, all at the end)", run.periodic_validation_characters)
                                                : std::string();
-    // A held-out part of one character has nothing to predict: no validation at all.
-    const std::string validation = run.validation_characters > 1 ? fmt::format("validating on {}{}", run.validation_characters, part)
-                                                                 : std::string("with no validation");
+    const std::string validation = predicted > 0 ? fmt::format("validating on {}{}", predicted, part) : std::string("with no validation");
     return fmt::format("training {} {}x{} ({} parameters) on {} characters, {}, {} window{} of {}x{} per pass",
                        to_string(run.model.cell), run.model.layers, run.model.hidden_size, run.model.parameter_count(),
                        run.train_characters, validation, run.windows_per_pass,
@@ -175,8 +176,10 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
 // ---- charlm bench ----
 
 std::string format_benchmark_table(const nlohmann::json& result) {
-    std::string table = fmt::format("charlm bench: {} threads, GEMM 2048^3 through {}: {:.1f} GFLOP/s\n", result.at("threads").get<int>(),
-                                    result.at("gemm_backend").get<std::string>(), result.at("gemm_gflops").get<double>());
+    const int threads = result.at("threads").get<int>();
+    std::string table = fmt::format("charlm bench: {} thread{}, GEMM 2048^3 through {}: {:.1f} GFLOP/s\n", threads,
+                                    threads == 1 ? "" : "s", result.at("gemm_backend").get<std::string>(),
+                                    result.at("gemm_gflops").get<double>());
     table += fmt::format("{:<14} {:>8} {:>12} {:>12} {:>12} {:>11} {:>8} {:>10} {:>8} {:>9}\n", "model", "seq x b",
                          "train ch/s", "eval ch/s", "sample ch/s", "train GF/s", "% peak", "eval GF/s", "% peak", "peak MB");
     for (const auto& row : result.at("models")) {

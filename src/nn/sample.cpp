@@ -27,6 +27,7 @@ std::vector<std::string> sample_warnings(const SampleOptions& options, const Exp
         if (given.temperature) ignored.push_back(fmt::format("--temperature {}", options.temperature));
         if (given.top_k) ignored.push_back(fmt::format("--top-k {}", options.top_k));
         if (given.top_p) ignored.push_back(fmt::format("--top-p {}", options.top_p));
+        if (given.seed) ignored.push_back(fmt::format("--seed {}", *given.seed));
         if (!ignored.empty())
             warnings.push_back(fmt::format("--greedy always takes the most likely character, so it ignores {}; drop --greedy "
                                            "to draw with {}",

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -25,6 +26,8 @@ extern char** environ;
 namespace charlm {
 
 namespace {
+
+constexpr const char* kMetricsFile = "metrics.jsonl";  // what training writes (src/train/run_directory.hpp)
 
 // A folder of our own under TMPDIR (mkdtemp: a random name, mode 0700) for the data, the script and
 // gnuplot's messages, so that no other user can predict, read or replace them; removed with all it
@@ -132,28 +135,65 @@ void run_gnuplot(const PrivateDirectory& directory, const std::filesystem::path&
     throw Error(fmt::format("gnuplot failed: {}", displayable(reason)));
 }
 
-}  // namespace
-
-void plot_losses(const std::filesystem::path& run_directory, const std::filesystem::path& output) {
-    const auto metrics_path = run_directory / "metrics.jsonl";
+// Each record of a run's metrics.jsonl, given to `take`. A line that is none (not a JSON object with a
+// step: a line cut short by a full disk, an edit) is left out, and a warning says which.
+std::vector<std::string> for_each_record(const std::filesystem::path& run_directory,
+                                         const std::function<void(const nlohmann::json&)>& take) {
+    const auto metrics_path = run_directory / kMetricsFile;
     std::ifstream metrics(metrics_path);
     if (!metrics) throw Error(fmt::format("{}: no metrics.jsonl; give a run directory written by 'charlm train'", run_directory.string()));
+    std::vector<std::size_t> unread;
+    std::string line;
+    for (std::size_t number = 1; std::getline(metrics, line); ++number) {
+        if (line.empty()) continue;
+        const auto record = nlohmann::json::parse(line, nullptr, false);
+        if (record.is_object() && record.contains("step")) take(record);
+        else unread.push_back(number);
+    }
+    if (unread.empty()) return {};
+    return {fmt::format("{}: left out {} line{} that {} no metrics record (line {}{})", metrics_path.string(), unread.size(),
+                        unread.size() == 1 ? "" : "s", unread.size() == 1 ? "is" : "are", unread.front(),
+                        unread.size() > 1 ? fmt::format(" and {} more", unread.size() - 1) : std::string())};
+}
+
+// A curve of one point drawn with lines alone shows nothing, though its key names it.
+std::string curve_style(std::size_t points, const std::string& style) {
+    return points == 1 ? std::string("points pt 7 ps 1.2") : style;
+}
+
+void refuse_a_line_break(const std::filesystem::path& output) {
     if (output.string().find_first_of("\n\r") != std::string::npos)
         throw Error(fmt::format("{}: gnuplot cannot write to a path with a line break in it; choose another --output",
                                 displayable(output.string())));
+}
+
+}  // namespace
+
+std::filesystem::path run_directory_of(const std::filesystem::path& given) {
+    std::error_code ignored;
+    if (!std::filesystem::is_regular_file(given, ignored)) return given;
+    const std::filesystem::path folder = given.parent_path().empty() ? std::filesystem::path(".") : given.parent_path();
+    if (given.filename() == kMetricsFile) return folder;
+    throw Error(fmt::format("{}: is a file; give the run directory that holds metrics.jsonl, such as {}", given.string(),
+                            quoted_for_shell(folder.string())));
+}
+
+std::vector<std::string> plot_losses(const std::filesystem::path& given, const std::filesystem::path& output) {
+    const std::filesystem::path run_directory = run_directory_of(given);
+    const auto metrics_path = run_directory / kMetricsFile;
+    refuse_a_line_break(output);
     std::string data;
-    std::size_t points = 0, averaged_points = 0;
-    std::string line;
-    while (std::getline(metrics, line)) {
-        const auto record = nlohmann::json::parse(line, nullptr, false);
-        if (record.is_discarded() || !record.contains("step") || !record.contains("train_loss")) continue;
+    std::size_t points = 0, validation_points = 0, averaged_points = 0;
+    const std::vector<std::string> warnings = for_each_record(run_directory, [&](const nlohmann::json& record) {
+        if (!record.contains("train_loss")) return;  // the pass over all the held-out text at the end
         const auto validation = record.value("validation_loss", nlohmann::json(nullptr));
         const auto averaged = record.value("averaged_validation_loss", nlohmann::json(nullptr));
         data += record["step"].dump() + ' ' + record["train_loss"].dump() + ' ' + (validation.is_number() ? validation.dump() : "NaN") + ' ' +
                 (averaged.is_number() ? averaged.dump() : "NaN") + '\n';
         averaged_points += averaged.is_number();
+        validation_points += validation.is_number();
         ++points;
-    }
+    });
     if (points == 0) throw Error(fmt::format("{}: has no metrics yet; train for at least one report first", metrics_path.string()));
 
     const PrivateDirectory directory;
@@ -167,47 +207,46 @@ void plot_losses(const std::filesystem::path& run_directory, const std::filesyst
                                "set title " + quoted(displayable(title.string())) + " noenhanced\n"
                                "set xlabel 'step'\nset ylabel 'loss (nats/char)'\nset grid\nset key top right\n"
                                "set datafile missing 'NaN'\n"
-                               "plot " + quoted(data_path.string()) + " using 1:2 with lines lw 2 title 'train', " +
-                               quoted(data_path.string()) + " using 1:3 with linespoints lw 2 pt 7 ps 0.6 title 'validation'" +
-                               (averaged_points > 0 ? ", " + quoted(data_path.string()) +
-                                                          " using 1:4 with linespoints lw 2 dt 2 pt 6 ps 0.6 title 'validation, averaged'"
+                               "plot " + quoted(data_path.string()) + " using 1:2 with " + curve_style(points, "lines lw 2") +
+                               " title 'train', " + quoted(data_path.string()) + " using 1:3 with " +
+                               curve_style(validation_points, "linespoints lw 2 pt 7 ps 0.6") + " title 'validation'" +
+                               (averaged_points > 0 ? ", " + quoted(data_path.string()) + " using 1:4 with " +
+                                                          curve_style(averaged_points, "linespoints lw 2 dt 2 pt 6 ps 0.6") +
+                                                          " title 'validation, averaged'"
                                                     : std::string()) +
                                "\n");
     run_gnuplot(directory, script_path);
+    return warnings;
 }
 
-void plot_validation_losses(const std::vector<std::filesystem::path>& run_directories, const std::filesystem::path& output,
-                            PlotAxis axis) {
-    if (output.string().find_first_of("\n\r") != std::string::npos)
-        throw Error(fmt::format("{}: gnuplot cannot write to a path with a line break in it; choose another --output",
-                                displayable(output.string())));
+std::vector<std::string> plot_validation_losses(const std::vector<std::filesystem::path>& given_runs,
+                                                const std::filesystem::path& output, PlotAxis axis) {
+    refuse_a_line_break(output);
     const PrivateDirectory directory;
     std::string plots;
-    for (std::size_t run = 0; run < run_directories.size(); ++run) {
-        const std::filesystem::path& run_directory = run_directories[run];
-        const auto metrics_path = run_directory / "metrics.jsonl";
-        std::ifstream metrics(metrics_path);
-        if (!metrics) throw Error(fmt::format("{}: no metrics.jsonl; give a run directory written by 'charlm train'", run_directory.string()));
-        std::string data, line;
+    std::vector<std::string> warnings;
+    for (std::size_t run = 0; run < given_runs.size(); ++run) {
+        const std::filesystem::path run_directory = run_directory_of(given_runs[run]);
+        const auto metrics_path = run_directory / kMetricsFile;
+        std::string data;
         std::size_t points = 0, averaged_points = 0;
         double minutes_before = 0, last_minutes = 0;  // a resumed invocation's clock starts again at 0
-        while (std::getline(metrics, line)) {
-            const auto record = nlohmann::json::parse(line, nullptr, false);
-            if (record.is_discarded() || !record.contains("step")) continue;
+        const std::vector<std::string> unread = for_each_record(run_directory, [&](const nlohmann::json& record) {
             const auto seconds = record.value("elapsed_seconds", nlohmann::json(nullptr));
-            if (!seconds.is_number()) continue;
+            if (!seconds.is_number()) return;
             double minutes = seconds.get<double>() / 60;
             if (minutes + minutes_before < last_minutes) minutes_before = last_minutes;
             minutes += minutes_before;
             last_minutes = minutes;
             const auto validation = record.value("validation_loss", nlohmann::json(nullptr));
-            if (!validation.is_number()) continue;
+            if (!validation.is_number()) return;
             const auto averaged = record.value("averaged_validation_loss", nlohmann::json(nullptr));
             data += (axis == PlotAxis::step ? record["step"].dump() : fmt::format("{}", minutes)) + ' ' + validation.dump() + ' ' +
                     (averaged.is_number() ? averaged.dump() : "NaN") + '\n';
             averaged_points += averaged.is_number();
             ++points;
-        }
+        });
+        warnings.insert(warnings.end(), unread.begin(), unread.end());
         if (points == 0)
             throw Error(fmt::format("{}: has no validation losses yet; train it to its first --eval-every first", metrics_path.string()));
         const std::string name = fmt::format("run{}.dat", run);
@@ -217,8 +256,8 @@ void plot_validation_losses(const std::vector<std::filesystem::path>& run_direct
         plots += fmt::format("{}{} using 1:2 with linespoints lw 2 pt 7 ps 0.5 lc {} title {}", plots.empty() ? "" : ", ", data_path,
                              run + 1, quoted(displayable(label.string())));
         if (averaged_points > 0)
-            plots += fmt::format(", {} using 1:3 with lines lw 2 dt 2 lc {} title {}", data_path, run + 1,
-                                 quoted(displayable(label.string()) + ", averaged"));
+            plots += fmt::format(", {} using 1:3 with {} lc {} title {}", data_path, curve_style(averaged_points, "lines lw 2 dt 2"),
+                                 run + 1, quoted(displayable(label.string()) + ", averaged"));
     }
     const auto script_path = directory.path() / "plot.gp";
     directory.write("plot.gp", "set terminal pngcairo size 900,540 enhanced font 'sans,11'\n"
@@ -228,6 +267,7 @@ void plot_validation_losses(const std::vector<std::filesystem::path>& run_direct
                                "set datafile missing 'NaN'\n"
                                "plot " + plots + "\n");
     run_gnuplot(directory, script_path);
+    return warnings;
 }
 
 }  // namespace charlm

@@ -175,8 +175,9 @@ CompletionCall read_completion_request(std::string_view text, const Vocab& vocab
     request.max_characters = static_cast<std::size_t>(fields.whole("max_tokens", std::min<std::int64_t>(200, static_cast<std::int64_t>(options.max_tokens)), 0, static_cast<std::int64_t>(options.max_tokens), " (this server's --max-tokens)"));
     request.temperature = fields.number("temperature", 1.0);
     if (!(request.temperature > 0) || request.temperature > 100)
-        refuse("temperature", fmt::format("temperature must be above 0 and at most 100, not {} (for the most likely character every time, send \"top_k\": 1)",
-                                          fields.find("temperature")->dump()));
+        refuse("temperature", fmt::format("temperature must be above 0 and at most 100, not {}{}", fields.find("temperature")->dump(),
+                                          request.temperature > 100 ? ""
+                                                                    : " (for the most likely character every time, send \"top_k\": 1)"));
     request.top_p = fields.number("top_p", 1.0);
     if (!(request.top_p > 0 && request.top_p <= 1)) refuse("top_p", "top_p must be above 0 and at most 1");
     request.top_k = static_cast<int>(fields.whole("top_k", 0, 0, 1'000'000'000));

@@ -176,6 +176,9 @@ void route_posts(httplib::Server& http, ServedModel& served) {
                 body.append(data, length);
                 return true;
             });
+            // httplib reads no body as none to read: that is a request without one, not one cut short.
+            if (body.empty() && response.status != 413)
+                return answer(response, RequestRefusal{400, "the body is empty; send a JSON object (docs/serve.md lists the fields)", ""});
             if (!whole) {  // past the size limit (httplib has set 413), or the client stopped sending
                 const bool too_large = response.status == 413;
                 return answer(response, RequestRefusal{too_large ? 413 : 400,

@@ -28,8 +28,13 @@ struct Corpus {
     }
 };
 
-// The part of a corpus of `characters` that trains; refused where it cannot fill one window.
+// The part of a corpus of `characters` that trains; refused where it cannot fill one window (a usage
+// error where the text would, but --val-fraction holds out too much of it).
 std::size_t training_size(const TrainOptions& options, std::size_t characters);
+
+// The held-out characters of the run's texts, counted in a pass over them, as load_corpus() counts a
+// fresh run's: for a resume's checks that need them before the ids are mapped.
+std::size_t count_held_out(const TrainOptions& options);
 
 // The pass over the text before the run directory is touched: the vocabulary (a resumed run's is
 // `vocab`; a run started from a checkpoint's weights extends its vocabulary, `extended`, by the

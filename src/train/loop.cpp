@@ -70,7 +70,9 @@ private:
     Clock::time_point start_, last_report_;  // when the steps began; the last report
     bool interrupted_ = false, out_of_time_ = false;  // a stop signal, and --minutes up, on any process
     double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
-    std::optional<double> last_train_loss_;  // none until this invocation takes a step
+    // The train loss the log showed last: the mean over the steps of its last report (or status line,
+    // for steps taken since); none until this invocation takes a step.
+    std::optional<double> last_train_loss_;
     std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
     // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
     std::int64_t saved_step_;
@@ -183,12 +185,15 @@ void TrainingLoop::remove_stale_temporaries() const {
 }
 
 void TrainingLoop::warn_about_options_that_do_nothing() {
+    // A run begins with validation text, or with --val-fraction 0 (a held-out part too small is refused).
+    const std::size_t held_out = session_.corpus.validation().size();
     if (!has_validation_)
         progress_.warning(fmt::format(
-            "no validation text ({} has {} character{}): no best.safetensors, and the summary shows the training loss{}",
-            options_.validation_file ? options_.validation_file->string()
-                                     : fmt::format("--val-fraction {} of the corpus", options_.validation_fraction),
-            session_.corpus.validation().size(), session_.corpus.validation().size() == 1 ? "" : "s",
+            "no validation text ({}): no best.safetensors, and the summary shows the training loss{}",
+            options_.validation_fraction == 0 && !options_.validation_file
+                ? std::string("--val-fraction 0")
+                : fmt::format("{} has {} character{}", options_.validation_file ? options_.validation_file->string() : "the held-out part",
+                              held_out, held_out == 1 ? "" : "s"),
             session_.average ? fmt::format("; the average of the weights (--ema {}) is kept for a resume but never scored, so "
                                            "--ema 0 saves its time", options_.average_decay)
                              : std::string()));
@@ -196,9 +201,6 @@ void TrainingLoop::warn_about_options_that_do_nothing() {
     if (options_.steps > 0 && schedule.warmup_steps > options_.steps)
         progress_.warning(fmt::format("--warmup {} is longer than the run's {} steps: the learning rate never reaches --lr {}",
                                       schedule.warmup_steps, options_.steps, schedule.peak_learning_rate));
-    if (options_.keep_checkpoints && !has_validation_)
-        progress_.warning("--keep-checkpoints keeps a checkpoint per validation, named by its loss, and this run has no "
-                          "validation text: it keeps none");
 }
 
 RunDescription TrainingLoop::description() const {
@@ -249,7 +251,6 @@ double TrainingLoop::take_step() {
     training_seconds_ += seconds_since(step_start);
     loss_since_report_ += outcome.loss;
     ++steps_since_report_;
-    last_train_loss_ = outcome.loss;
     const double characters_per_step = static_cast<double>(options_.seq_length) * options_.batch_size;
     chars_per_second_ = characters_per_step * static_cast<double>(steps_this_run_) / training_seconds_;
     return learning_rate;
@@ -443,6 +444,7 @@ void TrainingLoop::report_progress(ProgressReport& report, double learning_rate)
     if (metrics_log_) metrics_log_->progress_reported(report);
     progress_.progress_reported(report);
     if (overfitting_warning_) progress_.warning(*std::exchange(overfitting_warning_, std::nullopt));
+    last_train_loss_ = report.train_loss;
     loss_since_report_ = 0;
     steps_since_report_ = 0;
     last_report_ = Clock::now();
@@ -451,7 +453,8 @@ void TrainingLoop::report_progress(ProgressReport& report, double learning_rate)
 TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const {
     TrainResult result;
     result.steps = session_.state.step;
-    result.last_train_loss = last_train_loss_;
+    result.last_train_loss = steps_since_report_ > 0 ? std::optional<double>(loss_since_report_ / static_cast<double>(steps_since_report_))
+                                                     : last_train_loss_;
     result.validated = has_validation_;
     result.best_validation_loss = session_.state.best_validation_loss;
     result.averaged = session_.average.has_value();

@@ -110,13 +110,15 @@ const TrainOptionSpec kTrainOptions[] = {
                 [](TrainOptions& options, const nlohmann::json& value) {
                     if (value != "auto") options.validation_characters = integer_value<std::uint64_t>(value);
                 }},
-     "/validation_characters", OnResume::may_change, /*when_absent=*/"0", true, /*value_name=*/"N"},
+     "/validation_characters", OnResume::may_change, /*when_absent=*/"0", true, /*value_name=*/"N",
+     /*through_validation=*/"sets how many held-out characters each validation scores"},
     {"--patience", "Stop after N validations without a new best; 0 never", &member_of<&TrainOptions::patience>, "/patience",
-     OnResume::may_change},
+     OnResume::may_change, {}, true, {}, /*through_validation=*/"waits for a better validation loss"},
     {"--keep-checkpoints",
      "At each validation, also keep its weights as RUN_DIR/step-001200-val-1.4822.safetensors (the step and "
      "the validation loss); given or not on each --resume",
-     &member_of<&TrainOptions::keep_checkpoints>, /*json_pointer=*/{}, OnResume::may_change},
+     &member_of<&TrainOptions::keep_checkpoints>, /*json_pointer=*/{}, OnResume::may_change, {}, true, {},
+     /*through_validation=*/"keeps a checkpoint per validation, named by its loss"},
     {"--seed", "Seed for the initial weights", &member_of<&TrainOptions::seed>, "/seed", OnResume::fixed},
 };
 
@@ -229,6 +231,30 @@ void check_options_take_effect(const TrainOptions& options, const std::vector<st
             throw UsageError(fmt::format("{} sets the step schedule's decay, and this run's --lr-schedule is {}; add "
                                          "--lr-schedule step, or leave {} out",
                                          flag, LearningRateSchedule::name(schedule.kind), flag));
+}
+
+void check_options_that_need_validation(const TrainOptions& options, const std::function<std::size_t()>& held_out,
+                                        const std::vector<std::string>* given) {
+    TrainOptions readable = options, unset;  // the fields' accessors take options they may write
+    for (const TrainOptionSpec& option : kTrainOptions) {
+        if (option.through_validation.empty()) continue;
+        if (given && std::find(given->begin(), given->end(), option.flag) == given->end()) continue;
+        std::string value;  // as the command line writes it; none for a switch
+        bool set = false;
+        std::visit([&](auto binding) {
+            if constexpr (std::is_same_v<decltype(binding), TextOption>) {
+                value = binding.show(readable);
+                set = value != binding.show(unset);
+            } else {
+                set = binding(readable) != binding(unset);
+                if constexpr (!std::is_same_v<decltype(binding), OptionField<bool>>) value = fmt::format("{}", binding(readable));
+            }
+        }, option.binding);
+        if (set && held_out() < 2)
+            throw UsageError(fmt::format("{}{}{} {}, and this run has no validation text; give --val-fraction above 0 or --val FILE, "
+                                         "or leave {} out",
+                                         option.flag, value.empty() ? "" : " ", value, option.through_validation, option.flag));
+    }
 }
 
 namespace {

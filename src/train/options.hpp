@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -52,6 +53,9 @@ struct TrainOptionSpec {
     std::string_view when_absent = {};
     bool show_default = true;     // --help shows the default ("[default: 2000 unless --minutes]" says it itself)
     std::string_view value_name = {};  // in --help, for a value CLI11's type name does not describe
+    // What the option does through validation ("waits for a better validation loss"), where it does
+    // nothing else: set in a run without validation text, it is refused with these words.
+    std::string_view through_validation = {};
 };
 
 // Every training option, in --help's order.
@@ -64,6 +68,14 @@ const TrainOptionSpec* find_train_option(std::string_view flag);
 // Refuses (UsageError) options that cannot make a run: sizes, rates and bounds out of range, paths
 // that a checkpoint's JSON cannot record, a model too large for this machine's memory.
 void validate(const TrainOptions& options);
+
+// Refuses (UsageError) an option that acts only through validation (its row's through_validation),
+// set to other than the library's default, in a run whose held-out text has fewer than the two
+// characters that a validation scores one prediction of. `held_out` counts them, called only where
+// such an option is set (a resume counts them in a pass over its texts). With `given` (a resume's),
+// only the options given now: the recorded ones were checked when the run began.
+void check_options_that_need_validation(const TrainOptions& options, const std::function<std::size_t()>& held_out,
+                                        const std::vector<std::string>* given = nullptr);
 
 // The stored options with the request's given ones laid over them, each change described in
 // `changes`; refuses any option that the checkpoint fixes.

@@ -69,14 +69,6 @@ void check_text_can_be_shared(const TrainOptions& options, const Communicator& p
                                          *path == "-" ? std::string("standard input") : path->string(), processes.size()));
 }
 
-// --patience stops on the validation loss: without validation text it would never stop, or stop on nothing.
-void check_patience_has_validation(const TrainOptions& options, std::size_t validation_size) {
-    if (options.patience > 0 && validation_size < 2)
-        throw UsageError(fmt::format("--patience {} waits for a better validation loss, and this run has no validation text; "
-                                     "give --val-fraction above 0 or --val FILE, or leave --patience out",
-                                     options.patience));
-}
-
 // ---- --init-from: a trained checkpoint's weights ----------------------------------------------------
 
 // The model of a run whose shape a checkpoint fixes (--init-from, --resume): `shape`, with the
@@ -195,7 +187,7 @@ void refuse_a_directory_that_holds_a_run(const std::filesystem::path& run_direct
 // run directory (`lock`). A pipe is copied into the run directory, which `options` then names. A run
 // started from a checkpoint's weights extends its vocabulary, `extended`.
 Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, const Communicator& processes,
-                         std::optional<RunLock>& lock, const Vocab* extended) {
+                         run_files::CreatedDirectories& created, std::optional<RunLock>& lock, const Vocab* extended) {
     // A text that can be read again is checked before the run directory is touched; a pipe is read
     // once, into a copy in the run directory, which becomes the run's corpus once it proves good.
     const bool copy_corpus = can_be_read_only_once(options.corpus);
@@ -205,15 +197,13 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     // checked before anything in the run directory is written or removed: a refusal changes nothing there.
     auto load_and_check = [&] {
         corpus = load_corpus(options, nullptr, extended);
-        check_patience_has_validation(options, corpus->counted_validation_size);
+        check_options_that_need_validation(options, [&] { return corpus->counted_validation_size; });
         options.model.vocab_size = static_cast<int>(corpus->vocab.size());
         options.model.validate();
     };
     if (!copy_corpus && !copy_validation) load_and_check();
     if (processes.is_first()) {  // the others never write there
-        std::error_code error;
-        std::filesystem::create_directories(options.run_directory, error);
-        if (error) throw Error(fmt::format("{}: cannot create the run directory ({})", options.run_directory.string(), error.message()));
+        created.create(options.run_directory);
         lock.emplace(options.run_directory);
         if (!options.overwrite) refuse_a_directory_that_holds_a_run(options.run_directory);
     }
@@ -273,9 +263,10 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     });
     check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
     std::optional<RunLock> lock;
+    run_files::CreatedDirectories created;  // after the lock: a failure removes them while it is held
     std::optional<Corpus> corpus;
     run_on_every_process(processes, [&] {
-        corpus = prepare_fresh_run(options, progress, processes, lock, trained ? &trained->vocab : nullptr);
+        corpus = prepare_fresh_run(options, progress, processes, created, lock, trained ? &trained->vocab : nullptr);
     });
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     // Every check has passed: the ids go into the run directory, written by process 0, then mapped by the others.
@@ -298,6 +289,7 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     session.streams = stream_block(options.batch_size, processes.rank(), processes.size());
     session.carried = session.model.initial_state(session.streams.count);
     session.fresh = true;
+    created.keep();
     return run_training_loop(session, progress);
 }
 
@@ -346,6 +338,38 @@ void warn_if_validations_change(const TrainOptions& before, const TrainOptions& 
                                  now, all, earlier, best_validation_loss, earlier == all ? 0 : periodic_validation_characters(before)));
 }
 
+// The run's last.safetensors, which a resume goes on from. Where it is missing or cannot be read, the
+// message says what the directory still offers: a new run from its best weights, or a start over.
+Checkpoint load_checkpoint_to_resume(const std::filesystem::path& run_directory) {
+    const std::filesystem::path last = run_directory / run_files::kLastCheckpoint, best = run_directory / run_files::kBestCheckpoint;
+    const std::string directory = quoted_for_shell(run_directory.string());
+    std::error_code ignored;
+    const std::string instead =
+        std::filesystem::is_regular_file(best, ignored)
+            ? fmt::format("start a new run from its best weights with charlm train CORPUS --init-from {} --out NEW_RUN, or start "
+                          "over with charlm train CORPUS --out {} --force",
+                          quoted_for_shell(best.string()), directory)
+            : fmt::format("start over with charlm train CORPUS --out {} --force", directory);
+    if (!std::filesystem::exists(last, ignored)) {
+        bool holds_a_run = false;
+        for (const auto& entry : std::filesystem::directory_iterator(run_directory, ignored)) {
+            const std::string name = entry.path().filename().string();
+            holds_a_run = holds_a_run || name == run_files::kMetrics || run_files::is_kept_checkpoint_name(name);
+        }
+        if (!holds_a_run && !std::filesystem::exists(best, ignored))
+            throw Error(fmt::format("{}: holds no run to resume (no {}); start one with charlm train CORPUS --out {}",
+                                    run_directory.string(), run_files::kLastCheckpoint, directory));
+        throw Error(fmt::format("{}: no {} to resume the run from; {}", run_directory.string(), run_files::kLastCheckpoint, instead));
+    }
+    try {
+        return load_checkpoint(last);
+    } catch (const UsageError&) {
+        throw;
+    } catch (const Error& error) {
+        throw Error(fmt::format("{}; the run cannot be resumed from it: {}", error.what(), instead));
+    }
+}
+
 }  // namespace
 
 TrainResult resume_training(const ResumeRequest& request, TrainingProgress& progress, const Communicator& processes) {
@@ -365,7 +389,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         if (!std::filesystem::is_directory(run_directory, error))
             throw Error(fmt::format("{}: no such run directory; give the --out of an earlier 'charlm train'", run_directory.string()));
         if (processes.is_first()) lock.emplace(run_directory);
-        checkpoint = load_checkpoint(last_path);
+        checkpoint = load_checkpoint_to_resume(run_directory);
         if (!checkpoint->optimizer || !checkpoint->carried_state)
             throw Error(fmt::format("{}: has no optimizer state to resume from; it was not written by 'charlm train'", last_path.string()));
         options = TrainOptions::from_json(options_for_resume(checkpoint->training.options, request, changes));
@@ -389,6 +413,8 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                                                            request.validation_file, progress);
         check_text_can_be_shared(options, processes);
         corpus = load_corpus(options, &checkpoint->vocab);
+        // As a fresh run's, before the ids are mapped (or written again).
+        check_options_that_need_validation(options, [&] { return count_held_out(options); }, &request.given);
         if (processes.is_first()) map_corpus(*corpus, options, true, progress);
         if (checkpoint->carried_state->hidden.front().rows() != options.batch_size)
             throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
@@ -399,7 +425,6 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     check_processes_agree(processes, corpus_facts(options, *corpus), "reads another text", kSameCorpusAdvice);
     run_on_every_process(processes, [&] {  // the ids are in the run directory now
         if (!processes.is_first()) map_corpus(*corpus, options, true, progress, /*encoded_by_another=*/true);
-        check_patience_has_validation(options, corpus->validation().size());
     });
 
     Session session{options,
