@@ -34,6 +34,7 @@
 #include <utf8.h>
 
 #include "charlm/checkpoint.hpp"
+#include "charlm/utf8.hpp"
 #include "child_process.hpp"
 #include "test_helpers.hpp"
 
@@ -876,6 +877,31 @@ TEST_F(Cli, SampleWarnsThatGreedyIgnoresTemperatureTopKAndTopPGiven) {
     EXPECT_EQ(drawn.err, "") << describe(drawn);
 }
 
+// `--stop A --stop B` ends a sample at whichever of A and B it generates first, in either order given.
+TEST_F(Cli, StopTextsAddUp) {
+    const auto checkpoint = trained_run();
+    const std::vector<std::string> base = {"sample", checkpoint.string(), "--prompt", "the ", "--length", "300", "--seed", "3"};
+    const RunResult free = charlm(base);
+    ASSERT_EQ(free.exit_code, 0) << describe(free);
+    // In code points: the model may draw characters of more than one byte, and a stop text is whole characters.
+    const std::u32string generated = code_points_of(free.out.substr(4));
+    const std::u32string early_text = generated.substr(60, 3), late_text = generated.substr(200, 3);
+    const std::string early = charlm::encode_utf8(early_text), late = charlm::encode_utf8(late_text);
+    const std::size_t end = std::min(generated.find(early_text), generated.find(late_text)) + 3;
+    for (const auto& [first, second] : {std::pair{early, late}, std::pair{late, early}}) {
+        std::vector<std::string> arguments = base;
+        arguments.insert(arguments.end(), {"--stop", first, "--stop", second});
+        const RunResult stopped = charlm(arguments);
+        ASSERT_EQ(stopped.exit_code, 0) << describe(stopped);
+        EXPECT_EQ(stopped.out, "the " + charlm::encode_utf8(generated.substr(0, end)) + "\n")
+            << "--stop '" << first << "' --stop '" << second << "'";
+    }
+    // Each alone ends it at its own first occurrence: the two together end it at the earlier.
+    std::vector<std::string> late_only = base;
+    late_only.insert(late_only.end(), {"--stop", late});
+    EXPECT_EQ(charlm(late_only).out, "the " + charlm::encode_utf8(generated.substr(0, generated.find(late_text) + 3)) + "\n");
+}
+
 TEST_F(Cli, SampleWarnsThatAStopTextOutsideTheVocabularyCanNeverMatch) {
     const auto checkpoint = trained_run();
     // 'Z' and '!' never occur in the corpus.
@@ -1123,8 +1149,8 @@ TEST_F(Cli, AClosedPipeSavesTrainingAndEndsASampleQuietly) {
 }
 
 // An option given twice kept its last value without a word (`sample --stop of --stop xyzq` ran past "of").
-// A sample has one stop text, so every option that takes a value refuses a second, naming it; the flags,
-// which a repeat cannot change, and the options that take a list (plot's RUN_DIRs) are not refused.
+// Every option that takes one value refuses a second, naming it; the flags, which a repeat cannot change, and
+// the options that take a list (plot's RUN_DIRs, --stop's texts: StopTextsAddUp) are not refused.
 TEST_F(Cli, AnOptionGivenTwiceIsRefusedByName) {
     const fs::path checkpoint = trained_run();
     struct Case {
@@ -1132,7 +1158,7 @@ TEST_F(Cli, AnOptionGivenTwiceIsRefusedByName) {
         std::string message;
     };
     const Case cases[] = {
-        {{"sample", checkpoint.string(), "--stop", "of", "--stop", "xyzq"}, "--stop was given twice; give it once"},
+        {{"sample", checkpoint.string(), "--temperature", "0.5", "--temperature", "2"}, "--temperature was given twice; give it once"},
         {{"sample", checkpoint.string(), "--seed", "1", "--length", "5", "--seed=2"}, "--seed was given twice; give it once"},
         {{"train", "corpus.txt", "--steps", "3", "--steps", "4", "--steps", "5"}, "--steps was given 3 times; give it once"},
         {{"eval", checkpoint.string(), "corpus.txt", "--threads", "1", "--threads", "2"}, "--threads was given twice; give it once"},

@@ -101,7 +101,7 @@ TEST(Sample, StopStringEndsTheSample) {
     SampleOptions options;
     const auto full = fixture.run(U"a", options, 8, 300);
     const char32_t stop_character = full[40];  // whatever the model draws at position 40
-    options.stop = std::u32string(1, stop_character);
+    options.stops = {std::u32string(1, stop_character)};
     const auto stopped = fixture.run(U"a", options, 8, 300);
     EXPECT_EQ(stopped, full.substr(0, full.find(stop_character) + 1));
 }
@@ -295,7 +295,7 @@ TEST(Sample, GenerateStreamsWithoutKeepingTheSample) {
     // character must be where it was at the first.
     Fixture fixture;
     SampleOptions options;
-    options.stop = U"never: '@' is not in the vocabulary";
+    options.stops = {U"never: '@' is not in the vocabulary"};
     const std::size_t length = std::size_t{1} << 20;
     std::size_t emitted = 0, resident_at_first = 0, resident_at_last = 0;
     const std::size_t generated = generate(fixture.model, fixture.vocab, U"", length, options, 3, [&](char32_t) {
@@ -313,10 +313,11 @@ TEST(Sample, GenerateReturnsHowManyItGeneratedUpToTheStop) {
     Fixture fixture;
     SampleOptions options;
     const std::u32string full = fixture.run(U"a", options, 8, 300);
-    options.stop = full.substr(50, 3);  // whatever the model draws there; it may occur earlier too
+    const std::u32string stop = full.substr(50, 3);  // whatever the model draws there; it may occur earlier too
+    options.stops = {stop};
     std::u32string emitted;
     const std::size_t generated = generate(fixture.model, fixture.vocab, U"a", 300, options, 8, [&](char32_t c) { emitted += c; });
-    EXPECT_EQ(generated, full.find(options.stop) + 3);
+    EXPECT_EQ(generated, full.find(stop) + 3);
     EXPECT_EQ(emitted, full.substr(0, generated));
 }
 
@@ -344,9 +345,9 @@ TEST(Sample, WarnsThatGreedyIgnoresTheDrawingOptionsGiven) {
 TEST(Sample, WarnsThatAStopTextWithCharactersOutsideTheVocabularyCanNeverMatch) {
     Fixture fixture;
     SampleOptions options;
-    options.stop = U"gęś";  // all in the vocabulary
+    options.stops = {U"gęś"};  // all in the vocabulary
     EXPECT_TRUE(sample_warnings(options, {}, fixture.vocab).empty());
-    options.stop = U"QgQ!";
+    options.stops = {U"QgQ!"};
     const auto warnings = sample_warnings(options, {}, fixture.vocab);
     ASSERT_EQ(warnings.size(), 1u);
     const std::string& warning = warnings[0];

@@ -21,7 +21,8 @@ struct SampleOptions {
     int top_k = 0;             // keep the k most likely characters; 0 keeps all
     double top_p = 1.0;        // keep the smallest set whose probability reaches p; 1 keeps all
     bool greedy = false;       // always the most likely character
-    std::u32string stop;       // end a sample as soon as it ends with this text (kept); empty never
+    // End a sample as soon as it ends with one of these texts (kept), the first to complete; none: never.
+    std::vector<std::u32string> stops;
 };
 
 // Throws UsageError for a temperature, top-k or top-p out of range.

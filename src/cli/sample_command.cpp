@@ -28,7 +28,7 @@ struct SampleArguments {
     std::string checkpoint;
     std::string prompt;
     std::string prompt_file;
-    std::string stop;
+    std::vector<std::string> stops;  // --stop, as many as given
     long long length = 500;
     int count = 1;
     std::uint64_t seed = 0;
@@ -98,7 +98,7 @@ int run_sample(SampleArguments& arguments) {
         if (unknown > 0) spdlog::warn("left {} prompt characters out that the model never saw", unknown);
     }
     charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
-    arguments.options.stop = charlm::decode_utf8(arguments.stop, "--stop");
+    for (const std::string& stop : arguments.stops) arguments.options.stops.push_back(charlm::decode_utf8(stop, "--stop"));
     for (const std::string& warning : charlm::sample_warnings(arguments.options, arguments.given, checkpoint.vocab))
         spdlog::warn("{}", warning);
     const std::uint64_t first_seed = arguments.seed_given ? arguments.seed : std::random_device{}();
@@ -159,7 +159,11 @@ Command add_sample_command(CLI::App& app) {
         ->excludes(sample->get_option("--prompt"));
     sample->add_flag("--skip-unknown", sample_arguments.skip_unknown, "Leave out prompt characters the model never saw");
     sample->add_option("--count", sample_arguments.count, "Samples to draw, with seeds SEED, SEED+1, ...")->capture_default_str();
-    sample->add_option("--stop", sample_arguments.stop, "End a sample as soon as it has generated this text")
+    sample->add_option("--stop", sample_arguments.stops, "End a sample as soon as it has generated this text; give it again for "
+                                                         "more texts, the first to come ends it")
+        ->expected(1)
+        ->allow_extra_args(false)  // one text a --stop, so that the checkpoint after it is no stop text
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)  // stop texts add up, as the server's "stop" list does
         ->check([](const std::string& text) { return text.empty() ? std::string("needs the text to stop at") : std::string(); });
     sample->add_flag("--json", sample_arguments.json, "One JSON object per sample: prompt, text, seed (null for --greedy)");
     sample->add_option("--length", sample_arguments.length, "Characters to generate")

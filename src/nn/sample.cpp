@@ -9,6 +9,7 @@
 #include <fmt/ranges.h>
 
 #include "charlm/error.hpp"
+#include "charlm/utf8.hpp"
 
 namespace charlm {
 
@@ -33,9 +34,17 @@ std::vector<std::string> sample_warnings(const SampleOptions& options, const Exp
                                            "to draw with {}",
                                            fmt::join(ignored, ", "), ignored.size() == 1 ? "it" : "them"));
     }
-    const std::string unknown = unknown_characters(options.stop, vocab);
-    if (!unknown.empty())
-        warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length", unknown));
+    std::size_t never_matching = 0;
+    for (const std::u32string& stop : options.stops) {
+        const std::string unknown = unknown_characters(stop, vocab);
+        if (unknown.empty()) continue;
+        ++never_matching;
+        if (options.stops.size() == 1)
+            warnings.push_back(fmt::format("--stop can never match: the model never produces {}, so every sample runs to --length", unknown));
+        else
+            warnings.push_back(fmt::format("--stop \"{}\" can never match: the model never produces {}{}", encode_utf8(stop), unknown,
+                                           never_matching == options.stops.size() ? ", and no other --stop can: every sample runs to --length" : ""));
+    }
     return warnings;
 }
 
@@ -201,7 +210,7 @@ std::size_t generate(Model<float>& model, const Vocab& vocab, const std::u32stri
     validate(options);
     Sampler sampler(model, vocab, seed);
     sampler.prime(prompt);
-    StopDetector stop(options.stop);
+    StopDetector stop(options.stops);
     for (std::size_t generated = 0; generated < length;) {
         const char32_t character = sampler.next(options);
         emit(character);
