@@ -441,16 +441,38 @@ TEST_F(Cli, TrainWithoutOutWritesToRunsCorpusName) {
     EXPECT_TRUE(fs::is_regular_file(path("runs") / "story" / "metrics.jsonl"));
 }
 
+// The bytes of a safetensors file's tensors, after its header: the weights, moments and carried state, without
+// the metadata (which names the seed, and so differs between seeds whatever the weights do).
+std::string tensor_bytes(const fs::path& checkpoint) {
+    const std::string bytes = read_bytes(checkpoint);
+    std::uint64_t length = 0;
+    if (bytes.size() >= 8) std::memcpy(&length, bytes.data(), 8);
+    return bytes.size() >= 8 + length ? bytes.substr(8 + length) : std::string();
+}
+
+// The same seed gives the same run, and another seed another one: the seed is what decides.
 TEST_F(Cli, TrainIsReproducibleWithTheSameSeed) {
     const auto corpus = write("corpus.txt", make_corpus());
     train_tiny(corpus, "first", 20, {"--seed", "7"});
     train_tiny(corpus, "second", 20, {"--seed", "7"});
+    train_tiny(corpus, "other", 20, {"--seed", "8"});
     const auto first = read_metrics(path("first") / "metrics.jsonl"), second = read_metrics(path("second") / "metrics.jsonl");
-    ASSERT_EQ(first.size(), second.size());
+    const auto other = read_metrics(path("other") / "metrics.jsonl");
+    ASSERT_EQ(first.size(), 2u);
+    ASSERT_EQ(second.size(), first.size());
+    ASSERT_EQ(other.size(), first.size());
     for (std::size_t i = 0; i < first.size(); ++i) {
+        SCOPED_TRACE(first[i].dump());
         EXPECT_EQ(first[i].at("train_loss"), second[i].at("train_loss"));
         EXPECT_EQ(first[i].at("validation_loss"), second[i].at("validation_loss"));
+        EXPECT_NE(first[i].at("train_loss"), other[i].at("train_loss")) << "seed 8 trained as seed 7 did";
+        EXPECT_NE(first[i].at("validation_loss"), other[i].at("validation_loss")) << "seed 8 trained as seed 7 did";
     }
+    const std::string weights = tensor_bytes(path("first") / "last.safetensors");
+    ASSERT_FALSE(weights.empty());
+    EXPECT_TRUE(weights == tensor_bytes(path("second") / "last.safetensors")) << "seed 7 twice gave two checkpoints";
+    EXPECT_EQ(weights.size(), tensor_bytes(path("other") / "last.safetensors").size());
+    EXPECT_FALSE(weights == tensor_bytes(path("other") / "last.safetensors")) << "seeds 7 and 8 gave the same checkpoint";
 }
 
 TEST_F(Cli, TrainResumeContinuesToTheTotalStepCount) {
