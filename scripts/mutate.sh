@@ -7,16 +7,14 @@
 # tree/ is refreshed from this checkout's files, build/ is kept between runs and between mutations, with
 # ccache) and run against ctest --stop-on-failure: first the tests of its area, with only the test program
 # that holds them rebuilt, then, where those caught nothing, every other test, with everything rebuilt; so
-# a caught break costs little. Its file is put back before the next one. A catch
-# counts only where the catching test passes again without the break (checked at the end, on the restored
-# tree).
+# a caught break costs little. Its file is put back before the next one. A catch counts only where the
+# catching test passes again without the break (checked at the end, on the restored tree).
 # Prints a table mutation -> first failing test, or NOT CAUGHT; exits 1 if any break is not caught, 2 if
 # the script itself is wrong (an original text that does not occur exactly once, a break that does not
 # build). Takes a while (a build and some tests per mutation): run by hand, not in CI. docs/testing.md
 # keeps its last output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source_root="$PWD"
 scratch="${CHARLM_MUTATE_DIR:-/tmp/charlm-mutate}"
 tree="$scratch/tree" build="$scratch/build" logs="$scratch/logs"
 jobs="${CHARLM_MUTATE_JOBS:-2}"
@@ -285,10 +283,11 @@ for number in "${chosen[@]}"; do
   [ -n "$name" ] || continue
   catchers="${catchers:+$catchers|}^$(printf '%s' "$name" | sed 's/[][\.*^$+?(){}|/]/\\&/g')\$"
 done
-failing_unmutated=""
+passing_unmutated=""
 if [ -n "$catchers" ]; then
   ctest --test-dir "$build" -R "$catchers" -j "$jobs" --timeout 600 >"$logs/catchers.log" 2>&1 || true
-  failing_unmutated="$(sed -n '/^The following tests FAILED:/,/^$/s/^[[:space:]]*[0-9]* - \(.*\) ([^)]*)$/\1/p' "$logs/catchers.log")"
+  # ctest's progress lines: " 3/18 Test  #66: NAME .......   Passed    12.80 sec"
+  passing_unmutated="$(sed -n 's/^ *[0-9]*\/[0-9]* Test *#[0-9]*: \(.*[^ .]\) \.*  *Passed .*$/\1/p' "$logs/catchers.log")"
 fi
 
 echo
@@ -299,8 +298,8 @@ for number in "${chosen[@]}"; do
   verdict="${caught_by[$i]}"
   if [ -z "$verdict" ]; then
     verdict="NOT CAUGHT"
-  elif printf '%s\n' "$failing_unmutated" | grep -qxF "$verdict"; then
-    verdict="NOT CAUGHT ($verdict fails without the break too)"
+  elif ! printf '%s\n' "$passing_unmutated" | grep -qxF "$verdict"; then
+    verdict="NOT CAUGHT ($verdict did not pass without the break either)"
   fi
   [[ "$verdict" == "NOT CAUGHT"* ]] && not_caught=$((not_caught + 1))
   printf '%-3s %-98s %s\n' "$number" "${files[$i]#src/}: ${descriptions[$i]}" "${verdict%%  # GetParam*}"
