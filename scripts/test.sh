@@ -20,7 +20,6 @@ scripts/setup.sh --interop --browser --package --build-dir "$build_dir" -- "${cm
 # a suite that stopped running, must not pass unseen. Each entry: "TEST NAME|why it may skip".
 allowed_skips=(
   "Train.AModelTooLargeForThisMachineIsRefusedBeforeAnythingIsAllocated|the refusal is seen only on a machine with under 30 GB of memory"
-  "Cli.TrainRefusesAnUnreadableCorpus|runs as root; another helper makes it run as an unprivileged user"
 )
 log="$build_dir/ctest.log"
 status=0

@@ -58,8 +58,11 @@ constexpr std::size_t kMaxCapturedBytes = 1 << 20;
 
 // Runs CHARLM_BINARY with `arguments` exactly as given (no shell), standard input from `stdin_path`,
 // in `working_directory`, with this process's environment.
+// `launcher`, where given, runs first with the binary and its arguments after its own (setpriv, to run as
+// another user).
 RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& working_directory,
-                     double timeout_seconds, const std::string& stdin_path = "/dev/null") {
+                     double timeout_seconds, const std::string& stdin_path = "/dev/null",
+                     const std::vector<std::string>& launcher = {}) {
     RunResult result;
     int out_pipe[2], err_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
@@ -68,7 +71,7 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
     }
     // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
     const std::string binary = CHARLM_BINARY;
-    std::vector<std::string> argv_strings;
+    std::vector<std::string> argv_strings(launcher);
     argv_strings.push_back(binary);
     argv_strings.insert(argv_strings.end(), arguments.begin(), arguments.end());
     std::vector<char*> argv;
@@ -86,7 +89,7 @@ RunResult run_binary(const std::vector<std::string>& arguments, const fs::path& 
         if (null_fd < 0 || ::dup2(null_fd, STDIN_FILENO) < 0 || ::dup2(out_pipe[1], STDOUT_FILENO) < 0 ||
             ::dup2(err_pipe[1], STDERR_FILENO) < 0 || ::chdir(directory.c_str()) != 0)
             ::_exit(126);
-        ::execv(binary.c_str(), argv.data());
+        ::execv(argv_strings.front().c_str(), argv.data());
         ::_exit(127);
     }
     ::close(out_pipe[1]);
@@ -272,7 +275,7 @@ protected:
 
     RunResult charlm(const std::vector<std::string>& arguments, double timeout_seconds = 60,
                      const std::string& stdin_path = "/dev/null") const {
-        return run_binary(arguments, directory_, timeout_seconds, stdin_path);
+        return run_binary(arguments, directory_, timeout_seconds, stdin_path, launcher_);
     }
 
     // Trains the tiny model on `corpus` into `run` (relative to the test directory) and checks that it worked.
@@ -326,6 +329,7 @@ protected:
     }
 
     fs::path directory_;
+    std::vector<std::string> launcher_;  // what charlm() runs the binary through; empty: directly
 };
 
 // =============================== train ===============================
@@ -442,16 +446,38 @@ TEST_F(Cli, TrainWithoutOutWritesToRunsCorpusName) {
     EXPECT_TRUE(fs::is_regular_file(path("runs") / "story" / "metrics.jsonl"));
 }
 
+// The bytes of a safetensors file's tensors, after its header: the weights, moments and carried state, without
+// the metadata (which names the seed, and so differs between seeds whatever the weights do).
+std::string tensor_bytes(const fs::path& checkpoint) {
+    const std::string bytes = read_bytes(checkpoint);
+    std::uint64_t length = 0;
+    if (bytes.size() >= 8) std::memcpy(&length, bytes.data(), 8);
+    return bytes.size() >= 8 + length ? bytes.substr(8 + length) : std::string();
+}
+
+// The same seed gives the same run, and another seed another one: the seed is what decides.
 TEST_F(Cli, TrainIsReproducibleWithTheSameSeed) {
     const auto corpus = write("corpus.txt", make_corpus());
     train_tiny(corpus, "first", 20, {"--seed", "7"});
     train_tiny(corpus, "second", 20, {"--seed", "7"});
+    train_tiny(corpus, "other", 20, {"--seed", "8"});
     const auto first = read_metrics(path("first") / "metrics.jsonl"), second = read_metrics(path("second") / "metrics.jsonl");
-    ASSERT_EQ(first.size(), second.size());
+    const auto other = read_metrics(path("other") / "metrics.jsonl");
+    ASSERT_EQ(first.size(), 2u);
+    ASSERT_EQ(second.size(), first.size());
+    ASSERT_EQ(other.size(), first.size());
     for (std::size_t i = 0; i < first.size(); ++i) {
+        SCOPED_TRACE(first[i].dump());
         EXPECT_EQ(first[i].at("train_loss"), second[i].at("train_loss"));
         EXPECT_EQ(first[i].at("validation_loss"), second[i].at("validation_loss"));
+        EXPECT_NE(first[i].at("train_loss"), other[i].at("train_loss")) << "seed 8 trained as seed 7 did";
+        EXPECT_NE(first[i].at("validation_loss"), other[i].at("validation_loss")) << "seed 8 trained as seed 7 did";
     }
+    const std::string weights = tensor_bytes(path("first") / "last.safetensors");
+    ASSERT_FALSE(weights.empty());
+    EXPECT_TRUE(weights == tensor_bytes(path("second") / "last.safetensors")) << "seed 7 twice gave two checkpoints";
+    EXPECT_EQ(weights.size(), tensor_bytes(path("other") / "last.safetensors").size());
+    EXPECT_FALSE(weights == tensor_bytes(path("other") / "last.safetensors")) << "seeds 7 and 8 gave the same checkpoint";
 }
 
 TEST_F(Cli, TrainResumeContinuesToTheTotalStepCount) {
@@ -1411,10 +1437,47 @@ TEST_F(Cli, TrainRefusesZeroNegativeAndAbsurdSizes) {
     EXPECT_FALSE(fs::exists(path("cosine") / "last.safetensors"));
 }
 
+// How this process can run a command as the unprivileged user 65534 (nobody): setpriv (util-linux), or
+// runuser; each is tried on `charlm --version`. Empty where neither works (not root, or not installed).
+std::vector<std::string> as_unprivileged_user(const fs::path& directory) {
+    if (::geteuid() != 0) return {};
+    const std::vector<std::vector<std::string>> launchers = {
+        {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"},
+        {"/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"},
+        {"/usr/sbin/runuser", "-u", "nobody", "--"},
+        {"/sbin/runuser", "-u", "nobody", "--"},
+    };
+    for (const auto& launcher : launchers) {
+        if (::access(launcher.front().c_str(), X_OK) != 0) continue;
+        const RunResult version = run_binary({"--version"}, directory, 60, "/dev/null", launcher);
+        if (version.exit_code == 0 && version.out.rfind("charlm ", 0) == 0) return launcher;
+    }
+    return {};
+}
+
+// Root reads a file whatever its permissions: there the refusal is checked as the unprivileged user 65534,
+// through setpriv or runuser, on a file in a directory that user reaches (the same user is shown to read
+// and train on a readable file beside it, so that only the file's mode can refuse the other).
 TEST_F(Cli, TrainRefusesAnUnreadableCorpus) {
-    if (::geteuid() == 0) GTEST_SKIP() << "root reads files whatever their permissions";
     const auto corpus = write("locked.txt", make_corpus());
     fs::permissions(corpus, fs::perms::none);
+    if (::geteuid() == 0) {
+        train_tiny(write("good.txt", make_corpus()), "run");  // as root: the run that the refusal must leave intact
+        for (fs::path reached = directory_; reached.has_relative_path(); reached = reached.parent_path())
+            if ((fs::status(reached).permissions() & fs::perms::others_exec) == fs::perms::none) {
+                if (reached != directory_) GTEST_SKIP() << "running as root, and user 65534 cannot reach " << reached;
+                fs::permissions(reached, fs::perms::others_exec | fs::perms::others_read, fs::perm_options::add);
+            }
+        launcher_ = as_unprivileged_user(directory_);
+        if (launcher_.empty()) GTEST_SKIP() << "running as root, and neither setpriv nor runuser can run charlm as user 65534";
+        const auto readable = write("readable.txt", make_corpus());
+        fs::permissions(readable, fs::perms::owner_read | fs::perms::group_read | fs::perms::others_read);
+        fs::create_directory(path("nobody"));
+        ASSERT_EQ(::chown(path("nobody").c_str(), 65534, 65534), 0) << std::strerror(errno);
+        const RunResult control = charlm({"train", readable.string(), "--out", (path("nobody") / "run").string(), "--steps", "1",
+                                          "--layers", "1", "--hidden", "8", "--embed", "4", "--seq", "8", "--batch", "2"});
+        ASSERT_EQ(control.exit_code, 0) << "user 65534 should train on a readable file here\n" << describe(control);
+    }
     expect_train_refused(corpus, {"locked.txt", "cannot open"});
 }
 

@@ -283,6 +283,7 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
         {"an empty body", "/v1/score", "", 400, "the body is empty; send a JSON object"},
         {"an empty body to complete", "/v1/completions", "", 400, "the body is empty"},
         {"temperature negative", "/v1/completions", R"({"temperature": -1})", 400, "temperature"},
+        {"temperature past 100", "/v1/completions", R"({"temperature": 100.5})", 400, "at most 100, not 100.5"},
         {"temperature a string", "/v1/completions", R"({"temperature": "hot"})", 400, "number"},
         {"top_p zero", "/v1/completions", R"({"top_p": 0})", 400, "top_p"},
         {"top_p above one", "/v1/completions", R"({"top_p": 1.5})", 400, "top_p"},
@@ -337,6 +338,8 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     // What is refused above is taken where asked for.
     EXPECT_EQ(running.post("/v1/completions", json{{"prompt", "abc é"}, {"skip_unknown", true}, {"max_tokens", 3}}).status, 200);
     EXPECT_EQ(running.post("/v1/completions", json{{"model", "anything"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", nullptr}}).status, 200);
+    EXPECT_EQ(running.post("/v1/completions", json{{"prompt", "a"}, {"temperature", 100}, {"top_p", 1}, {"max_tokens", 3}}).status, 200)
+        << "the bounds themselves are allowed";
     const Reply defaulted = running.post("/v1/completions", json{{"prompt", "a"}});
     EXPECT_EQ(defaulted.body["usage"]["completion_tokens"], 200) << "the default max_tokens";
     EXPECT_EQ(running.get("/health").status, 200) << "the server serves on";
