@@ -425,6 +425,7 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
     progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
     progress.learning_rate = learning_rate;
     progress.chars_per_second = chars_per_second_;
+    progress.precision = session_.model.precision();
     progress.elapsed_seconds = seconds_since(start_);
     if (options_.steps > 0) {
         const double remaining = static_cast<double>(options_.steps - session_.state.step) * progress.elapsed_seconds /
