@@ -1815,7 +1815,7 @@ TEST(Train, TheCommandLineDeclaresEachOptionOfTheTableInItsOrderWithItsHelp) {
     EXPECT_EQ(of_the_table, table);
     // The invocation's own options, declared by hand.
     EXPECT_EQ(others, (std::vector<std::string>{"--help", "--out", "--resume", "--corpus", "--force", "--init-from", "--val", "--quiet",
-                                                "--threads"}));
+                                                "--threads", "--precision"}));
 }
 
 }  // namespace charlm

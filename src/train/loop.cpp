@@ -138,7 +138,10 @@ TrainResult TrainingLoop::run() {
                                       "validations; give a larger --patience to go on",
                                       options_.patience, session_.state.evaluations_since_best));
     // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
-    if (!stop) progress_.run_started(description());
+    if (!stop) {
+        progress_.run_started(description());
+        if (!session_.precision_note.empty()) progress_.note(session_.precision_note);
+    }
     while (!stop) {
         const double learning_rate = take_step();
         agree_on_stop();

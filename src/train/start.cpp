@@ -313,7 +313,7 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     if (trained) session.model = model_with_new_characters(*trained->model, options.model.vocab_size, options.model, session.rng);
     else session.model.initialize(session.rng);
     session.model.set_precision(options.precision);
-    progress.note("products in " + precision_reason);
+    session.precision_note = "products in " + precision_reason;
     trained.reset();  // its weights are the session's now, and its optimizer's moments are not this run's
     session.optimizer = Adam(session.model.parameters());
     if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
@@ -467,7 +467,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         progress.warning(fmt::format("the run trained with {} products and goes on with {}: its numbers will differ from one "
                                      "uninterrupted run (give --precision {} to keep them the same)",
                                      to_string(precision_before), to_string(options.precision), to_string(precision_before)));
-    progress.note("products in " + precision_reason);
+    session.precision_note = "products in " + precision_reason;
     if (processes_before != options.processes)
         progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
                                      processes_before == 1 ? "" : "es", options.processes,
