@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Peer benchmark: the same character-level LSTM language model in PyTorch (CPU, fp32), to compare charlm against.
+"""Peer benchmark: the same character-level LSTM language model in PyTorch (CPU, fp32, or bf16 autocast with
+--autocast bf16), to compare charlm against.
 
 Model: Embedding(V, E) -> LSTM(E, H, L) -> Linear(H, V); Adam, gradient clipping at norm 5, cross entropy.
 
@@ -38,6 +39,9 @@ def parse_arguments():
     parser.add_argument("--threads", type=int, default=2, help="OpenBLAS threads (the cores used)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch's own OpenMP threads")
     parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per speed figure")
+    parser.add_argument("--autocast", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: forward passes under torch.autocast('cpu', dtype=torch.bfloat16), as a user would "
+                             "train in bf16 (weights, optimizer and loss stay fp32)")
     parser.add_argument("--quality", metavar="CORPUS", help="train on this text file and report validation loss")
     parser.add_argument("--minutes", type=float, default=10.0, help="quality mode: wall-clock training budget")
     parser.add_argument("--eval-every", type=int, default=100, help="quality mode: steps between evaluations")
@@ -65,12 +69,21 @@ class CharModel(nn.Module):
 
 
 def detached(state):
-    return tuple(s.detach() for s in state)
+    return tuple(s.detach().float() for s in state)  # fp32, as the next window's autocast expects it
+
+
+def precision_scope():
+    """The forward pass's precision: autocast to bf16 under --autocast bf16, else fp32 as it is."""
+    import contextlib
+    if ARGUMENTS.autocast == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def train_step(model, optimizer, inputs, targets, state):
-    logits, state = model(inputs, state)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    with precision_scope():
+        logits, state = model(inputs, state)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -113,18 +126,20 @@ def measure_speed(args):
     model.eval()
 
     def evaluate():
-        with torch.no_grad():
+        with torch.no_grad(), precision_scope():
             logits, _ = model(inputs)
-            F.cross_entropy(logits.reshape(-1, args.vocab), targets.reshape(-1)).item()
+        F.cross_entropy(logits.float().reshape(-1, args.vocab), targets.reshape(-1)).item()
 
     eval_seconds = seconds_per_call(evaluate, args.seconds)
 
     sampler = {"token": torch.zeros(1, 1, dtype=torch.long), "state": None}
 
     def sample_one():
+        with torch.no_grad(), precision_scope():
+            logits, state = model(sampler["token"], sampler["state"])
         with torch.no_grad():
-            logits, sampler["state"] = model(sampler["token"], sampler["state"])
-            probabilities = torch.softmax(logits[0, 0], dim=-1)
+            sampler["state"] = tuple(s.float() for s in state)
+            probabilities = torch.softmax(logits[0, 0].float(), dim=-1)
             sampler["token"] = torch.multinomial(probabilities, 1).view(1, 1)
 
     sample_seconds = seconds_per_call(sample_one, args.seconds)
@@ -132,7 +147,7 @@ def measure_speed(args):
     print(json.dumps({
         "peer": "pytorch", "model": f"{args.layers}x{args.hidden}", "layers": args.layers, "hidden": args.hidden,
         "embed": args.embed, "vocab": args.vocab, "seq": args.seq, "batch": args.batch, **thread_fields(args),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "precision": args.autocast,
         "train_cps": round(chars / train_seconds), "eval_cps": round(chars / eval_seconds),
         "sample_b1_cps": round(1.0 / sample_seconds),
     }), flush=True)

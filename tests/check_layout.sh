@@ -19,7 +19,7 @@ declare -A public_header_folder=(
   [error]=base [atomic_file]=base [tensor]=base [json_integer]=base [json_limits]=base [clock]=base [uniform_draw]=base
   [threads]=parallel [communicator]=parallel
   [text]=text [utf8]=text [vocab]=text [tokens]=text [ids_file]=text [file_identity]=text [display]=text [batches]=text
-  [model_config]=nn [model]=nn [optim]=nn [sample]=nn [eval]=nn [score]=nn
+  [model_config]=nn [precision]=nn [model]=nn [optim]=nn [sample]=nn [eval]=nn [score]=nn
   [checkpoint]=io [run_lock]=io
   [report]=report [plot]=report
   [train]=train [progress]=train

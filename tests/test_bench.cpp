@@ -20,15 +20,22 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     options.seconds_per_measurement = 0.05;
     options.corpus = directory.write("corpus.txt", text);
     options.models = {{.layers = 1, .hidden_size = 8, .embed_size = 4, .seq_length = 5, .batch_size = 4}};
+    options.precision = PrecisionChoice::fp32;
     std::vector<std::string> notes;
     options.note = [&](const std::string& line) { notes.push_back(line); };
     const nlohmann::json result = run_benchmark(options);
-    // The library writes nothing itself: the GEMM peak and each model reach the caller as lines.
-    ASSERT_EQ(notes.size(), 2u);
+    // The library writes nothing itself: the GEMM peaks (bf16's where the CPU has it) and each model
+    // reach the caller as lines.
+    const bool bf16_peak = cpu_runs_bf16();
+    ASSERT_EQ(notes.size(), bf16_peak ? 3u : 2u);
     EXPECT_EQ(notes[0].rfind("GEMM 2048^3 through ", 0), 0u) << notes[0];
     EXPECT_NE(notes[0].find(" GFLOP/s on 1 thread"), std::string::npos) << notes[0];
     EXPECT_EQ(notes[0].find("1 threads"), std::string::npos) << notes[0];
-    EXPECT_EQ(notes[1], "measuring lstm 1x8 at 5 x 4");
+    if (bf16_peak) {
+        EXPECT_EQ(notes[1].rfind("GEMM 2048^3 in bf16 with fp32 sums: ", 0), 0u) << notes[1];
+    }
+    EXPECT_EQ(notes.back(), "measuring lstm 1x8 at 5 x 4, products in fp32, as --precision fp32 asks");
+    EXPECT_EQ(result.at("bf16_gemm_gflops").is_null(), !bf16_peak);
 
     EXPECT_EQ(result.at("threads").get<int>(), 1);
     EXPECT_GT(result.at("gemm_gflops").get<double>(), 0);
@@ -36,6 +43,7 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     ASSERT_EQ(result.at("models").size(), 1u);
     const auto& row = result.at("models")[0];
     EXPECT_EQ(row.at("model").get<std::string>(), "lstm 1x8");
+    EXPECT_EQ(row.at("precision").get<std::string>(), "fp32");
     for (const char* figure : {"train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second", "train_gflops",
                                "fraction_of_gemm_peak", "peak_rss_megabytes"})
         EXPECT_GT(row.at(figure).get<double>(), 0) << figure;

@@ -34,6 +34,7 @@
 #include <utf8.h>
 
 #include "charlm/checkpoint.hpp"
+#include "charlm/precision.hpp"
 #include "charlm/utf8.hpp"
 #include "child_process.hpp"
 #include "test_helpers.hpp"
@@ -2302,4 +2303,64 @@ TEST_F(Cli, ReadsWhereUsersPointAndNamesWhatTheyGave) {
     const RunResult unnamed = charlm(arguments);
     ASSERT_EQ(unnamed.exit_code, 0) << describe(unnamed);
     EXPECT_TRUE(fs::exists(path("runs") / "corpus" / "last.safetensors"));
+}
+
+// =============================== precision ===============================
+
+TEST_F(Cli, PrecisionBf16IsRefusedWithTheReasonWhereTheCpuLacksTheInstructions) {
+    const auto checkpoint = trained_run();
+    const auto corpus = path("corpus.txt");
+    ScopedEnvironment no_bf16("CHARLM_BF16", "0");  // what a CPU without AVX512_BF16 answers, on any machine
+    const std::vector<std::string> mentions = {"--precision bf16 needs a CPU with bf16 instructions (AVX512_BF16)",
+                                               "give --precision fp32 or auto"};
+    expect_train_refused(corpus, mentions, {"--precision", "bf16"}, /*usage_error=*/true);
+    expect_error(charlm({"sample", checkpoint.string(), "--precision", "bf16"}), mentions, true);
+    expect_error(charlm({"eval", checkpoint.string(), corpus.string(), "--precision", "bf16"}), mentions, true);
+    expect_error(charlm({"serve", checkpoint.string(), "--port", "0", "--precision", "bf16"}), mentions, true);
+    expect_error(charlm({"bench", "--model", "2x128", "--seconds", "0.1", "--precision", "bf16"}), mentions, true);
+    // auto is fp32 there, and training says why
+    const RunResult automatic = train_tiny(corpus, "auto", 10);
+    EXPECT_NE(automatic.err.find("products in fp32: this CPU has no bf16 instructions (AVX512_BF16)"), std::string::npos)
+        << describe(automatic);
+}
+
+TEST_F(Cli, TrainSaysAndRecordsItsPrecisionAndAResumeKeepsIt) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    const RunResult fp32 = train_tiny(corpus, "fp32", 20, {"--precision", "fp32"});
+    EXPECT_NE(fp32.err.find("products in fp32, as --precision fp32 asks"), std::string::npos) << describe(fp32);
+    for (const json& record : read_metrics(path("fp32") / "metrics.jsonl")) EXPECT_EQ(record.at("precision"), "fp32");
+    const RunResult info = charlm({"info", (path("fp32") / "last.safetensors").string()});
+    EXPECT_NE(info.out.find("  precision "), std::string::npos) << describe(info);
+    // The tiny model's hidden size is under 128: auto does not time it, and is fp32 on every machine.
+    const RunResult automatic = train_tiny(corpus, "auto", 20);
+    EXPECT_NE(automatic.err.find("products in fp32: a hidden size under 128"), std::string::npos) << describe(automatic);
+    if (!charlm::cpu_runs_bf16()) GTEST_SKIP() << "this CPU has no AVX512_BF16: the rest trains at bf16, which is refused here";
+
+    const RunResult bf16 = train_tiny(corpus, "bf16", 20, {"--precision", "bf16"});
+    EXPECT_NE(bf16.err.find("products in bf16, as --precision bf16 asks"), std::string::npos) << describe(bf16);
+    train_tiny(corpus, "halves", 10, {"--precision", "bf16"});
+    // Resumed with auto (the default), the run keeps its bf16 and goes on as one run would.
+    const RunResult resumed = charlm({"train", "--resume", path("halves").string(), "--steps", "20"});
+    ASSERT_EQ(resumed.exit_code, 0) << describe(resumed);
+    EXPECT_NE(resumed.err.find("products in bf16, the run's so far"), std::string::npos) << describe(resumed);
+    const auto straight = read_metrics(path("bf16") / "metrics.jsonl"), halves = read_metrics(path("halves") / "metrics.jsonl");
+    ASSERT_EQ(straight.size(), halves.size());
+    for (std::size_t i = 0; i < straight.size(); ++i) {
+        EXPECT_EQ(halves[i].at("precision"), "bf16");
+        EXPECT_EQ(halves[i].at("train_loss"), straight[i].at("train_loss")) << "record " << i;
+        EXPECT_EQ(halves[i].at("validation_loss"), straight[i].at("validation_loss")) << "record " << i;
+    }
+    EXPECT_NE(straight.back().at("train_loss"), read_metrics(path("fp32") / "metrics.jsonl").back().at("train_loss"))
+        << "bf16 products left fp32's numbers unchanged";
+    // Resumed at another precision, it says the numbers will differ.
+    const RunResult other = charlm({"train", "--resume", path("halves").string(), "--steps", "25", "--precision", "fp32"});
+    ASSERT_EQ(other.exit_code, 0) << describe(other);
+    EXPECT_NE(other.err.find("the run trained with bf16 products and goes on with fp32: its numbers will differ"), std::string::npos)
+        << describe(other);
+    // Any checkpoint samples at either precision.
+    for (const char* precision : {"fp32", "bf16"}) {
+        const RunResult sampled = charlm({"sample", (path("bf16") / "last.safetensors").string(), "--length", "20", "--seed", "3",
+                                          "--precision", precision});
+        EXPECT_EQ(sampled.exit_code, 0) << describe(sampled);
+    }
 }

@@ -144,7 +144,8 @@ void expect_metrics_match_reports(const std::filesystem::path& run_directory, co
     for (std::size_t i = 0; i < records.size(); ++i) {
         SCOPED_TRACE(records[i].dump());
         const ProgressReport& report = reports[i];
-        EXPECT_EQ(records[i].size(), report.validation_loss ? 8u : report.evaluated ? 7u : 6u);
+        EXPECT_EQ(records[i].size(), report.validation_loss ? 9u : report.evaluated ? 8u : 7u);
+        EXPECT_EQ(records[i].at("precision").get<std::string>(), to_string(report.precision));
         EXPECT_EQ(records[i].at("step").get<std::int64_t>(), report.step);
         EXPECT_EQ(records[i].at("epoch").get<double>(), report.epoch);
         EXPECT_EQ(records[i].at("train_loss").get<double>(), report.train_loss);
@@ -1873,7 +1874,7 @@ TEST(Train, TheCommandLineDeclaresEachOptionOfTheTableInItsOrderWithItsHelp) {
     EXPECT_EQ(of_the_table, table);
     // The invocation's own options, declared by hand.
     EXPECT_EQ(others, (std::vector<std::string>{"--help", "--out", "--resume", "--corpus", "--force", "--init-from", "--val", "--quiet",
-                                                "--threads"}));
+                                                "--threads", "--precision"}));
 }
 
 }  // namespace charlm

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "charlm/model.hpp"
+#include "charlm/precision.hpp"
 
 namespace charlm {
 
@@ -34,6 +35,8 @@ std::filesystem::path default_bench_corpus();
 
 struct BenchOptions {
     int threads = 0;                 // 0 uses every core
+    // The products' precision, decided for each model as a run of its shape would decide it (auto times it).
+    PrecisionChoice precision = PrecisionChoice::automatic;
     double seconds_per_measurement = 3.0;
     std::vector<BenchModel> models = default_bench_models();
     // Only sets the vocabulary and the token ids; the speed hardly depends on the text.
@@ -61,10 +64,11 @@ struct FlopsPerCharacter {
 FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size);
 
 // Tells options.note of each measurement as it starts.
-// {"threads", "gemm_backend", "gemm_gflops", "flop_counted", "corpus", "vocab_size", "models": [{"model", "seq", "batch",
-//  "parameters", "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second",
+// {"threads", "gemm_backend", "gemm_gflops", "bf16_gemm_gflops" (where the CPU runs bf16; else null), "flop_counted",
+//  "corpus", "vocab_size", "models": [{"model", "seq", "batch", "precision", "precision_reason", "parameters", "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second",
 //  "train_flop_per_character", "eval_flop_per_character", "sample_flop_per_character", "train_gflops", "eval_gflops",
-//  "sample_gflops", "fraction_of_gemm_peak" (training's), "eval_fraction_of_gemm_peak", "peak_rss_megabytes"}, ...]}.
+//  "sample_gflops", "fraction_of_gemm_peak" (training's, of the peak at the row's precision), "eval_fraction_of_gemm_peak",
+//  "peak_rss_megabytes"}, ...]}.
 // Throws Error for an unreadable corpus.
 nlohmann::json run_benchmark(const BenchOptions& options);
 

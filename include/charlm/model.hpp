@@ -12,6 +12,7 @@
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
 #include "charlm/model_config.hpp"
+#include "charlm/precision.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -78,6 +79,11 @@ public:
     // for one step against frozen weights: forward() refuses anything else while it is set.
     void set_rows_as_if_alone(bool alone) { rows_as_if_alone_ = alone; }
 
+    // The precision of the products from the next forward() on (fp32 by default; a double model always
+    // multiplies in double). Weights, gradients, states and losses stay Scalar: only products change.
+    void set_precision(Precision precision) { precision_ = precision; }
+    Precision precision() const { return precision_; }
+
     // With a generator, forward() drops units and weights at the config's rates (training), drawing
     // one word of it per window; without one (the default) it does not (evaluation and sampling).
     // `first_stream`: the place in the whole batch of the first of this process's streams (mpirun -np N),
@@ -116,6 +122,7 @@ private:
     Parameter<Scalar>* head_bias_;               // (1, V)
     bool weights_frozen_ = false;
     bool rows_as_if_alone_ = false;
+    Precision precision_ = Precision::fp32;
     std::uint64_t freezes_ = 0;  // counts freezes: the engine keeps what it derived from the weights while it stays
     std::unique_ptr<Workspace> workspace_;
 };

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "charlm/model_config.hpp"
+#include "charlm/precision.hpp"
 
 namespace charlm {
 
@@ -36,6 +37,7 @@ struct StepProgress {
     double chars_per_second = 0;              // training characters per second of training, in this invocation
     double elapsed_seconds = 0;               // since this invocation's loop began
     std::optional<double> remaining_seconds;  // to the run's end, where --steps bounds it (or --minutes, if sooner)
+    Precision precision = Precision::fp32;    // the products' (--precision)
 };
 
 // Progress worth keeping, as a log line and a record of metrics.jsonl: one at each evaluation and,

@@ -12,6 +12,7 @@
 #include "charlm/communicator.hpp"
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
+#include "charlm/precision.hpp"
 #include "charlm/progress.hpp"
 #include "charlm/text.hpp"
 
@@ -62,6 +63,12 @@ struct TrainOptions {
     std::uint64_t train_characters = 0;                     // the part that trains, after the split
     int threads = 0;  // the thread count it trained with (each process's): the same seed and count give the same bits
     int processes = 1;  // the processes that shared each batch (mpirun -np N)
+    // --precision: this invocation's choice (not recorded; a resume given auto keeps the run's), and
+    // the products' precision it came to, recorded for `charlm info`. The weights are fp32 at either,
+    // and any checkpoint trains or samples at either. The command line's default is auto; the
+    // library's, fp32, so that a caller that does not ask gets the same bits on every machine.
+    PrecisionChoice precision_choice = PrecisionChoice::fp32;
+    Precision precision = Precision::fp32;
 
     nlohmann::json to_json() const;
     static TrainOptions from_json(const nlohmann::json& json);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <optional>
 #include <random>
 
 #include <Eigen/Core>
@@ -51,13 +52,13 @@ double peak_rss_megabytes() {
 
 // The same product size as the oneDNN peer's --gemm, so the two peaks compare directly; through gemm(),
 // the fastest product this build has.
-double measure_gemm_gflops(double seconds) {
+double measure_gemm_gflops(double seconds, Precision precision) {
     const Eigen::Index size = 2048;
     Matrix<float> left = Matrix<float>::Constant(size, size, 0.5f);
     Matrix<float> right = Matrix<float>::Constant(size, size, 0.25f);
     Matrix<float> product(size, size);
     const double seconds_each = seconds_per_call(
-        [&] { gemm<float>(left, Transpose::no, right, Transpose::no, 0.0f, product); }, seconds);
+        [&] { gemm<float>(left, Transpose::no, right, Transpose::no, 0.0f, product, precision); }, seconds);
     return 2.0 * static_cast<double>(size) * size * size / seconds_each / 1e9;
 }
 
@@ -66,8 +67,7 @@ constexpr const char* kFlopCounted =
     "FLOP of the matrix products that run (a multiply-add is 2), forward and backward; the first layer's input "
     "projection is a table lookup, its table made once per training window";
 
-nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab& vocab,
-                             double seconds) {
+ModelConfig config_of(const BenchModel& shape, const Vocab& vocab) {
     ModelConfig config;
     config.cell = CellType::lstm;
     config.vocab_size = static_cast<int>(vocab.size());
@@ -75,7 +75,13 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
     config.hidden_size = shape.hidden_size;
     config.layers = shape.layers;
     config.validate();
+    return config;
+}
+
+nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab& vocab, double seconds, Precision precision) {
+    const ModelConfig config = config_of(shape, vocab);
     Model<float> model(config);
+    model.set_precision(precision);
     std::mt19937_64 rng(1);
     model.initialize(rng);
     const double chars_per_window = static_cast<double>(shape.seq_length) * shape.batch_size;
@@ -119,6 +125,7 @@ nlohmann::json measure_model(const BenchModel& shape, TokenSpan ids, const Vocab
     const double sample_chars_per_second = 1.0 / sample_seconds;
     return {
         {"model", fmt::format("lstm {}x{}", shape.layers, shape.hidden_size)},
+        {"precision", to_string(precision)},
         {"layers", shape.layers},
         {"hidden", shape.hidden_size},
         {"embed", shape.embed_size},
@@ -203,6 +210,7 @@ std::filesystem::path default_bench_corpus() {
 
 nlohmann::json run_benchmark(const BenchOptions& options) {
     if (options.seconds_per_measurement <= 0) throw Error("the seconds per measurement must be positive");
+    check_precision_runs_here(options.precision);
     set_thread_count(options.threads);
     // Read as 'charlm train' reads it: streamed into ids of as few bytes each as the vocabulary needs.
     const Vocab vocab = Vocab::from_files({options.corpus});
@@ -217,15 +225,26 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
     const auto note = [&](const std::string& line) {
         if (options.note) options.note(line);
     };
-    const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement);
+    const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement, Precision::fp32);
     note(fmt::format("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} thread{}", gemm_backend(), gemm_gflops, Eigen::nbThreads(),
                      Eigen::nbThreads() == 1 ? "" : "s"));
+    // The bf16 roofline, where the CPU multiplies bf16 (elsewhere the emulation would time nothing worth knowing).
+    std::optional<double> bf16_gemm_gflops;
+    if (cpu_runs_bf16()) {
+        bf16_gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement, Precision::bf16);
+        note(fmt::format("GEMM 2048^3 in bf16 with fp32 sums: {:.1f} GFLOP/s", *bf16_gemm_gflops));
+    }
     nlohmann::json models = nlohmann::json::array();
     for (const BenchModel& shape : options.models) {
-        note(fmt::format("measuring lstm {}x{} at {} x {}", shape.layers, shape.hidden_size, shape.seq_length, shape.batch_size));
-        nlohmann::json row = measure_model(shape, ids, vocab, options.seconds_per_measurement);
-        row["fraction_of_gemm_peak"] = row["train_gflops"].get<double>() / gemm_gflops;
-        row["eval_fraction_of_gemm_peak"] = row["eval_gflops"].get<double>() / gemm_gflops;
+        const PrecisionDecision decision =
+            decide_precision(options.precision, product_shapes(config_of(shape, vocab), shape.batch_size, shape.seq_length));
+        note(fmt::format("measuring lstm {}x{} at {} x {}, products in {}", shape.layers, shape.hidden_size, shape.seq_length,
+                         shape.batch_size, decision.reason));
+        nlohmann::json row = measure_model(shape, ids, vocab, options.seconds_per_measurement, decision.precision);
+        row["precision_reason"] = decision.reason;
+        const double peak = decision.precision == Precision::bf16 && bf16_gemm_gflops ? *bf16_gemm_gflops : gemm_gflops;
+        row["fraction_of_gemm_peak"] = row["train_gflops"].get<double>() / peak;
+        row["eval_fraction_of_gemm_peak"] = row["eval_gflops"].get<double>() / peak;
         models.push_back(std::move(row));
     }
     return {
@@ -235,6 +254,7 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         {"vocab_size", vocab.size()},
         {"gemm_backend", gemm_backend()},
         {"gemm_gflops", gemm_gflops},
+        {"bf16_gemm_gflops", bf16_gemm_gflops ? nlohmann::json(*bf16_gemm_gflops) : nlohmann::json(nullptr)},
         {"flop_counted", kFlopCounted},
         {"models", models},
     };

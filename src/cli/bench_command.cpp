@@ -23,6 +23,7 @@ struct BenchArguments {
     std::string corpus = options.corpus.string();
     std::vector<std::string> models;  // by name, "3x512"; none: every reference model
     bool json = false;
+    std::string precision = "auto";
 };
 
 int run_bench(BenchArguments& arguments, bool corpus_given) {
@@ -33,6 +34,7 @@ int run_bench(BenchArguments& arguments, bool corpus_given) {
         throw Error(fmt::format("{}: no such file here, where charlm bench looks for its text by default (in a checkout, "
                                 "scripts/get-corpus.sh makes it); give a UTF-8 text with --corpus FILE",
                                 options.corpus.string()));
+    options.precision = parse_precision_choice(arguments.precision);
     if (!arguments.models.empty()) options.models = select_bench_models(arguments.models);
     options.note = [](const std::string& line) { spdlog::info("{}", line); };
     const nlohmann::json result = run_benchmark(options);
@@ -47,6 +49,7 @@ Command add_bench_command(CLI::App& app) {
     const auto arguments = std::make_shared<BenchArguments>();
     auto* bench = app.add_subcommand("bench", "Measure training, evaluation and sampling speed on the reference LSTMs");
     add_threads_option(*bench, arguments->options.threads);
+    add_precision_option(*bench, arguments->precision);
     bench->add_option("--model", arguments->models, "Measure only these, e.g. --model 2x128 --model 3x512 [default: 2x128, 2x256, 3x512]")
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     bench->add_option("--seconds", arguments->options.seconds_per_measurement, "Seconds of each measurement")

@@ -7,6 +7,7 @@
 #include <CLI/CLI.hpp>
 
 #include "charlm/eval.hpp"
+#include "charlm/precision.hpp"
 
 namespace charlm::cli {
 
@@ -15,6 +16,14 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads,
                                 const std::string& description = "CPU threads; 0 uses every core");
 // Sets the threads, with a word on stderr where the environment allows fewer or the machine has fewer cores.
 void use_threads(int threads);
+
+// --precision auto|fp32|bf16, the products' precision; auto the default.
+CLI::Option* add_precision_option(CLI::App& command, std::string& precision);
+// Sets `model`'s precision for `shapes` (a UsageError for bf16 on a CPU without it), and returns the
+// log line that says which and why, where there is news (bf16, or a timing's verdict; else empty:
+// fp32 as ever says nothing): the command logs it once its input has passed every check, so that a
+// refusal stays one line.
+std::string use_precision(const std::string& precision, const charlm::ProductShapes& shapes, charlm::Model<float>& model);
 
 // The CHECKPOINT argument of sample, eval, serve and info.
 CLI::Option* add_checkpoint_argument(CLI::App& command, std::string& checkpoint);

@@ -21,12 +21,16 @@ namespace charlm::cli {
 
 namespace {
 
+// The windows that evaluate_file() scores a long text in (eval.cpp), which `auto` times its products on.
+constexpr int kEvalBatch = 32, kEvalSteps = 100;
+
 struct EvalArguments {
     std::string checkpoint;
     std::string file;
     charlm::EvalOptions options;
     bool json = false;
     int threads = 0;
+    std::string precision = "auto";
     std::string html;                 // a report of the scored text, the page's score view in one file
     long long html_characters = 20000;
     bool adapt = false;               // dynamic evaluation, with these settings
@@ -93,10 +97,13 @@ int run_eval(EvalArguments& arguments) {
     }
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const std::string precision_line =
+        use_precision(arguments.precision, charlm::product_shapes(checkpoint.config, kEvalBatch, kEvalSteps), *checkpoint.model);
     charlm::EvalResult result;
     naming_standard_input([&] {  // read once, streamed: a pipe will do
         result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, path_to_read(arguments.file), arguments.options);
     });
+    if (!precision_line.empty()) spdlog::info("{}", precision_line);
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
                      result.unknown_characters, name_of_input(arguments.file), 100 * result.unknown_fraction);
@@ -133,6 +140,7 @@ Command add_eval_command(CLI::App& app) {
                    fmt::format("Score a text even when more than {:g}% of its characters are not in the model's vocabulary "
                                "(they are left out)", 100 * charlm::kMostUnknownFraction));
     add_threads_option(*eval, eval_arguments.threads);
+    add_precision_option(*eval, eval_arguments.precision);
     eval->add_option("--html", eval_arguments.html,
                      "Also write REPORT.html: the text tinted by surprise, top predictions, the neurons that vary most")
         ->option_text("REPORT.html");

@@ -38,6 +38,7 @@ struct SampleArguments {
     charlm::SampleOptions options;
     charlm::ExplicitSampleOptions given;  // which drawing options were on the command line
     int threads = 1;
+    std::string precision = "auto";
     std::string adapt_to;                 // a text to adapt the weights to first, as eval --adapt reads it
     charlm::AdaptOptions adapt_options;
     bool allow_unknown = false;           // adapt to it whatever share of it the model never saw
@@ -74,6 +75,7 @@ int run_sample(SampleArguments& arguments) {
         throw charlm::UsageError("--adapt-to and --prompt-file cannot both read standard input; give one of them a file");
     use_threads(arguments.threads);
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const std::string precision_line = use_precision(arguments.precision, charlm::product_shapes(checkpoint.config, 1, 1), *checkpoint.model);
     if (!arguments.adapt_to.empty()) {
         // Read as eval --adapt reads it: a text mostly of characters the model never saw is refused
         // unless --allow-unknown, since what is left of it would say little of its style.
@@ -98,6 +100,7 @@ int run_sample(SampleArguments& arguments) {
         if (unknown > 0) spdlog::warn("left {} prompt characters out that the model never saw", unknown);
     }
     charlm::check_prompt(checkpoint.vocab, prompt);  // before anything reaches stdout
+    if (!precision_line.empty()) spdlog::info("{}", precision_line);
     for (const std::string& stop : arguments.stops) arguments.options.stops.push_back(charlm::decode_utf8(stop, "--stop"));
     for (const std::string& warning : charlm::sample_warnings(arguments.options, arguments.given, checkpoint.vocab))
         spdlog::warn("{}", warning);
@@ -176,6 +179,7 @@ Command add_sample_command(CLI::App& app) {
     sample->add_flag("--greedy", sample_arguments.options.greedy, "Always take the most likely character (repeats itself)");
     sample->add_option("--seed", sample_arguments.seed, "Seed for reproducible samples [default: random]");
     add_threads_option(*sample, sample_arguments.threads);
+    add_precision_option(*sample, sample_arguments.precision);
     auto* adapt_to = sample->add_option("--adapt-to", sample_arguments.adapt_to,
                                         "First adapt the weights to this text, as 'charlm eval --adapt' reads it, then sample in "
                                         "its style; - reads standard input")

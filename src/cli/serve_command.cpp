@@ -25,6 +25,7 @@ namespace {
 struct ServeArguments {
     std::string checkpoint;
     charlm::ServerOptions options;
+    std::string precision = "auto";
 };
 
 // Serves until SIGINT, SIGTERM or SIGHUP, which are taken by sigwait() here rather than by a handler:
@@ -55,6 +56,7 @@ int run_serve(const ServeArguments& arguments) {
         }
     });
     signals.detach();
+    charlm::check_precision_runs_here(charlm::parse_precision_choice(arguments.precision));
     use_threads(arguments.options.threads);
     charlm::ServerOptions options = arguments.options;
     options.log = [](charlm::ServerLogLevel level, const std::string& message) {
@@ -64,12 +66,15 @@ int run_serve(const ServeArguments& arguments) {
     charlm::Server server(options);
     server.start();  // /health answers "loading" while the checkpoint loads
     charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+    const std::string precision_line =
+        use_precision(arguments.precision, charlm::product_shapes(checkpoint.config, arguments.options.slots, 1), *checkpoint.model);
     const charlm::ModelConfig config = checkpoint.config;
     server.load(std::move(checkpoint), std::filesystem::path(arguments.checkpoint).filename().string());
     serving = true;
     const std::string& host = arguments.options.host;
     if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "::1")
         spdlog::warn("listening on {}: whoever can reach this machine can use the server (it has no authentication)", host);
+    if (!precision_line.empty()) spdlog::info("{}", precision_line);
     spdlog::info("serving {} {}x{} ({} characters) with {} slots; Ctrl-C stops", charlm::to_string(config.cell), config.layers,
                  config.hidden_size, config.vocab_size, arguments.options.slots);
     fmt::print("{}\n", server.url());
@@ -94,6 +99,7 @@ Command add_serve_command(CLI::App& app) {
         ->check(CLI::Range(0, 65535))
         ->capture_default_str();
     add_threads_option(*serve, serve_options.threads, "CPU threads for the model; 0 uses every core");
+    add_precision_option(*serve, serve_arguments.precision);
     serve->add_option("--parallel", serve_options.slots, "Completions decoded at once, as one batch")->check(CLI::Range(1, 256))->capture_default_str();
     serve->add_option("--queue", serve_options.queued, "Completions that may wait for a slot; past that, 503")->check(CLI::Range(0, 4096))->capture_default_str();
     serve->add_option("--max-tokens", serve_options.max_tokens, "The most characters one completion may ask for")

@@ -184,7 +184,7 @@ std::string format_benchmark_table(const nlohmann::json& result) {
                          "train ch/s", "eval ch/s", "sample ch/s", "train GF/s", "% peak", "eval GF/s", "% peak", "peak MB");
     for (const auto& row : result.at("models")) {
         table += fmt::format("{:<14} {:>8} {:>12.0f} {:>12.0f} {:>12.0f} {:>11.2f} {:>7.1f}% {:>10.2f} {:>7.1f}% {:>9.0f}\n",
-                             row.at("model").get<std::string>(),
+                             row.at("model").get<std::string>() + (row.value("precision", "fp32") == "bf16" ? " bf16" : ""),
                              fmt::format("{}x{}", row.at("seq").get<int>(), row.at("batch").get<int>()),
                              row.at("train_chars_per_second").get<double>(), row.at("eval_chars_per_second").get<double>(),
                              row.at("sample_chars_per_second").get<double>(), row.at("train_gflops").get<double>(),
@@ -192,6 +192,9 @@ std::string format_benchmark_table(const nlohmann::json& result) {
                              100.0 * row.at("eval_fraction_of_gemm_peak").get<double>(),
                              row.at("peak_rss_megabytes").get<double>());
     }
+    if (result.contains("bf16_gemm_gflops") && !result.at("bf16_gemm_gflops").is_null())
+        table += fmt::format("GEMM 2048^3 in bf16 with fp32 sums: {:.1f} GFLOP/s, the peak of the bf16 rows' % peak.\n",
+                             result.at("bf16_gemm_gflops").get<double>());
     table += fmt::format("GF/s counts {}.\n", result.at("flop_counted").get<std::string>());
     table += "peak MB is the process's high-water mark so far: models run smallest first.\n";
     return table;

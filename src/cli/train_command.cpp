@@ -57,6 +57,7 @@ struct TrainArguments {
     // The options that the table parses from text (--cell, --lr-schedule, ...), as given, by flag.
     std::map<std::string, std::string, std::less<>> texts;
     int threads = 0;
+    std::string precision = "auto";
     bool quiet = false;
     std::vector<std::string> given;  // the training options given on the command line, by name
 };
@@ -91,6 +92,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     if (given("--minutes") && !(arguments.options.minutes > 0))
         throw charlm::UsageError(fmt::format("--minutes must be positive, not {}", arguments.options.minutes));
     charlm::TrainOptions& options = arguments.options;
+    options.precision_choice = charlm::parse_precision_choice(arguments.precision);
     // --cell's refusal follows those of the request's shape, below.
     for (const charlm::TrainOptionSpec& option : charlm::train_option_table())
         if (std::holds_alternative<charlm::TextOption>(option.binding) && option.flag != "--cell")
@@ -110,7 +112,7 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
         request.options = options;
         parse_text_option(arguments, request.options, "--cell");
         // These act on this invocation, or were checked above; the rest are the run's options.
-        const std::set<std::string> not_options = {"--threads", "--quiet", "--out", "--force", "--resume", "--corpus", "--val"};
+        const std::set<std::string> not_options = {"--threads", "--precision", "--quiet", "--out", "--force", "--resume", "--corpus", "--val"};
         for (const auto& name : arguments.given)
             if (!not_options.contains(name)) request.given.push_back(name);
         if (!arguments.moved_corpus.empty()) request.corpus = arguments.moved_corpus;
@@ -284,6 +286,7 @@ Command add_train_command(CLI::App& app) {
         declare_training_option(*train, row, train_arguments);
     }
     add_threads_option(*train, train_arguments.threads, "CPU threads; 0 uses every core (under mpirun, this process's share)");
+    add_precision_option(*train, train_arguments.precision);
 
     // Which training options the command line gave, by name: a resumed run applies or refuses exactly those.
     train->parse_complete_callback([train, arguments]() {

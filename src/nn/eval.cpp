@@ -44,6 +44,7 @@ namespace {
 // A model with `model`'s weights, and workspaces of its own.
 Model<float> copy_of(const Model<float>& model) {
     Model<float> copy(model.config());
+    copy.set_precision(model.precision());
     for (std::size_t i = 0; i < copy.parameters().size(); ++i) copy.parameters()[i].value = model.parameters()[i].value;
     return copy;
 }

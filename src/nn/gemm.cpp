@@ -1,5 +1,6 @@
 // GEMM through oneDNN or Eigen, and the packed small-batch product of the time loops.
 #include "gemm.hpp"
+#include "gemm_bf16.hpp"
 
 #include <algorithm>
 #include <array>
@@ -36,7 +37,10 @@ void eigen_gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<
 
 template <typename Scalar>
 void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
-          Scalar beta, MatrixRef<Scalar> c) {
+          Scalar beta, MatrixRef<Scalar> c, Precision precision) {
+    if constexpr (std::is_same_v<Scalar, float>) {
+        if (precision == Precision::bf16) return gemm_bf16(a, transpose_a, b, transpose_b, beta, c);
+    }
     const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
     const Eigen::Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols(), n = tb ? b.rows() : b.cols();
     if ((tb ? b.cols() : b.rows()) != k || c.rows() != m || c.cols() != n) throw Error("gemm: shapes do not match");
@@ -101,11 +105,18 @@ template <typename Scalar>
 constexpr Eigen::Index kPanelWidth = kPanelPackets * kPacketSize<Scalar>;
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version) {
+void PackedMatrix<Scalar>::pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version, Precision precision) {
     const bool tb = transpose_b == Transpose::yes;
     version_ = version;
+    precision_ = precision_of(precision);
     rows_ = tb ? b.cols() : b.rows();
     cols_ = tb ? b.rows() : b.cols();
+    if constexpr (std::is_same_v<Scalar, float>) {
+        if (precision_ == Precision::bf16) {
+            pack_bf16_panels(b, transpose_b, bf16_panels_);
+            return;
+        }
+    }
     constexpr Eigen::Index width = kPanelWidth<Scalar>;
     const Eigen::Index panels = (cols_ + width - 1) / width;
     panels_.resize(static_cast<std::size_t>(panels * rows_ * width));
@@ -217,6 +228,7 @@ void multiply_panel(const Scalar* a, Eigen::Index lda, Eigen::Index rows, const 
 template <typename Scalar>
 void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums) const {
     if (a.cols() != rows_ || c.rows() != a.rows() || c.cols() != cols_) throw Error("packed product: shapes do not match");
+    if (precision_ == Precision::bf16) return multiply_bf16(a, beta, c);
     constexpr Eigen::Index width = kPanelWidth<Scalar>;
     const Eigen::Index panels = (cols_ + width - 1) / width;
     auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
@@ -239,8 +251,39 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
     }
 }
 
-template void gemm<float>(ConstMatrixRef<float>, Transpose, ConstMatrixRef<float>, Transpose, float, MatrixRef<float>);
-template void gemm<double>(ConstMatrixRef<double>, Transpose, ConstMatrixRef<double>, Transpose, double, MatrixRef<double>);
+// The bf16 form of multiply(): a's rows rounded once per call, then the panels as above, split among
+// the threads the same way (which changes no row's sums: each row is summed alone).
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const {
+    if constexpr (std::is_same_v<Scalar, float>) {
+        thread_local Bf16Vector rounded;
+        Eigen::Index stride = 0;
+        round_rows_to_bf16(a, rounded, stride);
+        const Eigen::Index pairs = (rows_ + 1) / 2, panels = (cols_ + kBf16PanelWidth - 1) / kBf16PanelWidth;
+        const std::uint16_t* left = rounded.data();
+        auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
+            for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
+                const Eigen::Index first = panel * kBf16PanelWidth;
+                multiply_bf16_panel(left, stride, a.rows(), bf16_panels_.data() + panel * pairs * 2 * kBf16PanelWidth, pairs,
+                                    beta != 0.0f, c.data() + first, c.outerStride(), std::min(kBf16PanelWidth, cols_ - first));
+            }
+        };
+        if (omp_in_parallel() || omp_get_max_threads() == 1 || a.rows() * rows_ * cols_ < (Eigen::Index{1} << 18)) {
+            multiply_panels(0, panels);
+            return;
+        }
+#pragma omp parallel
+        {
+            const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
+            multiply_panels(panels * share / shares, panels * (share + 1) / shares);
+        }
+    } else {
+        throw Error("bf16 products are single precision's");
+    }
+}
+
+template void gemm<float>(ConstMatrixRef<float>, Transpose, ConstMatrixRef<float>, Transpose, float, MatrixRef<float>, Precision);
+template void gemm<double>(ConstMatrixRef<double>, Transpose, ConstMatrixRef<double>, Transpose, double, MatrixRef<double>, Precision);
 template void column_sums<float>(ConstMatrixRef<float>, float, MatrixRef<float>);
 template void column_sums<double>(ConstMatrixRef<double>, double, MatrixRef<double>);
 template class PackedMatrix<float>;

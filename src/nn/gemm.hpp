@@ -5,10 +5,12 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include <Eigen/Core>
 
+#include "charlm/precision.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm {
@@ -28,10 +30,11 @@ enum class RowSums { fastest, as_if_alone };
 
 // c = op(a) * op(b) + beta * c, where beta is 0 or 1. Called outside a parallel region it uses every
 // thread of set_thread_count(); inside one, just the caller's. Double precision (the gradient checks)
-// always runs on Eigen.
+// always runs on Eigen, and in double whatever `precision` says; Precision::bf16 rounds a float
+// product's operands to bf16 and sums in fp32 (gemm_bf16.hpp).
 template <typename Scalar>
 void gemm(ConstMatrixRef<Scalar> a, Transpose transpose_a, ConstMatrixRef<Scalar> b, Transpose transpose_b,
-          Scalar beta, MatrixRef<Scalar> c);
+          Scalar beta, MatrixRef<Scalar> c, Precision precision = Precision::fp32);
 
 // sums = (each column's sum of a) + beta * sums, 1 x N: a product with a row of ones through gemm(),
 // so that it runs on every thread (the bias gradients sum T*B rows of the gate gradients).
@@ -49,25 +52,37 @@ class PackedMatrix {
 public:
     // Copies op(b); no allocation once the shape has been seen. `version`: the LayerWeights::version
     // that b belongs to, where there is one, so that packed_from() can tell when a copy is still good.
-    void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version = 0);
-    // Whether this is a copy of the weights of `version`; never of version 0, which means unknown.
-    bool packed_from(std::uint64_t version) const { return version != 0 && version == version_; }
+    // At Precision::bf16 (float only) the copy is rounded to bf16 and multiply() sums in fp32.
+    void pack(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version = 0, Precision precision = Precision::fp32);
+    // Whether this is a copy of the weights of `version` at `precision`; never of version 0, which means unknown.
+    bool packed_from(std::uint64_t version, Precision precision = Precision::fp32) const {
+        return version != 0 && version == version_ && precision_of(precision) == precision_;
+    }
     // pack(), unless this already is a copy of the weights of `version` (frozen weights: sampling, evaluation).
-    void ensure_packed(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version) {
-        if (!packed_from(version)) pack(b, transpose_b, version);
+    void ensure_packed(ConstMatrixRef<Scalar> b, Transpose transpose_b, std::uint64_t version, Precision precision = Precision::fp32) {
+        if (!packed_from(version, precision)) pack(b, transpose_b, version, precision);
     }
     Eigen::Index rows() const { return rows_; }
     Eigen::Index cols() const { return cols_; }
     // c = a * this + beta * c, beta 0 or 1; a: M x K, c: M x N. Inside a parallel region it runs on the
     // calling thread; outside one, a large enough product splits its panels among the threads (which
     // never changes a row's sums). With 4 rows or more, a row of c comes out the same bits whichever
-    // other rows a holds; with RowSums::as_if_alone, the same bits as a row alone, at any M.
+    // other rows a holds; with RowSums::as_if_alone, the same bits as a row alone, at any M. At bf16,
+    // a's rows are rounded to bf16 too, and every row comes out the same bits as alone, at any M.
     void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums = RowSums::fastest) const;
 
 private:
+    // bf16 products are float's alone: double (the gradient checks) always multiplies in double.
+    static Precision precision_of(Precision precision) {
+        return std::is_same_v<Scalar, float> ? precision : Precision::fp32;
+    }
+    void multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
+
     Eigen::Index rows_ = 0, cols_ = 0;
     std::uint64_t version_ = 0;
+    Precision precision_ = Precision::fp32;
     std::vector<Scalar, Eigen::aligned_allocator<Scalar>> panels_;
+    std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>> bf16_panels_;  // gemm_bf16.hpp's layout
 };
 
 }  // namespace charlm

@@ -53,10 +53,11 @@ bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weig
         throw Error("input projection: shapes do not match");
     cache.through_table = through_table(input, weights);
     if (cache.through_table) {
-        if (weights.version == 0 || weights.version != cache.table_version) {
+        if (weights.version == 0 || weights.version != cache.table_version || weights.precision != cache.table_precision) {
             cache.table.resize(input.embedding->rows(), width);
-            gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table);
+            gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table, weights.precision);
             cache.table_version = weights.version;
+            cache.table_precision = weights.precision;
         }
         return true;
     }
@@ -67,10 +68,10 @@ bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weig
     const Matrix<Scalar>& dense = input.rows ? *input.rows : cache.gathered;
     if (weights.version != 0 && (rows <= kMostPackedRows || weights.row_sums == RowSums::as_if_alone)) {
         // no per-call overhead for a product this small; and the one product that sums rows as if alone
-        cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version);
+        cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version, weights.precision);
         cache.packed.multiply(dense, Scalar(0), projection, weights.row_sums);
     } else {
-        gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection);
+        gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection, weights.precision);
     }
     return false;
 }
@@ -87,9 +88,9 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
                             Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input) {
     if (input.rows) {
         // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
-        gemm<Scalar>(d_projection, Transpose::yes, *input.rows, Transpose::no, Scalar(1), d_weight_ih);
+        gemm<Scalar>(d_projection, Transpose::yes, *input.rows, Transpose::no, Scalar(1), d_weight_ih, weights.precision);
         d_input.resize(input.count(), input.size());
-        gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input);
+        gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input, weights.precision);
         return;
     }
     const Matrix<Scalar>& embedding = *input.embedding;
@@ -100,14 +101,14 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
         // weights and V x I = V x G*H . G*H x I for the embedding.
         cache.d_table.setZero(embedding.rows(), d_projection.cols());
         scatter_rows<Scalar>(input.tokens, d_projection, cache.d_table);
-        gemm<Scalar>(cache.d_table, Transpose::yes, embedding, Transpose::no, Scalar(1), d_weight_ih);
-        gemm<Scalar>(cache.d_table, Transpose::no, weights.weight_ih, Transpose::no, Scalar(1), d_input);
+        gemm<Scalar>(cache.d_table, Transpose::yes, embedding, Transpose::no, Scalar(1), d_weight_ih, weights.precision);
+        gemm<Scalar>(cache.d_table, Transpose::no, weights.weight_ih, Transpose::no, Scalar(1), d_input, weights.precision);
         return;
     }
     // A vocabulary too large for the table: the rows' gradients, summed per token into the embedding's.
-    gemm<Scalar>(d_projection, Transpose::yes, cache.gathered, Transpose::no, Scalar(1), d_weight_ih);
+    gemm<Scalar>(d_projection, Transpose::yes, cache.gathered, Transpose::no, Scalar(1), d_weight_ih, weights.precision);
     cache.d_gathered.resize(input.count(), input.size());
-    gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), cache.d_gathered);
+    gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), cache.d_gathered, weights.precision);
     scatter_rows<Scalar>(input.tokens, cache.d_gathered, d_input);
 }
 

@@ -20,6 +20,7 @@ struct ProjectionCache {
     bool through_table = false;   // whether the last projection looked tokens up in the table
     Matrix<Scalar> table;         // V x G*H, embedding . W_ih^T
     std::uint64_t table_version = 0;
+    Precision table_precision = Precision::fp32;
     Matrix<Scalar> gathered;      // (T*B) x I, the embedding's rows, where the table would cost more
     PackedMatrix<Scalar> packed;  // W_ih^T, for a few rows against frozen weights (sampling)
     Matrix<Scalar> d_table;       // V x G*H

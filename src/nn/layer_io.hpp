@@ -25,6 +25,9 @@ struct LayerWeights {
     // RowSums::as_if_alone (one step against frozen weights): each stream's row comes out the same bits
     // as it would in a batch of its own.
     RowSums row_sums = RowSums::fastest;
+    // The products' precision (charlm/precision.hpp): the input projection, the recurrent steps, and in
+    // backward the recurrent steps and the weight gradients. Everything else stays in Scalar.
+    Precision precision = Precision::fp32;
 };
 
 // Where the backward pass accumulates a layer's weight gradients, shaped as LayerWeights.

@@ -185,7 +185,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
             apply_dropout_mask(weight_hh, layer.recurrent_mask, layer.dropped_recurrent);
         }
         const Matrix<Scalar>& weight_hh = w.dropping_weights ? layer.dropped_recurrent : p.weight_hh->value;
-        layer.engine.forward(input, steps, {p.weight_ih->value, weight_hh, p.bias_ih->value, p.bias_hh->value, version, row_sums},
+        layer.engine.forward(input, steps, {p.weight_ih->value, weight_hh, p.bias_ih->value, p.bias_hh->value, version, row_sums, precision_},
                              state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
         below = &layer.engine.output();
         if (w.dropping_outputs) {
@@ -199,10 +199,10 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     const Matrix<Scalar>& top = *below;
     w.logits.resize(TB, config_.vocab_size);
     if (weights_frozen_ && (TB == 1 || rows_as_if_alone_)) {  // sampling: a packed copy, made once per freeze
-        w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_);
+        w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_, precision_);
         w.head_packed.multiply(top, Scalar(0), w.logits, row_sums);
     } else {
-        gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits);
+        gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits, precision_);
     }
     w.logits.rowwise() += head_bias_->value.row(0);
 }
@@ -263,11 +263,11 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
     }
     const Matrix<Scalar>& top = w.dropping_outputs ? w.layers.back().dropped : w.layers.back().engine.output();
     // (V, H) = (V, T*B) . (T*B, H)
-    gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient);
+    gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient, precision_);
     column_sums<Scalar>(w.d_logits, Scalar(1), head_bias_->gradient);
     // (T*B, H) = (T*B, V) . (V, H)
     w.layers.back().d_output.resize(TB, config_.hidden_size);
-    gemm<Scalar>(w.d_logits, Transpose::no, head_weight_->value, Transpose::no, Scalar(0), w.layers.back().d_output);
+    gemm<Scalar>(w.d_logits, Transpose::no, head_weight_->value, Transpose::no, Scalar(0), w.layers.back().d_output, precision_);
 
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerParameters& p = layers_[l];
@@ -281,7 +281,7 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
         if (w.dropping_weights) layer.d_dropped_recurrent.setZero(p.weight_hh->value.rows(), p.weight_hh->value.cols());
         layer.engine.backward(input, layer.d_output, w.steps,
                               {p.weight_ih->value, w.dropping_weights ? layer.dropped_recurrent : p.weight_hh->value, p.bias_ih->value,
-                               p.bias_hh->value},
+                               p.bias_hh->value, 0, RowSums::fastest, precision_},
                               {p.weight_ih->gradient, w.dropping_weights ? layer.d_dropped_recurrent : p.weight_hh->gradient,
                                p.bias_ih->gradient, p.bias_hh->gradient},
                               d_input);

@@ -81,17 +81,17 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
                          (TB <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
     bool look_up_by_step = false;
     if (stacked) {
-        if (!w.stacked_forward.packed_from(weights.version)) {
+        if (!w.stacked_forward.packed_from(weights.version, weights.precision)) {
             Matrix<Scalar> both(G * H, input.size() + H);
             both << weights.weight_ih, weights.weight_hh;
-            w.stacked_forward.pack(both, Transpose::yes, weights.version);
+            w.stacked_forward.pack(both, Transpose::yes, weights.version, weights.precision);
         }
         w.stacked_input.resize(B, input.size() + H);
         w.stacked_input << *input.rows, w.initial_hidden;
         w.stacked_forward.multiply(w.stacked_input, Scalar(0), w.gates, weights.row_sums);
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
-        w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version);
+        w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version, weights.precision);
         // (T*B, G*H) = (T*B, I) . (I, G*H): every step's input projection at once, before the time loop
         // (through the table, each step's rows are looked up inside it, while they are in cache).
         look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
@@ -132,7 +132,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     const Eigen::Index H = weights.weight_hh.cols(), B = w.initial_hidden.rows(), TB = input.count();
     w.d_hidden_next.setZero(B, H);
     if constexpr (Cell::has_cell_state) w.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
-    w.recurrent_backward.pack(weights.weight_hh, Transpose::no);
+    w.recurrent_backward.pack(weights.weight_hh, Transpose::no, 0, weights.precision);
     // The gradient of h W_hh^T + b_hh, which the cell leaves in gates unless it keeps that product apart.
     const Matrix<Scalar>& d_recurrent = Cell::recurrent_apart ? w.hidden_gates : w.gates;
 
@@ -155,10 +155,11 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     });
 
     // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
-    gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh);
+    gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh,
+                 weights.precision);
     if (steps > 1)
         gemm<Scalar>(d_recurrent.bottomRows(TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, Scalar(1),
-                     gradients.weight_hh);
+                     gradients.weight_hh, weights.precision);
     if constexpr (Cell::recurrent_apart) {
         column_sums<Scalar>(w.gates, Scalar(1), gradients.bias_ih);
         column_sums<Scalar>(w.hidden_gates, Scalar(1), gradients.bias_hh);

@@ -142,7 +142,10 @@ TrainResult TrainingLoop::run() {
                                       "validations; give a larger --patience to go on",
                                       options_.patience, session_.state.evaluations_since_best));
     // A resumed run already at its --steps (or out of patience) takes no step: nothing to announce.
-    if (!stop) progress_.run_started(description());
+    if (!stop) {
+        progress_.run_started(description());
+        if (!session_.precision_note.empty()) progress_.note(session_.precision_note);
+    }
     while (!stop) {
         const double learning_rate = take_step();
         agree_on_stop();
@@ -428,6 +431,7 @@ StepProgress TrainingLoop::step_progress(double learning_rate) const {
     progress.train_loss = loss_since_report_ / static_cast<double>(steps_since_report_);
     progress.learning_rate = learning_rate;
     progress.chars_per_second = chars_per_second_;
+    progress.precision = session_.model.precision();
     progress.elapsed_seconds = seconds_since(start_);
     if (options_.steps > 0) {
         const double remaining = static_cast<double>(options_.steps - session_.state.step) * progress.elapsed_seconds /

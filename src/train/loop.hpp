@@ -32,6 +32,8 @@ struct Session {
     bool fresh = false;
     // The processes that share each batch, and this one's block of its streams (`carried` holds its rows).
     const Communicator* processes = &single_process();
+    // The products' precision and why (start.cpp decided it), told once the run has started.
+    std::string precision_note{};
     StreamBlock streams{};
 };
 

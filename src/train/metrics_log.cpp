@@ -36,6 +36,7 @@ void MetricsLog::progress_reported(const ProgressReport& report) {
     if (report.validation_loss) record["validation_characters"] = report.validation_characters;
     record["chars_per_second"] = report.chars_per_second;
     record["elapsed_seconds"] = report.elapsed_seconds;
+    record["precision"] = to_string(report.precision);
     write(record);
 }
 

@@ -153,6 +153,7 @@ nlohmann::json TrainOptions::to_json() const {
         {"train_characters", train_characters},
         {"threads", threads},
         {"processes", processes},
+        {"precision", to_string(precision)},
     };
     TrainOptions readable = *this;  // the fields' accessors take options they may write
     for (const TrainOptionSpec& option : kTrainOptions) {
@@ -192,6 +193,8 @@ TrainOptions TrainOptions::from_json(const nlohmann::json& json) {
         }
         options.threads = json.contains("threads") ? integer_value<int>(json.at("threads")) : 0;
         options.processes = json.contains("processes") ? integer_value<int>(json.at("processes")) : 1;
+        // Absent from checkpoints written before bf16 products: those trained in fp32.
+        options.precision = json.contains("precision") ? parse_precision(json.at("precision").get<std::string>()) : Precision::fp32;
         // Absent from checkpoints written before the corpus was fingerprinted.
         if (json.contains("corpus_sha256")) {
             options.corpus_fingerprint = {integer_value<std::uint64_t>(json.at("corpus_size_bytes")),

@@ -248,6 +248,26 @@ Corpus prepare_fresh_run(TrainOptions& options, TrainingProgress& progress, cons
     return std::move(*corpus);
 }
 
+// The run's products' precision, decided by process 0 (auto's timing there, on one process's windows)
+// and taken by all, so that every process multiplies alike. `recorded`: the precision the run trained
+// at so far, where it resumes; auto then keeps it where this CPU runs it, so that a resume stays exact.
+// Returns the log's clause saying which and why.
+std::string decide_run_precision(TrainOptions& options, const Communicator& processes, std::optional<Precision> recorded) {
+    PrecisionDecision decision;
+    run_on_every_process(processes, [&] {
+        if (!processes.is_first()) return;
+        if (recorded && options.precision_choice == PrecisionChoice::automatic && (*recorded == Precision::fp32 || cpu_runs_bf16()))
+            decision = {*recorded, fmt::format("{}, the run's so far (auto keeps it, so that the resumed run goes on as one)",
+                                               to_string(*recorded))};
+        else
+            decision = decide_precision(options.precision_choice,
+                                        product_shapes(options.model, stream_block(options.batch_size, 0, processes.size()).count,
+                                                       options.seq_length));
+    });
+    options.precision = parse_precision(processes.gather_all(processes.is_first() ? to_string(decision.precision) : "fp32").front());
+    return decision.reason;
+}
+
 }  // namespace
 
 TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, const Communicator& processes) {
@@ -261,6 +281,7 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
         check_text_can_be_shared(options, processes);
         static_cast<void>(stream_block(options.batch_size, processes.rank(), processes.size()));  // enough streams for all
     });
+    const std::string precision_reason = decide_run_precision(options, processes, std::nullopt);
     check_processes_agree(processes, options_to_share(options), "was given other training options", kSameCommandAdvice);
     std::optional<RunLock> lock;
     run_files::CreatedDirectories created;  // after the lock: a failure removes them while it is held
@@ -282,6 +303,8 @@ TrainResult train(const TrainOptions& options_in, TrainingProgress& progress, co
     Session session{options, std::move(*corpus), Model<float>(options.model), {}, {}, {}, std::mt19937_64(options.seed)};
     if (trained) session.model = model_with_new_characters(*trained->model, options.model.vocab_size, options.model, session.rng);
     else session.model.initialize(session.rng);
+    session.model.set_precision(options.precision);
+    session.precision_note = "products in " + precision_reason;
     trained.reset();  // its weights are the session's now, and its optimizer's moments are not this run's
     session.optimizer = Adam(session.model.parameters());
     if (options.average_decay > 0) session.average.emplace(session.model.parameters(), options.average_decay);
@@ -381,6 +404,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
     TrainOptions options;
     std::vector<std::string> changes;
     int threads_before = 0, processes_before = 1;
+    Precision precision_before = Precision::fp32;
     run_on_every_process(processes, [&] {
         std::error_code error;
         if (std::filesystem::is_regular_file(run_directory, error))
@@ -399,6 +423,8 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         options.keep_checkpoints = request.options.keep_checkpoints;
         threads_before = options.threads;
         processes_before = options.processes;
+        precision_before = options.precision;
+        options.precision_choice = request.options.precision_choice;
         options.threads = omp_get_max_threads();
         options.processes = processes.size();
         validate(options);
@@ -419,6 +445,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         if (checkpoint->carried_state->hidden.front().rows() != options.batch_size)
             throw Error(fmt::format("{}: carried state does not match the run's batch size", last_path.string()));
     });
+    const std::string precision_reason = decide_run_precision(options, processes, precision_before);
     nlohmann::json shared_options = options_to_share(options);
     shared_options["checkpoint step"] = checkpoint->training.step;  // each process read the same last.safetensors
     check_processes_agree(processes, shared_options, "resumes another run or with other options", kSameCommandAdvice);
@@ -435,6 +462,7 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
                     {},
                     rng_from_string(checkpoint->training.rng_state)};
     session.model.set_regularization(options.model);
+    session.model.set_precision(options.precision);
     if (options.average_decay > 0) {
         // A run that averaged goes on from its average; one that starts averaging now, from its weights.
         if (checkpoint->average) {
@@ -460,6 +488,11 @@ TrainResult resume_training(const ResumeRequest& request, TrainingProgress& prog
         progress.warning(fmt::format("the run trained with --threads {} and goes on with {}: its numbers will differ in the "
                                      "last bits from one uninterrupted run (give --threads {} to keep them the same)",
                                      threads_before, options.threads, threads_before));
+    if (precision_before != options.precision)
+        progress.warning(fmt::format("the run trained with {} products and goes on with {}: its numbers will differ from one "
+                                     "uninterrupted run (give --precision {} to keep them the same)",
+                                     to_string(precision_before), to_string(options.precision), to_string(precision_before)));
+    session.precision_note = "products in " + precision_reason;
     if (processes_before != options.processes)
         progress.warning(fmt::format("the run trained on {} process{} and goes on with {}: {}", processes_before,
                                      processes_before == 1 ? "" : "es", options.processes,

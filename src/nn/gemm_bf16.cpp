@@ -1,0 +1,249 @@
+// bf16 products: the packed kernel for vdpbf16ps and its emulation, and the large products through oneDNN's bf16 matmul.
+//
+// The kernel's intrinsics are compiled for AVX512_BF16 through target attributes, one function at a
+// time, so that the binary still runs where the CPU lacks them: it only calls them where
+// cpu_runs_bf16() said yes, and the emulation everywhere else.
+#include "gemm_bf16.hpp"
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include "charlm/error.hpp"
+#include "charlm/precision.hpp"
+#include "charlm/threads.hpp"
+
+#ifdef CHARLM_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace charlm {
+
+namespace {
+
+Bf16Kernels& chosen_kernels() {
+    static Bf16Kernels kernels = cpu_runs_bf16() ? Bf16Kernels::hardware : Bf16Kernels::emulated;
+    return kernels;
+}
+
+// vdpbf16ps, as Intel's manual writes it: each fp32 lane adds the product of its odd pair, then of its
+// even pair, each product exact in fp32 (8-bit significands) and each sum rounded to nearest even.
+// Inputs that are subnormal count as zero (DAZ), as in the instruction; the weights and states of a
+// trained network are nowhere near that small, so the emulation leaves the outputs' FTZ aside.
+inline float bf16_operand(std::uint16_t value) { return (value & 0x7f80u) == 0 ? 0.0f : from_bf16(value); }
+
+template <int Rows>
+void emulated_block(const std::uint16_t* a, Eigen::Index stride, const std::uint16_t* panel, Eigen::Index pairs,
+                    bool accumulate, float* c, Eigen::Index ldc, Eigen::Index count) {
+    for (int r = 0; r < Rows; ++r) {
+        std::array<float, kBf16PanelWidth> sums{};
+        const std::uint16_t* row = a + r * stride;
+        for (Eigen::Index q = 0; q < pairs; ++q) {
+            const float odd = bf16_operand(row[2 * q + 1]), even = bf16_operand(row[2 * q]);
+            const std::uint16_t* right = panel + q * 2 * kBf16PanelWidth;
+            for (Eigen::Index j = 0; j < kBf16PanelWidth; ++j) {
+                sums[j] += odd * bf16_operand(right[2 * j + 1]);
+                sums[j] += even * bf16_operand(right[2 * j]);
+            }
+        }
+        float* out = c + r * ldc;
+        for (Eigen::Index j = 0; j < count; ++j) out[j] = accumulate ? sums[j] + out[j] : sums[j];
+    }
+}
+
+// Rows x 64 of c in 4 x Rows registers for the whole depth: each step loads 4 packets of the panel and
+// broadcasts one pair of each row (6 x 4: 24 accumulators, 10 loads per 24 dot products, as fp32's kernel).
+// One chain per packet and row, so a row's sums never depend on the block it is in.
+template <int Rows>
+__attribute__((target("avx512f,avx512bf16"))) void hardware_block(const std::uint16_t* a, Eigen::Index stride,
+                                                                  const std::uint16_t* panel, Eigen::Index pairs, bool accumulate,
+                                                                  float* c, Eigen::Index ldc, Eigen::Index count) {
+    constexpr int N = kBf16PanelWidth / 16;
+    __m512 sums[Rows][N];
+    for (int r = 0; r < Rows; ++r)
+        for (int n = 0; n < N; ++n) sums[r][n] = _mm512_setzero_ps();
+    for (Eigen::Index q = 0; q < pairs; ++q, panel += 2 * kBf16PanelWidth) {
+        __m512bh right[N];
+        for (int n = 0; n < N; ++n) right[n] = (__m512bh)_mm512_load_si512(panel + n * 32);
+        for (int r = 0; r < Rows; ++r) {
+            std::int32_t pair;
+            __builtin_memcpy(&pair, a + r * stride + 2 * q, sizeof pair);
+            const __m512bh left = (__m512bh)_mm512_set1_epi32(pair);
+            for (int n = 0; n < N; ++n) sums[r][n] = _mm512_dpbf16_ps(sums[r][n], left, right[n]);
+        }
+    }
+    for (int r = 0; r < Rows; ++r) {
+        float* out = c + r * ldc;
+        if (count == kBf16PanelWidth) {
+            for (int n = 0; n < N; ++n) {
+                __m512 value = sums[r][n];
+                if (accumulate) value = _mm512_add_ps(value, _mm512_loadu_ps(out + n * 16));
+                _mm512_storeu_ps(out + n * 16, value);
+            }
+        } else {
+            alignas(64) float edge[kBf16PanelWidth];
+            for (int n = 0; n < N; ++n) _mm512_store_ps(edge + n * 16, sums[r][n]);
+            for (Eigen::Index j = 0; j < count; ++j) out[j] = accumulate ? edge[j] + out[j] : edge[j];
+        }
+    }
+}
+
+// out[0..count) = in[0..count) rounded to bf16, 32 at a time with vcvtne2ps2bf16 (to nearest even, as
+// to_bf16(); it flushes subnormal inputs to zero, which the products read as zero either way).
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void hardware_round(const float* in, std::uint16_t* out, Eigen::Index count) {
+    Eigen::Index j = 0;
+    for (; j + 32 <= count; j += 32) {
+        const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + j + 16), _mm512_loadu_ps(in + j));
+        _mm512_storeu_si512(out + j, (__m512i)rounded);
+    }
+    if (j < count) {
+        const Eigen::Index left = count - j;
+        const __mmask16 low = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+        const __mmask16 high = static_cast<__mmask16>(left <= 16 ? 0 : (1u << (left - 16)) - 1);
+        const __m512bh rounded = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(high, in + j + 16), _mm512_maskz_loadu_ps(low, in + j));
+        _mm512_mask_storeu_epi16(out + j, static_cast<__mmask32>((std::uint64_t{1} << left) - 1), (__m512i)rounded);
+    }
+}
+
+void round_array(const float* in, std::uint16_t* out, Eigen::Index count) {
+    if (chosen_kernels() == Bf16Kernels::hardware) return hardware_round(in, out, count);
+    for (Eigen::Index j = 0; j < count; ++j) out[j] = to_bf16(in[j]);
+}
+
+using Bf16BlockFunction = void (*)(const std::uint16_t*, Eigen::Index, const std::uint16_t*, Eigen::Index, bool, float*,
+                                   Eigen::Index, Eigen::Index);
+constexpr Eigen::Index kBf16BlockRows = 6;
+
+constexpr std::array<Bf16BlockFunction, kBf16BlockRows + 1> kHardwareBlocks = {
+    nullptr, hardware_block<1>, hardware_block<2>, hardware_block<3>, hardware_block<4>, hardware_block<5>, hardware_block<6>};
+constexpr std::array<Bf16BlockFunction, kBf16BlockRows + 1> kEmulatedBlocks = {
+    nullptr, emulated_block<1>, emulated_block<2>, emulated_block<3>, emulated_block<4>, emulated_block<5>, emulated_block<6>};
+
+// ---- the large products -------------------------------------------------------------------------
+
+// op(x)'s storage in bf16, row by row as it lies, split among the threads (a window's operands are
+// megabytes: rounding them on one thread cost a tenth of the product).
+void round_storage_to_bf16(ConstMatrixRef<float> x, Bf16Vector& rounded) {
+    const Eigen::Index rows = x.rows(), cols = x.cols();
+    rounded.resize(static_cast<std::size_t>(rows * cols));
+#pragma omp parallel for schedule(static) if (rows * cols >= (Eigen::Index{1} << 16) && !omp_in_parallel())
+    for (Eigen::Index row = 0; row < rows; ++row) round_array(x.data() + row * x.outerStride(), rounded.data() + row * cols, cols);
+}
+
+#ifdef CHARLM_HAVE_ONEDNN
+// One matmul primitive per shape, made on its first use (making one costs tens of microseconds, as
+// much as a small product): each thread keeps its own, since a thread's products are its own.
+struct MatmulKey {
+    Eigen::Index m, n, k;
+    bool transpose_a, transpose_b, accumulate;
+    Eigen::Index ldc;
+    auto operator<=>(const MatmulKey&) const = default;
+};
+
+void onednn_gemm_bf16(ConstMatrixRef<float> a, bool ta, ConstMatrixRef<float> b, bool tb, float beta, MatrixRef<float> c) {
+    using dnnl::memory;
+    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+    thread_local std::map<MatmulKey, dnnl::matmul> primitives;
+    thread_local Bf16Vector a_bf16, b_bf16;
+    const Eigen::Index m = c.rows(), n = c.cols(), k = ta ? a.rows() : a.cols();
+    round_storage_to_bf16(a, a_bf16);
+    round_storage_to_bf16(b, b_bf16);
+    // Row-major storage; a transposed operand is the same storage read with its strides swapped.
+    const memory::desc a_desc({m, k}, memory::data_type::bf16, ta ? memory::dims{1, m} : memory::dims{k, 1});
+    const memory::desc b_desc({k, n}, memory::data_type::bf16, tb ? memory::dims{1, k} : memory::dims{n, 1});
+    const memory::desc c_desc({m, n}, memory::data_type::f32, memory::dims{c.outerStride(), 1});
+    const MatmulKey key{m, n, k, ta, tb, beta != 0.0f, c.outerStride()};
+    auto found = primitives.find(key);
+    if (found == primitives.end()) {
+        dnnl::primitive_attr attributes;
+        if (beta != 0.0f) {
+            dnnl::post_ops sum;
+            sum.append_sum(1.0f);
+            attributes.set_post_ops(sum);
+        }
+        const dnnl::matmul::primitive_desc description(dnnl::matmul::desc(a_desc, b_desc, c_desc), attributes, engine);
+        found = primitives.emplace(key, dnnl::matmul(description)).first;
+    }
+    dnnl::stream stream(engine);
+    memory a_memory(a_desc, engine, a_bf16.data()), b_memory(b_desc, engine, b_bf16.data()), c_memory(c_desc, engine, c.data());
+    found->second.execute(stream, {{DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory}});
+    stream.wait();
+}
+#endif
+
+}  // namespace
+
+Bf16Kernels bf16_kernels() { return chosen_kernels(); }
+
+Bf16Kernels set_bf16_kernels(Bf16Kernels kernels) {
+    if (kernels == Bf16Kernels::hardware && !cpu_runs_bf16()) throw Error("this CPU does not run bf16 instructions");
+    return std::exchange(chosen_kernels(), kernels);
+}
+
+void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
+               MatrixRef<float> c) {
+    const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
+    const Eigen::Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols(), n = tb ? b.rows() : b.cols();
+    if ((tb ? b.cols() : b.rows()) != k || c.rows() != m || c.cols() != n) throw Error("gemm: shapes do not match");
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+        if (beta == 0.0f) c.setZero();
+        return;
+    }
+#ifdef CHARLM_HAVE_ONEDNN
+    // oneDNN leaves undone the parts of threads that never start (gemm.cpp), as its sgemm does.
+    const bool contiguous = a.outerStride() == a.cols() && b.outerStride() == b.cols();
+    if (chosen_kernels() == Bf16Kernels::hardware && full_teams_guaranteed() && contiguous) {
+        onednn_gemm_bf16(a, ta, b, tb, beta, c);
+        return;
+    }
+#endif
+    thread_local Matrix<float> a_rounded, b_rounded;
+    a_rounded = a.unaryExpr([](float x) { return round_to_bf16(x); });
+    b_rounded = b.unaryExpr([](float x) { return round_to_bf16(x); });
+    gemm<float>(a_rounded, transpose_a, b_rounded, transpose_b, beta, c);
+}
+
+void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels) {
+    const bool tb = transpose_b == Transpose::yes;
+    const Eigen::Index rows = tb ? b.cols() : b.rows(), cols = tb ? b.rows() : b.cols();
+    const Eigen::Index pairs = (rows + 1) / 2, panel_count = (cols + kBf16PanelWidth - 1) / kBf16PanelWidth;
+    panels.assign(static_cast<std::size_t>(panel_count * pairs * 2 * kBf16PanelWidth), 0);
+    for (Eigen::Index panel = 0; panel < panel_count; ++panel) {
+        const Eigen::Index first = panel * kBf16PanelWidth, count = std::min(kBf16PanelWidth, cols - first);
+        std::uint16_t* out = panels.data() + panel * pairs * 2 * kBf16PanelWidth;
+        for (Eigen::Index k = 0; k < rows; ++k)
+            for (Eigen::Index j = 0; j < count; ++j)
+                out[(k / 2) * 2 * kBf16PanelWidth + 2 * j + k % 2] = to_bf16(tb ? b(first + j, k) : b(k, first + j));
+    }
+}
+
+void round_rows_to_bf16(ConstMatrixRef<float> a, Bf16Vector& rounded, Eigen::Index& stride) {
+    stride = (a.cols() + 1) / 2 * 2;
+    rounded.resize(static_cast<std::size_t>(a.rows() * stride));
+    for (Eigen::Index row = 0; row < a.rows(); ++row) {
+        std::uint16_t* out = rounded.data() + row * stride;
+        round_array(a.data() + row * a.outerStride(), out, a.cols());
+        if (stride != a.cols()) out[stride - 1] = 0;
+    }
+}
+
+void multiply_bf16_panel(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, const std::uint16_t* panel,
+                         Eigen::Index pairs, bool accumulate, float* c, Eigen::Index ldc, Eigen::Index count) {
+    const auto& kernels = chosen_kernels() == Bf16Kernels::hardware ? kHardwareBlocks : kEmulatedBlocks;
+    // Blocks as even as possible (25 rows: 5 x 5, not 6, 6, 6, 6, 1), so that the panel stays in cache
+    // while a streams past it; every block sums a row the same way, so their heights change no bits.
+    const Eigen::Index blocks = (rows + kBf16BlockRows - 1) / kBf16BlockRows;
+    for (Eigen::Index block = 0, row = 0; block < blocks; ++block) {
+        const Eigen::Index block_rows = rows / blocks + (block < rows % blocks ? 1 : 0);
+        kernels[static_cast<std::size_t>(block_rows)](a + row * stride, stride, panel, pairs, accumulate, c + row * ldc, ldc, count);
+        row += block_rows;
+    }
+}
+
+}  // namespace charlm

@@ -1,0 +1,59 @@
+// bf16 products with fp32 sums: rounding to bf16, the packed small-batch kernel (AVX512_BF16's
+// vdpbf16ps, and a plain emulation of it that runs on every CPU), and the large products through
+// oneDNN's bf16 matmul. gemm() and PackedMatrix (gemm.hpp) send Precision::bf16 here.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <Eigen/Core>
+
+#include "gemm.hpp"
+
+namespace charlm {
+
+using Bf16Vector = std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>>;
+
+// fp32 -> bf16, rounded to nearest with ties to even (a NaN stays a NaN), as vcvtne2ps2bf16 does.
+inline std::uint16_t to_bf16(float value) {
+    std::uint32_t bits;
+    __builtin_memcpy(&bits, &value, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits >> 16) | 0x40);  // quiet NaN
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    return static_cast<std::uint16_t>(bits >> 16);
+}
+inline float from_bf16(std::uint16_t value) {
+    const std::uint32_t bits = std::uint32_t{value} << 16;
+    float result;
+    __builtin_memcpy(&result, &bits, sizeof result);
+    return result;
+}
+inline float round_to_bf16(float value) { return from_bf16(to_bf16(value)); }
+
+// Which kernels the bf16 products run: the CPU's instructions (the default where cpu_runs_bf16()), or
+// the emulation, which rounds the operands the same way and sums their products in fp32 in the order
+// vdpbf16ps does. The tests switch between them to compare; sets the kernels and returns the previous.
+enum class Bf16Kernels { hardware, emulated };
+Bf16Kernels bf16_kernels();
+Bf16Kernels set_bf16_kernels(Bf16Kernels kernels);
+
+// c = op(a) * op(b) + beta * c with a and b rounded to bf16 and fp32 sums: oneDNN's bf16 matmul with
+// the hardware kernels; with the emulated ones (or without oneDNN), a and b rounded, then gemm() in fp32.
+void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
+               MatrixRef<float> c);
+
+// The packed layout of a K x N factor: panels of kBf16PanelWidth columns (zero-padded at the right
+// edge), each ceil(K/2) rows of column pairs, b(2q, j) beside b(2q+1, j) (a zero row where K is odd),
+// so that one 32-bit lane holds the pair that vdpbf16ps multiplies with a pair of a row of a.
+constexpr Eigen::Index kBf16PanelWidth = 64;
+void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels);
+
+// a's rows in bf16, each padded to an even length (`stride`), for multiply_bf16_panel().
+void round_rows_to_bf16(ConstMatrixRef<float> a, Bf16Vector& rounded, Eigen::Index& stride);
+
+// rows x count of c (+)= rows of a (bf16, `stride` apart) times one panel of `pairs` pairs. Each row is
+// summed in the same order whatever the other rows are, so that every row comes out as if alone.
+void multiply_bf16_panel(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, const std::uint16_t* panel,
+                         Eigen::Index pairs, bool accumulate, float* c, Eigen::Index ldc, Eigen::Index count);
+
+}  // namespace charlm
