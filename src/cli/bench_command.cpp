@@ -29,12 +29,13 @@ struct BenchArguments {
 int run_bench(BenchArguments& arguments, bool corpus_given) {
     BenchOptions& options = arguments.options;
     options.corpus = arguments.corpus;
+    options.precision = parse_precision_choice(arguments.precision);
+    check_precision_runs_here(options.precision);  // usage errors before any file is looked for
     std::error_code ignored;
     if (!corpus_given && !std::filesystem::exists(options.corpus, ignored))  // the default is the checkout's
         throw Error(fmt::format("{}: no such file here, where charlm bench looks for its text by default (in a checkout, "
                                 "scripts/get-corpus.sh makes it); give a UTF-8 text with --corpus FILE",
                                 options.corpus.string()));
-    options.precision = parse_precision_choice(arguments.precision);
     if (!arguments.models.empty()) options.models = select_bench_models(arguments.models);
     options.note = [](const std::string& line) { spdlog::info("{}", line); };
     const nlohmann::json result = run_benchmark(options);

@@ -18,6 +18,7 @@
 #include "charlm/error.hpp"
 #include "charlm/run_lock.hpp"
 #include "corpus.hpp"
+#include "init_from.hpp"
 #include "loop.hpp"
 #include "options.hpp"
 #include "run_directory.hpp"
@@ -68,79 +69,6 @@ void check_text_can_be_shared(const TrainOptions& options, const Communicator& p
             throw UsageError(fmt::format("{}: {} processes cannot all read a pipe or standard input; save the text to a file first",
                                          *path == "-" ? std::string("standard input") : path->string(), processes.size()));
 }
-
-// ---- --init-from: a trained checkpoint's weights ----------------------------------------------------
-
-// The model of a run whose shape a checkpoint fixes (--init-from, --resume): `shape`, with the
-// regularization given for this run, `rates`'s (dropout, embed_dropout, weight_drop, dropout_mask).
-ModelConfig with_regularization_of(ModelConfig shape, const ModelConfig& rates) {
-    shape.take_regularization(rates);
-    return shape;
-}
-
-// --init-from's checkpoint, read before the run directory is touched. Its shape becomes the run's
-// (options.model, with the regularization given for this run); a shape option given that contradicts it is
-// refused, one given with the same value is no contradiction.
-Checkpoint load_checkpoint_to_start_from(TrainOptions& options) {
-    TrainOptions::InitFrom& init_from = *options.init_from;
-    Checkpoint checkpoint = load_checkpoint(init_from.checkpoint);
-    const ModelConfig& given = options.model;
-    const ModelConfig& trained = checkpoint.config;
-    struct ShapeOption {
-        const char* flag;
-        std::string given, trained;
-    };
-    const ShapeOption shape[] = {
-        {"--cell", to_string(given.cell), to_string(trained.cell)},
-        {"--layers", std::to_string(given.layers), std::to_string(trained.layers)},
-        {"--hidden", std::to_string(given.hidden_size), std::to_string(trained.hidden_size)},
-        {"--embed", std::to_string(given.embed_size), std::to_string(trained.embed_size)},
-    };
-    for (const ShapeOption& option : shape)
-        if (option.given != option.trained && std::ranges::find(init_from.given, option.flag) != init_from.given.end())
-            throw UsageError(fmt::format("{} {} contradicts --init-from {}, whose model has {} {}; the run takes the model's shape "
-                                         "from its checkpoint: leave {} out",
-                                         option.flag, option.given, init_from.checkpoint.string(), option.flag, option.trained,
-                                         option.flag));
-    options.model = with_regularization_of(trained, options.model);
-    init_from.step = checkpoint.training.step;
-    return checkpoint;
-}
-
-// What a run started from a checkpoint's weights says before it begins: where from, and the characters
-// its texts add to the checkpoint's vocabulary, named where they are few.
-std::string describe_start(const TrainOptions::InitFrom& init_from, const Vocab& trained, const Vocab& vocab) {
-    const std::string start =
-        fmt::format("starting from {} (step {}) with a fresh optimizer", init_from.checkpoint.string(), init_from.step);
-    const std::size_t added = vocab.size() - trained.size();
-    if (added == 0) return fmt::format("{}; the text adds no characters to its {}", start, trained.size());
-    constexpr std::size_t kMostNamed = 8;
-    std::vector<std::string> named;
-    for (std::size_t id = trained.size(); id < vocab.size() && named.size() < kMostNamed; ++id)
-        named.push_back(describe_code_point(vocab.code_point_of(static_cast<TokenId>(id))));
-    return fmt::format("{}; the text adds {} character{} to its {}: {}{}", start, added, added == 1 ? "" : "s", trained.size(),
-                       fmt::join(named, ", "), added > named.size() ? fmt::format(" and {} more", added - named.size()) : "");
-}
-
-}  // namespace
-
-Model<float> model_with_new_characters(const Model<float>& trained, int vocab_size, const ModelConfig& rates, std::mt19937_64& rng) {
-    ModelConfig config = with_regularization_of(trained.config(), rates);
-    if (vocab_size < config.vocab_size)
-        throw Error(fmt::format("a model of {} characters cannot start from one of {}", vocab_size, config.vocab_size));
-    config.vocab_size = vocab_size;
-    Model<float> model(config);
-    model.initialize(rng);  // every weight drawn as a fresh run's, so that the new rows are drawn so too
-    // The trained weights over them: whole, or the trained characters' rows of the embedding and the
-    // head's weight and the first columns of the head's bias (the new characters' ids come last).
-    for (std::size_t i = 0; i < model.parameters().size(); ++i) {
-        const Matrix<float>& from = trained.parameters()[i].value;
-        model.parameters()[i].value.topLeftCorner(from.rows(), from.cols()) = from;
-    }
-    return model;
-}
-
-namespace {
 
 // ---- a fresh run ------------------------------------------------------------------------------------
 
