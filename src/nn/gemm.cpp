@@ -223,6 +223,22 @@ void multiply_panel(const Scalar* a, Eigen::Index lda, Eigen::Index rows, const 
     }
 }
 
+// Runs multiply_panels(first, end) over all `panels`. A product of `work` multiply-adds large enough, made outside a
+// parallel region (sampling one stream), splits the panels among the threads, which changes no row's sums; the
+// others do not even enter one, which costs a microsecond per call.
+template <typename MultiplyPanels>
+void over_panels(Eigen::Index panels, Eigen::Index work, const MultiplyPanels& multiply_panels) {
+    if (omp_in_parallel() || omp_get_max_threads() == 1 || work < (Eigen::Index{1} << 18)) {
+        multiply_panels(0, panels);
+        return;
+    }
+#pragma omp parallel
+    {
+        const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
+        multiply_panels(panels * share / shares, panels * (share + 1) / shares);
+    }
+}
+
 }  // namespace
 
 template <typename Scalar>
@@ -238,17 +254,7 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
                            beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first), sums);
         }
     };
-    // Large enough products made outside a parallel region (sampling one stream) split the panels;
-    // the others do not even enter one, which costs a microsecond per call.
-    if (omp_in_parallel() || omp_get_max_threads() == 1 || a.rows() * rows_ * cols_ < (Eigen::Index{1} << 18)) {
-        multiply_panels(0, panels);
-        return;
-    }
-#pragma omp parallel
-    {
-        const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
-        multiply_panels(panels * share / shares, panels * (share + 1) / shares);
-    }
+    over_panels(panels, a.rows() * rows_ * cols_, multiply_panels);
 }
 
 // The bf16 form of multiply(): a's rows rounded once per call, then the panels as above, split among
@@ -268,15 +274,7 @@ void PackedMatrix<Scalar>::multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, 
                                     beta != 0.0f, c.data() + first, c.outerStride(), std::min(kBf16PanelWidth, cols_ - first));
             }
         };
-        if (omp_in_parallel() || omp_get_max_threads() == 1 || a.rows() * rows_ * cols_ < (Eigen::Index{1} << 18)) {
-            multiply_panels(0, panels);
-            return;
-        }
-#pragma omp parallel
-        {
-            const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
-            multiply_panels(panels * share / shares, panels * (share + 1) / shares);
-        }
+        over_panels(panels, a.rows() * rows_ * cols_, multiply_panels);
     } else {
         throw Error("bf16 products are single precision's");
     }
