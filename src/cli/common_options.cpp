@@ -38,7 +38,7 @@ void use_threads(int threads) {
 CLI::Option* add_precision_option(CLI::App& command, std::string& precision) {
     return command
         .add_option("--precision", precision,
-                    "Products in fp32, or bf16 with fp32 sums (twice the speed where the CPU has AVX512_BF16); auto: bf16 "
+                    "Products in fp32, or bf16 with fp32 sums (faster where the CPU has AVX512_BF16: docs/speed.md); auto: bf16 "
                     "where a short timing at start finds it faster")
         ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
         ->type_name("auto|fp32|bf16")
