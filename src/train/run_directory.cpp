@@ -1,7 +1,6 @@
 // The names of a run directory's files that take a computation (kept checkpoints', stale temporaries'), and the folders a failed run removes.
 #include "run_directory.hpp"
 
-#include <ranges>
 #include <regex>
 
 #include <fmt/format.h>
@@ -62,8 +61,9 @@ CreatedDirectories::~CreatedDirectories() {
             std::filesystem::remove(run_directory_ / written, ignored);
     if (!lock_was_there_) std::filesystem::remove(run_directory_ / kLock, ignored);
     // Each folder only where it is empty: what anyone else put there stays, and so does its folder.
-    for (const std::filesystem::path& folder : std::views::reverse(created_))
-        if (!std::filesystem::remove(folder, ignored)) break;
+    // (Reverse iterators, not std::views::reverse, which clang 14 cannot compile against libstdc++ 12: the fuzz build.)
+    for (auto folder = created_.rbegin(); folder != created_.rend(); ++folder)
+        if (!std::filesystem::remove(*folder, ignored)) break;
 }
 
 }  // namespace run_files
