@@ -432,7 +432,7 @@ TEST_F(Cli, TrainValCharsValidatesOnPartOfTheHeldOutTextAndOnAllOfItAtTheEnd) {
     ASSERT_EQ(metrics.size(), 4u);
     for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(metrics[i].at("validation_characters"), 20) << metrics[i].dump();
     EXPECT_EQ(metrics[3].at("step"), 30);
-    EXPECT_NEAR(metrics[3].at("full_validation_loss").get<double>(), full, 6e-5);
+    EXPECT_NEAR(metrics[3].at("final_validation_loss").get<double>(), full, 6e-5);
     EXPECT_EQ(metrics[3].at("validation_characters").get<std::size_t>(), std::stoul(held_out));
 }
 
@@ -1068,6 +1068,9 @@ TEST_F(Cli, TrainRefusesBadOptions) {
     expect_train_refused(corpus, {"--val-chars wants auto, 0 (all of them) or a count of characters, not 'lots'"},
                          {"--val-chars", "lots"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-chars", "'-5'"}, {"--val-chars", "-5"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--final-val must be auto, all or none, not 'most'"}, {"--final-val", "most"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--final-val all sets what the run's end scores of the held-out text, and this run has no validation text"},
+                         {"--final-val", "all", "--val-fraction", "0"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"lstm"}, {"--cell", "transformer"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"unknown learning-rate schedule 'linear'; use constant, cosine or step"},
                          {"--lr-schedule", "linear"}, /*usage_error=*/true);

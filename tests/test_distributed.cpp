@@ -143,7 +143,7 @@ protected:
         for (std::string line; std::getline(file, line);) {
             const nlohmann::json record = nlohmann::json::parse(line);
             if (record.contains("validation_loss")) losses.push_back(record.at("validation_loss").get<double>());
-            if (whole && record.contains("full_validation_loss")) losses.push_back(record.at("full_validation_loss").get<double>());
+            if (whole && record.contains("final_validation_loss")) losses.push_back(record.at("final_validation_loss").get<double>());
         }
         return losses;
     }

@@ -156,7 +156,7 @@ TEST(Plot, TakesARunsMetricsFileWarnsOfLinesLeftOutAndDrawsACurveOfOnePoint) {
     fixture.directory.write("run/metrics.jsonl", R"({"step":10,"train_loss":3.1,"validation_loss":3.2,"averaged_validation_loss":3.3,"elapsed_seconds":6}
 {"step":20,"train_lo
 not json at all
-{"step":20,"full_validation_loss":3.0,"validation_characters":99}
+{"step":20,"final_validation_loss":3.0,"validation_characters":99}
 )");
     const auto metrics = fixture.run / "metrics.jsonl";
     EXPECT_EQ(run_directory_of(metrics), fixture.run);

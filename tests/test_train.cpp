@@ -16,6 +16,7 @@
 
 #include "charlm/atomic_file.hpp"
 #include "charlm/checkpoint.hpp"
+#include "charlm/display.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
 #include "charlm/plot.hpp"
@@ -139,7 +140,7 @@ std::vector<nlohmann::json> metrics_records(const std::filesystem::path& run_dir
 // the validations scored part of it) is a record of its own, the last, and is left out here.
 void expect_metrics_match_reports(const std::filesystem::path& run_directory, const std::vector<ProgressReport>& reports) {
     auto records = metrics_records(run_directory);
-    if (!records.empty() && records.back().contains("full_validation_loss")) records.pop_back();
+    if (!records.empty() && records.back().contains("final_validation_loss")) records.pop_back();
     ASSERT_EQ(records.size(), reports.size());
     for (std::size_t i = 0; i < records.size(); ++i) {
         SCOPED_TRACE(records[i].dump());
@@ -351,7 +352,7 @@ TEST(Train, AStopRequestSavesTheStepWithoutValidatingAndSaysHowToGoOn) {
     EXPECT_EQ(result.steps, 4) << "decided once per step: the step after the request is the last";
     EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 4);
     EXPECT_TRUE(progress.evaluated_steps().empty()) << "a stop request saves without a validation pass";
-    EXPECT_FALSE(result.full_validation_loss.has_value()) << "nor a pass over all the held-out text";
+    EXPECT_FALSE(result.final_validation_loss.has_value()) << "nor a pass over all the held-out text";
     ASSERT_EQ(progress.checkpoints.size(), 1u);
     EXPECT_EQ(progress.checkpoints[0].kind, CheckpointKind::last);
     EXPECT_EQ(progress.checkpoints[0].step, 4);
@@ -755,9 +756,9 @@ TEST(Train, AveragedWeightsAreValidatedAndTheBetterOnesKeptAsBest) {
             EXPECT_EQ(kept.model->parameters()[i].value, best.model->parameters()[i].value);
         // The end's pass over all the held-out text scores the weights the validation preferred, and
         // says which: they are best.safetensors' (evaluation reads that file).
-        ASSERT_TRUE(result.full_validation_loss.has_value());
-        EXPECT_EQ(result.full_validation_is_averaged, averaged_better);
-        EXPECT_NEAR(evaluate_loss(*best.model, held_out_ids(best.vocab), 16, 4).mean(), *result.full_validation_loss, 1e-6);
+        ASSERT_TRUE(result.final_validation_loss.has_value());
+        EXPECT_EQ(result.final_validation_is_averaged, averaged_better);
+        EXPECT_NEAR(evaluate_loss(*best.model, held_out_ids(best.vocab), 16, 4).mean(), *result.final_validation_loss, 1e-6);
     }
 }
 
@@ -797,7 +798,7 @@ TEST(Train, ResumingWithAveragedWeightsIsExact) {
     EXPECT_TRUE(load_checkpoint(plain.run_directory / "last.safetensors").average.has_value());
 }
 
-TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
+TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEndWhereItIsShort) {
     TemporaryDirectory directory;
     directory.write("corpus.txt", small_corpus());
     TrainOptions options = tiny_options(directory, "run");
@@ -820,13 +821,13 @@ TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
     }
     // The last validation, of the subset, and the pass over all of it at the end: the same parameters.
     EXPECT_NEAR(*progress.reports.back().validation_loss, evaluate_loss(*last.model, held_out, 16, 4, subset).mean(), 1e-9);
-    ASSERT_TRUE(result.full_validation_loss.has_value());
-    EXPECT_NEAR(*result.full_validation_loss, evaluate_loss(*last.model, held_out, 16, 4).mean(), 1e-9);
-    EXPECT_NE(*result.full_validation_loss, *progress.reports.back().validation_loss);
+    ASSERT_TRUE(result.final_validation_loss.has_value());
+    EXPECT_NEAR(*result.final_validation_loss, evaluate_loss(*last.model, held_out, 16, 4).mean(), 1e-9);
+    EXPECT_NE(*result.final_validation_loss, *progress.reports.back().validation_loss);
     EXPECT_EQ(result.validation_characters, 40u);
     EXPECT_EQ(result.held_out_characters, all);
     ASSERT_EQ(progress.results.size(), 1u);
-    EXPECT_EQ(progress.results[0].full_validation_loss, result.full_validation_loss);
+    EXPECT_EQ(progress.results[0].final_validation_loss, result.final_validation_loss);
     // Said before it begins, since on a large text it takes a while: after the last save, before the end.
     ASSERT_FALSE(progress.notes.empty());
     EXPECT_EQ(progress.notes.back(), fmt::format("scoring all {} held-out characters at step 20 (each validation scored 40 of them)", all));
@@ -836,8 +837,8 @@ TEST(Train, ValidatesOnTheSameSubsetEachTimeAndOnAllTheHeldOutTextAtTheEnd) {
     // metrics.jsonl: each validation's characters, and the full figure last.
     const auto records = metrics_records(options.run_directory);
     ASSERT_FALSE(records.empty());
-    EXPECT_EQ(records.back(), (nlohmann::json{{"step", 20}, {"full_validation_loss", *result.full_validation_loss},
-                                              {"validation_characters", all}}));
+    EXPECT_EQ(records.back(), (nlohmann::json{{"step", 20}, {"final_validation_loss", *result.final_validation_loss},
+                                              {"validation_characters", all}, {"held_out_characters", all}}));
     expect_metrics_match_reports(options.run_directory, progress.reports);
 }
 
@@ -852,7 +853,7 @@ TEST(Train, ValidatingOnAllTheHeldOutTextNeedsNoPassAtTheEnd) {
         else options.validation_characters = 0;
         RecordingProgress progress;
         const TrainResult result = train(options, progress);
-        EXPECT_FALSE(result.full_validation_loss.has_value());
+        EXPECT_FALSE(result.final_validation_loss.has_value());
         EXPECT_EQ(result.validation_characters, result.held_out_characters);
         EXPECT_EQ(progress.runs.at(0).periodic_validation_characters, progress.runs.at(0).validation_characters - 1);
         ASSERT_FALSE(progress.evaluated_steps().empty());
@@ -861,9 +862,109 @@ TEST(Train, ValidatingOnAllTheHeldOutTextNeedsNoPassAtTheEnd) {
                 EXPECT_EQ(report.validation_characters, report.held_out_characters);
             }
         for (const std::string& note : progress.notes) EXPECT_EQ(note.find("scoring all"), std::string::npos) << note;
-        EXPECT_FALSE(metrics_records(options.run_directory).back().contains("full_validation_loss"));
+        EXPECT_FALSE(metrics_records(options.run_directory).back().contains("final_validation_loss"));
         expect_metrics_match_reports(options.run_directory, progress.reports);
     }
+}
+
+// A corpus whose held-out half (--val-fraction 0.5) is past kFinalValidationFloor: the run's end may
+// not score all of it automatically, after 20 steps of 16 x 4 characters.
+std::string corpus_past_the_final_floor() {
+    std::string text;
+    for (int i = 0; text.size() < 2 * kFinalValidationFloor + 60'000; ++i)
+        text += fmt::format("Line {}: to be, or not to be: that is the question. Ser o no ser, ésa es la cuestión.\n", i % 97);
+    return text;
+}
+
+TEST(Train, TheRunsEndScoresAnEvenlySpreadPartWhereAllOfItWouldCostTooMuch) {
+    TemporaryDirectory directory;
+    const std::string corpus = corpus_past_the_final_floor();
+    directory.write("corpus.txt", corpus);
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_fraction = 0.5;
+    options.validation_characters = 40;
+    // 20 steps trained 20 x 16 x 4 characters: the share of them is far below the floor, which bounds the pass.
+    ASSERT_EQ(final_validation_characters(options, 20), kFinalValidationFloor);
+    RecordingProgress progress;
+    const TrainResult result = train(options, progress);
+    Checkpoint last = load_checkpoint(result.last_checkpoint);
+    const std::vector<TokenId> ids = last.vocab.encode(decode_utf8(corpus, "corpus"));
+    const std::vector<TokenId> held_out(ids.end() - static_cast<std::ptrdiff_t>(validation_size(ids.size(), 0.5)), ids.end());
+    const EvaluationSelection bounded{.max_characters = kFinalValidationFloor};
+    const std::size_t covered = evaluation_pair_count(held_out, 4, bounded);
+    ASSERT_GT(held_out.size() - 1, covered) << "the pass covers part of the held-out text, not all of it";
+    EXPECT_GE(covered, kFinalValidationFloor);
+    ASSERT_TRUE(result.final_validation_loss.has_value());
+    EXPECT_EQ(result.final_validation_characters, covered);
+    EXPECT_EQ(result.held_out_characters, held_out.size() - 1);
+    EXPECT_NEAR(*result.final_validation_loss, evaluate_loss(*last.model, held_out, 16, 4, bounded).mean(), 1e-9);
+    EXPECT_NE(*result.final_validation_loss, evaluate_loss(*last.model, held_out, 16, 4).mean()) << "not the figure of all of it";
+    ASSERT_FALSE(progress.notes.empty());
+    EXPECT_EQ(progress.notes.back(), fmt::format("scoring {} of the {} held-out characters at step 20, spread evenly (each validation "
+                                                 "scored 40; --final-val all scores all of them)",
+                                                 format_count(covered), format_count(held_out.size() - 1)));
+    // metrics.jsonl says what the figure covers, and of how many.
+    EXPECT_EQ(metrics_records(options.run_directory).back(),
+              (nlohmann::json{{"step", 20}, {"final_validation_loss", *result.final_validation_loss},
+                              {"validation_characters", covered}, {"held_out_characters", held_out.size() - 1}}));
+
+    // --final-val all: every character, however long; none: no pass at all.
+    options.final_validation = FinalValidation::all;
+    options.run_directory = directory.path() / "all";
+    const TrainResult all = train(options);
+    ASSERT_TRUE(all.final_validation_loss.has_value());
+    EXPECT_EQ(all.final_validation_characters, held_out.size() - 1);
+    EXPECT_NEAR(*all.final_validation_loss, evaluate_loss(*last.model, held_out, 16, 4).mean(), 1e-9) << "the same weights, all of it";
+    options.final_validation = FinalValidation::none;
+    options.run_directory = directory.path() / "none";
+    RecordingProgress quiet;
+    const TrainResult none = train(options, quiet);
+    EXPECT_FALSE(none.final_validation_loss.has_value());
+    for (const std::string& note : quiet.notes) EXPECT_EQ(note.find("scoring"), std::string::npos) << note;
+    EXPECT_FALSE(metrics_records(options.run_directory).back().contains("final_validation_loss"));
+}
+
+TEST(Train, TheBoundOfTheRunsEndGrowsWithTheCharactersTrained) {
+    TrainOptions options;
+    options.seq_length = 100;
+    options.batch_size = 64;
+    EXPECT_EQ(final_validation_characters(options, 1), kFinalValidationFloor);
+    // 10,000 steps of 6,400 characters: 64M trained, of which the share is 19.2M.
+    EXPECT_EQ(final_validation_characters(options, 10'000), static_cast<std::uint64_t>(kFinalValidationShare * 64'000'000));
+    EXPECT_GT(final_validation_characters(options, 20'000), final_validation_characters(options, 10'000));
+    options.final_validation = FinalValidation::all;
+    EXPECT_EQ(final_validation_characters(options, 1), 0u) << "0: all of it";
+}
+
+TEST(Train, AStopRequestDuringTheRunsEndScoringEndsItAtOnceWithTheCheckpointsIntact) {
+    TemporaryDirectory directory;
+    directory.write("corpus.txt", corpus_past_the_final_floor());
+    TrainOptions options = tiny_options(directory, "run");
+    options.validation_fraction = 0.5;
+    options.validation_characters = 40;
+    options.final_validation = FinalValidation::all;
+    // Ctrl-C as the pass begins: the note that announces it comes just before its first window.
+    class StoppingAtTheScoring : public RecordingProgress {
+    public:
+        void note(const std::string& message) override {
+            RecordingProgress::note(message);
+            if (message.starts_with("scoring")) request_training_stop();
+        }
+    } progress;
+    const TrainResult result = train(options, progress);
+    EXPECT_TRUE(result.final_validation_cut_short);
+    EXPECT_FALSE(result.final_validation_loss.has_value()) << "no figure of a pass cut short";
+    EXPECT_EQ(result.stopped_by, StopReason::steps) << "the run itself had finished";
+    EXPECT_EQ(result.steps, 20);
+    ASSERT_FALSE(progress.warnings.empty());
+    EXPECT_NE(progress.warnings.back().find("stopped during the scoring of the held-out text"), std::string::npos) << progress.warnings.back();
+    EXPECT_EQ(load_checkpoint(result.last_checkpoint).training.step, 20);
+    EXPECT_EQ(load_checkpoint(result.best_checkpoint).training.step, 20);
+    EXPECT_FALSE(metrics_records(options.run_directory).back().contains("final_validation_loss"));
+    // The next run in this process is not stopped by this one's request.
+    options.run_directory = directory.path() / "next";
+    options.final_validation = FinalValidation::automatic;
+    EXPECT_TRUE(train(options).final_validation_loss.has_value());
 }
 
 TEST(Train, ResumeKeepsOrChangesTheValidationCharacters) {
@@ -888,14 +989,14 @@ TEST(Train, ResumeKeepsOrChangesTheValidationCharacters) {
     auto stored = [&] { return load_checkpoint(options.run_directory / "last.safetensors").training.options.at("validation_characters"); };
 
     RecordingProgress kept;
-    EXPECT_TRUE(resume(10, kept, false).full_validation_loss.has_value());
+    EXPECT_TRUE(resume(10, kept, false).final_validation_loss.has_value());
     EXPECT_EQ(stored(), 40);
     EXPECT_EQ(kept.reports.back().validation_characters, 40u);
     EXPECT_TRUE(kept.warnings.empty());
 
     RecordingProgress whole;
     const TrainResult after_whole = resume(14, whole, true, 0);
-    EXPECT_FALSE(after_whole.full_validation_loss.has_value());
+    EXPECT_FALSE(after_whole.final_validation_loss.has_value());
     EXPECT_EQ(stored(), 0);
     EXPECT_EQ(whole.reports.back().validation_characters, whole.reports.back().held_out_characters);
     ASSERT_FALSE(whole.notes.empty());
@@ -1218,7 +1319,7 @@ TEST(Train, ACheckpointFromBeforeValCharsGoesOnValidatingOnAllTheHeldOutText) {
     RecordingProgress progress;
     const TrainResult result = resume_to_with(options.run_directory, 14, progress);
     EXPECT_EQ(result.steps, 14);
-    EXPECT_FALSE(result.full_validation_loss.has_value());
+    EXPECT_FALSE(result.final_validation_loss.has_value());
     EXPECT_TRUE(progress.warnings.empty());
     ASSERT_FALSE(progress.reports.empty());
     EXPECT_EQ(progress.reports.back().validation_characters, progress.reports.back().held_out_characters);
@@ -1747,7 +1848,7 @@ namespace {
 
 // A value other than the default for each option the table parses from text.
 const std::map<std::string_view, std::string> kOtherTexts = {
-    {"--cell", "gru"}, {"--dropout-mask", "step"}, {"--lr-schedule", "cosine"}, {"--val-chars", "123"}};
+    {"--cell", "gru"}, {"--dropout-mask", "step"}, {"--lr-schedule", "cosine"}, {"--val-chars", "123"}, {"--final-val", "all"}};
 
 void set_other_than_default(const TrainOptionSpec& row, TrainOptions& options) {
     std::visit([&](auto binding) {

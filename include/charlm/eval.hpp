@@ -16,8 +16,10 @@ namespace charlm {
 
 // Summed loss over every (input, target) pair of `ids`, read as B streams in windows of T steps, or
 // over the part of them that `selection` names (see for_each_evaluation_window).
+// `stop`, where given, is asked before each window: true ends the pass there, with the sum so far.
+using EvaluationStop = std::function<bool()>;
 LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length = 100, int batch_size = 32,
-                      const EvaluationSelection& selection = {});
+                      const EvaluationSelection& selection = {}, const EvaluationStop& stop = {});
 
 // Past this share of a text's characters outside the vocabulary, evaluation refuses unless allowed
 // (EvalOptions::allow_unknown). A score of what is left says little about such a text: with a tenth

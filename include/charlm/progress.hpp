@@ -81,11 +81,14 @@ struct TrainResult {
     bool averaged = false;             // the run averaged its parameters (--ema): each validation scored both
     bool best_is_averaged = false;     // best.safetensors holds the averaged parameters (--ema)
     // Where the periodic validations scored part of the held-out text (--val-chars): how much, and the
-    // loss of the run's last step on all of it, scored once at its end (not after a stop request).
+    // loss of the run's last step on more of it (all of it, or an evenly spread part: --final-val),
+    // scored once at its end (not after a stop request).
     std::size_t validation_characters = 0;  // predictions the best validation loss covers (a periodic validation's)
     std::size_t held_out_characters = 0;    // predictions of all the held-out text
-    std::optional<double> full_validation_loss;
-    bool full_validation_is_averaged = false;  // that loss is the averaged parameters' (the last validation preferred them)
+    std::optional<double> final_validation_loss;
+    std::size_t final_validation_characters = 0;  // the predictions that loss covers
+    bool final_validation_is_averaged = false;  // that loss is the averaged parameters' (the last validation preferred them)
+    bool final_validation_cut_short = false;    // a stop request came during it: no figure
     double chars_per_second = 0;
     StopReason stopped_by = StopReason::steps;
     int patience = 0;                  // the run's --patience, for saying why it stopped

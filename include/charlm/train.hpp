@@ -18,6 +18,14 @@
 
 namespace charlm {
 
+// --final-val: what the run's end scores of the held-out text with its last weights, where the
+// periodic validations scored part of it (--val-chars): automatic (all of it where that is cheap
+// beside the training, else an evenly spread part that is; final_validation_characters()), all of
+// it however long it takes, or none.
+enum class FinalValidation { automatic, all, none };
+std::string to_string(FinalValidation final_validation);
+FinalValidation parse_final_validation(const std::string& text);  // throws UsageError
+
 // A run's options. Those a user sets are each one row of train_option_table() (src/train/options.cpp),
 // which the command line, the checkpoint's JSON and a resume read; a member's initializer is its default.
 struct TrainOptions {
@@ -33,9 +41,10 @@ struct TrainOptions {
     std::int64_t steps = 0;            // total steps of the run, resumed ones included; 0 for no bound
     double minutes = 0;                // wall-clock bound of this invocation; 0 for no bound
     int eval_every = 200;
-    // --val-chars: held-out characters that each periodic validation scores; the run's end scores them
-    // all. None: automatic (periodic_validation_characters()); 0: all of them every time.
+    // --val-chars: held-out characters that each periodic validation scores; the run's end scores
+    // more of them (--final-val). None: automatic (periodic_validation_characters()); 0: all of them every time.
     std::optional<std::uint64_t> validation_characters;
+    FinalValidation final_validation = FinalValidation::automatic;
     int patience = 0;                  // stop after this many evaluations without a new best; 0 never
     // --ema: the decay of an average of the parameters (ParameterAverage), 0 for none. Validations score
     // the averaged weights beside the last step's, and best.safetensors holds whichever scored lower.
@@ -82,6 +91,17 @@ constexpr double kAutomaticValidationShare = 0.25;
 // The held-out characters each periodic validation scores at most under `options`; 0 for all of them.
 // --val-chars where given; automatically, kAutomaticValidationShare of eval_every x seq x batch.
 std::uint64_t periodic_validation_characters(const TrainOptions& options);
+
+// The run's end scores, automatically, at most this share of the characters trained so far (steps x
+// --seq x --batch, resumed steps included): read 3-4 times faster than training reads them, they cost
+// under a tenth of the training time. A count of characters, not a timing, so that the figure is the
+// same on every machine and thread count. A short run still scores the floor: a second or two.
+constexpr double kFinalValidationShare = 0.3;
+constexpr std::uint64_t kFinalValidationFloor = 100'000;
+
+// The held-out characters the run's end scores at most under `options` after `steps` steps in all: 0
+// for all of them (--final-val all). Not called under --final-val none.
+std::uint64_t final_validation_characters(const TrainOptions& options, std::int64_t steps);
 
 // Throws UsageError where options given on the command line (`given`, their names) would do nothing:
 // --lr-decay or --lr-decay-every with a schedule other than step. Every option is obeyed or refused.

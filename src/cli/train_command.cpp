@@ -172,12 +172,16 @@ void print_training_summary(const charlm::TrainResult& result) {
         fmt::print("trained {} steps{}; best validation loss {:.4f} nats/char{}{} (perplexity {:.3f}, {:.4f} bits/char)\n",
                    result.steps, stopped, best, part, weights(result.best_is_averaged), charlm::perplexity_of(best),
                    charlm::bits_per_character_of(best));
-        if (result.full_validation_loss) {
-            const double full = *result.full_validation_loss;
-            fmt::print("on all {} held-out chars, step {}{}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n",
-                       charlm::format_count(result.held_out_characters), result.steps,
-                       weights(result.full_validation_is_averaged), full, charlm::perplexity_of(full),
-                       charlm::bits_per_character_of(full));
+        if (result.final_validation_loss) {
+            const double final_loss = *result.final_validation_loss;
+            const std::string covered = result.final_validation_characters < result.held_out_characters
+                                            ? fmt::format("{} of {} held-out chars, spread evenly",
+                                                          charlm::format_count(result.final_validation_characters),
+                                                          charlm::format_count(result.held_out_characters))
+                                            : fmt::format("all {} held-out chars", charlm::format_count(result.held_out_characters));
+            fmt::print("on {}, step {}{}: {:.4f} nats/char (perplexity {:.3f}, {:.4f} bits/char)\n", covered, result.steps,
+                       weights(result.final_validation_is_averaged), final_loss, charlm::perplexity_of(final_loss),
+                       charlm::bits_per_character_of(final_loss));
         }
         fmt::print("checkpoints: {} (best), {} (to resume)\n", result.best_checkpoint.string(), result.last_checkpoint.string());
     }
@@ -217,7 +221,7 @@ int run_train(TrainArguments& arguments, const charlm::Communicator& processes) 
     charlm::TrainingProgress& progress = processes.is_first() ? static_cast<charlm::TrainingProgress&>(terminal) : charlm::silent_progress();
     const charlm::TrainResult result = resume ? charlm::resume_training(*resume, progress, processes)
                                               : charlm::train(arguments.options, progress, processes);
-    const int status = result.stopped_by == charlm::StopReason::interrupted ? 130 : 0;
+    const int status = result.stopped_by == charlm::StopReason::interrupted || result.final_validation_cut_short ? 130 : 0;
     if (!processes.is_first()) return status;
     print_training_summary(result);
     return status;

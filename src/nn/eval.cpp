@@ -13,15 +13,21 @@
 
 namespace charlm {
 
-LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size, const EvaluationSelection& selection) {
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size, const EvaluationSelection& selection,
+                      const EvaluationStop& stop) {
     LossSum total;
     ModelState<float> state;
     const WeightsFreeze<float> freeze(model);  // the weights stay as they are: packed once, not once per window
-    for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
-        if (window.starts_streams) state = model.initial_state(window.batch_size);
-        model.forward(window.inputs, window.seq_length, window.batch_size, state);
-        total += model.loss(window.targets);
-    }, selection);
+    struct Stopped {};
+    try {
+        for_each_evaluation_window(ids, seq_length, batch_size, [&](const Batch& window) {
+            if (stop && stop()) throw Stopped{};  // the windows' maker has no way out but this
+            if (window.starts_streams) state = model.initial_state(window.batch_size);
+            model.forward(window.inputs, window.seq_length, window.batch_size, state);
+            total += model.loss(window.targets);
+        }, selection);
+    } catch (const Stopped&) {
+    }
     return total;
 }
 

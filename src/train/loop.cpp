@@ -1,4 +1,4 @@
-// The training loop: steps, validations and checkpoints between them, and what the progress sinks hear.
+// The training loop: its steps, the checkpoints between them, how it stops, and what the progress sinks hear.
 #include "loop.hpp"
 
 #include <algorithm>
@@ -17,8 +17,11 @@
 #include "metrics_log.hpp"
 #include "run_directory.hpp"
 #include "step.hpp"
+#include "training_loop.hpp"
 
 namespace charlm {
+
+namespace training {
 
 namespace {
 
@@ -31,71 +34,9 @@ double exploded_loss_past(double starting_loss, double uniform_loss) {
     return 3 * std::max(starting_loss, uniform_loss);
 }
 
-// One invocation's training loop over a session: the steps, the evaluations and checkpoints between
-// them, and what it tells the progress sinks. run() reads top to bottom; the rest are its parts.
-class TrainingLoop {
-public:
-    TrainingLoop(Session& session, TrainingProgress& progress);
-    TrainResult run();
+}  // namespace
 
-private:
-    void remove_stale_temporaries() const;
-    void warn_about_options_that_do_nothing();
-    RunDescription description() const;
-    void agree_on_stop();
-    std::optional<StopReason> stop_reason() const;
-    double take_step();
-    void check_for_divergence(const StepOutcome& outcome, double learning_rate, std::int64_t step);
-    Error diverged(const std::string& what, std::int64_t step) const;
-    bool report_due(bool evaluate_now) const;
-    void validate_and_save(ProgressReport& report);
-    void warn_if_overfitting(double validation_loss);
-    std::optional<double> score_all_held_out_text();
-    LossSum evaluate_held_out(std::size_t max_characters);
-    void save(CheckpointKind kind, const std::filesystem::path& kept_path = {});
-    StepProgress step_progress(double learning_rate) const;
-    void report_progress(ProgressReport& report, double learning_rate);
-    TrainResult final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const;
-
-    Session& session_;
-    const TrainOptions& options_;
-    const Communicator& processes_;
-    TrainingProgress& progress_;  // the caller's sink
-    std::optional<MetricsLog> metrics_log_;  // and the run directory's, told the same checkpoints and reports (process 0's)
-    const std::filesystem::path last_path_, best_path_;
-    BatchStream stream_;
-    Batch batch_;
-    const bool has_validation_;
-    std::optional<std::string> overfitting_warning_;  // said after its validation's report, which shows the figure it names
-    Clock::time_point start_, last_report_;  // when the steps began; the last report
-    bool interrupted_ = false, out_of_time_ = false;  // a stop signal, and --minutes up, on any process
-    double training_seconds_ = 0, loss_since_report_ = 0, chars_per_second_ = 0;
-    // The train loss the log showed last: the mean over the steps of its last report (or status line,
-    // for steps taken since); none until this invocation takes a step.
-    std::optional<double> last_train_loss_;
-    std::int64_t steps_since_report_ = 0, steps_this_run_ = 0;
-    // The state last.safetensors holds: the step it was saved at (or -1: nothing of this run yet).
-    std::int64_t saved_step_;
-    // Past this the loss has exploded (char-rnn stops past three times its first loss): three times
-    // the loss of a uniform guess, ln V, or of a fresh run's first step where that is higher. A resumed
-    // run's first loss says nothing: it may already be low, or already have climbed.
-    const double uniform_loss_;
-    double exploded_loss_;
-    bool exploded(double loss) const { return !std::isfinite(loss) || loss > exploded_loss_; }
-    bool averaged_is_better_ = false;  // at the last validation, the averaged weights scored lower (--ema)
-};
-
-// The averaged parameters (--ema) in the model's place while it lives; the last step's come back after.
-class AveragedWeights {
-public:
-    explicit AveragedWeights(Session& session) : session_(session) { session_.average->swap_with(session_.model.parameters()); }
-    ~AveragedWeights() { session_.average->swap_with(session_.model.parameters()); }
-    AveragedWeights(const AveragedWeights&) = delete;
-    AveragedWeights& operator=(const AveragedWeights&) = delete;
-
-private:
-    Session& session_;
-};
+bool stop_was_requested() { return stop_requested != 0; }
 
 TrainingLoop::TrainingLoop(Session& session, TrainingProgress& progress)
     : session_(session),
@@ -165,14 +106,18 @@ TrainResult TrainingLoop::run() {
     }
     if (saved_step_ != session_.state.step) save(CheckpointKind::last);  // stopped between validations (Ctrl-C)
     // A stop request wants the process ended now, not after a pass over the held-out text.
-    std::optional<double> full_validation_loss;
-    if (*stop != StopReason::interrupted && steps_this_run_ > 0) full_validation_loss = score_all_held_out_text();
+    std::optional<LossSum> final_validation;
+    if (*stop != StopReason::interrupted && steps_this_run_ > 0) final_validation = score_held_out_text_at_end();
+    if (final_validation_cut_short_)
+        progress_.warning(fmt::format("stopped during the scoring of the held-out text at the run's end, which has no figure; the "
+                                      "checkpoints of step {} were saved before it",
+                                      session_.state.step));
     if (*stop == StopReason::patience)
         progress_.note(fmt::format("stopped early: no better validation loss in {} validations", options_.patience));
     if (*stop == StopReason::interrupted)
         progress_.warning(fmt::format("stopped at step {}; continue with: charlm train --resume {}", session_.state.step,
                                       quoted_for_shell(options_.run_directory.string())));
-    const TrainResult finished = final_result(*stop, full_validation_loss);
+    const TrainResult finished = final_result(*stop, final_validation);
     if (metrics_log_) metrics_log_->run_finished(finished);
     progress_.run_finished(finished);
     return finished;
@@ -288,109 +233,6 @@ bool TrainingLoop::report_due(bool evaluate_now) const {
     return evaluate_now || (!progress_.shows_every_step() && seconds_since(last_report_) >= 10);
 }
 
-// The validation pass, where the run has validation text, and the checkpoints it leads to.
-void TrainingLoop::validate_and_save(ProgressReport& report) {
-    report.evaluated = true;
-    check_parameters_agree(session_.model, session_.state.step, processes_);
-    if (!has_validation_) {
-        save(CheckpointKind::last);
-        return;
-    }
-    session_.model.set_dropout_generator(nullptr);
-    // The same part of the held-out text every time, so that the figures compare with each other.
-    const TokenSpan held_out = session_.corpus.validation();
-    const LossSum validation = evaluate_held_out(periodic_validation_characters(options_));
-    const double validation_loss = validation.mean();
-    // The update of the step just taken is judged here too: its weights are what would be saved.
-    if (exploded(validation_loss))
-        throw diverged(fmt::format("the validation loss became {} nats/char, past {:.4g} (three times where training started)",
-                                   fmt::format("{:.4g}", validation_loss), exploded_loss_),
-                       session_.state.step);
-    report.validation_loss = validation_loss;
-    report.validation_characters = validation.count;
-    report.held_out_characters = held_out.size() - 1;
-    // The averaged weights on the same characters; the lower of the two figures is the step's.
-    std::optional<double> averaged_loss;
-    if (session_.average) {
-        AveragedWeights averaged(session_);
-        averaged_loss = evaluate_held_out(periodic_validation_characters(options_)).mean();
-        report.averaged_validation_loss = averaged_loss;
-    }
-    averaged_is_better_ = averaged_loss && std::isfinite(*averaged_loss) && *averaged_loss < validation_loss;
-    const double step_loss = averaged_is_better_ ? *averaged_loss : validation_loss;
-    report.new_best = step_loss < session_.state.best_validation_loss;
-    report.best_is_averaged = report.new_best && averaged_is_better_;
-    if (report.new_best) {
-        session_.state.best_validation_loss = step_loss;
-        session_.state.best_validation_characters = validation.count;
-        session_.state.best_is_averaged = averaged_is_better_;
-        session_.state.best_step = session_.state.step;
-        session_.state.evaluations_since_best = 0;
-    } else {
-        ++session_.state.evaluations_since_best;
-        warn_if_overfitting(step_loss);
-    }
-    // last.safetensors first: should best's write fail (a full disk), a resume still knows the best
-    // loss reached, and never replaces a better best.safetensors with a worse one.
-    save(CheckpointKind::last);
-    // best.safetensors and a kept checkpoint hold the weights that scored lower: the averaged ones, or the step's.
-    std::optional<AveragedWeights> averaged;
-    if (averaged_is_better_ && (report.new_best || options_.keep_checkpoints)) averaged.emplace(session_);
-    if (report.new_best) save(CheckpointKind::best);
-    if (options_.keep_checkpoints)
-        save(CheckpointKind::kept, options_.run_directory / kept_checkpoint_name(session_.state.step, step_loss));
-}
-
-// kOverfittingValidations validations in a row without a new best, the last of them well above the
-// best: the model is learning its training text by heart. Said once per such stretch, with what helps,
-// after the report line of the validation that showed it.
-void TrainingLoop::warn_if_overfitting(double validation_loss) {
-    constexpr std::int64_t kOverfittingValidations = 3;
-    constexpr double kRise = 0.02;  // nats/char: far above the noise of one validation
-    const TrainingState& state = session_.state;
-    if (state.evaluations_since_best != kOverfittingValidations || !(validation_loss > state.best_validation_loss + kRise)) return;
-    overfitting_warning_ = fmt::format(
-        "{} validations in a row without a new best, and the validation loss is now {:.4f} against its best {:.4f}{}: the "
-        "model is overfitting its training text, and best.safetensors keeps the best; more dropout (--dropout, --weight-drop), a smaller model or fewer "
-        "--steps would help, and --patience N stops such a run (docs/quality.md)",
-        kOverfittingValidations, validation_loss, state.best_validation_loss,
-        state.best_step > 0 ? fmt::format(" at step {}", state.best_step) : std::string());
-}
-
-// The last step's loss on all the held-out text, where the validations scored part of it: once, at the
-// run's end, so that the run has a figure to compare with `charlm eval` and with runs validated whole.
-std::optional<double> TrainingLoop::score_all_held_out_text() {
-    if (!has_validation_) return std::nullopt;
-    const TokenSpan held_out = session_.corpus.validation();
-    const std::size_t periodic = periodic_validation_pairs(held_out, options_);
-    if (periodic == held_out.size() - 1) return std::nullopt;
-    // It may take a while on a large text: say what it is waiting for.
-    progress_.note(fmt::format("scoring all {} held-out characters at step {} (each validation scored {} of them)",
-                               format_count(held_out.size() - 1), session_.state.step, format_count(periodic)));
-    session_.model.set_dropout_generator(nullptr);
-    std::optional<AveragedWeights> averaged;  // the weights the last validation preferred
-    if (averaged_is_better_) averaged.emplace(session_);
-    return evaluate_held_out(0).mean();
-}
-
-// The loss of the held-out text (at most `max_characters` of it: 0 for all), every process scoring a
-// block of the pass's streams, summed: every process gets the same figure, and it is the figure one
-// process would get, up to the order of the sums.
-LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters) {
-    const TokenSpan held_out = session_.corpus.validation();
-    EvaluationSelection selection{.max_characters = max_characters};
-    const int streams = evaluation_stream_count(held_out, options_.batch_size);
-    const int sharing = std::min(processes_.size(), streams);  // a short text may have fewer streams than processes
-    LossSum mine;
-    if (processes_.rank() < sharing) {
-        const StreamBlock block = stream_block(streams, processes_.rank(), sharing);
-        selection.first_stream = block.first;
-        selection.stream_count = block.count;
-        mine = evaluate_loss(session_.model, held_out, options_.seq_length, options_.batch_size, selection);
-    }
-    return summed_across(processes_, mine);
-}
-
 // Every process calls it at the same step; process 0 alone writes. A kept checkpoint goes to `kept_path`.
 void TrainingLoop::save(CheckpointKind kind, const std::filesystem::path& kept_path) {
     const bool for_resume = kind == CheckpointKind::last;
@@ -454,7 +296,7 @@ void TrainingLoop::report_progress(ProgressReport& report, double learning_rate)
     last_report_ = Clock::now();
 }
 
-TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<double> full_validation_loss) const {
+TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<LossSum> final_validation) const {
     TrainResult result;
     result.steps = session_.state.step;
     result.last_train_loss = steps_since_report_ > 0 ? std::optional<double>(loss_since_report_ / static_cast<double>(steps_since_report_))
@@ -474,25 +316,25 @@ TrainResult TrainingLoop::final_result(StopReason stopped_by, std::optional<doub
         result.validation_characters = session_.state.best_validation_characters > 0 ? session_.state.best_validation_characters
                                                                                        : periodic_validation_pairs(held_out, options_);
         result.held_out_characters = held_out.size() - 1;
-        result.full_validation_loss = full_validation_loss;
-        result.full_validation_is_averaged = full_validation_loss && averaged_is_better_;
+        if (final_validation) {
+            result.final_validation_loss = final_validation->mean();
+            result.final_validation_characters = final_validation->count;
+            result.final_validation_is_averaged = averaged_is_better_;
+        }
+        result.final_validation_cut_short = final_validation_cut_short_;
     }
     return result;
 }
-}  // namespace
+
+}  // namespace training
 
 TrainResult run_training_loop(Session& session, TrainingProgress& progress) {
-    return TrainingLoop(session, progress).run();
+    return training::TrainingLoop(session, progress).run();
 }
 
 bool request_training_stop() {
-    stop_requested = 1;
-    return loop_running != 0;
-}
-
-// The held-out characters (predictions) that each periodic validation scores under `options`.
-std::size_t periodic_validation_pairs(TokenSpan held_out, const TrainOptions& options) {
-    return evaluation_pair_count(held_out, options.batch_size, {.max_characters = periodic_validation_characters(options)});
+    training::stop_requested = 1;
+    return training::loop_running != 0;
 }
 
 }  // namespace charlm

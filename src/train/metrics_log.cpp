@@ -41,9 +41,9 @@ void MetricsLog::progress_reported(const ProgressReport& report) {
 }
 
 void MetricsLog::run_finished(const TrainResult& result) {
-    if (!result.full_validation_loss) return;
-    write({{"step", result.steps}, {"full_validation_loss", *result.full_validation_loss},
-           {"validation_characters", result.held_out_characters}});
+    if (!result.final_validation_loss) return;
+    write({{"step", result.steps}, {"final_validation_loss", *result.final_validation_loss},
+           {"validation_characters", result.final_validation_characters}, {"held_out_characters", result.held_out_characters}});
 }
 
 void MetricsLog::write(const nlohmann::json& record) {

@@ -24,8 +24,9 @@ public:
     // evaluation validation_loss (null for a run without validation text) and, with a loss, the
     // validation_characters it covers.
     void progress_reported(const ProgressReport& report) override;
-    // Where the run ended with a loss on all the held-out text (its validations scored part of it), one
-    // record of it: step, full_validation_loss, validation_characters.
+    // Where the run ended with a loss on more of the held-out text than its validations scored
+    // (--final-val), one record of it: step, final_validation_loss, validation_characters (what that
+    // loss covers) and held_out_characters (all there are).
     void run_finished(const TrainResult& result) override;
 
 private:

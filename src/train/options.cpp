@@ -112,6 +112,23 @@ const TrainOptionSpec kTrainOptions[] = {
                 }},
      "/validation_characters", OnResume::may_change, /*when_absent=*/"0", true, /*value_name=*/"N",
      /*through_validation=*/"sets how many held-out characters each validation scores"},
+    {"--final-val",
+     "What the run's end scores of the held-out text with its last weights, where validations scored part of it: "
+     "auto (all of it where that costs about a tenth of the training so far, else an evenly spread part that does), "
+     "all, or none",
+     TextOption{[](const TrainOptions& options) { return to_string(options.final_validation); },
+                [](TrainOptions& options, const std::string& text) { options.final_validation = parse_final_validation(text); },
+                [](const TrainOptions& options) { return nlohmann::json(to_string(options.final_validation)); },
+                [](TrainOptions& options, const nlohmann::json& value) {
+                    const std::string name = value.get<std::string>();
+                    try {
+                        options.final_validation = parse_final_validation(name);
+                    } catch (const UsageError&) {  // the file's fault, not the user's options
+                        throw Error(fmt::format("the checkpoint's training options name an unknown --final-val, '{}'", name));
+                    }
+                }},
+     "/final_validation", OnResume::may_change, /*when_absent=*/"\"auto\"", true, /*value_name=*/"auto|all|none",
+     /*through_validation=*/"sets what the run's end scores of the held-out text"},
     {"--patience", "Stop after N validations without a new best; 0 never", &member_of<&TrainOptions::patience>, "/patience",
      OnResume::may_change, {}, true, {}, /*through_validation=*/"waits for a better validation loss"},
     {"--keep-checkpoints",
@@ -220,6 +237,26 @@ std::uint64_t periodic_validation_characters(const TrainOptions& options) {
     if (options.validation_characters) return *options.validation_characters;
     const double between_validations = static_cast<double>(options.eval_every) * options.seq_length * options.batch_size;
     return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(kAutomaticValidationShare * between_validations));
+}
+
+std::string to_string(FinalValidation final_validation) {
+    switch (final_validation) {
+        case FinalValidation::all: return "all";
+        case FinalValidation::none: return "none";
+        default: return "auto";
+    }
+}
+
+FinalValidation parse_final_validation(const std::string& text) {
+    for (const FinalValidation choice : {FinalValidation::automatic, FinalValidation::all, FinalValidation::none})
+        if (text == to_string(choice)) return choice;
+    throw UsageError(fmt::format("--final-val must be auto, all or none, not '{}'", text));
+}
+
+std::uint64_t final_validation_characters(const TrainOptions& options, std::int64_t steps) {
+    if (options.final_validation == FinalValidation::all) return 0;
+    const double trained = static_cast<double>(std::max<std::int64_t>(steps, 0)) * options.seq_length * options.batch_size;
+    return std::max(kFinalValidationFloor, static_cast<std::uint64_t>(kFinalValidationShare * trained));
 }
 
 void check_options_take_effect(const TrainOptions& options, const std::vector<std::string>& given) {
