@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -364,7 +365,37 @@ TEST_F(Distributed, ProcessesGivenDifferentOptionsAreRefused) {
     EXPECT_NE(outcome.err.find("learning_rate"), std::string::npos) << outcome.err;
 }
 
-TEST_F(Distributed, OnlyTrainingRunsAsSeveralProcesses) {
+// mpirun -np N charlm eval: each process scores a block of the streams, and the first alone prints the
+// figure that one process gives.
+TEST_F(Distributed, ScoringOnSeveralProcessesGivesTheOneProcessFigure) {
+    ASSERT_EQ(run(train("model", 10)).exit_code, 0);
+    const std::string eval = std::string(CHARLM_BINARY) + " eval model/last.safetensors corpus.txt --json --threads 1 --precision fp32";
+    const Outcome one = run(eval);
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    const nlohmann::json alone = nlohmann::json::parse(one.out);
+    for (const int processes : {2, 3}) {
+        SCOPED_TRACE(processes);
+        const Outcome several = run(mpirun(processes) + eval);
+        ASSERT_EQ(several.exit_code, 0) << several.err;
+        ASSERT_EQ(std::count(several.out.begin(), several.out.end(), '\n'), 1) << "the first process alone prints: " << several.out;
+        const nlohmann::json shared = nlohmann::json::parse(several.out);
+        EXPECT_EQ(shared.at("characters_scored"), alone.at("characters_scored"));
+        const double expected = alone.at("nats_per_character").get<double>();
+        EXPECT_NEAR(shared.at("nats_per_character").get<double>(), expected, 1e-6 * expected);
+    }
+    // Adapting reads one stream, and standard input reaches one process: both refused once, before any work.
+    const Outcome adapting = run(mpirun(2) + eval + " --adapt");
+    EXPECT_EQ(adapting.exit_code, 2) << adapting.err;
+    EXPECT_EQ(count_errors(adapting.err), 1) << adapting.err;
+    EXPECT_NE(adapting.err.find("--adapt reads the text as one stream"), std::string::npos) << adapting.err;
+    const Outcome piped = run(mpirun(2) + std::string(CHARLM_BINARY) + " eval model/last.safetensors - --threads 1");
+    EXPECT_EQ(piped.exit_code, 2) << piped.err;
+    EXPECT_EQ(count_errors(piped.err), 1) << piped.err;
+    EXPECT_NE(piped.err.find("save it to a file and score that"), std::string::npos) << piped.err;
+    EXPECT_TRUE(piped.out.empty()) << piped.out;
+}
+
+TEST_F(Distributed, OnlyTrainingAndScoringRunAsSeveralProcesses) {
     ASSERT_EQ(run(train("model", 10)).exit_code, 0);
     const Outcome sample = run(mpirun(2) + std::string(CHARLM_BINARY) + " sample model/last.safetensors --length 10");
     EXPECT_EQ(sample.exit_code, 2);

@@ -2,6 +2,7 @@
 // mostly outside the vocabulary is refused unless allowed; dynamic evaluation scores each window before it
 // learns from it, and learns.
 #include <cmath>
+#include <filesystem>
 #include <initializer_list>
 #include <utility>
 
@@ -156,6 +157,29 @@ TEST(Eval, AFileScoresAsItsKnownCharactersDo) {
     EXPECT_EQ(from_file.characters_scored, in_memory.count);
     EXPECT_DOUBLE_EQ(from_file.nats_per_character, in_memory.mean());
     EXPECT_THROW(evaluate_file(fixture.model, fixture.vocab, directory.write("unknown.txt", "XYZ")), Error);
+}
+
+TEST(Eval, AFilesIdsGoToTheirFolderAndLeaveNothingThere) {
+    // The ids are mapped from a file of no name in the folder given (TMPDIR's by default), not held in
+    // memory: a folder that cannot take them is refused by name, and one that can is empty afterwards.
+    Fixture fixture;
+    testing::TemporaryDirectory directory;
+    const std::u32string text = sample_text(5000);
+    const auto path = directory.write("text.txt", encode_utf8(text));
+    const std::filesystem::path folder = directory.path() / "ids";
+    std::filesystem::create_directory(folder);
+    const EvalResult result = evaluate_file(fixture.model, fixture.vocab, path, {.ids_folder = folder});
+    EXPECT_TRUE(std::filesystem::is_empty(folder)) << "a file of no name: nothing to remove, however the process ends";
+    EXPECT_DOUBLE_EQ(result.nats_per_character, evaluate_file(fixture.model, fixture.vocab, path).nats_per_character);
+    try {
+        evaluate_file(fixture.model, fixture.vocab, path, {.ids_folder = directory.path() / "missing"});
+        ADD_FAILURE() << "a folder that is not there took the ids";
+    } catch (const Error& error) {
+        const std::string message = error.what();
+        EXPECT_NE(message.find("cannot write the ids of"), std::string::npos) << message;
+        EXPECT_NE(message.find((directory.path() / "missing").string()), std::string::npos) << message;
+        EXPECT_NE(message.find("set TMPDIR"), std::string::npos) << message;
+    }
 }
 
 TEST(Eval, BlocksOfStreamsSumToTheWholePass) {

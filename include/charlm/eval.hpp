@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "charlm/batches.hpp"
+#include "charlm/communicator.hpp"
 #include "charlm/model.hpp"
 #include "charlm/vocab.hpp"
 
@@ -69,6 +70,7 @@ struct EvalOptions {
     bool allow_unknown = false;  // score whatever share of the text is unknown (it is still counted)
     std::optional<AdaptOptions> adapt{};      // dynamic evaluation, as above, instead of the plain one
     AdaptProgressCallback adapt_progress{};  // where adapting: hears of each window
+    std::filesystem::path ids_folder{};      // where evaluate_file() keeps the text's ids; empty: TMPDIR's
 };
 
 struct EvalResult {
@@ -88,13 +90,16 @@ struct EvalResult {
 };
 
 // Scores a file as `charlm eval` does. It is streamed into ids of one byte per character (for up to 256
-// distinct ones), so that scoring a gigabyte takes about a gigabyte. Characters outside the vocabulary
-// are removed before scoring and counted. Throws Error for an unreadable or non-UTF-8 file, where fewer
-// than two characters are known, and where more than kMostUnknownFraction of them are unknown unless
-// options.allow_unknown.
+// distinct ones) in a file of no name in `ids_folder` (the temporary folder, TMPDIR, where empty),
+// mapped, and its pages let go as the scoring passes them: memory does not grow with the text.
+// Characters outside the vocabulary are removed before scoring and counted. Throws Error for an
+// unreadable or non-UTF-8 file, where fewer than two characters are known, and where more than
+// kMostUnknownFraction of them are unknown unless options.allow_unknown.
 // The text is read as up to 32 streams of at least ~1k characters each, in windows of 100 steps; where
 // options.adapt, as one stream adapting (evaluate_loss_adapting), which leaves `model` adapted to it.
+// Several `processes` (mpirun) each score a block of the streams and every one gets the summed figure:
+// one process's, up to the order of the sums. Adapting reads one stream, on one process only.
 EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path,
-                         const EvalOptions& options = {});
+                         const EvalOptions& options = {}, const Communicator& processes = single_process());
 
 }  // namespace charlm

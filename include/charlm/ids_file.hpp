@@ -49,6 +49,13 @@ public:
     static std::optional<MappedIds> open(const std::filesystem::path& path, const FileFingerprint& source_fingerprint,
                                          const Vocab& vocab, std::string* why_not = nullptr);
 
+    // Encodes `source`, streamed, into a file of no name in `folder` (removed from the start: nothing is
+    // left behind, however the process ends), and maps it: evaluation of a text larger than memory. A
+    // character outside the vocabulary is left out and counted in `unknown_count`. Throws Error naming
+    // the folder where it cannot be written (full, read-only), with what to do.
+    static MappedIds encode_unnamed(const std::filesystem::path& source, const Vocab& vocab, std::size_t& unknown_count,
+                                    const std::filesystem::path& folder);
+
     MappedIds() = default;
     MappedIds(MappedIds&& other) noexcept;
     MappedIds& operator=(MappedIds&& other) noexcept;

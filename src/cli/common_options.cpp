@@ -1,8 +1,10 @@
 // Options that several commands share (--threads, CHECKPOINT, --adapt-*, standard input as -), declared once, and what acting on them takes.
 #include "cli/common_options.hpp"
 
+#include <algorithm>
 
 #include <omp.h>
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 
 #include "charlm/clock.hpp"
@@ -33,6 +35,13 @@ void use_threads(int threads) {
         spdlog::warn("--threads {} is more than the {} core{} this process may run on: the threads beyond them wait for a core at "
                      "every step, which makes the work slower, not faster; give --threads {} or leave it out",
                      count.used, cores, cores == 1 ? "" : "s", cores);
+}
+
+int default_threads_per_process(const charlm::Communicator& processes) {
+    const int usable = omp_get_num_procs();
+    const long machine = ::sysconf(_SC_NPROCESSORS_ONLN);
+    if (processes.local_size() == 1 || usable < machine) return usable;
+    return std::max(1, usable / processes.local_size());
 }
 
 CLI::Option* add_precision_option(CLI::App& command, std::string& precision) {

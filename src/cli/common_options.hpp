@@ -6,6 +6,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "charlm/communicator.hpp"
 #include "charlm/eval.hpp"
 #include "charlm/precision.hpp"
 
@@ -16,6 +17,10 @@ CLI::Option* add_threads_option(CLI::App& command, int& threads,
                                 const std::string& description = "CPU threads; 0 uses every core");
 // Sets the threads, with a word on stderr where the environment allows fewer or the machine has fewer cores.
 void use_threads(int threads);
+// The threads of each of several processes (mpirun) by default: the cores this process may run on
+// (mpirun binds each to its own where there are enough), shared with the other processes on the
+// machine where it may run on all of them, so that N processes do not start N teams of every core.
+int default_threads_per_process(const charlm::Communicator& processes);
 
 // --precision auto|fp32|bf16, the products' precision; auto the default.
 CLI::Option* add_precision_option(CLI::App& command, std::string& precision);

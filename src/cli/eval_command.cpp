@@ -12,6 +12,7 @@
 #include "charlm/decode.hpp"
 #include "charlm/error.hpp"
 #include "charlm/eval.hpp"
+#include "charlm/file_identity.hpp"
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
 #include "cli/commands.hpp"
@@ -74,35 +75,52 @@ void write_html_report(const EvalArguments& arguments, charlm::Checkpoint& check
     spdlog::info("wrote {} ({} of {} characters shown)", arguments.html, request.text.size(), total);
 }
 
-int run_eval(EvalArguments& arguments) {
-    if (!arguments.html.empty() && arguments.file == "-")
-        throw charlm::UsageError("--html reads the file twice, so it needs a file, not standard input");
-    if (!arguments.html.empty()) {  // before the scoring, which may take a while
-        const std::filesystem::path folder = std::filesystem::absolute(arguments.html).parent_path();
-        if (!std::filesystem::is_directory(folder))
-            throw charlm::Error(fmt::format("cannot write {}: the folder {} does not exist", arguments.html, folder.string()));
-        if (std::filesystem::is_directory(arguments.html))  // a path that cannot be written, as the missing folder's above
-            throw charlm::Error(fmt::format("cannot write {}: it is a folder; give the report's file name, such as {}/report.html",
-                                            arguments.html, arguments.html));
-        std::error_code error;
-        for (const std::string& input : {arguments.file, arguments.checkpoint})
-            if (std::filesystem::equivalent(arguments.html, input, error))
-                throw charlm::UsageError(fmt::format("--html {} is the {} itself, which the report would overwrite; give another name",
-                                                     arguments.html, input == arguments.file ? "text scored" : "checkpoint"));
+int run_eval(EvalArguments& arguments, const charlm::Communicator& processes) {
+    // With several processes the first alone talks: the others' words would repeat its own.
+    if (!processes.is_first()) spdlog::set_level(spdlog::level::err);
+    charlm::run_on_every_process(processes, [&] {  // the same arguments everywhere: rank 0 alone says what is wrong
+        if (processes.size() > 1 && charlm::can_be_read_only_once(arguments.file))
+            throw charlm::UsageError(fmt::format("{} reaches one process of mpirun's {}, and each scores its part of the text; "
+                                                 "save it to a file and score that",
+                                                 name_of_input(arguments.file), processes.size()));
+        if (!arguments.html.empty() && arguments.file == "-")
+            throw charlm::UsageError("--html reads the file twice, so it needs a file, not standard input");
+        if (!arguments.html.empty()) {  // before the scoring, which may take a while
+            const std::filesystem::path folder = std::filesystem::absolute(arguments.html).parent_path();
+            if (!std::filesystem::is_directory(folder))
+                throw charlm::Error(fmt::format("cannot write {}: the folder {} does not exist", arguments.html, folder.string()));
+            if (std::filesystem::is_directory(arguments.html))  // a path that cannot be written, as the missing folder's above
+                throw charlm::Error(fmt::format("cannot write {}: it is a folder; give the report's file name, such as {}/report.html",
+                                                arguments.html, arguments.html));
+            std::error_code error;
+            for (const std::string& input : {arguments.file, arguments.checkpoint})
+                if (std::filesystem::equivalent(arguments.html, input, error))
+                    throw charlm::UsageError(fmt::format("--html {} is the {} itself, which the report would overwrite; give another name",
+                                                         arguments.html, input == arguments.file ? "text scored" : "checkpoint"));
+        }
+        if (arguments.adapt) {
+            charlm::validate(arguments.adapt_options);
+            arguments.options.adapt = arguments.adapt_options;
+            arguments.options.adapt_progress = adapt_progress_log();
+        }
+    });
+    use_threads(arguments.threads == 0 && processes.size() > 1 ? default_threads_per_process(processes) : arguments.threads);
+    charlm::Checkpoint checkpoint;
+    std::string precision_line;
+    charlm::run_on_every_process(processes, [&] {  // every process meets the same checkpoint, or its error
+        checkpoint = charlm::load_checkpoint(arguments.checkpoint);
+        precision_line =
+            use_precision(arguments.precision, charlm::product_shapes(checkpoint.config, kEvalBatch, kEvalSteps), *checkpoint.model);
+    });
+    if (processes.size() > 1) {  // process 0's choice (auto's timing there), so that every process multiplies alike
+        const std::string chosen = charlm::to_string(checkpoint.model->precision());
+        checkpoint.model->set_precision(charlm::parse_precision(processes.gather_all(chosen).front()));
     }
-    if (arguments.adapt) {
-        charlm::validate(arguments.adapt_options);
-        arguments.options.adapt = arguments.adapt_options;
-        arguments.options.adapt_progress = adapt_progress_log();
-    }
-    use_threads(arguments.threads);
-    charlm::Checkpoint checkpoint = charlm::load_checkpoint(arguments.checkpoint);
-    const std::string precision_line =
-        use_precision(arguments.precision, charlm::product_shapes(checkpoint.config, kEvalBatch, kEvalSteps), *checkpoint.model);
     charlm::EvalResult result;
     naming_standard_input([&] {  // read once, streamed: a pipe will do
-        result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, path_to_read(arguments.file), arguments.options);
+        result = charlm::evaluate_file(*checkpoint.model, checkpoint.vocab, path_to_read(arguments.file), arguments.options, processes);
     });
+    if (!processes.is_first()) return 0;  // the first alone prints the figures and writes the report
     if (!precision_line.empty()) spdlog::info("{}", precision_line);
     if (result.unknown_characters > 0)
         spdlog::warn("{} characters of {} ({:.3g}% of its text) are not in the model's vocabulary and were left out",
@@ -155,7 +173,7 @@ Command add_eval_command(CLI::App& app) {
                       ->excludes(eval->get_option("--html"));
     add_adapt_options(*eval, eval_arguments.adapt_options, adapt,
                       " (how far back gradients reach, how often the weights change)");
-    return {eval, [arguments](const Communicator&) { return run_eval(*arguments); }};
+    return {eval, [arguments](const Communicator& processes) { return run_eval(*arguments, processes); }};
 }
 
 }  // namespace charlm::cli

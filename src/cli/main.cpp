@@ -122,23 +122,26 @@ int main(int argc, char** argv) {
     const Command* chosen = nullptr;
     for (const Command& command : commands)
         if (*command.app) chosen = &command;
-    // Only training runs as several processes: N samples or scores would be N answers to one question,
-    // and N separate trainings (a build without MPI) no faster than one.
-    const bool training = chosen->app->get_name() == "train";
+    // Only training and scoring run as several processes: N samples would be N answers to one question,
+    // and N separate trainings or scorings (a build without MPI) no faster than one.
+    const std::string name = chosen->app->get_name();
+    const bool shared = name == "train" || name == "eval";
     if (charlm::DistributedRun::launched_with_others()) {
         std::string refusal;
-        if (!training)
-            refusal = fmt::format("'charlm {}' runs as one process; run it without mpirun (only 'charlm train' runs on several)",
-                                  chosen->app->get_name());
+        if (!shared)
+            refusal = fmt::format("'charlm {}' runs as one process; run it without mpirun (only 'charlm train' and 'charlm eval' "
+                                  "run on several)",
+                                  name);
         else if (!charlm::DistributedRun::built_with_mpi())
-            refusal = "this charlm was built without MPI, so each process would train a model of its own; install libopenmpi-dev "
-                      "and rebuild (scripts/setup.sh), or run charlm without mpirun";
+            refusal = fmt::format("this charlm was built without MPI, so each process would {} alone; install libopenmpi-dev "
+                                  "and rebuild (scripts/setup.sh), or run charlm without mpirun",
+                                  name == "train" ? "train a model of its own" : "score the whole text");
         if (!refusal.empty()) {
             if (charlm::DistributedRun::launched_rank() == 0) print_to_stderr("charlm: error: {}\n", refusal);
             return 2;
         }
     }
     std::optional<charlm::DistributedRun> distributed;
-    if (training) distributed.emplace(argc, argv);
+    if (shared) distributed.emplace(argc, argv);
     return run(*chosen, distributed ? distributed->communicator() : charlm::single_process());
 }

@@ -140,16 +140,6 @@ std::optional<charlm::ResumeRequest> training_request(TrainArguments& arguments)
     return std::nullopt;
 }
 
-// Training's threads where several processes share a machine: by default the cores this process may
-// run on (mpirun binds each to its own where there are enough), shared with the other processes on the
-// machine where it may run on all of them, so that N processes do not start N teams of every core.
-int default_threads_per_process(const charlm::Communicator& processes) {
-    const int usable = omp_get_num_procs();
-    const long machine = ::sysconf(_SC_NPROCESSORS_ONLN);
-    if (processes.local_size() == 1 || usable < machine) return usable;
-    return std::max(1, usable / processes.local_size());
-}
-
 // What the run came to, on stdout: its best validation loss and the checkpoints to use.
 void print_training_summary(const charlm::TrainResult& result) {
     const std::string stopped = describe_stop(result);

@@ -3,7 +3,9 @@
 #include "charlm/eval.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstdlib>
 
 #include <fmt/format.h>
 
@@ -119,14 +121,14 @@ nlohmann::json EvalResult::to_json() const {
 
 namespace {
 
-// `name`: the text as the user knows it, for an error message ("" for a text in memory).
-EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_characters, const EvalOptions& options,
-                 const std::string& name) {
+// The counts of a text's known and unknown characters, refused where too few are known or too many
+// unknown. `name`: the text as the user knows it, for an error message.
+EvalResult counted(std::size_t known_characters, std::size_t unknown_characters, const EvalOptions& options, const std::string& name) {
     EvalResult result;
     result.unknown_characters = unknown_characters;
-    const std::size_t all_characters = ids.size() + unknown_characters;
+    const std::size_t all_characters = known_characters + unknown_characters;
     result.unknown_fraction = all_characters ? static_cast<double>(unknown_characters) / static_cast<double>(all_characters) : 0.0;
-    if (ids.size() < 2)
+    if (known_characters < 2)
         throw Error("the text has fewer than two characters in the model's vocabulary; nothing to score");
     // Refused before the scoring, which takes a while on a large file.
     if (result.unknown_fraction > kMostUnknownFraction && !options.allow_unknown)
@@ -135,6 +137,11 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
                                 "to score it anyway",
                                 name.empty() ? "" : name + ": ", 100 * result.unknown_fraction, unknown_characters,
                                 all_characters, 100 * kMostUnknownFraction));
+    return result;
+}
+
+// Scores `ids`, whose counts `result` holds, and fills in its figures.
+EvalResult score(Model<float>& model, TokenSpan ids, EvalResult result, const EvalOptions& options, const Communicator& processes) {
     LossSum loss;
     if (options.adapt) {
         const AdaptedLoss both = evaluate_loss_adapting(model, ids, *options.adapt, options.adapt_progress);
@@ -145,7 +152,18 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
         // Each stream starts from the zero state; keep streams long (at least ~1k characters) so that
         // cold starts barely count, and use up to 32 of them for speed on long texts.
         const int batch_size = static_cast<int>(std::clamp<std::size_t>(ids.size() / 1024, 1, 32));
-        loss = evaluate_loss(model, ids, 100, batch_size);
+        // Of several processes, each scores a block of the streams (a short text may have fewer streams).
+        const int streams = evaluation_stream_count(ids, batch_size);
+        const int sharing = std::min(processes.size(), streams);
+        if (processes.rank() < sharing) {
+            const StreamBlock block = stream_block(streams, processes.rank(), sharing);
+            loss = evaluate_loss(model, ids, 100, batch_size, {.first_stream = block.first, .stream_count = block.count});
+        }
+        if (processes.size() > 1) {
+            std::array<double, 2> sums{loss.total_nats, static_cast<double>(loss.count)};
+            processes.sum(sums);
+            loss = {sums[0], static_cast<std::size_t>(sums[1])};
+        }
     }
     result.characters_scored = loss.count;
     result.nats_per_character = loss.mean();
@@ -156,10 +174,27 @@ EvalResult score(Model<float>& model, TokenSpan ids, std::size_t unknown_charact
 
 }  // namespace
 
-EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path, const EvalOptions& options) {
-    std::size_t unknown_characters = 0;
-    const CompactIds ids = CompactIds::encode_file(path, vocab, &unknown_characters);
-    return score(model, ids.span(), unknown_characters, options, path.string());
+EvalResult evaluate_file(Model<float>& model, const Vocab& vocab, const std::filesystem::path& path, const EvalOptions& options,
+                         const Communicator& processes) {
+    MappedIds ids;
+    EvalResult result;
+    // Every process encodes the text itself. One that fails alone (a full TMPDIR on its machine) must
+    // not leave the others waiting for it in the scoring's sums: all stop, with its error.
+    run_on_every_process(processes, [&] {
+        if (options.adapt && processes.size() > 1)
+            throw UsageError("--adapt reads the text as one stream, which one process runs; run it without mpirun");
+        std::filesystem::path folder = options.ids_folder;
+        if (folder.empty()) {
+            std::error_code error;
+            folder = std::filesystem::temp_directory_path(error);
+            if (error) throw Error(fmt::format("TMPDIR ({}) is not a folder, and evaluation keeps the text's ids there; set it to one",
+                                               std::getenv("TMPDIR") ? std::getenv("TMPDIR") : ""));
+        }
+        std::size_t unknown_characters = 0;
+        ids = MappedIds::encode_unnamed(path, vocab, unknown_characters, folder);
+        result = counted(ids.size(), unknown_characters, options, path.string());
+    });
+    return score(model, ids.span(), std::move(result), options, processes);
 }
 
 }  // namespace charlm

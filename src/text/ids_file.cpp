@@ -179,6 +179,39 @@ MappedIds MappedIds::encode(const std::filesystem::path& destination, const std:
     return map(destination, fd, kIdsHeaderBytes + header.count * header.width, header.count, static_cast<int>(header.width));
 }
 
+MappedIds MappedIds::encode_unnamed(const std::filesystem::path& source, const Vocab& vocab, std::size_t& unknown_count,
+                                    const std::filesystem::path& folder) {
+    const auto cannot_write = [&](int error) {
+        return Error(fmt::format("cannot write the ids of {} in {} ({}), which evaluation maps to keep its memory small; set TMPDIR "
+                                 "to a folder with room for a byte or two per character",
+                                 source.string(), folder.string(), std::strerror(error)));
+    };
+    // O_TMPFILE: a file with no name from the start. Where the file system has none, a named one, unlinked at once.
+    int fd = ::open(folder.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+        std::string name = (folder / "charlm-ids-XXXXXX").string();
+        fd = ::mkostemp(name.data(), O_CLOEXEC);
+        if (fd >= 0) ::unlink(name.c_str());
+    }
+    if (fd < 0) throw cannot_write(errno);
+    const FileCloser closer{fd};
+    const int width = id_width(vocab.size());
+    std::uint64_t written = 0;
+    const auto write_all = [&](std::string_view bytes) {
+        for (std::size_t done = 0; done < bytes.size();) {
+            const ssize_t count = ::write(fd, bytes.data() + done, bytes.size() - done);
+            if (count < 0 && errno == EINTR) continue;
+            if (count < 0) throw cannot_write(errno);
+            done += static_cast<std::size_t>(count);
+        }
+        written += bytes.size();
+    };
+    write_all(std::string(kIdsHeaderBytes, '\0'));  // the layout of an ids file, so that span() reads it alike
+    encode_file_ids(source, vocab, width, &unknown_count, write_all);
+    const std::uint64_t count = (written - kIdsHeaderBytes) / static_cast<std::uint64_t>(width);
+    return map(folder, fd, written, static_cast<std::size_t>(count), width);
+}
+
 MappedIds MappedIds::map(const std::filesystem::path& path, int fd, std::uint64_t file_bytes, std::size_t size, int width) {
     struct stat status {};
     if (::fstat(fd, &status) != 0 || static_cast<std::uint64_t>(status.st_size) != file_bytes)
