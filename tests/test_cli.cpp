@@ -1065,6 +1065,8 @@ TEST_F(Cli, TrainRefusesBadOptions) {
     expect_train_refused(corpus, {"--seq"}, {"--seq", "0"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--lr"}, {"--lr", "-1"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-fraction"}, {"--val-fraction", "1"}, /*usage_error=*/true);
+    expect_train_refused(corpus, {"--val-fraction wants auto or a fraction of at least 0 and below 1, not 'half'"},
+                         {"--val-fraction", "half"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-chars wants auto, 0 (all of them) or a count of characters, not 'lots'"},
                          {"--val-chars", "lots"}, /*usage_error=*/true);
     expect_train_refused(corpus, {"--val-chars", "'-5'"}, {"--val-chars", "-5"}, /*usage_error=*/true);
@@ -2185,7 +2187,7 @@ TEST_F(Cli, InfoShowsWhatReproducingTheRunTakes) {
                                         std::string("trained     30 steps, "), std::string("\noptions\n")})
         EXPECT_NE(text.out.find(expected), std::string::npos) << expected << "\n" << text.out;
     for (const char* option : {"seq_length +16", "batch_size +4", "learning_rate +0.002", "model.hidden_size +16",
-                                      "eval_every +10", "seed +1", "validation_fraction +0.05"})
+                                      "eval_every +10", "seed +1", "validation_fraction +auto"})
         EXPECT_TRUE(std::regex_search(text.out, std::regex("\n  " + std::string(option) + "\n"))) << option << "\n" << text.out;
     RunResult as_json = charlm({"info", checkpoint.string(), "--json"});
     ASSERT_EQ(as_json.exit_code, 0) << describe(as_json);

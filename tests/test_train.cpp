@@ -236,8 +236,8 @@ TEST(Train, WritesCheckpointsAndMetricsAndLearns) {
 
     // The run's split of the text: the first part trains, the last validation_fraction is held out.
     const std::vector<TokenId> ids = best.vocab.encode(decode_utf8(small_corpus(), "corpus"));
-    const auto held_out_size = static_cast<std::ptrdiff_t>(validation_size(ids.size(), options.validation_fraction));
-    const std::vector<TokenId> training(ids.begin(), ids.end() - held_out_size), held_out(ids.end() - held_out_size, ids.end());
+    const auto held_out_count = static_cast<std::ptrdiff_t>(held_out_size(options, ids.size()));
+    const std::vector<TokenId> training(ids.begin(), ids.end() - held_out_count), held_out(ids.end() - held_out_count, ids.end());
     const double bigram = bigram_cross_entropy(training, held_out, best.vocab.size());
     const double learned = evaluate_loss(*best.model, held_out, static_cast<int>(held_out.size()), 1).mean();
     RecordProperty("bigram_nats", fmt::format("{:.4f}", bigram));
@@ -922,6 +922,24 @@ TEST(Train, TheRunsEndScoresAnEvenlySpreadPartWhereAllOfItWouldCostTooMuch) {
     EXPECT_FALSE(none.final_validation_loss.has_value());
     for (const std::string& note : quiet.notes) EXPECT_EQ(note.find("scoring"), std::string::npos) << note;
     EXPECT_FALSE(metrics_records(options.run_directory).back().contains("final_validation_loss"));
+}
+
+TEST(Train, TheAutomaticHeldOutPartIsFivePercentUpToItsBoundAndAGivenFractionWins) {
+    TrainOptions options;  // --val-fraction auto
+    EXPECT_EQ(held_out_size(options, 1'000'000), 50'000u);
+    EXPECT_EQ(held_out_size(options, 200'000'000), kMostAutomaticHeldOut) << "5% would be 10M: the bound itself";
+    EXPECT_EQ(held_out_size(options, 10'000'000'000), kMostAutomaticHeldOut) << "not 500M";
+    EXPECT_EQ(validation_fraction_text(options), "auto");
+    options.validation_fraction = 0.05;  // given, even at auto's share: no bound
+    EXPECT_EQ(held_out_size(options, 10'000'000'000), 500'000'000u);
+    EXPECT_EQ(validation_fraction_text(options), "0.05");
+    // Recorded as the command line gave it, so that a resume splits the text as the run did.
+    options.model.vocab_size = 10;
+    TrainOptions automatic = options;
+    automatic.validation_fraction = std::nullopt;
+    EXPECT_EQ(automatic.to_json().at("validation_fraction"), "auto");
+    EXPECT_EQ(TrainOptions::from_json(automatic.to_json()).validation_fraction, std::nullopt);
+    EXPECT_EQ(TrainOptions::from_json(options.to_json()).validation_fraction, 0.05);
 }
 
 TEST(Train, TheBoundOfTheRunsEndGrowsWithTheCharactersTrained) {
@@ -1848,7 +1866,7 @@ namespace {
 
 // A value other than the default for each option the table parses from text.
 const std::map<std::string_view, std::string> kOtherTexts = {
-    {"--cell", "gru"}, {"--dropout-mask", "step"}, {"--lr-schedule", "cosine"}, {"--val-chars", "123"}, {"--final-val", "all"}};
+    {"--cell", "gru"}, {"--dropout-mask", "step"}, {"--lr-schedule", "cosine"}, {"--val-chars", "123"}, {"--final-val", "all"}, {"--val-fraction", "0.1"}};
 
 void set_other_than_default(const TrainOptionSpec& row, TrainOptions& options) {
     std::visit([&](auto binding) {

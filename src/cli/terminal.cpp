@@ -12,6 +12,7 @@
 #include "charlm/display.hpp"
 #include "charlm/model.hpp"
 #include "charlm/text.hpp"
+#include "charlm/train.hpp"
 
 namespace charlm {
 
@@ -159,6 +160,9 @@ std::string format_checkpoint_description(const nlohmann::json& description) {
         validation = options["validation_fraction"].get<double>() > 0
                          ? fmt::format("the corpus's last {:g}%", 100 * options["validation_fraction"].get<double>())
                          : std::string("none");
+    else if (options.is_object() && options.contains("validation_fraction") && options["validation_fraction"] == "auto")
+        validation = fmt::format("the corpus's last {:g}%, at most {} characters", 100 * charlm::kAutomaticValidationFraction,
+                                 charlm::format_count(charlm::kMostAutomaticHeldOut));
     text += fmt::format("validation  {}\n", validation);
     if (description.at("train_characters").is_number())
         text += fmt::format("train text  {} characters\n", description.at("train_characters").get<std::uint64_t>());

@@ -16,12 +16,12 @@
 namespace charlm {
 
 std::size_t training_size(const TrainOptions& options, std::size_t characters) {
-    const std::size_t held_out = options.validation_file ? 0 : validation_size(characters, options.validation_fraction);
+    const std::size_t held_out = options.validation_file ? 0 : held_out_size(options, characters);
     const std::size_t size = characters - held_out, window = static_cast<std::size_t>(options.seq_length) + 1;
     if (size < window && characters >= window)  // the text would do: the share held out leaves too little
         throw UsageError(fmt::format("--val-fraction {} holds out {} of the {} characters of {}, which leaves {} to train on, shorter "
                                      "than one window of --seq {} plus one; give a smaller --val-fraction",
-                                     options.validation_fraction, held_out, characters, options.corpus.string(), size,
+                                     validation_fraction_text(options), held_out, characters, options.corpus.string(), size,
                                      options.seq_length));
     if (size < window)
         throw Error(fmt::format("{}: the training text has {} characters, shorter than one window of --seq {} plus one; "
@@ -45,14 +45,14 @@ std::size_t held_out_size(const TrainOptions& options, const std::vector<std::si
         return held_out;
     }
     const std::size_t characters = character_counts.front(), held_out = characters - training_size(options, characters);
-    if (held_out < 2 && options.validation_fraction > 0) {
+    if (held_out < 2 && options.validation_fraction.value_or(kAutomaticValidationFraction) > 0) {
         // The least fraction that holds out two, rounded up to two digits.
         const double least = 1.5 / static_cast<double>(characters);
         const double scale = std::pow(10.0, std::floor(std::log10(least)) - 1);
         throw UsageError(fmt::format("--val-fraction {} holds out {} of the {} characters of {}, and a validation needs at least 2 "
                                      "(it predicts each from the one before); give --val-fraction {:g} or more, or 0 for no "
                                      "validation",
-                                     options.validation_fraction, held_out, characters, options.corpus.string(),
+                                     validation_fraction_text(options), held_out, characters, options.corpus.string(),
                                      std::ceil(least / scale) * scale));
     }
     return held_out;
