@@ -103,12 +103,17 @@ void naming_standard_input(const std::function<void()>& action) {
         for (std::size_t at; (at = message.find("/dev/stdin")) != std::string::npos;) message.replace(at, 10, "standard input");
         return message;
     };
+    // The renamed error keeps the original's word on whether every process met it (mpirun's eval).
+    const auto keeping_sharing = [](const Error& original, auto renamed_error) {
+        if (original.shared_by_every_process()) renamed_error.set_shared_by_every_process();
+        return renamed_error;
+    };
     try {
         action();
     } catch (const UsageError& error) {
-        throw UsageError(renamed(error.what()));
+        throw keeping_sharing(error, UsageError(renamed(error.what())));
     } catch (const Error& error) {
-        throw Error(renamed(error.what()));
+        throw keeping_sharing(error, Error(renamed(error.what())));
     }
 }
 
