@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package: charlm_VERSION_ARCH.deb in build-package/, with the binary, its man page, the bash, zsh
 # and fish completions and the docs; its dependencies are the libraries the binary links (dpkg-shlibdeps).
-# The binary is portable (-DCHARLM_NATIVE=OFF: the instructions of every x86-64) so that it starts on any machine
-# of the architecture; --native builds for this machine's CPU instead, faster here and perhaps nowhere else.
+# The binary is portable (-DCHARLM_NATIVE=OFF: the instructions of every x86-64, its hot kernels chosen at run time
+# from the CPU: docs/building.md) so that it starts on any machine of the architecture; --native builds for this machine's CPU instead, faster here and perhaps nowhere else.
 # Install it with: sudo apt-get install ./build-package/charlm_*.deb   (and remove it with: sudo apt-get remove charlm)
 # Usage: scripts/package.sh [--native]
 set -euo pipefail

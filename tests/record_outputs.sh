@@ -142,6 +142,9 @@ files machine report.html
 run machine "$binary" info "$checkpoint"
 run machine "$binary" info t3/last.safetensors --json
 
+# --- CHARLM_KERNELS: a name that is no level is refused before any work, on any machine
+run portable env CHARLM_KERNELS=avx3 "$binary" bench --corpus corpus.txt --seconds 0.05
+
 # --- bench: its shape, not its timings (at fp32: auto's choice would follow a timing)
 run machine sh -c "'$binary' bench --corpus corpus.txt --model 2x128 --seconds 0.05 --threads 1 --precision fp32 --json | sed -E 's/\"([a-z0-9_]*(per_second|gflops|peak|rss_megabytes))\": ?[0-9.e+-]+/\"\\1\":N/g'"
 

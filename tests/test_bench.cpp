@@ -24,15 +24,18 @@ TEST(Bench, MeasuresEveryFigureOfASmallModel) {
     std::vector<std::string> notes;
     options.note = [&](const std::string& line) { notes.push_back(line); };
     const nlohmann::json result = run_benchmark(options);
-    // The library writes nothing itself: the GEMM peaks (bf16's where the CPU has it) and each model
-    // reach the caller as lines.
+    // The library writes nothing itself: the kernels in use, the GEMM peaks (bf16's where the CPU has it)
+    // and each model reach the caller as lines.
     const bool bf16_peak = cpu_runs_bf16();
-    ASSERT_EQ(notes.size(), bf16_peak ? 3u : 2u);
-    EXPECT_EQ(notes[0].rfind("GEMM 2048^3 through ", 0), 0u) << notes[0];
-    EXPECT_NE(notes[0].find(" GFLOP/s on 1 thread"), std::string::npos) << notes[0];
-    EXPECT_EQ(notes[0].find("1 threads"), std::string::npos) << notes[0];
+    ASSERT_EQ(notes.size(), bf16_peak ? 4u : 3u);
+    EXPECT_EQ(notes[0], "kernels: " + kernels_in_use_and_why());
+    EXPECT_EQ(notes[0].rfind("kernels: " + kernels_in_use() + ", ", 0), 0u) << notes[0];
+    EXPECT_EQ(result.at("kernels").get<std::string>(), kernels_in_use());
+    EXPECT_EQ(notes[1].rfind("GEMM 2048^3 through ", 0), 0u) << notes[1];
+    EXPECT_NE(notes[1].find(" GFLOP/s on 1 thread"), std::string::npos) << notes[1];
+    EXPECT_EQ(notes[1].find("1 threads"), std::string::npos) << notes[1];
     if (bf16_peak) {
-        EXPECT_EQ(notes[1].rfind("GEMM 2048^3 in bf16 with fp32 sums: ", 0), 0u) << notes[1];
+        EXPECT_EQ(notes[2].rfind("GEMM 2048^3 in bf16 with fp32 sums: ", 0), 0u) << notes[2];
     }
     EXPECT_EQ(notes.back(), "measuring lstm 1x8 at 5 x 4, products in fp32, as --precision fp32 asks");
     EXPECT_EQ(result.at("bf16_gemm_gflops").is_null(), !bf16_peak);

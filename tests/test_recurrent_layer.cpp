@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "nn/cell_units.hpp"
+#include "nn/kernels.hpp"
 #include "nn/recurrent_layer.hpp"
 #include "reference_cells.hpp"
 #include "nn/row_shares.hpp"
@@ -124,19 +125,24 @@ TEST_P(RecurrentLayerTest, MatchesThePlainCellInDoublePrecision) {
         for (int batch : {50, 17, 1}) expect_engine_matches_reference<double>(GetParam(), threads, batch, 6, 0, 1e-10);
 }
 
+// Float against double: 1e-5 of the scale where the kernels fuse their multiply-adds (avx2 and up). The sse2
+// level has no FMA, so each product term and each step of Eigen's tanh polynomial rounds twice, and its rnn
+// (six tanh steps chained) came 1.1e-5 from double (CHARLM_KERNELS=sse2, engine_kernels_sse2): it gets twice.
+double float_tolerance() { return std::string(kernels().name) == "sse2" ? 2e-5 : 1e-5; }
+
 TEST_P(RecurrentLayerTest, MatchesThePlainCellInSinglePrecision) {
     // What training runs: oneDNN's products and the packed kernels in float, against double.
     for (int threads : {1, 2})
-        for (int batch : {50, 17, 1}) expect_engine_matches_reference<float>(GetParam(), threads, batch, 6, 0, 1e-5);
+        for (int batch : {50, 17, 1}) expect_engine_matches_reference<float>(GetParam(), threads, batch, 6, 0, float_tolerance());
 }
 
 TEST_P(RecurrentLayerTest, MatchesThePlainCellWithFrozenWeights) {
     // A nonzero version keeps packed weights between calls; one stream takes packed input weights too,
     // and one step of a few rows takes sampling's [x h] times the stacked weights where the cell allows.
     for (int threads : {1, 2}) {
-        expect_engine_matches_reference<float>(GetParam(), threads, 1, 6, 1, 1e-5);
-        expect_engine_matches_reference<float>(GetParam(), threads, 50, 6, 1, 1e-5);
-        for (int batch : {1, 5, 50}) expect_engine_matches_reference<float>(GetParam(), threads, batch, 1, 1, 1e-5);
+        expect_engine_matches_reference<float>(GetParam(), threads, 1, 6, 1, float_tolerance());
+        expect_engine_matches_reference<float>(GetParam(), threads, 50, 6, 1, float_tolerance());
+        for (int batch : {1, 5, 50}) expect_engine_matches_reference<float>(GetParam(), threads, batch, 1, 1, float_tolerance());
     }
 }
 

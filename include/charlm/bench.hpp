@@ -64,7 +64,7 @@ struct FlopsPerCharacter {
 FlopsPerCharacter count_flops(const ModelConfig& config, int seq_length, int batch_size);
 
 // Tells options.note of each measurement as it starts.
-// {"threads", "gemm_backend", "gemm_gflops", "bf16_gemm_gflops" (where the CPU runs bf16; else null), "flop_counted",
+// {"threads", "kernels" (the kernels' level, charlm/precision.hpp), "gemm_backend", "gemm_gflops", "bf16_gemm_gflops" (where the CPU runs bf16; else null), "flop_counted",
 //  "corpus", "vocab_size", "models": [{"model", "seq", "batch", "precision", "precision_reason", "parameters", "train_chars_per_second", "eval_chars_per_second", "sample_chars_per_second",
 //  "train_flop_per_character", "eval_flop_per_character", "sample_flop_per_character", "train_gflops", "eval_gflops",
 //  "sample_gflops", "fraction_of_gemm_peak" (training's, of the peak at the row's precision), "eval_fraction_of_gemm_peak",

@@ -21,9 +21,16 @@ std::string to_string(PrecisionChoice choice);
 Precision parse_precision(const std::string& name);               // fp32 or bf16; throws Error for others (a bad file)
 PrecisionChoice parse_precision_choice(const std::string& name);  // auto, fp32 or bf16; throws UsageError for others
 
-// Whether this CPU (and its operating system) runs AVX512_BF16's dot products. CHARLM_BF16=0 in the
-// environment makes it say no, so that a bf16 machine can show what a machine without them does.
+// Whether this CPU (and its operating system) runs AVX512_BF16's dot products, and the kernels in use
+// take them (CHARLM_KERNELS=avx512bf16, or unset). CHARLM_BF16=0 in the environment makes it say no,
+// so that a bf16 machine can show what a machine without them does.
 bool cpu_runs_bf16();
+// The level of the hot kernels in use (src/nn/kernels.hpp: sse2, avx2, avx512, avx512bf16 on x86-64),
+// compiled for it and chosen from the CPU at the first call, or CHARLM_KERNELS's; throws UsageError where
+// CHARLM_KERNELS names no level or one this CPU lacks. And the same with why, for bench's notes:
+// "avx512bf16, the best this CPU runs (of sse2, avx2, avx512, avx512bf16)".
+std::string kernels_in_use();
+std::string kernels_in_use_and_why();
 // Throws UsageError, saying why, where `choice` is bf16 and !cpu_runs_bf16(): a command checks it
 // before it does anything else, and decide_precision() again.
 void check_precision_runs_here(PrecisionChoice choice);

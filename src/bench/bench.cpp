@@ -225,6 +225,7 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
     const auto note = [&](const std::string& line) {
         if (options.note) options.note(line);
     };
+    note("kernels: " + kernels_in_use_and_why());
     const double gemm_gflops = measure_gemm_gflops(options.seconds_per_measurement, Precision::fp32);
     note(fmt::format("GEMM 2048^3 through {}: {:.1f} GFLOP/s on {} thread{}", gemm_backend(), gemm_gflops, Eigen::nbThreads(),
                      Eigen::nbThreads() == 1 ? "" : "s"));
@@ -252,6 +253,7 @@ nlohmann::json run_benchmark(const BenchOptions& options) {
         {"seconds_per_measurement", options.seconds_per_measurement},
         {"corpus", options.corpus.string()},
         {"vocab_size", vocab.size()},
+        {"kernels", kernels_in_use()},
         {"gemm_backend", gemm_backend()},
         {"gemm_gflops", gemm_gflops},
         {"bf16_gemm_gflops", bf16_gemm_gflops ? nlohmann::json(*bf16_gemm_gflops) : nlohmann::json(nullptr)},

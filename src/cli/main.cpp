@@ -21,6 +21,7 @@
 
 #include "charlm/communicator.hpp"
 #include "charlm/error.hpp"
+#include "charlm/precision.hpp"
 #include "cli/commands.hpp"
 #include "cli/parse_errors.hpp"
 #include "cli/terminal.hpp"
@@ -67,6 +68,7 @@ int report_failure(const std::string& message, int status, bool shared, const ch
 int run(const Command& command, const charlm::Communicator& processes) {
     int status = 0;
     try {
+        charlm::kernels_in_use();  // CHARLM_KERNELS, where it is refused, is refused before any work
         status = command.run(processes);
     } catch (const charlm::UsageError& error) {
         return report_failure(error.what(), 2, error.shared_by_every_process(), processes);

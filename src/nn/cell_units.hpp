@@ -1,16 +1,23 @@
 // How the engine hands a cell its work: one chunk of units of one row of one step at a time, each
 // array of the row seen through a view of that chunk (Units), so that a cell's code is its equations.
+//
+// Compiled into each level's kernels (kernel_level.cpp, kernels.hpp): everything here lives in an inline
+// namespace named after the level (CHARLM_KERNEL_NAMESPACE), so that the AVX-512 build of these inline
+// functions is never the one the linker keeps for the baseline's callers.
 #pragma once
 
 #include <type_traits>
 
 #include <Eigen/Core>
 
-namespace charlm {
+#include "kernels.hpp"
 
-// Fewer batch rows than this per thread and the packed product stops paying for a second thread. It
-// also keeps every share at 4 rows or more, where a row's arithmetic does not depend on its share.
-constexpr Eigen::Index kMinRowsPerThread = 8;
+#ifndef CHARLM_KERNEL_NAMESPACE
+#define CHARLM_KERNEL_NAMESPACE kernels_baseline
+#endif
+
+namespace charlm {
+inline namespace CHARLM_KERNEL_NAMESPACE {
 
 // The elementwise passes take the units in chunks of this many: one AVX-512 register of floats.
 // Chunks of a fixed size compile to a few SIMD registers each, so that a pass computing several
@@ -29,25 +36,6 @@ void for_each_chunk(Eigen::Index H, const Body& body) {
     for (; unit + kChunkUnits <= H; unit += kChunkUnits) body(std::integral_constant<int, kChunkUnits>{}, unit, Eigen::Index{kChunkUnits});
     if (unit < H) body(std::integral_constant<int, Eigen::Dynamic>{}, unit, H - unit);
 }
-
-// One row of one step: every array the cells read or write, by what it holds. The engine fills in
-// the pointers a cell uses (by its traits) and leaves the others null.
-template <typename Scalar>
-struct RowArrays {
-    Eigen::Index hidden_size = 0;    // H
-    Scalar* gates = nullptr;         // (G*H): x W_ih^T (+ h W_hh^T where the cell takes it in gates); see the cell
-    Scalar* hidden_gates = nullptr;  // (G*H): h W_hh^T, for a cell that keeps it apart
-    Scalar* hidden = nullptr;        // (H): h_t
-    Scalar* cell = nullptr;          // (H): c_t
-    Scalar* d_hidden_next = nullptr; // (H): dL/dh_t from step t+1 in, the part of dL/dh_{t-1} not through W_hh out
-    Scalar* d_cell = nullptr;        // (H): dL/dc_t in, dL/dc_{t-1} out
-    const Scalar* bias = nullptr;    // (G*H): b_ih + b_hh
-    const Scalar* bias_ih = nullptr; // (G*H)
-    const Scalar* bias_hh = nullptr; // (G*H)
-    const Scalar* hidden_prev = nullptr;  // (H): h_{t-1}
-    const Scalar* cell_prev = nullptr;    // (H): c_{t-1}
-    const Scalar* d_output = nullptr;     // (H): dL/dh_t from the layer above
-};
 
 // The chunk of units `unit` .. `unit + count - 1` of a row's arrays, as a cell sees them: each accessor
 // is an Eigen map of that chunk of one array (of gate k's part of it), writable where the array is.
@@ -89,4 +77,5 @@ void for_each_chunk_of(const RowArrays<Scalar>& row, const CellStep& cell_step) 
     });
 }
 
+}  // inline namespace CHARLM_KERNEL_NAMESPACE
 }  // namespace charlm

@@ -12,6 +12,7 @@
 
 #include "charlm/precision.hpp"
 #include "charlm/tensor.hpp"
+#include "kernels.hpp"
 
 namespace charlm {
 
@@ -44,7 +45,7 @@ void column_sums(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> sums);
 // "oneDNN" or "Eigen": which library gemm() sends single precision to.
 std::string gemm_backend();
 
-// A K x N right-hand factor cut into panels of a few SIMD registers' width, each panel K rows of its
+// A K x N right-hand factor cut into panels of a few SIMD registers' width (the kernels' level's, kernels.hpp), each panel K rows of its
 // columns back to back (zero-padded at the right edge), so that a product with few rows streams it
 // straight from cache with no per-call packing (which Eigen's and oneDNN's GEMMs redo on every call).
 template <typename Scalar>
@@ -81,8 +82,9 @@ private:
     Eigen::Index rows_ = 0, cols_ = 0;
     std::uint64_t version_ = 0;
     Precision precision_ = Precision::fp32;
-    std::vector<Scalar, Eigen::aligned_allocator<Scalar>> panels_;
-    std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>> bf16_panels_;  // gemm_bf16.hpp's layout
+    const ScalarKernels<Scalar>* kernels_ = nullptr;  // the level's (kernels.hpp) that packed the panels, at their width
+    KernelVector<Scalar> panels_;
+    KernelVector<std::uint16_t> bf16_panels_;  // gemm_bf16.hpp's layout
 };
 
 }  // namespace charlm

@@ -1,8 +1,8 @@
 // bf16 products: the packed kernel for vdpbf16ps and its emulation, and the large products through oneDNN's bf16 matmul.
 //
 // The kernel's intrinsics are compiled for AVX512_BF16 through target attributes, one function at a
-// time, so that the binary still runs where the CPU lacks them: it only calls them where
-// cpu_runs_bf16() said yes, and the emulation everywhere else.
+// time, so that the binary still runs where the CPU lacks them: it only calls them at the avx512bf16
+// level (kernels.hpp), and the emulation at every other.
 #include "gemm_bf16.hpp"
 
 #include <algorithm>
@@ -11,8 +11,10 @@
 #include <tuple>
 #include <utility>
 
-#include <immintrin.h>
 #include <omp.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "charlm/error.hpp"
 #include "charlm/precision.hpp"
@@ -27,7 +29,7 @@ namespace charlm {
 namespace {
 
 Bf16Kernels& chosen_kernels() {
-    static Bf16Kernels kernels = cpu_runs_bf16() ? Bf16Kernels::hardware : Bf16Kernels::emulated;
+    static Bf16Kernels kernels = charlm::kernels().bf16_instructions ? Bf16Kernels::hardware : Bf16Kernels::emulated;
     return kernels;
 }
 
@@ -56,6 +58,7 @@ void emulated_block(const std::uint16_t* a, Eigen::Index stride, const std::uint
     }
 }
 
+#if defined(__x86_64__)
 // Rows x 64 of c in 4 x Rows registers for the whole depth: each step loads 4 packets of the panel and
 // broadcasts one pair of each row (6 x 4: 24 accumulators, 10 loads per 24 dot products, as fp32's kernel).
 // One chain per packet and row, so a row's sums never depend on the block it is in.
@@ -109,6 +112,18 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void hardware_round(const
         _mm512_mask_storeu_epi16(out + j, static_cast<__mmask32>((std::uint64_t{1} << left) - 1), (__m512i)rounded);
     }
 }
+
+#else
+// Elsewhere (arm64) the kernels never run bf16 instructions (kernels.hpp): the emulation does every bf16 product.
+template <int Rows>
+void hardware_block(const std::uint16_t* a, Eigen::Index stride, const std::uint16_t* panel, Eigen::Index pairs, bool accumulate,
+                    float* c, Eigen::Index ldc, Eigen::Index count) {
+    emulated_block<Rows>(a, stride, panel, pairs, accumulate, c, ldc, count);
+}
+void hardware_round(const float* in, std::uint16_t* out, Eigen::Index count) {
+    for (Eigen::Index j = 0; j < count; ++j) out[j] = to_bf16(in[j]);
+}
+#endif
 
 void round_array(const float* in, std::uint16_t* out, Eigen::Index count) {
     if (chosen_kernels() == Bf16Kernels::hardware) return hardware_round(in, out, count);
@@ -181,7 +196,7 @@ void onednn_gemm_bf16(ConstMatrixRef<float> a, bool ta, ConstMatrixRef<float> b,
 Bf16Kernels bf16_kernels() { return chosen_kernels(); }
 
 Bf16Kernels set_bf16_kernels(Bf16Kernels kernels) {
-    if (kernels == Bf16Kernels::hardware && !cpu_runs_bf16()) throw Error("this CPU does not run bf16 instructions");
+    if (kernels == Bf16Kernels::hardware && !charlm::kernels().bf16_instructions) throw Error("the kernels in use do not run bf16 instructions");
     return std::exchange(chosen_kernels(), kernels);
 }
 

@@ -12,7 +12,7 @@
 
 namespace charlm {
 
-using Bf16Vector = std::vector<std::uint16_t, Eigen::aligned_allocator<std::uint16_t>>;
+using Bf16Vector = KernelVector<std::uint16_t>;  // 64-byte aligned: the kernel loads panels aligned
 
 // fp32 -> bf16, rounded to nearest with ties to even (a NaN stays a NaN), as vcvtne2ps2bf16 does.
 inline std::uint16_t to_bf16(float value) {
@@ -30,7 +30,8 @@ inline float from_bf16(std::uint16_t value) {
 }
 inline float round_to_bf16(float value) { return from_bf16(to_bf16(value)); }
 
-// Which kernels the bf16 products run: the CPU's instructions (the default where cpu_runs_bf16()), or
+// Which kernels the bf16 products run: the CPU's instructions (the default where the kernels' level is
+// avx512bf16, kernels.hpp), or
 // the emulation, which rounds the operands the same way and sums their products in fp32 in the order
 // vdpbf16ps does. The tests switch between them to compare; sets the kernels and returns the previous.
 enum class Bf16Kernels { hardware, emulated };

@@ -3,19 +3,14 @@
 
 #include <algorithm>
 #include <chrono>
-#include <cstdlib>
 #include <random>
-#include <string_view>
 
 #include <fmt/format.h>
 #include <omp.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
-#endif
-
 #include "charlm/error.hpp"
 #include "gemm.hpp"
+#include "kernels.hpp"
 
 namespace charlm {
 
@@ -43,19 +38,7 @@ PrecisionChoice parse_precision_choice(const std::string& name) {
     throw UsageError(fmt::format("--precision {} is not one of auto, fp32, bf16", name));
 }
 
-bool cpu_runs_bf16() {
-    if (const char* setting = std::getenv("CHARLM_BF16"); setting && std::string_view(setting) == "0") return false;
-#if defined(__x86_64__) || defined(__i386__)
-    // AVX-512's registers need the operating system's support, which __builtin_cpu_supports checks;
-    // AVX512_BF16 is leaf 7, subleaf 1, EAX bit 5.
-    if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return false;
-    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
-    return (eax >> 5) & 1u;
-#else
-    return false;
-#endif
-}
+bool cpu_runs_bf16() { return kernels().bf16_instructions; }
 
 void check_precision_runs_here(PrecisionChoice choice) {
     if (choice == PrecisionChoice::bf16 && !cpu_runs_bf16())

@@ -1,10 +1,10 @@
 // The recurrent-layer engine's time loops, forward and backward, for every cell.
 #include "recurrent_layer.hpp"
 
-#include "cell_units.hpp"
 #include "cells.hpp"
 #include "gemm.hpp"
 #include "input_projection.hpp"
+#include "kernels.hpp"
 #include "row_shares.hpp"
 
 namespace charlm {
@@ -42,6 +42,15 @@ namespace {
 template <typename Scalar>
 using Workspace = typename RecurrentLayer<Scalar>::Workspace;
 
+// The cell's elementwise step in the kernels in use (kernels.hpp): compiled for the level the CPU runs.
+template <typename Cell, typename Scalar>
+const CellKernels<Scalar>& cell_kernels() {
+    const ScalarKernels<Scalar>& level = kernels().of<Scalar>();
+    if constexpr (std::is_same_v<Cell, Lstm>) return level.lstm;
+    else if constexpr (std::is_same_v<Cell, Gru>) return level.gru;
+    else return level.rnn;
+}
+
 // The arrays of row `row` (of T*B) of step t, whose row in the carried state's matrices is `b` (of B):
 // those the cell's traits say it uses.
 template <typename Cell, typename Scalar>
@@ -73,6 +82,7 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         w.initial_cell = cell_state;
     }
     w.bias = weights.bias_ih + weights.bias_hh;
+    const auto cell_forward = cell_kernels<Cell, Scalar>().forward;
 
     // One step of a few dense rows against frozen weights (sampling, a character at a time): the input's
     // product and the recurrent one become one, [x h] times [W_ih W_hh]^T packed once per freeze, so
@@ -118,7 +128,7 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
                 arrays.bias = w.bias.data();
                 arrays.bias_ih = weights.bias_ih.data();
                 arrays.bias_hh = weights.bias_hh.data();
-                for_each_chunk_of(arrays, [](const auto& units) { Cell::forward(units); });
+                cell_forward(arrays);
             }
         }
     });
@@ -135,6 +145,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     w.recurrent_backward.pack(weights.weight_hh, Transpose::no, 0, weights.precision);
     // The gradient of h W_hh^T + b_hh, which the cell leaves in gates unless it keeps that product apart.
     const Matrix<Scalar>& d_recurrent = Cell::recurrent_apart ? w.hidden_gates : w.gates;
+    const auto cell_backward = cell_kernels<Cell, Scalar>().backward;
 
     for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = steps - 1; t >= 0; --t) {
@@ -144,7 +155,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
                 arrays.d_output = d_output.row(row + r).data();
                 arrays.d_hidden_next = w.d_hidden_next.row(first + r).data();
                 if constexpr (Cell::has_cell_state) arrays.d_cell = w.d_cell_next.row(first + r).data();
-                for_each_chunk_of(arrays, [](const auto& units) { Cell::backward(units); });
+                cell_backward(arrays);
             }
             // (rows, H) = (rows, G*H) . (G*H, H), added to what the cell left where h' skips the weights;
             // the carried state gets no gradient, so step 0 needs none
