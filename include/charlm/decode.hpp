@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -67,6 +68,11 @@ public:
                        std::chrono::milliseconds gather = std::chrono::milliseconds(0));
     // Waits until the request has finished (a score, or a completion read all at once).
     void wait_until_finished();
+    // For a reader that must not block (the server's event loop): `wake` is called once, at once here
+    // or later on the decoder's thread, when the request has news (with `only_the_end`: when it has
+    // finished or failed); the reader then takes the news with a wait_for_news of no timeout. A later
+    // call replaces the earlier wake; an empty one clears it.
+    void wake_on_news(std::function<void()> wake, bool only_the_end = false);
     // After the score request has finished.
     const ScoreResult& score() const { return score_; }
     // The client went away: the decoder frees the request's slots before its next step.
@@ -83,12 +89,17 @@ public:
 
 private:
     void throw_if_failed() const;
+    bool has_news() const;   // under mutex_
+    bool has_ended() const;  // under mutex_
+    std::function<void()> take_wake(bool at_the_end);  // under mutex_: the wake to call once unlocked
 
     mutable std::mutex mutex_;
     std::condition_variable changed_;
     std::vector<ChoiceNews> pending_;
     std::size_t choices_finished_ = 0;
     bool reader_waits_for_news_ = false;
+    std::function<void()> wake_;
+    bool wake_only_at_the_end_ = false;
     ScoreResult score_;
     std::string failure_;
     bool unavailable_ = false;

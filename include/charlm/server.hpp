@@ -1,4 +1,4 @@
-// charlm serve: an HTTP server (Debian's cpp-httplib) for completions, scores and the page that shows
+// charlm serve: an HTTP server (an event loop on Boost.Asio, requests read by Boost.Beast) for completions, scores and the page that shows
 // them, over one BatchDecoder. docs/serve.md is its API; src/serve/api.hpp reads its requests.
 #pragma once
 
@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "charlm/checkpoint.hpp"
 #include "charlm/decode.hpp"
@@ -28,19 +29,23 @@ struct ServerOptions {
     std::size_t max_score_characters = 20000;     // the longest text /v1/score takes
     std::size_t max_body_bytes = std::size_t{1} << 20;
     int timeout_seconds = 10;                     // a client that sends or takes nothing for this long is dropped
+    int max_connections = 2048;                   // open at once; past that, a connection gets 503 and is closed
+    std::vector<std::string> api_keys;            // none: the API is open; else `Authorization: Bearer KEY` with one of them
     ServerLog log;                                // none: nothing is logged
 };
 
 class Server {
 public:
+    // Throws UsageError for options out of range and for a malformed API key.
     explicit Server(ServerOptions options);
     ~Server();  // stop()
     Server(const Server&) = delete;
     Server& operator=(const Server&) = delete;
 
     // Binds and listens on a thread of its own; until load(), /health answers 503. Throws Error where
-    // the address cannot be had (in use, not this machine's). Ignores SIGPIPE for the whole process:
-    // a client that hangs up must fail a write, not end the server.
+    // the address cannot be had (in use, not this machine's). Ignores SIGPIPE for the whole process
+    // (a client that hangs up must fail a write, not end the server) and raises the process's soft
+    // limit of open files to its hard limit (each connection is one).
     void start();
     int port() const;
     std::string url() const;  // http://HOST:PORT/

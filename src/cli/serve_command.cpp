@@ -15,6 +15,7 @@
 
 #include "charlm/checkpoint.hpp"
 #include "charlm/server.hpp"
+#include "serve/access.hpp"
 #include "cli/commands.hpp"
 #include "cli/common_options.hpp"
 
@@ -26,6 +27,7 @@ struct ServeArguments {
     std::string checkpoint;
     charlm::ServerOptions options;
     std::string precision = "auto";
+    std::vector<std::string> api_key_files;
 };
 
 // Serves until SIGINT, SIGTERM or SIGHUP, which are taken by sigwait() here rather than by a handler:
@@ -59,6 +61,8 @@ int run_serve(const ServeArguments& arguments) {
     charlm::check_precision_runs_here(charlm::parse_precision_choice(arguments.precision));
     use_threads(arguments.options.threads);
     charlm::ServerOptions options = arguments.options;
+    for (const std::string& file : arguments.api_key_files)
+        for (std::string& key : charlm::read_api_key_file(file)) options.api_keys.push_back(std::move(key));
     options.log = [](charlm::ServerLogLevel level, const std::string& message) {
         if (level == charlm::ServerLogLevel::error) spdlog::error("{}", message);
         else spdlog::debug("{}", message);
@@ -72,8 +76,10 @@ int run_serve(const ServeArguments& arguments) {
     server.load(std::move(checkpoint), std::filesystem::path(arguments.checkpoint).filename().string());
     serving = true;
     const std::string& host = arguments.options.host;
-    if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "::1")
-        spdlog::warn("listening on {}: whoever can reach this machine can use the server (it has no authentication)", host);
+    if (host.rfind("127.", 0) != 0 && host != "localhost" && host != "::1" && options.api_keys.empty())
+        spdlog::warn("listening on {} without --api-key: whoever can reach this port can use the server and its CPU; give a key "
+                     "(--api-key or --api-key-file) or listen on 127.0.0.1 behind a proxy that checks who calls",
+                     host);
     if (!precision_line.empty()) spdlog::info("{}", precision_line);
     spdlog::info("serving {} {}x{} ({} characters) with {} slots; Ctrl-C stops", charlm::to_string(config.cell), config.layers,
                  config.hidden_size, config.vocab_size, arguments.options.slots);
@@ -111,6 +117,14 @@ Command add_serve_command(CLI::App& app) {
     serve->add_option("--timeout", serve_options.timeout_seconds, "Seconds a client may send or take nothing before it is dropped")
         ->check(CLI::Range(1, 3600))
         ->capture_default_str();
+    serve->add_option("--max-connections", serve_options.max_connections, "Connections open at once; past that, 503 and closed")
+        ->check(CLI::Range(1, 1'000'000))
+        ->capture_default_str();
+    serve->add_option("--api-key", serve_options.api_keys,
+                      "A key that API requests must send as `Authorization: Bearer KEY` (all but / and /health); repeat for several")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    serve->add_option("--api-key-file", serve_arguments.api_key_files, "A file of API keys, one a line (keeps them out of the process list)")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     return {serve, [arguments](const Communicator&) { return run_serve(*arguments); }};
 }
 
