@@ -2,6 +2,7 @@
 // ending it with exit 0, and the refusals (a bad checkpoint, a taken port, an out-of-range option).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 #include <regex>
 
@@ -99,6 +100,43 @@ TEST(ServeCli, RefusesABadCheckpointATakenPortAndAPortOutOfRange) {
     ChildProcess out_of_range({"serve", checkpoint.string(), "--port", "70000"}, directory.path() / "third");
     EXPECT_EQ(out_of_range.wait_for_exit(30), 2);
     EXPECT_NE(out_of_range.err().find("--port"), std::string::npos) << out_of_range.err();
+}
+
+TEST(ServeCli, AKeyFileThatCannotBeReadOrHoldsNoKeyIsAUsageError) {
+    TemporaryDirectory directory;
+    const fs::path checkpoint = directory.write("unread.safetensors", "never read: the keys are checked first");
+    const fs::path empty = directory.write("empty-keys", "\n   \n");
+    for (const fs::path& keys : {directory.path() / "missing-keys", empty}) {
+        ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--api-key-file", keys.string()}, directory.path());
+        EXPECT_EQ(server.wait_for_exit(30), 2) << server.err();
+        const std::string err = server.err();
+        EXPECT_EQ(err.rfind("charlm: error: --api-key-file " + keys.string(), 0), 0u) << err;
+        EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << "one line: " << err;
+        EXPECT_TRUE(server.out().empty());
+    }
+}
+
+// Another address than loopback without a key runs, and says what that risks; with a key it says nothing of it,
+// and the key it was given is never written to the log.
+TEST(ServeCli, AnyAddressWithoutAKeyIsWarnedAboutAndAKeyIsNeverLogged) {
+    TemporaryDirectory directory;
+    const fs::path checkpoint = tiny_checkpoint(directory);
+    const fs::path keys = directory.write("keys", "secret-one\nsecret-two\n");
+    for (const bool with_key : {false, true}) {
+        std::vector<std::string> arguments = {"serve", checkpoint.string(), "--port", "0", "--host", "0.0.0.0", "--threads", "1"};
+        if (with_key) arguments.insert(arguments.end(), {"--api-key-file", keys.string()});
+        ChildProcess server(arguments, directory.path());
+        const std::string url = wait_for_url(server);
+        ASSERT_FALSE(url.empty()) << server.err();
+        httplib::Client client("127.0.0.1", std::stoi(url.substr(url.rfind(':') + 1)));
+        const auto models = client.Get("/v1/models", httplib::Headers{{"Authorization", "Bearer secret-two"}});
+        ASSERT_TRUE(models);
+        EXPECT_EQ(models->status, 200);
+        server.send(SIGTERM);
+        EXPECT_EQ(server.wait_for_exit(10), 0) << server.err();
+        EXPECT_EQ(server.err().find("without --api-key") != std::string::npos, !with_key) << server.err();
+        EXPECT_EQ(server.err().find("secret"), std::string::npos) << server.err();
+    }
 }
 
 }  // namespace

@@ -7,7 +7,8 @@ Trains a tiny model on a text made here, serves it, and checks that the page gen
 (streamed, tinted characters, a tooltip with alternatives, Stop), scores a text (figures, surprise tint,
 neuron rows), loads nothing from outside the server and logs no console error; then opens from file:// a copy
 of the page with a hand-made report embedded, and the report `charlm eval --html` writes, and checks that each
-renders with no server at all. Screenshots of each view go to OUTPUT_DIR.
+renders with no server at all; last, against a server with --api-key, that the page asks for the key on the first
+401, keeps it for the tab and asks no more. Screenshots of each view go to OUTPUT_DIR.
 Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
 """
 import json
@@ -60,10 +61,10 @@ def training_text(seed=7, characters=30000):
     return "\n".join(lines) + "\n"
 
 
-def start_server(charlm, checkpoint, log_path):
+def start_server(charlm, checkpoint, log_path, extra=()):
     """Starts `charlm serve CHECKPOINT --port 0`; returns the process and the URL it prints, once /health says ok."""
     with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
-        server = subprocess.Popen([charlm, "serve", checkpoint, "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
+        server = subprocess.Popen([charlm, "serve", checkpoint, "--port", "0", *extra], stdout=subprocess.PIPE, stderr=log, text=True)
     first_line = []
     reader = threading.Thread(target=lambda: first_line.append(server.stdout.readline()), daemon=True)
     reader.start()
@@ -305,10 +306,35 @@ def run(charlm, out_dir, work):
         check(re.search(r"corpus\.txt: [0-9.]+ nats/char, [0-9.]+ bits/char;", whole) is not None,
               f"the report should give the whole file's figures: {whole!r}")
         driver.save_screenshot(os.path.join(out_dir, "report.png"))
+
+        # --- a server with --api-key: the page asks for the key once, on the first 401, and keeps it for the tab
+        stop_server(server)
+        server, url = start_server(charlm, checkpoint, os.path.join(out_dir, "serve-key.log"), ("--api-key", "page-key"))
+        driver.get(url)
+        WebDriverWait(driver, 20).until(lambda d: _alert(d) is not None)
+        _alert(driver).send_keys("page-key")
+        _alert(driver).accept()
+        wait.until(lambda d: "\u00d7" in element("#model").text)
+        check(driver.execute_script("return sessionStorage.getItem('charlm-api-key')") == "page-key", "the key is not kept for the tab")
+        driver.refresh()  # the same tab: no second question
+        wait.until(lambda d: "\u00d7" in element("#model").text or _alert(d) is not None)
+        check(_alert(driver) is None, "the page asked for the key again in the same tab")
+        check(generate("The ", 160, 42) == first, "a completion with the key differs from the one without")
     finally:
         if driver:
             driver.quit()
         stop_server(server)
+
+
+def _alert(driver):
+    """The open prompt, or None."""
+    from selenium.common.exceptions import NoAlertPresentException
+    try:
+        alert = driver.switch_to.alert
+        alert.text  # raises where there is none
+        return alert
+    except NoAlertPresentException:
+        return None
 
 
 def main():
