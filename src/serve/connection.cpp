@@ -67,6 +67,8 @@ Connection::~Connection() {
 }
 
 void Connection::start() {
+    boost::system::error_code ignored;
+    socket_.non_blocking(true, ignored);  // read_some after a wait: never blocks the loop
     hub_.open.push_front(weak_from_this());
     in_hub_ = hub_.open.begin();
     hub_.metrics.connection_opened();
@@ -86,13 +88,20 @@ void Connection::read_more() {
     // Pipelined requests wait while one is answered, up to a bound: past it the client waits for TCP.
     if (!lingering_ && reader_.buffered() > hub_.options.max_body_bytes + kBufferedBeyondBody) return;
     reading_ = true;
-    socket_.async_read_some(asio::buffer(chunk_), [self = shared_from_this()](const boost::system::error_code& error, std::size_t length) {
-        self->on_read(error, length);
+    // Waits for bytes, then reads them into the loop's one buffer: an idle connection holds no buffer of its own.
+    socket_.async_wait(asio::socket_base::wait_read, [self = shared_from_this()](const boost::system::error_code& error) {
+        self->reading_ = false;
+        if (self->closed_) return;
+        static thread_local std::array<char, 64 * 1024> received;  // the loop's thread only
+        boost::system::error_code read_error = error;
+        std::size_t length = 0;
+        if (!read_error) length = self->socket_.read_some(asio::buffer(received), read_error);
+        if (read_error == asio::error::would_block || read_error == asio::error::try_again) return self->read_more();
+        self->on_read(read_error, std::string_view(received.data(), length));
     });
 }
 
-void Connection::on_read(const boost::system::error_code& error, std::size_t length) {
-    reading_ = false;
+void Connection::on_read(const boost::system::error_code& error, std::string_view bytes) {
     if (closed_) return;
     if (lingering_) return error ? close() : read_more();  // what comes now is dropped
     if (error) {
@@ -102,7 +111,7 @@ void Connection::on_read(const boost::system::error_code& error, std::size_t len
         if (!answering_ || (pending_ && !writing_)) close();
         return;
     }
-    reader_.append(std::string_view(chunk_.data(), length));
+    reader_.append(bytes);
     if (!answering_) process();
     read_more();
 }

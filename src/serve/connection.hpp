@@ -12,6 +12,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -52,7 +53,7 @@ private:
     };
 
     void read_more();
-    void on_read(const boost::system::error_code& error, std::size_t length);
+    void on_read(const boost::system::error_code& error, std::string_view bytes);
     void process();
     void handle(HttpRequest request);
     void refuse(int status, const std::string& message);  // a request that cannot be read: answer, then close
@@ -82,7 +83,6 @@ private:
     std::list<std::weak_ptr<Connection>>::iterator in_hub_;
     RequestReader reader_;
     boost::asio::steady_timer read_deadline_, write_deadline_, pace_;
-    std::array<char, 16 * 1024> chunk_{};
     std::deque<Outgoing> outbox_;
     Outgoing writing_now_;
     bool reading_ = false;
