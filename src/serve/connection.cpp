@@ -188,7 +188,10 @@ void Connection::answer_now(HttpAnswer answer) {
 
 void Connection::wait_for_whole() { wake_on_news(true, &Connection::whole_ready); }
 
-void Connection::whole_ready() { answer_now(pending_->whole()); }
+void Connection::whole_ready() {
+    if (peer_done_) return close();  // the client left while its answer was decoded
+    answer_now(pending_->whole());
+}
 
 void Connection::start_stream() {
     if (version_ == 10) keep_alive_ = false;  // an HTTP/1.0 client reads the events to the connection's end
@@ -197,6 +200,7 @@ void Connection::start_stream() {
 
 // Sends what the decoder made since the last piece, or waits for news.
 void Connection::pump_stream() {
+    if (peer_done_) return close();  // the client left mid-stream: its slot goes now, not at the next failed write
     bool done = false;
     std::string events = pending_->events(done);
     if (events.empty()) return wake_on_news(false, &Connection::pump_stream);
