@@ -16,6 +16,7 @@
 
 #include "charlm/report.hpp"
 #include "serve/api.hpp"
+#include "serve/served_models.hpp"
 
 namespace charlm {
 
@@ -35,24 +36,6 @@ void answer(httplib::Response& response, const RequestRefusal& refusal) {
     if (refusal.status == 503) response.set_header("Retry-After", "1");
     answer(response, refusal.status, refusal.to_json());
 }
-
-// What the handlers serve: the model and its decoder, from Server::load() on. Handlers read them
-// without a lock once `ready` is set: nothing changes them after that until stop(), which first stops
-// the listener's handlers.
-struct ServedModel {
-    explicit ServedModel(const ServerOptions& server_options) : options(server_options) {}
-
-    const ServerOptions& options;
-    std::optional<Checkpoint> checkpoint;
-    std::string name;
-    std::unique_ptr<BatchDecoder> decoder;
-    std::atomic<bool> ready{false};
-    std::atomic<std::uint64_t> next_id{1};
-
-    void check_ready() const {
-        if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
-    }
-};
 
 // ---- the handlers -------------------------------------------------------------------------------------
 
