@@ -39,14 +39,13 @@ void answer(httplib::Response& response, const RequestRefusal& refusal) {
 
 // ---- the handlers -------------------------------------------------------------------------------------
 
-void health(const ServedModel& served, httplib::Response& response) {
-    if (!served.ready) return answer(response, 503, HealthAnswer{}.to_json());
-    answer(response, 200, HealthAnswer{served.decoder->load()}.to_json());
+void health(const ServedModels& served, httplib::Response& response) {
+    answer(response, served.all_loaded() ? 200 : 503, served.health().to_json());
 }
 
-void models(const ServedModel& served, httplib::Response& response) {
-    served.check_ready();
-    answer(response, 200, ModelsAnswer{*served.checkpoint, served.name, served.options}.to_json());
+void models(ServedModels& served, httplib::Response& response) {
+    served.check_loaded();
+    answer(response, 200, served.models_answer().to_json());
 }
 
 // Every choice whole, once all have finished.
@@ -54,19 +53,20 @@ void answer_whole(RequestMailbox& mailbox, const CompletionHead& head, const Com
     std::vector<ChoiceNews> news;
     mailbox.wait_until_finished();
     mailbox.wait_for_news(std::chrono::milliseconds(0), news);
-    answer(response, 200, CompletionAnswer{head, call.request.seed, news, call.request.prompt.size(), call.with_logprobs}.to_json());
+    answer(response, 200, CompletionAnswer{head, call.request.seed, news, call.request.prompt.size(), call.with_logprobs, call.request.echo}.to_json());
 }
 
 // Server-sent events: each wake-up sends what each choice released since the last, as one piece.
 void answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call,
                    httplib::Response& response) {
     response.set_header("Cache-Control", "no-cache");
-    auto offsets = std::make_shared<std::vector<std::size_t>>(static_cast<std::size_t>(call.request.choices), call.request.prompt.size());
+    const std::size_t echoed = call.request.echo ? call.request.prompt.size() : 0;  // an echoed prompt's offsets start at 0
+    auto offsets = std::make_shared<std::vector<std::size_t>>(static_cast<std::size_t>(call.request.choices), call.request.prompt.size() - echoed);
     const bool with_logprobs = call.with_logprobs;
     const std::uint64_t seed = call.request.seed;
     response.set_chunked_content_provider(
         "text/event-stream",
-        [mailbox, offsets, head, with_logprobs, seed, first = true](std::size_t, httplib::DataSink& sink) mutable {
+        [mailbox, offsets, head, with_logprobs, seed, echoed, first = true](std::size_t, httplib::DataSink& sink) mutable {
             std::vector<ChoiceNews> news;
             bool done = false;
             std::string events;
@@ -84,11 +84,12 @@ void answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead
                 return true;
             }
             for (std::size_t i = 0; i < news.size(); ++i) {
-                if (news[i].characters.empty() && !news[i].finished) continue;
-                const CompletionEvent event{head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i], (*offsets)[i], with_logprobs};
+                const std::string choice_events = completion_events(head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i],
+                                                                    (*offsets)[i], echoed, with_logprobs);
+                if (choice_events.empty()) continue;
                 first = false;
                 (*offsets)[i] += news[i].characters.size();
-                events += "data: " + json_text(event.to_json()) + "\n\n";
+                events += choice_events;
             }
             if (done) events += "data: [DONE]\n\n";
             if (!events.empty() && !sink.write(events.data(), events.size())) return false;  // the client left
@@ -99,8 +100,9 @@ void answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead
         [mailbox](bool) { mailbox->cancel(); });  // finished or not, the slot is no longer wanted
 }
 
-void completions(ServedModel& served, const std::string& body, httplib::Response& response) {
-    served.check_ready();
+void completions(ServedModels& models, const std::string& text, httplib::Response& response) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
     const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
     const auto mailbox = served.decoder->complete(call.request);
     const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
@@ -108,8 +110,9 @@ void completions(ServedModel& served, const std::string& body, httplib::Response
     else answer_whole(*mailbox, head, call, response);
 }
 
-void score(ServedModel& served, const std::string& body, httplib::Response& response) {
-    served.check_ready();
+void score(ServedModels& models, const std::string& text, httplib::Response& response) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
     const ScoreCall call = read_score_request(body, served.checkpoint->vocab, served.checkpoint->config, served.options);
     const auto mailbox = served.decoder->score(call.request);
     mailbox->wait_until_finished();
@@ -134,7 +137,7 @@ void answer_or_refuse(const Handler& handler, httplib::Response& response) {
     }
 }
 
-void route_gets(httplib::Server& http, ServedModel& served) {
+void route_gets(httplib::Server& http, ServedModels& served) {
     http.Get("/", [](const httplib::Request&, httplib::Response& response) {
         const std::string_view page = serve_page();
         response.set_content(page.data(), page.size(), "text/html; charset=utf-8");
@@ -150,8 +153,8 @@ void route_gets(httplib::Server& http, ServedModel& served) {
 // The bodies are read through a content reader: httplib caps a body sent as a form (what curl -d and
 // urllib send unless told otherwise) at 8 KB and answered 413 past it; read this way, only
 // set_payload_max_length applies, whatever the Content-Type.
-void route_posts(httplib::Server& http, ServedModel& served) {
-    const std::size_t max_body = served.options.max_body_bytes;
+void route_posts(httplib::Server& http, ServedModels& served, const ServerOptions& options) {
+    const std::size_t max_body = options.max_body_bytes;
     auto with_body = [max_body](auto handler) {
         return [handler, max_body](const httplib::Request&, httplib::Response& response, const httplib::ContentReader& read) {
             std::string body;
@@ -243,7 +246,7 @@ struct Server::State {
     std::thread listener;
     int port = 0;
     int listening_socket = -1;
-    ServedModel served{options};
+    std::unique_ptr<ServedModels> served;  // made once the options are
 };
 
 Server::Server(ServerOptions options) : state_(std::make_unique<State>()) {
@@ -252,7 +255,9 @@ Server::Server(ServerOptions options) : state_(std::make_unique<State>()) {
     if (options.slots < 1 || options.slots > 256) throw UsageError(fmt::format("--parallel must be 1 to 256, not {}", options.slots));
     if (options.queued < 0 || options.queued > 4096) throw UsageError(fmt::format("--queue must be 0 to 4096, not {}", options.queued));
     if (options.max_tokens < 1) throw UsageError("--max-tokens must be at least 1");
+    if (options.models < 1 || options.models > 64) throw UsageError(fmt::format("a server serves 1 to 64 models, not {}", options.models));
     state_->options = std::move(options);
+    state_->served = std::make_unique<ServedModels>(state_->options);
 }
 
 Server::~Server() { stop(); }
@@ -261,8 +266,8 @@ void Server::start() {
     ::signal(SIGPIPE, SIG_IGN);
     State& s = *state_;
     const ServerOptions& options = s.options;
-    route_gets(s.http, s.served);
-    route_posts(s.http, s.served);
+    route_gets(s.http, *s.served);
+    route_posts(s.http, *s.served, options);
     route_wrong_methods(s.http);
     handle_errors(s.http, options);
     s.http.set_payload_max_length(options.max_body_bytes);
@@ -302,19 +307,11 @@ std::string Server::url() const {
     return fmt::format("http://{}:{}/", host.find(':') != std::string::npos ? "[" + host + "]" : host, state_->port);
 }
 
-void Server::load(Checkpoint checkpoint, std::string name) {
-    ServedModel& served = state_->served;
-    const ServerOptions& options = state_->options;
-    served.checkpoint = std::move(checkpoint);
-    served.name = std::move(name);
-    served.decoder = std::make_unique<BatchDecoder>(*served.checkpoint->model, served.checkpoint->vocab,
-                                                    DecoderOptions{.slots = options.slots, .queued = options.queued, .threads = options.threads});
-    served.ready = true;
-}
+void Server::load(Checkpoint checkpoint, std::string name) { state_->served->load(std::move(checkpoint), std::move(name)); }
 
 void Server::stop() {
     State& s = *state_;
-    if (s.served.decoder) s.served.decoder->stop();  // the requests in flight fail now, so that their handlers return
+    s.served->stop();  // the requests in flight fail now, so that their handlers return
     s.http.stop();
     if (s.listener.joinable()) s.listener.join();
 }
