@@ -2,7 +2,9 @@
 # Serving throughput of 'charlm serve' against what the same model does without a server, in one run on one
 # machine: 'charlm eval' (teacher-forced scoring of up to 32 streams a batch, the ceiling for batched decoding),
 # 'charlm sample' (one stream: a single user without a server) and 'charlm serve' under 1, 2, 4, ... clients
-# streaming completions at once (bench/serve_load.cpp), each point after a warm-up. Prints a markdown table:
+# streaming completions at once (bench/serve_load.cpp), each point after a warm-up. Then two models served by one
+# 'charlm serve' (the checkpoint twice, as a= and b=), --pair-clients clients on each at once, against the
+# same number of clients on the model served alone (the issue's target: each at least 0.45x of that). Prints a markdown table:
 # aggregate and per-client characters per second, the aggregate's ratio to eval and to sample, time to first
 # character, and the CPU cores the server and the load client used (the client runs on the same machine, and
 # what it takes the server does not get). A second table compares streaming with "stream": false at 1 client
@@ -10,7 +12,7 @@
 # The model is a 2x256 LSTM (embed 64) on tinyshakespeare after one training step (speed does not depend on
 # training); --checkpoint FILE measures another. --threads N goes to eval, sample and serve alike.
 # Usage: scripts/bench_serve.sh [--threads N] [--seconds S] [--clients "1 2 4 8 16 32"] [--max-tokens N]
-#        [--checkpoint FILE] [--json FILE]
+#        [--pair-clients 8] [--checkpoint FILE] [--json FILE]
 set -euo pipefail
 invoked_from="$PWD"
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ threads=1
 seconds=5
 client_counts="1 2 4 8 16 32"
 max_tokens=400
+pair_clients=8
 checkpoint=""
 json_file=""
 while [ $# -gt 0 ]; do
@@ -29,14 +32,15 @@ while [ $# -gt 0 ]; do
     --max-tokens) max_tokens="$2"; shift ;;
     --checkpoint) checkpoint="$2"; shift ;;
     --json) json_file="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --pair-clients) pair_clients="$2"; shift ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_serve.sh: unknown option $1; see scripts/bench_serve.sh --help" >&2; exit 2 ;;
   esac
   shift
 done
-for value in "$threads" "$max_tokens" $client_counts; do
+for value in "$threads" "$max_tokens" "$pair_clients" $client_counts; do
   case "$value" in
-    ''|*[!0-9]*|0) echo "bench_serve.sh: --threads, --max-tokens and --clients take positive whole numbers, not '$value'" >&2; exit 2 ;;
+    ''|*[!0-9]*|0) echo "bench_serve.sh: --threads, --max-tokens, --pair-clients and --clients take positive whole numbers, not '$value'" >&2; exit 2 ;;
   esac
 done
 case "$seconds" in
@@ -136,7 +140,7 @@ measure() {  # clients, then charlm_serve_load's options
 }
 echo "bench_serve: charlm serve --threads $threads --parallel $slots at $url; warming up with $most_clients clients" >&2
 "$load" --url "$url" --clients "$most_clients" --seconds 1 --warmup-seconds 1 --max-tokens "$max_tokens" > /dev/null 2>&1 || true
-for clients in $client_counts; do
+for clients in $(printf '%s\n' $client_counts "$pair_clients" | sort -nu); do
   echo "bench_serve: $clients client(s), streaming, $seconds s" >&2
   measure "$clients"
 done
@@ -161,10 +165,48 @@ else
   server_pid=""
 fi
 
-/usr/bin/python3 - "$results" "$eval_rate" "$sample_rate" "$threads" "$seconds" "$max_tokens" "$checkpoint" "${json_file:-}" <<'EOF'
+# Two models in one server, each with half the threads: --pair-clients on each at once.
+pairs="$work/pairs.jsonl"
+: > "$pairs"
+set -m
+build/charlm serve "a=$checkpoint" "b=$checkpoint" --port 0 --threads "$threads" --parallel "$slots" > "$work/server2.out" 2> "$work/server2.log" &
+server_pid=$!
+set +m
+url=""
+for _ in $(seq 600); do
+  url="$(grep -m 1 -o 'http://[^[:space:]]*' "$work/server2.out" || true)"
+  [ -n "$url" ] && break
+  kill -0 "$server_pid" 2>/dev/null || { echo "bench_serve.sh: charlm serve of two models exited:" >&2; tail -n 5 "$work/server2.log" >&2; exit 1; }
+  sleep 0.1
+done
+[ -n "$url" ] || { echo "bench_serve.sh: charlm serve of two models printed no URL within 60 s" >&2; exit 1; }
+echo "bench_serve: two models, $pair_clients client(s) on each at once, $seconds s" >&2
+load_pids=()
+for model in a b; do
+  "$load" --url "$url" --clients "$pair_clients" --seconds "$seconds" --warmup-seconds 1 --max-tokens "$max_tokens" --model "$model" \
+    --json > "$work/pair-$model.json" 2> "$work/pair-$model.err" &
+  load_pids+=($!)
+done
+wait "${load_pids[@]}" || true
+for model in a b; do
+  if [ -s "$work/pair-$model.json" ]; then
+    /usr/bin/python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); r["model"] = sys.argv[2]; print(json.dumps(r))' \
+      "$work/pair-$model.json" "$model" >> "$pairs"
+  else
+    echo "bench_serve: two models, model $model: errors:" >&2
+    head -n 3 "$work/pair-$model.err" >&2
+  fi
+done
+kill -KILL "$server_pid" 2>/dev/null || true
+wait "$server_pid" 2>/dev/null || true
+server_pid=""
+
+/usr/bin/python3 - "$results" "$eval_rate" "$sample_rate" "$threads" "$seconds" "$max_tokens" "$checkpoint" "${json_file:-}" \
+  "$pairs" "$pair_clients" <<'EOF'
 import json, math, os, sys
 
-path, eval_rate, sample_rate, threads, seconds, max_tokens, checkpoint, json_file = sys.argv[1:9]
+path, eval_rate, sample_rate, threads, seconds, max_tokens, checkpoint, json_file, pairs_path, pair_clients = sys.argv[1:11]
+pairs = [json.loads(line) for line in open(pairs_path) if line.strip()]
 eval_rate, sample_rate = float(eval_rate), float(sample_rate)
 runs = [json.loads(line) for line in open(path) if line.strip()]
 
@@ -216,8 +258,18 @@ if finished:
               f"{cores(streamed.get('server_cpu_cores'))} / {cores(whole.get('server_cpu_cores'))} | "
               f"{streamed['errors'] + whole['errors']} |")
 
+alone = next((run for run in runs if run["streaming"] and run["in_flight_at_end"] == "cut" and run["clients"] == int(pair_clients)), None)
+if pairs and alone:
+    print(f"\nTwo models served together (the checkpoint twice, --threads {threads} split between them), {pair_clients} "
+          f"streaming clients on each at once, against {pair_clients} on the model served alone ({rate(alone['chars_per_second'])} chars/s).\n")
+    print("| model | chars/s together | ratio to alone | first char (median) | errors |")
+    print("|---|---:|---:|---:|---:|")
+    for run in pairs:
+        print(f"| {run['model']} | {rate(run['chars_per_second'])} | {run['chars_per_second'] / alone['chars_per_second']:.2f} | "
+              f"{milliseconds(run['first_character_seconds_median'])} | {run['errors']} |")
+
 if json_file:
     with open(json_file, "w") as out:
         json.dump({"threads": int(threads), "eval_chars_per_second": eval_rate, "sample_chars_per_second": sample_rate,
-                   "serve": runs}, out, indent=1)
+                   "serve": runs, "two_models": pairs}, out, indent=1)
 EOF
