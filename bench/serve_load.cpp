@@ -72,6 +72,7 @@ struct Options {
     double warmup_seconds = 1;
     long max_tokens = 400;
     std::string prompt;
+    std::string model;  // "" leaves "model" out: the server's only model
     bool streaming = true;
     bool finish_in_flight = false;
     long rss_pid = 0;
@@ -98,6 +99,7 @@ constexpr const char *help_text =
     "  --warmup-seconds W         load before the measured time, not counted (default 1)\n"
     "  --max-tokens N             characters each request asks for (default 400)\n"
     "  --prompt TEXT              prompt of every request (default empty)\n"
+    "  --model NAME               the model every request names (default none: a server of one model)\n"
     "  --non-streaming            ask with \"stream\": false, to compare against the event stream's cost\n"
     "  --finish                   let the requests in flight at the end finish (default: cut them)\n"
     "  --rss-pid PID              sample this process's VmRSS every 0.5 s, and its CPU time (the server's)\n"
@@ -189,6 +191,8 @@ Options parse_options(int argc, char **argv) {
             options.max_tokens = parse_whole(name, value(), 1);
         } else if (name == "--prompt") {
             options.prompt = value();
+        } else if (name == "--model") {
+            options.model = value();
         } else if (name == "--non-streaming") {
             options.streaming = false;
         } else if (name == "--finish") {
@@ -397,8 +401,9 @@ void run_client(int client_index, httplib::Client &client, const Options &option
         const bool counted_from_start = request_start >= schedule.measure_start;
         // Distinct for every request of every client, so that no two generate the same text.
         const std::uint64_t seed = (static_cast<std::uint64_t>(client_index) << 32) | request_index;
-        const Json body = {{"prompt", options.prompt}, {"max_tokens", options.max_tokens}, {"temperature", 1.0},
-                           {"seed", seed}, {"stream", options.streaming}};
+        Json body = {{"prompt", options.prompt}, {"max_tokens", options.max_tokens}, {"temperature", 1.0},
+                     {"seed", seed}, {"stream", options.streaming}};
+        if (!options.model.empty()) body["model"] = options.model;
 
         int status = -1;
         std::string content_type;

@@ -13,10 +13,12 @@
 # for --long-seconds (60): errors and the server's memory at the start and the end.
 # --compare-build DIR measures DIR/charlm's server too at the client counts (streaming), in the same run: the figures
 # of another build (main's, before a change) beside this one's.
+# Last, two models served by one 'charlm serve' (the checkpoint twice, as a= and b=), --pair-clients clients on each
+# at once, against the same number of clients on the model served alone (the issue's target: each at least 0.45x).
 # The model is a 2x256 LSTM (embed 64) on tinyshakespeare after one training step (speed does not depend on
 # training); --checkpoint FILE measures another. --threads N goes to eval, sample and serve alike.
 # Usage: scripts/bench_serve.sh [--threads N] [--seconds S] [--clients "1 2 4 8 16 32"] [--max-tokens N]
-#        [--checkpoint FILE] [--json FILE] [--long-seconds 60] [--no-idle] [--compare-build DIR]
+#        [--pair-clients 8] [--checkpoint FILE] [--json FILE] [--long-seconds 60] [--no-idle] [--compare-build DIR]
 set -euo pipefail
 invoked_from="$PWD"
 cd "$(dirname "$0")/.."
@@ -25,6 +27,7 @@ threads=1
 seconds=5
 client_counts="1 2 4 8 16 32"
 max_tokens=400
+pair_clients=8
 checkpoint=""
 json_file=""
 long_seconds=60
@@ -38,17 +41,18 @@ while [ $# -gt 0 ]; do
     --max-tokens) max_tokens="$2"; shift ;;
     --checkpoint) checkpoint="$2"; shift ;;
     --json) json_file="$2"; shift ;;
+    --pair-clients) pair_clients="$2"; shift ;;
     --long-seconds) long_seconds="$2"; shift ;;
     --no-idle) idle_rows=0 ;;
     --compare-build) compare_build="$2"; shift ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_serve.sh: unknown option $1; see scripts/bench_serve.sh --help" >&2; exit 2 ;;
   esac
   shift
 done
-for value in "$threads" "$max_tokens" "$long_seconds" $client_counts; do
+for value in "$threads" "$max_tokens" "$pair_clients" "$long_seconds" $client_counts; do
   case "$value" in
-    ''|*[!0-9]*|0) echo "bench_serve.sh: --threads, --max-tokens, --long-seconds and --clients take positive whole numbers, not '$value'" >&2; exit 2 ;;
+    ''|*[!0-9]*|0) echo "bench_serve.sh: --threads, --max-tokens, --pair-clients, --long-seconds and --clients take positive whole numbers, not '$value'" >&2; exit 2 ;;
   esac
 done
 case "$seconds" in
@@ -124,10 +128,13 @@ sample_rate=$(awk -v short="$sample_short_seconds" -v long="$sample_long_seconds
 # while it starts, so that it does not inherit an ignored SIGINT and the Ctrl-C at the end reaches it.
 most_clients=$(printf '%s\n' $client_counts | sort -n | tail -n 1)
 slots=$(( most_clients > 32 ? most_clients : 32 ))
-start_server() {  # the charlm binary
+start_server() {  # the charlm binary, then what to serve (the checkpoint where nothing is given)
+  local binary="$1"
+  shift
+  [ $# -gt 0 ] || set -- "$checkpoint"
   : > "$work/server.out"
   set -m
-  "$1" serve "$checkpoint" --port 0 --threads "$threads" --parallel "$slots" > "$work/server.out" 2> "$work/server.log" &
+  "$binary" serve "$@" --port 0 --threads "$threads" --parallel "$slots" > "$work/server.out" 2> "$work/server.log" &
   server_pid=$!
   set +m
   url=""
@@ -170,7 +177,7 @@ measure() {  # clients, then charlm_serve_load's options
 }
 echo "bench_serve: charlm serve --threads $threads --parallel $slots at $url; warming up with $most_clients clients" >&2
 "$load" --url "$url" --clients "$most_clients" --seconds 1 --warmup-seconds 1 --max-tokens "$max_tokens" > /dev/null 2>&1 || true
-for clients in $client_counts; do
+for clients in $(printf '%s\n' $client_counts "$pair_clients" | sort -nu); do
   echo "bench_serve: $clients client(s), streaming, $seconds s" >&2
   measure "$clients"
 done
@@ -210,13 +217,38 @@ if [ -n "$compare_build" ]; then
   stop_server
 fi
 
+# Two models in one server, each with half the threads: --pair-clients on each at once.
+pairs="$work/pairs.jsonl"
+: > "$pairs"
+start_server build/charlm "a=$checkpoint" "b=$checkpoint"
+echo "bench_serve: two models, $pair_clients client(s) on each at once, $seconds s" >&2
+load_pids=()
+for model in a b; do
+  "$load" --url "$url" --clients "$pair_clients" --seconds "$seconds" --warmup-seconds 1 --max-tokens "$max_tokens" --model "$model" \
+    --json > "$work/pair-$model.json" 2> "$work/pair-$model.err" &
+  load_pids+=($!)
+done
+wait "${load_pids[@]}" || true
+for model in a b; do
+  if [ -s "$work/pair-$model.json" ]; then
+    /usr/bin/python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); r["model"] = sys.argv[2]; print(json.dumps(r))' \
+      "$work/pair-$model.json" "$model" >> "$pairs"
+  else
+    echo "bench_serve: two models, model $model: errors:" >&2
+    head -n 3 "$work/pair-$model.err" >&2
+  fi
+done
+stop_server
+
 /usr/bin/python3 - "$results" "$eval_rate" "$sample_rate" "$threads" "$seconds" "$max_tokens" "$checkpoint" "${json_file:-}" \
-  "$idle_results" "$compare_results" "$compare_build" <<'EOF'
+  "$idle_results" "$compare_results" "$compare_build" "$pairs" "$pair_clients" <<'EOF'
 import json, math, os, sys
 
-path, eval_rate, sample_rate, threads, seconds, max_tokens, checkpoint, json_file, idle_path, compare_path, compare_build = sys.argv[1:12]
+(path, eval_rate, sample_rate, threads, seconds, max_tokens, checkpoint, json_file, idle_path, compare_path, compare_build, pairs_path,
+ pair_clients) = sys.argv[1:14]
 idle_runs = [json.loads(line) for line in open(idle_path) if line.strip()]
 compare_runs = [json.loads(line) for line in open(compare_path) if line.strip()]
+pairs = [json.loads(line) for line in open(pairs_path) if line.strip()]
 eval_rate, sample_rate = float(eval_rate), float(sample_rate)
 runs = [json.loads(line) for line in open(path) if line.strip()]
 
@@ -304,9 +336,19 @@ if compare_runs:
         print(f"| {other['clients']} | {rate(mine['chars_per_second'])} | {rate(other['chars_per_second'])} | {ratio:.2f} | "
               f"{milliseconds(mine['first_character_seconds_median'])} / {milliseconds(other['first_character_seconds_median'])} | "
               f"{mine['errors']} / {other['errors']} |")
+alone = next((run for run in runs if run["streaming"] and run["in_flight_at_end"] == "cut" and run["clients"] == int(pair_clients)), None)
+if pairs and alone:
+    print(f"\nTwo models served together (the checkpoint twice, --threads {threads} split between them), {pair_clients} "
+          f"streaming clients on each at once, against {pair_clients} on the model served alone ({rate(alone['chars_per_second'])} chars/s).\n")
+    print("| model | chars/s together | ratio to alone | first char (median) | errors |")
+    print("|---|---:|---:|---:|---:|")
+    for run in pairs:
+        print(f"| {run['model']} | {rate(run['chars_per_second'])} | {run['chars_per_second'] / alone['chars_per_second']:.2f} | "
+              f"{milliseconds(run['first_character_seconds_median'])} | {run['errors']} |")
 
 if json_file:
     with open(json_file, "w") as out:
         json.dump({"threads": int(threads), "eval_chars_per_second": eval_rate, "sample_chars_per_second": sample_rate,
-                   "serve": runs, "idle": idle_runs, "compare_build": compare_build or None, "compare": compare_runs}, out, indent=1)
+                   "serve": runs, "idle": idle_runs, "compare_build": compare_build or None, "compare": compare_runs, "two_models": pairs},
+                  out, indent=1)
 EOF

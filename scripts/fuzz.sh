@@ -123,6 +123,8 @@ status=0
 mkdir -p "$seeds/request"
 printf '%s' '{"prompt": "abc", "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 7, "stop": ["\n", "x"], "n": 2, "stream": true, "logprobs": 3}' > "$seeds/request/completion"
 printf '%s' '{"prompt": ["a é"], "skip_unknown": true, "model": "m", "echo": false, "best_of": 1, "logit_bias": {}}' > "$seeds/request/openai"
+printf '%s' '{"prompt": "a🙂 é", "echo": true, "logprobs": 2, "max_tokens": 0, "model": "shakespeare"}' > "$seeds/request/echo"
+printf '%s' '{"prompt": "ab", "echo": true, "stream": true, "max_tokens": 3, "model": null}' > "$seeds/request/echo-stream"
 printf '%s' '{"text": "abc def", "top": 3, "neurons": [[0, 1], [1, 7, "cell"]], "most_varying": 4}' > "$seeds/request/score"
 cat > "$seeds/request.dict" <<'WORDS'
 "prompt"
@@ -142,6 +144,7 @@ cat > "$seeds/request.dict" <<'WORDS'
 "hidden"
 "cell"
 "echo"
+"model"
 "best_of"
 "frequency_penalty"
 "logit_bias"

@@ -56,12 +56,14 @@ std::string sample_text(const std::string& prompt, std::size_t length, std::uint
 
 class Running {
 public:
-    explicit Running(ServerOptions options = {}) {
+    // One model, or those named in `names`, each of small_checkpoint()'s weights.
+    explicit Running(ServerOptions options = {}, const std::vector<std::string>& names = {"small.safetensors"}) {
         options.port = 0;
         options.threads = 2;
+        options.models = names.size();
         server_ = std::make_unique<Server>(options);
         server_->start();
-        server_->load(small_checkpoint(), "small.safetensors");
+        for (const std::string& name : names) server_->load(small_checkpoint(), name);
     }
     int port() const { return server_->port(); }
     Server& server() { return *server_; }
@@ -439,11 +441,11 @@ TEST(Connection, MetricsCountRequestsCharactersAndTimesInPrometheusFormat) {
     EXPECT_EQ(samples[R"(charlm_requests_total{route="/v1/score",status="200"})"], 1);
     EXPECT_EQ(samples[R"(charlm_requests_total{route="/v1/score",status="400"})"], 1);
     EXPECT_EQ(samples[R"(charlm_requests_total{route="other",status="404"})"], 1);
-    EXPECT_EQ(samples["charlm_generated_characters_total"], 2 * 70 + 30);
-    EXPECT_EQ(samples["charlm_scored_characters_total"], 7);
-    EXPECT_EQ(samples["charlm_slots_busy"], 0);
-    EXPECT_EQ(samples["charlm_slots"], 32);
-    EXPECT_EQ(samples["charlm_queue_length"], 0);
+    EXPECT_EQ(samples[R"(charlm_generated_characters_total{model="small.safetensors"})"], 2 * 70 + 30);
+    EXPECT_EQ(samples[R"(charlm_scored_characters_total{model="small.safetensors"})"], 7);
+    EXPECT_EQ(samples[R"(charlm_slots_busy{model="small.safetensors"})"], 0);
+    EXPECT_EQ(samples[R"(charlm_slots{model="small.safetensors"})"], 32);
+    EXPECT_EQ(samples[R"(charlm_queue_length{model="small.safetensors"})"], 0);
     EXPECT_GE(samples["charlm_open_connections"], 1);
     EXPECT_EQ(samples["charlm_time_to_first_character_seconds_count"], 1) << "one stream";
     EXPECT_EQ(samples[R"(charlm_time_to_first_character_seconds_bucket{le="+Inf"})"], 1);

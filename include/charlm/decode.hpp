@@ -23,7 +23,9 @@
 namespace charlm {
 
 // One character of a completion: its log-probability under the model's own distribution
-// (temperature 1, nothing cut), whatever drew it, and the most likely characters there.
+// (temperature 1, nothing cut), whatever drew it, and the most likely characters there. An echoed
+// prompt's characters are told the same way; its first, read with nothing before it, has no
+// prediction: a NaN log-probability and no alternatives.
 struct DrawnCharacter {
     char32_t character = 0;
     float logprob = 0;
@@ -42,6 +44,9 @@ struct CompletionRequest {
     std::uint64_t seed = 0;             // choice i draws with seed + i: choice 0 is charlm sample's text for the seed
     int choices = 1;
     int alternatives = 0;               // most likely characters reported beside each drawn one
+    // Each choice's characters begin with the prompt's own, scored as it is read, all posted at once
+    // when it has been read; with max_characters 0 the prompt is only scored.
+    bool echo = false;
 
     SampleOptions drawing() const;      // temperature, top_k and top_p as the drawer takes them
 };
@@ -84,6 +89,7 @@ public:
 
     // The decoder's side.
     void post(std::size_t choice, DrawnCharacter character);
+    void post_all(std::size_t choice, std::vector<DrawnCharacter> characters);  // at once: a reader sees all or none
     void finish(std::size_t choice, FinishReason reason);
     void finish_score(ScoreResult result);
 

@@ -1,5 +1,5 @@
 // charlm serve: an HTTP server (an event loop on Boost.Asio, requests read by Boost.Beast) for completions, scores and the page that shows
-// them, over one BatchDecoder. docs/serve.md is its API; src/serve/api.hpp reads its requests.
+// them, over a BatchDecoder for each model served. docs/serve.md is its API; src/serve/api.hpp reads its requests.
 #pragma once
 
 #include <cstddef>
@@ -22,9 +22,10 @@ using ServerLog = std::function<void(ServerLogLevel level, const std::string& me
 struct ServerOptions {
     std::string host = "127.0.0.1";
     int port = 8080;                              // 0: any free port (port() says which)
-    int threads = 0;                              // compute threads of the decoder; 0: one per core
-    int slots = 32;                               // choices decoded at once, as one batch
-    int queued = 64;                              // choices that may wait for a slot; past that, 503
+    std::size_t models = 1;                       // load() calls before the server is ready (/health 200)
+    int threads = 0;                              // compute threads, shared among the models; 0: one per core
+    int slots = 32;                               // choices each model decodes at once, as one batch
+    int queued = 64;                              // choices that may wait for a slot of a model; past that, 503
     std::size_t max_tokens = 4096;                // the most characters one completion may ask for
     std::size_t max_score_characters = 20000;     // the longest text /v1/score takes
     std::size_t max_body_bytes = std::size_t{1} << 20;
@@ -49,7 +50,9 @@ public:
     void start();
     int port() const;
     std::string url() const;  // http://HOST:PORT/
-    // Serves this model from now on; `name` is the model's id in the API (the checkpoint's file name).
+    // Serves this model from now on, beside those loaded before; `name` is the model's id in the API,
+    // which a request's "model" names. The server is ready once options.models are loaded; each
+    // model decodes on its own share of options.threads. Throws Error past options.models.
     void load(Checkpoint checkpoint, std::string name);
     // Ends the requests in flight (a stream gets an error event), stops listening, joins every thread.
     void stop();

@@ -82,6 +82,7 @@ Server::Server(ServerOptions options) {
     if (options.slots < 1 || options.slots > 256) throw UsageError(fmt::format("--parallel must be 1 to 256, not {}", options.slots));
     if (options.queued < 0 || options.queued > 4096) throw UsageError(fmt::format("--queue must be 0 to 4096, not {}", options.queued));
     if (options.max_tokens < 1) throw UsageError("--max-tokens must be at least 1");
+    if (options.models < 1 || options.models > 64) throw UsageError(fmt::format("a server serves 1 to 64 models, not {}", options.models));
     if (options.max_connections < 1 || options.max_connections > 1'000'000)
         throw UsageError(fmt::format("--max-connections must be 1 to 1000000, not {}", options.max_connections));
     if (options.timeout_seconds < 1) throw UsageError(fmt::format("--timeout must be at least 1 second, not {}", options.timeout_seconds));

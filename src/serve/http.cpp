@@ -1,10 +1,12 @@
 // charlm serve's HTTP routes: what each method and path answers, the key, and server-sent events.
 // What a request means and what an answer says are api.cpp's; the decoding is the decoder's; the
 // connections (reading, writing, deadlines) are connection.cpp's.
-#include <atomic>
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <optional>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -12,6 +14,7 @@
 #include "serve/access.hpp"
 #include "serve/api.hpp"
 #include "serve/routes.hpp"
+#include "serve/served_models.hpp"
 
 namespace charlm {
 
@@ -39,26 +42,9 @@ HttpAnswer refusal_answer(const RequestRefusal& refusal) {
     return response;
 }
 
-// What the handlers serve: the model and its decoder, from Routes::load() on. Handlers read them
-// without a lock once `ready` is set: nothing changes them after that until stop().
-struct ServedModel {
-    explicit ServedModel(const ServerOptions& server_options) : options(server_options) {}
-
-    const ServerOptions& options;
-    std::optional<Checkpoint> checkpoint;
-    std::string name;
-    std::unique_ptr<BatchDecoder> decoder;
-    std::atomic<bool> ready{false};
-    std::atomic<std::uint64_t> next_id{1};
-
-    void check_ready() const {
-        if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
-    }
-};
-
 struct Routes::Served {
-    Served(const ServerOptions& options, ServerMetrics& server_metrics) : model(options), keys(options.api_keys), metrics(server_metrics) {}
-    ServedModel model;
+    Served(const ServerOptions& options, ServerMetrics& server_metrics) : models(options), keys(options.api_keys), metrics(server_metrics) {}
+    ServedModels models;
     ApiKeys keys;
     ServerMetrics& metrics;
 };
@@ -67,20 +53,22 @@ namespace {
 
 // ---- the handlers -------------------------------------------------------------------------------------
 
-void health(const ServedModel& served, HttpAnswer& response) {
-    if (!served.ready) return answer(response, 503, HealthAnswer{}.to_json());
-    answer(response, 200, HealthAnswer{served.decoder->load()}.to_json());
+void health(const ServedModels& served, HttpAnswer& response) {
+    answer(response, served.all_loaded() ? 200 : 503, served.health().to_json());
 }
 
-void models(const ServedModel& served, HttpAnswer& response) {
-    served.check_ready();
-    answer(response, 200, ModelsAnswer{*served.checkpoint, served.name, served.options}.to_json());
+void models(const ServedModels& served, HttpAnswer& response) {
+    served.check_loaded();
+    answer(response, 200, served.models_answer().to_json());
 }
 
-void metrics(const ServedModel& served, const ServerMetrics& server_metrics, HttpAnswer& response) {
+// Each loaded model's load, by name: while the others load, those ready already count.
+void metrics(const ServedModels& served, const ServerMetrics& server_metrics, HttpAnswer& response) {
+    std::vector<std::pair<std::string, DecoderLoad>> loads;
+    for (const ServedModel* model : served.loaded()) loads.emplace_back(model->name, model->decoder->load());
     response.status = 200;
     response.content_type = "text/plain; version=0.0.4; charset=utf-8";
-    response.body = server_metrics.exposition(served.ready ? std::optional<DecoderLoad>(served.decoder->load()) : std::nullopt);
+    response.body = server_metrics.exposition(loads);
 }
 
 // A handler whose every refusal is an answer; anything else it throws is the server's fault (500).
@@ -101,24 +89,29 @@ void answer_or_refuse(const Handler& handler, HttpAnswer& response) {
     }
 }
 
-std::size_t characters_in(const std::vector<ChoiceNews>& news) {
-    std::size_t count = 0;
-    for (const ChoiceNews& choice : news) count += choice.characters.size();
-    return count;
+// The characters of a piece that a model generated: those past the echoed prompt (`echo_length`, 0
+// without echo), where the piece starts at `offset` of prompt + completion. The echoed ones were scored.
+std::size_t generated_in(std::size_t piece, std::size_t offset, std::size_t echo_length) {
+    return piece - (offset < echo_length ? std::min(echo_length - offset, piece) : 0);
 }
 
 // Every choice whole, once all have finished.
 PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
     PendingAnswer pending{mailbox, false, {}, {}};
     pending.whole = [mailbox, head, seed = call.request.seed, prompt_length = call.request.prompt.size(), with_logprobs = call.with_logprobs,
-                     &server_metrics] {
+                     echo = call.request.echo, &server_metrics] {
         HttpAnswer response;
         answer_or_refuse(
             [&] {
                 std::vector<ChoiceNews> news;
                 mailbox->wait_for_news(std::chrono::milliseconds(0), news);  // the request has ended: no wait
-                server_metrics.count_generated(characters_in(news));
-                answer(response, 200, CompletionAnswer{head, seed, news, prompt_length, with_logprobs}.to_json());
+                const std::size_t echoed = echo ? prompt_length : 0;
+                for (const ChoiceNews& choice : news) {
+                    const std::size_t generated = generated_in(choice.characters.size(), 0, echoed);
+                    server_metrics.count_generated(head.model, generated);
+                    server_metrics.count_scored(head.model, choice.characters.size() - generated);
+                }
+                answer(response, 200, CompletionAnswer{head, seed, news, prompt_length, with_logprobs, echo}.to_json());
             },
             response);
         return response;
@@ -130,8 +123,9 @@ PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const Comple
 // connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece.
 PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
     PendingAnswer pending{mailbox, true, {}, {}};
-    std::vector<std::size_t> offsets(static_cast<std::size_t>(call.request.choices), call.request.prompt.size());
-    pending.events = [mailbox, offsets, head, with_logprobs = call.with_logprobs, seed = call.request.seed, first = true,
+    const std::size_t echoed = call.request.echo ? call.request.prompt.size() : 0;  // an echoed prompt's offsets start at 0
+    std::vector<std::size_t> offsets(static_cast<std::size_t>(call.request.choices), call.request.prompt.size() - echoed);
+    pending.events = [mailbox, offsets, head, with_logprobs = call.with_logprobs, seed = call.request.seed, echoed, first = true,
                       &server_metrics](bool& done) mutable {
         std::vector<ChoiceNews> news;
         std::string events;
@@ -143,13 +137,17 @@ PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const Compl
             done = true;
             return "data: " + json_text(failure.to_json()) + "\n\ndata: [DONE]\n\n";
         }
-        server_metrics.count_generated(characters_in(news));
         for (std::size_t i = 0; i < news.size(); ++i) {
-            if (news[i].characters.empty() && !news[i].finished) continue;
-            const CompletionEvent event{head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i], offsets[i], with_logprobs};
+            const std::string choice_events = completion_events(head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i],
+                                                                offsets[i], echoed, with_logprobs);
+            if (choice_events.empty()) continue;
             first = false;
-            offsets[i] += news[i].characters.size();
-            events += "data: " + json_text(event.to_json()) + "\n\n";
+            const std::size_t piece = news[i].characters.size();
+            const std::size_t generated = generated_in(piece, offsets[i], echoed);
+            server_metrics.count_generated(head.model, generated);
+            server_metrics.count_scored(head.model, piece - generated);
+            offsets[i] += piece;
+            events += choice_events;
         }
         if (done) events += "data: [DONE]\n\n";
         return events;
@@ -157,8 +155,10 @@ PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const Compl
     return pending;
 }
 
-RouteOutcome completions(ServedModel& served, ServerMetrics& server_metrics, const std::string& body) {
-    served.check_ready();
+// The body is read once, and the model it names first: the model decides which characters the rest may have.
+RouteOutcome completions(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
     const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
     const auto mailbox = served.decoder->complete(call.request);
     const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
@@ -166,8 +166,9 @@ RouteOutcome completions(ServedModel& served, ServerMetrics& server_metrics, con
     return answer_whole(mailbox, head, call, server_metrics);
 }
 
-RouteOutcome score(ServedModel& served, ServerMetrics& server_metrics, const std::string& body) {
-    served.check_ready();
+RouteOutcome score(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
     const ScoreCall call = read_score_request(body, served.checkpoint->vocab, served.checkpoint->config, served.options);
     const auto mailbox = served.decoder->score(call.request);
     PendingAnswer pending{mailbox, false, {}, {}};
@@ -176,7 +177,7 @@ RouteOutcome score(ServedModel& served, ServerMetrics& server_metrics, const std
         answer_or_refuse(
             [&] {
                 mailbox->wait_until_finished();  // it has: no wait
-                server_metrics.count_scored(text.size());
+                server_metrics.count_scored(name, text.size());
                 answer(response, 200, ScoreAnswer{mailbox->score(), text, name, unknown}.to_json());
             },
             response);
@@ -220,7 +221,6 @@ RouteOutcome route(Routes::Served& served, const HttpRequest& request) {
         answer(response, RequestRefusal{405, fmt::format("{} takes {}, not {}", path, allowed, request.method), ""});
         return response;
     }
-    ServedModel& model = served.model;
     if (path == "/") {
         const std::string_view page = serve_page();
         response.content_type = "text/html; charset=utf-8";
@@ -230,12 +230,12 @@ RouteOutcome route(Routes::Served& served, const HttpRequest& request) {
     std::optional<RouteOutcome> pending;
     answer_or_refuse(
         [&] {
-            if (path == "/health") return health(model, response);
-            if (path == "/v1/models") return models(model, response);
-            if (path == "/metrics") return metrics(model, served.metrics, response);
+            if (path == "/health") return health(served.models, response);
+            if (path == "/v1/models") return models(served.models, response);
+            if (path == "/metrics") return metrics(served.models, served.metrics, response);
             if (request.body.empty()) throw RequestRefusal{400, "the body is empty; send a JSON object (docs/serve.md lists the fields)", ""};
-            if (path == "/v1/completions") pending = completions(model, served.metrics, request.body);
-            else pending = score(model, served.metrics, request.body);
+            if (path == "/v1/completions") pending = completions(served.models, served.metrics, request.body);
+            else pending = score(served.models, served.metrics, request.body);
         },
         response);
     if (pending) return std::move(*pending);
@@ -250,23 +250,8 @@ Routes::~Routes() = default;
 
 RouteOutcome Routes::answer(const HttpRequest& request) { return route(*served_, request); }
 
-void Routes::load(Checkpoint checkpoint, std::string name) {
-    ServedModel& served = served_->model;
-    const ServerOptions& options = served.options;
-    served.checkpoint = std::move(checkpoint);
-    served.name = std::move(name);
-    served.decoder = std::make_unique<BatchDecoder>(*served.checkpoint->model, served.checkpoint->vocab,
-                                                    DecoderOptions{.slots = options.slots, .queued = options.queued, .threads = options.threads});
-    served.ready = true;
-}
+void Routes::load(Checkpoint checkpoint, std::string name) { served_->models.load(std::move(checkpoint), std::move(name)); }
 
-std::optional<DecoderLoad> Routes::decoder_load() const {
-    if (!served_->model.ready) return std::nullopt;
-    return served_->model.decoder->load();
-}
-
-void Routes::stop() {
-    if (served_->model.decoder) served_->model.decoder->stop();
-}
+void Routes::stop() { served_->models.stop(); }
 
 }  // namespace charlm

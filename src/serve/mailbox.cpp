@@ -83,6 +83,13 @@ void RequestMailbox::post(std::size_t choice, DrawnCharacter character) {
     if (wake) wake();
 }
 
+void RequestMailbox::post_all(std::size_t choice, std::vector<DrawnCharacter> characters) {
+    std::lock_guard lock(mutex_);
+    auto& pending = pending_[choice].characters;
+    pending.insert(pending.end(), std::make_move_iterator(characters.begin()), std::make_move_iterator(characters.end()));
+    if (reader_waits_for_news_) changed_.notify_all();
+}
+
 void RequestMailbox::finish(std::size_t choice, FinishReason reason) {
     std::unique_lock lock(mutex_);
     if (pending_[choice].finished) return;

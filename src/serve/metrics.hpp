@@ -1,5 +1,5 @@
 // What /metrics tells the people who run the server, in Prometheus' text exposition format: requests
-// by route and status, characters generated and scored, load, and times as histograms.
+// by route and status, characters generated and scored and the load by model, and times as histograms.
 #pragma once
 
 #include <array>
@@ -7,7 +7,6 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -25,15 +24,17 @@ public:
     static std::string_view route_label(std::string_view path);
 
     void count_request(std::string_view path, int status, double seconds);
-    void count_generated(std::size_t characters);
-    void count_scored(std::size_t characters);
+    // By the model's name (a request's model, as /v1/models lists it).
+    void count_generated(const std::string& model, std::size_t characters);
+    void count_scored(const std::string& model, std::size_t characters);
     void observe_first_character(double seconds);
     void connection_opened();
     void connection_closed();
     int open_connections() const;
 
-    // The exposition; `load` is the decoder's (none while the model loads).
-    std::string exposition(const std::optional<DecoderLoad>& load) const;
+    // The exposition; `loads` are the decoders' of the models loaded so far, by name, in their order.
+    // Each of them has every per-model series, at 0 until it counts something.
+    std::string exposition(const std::vector<std::pair<std::string, DecoderLoad>>& loads) const;
 
 private:
     struct Histogram {
@@ -45,8 +46,8 @@ private:
     };
     mutable std::mutex mutex_;
     std::map<std::pair<std::string, int>, std::uint64_t> requests_;
-    std::uint64_t generated_ = 0;
-    std::uint64_t scored_ = 0;
+    std::map<std::string, std::uint64_t> generated_;  // by model
+    std::map<std::string, std::uint64_t> scored_;
     int open_connections_ = 0;
     Histogram first_character_;
     Histogram request_duration_;

@@ -26,9 +26,9 @@ public:
 
     // Never throws: whatever goes wrong is an answer (a 4xx for the request's fault, a 500 for ours).
     RouteOutcome answer(const HttpRequest& request);
+    // The next of options.models models (ServedModels::load).
     void load(Checkpoint checkpoint, std::string name);
-    std::optional<DecoderLoad> decoder_load() const;  // none while loading
-    // The decoder's requests in flight fail now (a stream gets an error event, a whole answer a 503).
+    // Every decoder's requests in flight fail now (a stream gets an error event, a whole answer a 503).
     void stop();
 
     struct Served;
