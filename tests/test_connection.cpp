@@ -460,6 +460,57 @@ TEST(Connection, MetricsCountRequestsCharactersAndTimesInPrometheusFormat) {
         EXPECT_NE(answer.body.find("# TYPE " + name + " "), std::string::npos) << name;
 }
 
+TEST(Connection, MetricsCountEachModelApartAndAnEchoedPromptAsScored) {
+    Running running({}, {"first", "second"});
+    ASSERT_EQ(ask(running.port(), post_request("/v1/completions", json{{"model", "first"}, {"prompt", "ab"}, {"max_tokens", 20}})).status, 200);
+    // echo: the prompt's 4 characters come back scored, and 6 are generated after them, whole and streamed.
+    const json echoed{{"model", "second"}, {"prompt", "abcd"}, {"max_tokens", 6}, {"echo", true}, {"logprobs", 1}};
+    ASSERT_EQ(ask(running.port(), post_request("/v1/completions", echoed)).status, 200);
+    json streamed = echoed;
+    streamed["stream"] = true;
+    const RawAnswer stream = ask(running.port(), post_request("/v1/completions", streamed));
+    ASSERT_EQ(stream.status, 200);
+    ASSERT_NE(stream.body.find("[DONE]"), std::string::npos) << stream.body;
+    ASSERT_EQ(ask(running.port(), post_request("/v1/score", json{{"model", "second"}, {"text", "abc"}})).status, 200);
+    ASSERT_EQ(ask(running.port(), post_request("/v1/score", json{{"model", "third"}, {"text", "abc"}})).status, 404);
+    auto samples = parse_metrics(ask(running.port(), get_request("/metrics")).body);
+    EXPECT_EQ(samples[R"(charlm_generated_characters_total{model="first"})"], 20);
+    EXPECT_EQ(samples[R"(charlm_scored_characters_total{model="first"})"], 0) << "a model that scored nothing is listed at 0";
+    EXPECT_EQ(samples[R"(charlm_generated_characters_total{model="second"})"], 2 * 6);
+    EXPECT_EQ(samples[R"(charlm_scored_characters_total{model="second"})"], 2 * 4 + 3);
+    for (const std::string model : {"first", "second"}) {
+        EXPECT_EQ(samples[R"(charlm_slots{model=")" + model + R"("})"], 32) << model;
+        EXPECT_EQ(samples.count(R"(charlm_slots_busy{model=")" + model + R"("})"), 1u) << model;
+        EXPECT_EQ(samples.count(R"(charlm_queue_length{model=")" + model + R"("})"), 1u) << model;
+    }
+    EXPECT_EQ(samples.count(R"(charlm_slots{model="third"})"), 0u) << "no series for a model not served";
+    EXPECT_EQ(samples[R"(charlm_requests_total{route="/v1/score",status="404"})"], 1);
+}
+
+TEST(Connection, TheKeyIsAskedBeforeTheModelAndHoldsForEveryModel) {
+    ServerOptions options;
+    options.api_keys = {"the-key"};
+    Running running(options, {"first", "second"});
+    const std::string key = "Authorization: Bearer the-key\r\n";
+    // Without the key, nothing tells a caller which models there are, not even a refusal naming them.
+    const RawAnswer unknown = ask(running.port(), post_request("/v1/completions", json{{"model", "nowhere"}, {"prompt", "a"}}));
+    EXPECT_EQ(unknown.status, 401);
+    EXPECT_EQ(unknown.body.find("first"), std::string::npos) << unknown.body;
+    EXPECT_EQ(ask(running.port(), post_request("/v1/completions", json{{"model", "first"}, {"prompt", "a"}, {"max_tokens", 3}})).status, 401);
+    EXPECT_EQ(ask(running.port(), post_request("/v1/completions", json{{"model", "nowhere"}, {"prompt", "a"}}, key)).status, 404);
+    EXPECT_EQ(ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}}, key)).status, 400) << "two models: model is required";
+    for (const std::string model : {"first", "second"}) {
+        const RawAnswer answer = ask(running.port(), post_request("/v1/completions", json{{"model", model}, {"prompt", "a"}, {"max_tokens", 3}}, key));
+        ASSERT_EQ(answer.status, 200) << answer.body;
+        EXPECT_EQ(json::parse(answer.body)["model"], model);
+    }
+    const RawAnswer listed = ask(running.port(), get_request("/v1/models", key));
+    ASSERT_EQ(listed.status, 200);
+    EXPECT_EQ(json::parse(listed.body)["data"].size(), 2u);
+    const RawAnswer health = ask(running.port(), get_request("/health"));
+    EXPECT_EQ(health.status, 200) << "/health stays open with several models";
+}
+
 // ---- the request reader alone -----------------------------------------------------------------------------
 
 TEST(RequestReader, PipelinedRequestsSplitAnywhereReadTheSame) {
