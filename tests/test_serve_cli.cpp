@@ -190,6 +190,28 @@ TEST(ServeCli, ServesSeveralModelsByNameAndEchoScoresThePromptAsEvalDoes) {
     EXPECT_EQ(server.wait_for_exit(10), 0) << server.err();
 }
 
+// --api-key and --api-key-file take one value each: the checkpoints after them are models, not keys.
+TEST(ServeCli, KeysGivenBeforeSeveralCheckpointsGuardEachModel) {
+    TemporaryDirectory directory;
+    const fs::path checkpoint = tiny_checkpoint(directory);
+    const fs::path keys = directory.write("keys", "from-file\n");
+    ChildProcess server({"serve", "--api-key", "from-option", "--api-key-file", keys.string(), "a=" + checkpoint.string(), "b=" + checkpoint.string(),
+                         "--port", "0", "--threads", "2"},
+                        directory.path());
+    const std::string url = wait_for_url(server);
+    ASSERT_FALSE(url.empty()) << server.err();
+    httplib::Client client("127.0.0.1", std::stoi(url.substr(url.rfind(':') + 1)));
+    const auto without = client.Get("/v1/models");
+    ASSERT_TRUE(without);
+    EXPECT_EQ(without->status, 401);
+    for (const std::string key : {"from-option", "from-file"}) {
+        client.set_bearer_token_auth(key.c_str());
+        EXPECT_EQ(model_ids(client), (std::vector<std::string>{"a", "b"})) << key;
+    }
+    server.send(SIGTERM);
+    EXPECT_EQ(server.wait_for_exit(10), 0) << server.err();
+}
+
 TEST(ServeCli, TwoModelsOfOneNameOrANameNotSafeAreUsageErrors) {
     TemporaryDirectory directory;
     const fs::path checkpoint = tiny_checkpoint(directory);

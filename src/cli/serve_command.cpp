@@ -181,9 +181,11 @@ Command add_serve_command(CLI::App& app) {
         ->capture_default_str();
     serve->add_option("--api-key", serve_options.api_keys,
                       "A key that API requests must send as `Authorization: Bearer KEY` (all but / and /health); repeat for several")
-        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->allow_extra_args(false);  // one key a --api-key, so that the checkpoints after it are no keys
     serve->add_option("--api-key-file", serve_arguments.api_key_files, "A file of API keys, one a line (keeps them out of the process list)")
-        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->allow_extra_args(false);
     return {serve, [arguments](const Communicator&) { return run_serve(*arguments); }};
 }
 
