@@ -24,11 +24,14 @@
 // since on one machine whatever it takes the server does not get.
 // --check-slots-freed (with --rss-pid) asks /health at the end whether every slot is idle again: the cut streams'
 // slots must be freed by the disconnect, not by running to max_tokens, which the server's CPU time tells apart.
+// --idle-connections N holds N more connections open all along, half of them silent and half of them having sent
+// half a request: what a careless or hostile client does. One the server drops (its --timeout) is opened again at
+// once, so that N stay open; the clients' figures then say what those connections cost the others.
 // Only a server on this machine is ever loaded: 127.0.0.1, localhost or ::1.
 //
 // Usage: charlm_serve_load --url http://127.0.0.1:PORT --clients N --seconds S [--warmup-seconds 1]
 //        [--max-tokens 400] [--prompt TEXT] [--non-streaming] [--finish] [--rss-pid PID] [--json]
-//        [--min-requests-per-client N] [--max-rss-growth-mib M] [--check-slots-freed]
+//        [--min-requests-per-client N] [--max-rss-growth-mib M] [--check-slots-freed] [--idle-connections N]
 // Exit status: 0 all went well, 1 an error occurred or a --min-/--max- check failed, 2 a usage error.
 #include <httplib.h>
 #include <nlohmann/json.hpp>
@@ -49,7 +52,10 @@
 #include <thread>
 #include <vector>
 
+#include <netdb.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 namespace {
@@ -66,6 +72,7 @@ struct Options {
     double warmup_seconds = 1;
     long max_tokens = 400;
     std::string prompt;
+    std::string model;  // "" leaves "model" out: the server's only model
     bool streaming = true;
     bool finish_in_flight = false;
     long rss_pid = 0;
@@ -75,6 +82,7 @@ struct Options {
     long min_requests_per_client = 0;
     double max_rss_growth_mib = -1;  // negative: not checked
     bool check_slots_freed = false;
+    int idle_connections = 0;
 };
 
 [[noreturn]] void usage_error(const std::string &message) {
@@ -91,6 +99,7 @@ constexpr const char *help_text =
     "  --warmup-seconds W         load before the measured time, not counted (default 1)\n"
     "  --max-tokens N             characters each request asks for (default 400)\n"
     "  --prompt TEXT              prompt of every request (default empty)\n"
+    "  --model NAME               the model every request names (default none: a server of one model)\n"
     "  --non-streaming            ask with \"stream\": false, to compare against the event stream's cost\n"
     "  --finish                   let the requests in flight at the end finish (default: cut them)\n"
     "  --rss-pid PID              sample this process's VmRSS every 0.5 s, and its CPU time (the server's)\n"
@@ -100,6 +109,7 @@ constexpr const char *help_text =
     "                             the CPU time finishing the cut streams would take (needs --rss-pid; no other client may run)\n"
     "  --timeout-seconds T        a read that waits longer is an error (default 30)\n"
     "  --ready-seconds R          how long /health may answer 503 or refuse before the load starts (default 30)\n"
+    "  --idle-connections N       hold N more connections open meanwhile, half silent, half with half a request sent\n"
     "  --json                     print one JSON object instead of the report\n"
     "Exit status: 0 all went well, 1 an error occurred or a check failed, 2 a usage error.\n";
 
@@ -181,6 +191,8 @@ Options parse_options(int argc, char **argv) {
             options.max_tokens = parse_whole(name, value(), 1);
         } else if (name == "--prompt") {
             options.prompt = value();
+        } else if (name == "--model") {
+            options.model = value();
         } else if (name == "--non-streaming") {
             options.streaming = false;
         } else if (name == "--finish") {
@@ -195,6 +207,8 @@ Options parse_options(int argc, char **argv) {
             options.ready_seconds = parse_number(name, value(), 0);
         } else if (name == "--min-requests-per-client") {
             options.min_requests_per_client = parse_whole(name, value(), 0);
+        } else if (name == "--idle-connections") {
+            options.idle_connections = static_cast<int>(parse_whole(name, value(), 0));
         } else if (name == "--check-slots-freed") {
             options.check_slots_freed = true;
         } else if (name == "--max-rss-growth-mib") {
@@ -365,6 +379,7 @@ struct ClientTally {
     long characters = 0;
     double active_seconds = 0;  // the span its characters per second are over
     std::vector<double> first_character_seconds;
+    std::vector<double> request_seconds;  // each counted request, from its start to its last byte
 };
 
 struct Schedule {
@@ -386,8 +401,9 @@ void run_client(int client_index, httplib::Client &client, const Options &option
         const bool counted_from_start = request_start >= schedule.measure_start;
         // Distinct for every request of every client, so that no two generate the same text.
         const std::uint64_t seed = (static_cast<std::uint64_t>(client_index) << 32) | request_index;
-        const Json body = {{"prompt", options.prompt}, {"max_tokens", options.max_tokens}, {"temperature", 1.0},
-                           {"seed", seed}, {"stream", options.streaming}};
+        Json body = {{"prompt", options.prompt}, {"max_tokens", options.max_tokens}, {"temperature", 1.0},
+                     {"seed", seed}, {"stream", options.streaming}};
+        if (!options.model.empty()) body["model"] = options.model;
 
         int status = -1;
         std::string content_type;
@@ -496,6 +512,7 @@ void run_client(int client_index, httplib::Client &client, const Options &option
         tally.characters += characters;
         if (counted_from_start && first_character)
             tally.first_character_seconds.push_back(seconds_between(request_start, *first_character));
+        if (counted_from_start) tally.request_seconds.push_back(seconds_between(request_start, request_end));
         if (counted_from_start) {
             if (!first_counted_start) first_counted_start = request_start;
             last_counted_end = request_end;
@@ -507,6 +524,74 @@ void run_client(int client_index, httplib::Client &client, const Options &option
         tally.active_seconds = seconds_between(schedule.measure_start, schedule.deadline);
     }
 }
+
+// Connections that cost the server a socket and nothing else, as long as it keeps them: half silent, half
+// having sent half a request. A thread watches them and opens again at once each one the server closes.
+class IdleConnections {
+public:
+    IdleConnections(const Options &options, int count) : options_(options), sockets_(static_cast<std::size_t>(count), -1) {
+        for (std::size_t i = 0; i < sockets_.size(); ++i) open(i);
+        watcher_ = std::thread([this] { watch(); });
+    }
+    ~IdleConnections() {
+        stop_ = true;
+        watcher_.join();
+        for (const int socket : sockets_)
+            if (socket >= 0) ::close(socket);
+    }
+    long reopened() const { return reopened_; }
+    int open_now() const { return open_now_; }
+    long failures() const { return failures_; }
+
+private:
+    void open(std::size_t i) {
+        if (sockets_[i] >= 0) ::close(sockets_[i]);
+        sockets_[i] = -1;
+        addrinfo hints{};
+        hints.ai_socktype = SOCK_STREAM;
+        addrinfo *found = nullptr;
+        if (::getaddrinfo(options_.host.c_str(), std::to_string(options_.port).c_str(), &hints, &found) != 0 || !found) {
+            ++failures_;
+            return;
+        }
+        const int socket = ::socket(found->ai_family, SOCK_STREAM, 0);
+        if (socket >= 0 && ::connect(socket, found->ai_addr, found->ai_addrlen) == 0) {
+            static const std::string half = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\":";
+            if (i % 2 == 1) (void)::send(socket, half.data(), half.size(), MSG_NOSIGNAL);
+            sockets_[i] = socket;
+        } else {
+            ++failures_;
+            if (socket >= 0) ::close(socket);
+        }
+        ::freeaddrinfo(found);
+    }
+    void watch() {
+        std::vector<pollfd> polled(sockets_.size());
+        while (!stop_) {
+            int open_now = 0;
+            for (std::size_t i = 0; i < sockets_.size(); ++i) {
+                polled[i] = {sockets_[i], POLLIN | POLLRDHUP, 0};
+                open_now += sockets_[i] >= 0;
+            }
+            open_now_ = open_now;
+            ::poll(polled.data(), polled.size(), 50);
+            for (std::size_t i = 0; i < sockets_.size() && !stop_; ++i) {
+                if (sockets_[i] >= 0 && polled[i].revents == 0) continue;
+                char dropped[512];
+                if (sockets_[i] >= 0 && ::recv(sockets_[i], dropped, sizeof dropped, MSG_DONTWAIT) > 0) continue;  // an answer: read on
+                if (sockets_[i] >= 0) ++reopened_;
+                open(i);
+            }
+        }
+    }
+    const Options &options_;
+    std::vector<int> sockets_;
+    std::thread watcher_;
+    std::atomic<bool> stop_{false};
+    std::atomic<long> reopened_{0};
+    std::atomic<long> failures_{0};
+    std::atomic<int> open_now_{0};
+};
 
 // Waits for /health to answer 200: 503 means the model is still loading, and a refused connection that
 // the server is not listening yet. Returns "" when ready, or why not.
@@ -617,6 +702,9 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    std::optional<IdleConnections> idle;
+    if (options.idle_connections > 0) idle.emplace(options, options.idle_connections);
+
     std::vector<std::unique_ptr<httplib::Client>> connections;
     for (int i = 0; i < options.clients; ++i) {
         auto client = std::make_unique<httplib::Client>(options.host, options.port);
@@ -716,8 +804,9 @@ int main(int argc, char **argv) {
     long requests_completed = 0, requests_cut = 0, characters = 0;
     long fewest_requests = tallies.front().requests_completed;
     double aggregate_chars_per_second = 0, slowest_client_chars_per_second = INFINITY;
-    std::vector<double> first_character_seconds;
+    std::vector<double> first_character_seconds, request_seconds;
     for (const auto &tally : tallies) {
+        request_seconds.insert(request_seconds.end(), tally.request_seconds.begin(), tally.request_seconds.end());
         requests_completed += tally.requests_completed;
         requests_cut += tally.requests_cut;
         characters += tally.characters;
@@ -760,7 +849,14 @@ int main(int argc, char **argv) {
                        {"first_character_seconds_p95", number_or_null(first_character_p95)},
                        {"client_cpu_cores", number_or_null(client_cpu_cores)},
                        {"slots_idle_seconds_after_end", slots_idle_seconds ? Json(*slots_idle_seconds) : Json()},
+                       {"request_seconds_median", number_or_null(percentile(request_seconds, 0.5))},
                        {"failed_checks", failed_checks}};
+        if (idle) {
+            report["idle_connections"] = options.idle_connections;
+            report["idle_connections_open_at_end"] = idle->open_now();
+            report["idle_connections_reopened"] = idle->reopened();
+            report["idle_connections_failed"] = idle->failures();
+        }
         if (options.rss_pid != 0 && !rss_samples.empty()) {
             report["rss_pid"] = options.rss_pid;
             report["rss_bytes_after_warmup"] = rss_samples.front();
@@ -788,6 +884,10 @@ int main(int argc, char **argv) {
         }
         if (std::isfinite(server_cpu_cores)) std::printf("CPU cores in use     server %.2f, this client %.2f\n", server_cpu_cores, client_cpu_cores);
         else if (std::isfinite(client_cpu_cores)) std::printf("CPU cores in use     this client %.2f\n", client_cpu_cores);
+        if (idle)
+            std::printf("idle connections     %d held (%d open at the end), %ld opened again after the server closed them, %ld failed to open\n",
+                        options.idle_connections, idle->open_now(), idle->reopened(), idle->failures());
+        std::printf("request              %s median, start to last byte\n", human_seconds(percentile(request_seconds, 0.5)).c_str());
         if (slots_idle_seconds) std::printf("slots all idle       %s after the clients left\n", human_seconds(*slots_idle_seconds).c_str());
     }
     std::fflush(stdout);  // the report first, then what went wrong, also when stdout is a pipe

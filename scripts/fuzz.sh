@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the checkpoint loader, the text pipeline and the server's request reading with libFuzzer (clang, ASan, UBSan) for SECONDS each.
+# Fuzzes the checkpoint loader, the text pipeline, the server's request bodies and its connections' bytes (pipelined HTTP requests, headers, keys) with libFuzzer (clang, ASan, UBSan) for SECONDS each.
 # Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any, or if a
 # fuzzer reports no runs.
 set -euo pipefail
@@ -123,6 +123,8 @@ status=0
 mkdir -p "$seeds/request"
 printf '%s' '{"prompt": "abc", "max_tokens": 20, "temperature": 0.7, "top_p": 0.9, "top_k": 5, "seed": 7, "stop": ["\n", "x"], "n": 2, "stream": true, "logprobs": 3}' > "$seeds/request/completion"
 printf '%s' '{"prompt": ["a é"], "skip_unknown": true, "model": "m", "echo": false, "best_of": 1, "logit_bias": {}}' > "$seeds/request/openai"
+printf '%s' '{"prompt": "a🙂 é", "echo": true, "logprobs": 2, "max_tokens": 0, "model": "shakespeare"}' > "$seeds/request/echo"
+printf '%s' '{"prompt": "ab", "echo": true, "stream": true, "max_tokens": 3, "model": null}' > "$seeds/request/echo-stream"
 printf '%s' '{"text": "abc def", "top": 3, "neurons": [[0, 1], [1, 7, "cell"]], "most_varying": 4}' > "$seeds/request/score"
 cat > "$seeds/request.dict" <<'WORDS'
 "prompt"
@@ -142,6 +144,7 @@ cat > "$seeds/request.dict" <<'WORDS'
 "hidden"
 "cell"
 "echo"
+"model"
 "best_of"
 "frequency_penalty"
 "logit_bias"
@@ -155,11 +158,43 @@ cat > "$seeds/request.dict" <<'WORDS'
 "\\u0000"
 "\\ud83d\\ude42"
 WORDS
-for target in checkpoint text request; do
+# What a client sends down a connection (fuzz_http): the first byte sets how many bytes each read brings; then pipelined
+# requests with keys, chunked bodies, 100-continue and HTTP/1.0.
+mkdir -p "$seeds/http"
+printf '%s' $'\x07GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /v1/models HTTP/1.1\r\nAuthorization: Bearer fuzz-key\r\n\r\nGET /metrics?x=1 HTTP/1.1\r\nAuthorization: bearer other-key\r\n\r\n' > "$seeds/http/pipelined"
+printf '%s' $'\xffPOST /v1/completions HTTP/1.1\r\nAuthorization: Bearer fuzz-key\r\nContent-Length: 17\r\nExpect: 100-continue\r\n\r\n{"prompt": "ab"}\nPOST /v1/score HTTP/1.1\r\nTransfer-Encoding: chunked\r\nAuthorization: Bearer wrong\r\n\r\n4\r\n{"te\r\n0\r\n\r\n' > "$seeds/http/bodies"
+printf '%s' $'\x01GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\nDELETE /v1/score HTTP/1.0\r\nAuthorization: Bearer \r\n\r\nHEAD /health HTTP/1.1\r\n\r\n' > "$seeds/http/old"
+cat > "$seeds/http.dict" <<'WORDS'
+"\x0d\x0a"
+"\x0d\x0a\x0d\x0a"
+"HTTP/1.1"
+"HTTP/1.0"
+"GET "
+"POST "
+"HEAD "
+"OPTIONS "
+"/v1/completions"
+"/v1/score"
+"/v1/models"
+"/metrics"
+"/health"
+"Authorization: Bearer fuzz-key"
+"Authorization: "
+"Bearer "
+"Content-Length: "
+"Transfer-Encoding: chunked"
+"Expect: 100-continue"
+"Connection: close"
+"Connection: keep-alive"
+"0\x0d\x0a\x0d\x0a"
+"18446744073709551616"
+WORDS
+for target in checkpoint text request http; do
   case "$target" in
     checkpoint) max_length=65536 dictionary=(-dict="$seeds/checkpoint.dict") ;;
     text) max_length=4096 dictionary=() ;;
     request) max_length=4096 dictionary=(-dict="$seeds/request.dict") ;;
+    http) max_length=8192 dictionary=(-dict="$seeds/http.dict") ;;
   esac
   corpus="$build_dir/corpus/$target"  # kept between runs, so that later runs start where this one stopped
   mkdir -p "$corpus"

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libutfcpp-dev libssl-dev libgtest-dev libcpp-httplib-dev
+packages=(g++ cmake make pkg-config libeigen3-dev libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libutfcpp-dev libssl-dev libgtest-dev libcpp-httplib-dev libboost-dev
   libopenmpi-dev openmpi-bin
   libdnnl-dev ocl-icd-opencl-dev)
 build_dir=build

@@ -301,7 +301,8 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
         {"too many stops", "/v1/completions", R"({"stop": ["a","b","c","d","e"]})", 400, "stop must be"},
         {"an empty stop", "/v1/completions", R"({"stop": [""]})", 400, "empty"},
         {"a misspelt field", "/v1/completions", R"({"temprature": 0.5})", 400, "temprature"},
-        {"echo", "/v1/completions", R"({"echo": true})", 400, "echo"},
+        {"echo not a flag", "/v1/completions", R"({"echo": 1})", 400, "echo must be true or false"},
+        {"a model not served", "/v1/completions", R"({"model": "anything"})", 404, "no model \"anything\" here; this server serves small.safetensors"},
         {"a penalty", "/v1/completions", R"({"frequency_penalty": 0.5})", 400, "frequency_penalty"},
         {"a prompt past the limit", "/v1/completions", json{{"prompt", std::string(501, 'a')}}.dump(), 400, "at most 500"},
         {"a body past the limit", "/v1/completions", json{{"prompt", std::string(70'000, 'a')}}.dump(), 413, "larger"},
@@ -337,7 +338,7 @@ TEST(Server, EveryBadRequestIsAJsonErrorAndTheServerServesOn) {
     EXPECT_NE(missing.body["error"]["message"].get<std::string>().find("/v2/nothing"), std::string::npos);
     // What is refused above is taken where asked for.
     EXPECT_EQ(running.post("/v1/completions", json{{"prompt", "abc é"}, {"skip_unknown", true}, {"max_tokens", 3}}).status, 200);
-    EXPECT_EQ(running.post("/v1/completions", json{{"model", "anything"}, {"max_tokens", 0}, {"echo", false}, {"logprobs", nullptr}}).status, 200);
+    EXPECT_EQ(running.post("/v1/completions", json{{"model", "small.safetensors"}, {"max_tokens", 0}, {"echo", true}, {"logprobs", nullptr}}).status, 200);
     EXPECT_EQ(running.post("/v1/completions", json{{"prompt", "a"}, {"temperature", 100}, {"top_p", 1}, {"max_tokens", 3}}).status, 200)
         << "the bounds themselves are allowed";
     const Reply defaulted = running.post("/v1/completions", json{{"prompt", "a"}});

@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -22,7 +23,9 @@
 namespace charlm {
 
 // One character of a completion: its log-probability under the model's own distribution
-// (temperature 1, nothing cut), whatever drew it, and the most likely characters there.
+// (temperature 1, nothing cut), whatever drew it, and the most likely characters there. An echoed
+// prompt's characters are told the same way; its first, read with nothing before it, has no
+// prediction: a NaN log-probability and no alternatives.
 struct DrawnCharacter {
     char32_t character = 0;
     float logprob = 0;
@@ -41,6 +44,9 @@ struct CompletionRequest {
     std::uint64_t seed = 0;             // choice i draws with seed + i: choice 0 is charlm sample's text for the seed
     int choices = 1;
     int alternatives = 0;               // most likely characters reported beside each drawn one
+    // Each choice's characters begin with the prompt's own, scored as it is read, all posted at once
+    // when it has been read; with max_characters 0 the prompt is only scored.
+    bool echo = false;
 
     SampleOptions drawing() const;      // temperature, top_k and top_p as the drawer takes them
 };
@@ -67,6 +73,11 @@ public:
                        std::chrono::milliseconds gather = std::chrono::milliseconds(0));
     // Waits until the request has finished (a score, or a completion read all at once).
     void wait_until_finished();
+    // For a reader that must not block (the server's event loop): `wake` is called once, at once here
+    // or later on the decoder's thread, when the request has news (with `only_the_end`: when it has
+    // finished or failed); the reader then takes the news with a wait_for_news of no timeout. A later
+    // call replaces the earlier wake; an empty one clears it.
+    void wake_on_news(std::function<void()> wake, bool only_the_end = false);
     // After the score request has finished.
     const ScoreResult& score() const { return score_; }
     // The client went away: the decoder frees the request's slots before its next step.
@@ -78,17 +89,23 @@ public:
 
     // The decoder's side.
     void post(std::size_t choice, DrawnCharacter character);
+    void post_all(std::size_t choice, std::vector<DrawnCharacter> characters);  // at once: a reader sees all or none
     void finish(std::size_t choice, FinishReason reason);
     void finish_score(ScoreResult result);
 
 private:
     void throw_if_failed() const;
+    bool has_news() const;   // under mutex_
+    bool has_ended() const;  // under mutex_
+    std::function<void()> take_wake(bool at_the_end);  // under mutex_: the wake to call once unlocked
 
     mutable std::mutex mutex_;
     std::condition_variable changed_;
     std::vector<ChoiceNews> pending_;
     std::size_t choices_finished_ = 0;
     bool reader_waits_for_news_ = false;
+    std::function<void()> wake_;
+    bool wake_only_at_the_end_ = false;
     ScoreResult score_;
     std::string failure_;
     bool unavailable_ = false;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <span>
 
 #include <fmt/format.h>
 
@@ -27,7 +28,7 @@ constexpr int kMostVarying = 64;
 
 [[noreturn]] void refuse(std::string param, std::string message) { throw RequestRefusal{400, std::move(message), std::move(param)}; }
 
-json parse_body(std::string_view text) {
+json parse_body_text(std::string_view text) {
     if (!json_nesting_within(text, kDeepestNesting))
         refuse("", fmt::format("the JSON is nested deeper than {} levels", kDeepestNesting));
     try {
@@ -126,7 +127,9 @@ std::u32string known_text(const std::string& bytes, const Vocab& vocab, const st
     return known;
 }
 
-json logprobs_json(const std::vector<DrawnCharacter>& characters, std::size_t first_offset) {
+// A character without a prediction (an echoed prompt's first: nothing came before it) has a NaN
+// log-probability, written null as OpenAI writes its first token's, with a null top_logprobs.
+json logprobs_json(std::span<const DrawnCharacter> characters, std::size_t first_offset) {
     json tokens = json::array(), token_logprobs = json::array(), top_logprobs = json::array(), offsets = json::array();
     for (std::size_t i = 0; i < characters.size(); ++i) {
         const DrawnCharacter& c = characters[i];
@@ -134,13 +137,13 @@ json logprobs_json(const std::vector<DrawnCharacter>& characters, std::size_t fi
         token_logprobs.push_back(json_float(c.logprob));
         json top = json::object();
         for (const CharacterLogprob& alternative : c.top) top[encode_utf8(alternative.character)] = json_float(alternative.logprob);
-        top_logprobs.push_back(std::move(top));
+        top_logprobs.push_back(std::isnan(c.logprob) ? json(nullptr) : std::move(top));
         offsets.push_back(first_offset + i);
     }
     return {{"tokens", tokens}, {"token_logprobs", token_logprobs}, {"top_logprobs", top_logprobs}, {"text_offset", offsets}};
 }
 
-std::string text_of(const std::vector<DrawnCharacter>& characters) {
+std::string text_of(std::span<const DrawnCharacter> characters) {
     std::string text;
     for (const DrawnCharacter& c : characters) text += encode_utf8(c.character);
     return text;
@@ -156,8 +159,20 @@ json RequestRefusal::to_json() const {
     return {{"error", {{"message", message}, {"type", type}, {"param", param.empty() ? json(nullptr) : json(param)}, {"code", status}}}};
 }
 
+json read_body(std::string_view text) { return parse_body_text(text); }
+
+std::string requested_model(const json& body) {
+    const auto found = body.find("model");
+    if (found == body.end() || found->is_null()) return "";
+    if (!found->is_string()) refuse("model", "model must be a string: the name of a model GET /v1/models lists");
+    return found->get<std::string>();
+}
+
 CompletionCall read_completion_request(std::string_view text, const Vocab& vocab, const ServerOptions& options) {
-    const json body = parse_body(text);
+    return read_completion_request(parse_body_text(text), vocab, options);
+}
+
+CompletionCall read_completion_request(const json& body, const Vocab& vocab, const ServerOptions& options) {
     Fields fields(body);
     CompletionCall call;
     CompletionRequest& request = call.request;
@@ -205,7 +220,7 @@ CompletionCall read_completion_request(std::string_view text, const Vocab& vocab
     call.with_logprobs = fields.find("logprobs") != nullptr;
     fields.text("model", "");
     fields.text("user", "");
-    fields.only_default("echo", false);
+    request.echo = fields.flag("echo", false);
     fields.only_default("best_of", request.choices);
     fields.only_default("frequency_penalty", 0);
     fields.only_default("presence_penalty", 0);
@@ -217,7 +232,10 @@ CompletionCall read_completion_request(std::string_view text, const Vocab& vocab
 }
 
 ScoreCall read_score_request(std::string_view text, const Vocab& vocab, const ModelConfig& config, const ServerOptions& options) {
-    const json body = parse_body(text);
+    return read_score_request(parse_body_text(text), vocab, config, options);
+}
+
+ScoreCall read_score_request(const json& body, const Vocab& vocab, const ModelConfig& config, const ServerOptions& options) {
     Fields fields(body);
     ScoreCall call;
     ScoreRequest& request = call.request;
@@ -260,20 +278,34 @@ ScoreCall read_score_request(std::string_view text, const Vocab& vocab, const Mo
 // ---- answers ----------------------------------------------------------------------------------------
 
 json HealthAnswer::to_json() const {
-    if (!load) return {{"status", "loading"}};
-    return {{"status", "ok"}, {"slots_idle", load->slots_idle}, {"slots_processing", load->slots_busy}, {"requests_queued", load->requests_queued}};
+    if (loading && models.empty()) return {{"status", "loading"}};
+    DecoderLoad total;
+    json listed = json::array();
+    for (const Model& model : models) {
+        total.slots_idle += model.load.slots_idle;
+        total.slots_busy += model.load.slots_busy;
+        total.requests_queued += model.load.requests_queued;
+        listed.push_back({{"id", model.name}, {"status", "ok"}, {"slots_idle", model.load.slots_idle},
+                          {"slots_processing", model.load.slots_busy}, {"requests_queued", model.load.requests_queued}});
+    }
+    return {{"status", loading ? "loading" : "ok"}, {"slots_idle", total.slots_idle}, {"slots_processing", total.slots_busy},
+            {"requests_queued", total.requests_queued}, {"models", std::move(listed)}};
 }
 
 json ModelsAnswer::to_json() const {
-    const ModelConfig& config = checkpoint.config;
-    const json meta = {{"cell", to_string(config.cell)}, {"layers", config.layers}, {"hidden_size", config.hidden_size},
-                       {"embed_size", config.embed_size}, {"vocab_size", config.vocab_size},
-                       {"parameters", config.parameter_count()}, {"step", checkpoint.training.step},
-                       {"vocabulary", encode_utf8(std::u32string(checkpoint.vocab.code_points().begin(), checkpoint.vocab.code_points().end()))},
-                       {"has_cell_state", config.has_cell_state()}, {"max_tokens", options.max_tokens},
-                       {"max_text_characters", options.max_score_characters}, {"slots", options.slots}};
-    return {{"object", "list"}, {"data", json::array({{{"id", name}, {"object", "model"}, {"owned_by", "charlm"},
-                                                       {"created", std::time(nullptr)}, {"meta", meta}}})}};
+    json data = json::array();
+    for (const Model& model : models) {
+        const ModelConfig& config = model.checkpoint.config;
+        const Vocab& vocab = model.checkpoint.vocab;
+        const json meta = {{"cell", to_string(config.cell)}, {"layers", config.layers}, {"hidden_size", config.hidden_size},
+                           {"embed_size", config.embed_size}, {"vocab_size", config.vocab_size},
+                           {"parameters", config.parameter_count()}, {"step", model.checkpoint.training.step},
+                           {"vocabulary", encode_utf8(std::u32string(vocab.code_points().begin(), vocab.code_points().end()))},
+                           {"has_cell_state", config.has_cell_state()}, {"max_tokens", options.max_tokens},
+                           {"max_text_characters", options.max_score_characters}, {"slots", options.slots}};
+        data.push_back({{"id", model.name}, {"object", "model"}, {"owned_by", "charlm"}, {"created", std::time(nullptr)}, {"meta", meta}});
+    }
+    return {{"object", "list"}, {"data", std::move(data)}};
 }
 
 json CompletionHead::to_json() const { return {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}}; }
@@ -282,11 +314,12 @@ json CompletionAnswer::to_json() const {
     json result = head.to_json();
     json listed = json::array();
     std::size_t generated = 0;
+    const std::size_t echoed = echo ? prompt_length : 0;
     for (std::size_t i = 0; i < choices.size(); ++i) {
         const std::vector<DrawnCharacter>& characters = choices[i].characters;
-        generated += characters.size();
+        generated += characters.size() - std::min(echoed, characters.size());
         listed.push_back({{"index", i}, {"text", text_of(characters)}, {"finish_reason", finish_name(choices[i].reason)},
-                          {"logprobs", with_logprobs ? logprobs_json(characters, prompt_length) : json(nullptr)}});
+                          {"logprobs", with_logprobs ? logprobs_json(characters, prompt_length - echoed) : json(nullptr)}});
     }
     result["seed"] = seed;
     result["choices"] = std::move(listed);
@@ -294,13 +327,28 @@ json CompletionAnswer::to_json() const {
     return result;
 }
 
-json CompletionEvent::to_json() const {
-    json event = head.to_json();
-    if (seed) event["seed"] = *seed;  // the first event says which seed repeats the stream
-    event["choices"] = json::array({{{"index", index}, {"text", text_of(news.characters)},
-                                     {"finish_reason", news.finished ? json(finish_name(news.reason)) : json(nullptr)},
-                                     {"logprobs", with_logprobs ? logprobs_json(news.characters, first_offset) : json(nullptr)}}});
-    return event;
+std::string completion_events(const CompletionHead& head, std::optional<std::uint64_t> seed, std::size_t index, const ChoiceNews& news,
+                              std::size_t first_offset, std::size_t echo_length, bool with_logprobs) {
+    if (news.characters.empty() && !news.finished) return "";
+    const std::span<const DrawnCharacter> characters(news.characters);
+    const std::size_t cut = first_offset < echo_length ? std::min(echo_length - first_offset, characters.size()) : 0;
+    std::string events;
+    auto event = [&](std::span<const DrawnCharacter> piece, std::size_t offset, bool last) {
+        json data = head.to_json();
+        if (seed) data["seed"] = *seed;  // the first event says which seed repeats the stream
+        seed.reset();
+        data["choices"] = json::array({{{"index", index}, {"text", text_of(piece)},
+                                        {"finish_reason", last && news.finished ? json(finish_name(news.reason)) : json(nullptr)},
+                                        {"logprobs", with_logprobs ? logprobs_json(piece, offset) : json(nullptr)}}});
+        events += "data: " + json_text(data) + "\n\n";
+    };
+    if (cut > 0 && cut < characters.size()) {  // the prompt's end and the first generated characters came together
+        event(characters.first(cut), first_offset, false);
+        event(characters.subspan(cut), first_offset + cut, true);
+    } else {
+        event(characters, first_offset, true);
+    }
+    return events;
 }
 
 json ScoreAnswer::to_json() const {

@@ -66,7 +66,7 @@ std::shared_ptr<RequestMailbox> BatchDecoder::complete(const CompletionRequest& 
     validate(request.drawing());
     auto shared_request = std::make_shared<const CompletionRequest>(request);
     auto mailbox = std::make_shared<RequestMailbox>(request.choices, false);
-    if (request.max_characters == 0) {  // nothing to generate: not even the prompt needs reading
+    if (request.max_characters == 0 && !(request.echo && !request.prompt.empty())) {  // nothing to generate or score: not even the prompt needs reading
         for (int i = 0; i < request.choices; ++i) mailbox->finish(static_cast<std::size_t>(i), FinishReason::length);
         return mailbox;
     }

@@ -1,21 +1,20 @@
-// charlm serve's HTTP layer (cpp-httplib): the routes, server-sent events, and the Server that listens.
-// What a request means and what an answer says are api.cpp's; the decoding is the decoder's.
-#include "charlm/server.hpp"
-
-#include <signal.h>
-#include <sys/socket.h>
-
-#include <atomic>
+// charlm serve's HTTP routes: what each method and path answers, the key, and server-sent events.
+// What a request means and what an answer says are api.cpp's; the decoding is the decoder's; the
+// connections (reading, writing, deadlines) are connection.cpp's.
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <optional>
-#include <thread>
+#include <utility>
+#include <vector>
 
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include "charlm/report.hpp"
+#include "serve/access.hpp"
 #include "serve/api.hpp"
+#include "serve/routes.hpp"
+#include "serve/served_models.hpp"
 
 namespace charlm {
 
@@ -23,121 +22,58 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-// A stream sends at most one event per pace (about 60 a second): smooth to watch, and cheap to serve.
-constexpr std::chrono::milliseconds kStreamPace{16};
-
-void answer(httplib::Response& response, int status, const json& body) {
+void answer(HttpAnswer& response, int status, const json& body) {
     response.status = status;
-    response.set_content(json_text(body), "application/json");
+    response.content_type = "application/json";
+    response.body = json_text(body);
 }
 
-void answer(httplib::Response& response, const RequestRefusal& refusal) {
+void answer(HttpAnswer& response, const RequestRefusal& refusal) {
     if (refusal.status == 503) response.set_header("Retry-After", "1");
+    if (refusal.status == 401) response.set_header("WWW-Authenticate", "Bearer");
     answer(response, refusal.status, refusal.to_json());
 }
 
-// What the handlers serve: the model and its decoder, from Server::load() on. Handlers read them
-// without a lock once `ready` is set: nothing changes them after that until stop(), which first stops
-// the listener's handlers.
-struct ServedModel {
-    explicit ServedModel(const ServerOptions& server_options) : options(server_options) {}
+}  // namespace
 
-    const ServerOptions& options;
-    std::optional<Checkpoint> checkpoint;
-    std::string name;
-    std::unique_ptr<BatchDecoder> decoder;
-    std::atomic<bool> ready{false};
-    std::atomic<std::uint64_t> next_id{1};
+HttpAnswer refusal_answer(const RequestRefusal& refusal) {
+    HttpAnswer response;
+    answer(response, refusal);
+    return response;
+}
 
-    void check_ready() const {
-        if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
-    }
+struct Routes::Served {
+    Served(const ServerOptions& options, ServerMetrics& server_metrics) : models(options), keys(options.api_keys), metrics(server_metrics) {}
+    ServedModels models;
+    ApiKeys keys;
+    ServerMetrics& metrics;
 };
+
+namespace {
 
 // ---- the handlers -------------------------------------------------------------------------------------
 
-void health(const ServedModel& served, httplib::Response& response) {
-    if (!served.ready) return answer(response, 503, HealthAnswer{}.to_json());
-    answer(response, 200, HealthAnswer{served.decoder->load()}.to_json());
+void health(const ServedModels& served, HttpAnswer& response) {
+    answer(response, served.all_loaded() ? 200 : 503, served.health().to_json());
 }
 
-void models(const ServedModel& served, httplib::Response& response) {
-    served.check_ready();
-    answer(response, 200, ModelsAnswer{*served.checkpoint, served.name, served.options}.to_json());
+void models(const ServedModels& served, HttpAnswer& response) {
+    served.check_loaded();
+    answer(response, 200, served.models_answer().to_json());
 }
 
-// Every choice whole, once all have finished.
-void answer_whole(RequestMailbox& mailbox, const CompletionHead& head, const CompletionCall& call, httplib::Response& response) {
-    std::vector<ChoiceNews> news;
-    mailbox.wait_until_finished();
-    mailbox.wait_for_news(std::chrono::milliseconds(0), news);
-    answer(response, 200, CompletionAnswer{head, call.request.seed, news, call.request.prompt.size(), call.with_logprobs}.to_json());
+// Each loaded model's load, by name: while the others load, those ready already count.
+void metrics(const ServedModels& served, const ServerMetrics& server_metrics, HttpAnswer& response) {
+    std::vector<std::pair<std::string, DecoderLoad>> loads;
+    for (const ServedModel* model : served.loaded()) loads.emplace_back(model->name, model->decoder->load());
+    response.status = 200;
+    response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    response.body = server_metrics.exposition(loads);
 }
-
-// Server-sent events: each wake-up sends what each choice released since the last, as one piece.
-void answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call,
-                   httplib::Response& response) {
-    response.set_header("Cache-Control", "no-cache");
-    auto offsets = std::make_shared<std::vector<std::size_t>>(static_cast<std::size_t>(call.request.choices), call.request.prompt.size());
-    const bool with_logprobs = call.with_logprobs;
-    const std::uint64_t seed = call.request.seed;
-    response.set_chunked_content_provider(
-        "text/event-stream",
-        [mailbox, offsets, head, with_logprobs, seed, first = true](std::size_t, httplib::DataSink& sink) mutable {
-            std::vector<ChoiceNews> news;
-            bool done = false;
-            std::string events;
-            // At most one event per pace: a piece is what the decoder made meanwhile. An event per
-            // character would cost a wake-up, a JSON object and a write for each, for each client. The
-            // last piece goes at once: waiting out the pace after the end slowed a client's next request.
-            try {
-                done = mailbox->wait_for_news(std::chrono::milliseconds(250), news, first ? std::chrono::milliseconds(0) : kStreamPace);
-            } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
-                const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
-                const RequestRefusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
-                events = "data: " + json_text(failure.to_json()) + "\n\ndata: [DONE]\n\n";
-                sink.write(events.data(), events.size());
-                sink.done();
-                return true;
-            }
-            for (std::size_t i = 0; i < news.size(); ++i) {
-                if (news[i].characters.empty() && !news[i].finished) continue;
-                const CompletionEvent event{head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i], (*offsets)[i], with_logprobs};
-                first = false;
-                (*offsets)[i] += news[i].characters.size();
-                events += "data: " + json_text(event.to_json()) + "\n\n";
-            }
-            if (done) events += "data: [DONE]\n\n";
-            if (!events.empty() && !sink.write(events.data(), events.size())) return false;  // the client left
-            if (events.empty() && !sink.is_writable()) return false;
-            if (done) sink.done();
-            return true;
-        },
-        [mailbox](bool) { mailbox->cancel(); });  // finished or not, the slot is no longer wanted
-}
-
-void completions(ServedModel& served, const std::string& body, httplib::Response& response) {
-    served.check_ready();
-    const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
-    const auto mailbox = served.decoder->complete(call.request);
-    const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
-    if (call.stream) answer_stream(mailbox, head, call, response);
-    else answer_whole(*mailbox, head, call, response);
-}
-
-void score(ServedModel& served, const std::string& body, httplib::Response& response) {
-    served.check_ready();
-    const ScoreCall call = read_score_request(body, served.checkpoint->vocab, served.checkpoint->config, served.options);
-    const auto mailbox = served.decoder->score(call.request);
-    mailbox->wait_until_finished();
-    answer(response, 200, ScoreAnswer{mailbox->score(), call.request.text, served.name, call.unknown_characters}.to_json());
-}
-
-// ---- the routes ---------------------------------------------------------------------------------------
 
 // A handler whose every refusal is an answer; anything else it throws is the server's fault (500).
 template <typename Handler>
-void answer_or_refuse(const Handler& handler, httplib::Response& response) {
+void answer_or_refuse(const Handler& handler, HttpAnswer& response) {
     try {
         handler();
     } catch (const RequestRefusal& refusal) {
@@ -148,192 +84,174 @@ void answer_or_refuse(const Handler& handler, httplib::Response& response) {
         answer(response, RequestRefusal{500, failure.what(), "", "server_error"});
     } catch (const Error& error) {  // UsageError included
         answer(response, RequestRefusal{400, error.what(), ""});
+    } catch (const std::exception& error) {
+        answer(response, RequestRefusal{500, error.what(), "", "server_error"});
     }
 }
 
-void route_gets(httplib::Server& http, ServedModel& served) {
-    http.Get("/", [](const httplib::Request&, httplib::Response& response) {
-        const std::string_view page = serve_page();
-        response.set_content(page.data(), page.size(), "text/html; charset=utf-8");
-    });
-    http.Get("/health", [&served](const httplib::Request&, httplib::Response& response) {
-        answer_or_refuse([&] { health(served, response); }, response);
-    });
-    http.Get("/v1/models", [&served](const httplib::Request&, httplib::Response& response) {
-        answer_or_refuse([&] { models(served, response); }, response);
-    });
+// The characters of a piece that a model generated: those past the echoed prompt (`echo_length`, 0
+// without echo), where the piece starts at `offset` of prompt + completion. The echoed ones were scored.
+std::size_t generated_in(std::size_t piece, std::size_t offset, std::size_t echo_length) {
+    return piece - (offset < echo_length ? std::min(echo_length - offset, piece) : 0);
 }
 
-// The bodies are read through a content reader: httplib caps a body sent as a form (what curl -d and
-// urllib send unless told otherwise) at 8 KB and answered 413 past it; read this way, only
-// set_payload_max_length applies, whatever the Content-Type.
-void route_posts(httplib::Server& http, ServedModel& served) {
-    const std::size_t max_body = served.options.max_body_bytes;
-    auto with_body = [max_body](auto handler) {
-        return [handler, max_body](const httplib::Request&, httplib::Response& response, const httplib::ContentReader& read) {
-            std::string body;
-            const bool whole = read([&](const char* data, std::size_t length) {
-                body.append(data, length);
-                return true;
-            });
-            // httplib reads no body as none to read: that is a request without one, not one cut short.
-            if (body.empty() && response.status != 413)
-                return answer(response, RequestRefusal{400, "the body is empty; send a JSON object (docs/serve.md lists the fields)", ""});
-            if (!whole) {  // past the size limit (httplib has set 413), or the client stopped sending
-                const bool too_large = response.status == 413;
-                return answer(response, RequestRefusal{too_large ? 413 : 400,
-                                                       too_large ? fmt::format("the body is larger than this server takes ({} bytes)", max_body)
-                                                                 : std::string("the body could not be read in full"), ""});
-            }
-            answer_or_refuse([&] { handler(body, response); }, response);
-        };
+// Every choice whole, once all have finished.
+PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
+    PendingAnswer pending{mailbox, false, {}, {}};
+    pending.whole = [mailbox, head, seed = call.request.seed, prompt_length = call.request.prompt.size(), with_logprobs = call.with_logprobs,
+                     echo = call.request.echo, &server_metrics] {
+        HttpAnswer response;
+        answer_or_refuse(
+            [&] {
+                std::vector<ChoiceNews> news;
+                mailbox->wait_for_news(std::chrono::milliseconds(0), news);  // the request has ended: no wait
+                const std::size_t echoed = echo ? prompt_length : 0;
+                for (const ChoiceNews& choice : news) {
+                    const std::size_t generated = generated_in(choice.characters.size(), 0, echoed);
+                    server_metrics.count_generated(head.model, generated);
+                    server_metrics.count_scored(head.model, choice.characters.size() - generated);
+                }
+                answer(response, 200, CompletionAnswer{head, seed, news, prompt_length, with_logprobs, echo}.to_json());
+            },
+            response);
+        return response;
     };
-    http.Post("/v1/completions", with_body([&served](const std::string& body, httplib::Response& response) { completions(served, body, response); }));
-    http.Post("/v1/score", with_body([&served](const std::string& body, httplib::Response& response) { score(served, body, response); }));
+    return pending;
 }
 
-// 405 with the method the path takes.
-void route_wrong_methods(httplib::Server& http) {
-    auto wrong_method = [](const char* allowed) {
-        return [allowed](const httplib::Request& request, httplib::Response& response) {
-            response.set_header("Allow", allowed);
-            answer(response, RequestRefusal{405, fmt::format("{} takes {}, not {}", request.path, allowed, request.method), ""});
-        };
-    };
-    for (const char* path : {"/v1/completions", "/v1/score"}) {
-        http.Get(path, wrong_method("POST"));
-        http.Put(path, wrong_method("POST"));
-        http.Patch(path, wrong_method("POST"));
-        http.Delete(path, wrong_method("POST"));
-        http.Options(path, wrong_method("POST"));
-    }
-    for (const char* path : {"/", "/health", "/v1/models"}) {
-        http.Post(path, wrong_method("GET"));
-        http.Put(path, wrong_method("GET"));
-        http.Patch(path, wrong_method("GET"));
-        http.Delete(path, wrong_method("GET"));
-        http.Options(path, wrong_method("GET"));
-    }
-}
-
-// What httplib answers itself (no such path, a body too large, a malformed request) gets a JSON body
-// too; an exception that escapes a handler is a 500, told to the log.
-void handle_errors(httplib::Server& http, const ServerOptions& options) {
-    const std::size_t max_body = options.max_body_bytes;
-    http.set_error_handler([max_body](const httplib::Request& request, httplib::Response& response) {
-        if (!response.body.empty()) return;
-        std::string message = fmt::format("HTTP {}", response.status);
-        if (response.status == 404)
-            message = fmt::format("no such path: {} {}; the API has GET /, /health, /v1/models and POST /v1/completions, /v1/score",
-                                  request.method, request.path);
-        else if (response.status == 413)
-            message = fmt::format("the body is larger than this server takes ({} bytes)", max_body);
-        else if (response.status == 400)
-            message = "a malformed HTTP request";
-        answer(response, RequestRefusal{response.status, message, ""});
-    });
-    const ServerLog log = options.log;
-    http.set_exception_handler([log](const httplib::Request&, httplib::Response& response, std::exception_ptr error) {
-        std::string message = "internal error";
+// Server-sent events: each call sends what each choice released since the last, as one piece. The
+// connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece.
+PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
+    PendingAnswer pending{mailbox, true, {}, {}};
+    const std::size_t echoed = call.request.echo ? call.request.prompt.size() : 0;  // an echoed prompt's offsets start at 0
+    std::vector<std::size_t> offsets(static_cast<std::size_t>(call.request.choices), call.request.prompt.size() - echoed);
+    pending.events = [mailbox, offsets, head, with_logprobs = call.with_logprobs, seed = call.request.seed, echoed, first = true,
+                      &server_metrics](bool& done) mutable {
+        std::vector<ChoiceNews> news;
+        std::string events;
         try {
-            if (error) std::rethrow_exception(error);
-        } catch (const std::exception& e) {
-            message = e.what();
-        } catch (...) {
+            done = mailbox->wait_for_news(std::chrono::milliseconds(0), news);
+        } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
+            const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
+            const RequestRefusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
+            done = true;
+            return "data: " + json_text(failure.to_json()) + "\n\ndata: [DONE]\n\n";
         }
-        if (log) log(ServerLogLevel::error, message);
-        answer(response, RequestRefusal{500, message, "", "server_error"});
-    });
-    if (log)
-        http.set_logger([log](const httplib::Request& request, const httplib::Response& response) {
-            log(ServerLogLevel::debug, fmt::format("{} {} {}", request.method, request.path, response.status));
-        });
+        for (std::size_t i = 0; i < news.size(); ++i) {
+            const std::string choice_events = completion_events(head, first ? std::optional<std::uint64_t>(seed) : std::nullopt, i, news[i],
+                                                                offsets[i], echoed, with_logprobs);
+            if (choice_events.empty()) continue;
+            first = false;
+            const std::size_t piece = news[i].characters.size();
+            const std::size_t generated = generated_in(piece, offsets[i], echoed);
+            server_metrics.count_generated(head.model, generated);
+            server_metrics.count_scored(head.model, piece - generated);
+            offsets[i] += piece;
+            events += choice_events;
+        }
+        if (done) events += "data: [DONE]\n\n";
+        return events;
+    };
+    return pending;
+}
+
+// The body is read once, and the model it names first: the model decides which characters the rest may have.
+RouteOutcome completions(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
+    const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
+    const auto mailbox = served.decoder->complete(call.request);
+    const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
+    if (call.stream) return answer_stream(mailbox, head, call, server_metrics);
+    return answer_whole(mailbox, head, call, server_metrics);
+}
+
+RouteOutcome score(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+    const auto body = read_body(text);
+    ServedModel& served = models.pick(requested_model(body));
+    const ScoreCall call = read_score_request(body, served.checkpoint->vocab, served.checkpoint->config, served.options);
+    const auto mailbox = served.decoder->score(call.request);
+    PendingAnswer pending{mailbox, false, {}, {}};
+    pending.whole = [mailbox, text = call.request.text, name = served.name, unknown = call.unknown_characters, &server_metrics] {
+        HttpAnswer response;
+        answer_or_refuse(
+            [&] {
+                mailbox->wait_until_finished();  // it has: no wait
+                server_metrics.count_scored(name, text.size());
+                answer(response, 200, ScoreAnswer{mailbox->score(), text, name, unknown}.to_json());
+            },
+            response);
+        return response;
+    };
+    return pending;
+}
+
+// ---- the routes ---------------------------------------------------------------------------------------
+
+const char* method_of(const std::string& path) {
+    if (path == "/v1/completions" || path == "/v1/score") return "POST";
+    if (path == "/" || path == "/health" || path == "/v1/models" || path == "/metrics") return "GET";
+    return nullptr;
+}
+
+RouteOutcome route(Routes::Served& served, const HttpRequest& request) {
+    HttpAnswer response;
+    const std::string& path = request.path;
+    // The page and /health are open to all: the page asks for the key, and a load balancer asks /health.
+    if (path != "/" && path != "/health" && !served.keys.empty() && !served.keys.admit(request.authorization)) {
+        answer(response, RequestRefusal{401,
+                                        request.authorization.empty()
+                                            ? "this server needs an API key: send `Authorization: Bearer KEY`"
+                                            : "the API key is not one this server takes; send `Authorization: Bearer KEY` with a key it was given",
+                                        "", "authentication_error"});
+        return response;
+    }
+    const char* allowed = method_of(path);
+    if (!allowed) {
+        answer(response, RequestRefusal{404,
+                                        fmt::format("no such path: {} {}; the API has GET /, /health, /metrics, /v1/models and POST "
+                                                    "/v1/completions, /v1/score",
+                                                    request.method, path),
+                                        ""});
+        return response;
+    }
+    // HEAD is GET without the body: the connection leaves the body out.
+    if (request.method != allowed && !(request.method == "HEAD" && std::string_view(allowed) == "GET")) {
+        response.set_header("Allow", allowed);
+        answer(response, RequestRefusal{405, fmt::format("{} takes {}, not {}", path, allowed, request.method), ""});
+        return response;
+    }
+    if (path == "/") {
+        const std::string_view page = serve_page();
+        response.content_type = "text/html; charset=utf-8";
+        response.body.assign(page);
+        return response;
+    }
+    std::optional<RouteOutcome> pending;
+    answer_or_refuse(
+        [&] {
+            if (path == "/health") return health(served.models, response);
+            if (path == "/v1/models") return models(served.models, response);
+            if (path == "/metrics") return metrics(served.models, served.metrics, response);
+            if (request.body.empty()) throw RequestRefusal{400, "the body is empty; send a JSON object (docs/serve.md lists the fields)", ""};
+            if (path == "/v1/completions") pending = completions(served.models, served.metrics, request.body);
+            else pending = score(served.models, served.metrics, request.body);
+        },
+        response);
+    if (pending) return std::move(*pending);
+    return response;
 }
 
 }  // namespace
 
-// ---- the server ---------------------------------------------------------------------------------------
+Routes::Routes(const ServerOptions& options, ServerMetrics& metrics) : served_(std::make_unique<Served>(options, metrics)) {}
 
-struct Server::State {
-    ServerOptions options;
-    httplib::Server http;
-    std::thread listener;
-    int port = 0;
-    int listening_socket = -1;
-    ServedModel served{options};
-};
+Routes::~Routes() = default;
 
-Server::Server(ServerOptions options) : state_(std::make_unique<State>()) {
-    if (options.host.empty()) throw UsageError("--host needs an address, such as 127.0.0.1 or 0.0.0.0");
-    if (options.port < 0 || options.port > 65535) throw UsageError(fmt::format("--port must be 0 to 65535, not {}", options.port));
-    if (options.slots < 1 || options.slots > 256) throw UsageError(fmt::format("--parallel must be 1 to 256, not {}", options.slots));
-    if (options.queued < 0 || options.queued > 4096) throw UsageError(fmt::format("--queue must be 0 to 4096, not {}", options.queued));
-    if (options.max_tokens < 1) throw UsageError("--max-tokens must be at least 1");
-    state_->options = std::move(options);
-}
+RouteOutcome Routes::answer(const HttpRequest& request) { return route(*served_, request); }
 
-Server::~Server() { stop(); }
+void Routes::load(Checkpoint checkpoint, std::string name) { served_->models.load(std::move(checkpoint), std::move(name)); }
 
-void Server::start() {
-    ::signal(SIGPIPE, SIG_IGN);
-    State& s = *state_;
-    const ServerOptions& options = s.options;
-    route_gets(s.http, s.served);
-    route_posts(s.http, s.served);
-    route_wrong_methods(s.http);
-    handle_errors(s.http, options);
-    s.http.set_payload_max_length(options.max_body_bytes);
-    // Without it, an answer's first chunk on a reused connection waited ~40 ms for the client's delayed
-    // ACK of the headers (Nagle): a 1-client stream ran at a tenth of its speed.
-    s.http.set_tcp_nodelay(true);
-    s.http.set_read_timeout(options.timeout_seconds, 0);
-    s.http.set_write_timeout(options.timeout_seconds, 0);
-    s.http.set_keep_alive_timeout(std::min(options.timeout_seconds, 5));
-    // A thread per connection: every slot and queue place may hold a stream, and a few more answer
-    // /health and the page meanwhile.
-    const std::size_t connections = static_cast<std::size_t>(options.slots + options.queued + 8);
-    s.http.new_task_queue = [connections] { return new httplib::ThreadPool(connections); };
-    // httplib's default, SO_REUSEPORT, lets a second server bind the same port and take half of the
-    // first one's connections without a word; SO_REUSEADDR alone allows a quick restart and refuses that.
-    s.http.set_socket_options([&s](socket_t socket) {
-        const int yes = 1;
-        ::setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-        s.listening_socket = socket;
-    });
-    s.port = options.port == 0 ? s.http.bind_to_any_port(options.host) : (s.http.bind_to_port(options.host, options.port) ? options.port : -1);
-    if (s.port < 0)
-        throw Error(fmt::format("cannot listen on {}:{}: the port is taken or the address is not this machine's; try another --port or --host",
-                                options.host, options.port));
-    // httplib listens with a backlog of 5: 16 clients connecting at once overflowed it (the kernel drops
-    // their handshakes, and some clients failed to read an answer). Listening again sets a deeper one.
-    if (s.listening_socket >= 0) ::listen(s.listening_socket, 1024);
-    s.listener = std::thread([&s] { s.http.listen_after_bind(); });
-    // stop() before the listener runs would find nothing to stop, and the listener would then run on.
-    while (!s.http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-}
-
-int Server::port() const { return state_->port; }
-
-std::string Server::url() const {
-    const std::string& host = state_->options.host;
-    return fmt::format("http://{}:{}/", host.find(':') != std::string::npos ? "[" + host + "]" : host, state_->port);
-}
-
-void Server::load(Checkpoint checkpoint, std::string name) {
-    ServedModel& served = state_->served;
-    const ServerOptions& options = state_->options;
-    served.checkpoint = std::move(checkpoint);
-    served.name = std::move(name);
-    served.decoder = std::make_unique<BatchDecoder>(*served.checkpoint->model, served.checkpoint->vocab,
-                                                    DecoderOptions{.slots = options.slots, .queued = options.queued, .threads = options.threads});
-    served.ready = true;
-}
-
-void Server::stop() {
-    State& s = *state_;
-    if (s.served.decoder) s.served.decoder->stop();  // the requests in flight fail now, so that their handlers return
-    s.http.stop();
-    if (s.listener.joinable()) s.listener.join();
-}
+void Routes::stop() { served_->models.stop(); }
 
 }  // namespace charlm

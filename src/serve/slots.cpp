@@ -1,6 +1,8 @@
 // A completion's choice and a score as rows of the decoder's batch (see slots.hpp).
 #include "serve/slots.hpp"
 
+#include <limits>
+
 namespace charlm {
 
 CompletionSlot::CompletionSlot(std::shared_ptr<RequestMailbox> mailbox, std::size_t choice,
@@ -14,7 +16,10 @@ CompletionSlot::CompletionSlot(std::shared_ptr<RequestMailbox> mailbox, std::siz
       stops_(request_->stops) {}
 
 void CompletionSlot::after_step(std::span<const float> logits, const Vocab& vocab) {
+    // An empty prompt is a line break fed to start from, not the client's text: nothing to echo.
+    if (request_->echo && !request_->prompt.empty()) echo_prompt(logits, vocab);
     if (fed_ < prompt_.size()) return;  // still reading the prompt
+    if (request_->max_characters == 0) return finish(FinishReason::length);  // echo: the prompt scored, nothing drawn
     drawn_ = drawer_.draw(logits, drawing_, uniform_draw(rng_));
     DrawnCharacter character;
     character.character = vocab.code_point_of(drawn_);
@@ -34,6 +39,23 @@ void CompletionSlot::after_step(std::span<const float> logits, const Vocab& voca
         return finish(FinishReason::length);
     }
     release(held_.size() - stops_.undecided());
+}
+
+// The prompt is fed from a zero state, as charlm eval and /v1/score read a text: its first character
+// has no prediction, and each step's logits predict the character fed next.
+void CompletionSlot::echo_prompt(std::span<const float> logits, const Vocab& vocab) {
+    if (echoed_.size() == prompt_.size()) return;  // posted already
+    if (echoed_.empty()) echoed_.push_back({vocab.code_point_of(prompt_[0]), std::numeric_limits<float>::quiet_NaN(), {}});
+    if (fed_ < prompt_.size()) {
+        DrawnCharacter character;
+        const TokenId next = prompt_[fed_];
+        character.character = vocab.code_point_of(next);
+        const double partition = log_partition(logits);
+        character.logprob = static_cast<float>(logits[static_cast<std::size_t>(next)] - partition);
+        if (request_->alternatives > 0) character.top = most_likely(logits, partition, request_->alternatives, vocab, order_);
+        echoed_.push_back(std::move(character));
+    }
+    if (echoed_.size() == prompt_.size()) mailbox_->post_all(choice_, echoed_);
 }
 
 void CompletionSlot::release(std::size_t count) {

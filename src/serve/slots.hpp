@@ -14,8 +14,9 @@
 
 namespace charlm {
 
-// One choice of a completion: reads the prompt, then draws as Sampler::next does (the same uniform
-// draw from the same generator, so the same text), and posts what can no longer begin a stop text.
+// One choice of a completion: reads the prompt (scoring it, with echo), then draws as Sampler::next
+// does (the same uniform draw from the same generator, so the same text), and posts what can no
+// longer begin a stop text.
 class CompletionSlot {
 public:
     CompletionSlot(std::shared_ptr<RequestMailbox> mailbox, std::size_t choice, std::shared_ptr<const CompletionRequest> request,
@@ -28,6 +29,8 @@ public:
 
 private:
     void release(std::size_t count);  // posts the first `count` held characters
+    // With echo: the prompt character the step's logits predict, scored; the whole prompt posted once read.
+    void echo_prompt(std::span<const float> logits, const Vocab& vocab);
     void finish(FinishReason reason);
 
     std::shared_ptr<RequestMailbox> mailbox_;
@@ -44,6 +47,7 @@ private:
     std::size_t generated_ = 0;
     std::vector<DrawnCharacter> held_;  // drawn, but perhaps the beginning of a stop text
     std::vector<TokenId> order_;        // scratch for most_likely()
+    std::vector<DrawnCharacter> echoed_;  // the prompt's characters scored so far (echo)
 };
 
 // A text being scored: TextScorer's figures, posted whole once the text is read.

@@ -3,11 +3,13 @@
 
 usage: test_page.py CHARLM_BINARY OUTPUT_DIR
 
-Trains a tiny model on a text made here, serves it, and checks that the page generates with a fixed seed
+Trains two tiny models on a text made here, serves them, and checks that the page generates with a fixed seed
 (streamed, tinted characters, a tooltip with alternatives, Stop), scores a text (figures, surprise tint,
-neuron rows), loads nothing from outside the server and logs no console error; then opens from file:// a copy
-of the page with a hand-made report embedded, and the report `charlm eval --html` writes, and checks that each
-renders with no server at all. Screenshots of each view go to OUTPUT_DIR.
+neuron rows), loads nothing from outside the server, logs no console error and generates with the model its
+picker names; then opens from file:// a copy of the page with a hand-made report embedded, and the report
+`charlm eval --html` writes, and checks that each renders with no server at all; last, against the two models
+served with --api-key, that the page asks for the key on the first 401, keeps it for the tab, asks no more, and
+generates with the model picked. Screenshots of each view go to OUTPUT_DIR.
 Exit code 0 pass, 1 fail, 77 skipped (no chromium, chromedriver or selenium).
 """
 import json
@@ -60,10 +62,10 @@ def training_text(seed=7, characters=30000):
     return "\n".join(lines) + "\n"
 
 
-def start_server(charlm, checkpoint, log_path):
-    """Starts `charlm serve CHECKPOINT --port 0`; returns the process and the URL it prints, once /health says ok."""
+def start_server(charlm, checkpoints, log_path, extra=()):
+    """Starts `charlm serve CHECKPOINT... --port 0 EXTRA...`; returns the process and the URL it prints, once /health says ok."""
     with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
-        server = subprocess.Popen([charlm, "serve", checkpoint, "--port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
+        server = subprocess.Popen([charlm, "serve", *checkpoints, "--port", "0", *extra], stdout=subprocess.PIPE, stderr=log, text=True)
     first_line = []
     reader = threading.Thread(target=lambda: first_line.append(server.stdout.readline()), daemon=True)
     reader.start()
@@ -124,7 +126,7 @@ def run(charlm, out_dir, work):
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.support.ui import WebDriverWait
+    from selenium.webdriver.support.ui import Select, WebDriverWait
 
     corpus = os.path.join(work, "corpus.txt")
     with open(corpus, "w") as f:
@@ -135,10 +137,17 @@ def run(charlm, out_dir, work):
                              capture_output=True, text=True, timeout=60)
     check(trained.returncode == 0, f"training failed: {trained.stderr.strip()}")
     checkpoint = os.path.join(run_dir, "best.safetensors")
+    # A second model, of another shape, for the picker: the page asks for the one picked.
+    small_dir = os.path.join(work, "small")
+    trained = subprocess.run([charlm, "train", corpus, "--out", small_dir, "--steps", "20", "--hidden", "32", "--layers", "1",
+                              "--seq", "50", "--batch", "16", "--eval-every", "20", "--threads", "2", "--seed", "2", "--quiet"],
+                             capture_output=True, text=True, timeout=60)
+    check(trained.returncode == 0, f"training the second model failed: {trained.stderr.strip()}")
 
     server, driver = None, None
     try:
-        server, url = start_server(charlm, checkpoint, os.path.join(out_dir, "serve.log"))
+        server, url = start_server(charlm, [checkpoint, "small=" + os.path.join(small_dir, "best.safetensors")],
+                                   os.path.join(out_dir, "serve.log"))
         driver = open_browser(webdriver, Service, find("chromium"), find("chromedriver"), os.path.join(work, "profile"))
         wait = WebDriverWait(driver, 20)
         element = lambda css: driver.find_element(By.CSS_SELECTOR, css)
@@ -248,6 +257,27 @@ def run(charlm, out_dir, work):
         check("temperature" in element("#gen-error").text, f"the server's error is not shown: {element('#gen-error').text!r}")
         console_errors(driver)
 
+        # --- two models: the picker lists them as /v1/models does, and the one picked writes the text
+        picker = element("#model-picker")
+        check(picker.is_displayed(), "no model picker with two models served")
+        names = [option.get_attribute("value") for option in picker.find_elements(By.TAG_NAME, "option")]
+        check(names == ["run", "small"], f"the picker lists {names}, not run (the run directory's name) and small")
+        fill("#temperature", "1")
+        Select(picker).select_by_value("small")
+        check("LSTM 1 \u00d7 32" in element("#model").text, f"the header does not describe the model picked: {element('#model').text!r}")
+        picked = generate("The ", 80, 5)
+
+        def completion(model):
+            request = {"model": model, "prompt": "The ", "max_tokens": 80, "seed": 5, "temperature": 1,
+                       "top_p": float(element("#top-p").get_attribute("value"))}
+            sent = urllib.request.Request(url + "v1/completions", json.dumps(request).encode(), {"Content-Type": "application/json"})
+            with urllib.request.urlopen(sent) as response:
+                return json.load(response)["choices"][0]["text"]
+        check(picked == completion("small"), "the page's text is not the picked model's for its seed")
+        check(picked != completion("run"), "the two models wrote the same text: the test cannot tell which answered")
+        Select(picker).select_by_value("run")
+        check("LSTM 2 \u00d7 64" in element("#model").text, f"picking back: {element('#model').text!r}")
+
         # --- report mode: the served page with a report embedded, from file://, with no server
         with urllib.request.urlopen(url) as response:
             page = response.read().decode()
@@ -305,10 +335,42 @@ def run(charlm, out_dir, work):
         check(re.search(r"corpus\.txt: [0-9.]+ nats/char, [0-9.]+ bits/char;", whole) is not None,
               f"the report should give the whole file's figures: {whole!r}")
         driver.save_screenshot(os.path.join(out_dir, "report.png"))
+
+        # --- the same two models with --api-key: the page asks for the key once, on the first 401, keeps it for
+        # the tab, and the picker's model answers with it
+        stop_server(server)
+        server, url = start_server(charlm, [checkpoint, "small=" + os.path.join(small_dir, "best.safetensors")],
+                                   os.path.join(out_dir, "serve-key.log"), ("--api-key", "page-key"))
+        driver.get(url)
+        WebDriverWait(driver, 20).until(lambda d: _alert(d) is not None)
+        _alert(driver).send_keys("page-key")
+        _alert(driver).accept()
+        wait.until(lambda d: "\u00d7" in element("#model").text)
+        check(driver.execute_script("return sessionStorage.getItem('charlm-api-key')") == "page-key", "the key is not kept for the tab")
+        driver.refresh()  # the same tab: no second question
+        wait.until(lambda d: "\u00d7" in element("#model").text or _alert(d) is not None)
+        check(_alert(driver) is None, "the page asked for the key again in the same tab")
+        check(generate("The ", 160, 42) == first, "a completion with the key differs from the one without")
+        picker = element("#model-picker")
+        check(picker.is_displayed(), "no model picker once the key is given")
+        fill("#temperature", "1")
+        Select(picker).select_by_value("small")
+        check(generate("The ", 80, 5) == picked, "with the key, the picked model's text differs from the one without")
     finally:
         if driver:
             driver.quit()
         stop_server(server)
+
+
+def _alert(driver):
+    """The open prompt, or None."""
+    from selenium.common.exceptions import NoAlertPresentException
+    try:
+        alert = driver.switch_to.alert
+        alert.text  # raises where there is none
+        return alert
+    except NoAlertPresentException:
+        return None
 
 
 def main():
