@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <random>
 #include <regex>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "charlm/checkpoint.hpp"
+#include "charlm/precision.hpp"
 #include "child_process.hpp"
 #include "test_helpers.hpp"
 
@@ -77,6 +79,39 @@ void expect_stops_cleanly(int signal_number) {
 
 TEST(ServeCli, ServesTheUrlItPrintsAndCtrlCEndsItWithExitZero) { expect_stops_cleanly(SIGINT); }
 TEST(ServeCli, SigtermEndsItWithExitZeroToo) { expect_stops_cleanly(SIGTERM); }
+
+// At bf16 a served completion is still charlm sample's text at bf16, computed beside another client's stream as if
+// alone (the batch's rows are summed each on its own, in bf16's kernels as in fp32's).
+TEST(ServeCli, AtBf16ACompletionBesideAnotherStreamIsCharlmSamplesTextAtBf16) {
+    if (!charlm::cpu_runs_bf16()) GTEST_SKIP() << "skipped: this CPU has no AVX512_BF16, and --precision bf16 is refused here";
+    TemporaryDirectory directory;
+    const fs::path checkpoint = tiny_checkpoint(directory);
+    ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--threads", "1", "--precision", "bf16"}, directory.path());
+    const std::string url = wait_for_url(server);
+    std::smatch match;
+    ASSERT_TRUE(std::regex_match(url, match, std::regex(R"(http://127\.0\.0\.1:(\d+)/)"))) << url << "\n" << server.err();
+    EXPECT_NE(server.err().find("products in bf16, as --precision bf16 asks"), std::string::npos) << server.err();
+    const int port = std::stoi(match[1].str());
+    std::thread other([port] {
+        httplib::Client client("127.0.0.1", port);
+        client.set_read_timeout(60, 0);
+        const auto reply = client.Post("/v1/completions", R"({"prompt": "a mat ", "max_tokens": 3000, "seed": 2})", "application/json");
+        EXPECT_TRUE(reply && reply->status == 200);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    httplib::Client client("127.0.0.1", port);
+    client.set_read_timeout(60, 0);
+    const auto completion = client.Post("/v1/completions", R"({"prompt": "the ", "max_tokens": 300, "seed": 3})", "application/json");
+    other.join();
+    ASSERT_TRUE(completion);
+    ASSERT_EQ(completion->status, 200) << completion->body;
+    ChildProcess sample({"sample", checkpoint.string(), "--prompt", "the ", "--length", "300", "--seed", "3", "--precision", "bf16"},
+                        directory.path() / "run");
+    ASSERT_EQ(sample.wait_for_exit(60), 0) << sample.err();
+    EXPECT_EQ("the " + json::parse(completion->body)["choices"][0]["text"].get<std::string>() + "\n", sample.out());
+    server.send(SIGINT);
+    EXPECT_EQ(server.wait_for_exit(10), 0) << server.err();
+}
 
 TEST(ServeCli, RefusesABadCheckpointATakenPortAndAPortOutOfRange) {
     TemporaryDirectory directory;
