@@ -22,6 +22,16 @@ using EvaluationStop = std::function<bool()>;
 LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length = 100, int batch_size = 32,
                       const EvaluationSelection& selection = {}, const EvaluationStop& stop = {});
 
+// The same pass shared by `processes`: each scores a block of its streams (a text with fewer streams than
+// processes leaves the last ones idle), and the sums are added, so that every process gets the figure one
+// process would, up to the order of the sums. `selection`'s own block of streams is set here. A stop ends
+// this process's part early, and its caller should then discard the figure.
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size, EvaluationSelection selection,
+                      const EvaluationStop& stop, const Communicator& processes);
+
+// A loss summed over every process's share: every process gets the same figure. One process's is its own.
+LossSum summed_across(const Communicator& processes, const LossSum& mine);
+
 // Past this share of a text's characters outside the vocabulary, evaluation refuses unless allowed
 // (EvalOptions::allow_unknown). A score of what is left says little about such a text: with a tenth
 // of its characters cut out, the model reads spliced contexts it never saw, and a text that is mostly

@@ -33,6 +33,27 @@ LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int ba
     return total;
 }
 
+LossSum evaluate_loss(Model<float>& model, TokenSpan ids, int seq_length, int batch_size, EvaluationSelection selection,
+                      const EvaluationStop& stop, const Communicator& processes) {
+    const int streams = evaluation_stream_count(ids, batch_size);
+    const int sharing = std::min(processes.size(), streams);
+    LossSum mine;
+    if (processes.rank() < sharing) {
+        const StreamBlock block = stream_block(streams, processes.rank(), sharing);
+        selection.first_stream = block.first;
+        selection.stream_count = block.count;
+        mine = evaluate_loss(model, ids, seq_length, batch_size, selection, stop);
+    }
+    return summed_across(processes, mine);
+}
+
+LossSum summed_across(const Communicator& processes, const LossSum& mine) {
+    if (processes.size() == 1) return mine;
+    std::array<double, 2> sums{mine.total_nats, static_cast<double>(mine.count)};
+    processes.sum(sums);
+    return {sums[0], static_cast<std::size_t>(sums[1])};
+}
+
 nlohmann::json AdaptOptions::to_json() const {
     return {{"learning_rate", learning_rate}, {"decay", decay}, {"window", window}};
 }
@@ -152,18 +173,7 @@ EvalResult score(Model<float>& model, TokenSpan ids, EvalResult result, const Ev
         // Each stream starts from the zero state; keep streams long (at least ~1k characters) so that
         // cold starts barely count, and use up to 32 of them for speed on long texts.
         const int batch_size = static_cast<int>(std::clamp<std::size_t>(ids.size() / 1024, 1, 32));
-        // Of several processes, each scores a block of the streams (a short text may have fewer streams).
-        const int streams = evaluation_stream_count(ids, batch_size);
-        const int sharing = std::min(processes.size(), streams);
-        if (processes.rank() < sharing) {
-            const StreamBlock block = stream_block(streams, processes.rank(), sharing);
-            loss = evaluate_loss(model, ids, 100, batch_size, {.first_stream = block.first, .stream_count = block.count});
-        }
-        if (processes.size() > 1) {
-            std::array<double, 2> sums{loss.total_nats, static_cast<double>(loss.count)};
-            processes.sum(sums);
-            loss = {sums[0], static_cast<std::size_t>(sums[1])};
-        }
+        loss = evaluate_loss(model, ids, 100, batch_size, {}, {}, processes);
     }
     result.characters_scored = loss.count;
     result.nats_per_character = loss.mean();

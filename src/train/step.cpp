@@ -1,7 +1,6 @@
 // One training step, and what the processes of a run do together around it: sums, the carried state, a checksum.
 #include "step.hpp"
 
-#include <array>
 #include <cmath>
 #include <cstdint>
 #include <span>
@@ -12,6 +11,7 @@
 
 #include "charlm/batches.hpp"
 #include "charlm/error.hpp"
+#include "charlm/eval.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/train.hpp"
 
@@ -46,13 +46,6 @@ StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch,
     return outcome;
 }
 
-
-LossSum summed_across(const Communicator& processes, const LossSum& mine) {
-    if (processes.size() == 1) return mine;
-    std::array<double, 2> sums{mine.total_nats, static_cast<double>(mine.count)};
-    processes.sum(sums);
-    return {sums[0], static_cast<std::size_t>(sums[1])};
-}
 
 // The carried state of all the batch's streams, on process 0 (the others get it empty): each
 // process's block of rows in rank order.

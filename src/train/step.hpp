@@ -10,9 +10,6 @@
 
 namespace charlm {
 
-// A loss summed over every process's share: every process gets the same figure. One process's is its own.
-LossSum summed_across(const Communicator& processes, const LossSum& mine);
-
 // The carried state of all the batch's streams, on process 0 (the others get it empty): each
 // process's block of rows (`mine`) in rank order.
 ModelState<float> gather_carried_state(const Model<float>& model, const ModelState<float>& mine, int batch_size,

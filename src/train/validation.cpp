@@ -1,5 +1,4 @@
 // The training loop's validations: the periodic ones and their checkpoints, and the run's last scoring of the held-out text.
-#include <algorithm>
 #include <array>
 #include <cmath>
 #include <optional>
@@ -116,24 +115,12 @@ std::optional<LossSum> TrainingLoop::score_held_out_text_at_end() {
     return loss;
 }
 
-// The loss of the held-out text (at most `max_characters` of it: 0 for all), every process scoring a
-// block of the pass's streams, summed: every process gets the same figure, and it is the figure one
-// process would get, up to the order of the sums. `stoppable`: a stop request ends this process's part
-// early (the caller then discards the figure).
+// The loss of the held-out text (at most `max_characters` of it: 0 for all), shared by the processes (evaluate_loss,
+// eval.hpp). `stoppable`: a stop request ends this process's part early (the caller then discards the figure).
 LossSum TrainingLoop::evaluate_held_out(std::size_t max_characters, bool stoppable) {
-    const TokenSpan held_out = session_.corpus.validation();
-    EvaluationSelection selection{.max_characters = max_characters};
-    const int streams = evaluation_stream_count(held_out, options_.batch_size);
-    const int sharing = std::min(processes_.size(), streams);  // a short text may have fewer streams than processes
-    LossSum mine;
-    if (processes_.rank() < sharing) {
-        const StreamBlock block = stream_block(streams, processes_.rank(), sharing);
-        selection.first_stream = block.first;
-        selection.stream_count = block.count;
-        mine = evaluate_loss(session_.model, held_out, options_.seq_length, options_.batch_size, selection,
-                             stoppable ? EvaluationStop(stop_was_requested) : EvaluationStop());
-    }
-    return summed_across(processes_, mine);
+    return evaluate_loss(session_.model, session_.corpus.validation(), options_.seq_length, options_.batch_size,
+                         {.max_characters = max_characters}, stoppable ? EvaluationStop(stop_was_requested) : EvaluationStop(),
+                         processes_);
 }
 
 }  // namespace training
