@@ -46,7 +46,6 @@ StepOutcome train_step(Model<float>& model, Adam& optimizer, const Batch& batch,
     return outcome;
 }
 
-
 // The carried state of all the batch's streams, on process 0 (the others get it empty): each
 // process's block of rows in rank order.
 ModelState<float> gather_carried_state(const Model<float>& model, const ModelState<float>& mine, int batch_size,
