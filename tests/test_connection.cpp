@@ -21,6 +21,7 @@
 #include "charlm/text.hpp"
 #include "serve/access.hpp"
 #include "serve/request_reader.hpp"
+#include "server_fixture.hpp"
 #include "test_helpers.hpp"
 #include "text_helpers.hpp"
 
@@ -30,47 +31,10 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::u32string kAlphabet = U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC";
+using testing::sample_text;
 
-Checkpoint small_checkpoint() {
-    Checkpoint checkpoint;
-    checkpoint.vocab = testing::vocab_of_text(kAlphabet);
-    checkpoint.config.vocab_size = static_cast<int>(checkpoint.vocab.size());
-    checkpoint.config.embed_size = 8;
-    checkpoint.config.hidden_size = 32;
-    checkpoint.config.layers = 2;
-    checkpoint.model.emplace(checkpoint.config);
-    std::mt19937_64 rng(3);
-    checkpoint.model->initialize(rng);
-    return checkpoint;
-}
-
-// What charlm sample prints for these, from the same weights.
-std::string sample_text(const std::string& prompt, std::size_t length, std::uint64_t seed) {
-    Checkpoint checkpoint = small_checkpoint();
-    std::string text;
-    generate(*checkpoint.model, checkpoint.vocab, decode_utf8(prompt, "prompt"), length, SampleOptions{}, seed,
-             [&](char32_t c) { text += encode_utf8(c); });
-    return text;
-}
-
-class Running {
-public:
-    // One model, or those named in `names`, each of small_checkpoint()'s weights.
-    explicit Running(ServerOptions options = {}, const std::vector<std::string>& names = {"small.safetensors"}) {
-        options.port = 0;
-        options.threads = 2;
-        options.models = names.size();
-        server_ = std::make_unique<Server>(options);
-        server_->start();
-        for (const std::string& name : names) server_->load(small_checkpoint(), name);
-    }
-    int port() const { return server_->port(); }
-    Server& server() { return *server_; }
-
-private:
-    std::unique_ptr<Server> server_;
-};
+// The server on small models, asked through raw sockets.
+using Running = testing::ServerOnSmallModels;
 
 // An answer read off a raw connection.
 struct RawAnswer {
