@@ -10,7 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <thread>
 
@@ -473,6 +475,47 @@ TEST(Connection, TheKeyIsAskedBeforeTheModelAndHoldsForEveryModel) {
     EXPECT_EQ(json::parse(listed.body)["data"].size(), 2u);
     const RawAnswer health = ask(running.port(), get_request("/health"));
     EXPECT_EQ(health.status, 200) << "/health stays open with several models";
+}
+
+// ---- a server at fault ------------------------------------------------------------------------------------
+
+// A model that draws among 35 characters of which its vocabulary knows 2: a draw past them fails the
+// decoding, the server's fault and not the request's.
+Checkpoint failing_checkpoint() {
+    Checkpoint checkpoint = testing::small_checkpoint();
+    checkpoint.vocab = testing::vocab_of_text(U"a\n");
+    return checkpoint;
+}
+
+TEST(Connection, AnAnswerThatIsTheServersFaultIsLoggedWithItsMessage) {
+    std::mutex mutex;
+    std::vector<std::pair<ServerLogLevel, std::string>> lines;
+    ServerOptions options;
+    options.log = [&](ServerLogLevel level, const std::string& message) {
+        std::lock_guard lock(mutex);
+        lines.emplace_back(level, message);
+    };
+    Running running(options, {"broken"}, false);
+    running.server().load(failing_checkpoint(), "broken");
+    const RawAnswer refused = ask(running.port(), post_request("/v1/completions", json{{"prompt", "b"}}));
+    ASSERT_EQ(refused.status, 400) << "a character not in the vocabulary: " << refused.body;
+    const RawAnswer whole = ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 50}, {"seed", 1}}));
+    ASSERT_EQ(whole.status, 500) << whole.body;
+    const std::string message = json::parse(whole.body)["error"]["message"].get<std::string>();
+    EXPECT_EQ(message.rfind("decoding failed: ", 0), 0u) << message;
+    const RawAnswer streamed =
+        ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 50}, {"seed", 1}, {"stream", true}}));
+    ASSERT_EQ(streamed.status, 200) << "the stream's head went out before the failure";
+    EXPECT_NE(streamed.body.find("decoding failed: "), std::string::npos) << streamed.body;
+    // Each is told to the log by the time its answer is sent; the client's fault (400) is no error.
+    std::lock_guard lock(mutex);
+    std::vector<std::string> errors, answered;
+    for (const auto& [level, line] : lines) (level == ServerLogLevel::error ? errors : answered).push_back(line);
+    ASSERT_EQ(errors.size(), 2u);
+    EXPECT_EQ(errors[0], "/v1/completions answered 500: " + message);
+    EXPECT_EQ(errors[1].rfind("/v1/completions answered 500: decoding failed: ", 0), 0u) << errors[1];
+    EXPECT_NE(std::find(answered.begin(), answered.end(), "POST /v1/completions 500"), answered.end());
+    EXPECT_NE(std::find(answered.begin(), answered.end(), "POST /v1/completions 400"), answered.end());
 }
 
 // ---- the request reader alone -----------------------------------------------------------------------------

@@ -14,8 +14,9 @@
 
 namespace charlm {
 
-// What the server tells a log: an exception that escaped a handler (error) and each request answered
-// (debug). The library writes nothing itself; the CLI's sink hands these to its logger.
+// What the server tells a log: each answer that is the server's fault (error: the route, then "answered
+// 500: " and the message the client gets) and each request answered (debug). The library writes
+// nothing itself; the CLI's sink hands these to its logger.
 enum class ServerLogLevel { debug, error };
 using ServerLog = std::function<void(ServerLogLevel level, const std::string& message)>;
 
