@@ -477,7 +477,64 @@ TEST(Connection, TheKeyIsAskedBeforeTheModelAndHoldsForEveryModel) {
     EXPECT_EQ(health.status, 200) << "/health stays open with several models";
 }
 
-// ---- a server at fault ------------------------------------------------------------------------------------
+// ---- a client that reads slowly, a server at fault --------------------------------------------------------
+
+// One sample of /metrics; -1 where it is missing.
+double metric(int port, const std::string& sample) {
+    const auto samples = parse_metrics(ask(port, get_request("/metrics")).body);
+    const auto found = samples.find(sample);
+    return found == samples.end() ? -1 : found->second;
+}
+
+// Asks /metrics until `sample` shows `value`: whether it did. The limit only catches a server that never gets there.
+bool wait_for_metric(int port, const std::string& sample, double value) {
+    const auto give_up = std::chrono::steady_clock::now() + 120s;
+    while (metric(port, sample) != value)
+        if (std::chrono::steady_clock::now() > give_up) return false;
+        else std::this_thread::sleep_for(5ms);
+    return true;
+}
+
+// The text of choice 0 in a stream's events.
+std::string text_of_events(const std::string& body) {
+    std::string text;
+    for (std::size_t at = 0; at < body.size();) {
+        const std::size_t end = body.find("\n\n", at);
+        if (end == std::string::npos) break;
+        const std::string data = body.substr(at + 6, end - at - 6);  // after "data: "
+        at = end + 2;
+        if (data == "[DONE]") continue;
+        const json event = json::parse(data);
+        for (const json& choice : event["choices"])
+            if (choice["index"] == 0) text += choice["text"].get<std::string>();
+    }
+    return text;
+}
+
+TEST(Connection, AStreamWhoseClientDoesNotReadPausesAtItsBoundAndLosesNothing) {
+    ServerOptions options;
+    options.slots = 2;
+    options.max_tokens = 200'000;  // ~20 MB of events with logprobs: far more than the socket buffers hold
+    options.stream_backlog_bytes = 16 * 1024;
+    options.timeout_seconds = 600;  // the client reads late on purpose: only the bound may hold the stream back
+    Running running(options);
+    RawConnection sleeper(running.port(), 4096);
+    sleeper.send(post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 200'000}, {"seed", 12}, {"stream", true}, {"logprobs", 5}}));
+    const std::string paused = R"(charlm_slots_paused{model="small.safetensors"})";
+    ASSERT_TRUE(wait_for_metric(running.port(), paused, 1)) << "the stream never paused: the server went on making what its client did not read";
+    // The decoder serves another meanwhile, and the paused one stays paused: it makes nothing more to hold.
+    const RawAnswer other = ask(running.port(), post_request("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 50}, {"seed", 1}}));
+    ASSERT_EQ(other.status, 200) << other.body;
+    EXPECT_EQ(json::parse(other.body)["choices"][0]["text"], sample_text("b", 50, 1));
+    EXPECT_EQ(metric(running.port(), paused), 1);
+    EXPECT_EQ(metric(running.port(), R"(charlm_slots_busy{model="small.safetensors"})"), 1) << "a paused stream keeps its slot";
+    // Read at last, the stream is whole: the pause lost and changed no character.
+    const RawAnswer stream = sleeper.read_answer();
+    ASSERT_TRUE(stream.complete);
+    EXPECT_EQ(stream.status, 200);
+    EXPECT_EQ(text_of_events(stream.body), sample_text("a", 200'000, 12));
+    EXPECT_TRUE(wait_for_metric(running.port(), paused, 0));
+}
 
 // A model that draws among 35 characters of which its vocabulary knows 2: a draw past them fails the
 // decoding, the server's fault and not the request's.

@@ -131,9 +131,12 @@ PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const Comple
 }
 
 // Server-sent events: each call sends what each choice released since the last, as one piece. The
-// connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece.
+// connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece,
+// and only once the last piece is written: past options.stream_backlog_bytes of news a client has not
+// read, the decoder pauses the request's choices (RequestMailbox::bound_news) rather than hold more.
 PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics,
                             const ServerOptions& options) {
+    mailbox->bound_news(options.stream_backlog_bytes);
     PendingAnswer pending{mailbox, true, {}, {}};
     const std::size_t echoed = call.request.echo ? call.request.prompt.size() : 0;  // an echoed prompt's offsets start at 0
     std::vector<std::size_t> offsets(static_cast<std::size_t>(call.request.choices), call.request.prompt.size() - echoed);
