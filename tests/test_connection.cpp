@@ -10,7 +10,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <map>
+#include <mutex>
 #include <regex>
 #include <thread>
 
@@ -21,6 +23,7 @@
 #include "charlm/text.hpp"
 #include "serve/access.hpp"
 #include "serve/request_reader.hpp"
+#include "server_fixture.hpp"
 #include "test_helpers.hpp"
 #include "text_helpers.hpp"
 
@@ -30,47 +33,10 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::u32string kAlphabet = U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC";
+using testing::sample_text;
 
-Checkpoint small_checkpoint() {
-    Checkpoint checkpoint;
-    checkpoint.vocab = testing::vocab_of_text(kAlphabet);
-    checkpoint.config.vocab_size = static_cast<int>(checkpoint.vocab.size());
-    checkpoint.config.embed_size = 8;
-    checkpoint.config.hidden_size = 32;
-    checkpoint.config.layers = 2;
-    checkpoint.model.emplace(checkpoint.config);
-    std::mt19937_64 rng(3);
-    checkpoint.model->initialize(rng);
-    return checkpoint;
-}
-
-// What charlm sample prints for these, from the same weights.
-std::string sample_text(const std::string& prompt, std::size_t length, std::uint64_t seed) {
-    Checkpoint checkpoint = small_checkpoint();
-    std::string text;
-    generate(*checkpoint.model, checkpoint.vocab, decode_utf8(prompt, "prompt"), length, SampleOptions{}, seed,
-             [&](char32_t c) { text += encode_utf8(c); });
-    return text;
-}
-
-class Running {
-public:
-    // One model, or those named in `names`, each of small_checkpoint()'s weights.
-    explicit Running(ServerOptions options = {}, const std::vector<std::string>& names = {"small.safetensors"}) {
-        options.port = 0;
-        options.threads = 2;
-        options.models = names.size();
-        server_ = std::make_unique<Server>(options);
-        server_->start();
-        for (const std::string& name : names) server_->load(small_checkpoint(), name);
-    }
-    int port() const { return server_->port(); }
-    Server& server() { return *server_; }
-
-private:
-    std::unique_ptr<Server> server_;
-};
+// The server on small models, asked through raw sockets.
+using Running = testing::ServerOnSmallModels;
 
 // An answer read off a raw connection.
 struct RawAnswer {
@@ -509,6 +475,104 @@ TEST(Connection, TheKeyIsAskedBeforeTheModelAndHoldsForEveryModel) {
     EXPECT_EQ(json::parse(listed.body)["data"].size(), 2u);
     const RawAnswer health = ask(running.port(), get_request("/health"));
     EXPECT_EQ(health.status, 200) << "/health stays open with several models";
+}
+
+// ---- a client that reads slowly, a server at fault --------------------------------------------------------
+
+// One sample of /metrics; -1 where it is missing.
+double metric(int port, const std::string& sample) {
+    const auto samples = parse_metrics(ask(port, get_request("/metrics")).body);
+    const auto found = samples.find(sample);
+    return found == samples.end() ? -1 : found->second;
+}
+
+// Asks /metrics until `sample` shows `value`: whether it did. The limit only catches a server that never gets there.
+bool wait_for_metric(int port, const std::string& sample, double value) {
+    const auto give_up = std::chrono::steady_clock::now() + 120s;
+    while (metric(port, sample) != value)
+        if (std::chrono::steady_clock::now() > give_up) return false;
+        else std::this_thread::sleep_for(5ms);
+    return true;
+}
+
+// The text of choice 0 in a stream's events.
+std::string text_of_events(const std::string& body) {
+    std::string text;
+    for (std::size_t at = 0; at < body.size();) {
+        const std::size_t end = body.find("\n\n", at);
+        if (end == std::string::npos) break;
+        const std::string data = body.substr(at + 6, end - at - 6);  // after "data: "
+        at = end + 2;
+        if (data == "[DONE]") continue;
+        const json event = json::parse(data);
+        for (const json& choice : event["choices"])
+            if (choice["index"] == 0) text += choice["text"].get<std::string>();
+    }
+    return text;
+}
+
+TEST(Connection, AStreamWhoseClientDoesNotReadPausesAtItsBoundAndLosesNothing) {
+    ServerOptions options;
+    options.slots = 2;
+    options.max_tokens = 200'000;  // ~20 MB of events with logprobs: far more than the socket buffers hold
+    options.stream_backlog_bytes = 16 * 1024;
+    options.timeout_seconds = 600;  // the client reads late on purpose: only the bound may hold the stream back
+    Running running(options);
+    RawConnection sleeper(running.port(), 4096);
+    sleeper.send(post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 200'000}, {"seed", 12}, {"stream", true}, {"logprobs", 5}}));
+    const std::string paused = R"(charlm_slots_paused{model="small.safetensors"})";
+    ASSERT_TRUE(wait_for_metric(running.port(), paused, 1)) << "the stream never paused: the server went on making what its client did not read";
+    // The decoder serves another meanwhile, and the paused one stays paused: it makes nothing more to hold.
+    const RawAnswer other = ask(running.port(), post_request("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 50}, {"seed", 1}}));
+    ASSERT_EQ(other.status, 200) << other.body;
+    EXPECT_EQ(json::parse(other.body)["choices"][0]["text"], sample_text("b", 50, 1));
+    EXPECT_EQ(metric(running.port(), paused), 1);
+    EXPECT_EQ(metric(running.port(), R"(charlm_slots_busy{model="small.safetensors"})"), 1) << "a paused stream keeps its slot";
+    // Read at last, the stream is whole: the pause lost and changed no character.
+    const RawAnswer stream = sleeper.read_answer();
+    ASSERT_TRUE(stream.complete);
+    EXPECT_EQ(stream.status, 200);
+    EXPECT_EQ(text_of_events(stream.body), sample_text("a", 200'000, 12));
+    EXPECT_TRUE(wait_for_metric(running.port(), paused, 0));
+}
+
+// A model that draws among 35 characters of which its vocabulary knows 2: a draw past them fails the
+// decoding, the server's fault and not the request's.
+Checkpoint failing_checkpoint() {
+    Checkpoint checkpoint = testing::small_checkpoint();
+    checkpoint.vocab = testing::vocab_of_text(U"a\n");
+    return checkpoint;
+}
+
+TEST(Connection, AnAnswerThatIsTheServersFaultIsLoggedWithItsMessage) {
+    std::mutex mutex;
+    std::vector<std::pair<ServerLogLevel, std::string>> lines;
+    ServerOptions options;
+    options.log = [&](ServerLogLevel level, const std::string& message) {
+        std::lock_guard lock(mutex);
+        lines.emplace_back(level, message);
+    };
+    Running running(options, {"broken"}, false);
+    running.server().load(failing_checkpoint(), "broken");
+    const RawAnswer refused = ask(running.port(), post_request("/v1/completions", json{{"prompt", "b"}}));
+    ASSERT_EQ(refused.status, 400) << "a character not in the vocabulary: " << refused.body;
+    const RawAnswer whole = ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 50}, {"seed", 1}}));
+    ASSERT_EQ(whole.status, 500) << whole.body;
+    const std::string message = json::parse(whole.body)["error"]["message"].get<std::string>();
+    EXPECT_EQ(message.rfind("decoding failed: ", 0), 0u) << message;
+    const RawAnswer streamed =
+        ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 50}, {"seed", 1}, {"stream", true}}));
+    ASSERT_EQ(streamed.status, 200) << "the stream's head went out before the failure";
+    EXPECT_NE(streamed.body.find("decoding failed: "), std::string::npos) << streamed.body;
+    // Each is told to the log by the time its answer is sent; the client's fault (400) is no error.
+    std::lock_guard lock(mutex);
+    std::vector<std::string> errors, answered;
+    for (const auto& [level, line] : lines) (level == ServerLogLevel::error ? errors : answered).push_back(line);
+    ASSERT_EQ(errors.size(), 2u);
+    EXPECT_EQ(errors[0], "/v1/completions answered 500: " + message);
+    EXPECT_EQ(errors[1].rfind("/v1/completions answered 500: decoding failed: ", 0), 0u) << errors[1];
+    EXPECT_NE(std::find(answered.begin(), answered.end(), "POST /v1/completions 500"), answered.end());
+    EXPECT_NE(std::find(answered.begin(), answered.end(), "POST /v1/completions 400"), answered.end());
 }
 
 // ---- the request reader alone -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
 #include "serve/served_models.hpp"
+#include "server_fixture.hpp"
 #include "text_helpers.hpp"
 
 // After Eigen: httplib.h brings <resolv.h>, whose macro _res renames a parameter of Eigen's products.
@@ -23,29 +24,9 @@ namespace {
 
 using nlohmann::json;
 
-const std::u32string kLetters = U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC";
-
-// Two models of the same shape with other weights (`seed`), so that which one answered shows.
-Checkpoint checkpoint_of(std::uint64_t seed) {
-    Checkpoint checkpoint;
-    checkpoint.vocab = testing::vocab_of_text(kLetters);
-    checkpoint.config.vocab_size = static_cast<int>(checkpoint.vocab.size());
-    checkpoint.config.embed_size = 8;
-    checkpoint.config.hidden_size = 32;
-    checkpoint.config.layers = 2;
-    checkpoint.model.emplace(checkpoint.config);
-    std::mt19937_64 rng(seed);
-    checkpoint.model->initialize(rng);
-    return checkpoint;
-}
-
-// charlm sample's text for these, from checkpoint_of(weights).
+// charlm sample's text for these, from small_checkpoint(weights): the server's first model has weights 3, its second 4.
 std::string sample_of(std::uint64_t weights, const std::string& prompt, std::size_t length, std::uint64_t seed) {
-    Checkpoint checkpoint = checkpoint_of(weights);
-    std::string text;
-    generate(*checkpoint.model, checkpoint.vocab, decode_utf8(prompt, "prompt"), length, SampleOptions{}, seed,
-             [&](char32_t c) { text += encode_utf8(c); });
-    return text;
+    return testing::sample_text(prompt, length, seed, 1.0, weights);
 }
 
 struct Reply {
@@ -53,38 +34,22 @@ struct Reply {
     json body;
 };
 
-// A server on a free port for `names.size()` models, of weights 3, 4, ... loaded in that order unless
-// `load` is false (then load_next() loads them).
-class Served {
+// A server for `names.size()` models of 8 slots each (see ServerOnSmallModels), asked through cpp-httplib's client.
+class Served : public testing::ServerOnSmallModels {
 public:
-    explicit Served(std::vector<std::string> names, bool load = true) : names_(std::move(names)) {
-        ServerOptions options;
-        options.port = 0;
-        options.threads = 2;
-        options.slots = 8;
-        options.models = names_.size();
-        server_ = std::make_unique<Server>(options);
-        server_->start();
-        if (load)
-            while (loaded_ < names_.size()) load_next();
-    }
-    void load_next() {
-        server_->load(checkpoint_of(3 + loaded_), names_[loaded_]);
-        ++loaded_;
-    }
-    Server& server() { return *server_; }
+    explicit Served(std::vector<std::string> names, bool load = true) : ServerOnSmallModels(eight_slots(), std::move(names), load) {}
     Reply get(const std::string& path) const {
-        httplib::Client client("127.0.0.1", server_->port());
+        httplib::Client client("127.0.0.1", port());
         return reply(client.Get(path.c_str()));
     }
     Reply post(const std::string& path, const json& body) const {
-        httplib::Client client("127.0.0.1", server_->port());
+        httplib::Client client("127.0.0.1", port());
         client.set_read_timeout(30, 0);
         return reply(client.Post(path.c_str(), body.dump(), "application/json"));
     }
     // A streamed completion's events' data, in order ("[DONE]" last).
     std::vector<std::string> stream(const json& body) const {
-        httplib::Client client("127.0.0.1", server_->port());
+        httplib::Client client("127.0.0.1", port());
         client.set_read_timeout(30, 0);
         const auto result = client.Post("/v1/completions", body.dump(), "application/json");
         EXPECT_TRUE(result && result->status == 200);
@@ -100,13 +65,15 @@ public:
     }
 
 private:
+    static ServerOptions eight_slots() {
+        ServerOptions options;
+        options.slots = 8;
+        return options;
+    }
     static Reply reply(const httplib::Result& result) {
         if (!result) return {};
         return {result->status, json::parse(result->body, nullptr, false)};
     }
-    std::vector<std::string> names_;
-    std::size_t loaded_ = 0;
-    std::unique_ptr<Server> server_;
 };
 
 std::string error_of(const Reply& reply) { return reply.body.is_object() ? reply.body["error"].value("message", "") : ""; }
@@ -185,7 +152,7 @@ TEST(ServeModels, HealthIsLoadingUntilEveryModelIsLoadedThenReportsEach) {
         EXPECT_EQ(model["slots_idle"], 8);
     }
     EXPECT_EQ(ready.body["slots_idle"], 16) << "the total over the models";
-    EXPECT_THROW(served.server().load(checkpoint_of(9), "third"), Error) << "one more than the server was set up for";
+    EXPECT_THROW(served.server().load(testing::small_checkpoint(9), "third"), Error) << "one more than the server was set up for";
 }
 
 TEST(ServeModels, TwoModelsDecodingAtOnceEachGiveTheirOwnText) {

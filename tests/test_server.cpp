@@ -17,6 +17,7 @@
 #include "charlm/sample.hpp"
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
+#include "server_fixture.hpp"
 #include "text_helpers.hpp"
 
 // After Eigen: httplib.h brings <resolv.h>, whose macro _res renames a parameter of Eigen's products.
@@ -28,31 +29,8 @@ namespace {
 using nlohmann::json;
 using namespace std::chrono_literals;
 
-const std::u32string kAlphabet = U"abcdefgh ijklmnop\nqrstuvwxyz.,;'ABC";
-
-Checkpoint small_checkpoint(std::uint64_t seed = 3) {
-    Checkpoint checkpoint;
-    checkpoint.vocab = testing::vocab_of_text(kAlphabet);
-    checkpoint.config.vocab_size = static_cast<int>(checkpoint.vocab.size());
-    checkpoint.config.embed_size = 8;
-    checkpoint.config.hidden_size = 32;
-    checkpoint.config.layers = 2;
-    checkpoint.model.emplace(checkpoint.config);
-    std::mt19937_64 rng(seed);
-    checkpoint.model->initialize(rng);
-    return checkpoint;
-}
-
-// What charlm sample prints for these, from the same weights.
-std::string sample_text(const std::string& prompt, std::size_t length, std::uint64_t seed, double temperature = 1.0) {
-    Checkpoint checkpoint = small_checkpoint();
-    SampleOptions options;
-    options.temperature = temperature;
-    std::string text;
-    generate(*checkpoint.model, checkpoint.vocab, decode_utf8(prompt, "prompt"), length, options, seed,
-             [&](char32_t c) { text += encode_utf8(c); });
-    return text;
-}
+using testing::sample_text;
+using testing::small_checkpoint;
 
 struct Reply {
     int status = 0;
@@ -61,17 +39,10 @@ struct Reply {
     httplib::Headers headers;
 };
 
-class Running {
+// The server on one small model (not yet loaded where `load` is false), asked through cpp-httplib's client.
+class Running : public testing::ServerOnSmallModels {
 public:
-    explicit Running(ServerOptions options = {}, bool load = true) {
-        options.port = 0;
-        options.threads = options.threads ? options.threads : 2;
-        server_ = std::make_unique<Server>(options);
-        server_->start();
-        if (load) server_->load(small_checkpoint(), "small.safetensors");
-    }
-    Server& server() { return *server_; }
-    int port() const { return server_->port(); }
+    explicit Running(ServerOptions options = {}, bool load = true) : ServerOnSmallModels(std::move(options), {"small.safetensors"}, load) {}
     httplib::Client client() const {
         httplib::Client client("127.0.0.1", port());
         client.set_read_timeout(30, 0);
@@ -128,7 +99,6 @@ private:
         reply.body = json::parse(result->body, nullptr, false);
         return reply;
     }
-    std::unique_ptr<Server> server_;
 };
 
 std::string text_of_stream(const std::vector<std::string>& events, std::size_t choice = 0) {
@@ -161,9 +131,9 @@ TEST(Server, ModelsDescribeTheCheckpoint) {
     ASSERT_EQ(reply.status, 200);
     const json& model = reply.body["data"][0];
     EXPECT_EQ(model["id"], "small.safetensors");
-    EXPECT_EQ(model["meta"]["vocab_size"], kAlphabet.size());
+    EXPECT_EQ(model["meta"]["vocab_size"], testing::kServedAlphabet.size());
     EXPECT_EQ(model["meta"]["hidden_size"], 32);
-    EXPECT_EQ(model["meta"]["vocabulary"].get<std::string>().size(), kAlphabet.size());
+    EXPECT_EQ(model["meta"]["vocabulary"].get<std::string>().size(), testing::kServedAlphabet.size());
 }
 
 TEST(Server, TheSamePageIsServedAtTheRoot) {

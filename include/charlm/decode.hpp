@@ -83,6 +83,14 @@ public:
     // The client went away: the decoder frees the request's slots before its next step.
     void cancel() { cancelled_ = true; }
     bool cancelled() const { return cancelled_; }
+    // A stream's reader takes news only as fast as its client reads: past `bytes` of news not yet taken,
+    // the decoder sets the request's choices aside (their state kept, no thread held) until the reader
+    // takes it. 0, the default, bounds nothing: a whole answer takes its news once, at the end.
+    void bound_news(std::size_t bytes) { news_bound_ = bytes; }
+    bool backlogged() const {
+        const std::size_t bound = news_bound_;
+        return bound > 0 && news_bytes_ > bound;
+    }
     // Set by the decoder where the request failed: the reader's next wait throws DecoderBusy where
     // the decoder stopped (`unavailable`: ask again later), else DecodeFailed.
     void fail(const std::string& message, bool unavailable = false);
@@ -110,6 +118,8 @@ private:
     std::string failure_;
     bool unavailable_ = false;
     std::atomic<bool> cancelled_{false};
+    std::atomic<std::size_t> news_bound_{0};
+    std::atomic<std::size_t> news_bytes_{0};  // the memory the news not yet taken holds
 };
 
 // Every slot is taken and the queue is full, or the decoder is stopping: come back later (HTTP 503).
@@ -134,6 +144,7 @@ struct DecoderLoad {
     int slots_busy = 0;
     int slots_idle = 0;
     int requests_queued = 0;
+    int slots_paused = 0;  // of the busy ones: set aside until their client reads (RequestMailbox::bound_news)
 };
 
 // Runs a thread that advances every admitted request one character a step, as the rows of one batch
@@ -161,7 +172,8 @@ private:
         std::vector<std::unique_ptr<Slot>> slots;
     };
     void submit(Pending pending);
-    void admit_and_release(std::vector<std::unique_ptr<Slot>>& active, ModelState<float>& state);
+    bool admissible() const;  // under mutex_: the queue's first request has slots for all its choices
+    void admit_and_release(std::vector<std::unique_ptr<Slot>>& active, std::vector<std::unique_ptr<Slot>>& paused, ModelState<float>& state);
     void run();
 
     Model<float>& model_;
@@ -172,6 +184,7 @@ private:
     std::deque<Pending> queue_;
     int slots_busy_ = 0;
     int slots_queued_ = 0;  // the queue's requests' choices
+    int slots_paused_ = 0;  // busy, but set aside until their readers take their news
     bool stopping_ = false;
     std::thread thread_;
 };

@@ -14,8 +14,9 @@
 
 namespace charlm {
 
-// What the server tells a log: an exception that escaped a handler (error) and each request answered
-// (debug). The library writes nothing itself; the CLI's sink hands these to its logger.
+// What the server tells a log: each answer that is the server's fault (error: the route, then "answered
+// 500: " and the message the client gets) and each request answered (debug). The library writes
+// nothing itself; the CLI's sink hands these to its logger.
 enum class ServerLogLevel { debug, error };
 using ServerLog = std::function<void(ServerLogLevel level, const std::string& message)>;
 
@@ -31,6 +32,9 @@ struct ServerOptions {
     std::size_t max_body_bytes = std::size_t{1} << 20;
     int timeout_seconds = 10;                     // a client that sends or takes nothing for this long is dropped
     int max_connections = 2048;                   // open at once; past that, a connection gets 503 and is closed
+    // The news a stream's client has not read that the server holds (characters, in bytes of memory);
+    // past it the request's choices pause until the client reads. Beyond it: one piece being written.
+    std::size_t stream_backlog_bytes = std::size_t{1} << 20;
     std::vector<std::string> api_keys;            // none: the API is open; else `Authorization: Bearer KEY` with one of them
     ServerLog log;                                // none: nothing is logged
 };

@@ -3,6 +3,8 @@
 #include "charlm/decode.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -43,7 +45,11 @@ void BatchDecoder::stop() {
 
 DecoderLoad BatchDecoder::load() const {
     std::lock_guard lock(mutex_);
-    return {slots_busy_, options_.slots - slots_busy_, static_cast<int>(queue_.size())};
+    return {slots_busy_, options_.slots - slots_busy_, static_cast<int>(queue_.size()), slots_paused_};
+}
+
+bool BatchDecoder::admissible() const {
+    return !queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots;
 }
 
 void BatchDecoder::submit(Pending pending) {
@@ -87,27 +93,64 @@ std::shared_ptr<RequestMailbox> BatchDecoder::score(const ScoreRequest& request)
     return mailbox;
 }
 
-// Between two steps: finished and cancelled slots leave, the queue's first requests join while there
-// are slots for all their choices, and the stayers' rows of the state are carried into the new batch
-// (newcomers start from zeros). Called with mutex_ held.
-void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active, ModelState<float>& state) {
-    std::vector<std::unique_ptr<Slot>> kept;
-    std::vector<Eigen::Index> rows;  // each kept slot's row in the old state; -1 for a newcomer
+namespace {
+
+// How often the decoder looks again at paused slots when nothing else is to do: a reader that takes its
+// news does not tell the decoder, which learns it at its next step or at this poll.
+constexpr std::chrono::milliseconds kPausedPoll{10};
+
+void copy_row(const ModelState<float>& from, Eigen::Index from_row, ModelState<float>& to, Eigen::Index to_row) {
+    for (std::size_t l = 0; l < to.hidden.size(); ++l) to.hidden[l].row(to_row) = from.hidden[l].row(from_row);
+    for (std::size_t l = 0; l < to.cell.size(); ++l) to.cell[l].row(to_row) = from.cell[l].row(from_row);
+}
+
+}  // namespace
+
+// Between two steps: finished and cancelled slots leave; those whose reader is behind (backlogged) are
+// set aside with their row of the state, and come back with it once the reader has taken its news; the
+// queue's first requests join while there are slots for all their choices. Paused slots keep their
+// slots: a client that reads nothing holds them until --timeout ends its connection. The stayers' rows
+// are carried into the new batch (newcomers start from zeros). Called with mutex_ held.
+void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active, std::vector<std::unique_ptr<Slot>>& paused,
+                                     ModelState<float>& state) {
+    std::vector<std::unique_ptr<Slot>> kept, still_paused;
+    // Where each kept slot's row comes from: the old state's row, its own set-aside row (row 0), or zeros (null).
+    std::vector<std::pair<const ModelState<float>*, Eigen::Index>> sources;
     for (std::size_t i = 0; i < active.size(); ++i) {
-        if (!active[i]->finished() && !active[i]->mailbox().cancelled()) {
-            rows.push_back(static_cast<Eigen::Index>(i));
-            kept.push_back(std::move(active[i]));
-        } else {
+        Slot& slot = *active[i];
+        const auto row = static_cast<Eigen::Index>(i);
+        if (slot.finished() || slot.mailbox().cancelled()) {
             --slots_busy_;
+        } else if (slot.mailbox().backlogged()) {
+            slot.set_aside = model_.initial_state(1);
+            copy_row(state, row, *slot.set_aside, 0);
+            ++slots_paused_;
+            still_paused.push_back(std::move(active[i]));
+        } else {
+            sources.emplace_back(&state, row);
+            kept.push_back(std::move(active[i]));
         }
     }
-    while (!queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots) {
+    for (auto& slot : paused) {
+        if (!slot->mailbox().cancelled() && slot->mailbox().backlogged()) {
+            still_paused.push_back(std::move(slot));
+            continue;
+        }
+        --slots_paused_;
+        if (slot->mailbox().cancelled()) {
+            --slots_busy_;
+            continue;
+        }
+        sources.emplace_back(&*slot->set_aside, 0);
+        kept.push_back(std::move(slot));
+    }
+    while (admissible()) {
         Pending pending = std::move(queue_.front());
         queue_.pop_front();
         slots_queued_ -= static_cast<int>(pending.slots.size());
         if (pending.mailbox->cancelled()) continue;
         for (auto& slot : pending.slots) {
-            rows.push_back(-1);
+            sources.emplace_back(nullptr, 0);
             kept.push_back(std::move(slot));
             ++slots_busy_;
         }
@@ -115,31 +158,37 @@ void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active,
     const auto batch = static_cast<Eigen::Index>(kept.size());
     ModelState<float> next = model_.initial_state(static_cast<int>(batch));
     for (Eigen::Index r = 0; r < batch; ++r) {
-        const Eigen::Index from = rows[static_cast<std::size_t>(r)];
-        if (from < 0) continue;
-        for (std::size_t l = 0; l < next.hidden.size(); ++l) next.hidden[l].row(r) = state.hidden[l].row(from);
-        for (std::size_t l = 0; l < next.cell.size(); ++l) next.cell[l].row(r) = state.cell[l].row(from);
+        const auto [from, from_row] = sources[static_cast<std::size_t>(r)];
+        if (from) copy_row(*from, from_row, next, r);
     }
+    for (auto& slot : kept) slot->set_aside.reset();
     state = std::move(next);
     active = std::move(kept);
+    paused = std::move(still_paused);
 }
 
 void BatchDecoder::run() {
     set_thread_count(options_.threads);  // OpenMP's thread count is each thread's own setting
     const WeightsFreeze<float> freeze(model_);
     model_.set_rows_as_if_alone(true);
-    std::vector<std::unique_ptr<Slot>> active;
+    std::vector<std::unique_ptr<Slot>> active, paused;
     ModelState<float> state = model_.initial_state(0);
     std::vector<TokenId> inputs;
+    const auto resuming = [&] {
+        return std::any_of(paused.begin(), paused.end(), [](const auto& s) { return s->mailbox().cancelled() || !s->mailbox().backlogged(); });
+    };
     for (;;) {
         {
             std::unique_lock lock(mutex_);
-            work_.wait(lock, [&] { return stopping_ || !queue_.empty() || !active.empty(); });
+            const auto work = [&] { return stopping_ || !active.empty() || admissible() || resuming(); };
+            if (paused.empty()) work_.wait(lock, work);
+            else if (!work_.wait_for(lock, kPausedPoll, work)) continue;
             if (stopping_) break;
-            // Most steps nobody leaves or joins: then there is nothing to rebuild.
-            const bool leaving = std::any_of(active.begin(), active.end(), [](const auto& s) { return s->finished() || s->mailbox().cancelled(); });
-            const bool joining = !queue_.empty() && slots_busy_ + static_cast<int>(queue_.front().slots.size()) <= options_.slots;
-            if (leaving || joining) admit_and_release(active, state);
+            // Most steps nobody leaves, pauses or joins: then there is nothing to rebuild.
+            const bool leaving = std::any_of(active.begin(), active.end(), [](const auto& s) {
+                return s->finished() || s->mailbox().cancelled() || s->mailbox().backlogged();
+            });
+            if (leaving || admissible() || resuming()) admit_and_release(active, paused, state);
         }
         if (active.empty()) continue;
         const auto batch = static_cast<int>(active.size());
@@ -169,8 +218,9 @@ void BatchDecoder::run() {
             }
         });
     }
-    for (auto& slot : active)
-        if (!slot->finished()) slot->mailbox().fail("the server is shutting down", true);
+    for (auto* slots : {&active, &paused})
+        for (auto& slot : *slots)
+            if (!slot->finished()) slot->mailbox().fail("the server is shutting down", true);
     std::lock_guard lock(mutex_);
     for (auto& pending : queue_) pending.mailbox->fail("the server is shutting down", true);
     queue_.clear();

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <ctime>
 #include <optional>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -43,7 +44,9 @@ HttpAnswer refusal_answer(const RequestRefusal& refusal) {
 }
 
 struct Routes::Served {
-    Served(const ServerOptions& options, ServerMetrics& server_metrics) : models(options), keys(options.api_keys), metrics(server_metrics) {}
+    Served(const ServerOptions& server_options, ServerMetrics& server_metrics)
+        : options(server_options), models(server_options), keys(server_options.api_keys), metrics(server_metrics) {}
+    const ServerOptions& options;
     ServedModels models;
     ApiKeys keys;
     ServerMetrics& metrics;
@@ -71,9 +74,16 @@ void metrics(const ServedModels& served, const ServerMetrics& server_metrics, Ht
     response.body = server_metrics.exposition(loads);
 }
 
+// The server's fault (500): the client is told, and so is the log, since the client may never show it
+// and /metrics only counts it.
+RequestRefusal server_fault(const ServerLog& log, std::string_view path, const std::string& message) {
+    if (log) log(ServerLogLevel::error, fmt::format("{} answered 500: {}", path, message));
+    return RequestRefusal{500, message, "", "server_error"};
+}
+
 // A handler whose every refusal is an answer; anything else it throws is the server's fault (500).
 template <typename Handler>
-void answer_or_refuse(const Handler& handler, HttpAnswer& response) {
+void answer_or_refuse(const Handler& handler, HttpAnswer& response, const ServerLog& log, std::string_view path) {
     try {
         handler();
     } catch (const RequestRefusal& refusal) {
@@ -81,11 +91,11 @@ void answer_or_refuse(const Handler& handler, HttpAnswer& response) {
     } catch (const DecoderBusy& busy) {
         answer(response, RequestRefusal{503, busy.what(), "", "unavailable_error"});
     } catch (const DecodeFailed& failure) {
-        answer(response, RequestRefusal{500, failure.what(), "", "server_error"});
+        answer(response, server_fault(log, path, failure.what()));
     } catch (const Error& error) {  // UsageError included
         answer(response, RequestRefusal{400, error.what(), ""});
     } catch (const std::exception& error) {
-        answer(response, RequestRefusal{500, error.what(), "", "server_error"});
+        answer(response, server_fault(log, path, error.what()));
     }
 }
 
@@ -96,10 +106,11 @@ std::size_t generated_in(std::size_t piece, std::size_t offset, std::size_t echo
 }
 
 // Every choice whole, once all have finished.
-PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
+PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics,
+                           const ServerLog& log) {
     PendingAnswer pending{mailbox, false, {}, {}};
     pending.whole = [mailbox, head, seed = call.request.seed, prompt_length = call.request.prompt.size(), with_logprobs = call.with_logprobs,
-                     echo = call.request.echo, &server_metrics] {
+                     echo = call.request.echo, &server_metrics, &log] {
         HttpAnswer response;
         answer_or_refuse(
             [&] {
@@ -113,27 +124,32 @@ PendingAnswer answer_whole(std::shared_ptr<RequestMailbox> mailbox, const Comple
                 }
                 answer(response, 200, CompletionAnswer{head, seed, news, prompt_length, with_logprobs, echo}.to_json());
             },
-            response);
+            response, log, "/v1/completions");
         return response;
     };
     return pending;
 }
 
 // Server-sent events: each call sends what each choice released since the last, as one piece. The
-// connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece.
-PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics) {
+// connection calls at most once per pace (kStreamPace, connection.cpp), and at once for the last piece,
+// and only once the last piece is written: past options.stream_backlog_bytes of news a client has not
+// read, the decoder pauses the request's choices (RequestMailbox::bound_news) rather than hold more.
+PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const CompletionHead& head, const CompletionCall& call, ServerMetrics& server_metrics,
+                            const ServerOptions& options) {
+    mailbox->bound_news(options.stream_backlog_bytes);
     PendingAnswer pending{mailbox, true, {}, {}};
     const std::size_t echoed = call.request.echo ? call.request.prompt.size() : 0;  // an echoed prompt's offsets start at 0
     std::vector<std::size_t> offsets(static_cast<std::size_t>(call.request.choices), call.request.prompt.size() - echoed);
     pending.events = [mailbox, offsets, head, with_logprobs = call.with_logprobs, seed = call.request.seed, echoed, first = true,
-                      &server_metrics](bool& done) mutable {
+                      &server_metrics, &log = options.log](bool& done) mutable {
         std::vector<ChoiceNews> news;
         std::string events;
         try {
             done = mailbox->wait_for_news(std::chrono::milliseconds(0), news);
         } catch (const Error& error) {  // the server stopping (503), or the model failing (500)
             const bool busy = dynamic_cast<const DecoderBusy*>(&error) != nullptr;
-            const RequestRefusal failure{busy ? 503 : 500, error.what(), "", busy ? "unavailable_error" : "server_error"};
+            const RequestRefusal failure =
+                busy ? RequestRefusal{503, error.what(), "", "unavailable_error"} : server_fault(log, "/v1/completions", error.what());
             done = true;
             return "data: " + json_text(failure.to_json()) + "\n\ndata: [DONE]\n\n";
         }
@@ -156,23 +172,24 @@ PendingAnswer answer_stream(std::shared_ptr<RequestMailbox> mailbox, const Compl
 }
 
 // The body is read once, and the model it names first: the model decides which characters the rest may have.
-RouteOutcome completions(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+RouteOutcome completions(Routes::Served& routes, const std::string& text) {
     const auto body = read_body(text);
-    ServedModel& served = models.pick(requested_model(body));
+    ServedModel& served = routes.models.pick(requested_model(body));
     const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
     const auto mailbox = served.decoder->complete(call.request);
     const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
-    if (call.stream) return answer_stream(mailbox, head, call, server_metrics);
-    return answer_whole(mailbox, head, call, server_metrics);
+    if (call.stream) return answer_stream(mailbox, head, call, routes.metrics, routes.options);
+    return answer_whole(mailbox, head, call, routes.metrics, routes.options.log);
 }
 
-RouteOutcome score(ServedModels& models, ServerMetrics& server_metrics, const std::string& text) {
+RouteOutcome score(Routes::Served& routes, const std::string& text) {
     const auto body = read_body(text);
-    ServedModel& served = models.pick(requested_model(body));
+    ServedModel& served = routes.models.pick(requested_model(body));
     const ScoreCall call = read_score_request(body, served.checkpoint->vocab, served.checkpoint->config, served.options);
     const auto mailbox = served.decoder->score(call.request);
     PendingAnswer pending{mailbox, false, {}, {}};
-    pending.whole = [mailbox, text = call.request.text, name = served.name, unknown = call.unknown_characters, &server_metrics] {
+    pending.whole = [mailbox, text = call.request.text, name = served.name, unknown = call.unknown_characters, &server_metrics = routes.metrics,
+                     &log = routes.options.log] {
         HttpAnswer response;
         answer_or_refuse(
             [&] {
@@ -180,7 +197,7 @@ RouteOutcome score(ServedModels& models, ServerMetrics& server_metrics, const st
                 server_metrics.count_scored(name, text.size());
                 answer(response, 200, ScoreAnswer{mailbox->score(), text, name, unknown}.to_json());
             },
-            response);
+            response, log, "/v1/score");
         return response;
     };
     return pending;
@@ -234,10 +251,10 @@ RouteOutcome route(Routes::Served& served, const HttpRequest& request) {
             if (path == "/v1/models") return models(served.models, response);
             if (path == "/metrics") return metrics(served.models, served.metrics, response);
             if (request.body.empty()) throw RequestRefusal{400, "the body is empty; send a JSON object (docs/serve.md lists the fields)", ""};
-            if (path == "/v1/completions") pending = completions(served.models, served.metrics, request.body);
-            else pending = score(served.models, served.metrics, request.body);
+            if (path == "/v1/completions") pending = completions(served, request.body);
+            else pending = score(served, request.body);
         },
-        response);
+        response, served.options.log, path);
     if (pending) return std::move(*pending);
     return response;
 }

@@ -6,6 +6,13 @@
 
 namespace charlm {
 
+namespace {
+
+// What a character waiting for its reader holds in memory: what bound_news() counts.
+std::size_t footprint(const DrawnCharacter& character) { return sizeof character + character.top.size() * sizeof(CharacterLogprob); }
+
+}  // namespace
+
 RequestMailbox::RequestMailbox(int choices, bool scoring) : pending_(scoring ? 1 : static_cast<std::size_t>(choices)) {}
 
 void RequestMailbox::throw_if_failed() const {
@@ -51,6 +58,7 @@ bool RequestMailbox::wait_for_news(std::chrono::milliseconds timeout, std::vecto
         news[i].finished = pending_[i].finished;
         news[i].reason = pending_[i].reason;
     }
+    news_bytes_ = 0;
     return choices_finished_ == pending_.size();
 }
 
@@ -74,6 +82,7 @@ void RequestMailbox::fail(const std::string& message, bool unavailable) {
 
 void RequestMailbox::post(std::size_t choice, DrawnCharacter character) {
     std::unique_lock lock(mutex_);
+    news_bytes_ += footprint(character);
     pending_[choice].characters.push_back(std::move(character));
     // Only a reader waiting for news is woken: one that waits for the end, or paces its reads, would
     // otherwise be woken for every character of every step.
@@ -86,6 +95,7 @@ void RequestMailbox::post(std::size_t choice, DrawnCharacter character) {
 void RequestMailbox::post_all(std::size_t choice, std::vector<DrawnCharacter> characters) {
     std::lock_guard lock(mutex_);
     auto& pending = pending_[choice].characters;
+    for (const DrawnCharacter& character : characters) news_bytes_ += footprint(character);
     pending.insert(pending.end(), std::make_move_iterator(characters.begin()), std::make_move_iterator(characters.end()));
     if (reader_waits_for_news_) changed_.notify_all();
 }

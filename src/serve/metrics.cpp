@@ -97,6 +97,8 @@ std::string ServerMetrics::exposition(const std::vector<std::pair<std::string, D
              [&](const std::string& model, const DecoderLoad&) { return count_of(scored_, model); });
     by_model("charlm_slots_busy", "gauge", "Rows of the batch decoding a request now.",
              [](const std::string&, const DecoderLoad& load) { return load.slots_busy; });
+    by_model("charlm_slots_paused", "gauge", "Of the busy rows, those set aside until their client reads what they made.",
+             [](const std::string&, const DecoderLoad& load) { return load.slots_paused; });
     by_model("charlm_slots", "gauge", "Rows of the batch in all.",
              [](const std::string&, const DecoderLoad& load) { return load.slots_busy + load.slots_idle; });
     by_model("charlm_queue_length", "gauge", "Requests waiting for a slot.",

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <variant>
@@ -70,6 +71,8 @@ struct BatchDecoder::Slot {
     std::variant<CompletionSlot, ScoreSlot> job;
     // Set where the decoding failed, so that the slot leaves the batch.
     bool failed = false;
+    // While the slot is paused (its reader is behind): its row of the recurrent state, to carry on from.
+    std::optional<ModelState<float>> set_aside{};
 
     TokenId next_input() {
         return std::visit([](auto& slot) { return slot.next_input(); }, job);
