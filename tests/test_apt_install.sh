@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The Debian package as a user meets it, on this machine: `apt-get install ./charlm_*.deb`, then the installed
-# charlm on the PATH (--version, a short training and a sample), its man page where man finds it, the three
-# shells' completions where they look; then `apt-get remove --purge charlm`, after which no file the package
-# listed (dpkg -L) is left, nor a folder of its own. Run by hand, as root (it installs into /usr), not in CI:
-# building the package is a portable build of its own (minutes on two cores). It refuses to run where a charlm
-# package is already installed, so as to leave it alone.
+# charlm on the PATH (--version, a short training and a sample), its man page (gzipped) where man finds it, the
+# three shells' completions where they look, bash's loaded by bash-completion as a shell loads it; then
+# `apt-get remove --purge charlm`, after which no file the package listed (dpkg -L) is left, nor a folder of its
+# own. Run by hand, as root (it installs into /usr), not in CI: building the package is a portable build of its
+# own (minutes on two cores). It refuses to run where a charlm package is already installed, so as to leave it
+# alone. tests/test_apt_install_chroot.sh runs it inside a fresh Debian 12.
 # Usage: tests/test_apt_install.sh [PACKAGE.deb]   (without one, scripts/package.sh builds it)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,8 +33,9 @@ dpkg -L charlm | sort > "$work/files"
 charlm --version | grep -q '^charlm [0-9]' || fail "the installed charlm does not say its version"
 if command -v man >/dev/null; then
   man_page="$(man -w charlm 2>/dev/null)"
-  [[ "$man_page" == /usr/share/man/man1/charlm.1* ]] && grep -qxF "$man_page" "$work/files" || fail "man -w charlm finds '$man_page', not the package's page"
-  man -P cat charlm 2>/dev/null | grep -q "charlm train" || fail "man charlm does not show the train command"
+  [ "$man_page" = /usr/share/man/man1/charlm.1.gz ] && grep -qxF "$man_page" "$work/files" || fail "man -w charlm finds '$man_page', not the package's page"
+  shown="$(man -P cat charlm 2>&1)"  # whole, not piped to grep -q: under pipefail man's SIGPIPE would fail it
+  grep -q "charlm train" <<< "$shown" || fail "man charlm does not show the train command: $(head -3 <<< "$shown")"
 else
   echo "test_apt_install: man is not installed (man-db): the man page's file alone is checked"
 fi
@@ -41,6 +43,14 @@ for file in /usr/share/bash-completion/completions/charlm /usr/share/zsh/vendor-
             /usr/share/fish/vendor_completions.d/charlm.fish /usr/share/doc/charlm/README.md; do
   grep -qxF "$file" "$work/files" && [ -s "$file" ] || fail "the package did not install $file"
 done
+# bash as a user's shell loads it: bash-completion's loader finds the file by the command's name, on first use.
+if [ -r /usr/share/bash-completion/bash_completion ]; then
+  offered="$(bash -c 'source /usr/share/bash-completion/bash_completion; __load_completion charlm || exit 1
+                      COMP_WORDS=(charlm sample --te); COMP_CWORD=2; _charlm; printf "%s\n" "${COMPREPLY[@]}"' 2>&1)"
+  grep -qx -- --temperature <<< "$offered" || fail "bash-completion does not load charlm's completion, or it offers no --temperature: $offered"
+else
+  echo "test_apt_install: bash-completion is not installed: the completion's file alone is checked"
+fi
 for i in $(seq 300); do echo "the quick brown fox jumps over the lazy dog"; done > "$work/corpus.txt"
 (cd "$work" && charlm train corpus.txt --out run --layers 1 --hidden 16 --seq 16 --batch 4 --steps 5 --threads 1 --quiet) \
   > "$work/train.log" 2>&1 || { cat "$work/train.log" >&2; fail "the installed charlm cannot train"; }

@@ -3,7 +3,7 @@
 # `cmake --install` into a prefix (the binary runs, the man page renders without a warning and names every option
 # of every command, the bash completion completes commands, options, choices and file names, the zsh and fish
 # completions parse and fish's completes), then the Debian package (its dependencies come from dpkg-shlibdeps,
-# and the binary unpacked from it trains and samples).
+# its man page is gzipped -9n and man reads it, and the binary unpacked from it trains and samples).
 # Usage: tests/test_install.sh BUILD_DIR CHARLM_BINARY   (ctest passes them)
 # zsh and fish are installed by scripts/test.sh (setup.sh --package); without them their checks skip, and the
 # whole test reports a skip (77), except under CI=true, where a missing tool fails.
@@ -121,9 +121,28 @@ if need dpkg-shlibdeps dpkg-dev; then
     if ldd "$build/charlm" | grep -q libdnnl; then grep -q libdnnl <<< "$depends" || fail "no dependency on oneDNN: $depends"; fi
     if ldd "$build/charlm" | grep -q libmpi; then grep -q libopenmpi <<< "$depends" || fail "no dependency on Open MPI: $depends"; fi
     dpkg-deb -x "$package" "$work/root"
-    for file in usr/bin/charlm usr/share/man/man1/charlm.1 usr/share/bash-completion/completions/charlm; do
+    for file in usr/bin/charlm usr/share/man/man1/charlm.1.gz usr/share/bash-completion/completions/charlm; do
       [ -e "$work/root/$file" ] || fail "the package has no /$file"
     done
+    # The man page gzipped as Debian's policy has it (gzip -9n: no file name nor time stamp in the header, so
+    # that the same page makes the same package), and the same page as cmake --install's.
+    packaged_page="$work/root/usr/share/man/man1/charlm.1.gz"
+    [ -e "$work/root/usr/share/man/man1/charlm.1" ] && fail "the package has an uncompressed /usr/share/man/man1/charlm.1"
+    if [ -e "$packaged_page" ]; then
+      header="$(od -An -tx1 -N10 "$packaged_page" | tr -d ' \n')"
+      # Bytes 0-1 the magic, 2 deflate, 3 the flags (8: a file name follows), 4-7 the time stamp, 8 the level (2: -9).
+      [[ "$header" == 1f8b08* ]] || fail "charlm.1.gz is not gzip: $header"
+      [ "${header:6:2}" = 00 ] || fail "charlm.1.gz's header names a file (gzip without -n): flags ${header:6:2}"
+      [ "${header:8:8}" = 00000000 ] || fail "charlm.1.gz's header has a time stamp (gzip without -n): ${header:8:8}"
+      [ "${header:16:2}" = 02 ] || fail "charlm.1.gz is not compressed with -9: extra flags ${header:16:2}"
+      cmp -s <(gzip -dc "$packaged_page") "$man_page" || fail "the package's charlm.1.gz is not the page cmake --install puts in place"
+      if need man man-db; then
+        found="$(man -M "$work/root/usr/share/man" -w charlm 2>&1)"
+        [ "$found" = "$packaged_page" ] || fail "man -w finds '$found' where the package has $packaged_page"
+        shown="$(man -M "$work/root/usr/share/man" -P cat charlm 2>&1 | sed 's/.\x08//g')"
+        grep -q "charlm train \[OPTIONS\]" <<< "$shown" || fail "man does not show the package's gzipped page: $(head -3 <<< "$shown")"
+      fi
+    fi
     unpacked="$work/root/usr/bin/charlm"
     for i in $(seq 300); do echo "the quick brown fox jumps over the lazy dog"; done > "$work/corpus.txt"
     "$unpacked" train "$work/corpus.txt" --out "$work/run" --layers 1 --hidden 16 --seq 16 --batch 4 --steps 5 --threads 1 --quiet \
