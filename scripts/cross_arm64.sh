@@ -104,11 +104,15 @@ else
 fi
 built=$SECONDS
 
-run_arm64() { qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$sysroot/usr/lib/aarch64-linux-gnu" "$@"; }
+# OMP_WAIT_POLICY=passive: an emulated OpenMP thread that spins at a barrier takes the host core its peer needs.
+run_arm64() {
+  qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$sysroot/usr/lib/aarch64-linux-gnu" -E OMP_WAIT_POLICY=passive "$@"
+}
 file "$tests_binary" | sed 's/, BuildID[^,]*//'
 echo "cross_arm64: $(basename "$tests_binary") links $(readelf -d "$tests_binary" | grep -oE 'NEEDED.*\[[^]]+\]' | grep -oE '\[[^]]+' | tr -d '[' | tr '\n' ' ')"
 # The engine's tests (those that ctest's engine_kernels_LEVEL runs on x86, and dropout's and Adam's) under qemu.
-run_arm64 "$tests_binary" --gtest_brief=1 \
+# Each test's name as it starts and ends: under qemu the run takes long, and a brief one says nothing until its end.
+run_arm64 "$tests_binary" \
   --gtest_filter="Kernels.*:Gemm.*:Bf16.*:*Bf16Cells.*:*RecurrentLayerTest.*:Lstm.*:Gru.*:Rnn.*:LayerInput.*:RowShares.*:RowBalance.*:Model.*:Checkpoint.*:Dropout.*:Optim.*$leave_out"
 tested=$SECONDS
 if [ "$engine_only" = yes ]; then
