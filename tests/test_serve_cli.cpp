@@ -49,14 +49,20 @@ std::string wait_for_url(ChildProcess& server) {
     return "";
 }
 
+// The port of the URL a server printed (http://127.0.0.1:PORT/), or 0 where the line is not such a URL.
+int port_of(const std::string& url) {
+    std::smatch match;
+    return std::regex_match(url, match, std::regex(R"(http://127\.0\.0\.1:(\d+)/)")) ? std::stoi(match[1].str()) : 0;
+}
+
 void expect_stops_cleanly(int signal_number) {
     TemporaryDirectory directory;
     const fs::path checkpoint = tiny_checkpoint(directory);
     ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--threads", "1"}, directory.path());
     const std::string url = wait_for_url(server);
-    std::smatch match;
-    ASSERT_TRUE(std::regex_match(url, match, std::regex(R"(http://127\.0\.0\.1:(\d+)/)"))) << url << "\n" << server.err();
-    httplib::Client client("127.0.0.1", std::stoi(match[1].str()));
+    const int port = port_of(url);
+    ASSERT_NE(port, 0) << url << "\n" << server.err();
+    httplib::Client client("127.0.0.1", port);
     const auto health = client.Get("/health");
     ASSERT_TRUE(health);
     EXPECT_EQ(health->status, 200);
@@ -88,10 +94,9 @@ TEST(ServeCli, AtBf16ACompletionBesideAnotherStreamIsCharlmSamplesTextAtBf16) {
     const fs::path checkpoint = tiny_checkpoint(directory);
     ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--threads", "1", "--precision", "bf16"}, directory.path());
     const std::string url = wait_for_url(server);
-    std::smatch match;
-    ASSERT_TRUE(std::regex_match(url, match, std::regex(R"(http://127\.0\.0\.1:(\d+)/)"))) << url << "\n" << server.err();
+    const int port = port_of(url);
+    ASSERT_NE(port, 0) << url << "\n" << server.err();
     EXPECT_NE(server.err().find("products in bf16, as --precision bf16 asks"), std::string::npos) << server.err();
-    const int port = std::stoi(match[1].str());
     std::thread other([port] {
         httplib::Client client("127.0.0.1", port);
         client.set_read_timeout(60, 0);
