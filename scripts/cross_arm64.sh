@@ -105,8 +105,12 @@ fi
 built=$SECONDS
 
 # OMP_WAIT_POLICY=passive: an emulated OpenMP thread that spins at a barrier takes the host core its peer needs.
+# No -L /usr/aarch64-linux-gnu: the :arm64 libraries above bring libc6:arm64, and the binary's loader is then
+# /lib/ld-linux-aarch64.so.1 from that same package. -L would load the cross toolchain's ld.so (libc6-arm64-cross,
+# another build of glibc) beside libc6:arm64's libc.so.6, and that mismatched pair hangs in the first
+# pthread_create (seen here: 2.36-8cross1's loader with 2.36-9+deb12u14's libc; a static binary ran).
 run_arm64() {
-  qemu-aarch64 -L /usr/aarch64-linux-gnu -E LD_LIBRARY_PATH="$sysroot/usr/lib/aarch64-linux-gnu" -E OMP_WAIT_POLICY=passive "$@"
+  qemu-aarch64 -E LD_LIBRARY_PATH="$sysroot/usr/lib/aarch64-linux-gnu" -E OMP_WAIT_POLICY=passive "$@"
 }
 file "$tests_binary" | sed 's/, BuildID[^,]*//'
 echo "cross_arm64: $(basename "$tests_binary") links $(readelf -d "$tests_binary" | grep -oE 'NEEDED.*\[[^]]+\]' | grep -oE '\[[^]]+' | tr -d '[' | tr '\n' ' ')"

@@ -128,7 +128,12 @@ TEST_P(RecurrentLayerTest, MatchesThePlainCellInDoublePrecision) {
 // Float against double: 1e-5 of the scale where the kernels fuse their multiply-adds (avx2 and up). The sse2
 // level has no FMA, so each product term and each step of Eigen's tanh polynomial rounds twice, and its rnn
 // (six tanh steps chained) came 1.1e-5 from double (CHARLM_KERNELS=sse2, engine_kernels_sse2): it gets twice.
-double float_tolerance() { return std::string(kernels().name) == "sse2" ? 2e-5 : 1e-5; }
+// So does arm64's generic level (NEON), whose rnn came 1.02e-5 from double under qemu (scripts/cross_arm64.sh):
+// its products are oneDNN's aarch64 sgemm and NEON's 4-float packets, which sum in other orders.
+double float_tolerance() {
+    const std::string level = kernels().name;
+    return level == "sse2" || level == "generic" ? 2e-5 : 1e-5;
+}
 
 TEST_P(RecurrentLayerTest, MatchesThePlainCellInSinglePrecision) {
     // What training runs: oneDNN's products and the packed kernels in float, against double.
