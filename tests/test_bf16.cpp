@@ -170,6 +170,47 @@ TEST(Bf16, GemmIsTheProductOfTheRoundedOperandsUpToTheOrderOfItsSums) {
     }
 }
 
+TEST(Bf16, OperandsRoundedOnceGiveTheBitsOfProductsThatRoundThemselves) {
+    // The backward pass rounds each step's gate gradients once, as the cell leaves them, for the step's
+    // packed product and the weight gradients' products: those must be the products of the float rows.
+    // Rows of odd length too, where the rounded copy pads each row; and row ranges that start past 0.
+    std::mt19937_64 rng(8);
+    Threads threads(2);
+    for (Bf16Kernels kernels : kernels_here()) {
+        Kernels scope(kernels);
+        for (Eigen::Index k : {9, 64})
+            for (Eigen::Index n : {33, 130}) {
+                const std::string shape = name_of(kernels) + " k " + std::to_string(k) + " n " + std::to_string(n);
+                const Matrix<float> a = random_matrix<float>(40, k, rng), b = random_matrix<float>(k, n, rng);
+                const Matrix<float> b_t = b.transpose(), other = random_matrix<float>(40, n, rng), start = random_matrix<float>(k, n, rng);
+                Bf16Rows rounded;
+                rounded.resize(40, k);
+                rounded.round_rows(a.topRows(25), 0);  // in two calls, as two threads' shares
+                rounded.round_rows(a.bottomRows(15), 25);
+                PackedMatrix<float> packed;
+                packed.pack(b, Transpose::no, 0, Precision::bf16);
+                Matrix<float> expected, actual;
+                for (auto [first, count] : {std::pair<Eigen::Index, Eigen::Index>{0, 40}, {3, 17}}) {
+                    expected.resize(count, n);
+                    actual.resize(count, n);
+                    packed.multiply(a.middleRows(first, count), 0.0f, expected);
+                    packed.multiply(middle_rows(rounded, first, count), 0.0f, actual);
+                    EXPECT_EQ(actual, expected) << "packed, rows " << first << ".." << first + count - 1 << ", " << shape;
+                    // a^T . other, accumulated, as the weight gradients are; and a . b^T
+                    Matrix<float> expected_t = start, actual_t = start;
+                    gemm<float>(a.middleRows(first, count), Transpose::yes, other.middleRows(first, count), Transpose::no, 1.0f,
+                                expected_t, Precision::bf16);
+                    gemm_bf16(middle_rows(rounded, first, count), Transpose::yes, other.middleRows(first, count), Transpose::no, 1.0f,
+                              actual_t);
+                    EXPECT_EQ(actual_t, expected_t) << "a^T . c, rows " << first << ".." << first + count - 1 << ", " << shape;
+                    gemm<float>(a.middleRows(first, count), Transpose::no, b_t, Transpose::yes, 0.0f, expected, Precision::bf16);
+                    gemm_bf16(middle_rows(rounded, first, count), Transpose::no, b_t, Transpose::yes, 0.0f, actual);
+                    EXPECT_EQ(actual, expected) << "a . b^T, rows " << first << ".." << first + count - 1 << ", " << shape;
+                }
+            }
+    }
+}
+
 // ---- the engine at bf16 --------------------------------------------------------------------------
 
 // One layer's data at the scale of a trained network: weights U(-1/sqrt(H), 1/sqrt(H)) as initialized,

@@ -154,16 +154,32 @@ void PackedMatrix<Scalar>::multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, 
         thread_local Bf16Vector rounded;
         Eigen::Index stride = 0;
         round_rows_to_bf16(a, rounded, stride);
+        multiply_rounded(rounded.data(), stride, a.rows(), beta, c);
+    } else {
+        throw Error("bf16 products are single precision's");
+    }
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c) const {
+    if (precision_ != Precision::bf16) throw Error("packed product: rows rounded to bf16 need bf16 panels");
+    if (a.cols != rows_ || c.rows() != a.rows || c.cols() != cols_) throw Error("packed product: shapes do not match");
+    multiply_rounded(a.data, a.stride, a.rows, beta, c);
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_rounded(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta,
+                                            MatrixRef<Scalar> c) const {
+    if constexpr (std::is_same_v<Scalar, float>) {
         const Eigen::Index pairs = (rows_ + 1) / 2, panels = (cols_ + kBf16PanelWidth - 1) / kBf16PanelWidth;
-        const std::uint16_t* left = rounded.data();
         auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
             for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
                 const Eigen::Index first = panel * kBf16PanelWidth;
-                multiply_bf16_panel(left, stride, a.rows(), bf16_panels_.data() + panel * pairs * 2 * kBf16PanelWidth, pairs,
+                multiply_bf16_panel(a, stride, rows, bf16_panels_.data() + panel * pairs * 2 * kBf16PanelWidth, pairs,
                                     beta != 0.0f, c.data() + first, c.outerStride(), std::min(kBf16PanelWidth, cols_ - first));
             }
         };
-        over_panels(panels, a.rows() * rows_ * cols_, multiply_panels);
+        over_panels(panels, rows * rows_ * cols_, multiply_panels);
     } else {
         throw Error("bf16 products are single precision's");
     }

@@ -48,6 +48,8 @@ std::string gemm_backend();
 // A K x N right-hand factor cut into panels of a few SIMD registers' width (the kernels' level's, kernels.hpp), each panel K rows of its
 // columns back to back (zero-padded at the right edge), so that a product with few rows streams it
 // straight from cache with no per-call packing (which Eigen's and oneDNN's GEMMs redo on every call).
+struct Bf16RowsRef;  // gemm_bf16.hpp
+
 template <typename Scalar>
 class PackedMatrix {
 public:
@@ -71,6 +73,8 @@ public:
     // other rows a holds; with RowSums::as_if_alone, the same bits as a row alone, at any M. At bf16,
     // a's rows are rounded to bf16 too, and every row comes out the same bits as alone, at any M.
     void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums = RowSums::fastest) const;
+    // multiply() at bf16 with a's rows rounded already (gemm_bf16.hpp's Bf16Rows): the same bits.
+    void multiply(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c) const;
 
 private:
     // bf16 products are float's alone: double (the gradient checks) always multiplies in double.
@@ -78,6 +82,7 @@ private:
         return std::is_same_v<Scalar, float> ? precision : Precision::fp32;
     }
     void multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
+    void multiply_rounded(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta, MatrixRef<Scalar> c) const;
 
     Eigen::Index rows_ = 0, cols_ = 0;
     std::uint64_t version_ = 0;

@@ -156,23 +156,22 @@ void round_storage_to_bf16(ConstMatrixRef<float> x, Bf16Vector& rounded) {
 struct MatmulKey {
     Eigen::Index m, n, k;
     bool transpose_a, transpose_b, accumulate;
-    Eigen::Index ldc;
+    Eigen::Index lda, ldb, ldc;
     auto operator<=>(const MatmulKey&) const = default;
 };
 
-void onednn_gemm_bf16(ConstMatrixRef<float> a, bool ta, ConstMatrixRef<float> b, bool tb, float beta, MatrixRef<float> c) {
+// c (+)= op(a) op(b), a and b rounded already: row-major storage `lda` and `ldb` apart, a transposed
+// operand being the same storage read with its strides swapped.
+void onednn_matmul(const std::uint16_t* a, Eigen::Index lda, bool ta, const std::uint16_t* b, Eigen::Index ldb, bool tb,
+                   Eigen::Index k, float beta, MatrixRef<float> c) {
     using dnnl::memory;
     static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
     thread_local std::map<MatmulKey, dnnl::matmul> primitives;
-    thread_local Bf16Vector a_bf16, b_bf16;
-    const Eigen::Index m = c.rows(), n = c.cols(), k = ta ? a.rows() : a.cols();
-    round_storage_to_bf16(a, a_bf16);
-    round_storage_to_bf16(b, b_bf16);
-    // Row-major storage; a transposed operand is the same storage read with its strides swapped.
-    const memory::desc a_desc({m, k}, memory::data_type::bf16, ta ? memory::dims{1, m} : memory::dims{k, 1});
-    const memory::desc b_desc({k, n}, memory::data_type::bf16, tb ? memory::dims{1, k} : memory::dims{n, 1});
+    const Eigen::Index m = c.rows(), n = c.cols();
+    const memory::desc a_desc({m, k}, memory::data_type::bf16, ta ? memory::dims{1, lda} : memory::dims{lda, 1});
+    const memory::desc b_desc({k, n}, memory::data_type::bf16, tb ? memory::dims{1, ldb} : memory::dims{ldb, 1});
     const memory::desc c_desc({m, n}, memory::data_type::f32, memory::dims{c.outerStride(), 1});
-    const MatmulKey key{m, n, k, ta, tb, beta != 0.0f, c.outerStride()};
+    const MatmulKey key{m, n, k, ta, tb, beta != 0.0f, lda, ldb, c.outerStride()};
     auto found = primitives.find(key);
     if (found == primitives.end()) {
         dnnl::primitive_attr attributes;
@@ -185,11 +184,32 @@ void onednn_gemm_bf16(ConstMatrixRef<float> a, bool ta, ConstMatrixRef<float> b,
         found = primitives.emplace(key, dnnl::matmul(description)).first;
     }
     dnnl::stream stream(engine);
-    memory a_memory(a_desc, engine, a_bf16.data()), b_memory(b_desc, engine, b_bf16.data()), c_memory(c_desc, engine, c.data());
+    // oneDNN's memory objects take non-const handles; it only reads the source and the weights.
+    memory a_memory(a_desc, engine, const_cast<std::uint16_t*>(a)), b_memory(b_desc, engine, const_cast<std::uint16_t*>(b));
+    memory c_memory(c_desc, engine, c.data());
     found->second.execute(stream, {{DNNL_ARG_SRC, a_memory}, {DNNL_ARG_WEIGHTS, b_memory}, {DNNL_ARG_DST, c_memory}});
     stream.wait();
 }
+
+// Whether oneDNN's bf16 matmul takes the product: with the CPU's instructions, and a full team of threads
+// (oneDNN leaves undone the parts of threads that never start, gemm.cpp, as its sgemm does).
+bool onednn_takes_it() { return chosen_kernels() == Bf16Kernels::hardware && full_teams_guaranteed(); }
 #endif
+
+// The shapes of c = op(a) op(b): m, n, k; throws where they do not fit. False where there is nothing to multiply
+// (c is then as the product leaves it).
+bool shapes_to_multiply(Eigen::Index a_rows, Eigen::Index a_cols, bool ta, ConstMatrixRef<float> b, bool tb, float beta,
+                        MatrixRef<float> c, Eigen::Index& k) {
+    const Eigen::Index m = ta ? a_cols : a_rows, n = tb ? b.rows() : b.cols();
+    k = ta ? a_rows : a_cols;
+    if ((tb ? b.cols() : b.rows()) != k || c.rows() != m || c.cols() != n) throw Error("gemm: shapes do not match");
+    if (m == 0 || n == 0) return false;
+    if (k == 0) {
+        if (beta == 0.0f) c.setZero();
+        return false;
+    }
+    return true;
+}
 
 }  // namespace
 
@@ -203,18 +223,14 @@ Bf16Kernels set_bf16_kernels(Bf16Kernels kernels) {
 void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
                MatrixRef<float> c) {
     const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
-    const Eigen::Index m = ta ? a.cols() : a.rows(), k = ta ? a.rows() : a.cols(), n = tb ? b.rows() : b.cols();
-    if ((tb ? b.cols() : b.rows()) != k || c.rows() != m || c.cols() != n) throw Error("gemm: shapes do not match");
-    if (m == 0 || n == 0) return;
-    if (k == 0) {
-        if (beta == 0.0f) c.setZero();
-        return;
-    }
+    Eigen::Index k = 0;
+    if (!shapes_to_multiply(a.rows(), a.cols(), ta, b, tb, beta, c, k)) return;
 #ifdef CHARLM_HAVE_ONEDNN
-    // oneDNN leaves undone the parts of threads that never start (gemm.cpp), as its sgemm does.
-    const bool contiguous = a.outerStride() == a.cols() && b.outerStride() == b.cols();
-    if (chosen_kernels() == Bf16Kernels::hardware && full_teams_guaranteed() && contiguous) {
-        onednn_gemm_bf16(a, ta, b, tb, beta, c);
+    if (onednn_takes_it() && a.outerStride() == a.cols() && b.outerStride() == b.cols()) {
+        thread_local Bf16Vector a_bf16, b_bf16;
+        round_storage_to_bf16(a, a_bf16);
+        round_storage_to_bf16(b, b_bf16);
+        onednn_matmul(a_bf16.data(), a.cols(), ta, b_bf16.data(), b.cols(), tb, k, beta, c);
         return;
     }
 #endif
@@ -222,6 +238,48 @@ void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<fl
     a_rounded = a.unaryExpr([](float x) { return round_to_bf16(x); });
     b_rounded = b.unaryExpr([](float x) { return round_to_bf16(x); });
     gemm<float>(a_rounded, transpose_a, b_rounded, transpose_b, beta, c);
+}
+
+void gemm_bf16(Bf16RowsRef a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
+               MatrixRef<float> c) {
+    const bool ta = transpose_a == Transpose::yes, tb = transpose_b == Transpose::yes;
+    Eigen::Index k = 0;
+    if (!shapes_to_multiply(a.rows, a.cols, ta, b, tb, beta, c, k)) return;
+#ifdef CHARLM_HAVE_ONEDNN
+    if (onednn_takes_it() && b.outerStride() == b.cols()) {
+        thread_local Bf16Vector b_bf16;
+        round_storage_to_bf16(b, b_bf16);
+        onednn_matmul(a.data, a.stride, ta, b_bf16.data(), b.cols(), tb, k, beta, c);
+        return;
+    }
+#endif
+    thread_local Matrix<float> a_values, b_rounded;
+    a_values.resize(a.rows, a.cols);
+    for (Eigen::Index row = 0; row < a.rows; ++row)
+        for (Eigen::Index col = 0; col < a.cols; ++col) a_values(row, col) = from_bf16(a.data[row * a.stride + col]);
+    b_rounded = b.unaryExpr([](float x) { return round_to_bf16(x); });
+    gemm<float>(a_values, transpose_a, b_rounded, transpose_b, beta, c);
+}
+
+void Bf16Rows::resize(Eigen::Index row_count, Eigen::Index col_count) {
+    rows = row_count;
+    cols = col_count;
+    stride = (col_count + 1) / 2 * 2;
+    values.resize(static_cast<std::size_t>(rows * stride));
+}
+
+void Bf16Rows::round_rows(ConstMatrixRef<float> x, Eigen::Index first) {
+    if (x.cols() != cols || first < 0 || first + x.rows() > rows) throw Error("bf16 rows: shapes do not match");
+    for (Eigen::Index row = 0; row < x.rows(); ++row) {
+        std::uint16_t* out = values.data() + (first + row) * stride;
+        round_array(x.data() + row * x.outerStride(), out, cols);
+        if (stride != cols) out[stride - 1] = 0;
+    }
+}
+
+Bf16RowsRef middle_rows(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count) {
+    if (first < 0 || count < 0 || first + count > rounded.rows) throw Error("bf16 rows: rows out of range");
+    return {rounded.values.data() + first * rounded.stride, count, rounded.cols, rounded.stride};
 }
 
 void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels) {

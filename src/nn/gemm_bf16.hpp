@@ -43,6 +43,28 @@ Bf16Kernels set_bf16_kernels(Bf16Kernels kernels);
 void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
                MatrixRef<float> c);
 
+// A float matrix's rows rounded to bf16 once, for the several products that read them: a window's gate
+// gradients are the operand of each recurrent step's product and of three weight-gradient products after
+// the time loop. round_rows_to_bf16()'s layout: each row padded to an even length, `stride` apart.
+struct Bf16Rows {
+    Bf16Vector values;
+    Eigen::Index rows = 0, cols = 0, stride = 0;
+    void resize(Eigen::Index rows, Eigen::Index cols);
+    // Rows first .. first + x.rows() - 1 become x's, rounded as every bf16 product rounds its operands.
+    void round_rows(ConstMatrixRef<float> x, Eigen::Index first);
+};
+
+// Rows first .. first + count - 1 of a Bf16Rows, as an operand.
+struct Bf16RowsRef {
+    const std::uint16_t* data = nullptr;
+    Eigen::Index rows = 0, cols = 0, stride = 0;
+};
+Bf16RowsRef middle_rows(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count);
+
+// gemm_bf16() with a already rounded: the same bits as gemm_bf16() on the float matrix a was rounded from.
+void gemm_bf16(Bf16RowsRef a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
+               MatrixRef<float> c);
+
 // The packed layout of a K x N factor: panels of kBf16PanelWidth columns (zero-padded at the right
 // edge), each ceil(K/2) rows of column pairs, b(2q, j) beside b(2q+1, j) (a zero row where K is odd),
 // so that one 32-bit lane holds the pair that vdpbf16ps multiplies with a pair of a row of a.

@@ -85,12 +85,22 @@ void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cac
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
                             const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
-                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input) {
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded) {
+    // op(d_projection) . b: through its rounded rows where the caller has them
+    auto times = [&](Transpose transpose, ConstMatrixRef<Scalar> b, Scalar beta, MatrixRef<Scalar> c) {
+        if constexpr (std::is_same_v<Scalar, float>) {
+            if (d_projection_rounded != nullptr) {
+                gemm_bf16(middle_rows(*d_projection_rounded, 0, d_projection.rows()), transpose, b, Transpose::no, beta, c);
+                return;
+            }
+        }
+        gemm<Scalar>(d_projection, transpose, b, Transpose::no, beta, c, weights.precision);
+    };
     if (input.rows) {
         // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
-        gemm<Scalar>(d_projection, Transpose::yes, *input.rows, Transpose::no, Scalar(1), d_weight_ih, weights.precision);
+        times(Transpose::yes, *input.rows, Scalar(1), d_weight_ih);
         d_input.resize(input.count(), input.size());
-        gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), d_input, weights.precision);
+        times(Transpose::no, weights.weight_ih, Scalar(0), d_input);
         return;
     }
     const Matrix<Scalar>& embedding = *input.embedding;
@@ -106,9 +116,9 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
         return;
     }
     // A vocabulary too large for the table: the rows' gradients, summed per token into the embedding's.
-    gemm<Scalar>(d_projection, Transpose::yes, cache.gathered, Transpose::no, Scalar(1), d_weight_ih, weights.precision);
+    times(Transpose::yes, cache.gathered, Scalar(1), d_weight_ih);
     cache.d_gathered.resize(input.count(), input.size());
-    gemm<Scalar>(d_projection, Transpose::no, weights.weight_ih, Transpose::no, Scalar(0), cache.d_gathered, weights.precision);
+    times(Transpose::no, weights.weight_ih, Scalar(0), cache.d_gathered);
     scatter_rows<Scalar>(input.tokens, cache.d_gathered, d_input);
 }
 
@@ -117,8 +127,8 @@ template bool project_input<double>(LayerInputRef<double>, const LayerWeights<do
 template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
 template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
 template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const LayerWeights<float>&,
-                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&);
+                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&, const Bf16Rows*);
 template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const LayerWeights<double>&,
-                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&);
+                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&, const Bf16Rows*);
 
 }  // namespace charlm

@@ -3,6 +3,7 @@
 
 #include "cells.hpp"
 #include "gemm.hpp"
+#include "gemm_bf16.hpp"
 #include "input_projection.hpp"
 #include "kernels.hpp"
 #include "row_shares.hpp"
@@ -35,6 +36,10 @@ struct RecurrentLayer<Scalar>::Workspace {
     Matrix<Scalar> d_hidden_next;  // (B, H)
     Matrix<Scalar> d_cell_next;    // (B, H)
     RowVector<Scalar> d_bias;      // (1, G*H)
+    // At bf16, the gradients of the recurrent product and of the gates rounded as the cell leaves them (one
+    // matrix where the cell keeps no recurrent product apart): the operands of the step's product and of the
+    // weight gradients' products, rounded once in place of once per product.
+    Bf16Rows d_recurrent_bf16, d_gates_bf16;
 };
 
 namespace {
@@ -146,6 +151,13 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     // The gradient of h W_hh^T + b_hh, which the cell leaves in gates unless it keeps that product apart.
     const Matrix<Scalar>& d_recurrent = Cell::recurrent_apart ? w.hidden_gates : w.gates;
     const auto cell_backward = cell_kernels<Cell, Scalar>().backward;
+    // At bf16 each step's gradient rows are rounded while they are in cache, for the step's product and the
+    // weight gradients' products after the loop: the same bits as each product rounding them itself.
+    const bool round = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
+    if (round) {
+        w.d_recurrent_bf16.resize(TB, d_recurrent.cols());
+        if constexpr (Cell::recurrent_apart) w.d_gates_bf16.resize(TB, w.gates.cols());
+    }
 
     for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
         for (int t = steps - 1; t >= 0; --t) {
@@ -157,20 +169,41 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
                 if constexpr (Cell::has_cell_state) arrays.d_cell = w.d_cell_next.row(first + r).data();
                 cell_backward(arrays);
             }
+            if constexpr (std::is_same_v<Scalar, float>) {
+                if (round) {
+                    w.d_recurrent_bf16.round_rows(d_recurrent.middleRows(row, rows), row);
+                    if constexpr (Cell::recurrent_apart) w.d_gates_bf16.round_rows(w.gates.middleRows(row, rows), row);
+                }
+            }
             // (rows, H) = (rows, G*H) . (G*H, H), added to what the cell left where h' skips the weights;
             // the carried state gets no gradient, so step 0 needs none
-            if (t > 0)
-                w.recurrent_backward.multiply(d_recurrent.middleRows(row, rows), Scalar(Cell::hidden_skips_weights ? 1 : 0),
-                                              w.d_hidden_next.middleRows(first, rows));
+            if (t == 0) continue;
+            const Scalar beta(Cell::hidden_skips_weights ? 1 : 0);
+            if (round)
+                w.recurrent_backward.multiply(middle_rows(w.d_recurrent_bf16, row, rows), beta, w.d_hidden_next.middleRows(first, rows));
+            else
+                w.recurrent_backward.multiply(d_recurrent.middleRows(row, rows), beta, w.d_hidden_next.middleRows(first, rows));
         }
     });
 
     // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
-    gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh,
-                 weights.precision);
-    if (steps > 1)
-        gemm<Scalar>(d_recurrent.bottomRows(TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, Scalar(1),
-                     gradients.weight_hh, weights.precision);
+    const Bf16Rows* d_gates_rounded = nullptr;
+    if constexpr (std::is_same_v<Scalar, float>) {
+        if (round) {
+            gemm_bf16(middle_rows(w.d_recurrent_bf16, 0, B), Transpose::yes, w.initial_hidden, Transpose::no, 1.0f, gradients.weight_hh);
+            if (steps > 1)
+                gemm_bf16(middle_rows(w.d_recurrent_bf16, B, TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, 1.0f,
+                          gradients.weight_hh);
+            d_gates_rounded = Cell::recurrent_apart ? &w.d_gates_bf16 : &w.d_recurrent_bf16;
+        }
+    }
+    if (!round) {
+        gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh,
+                     weights.precision);
+        if (steps > 1)
+            gemm<Scalar>(d_recurrent.bottomRows(TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, Scalar(1),
+                         gradients.weight_hh, weights.precision);
+    }
     if constexpr (Cell::recurrent_apart) {
         column_sums<Scalar>(w.gates, Scalar(1), gradients.bias_ih);
         column_sums<Scalar>(w.hidden_gates, Scalar(1), gradients.bias_hh);
@@ -180,7 +213,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
         gradients.bias_ih += w.d_bias;
         gradients.bias_hh += w.d_bias;
     }
-    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input);
+    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded);
 }
 
 }  // namespace
