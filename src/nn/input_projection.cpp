@@ -37,9 +37,10 @@ void gather_rows(std::span<const TokenId> tokens, const Matrix<Scalar>& source, 
 // that the sums come out the same at every thread count.
 template <typename Scalar>
 void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source, Matrix<Scalar>& destination) {
+    const auto add = kernels().of<Scalar>().add;  // the kernels' level: a portable build's own code is SSE2's
     for_each_row_share(source.cols(), kMinSumColumnsPerThread, [&](Eigen::Index first, Eigen::Index columns) {
         for (Eigen::Index row = 0; row < source.rows(); ++row)
-            destination.row(tokens[static_cast<std::size_t>(row)]).segment(first, columns) += source.row(row).segment(first, columns);
+            add(destination.row(tokens[static_cast<std::size_t>(row)]).data() + first, source.row(row).data() + first, columns);
     });
 }
 

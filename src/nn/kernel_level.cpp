@@ -1,6 +1,7 @@
-// One instruction set's kernels (kernels.hpp): the packed product's panel kernels and every cell's
-// elementwise step, compiled once per level with its -m flags (CMakeLists.txt names the level in
-// CHARLM_KERNEL_LEVEL and the namespace in CHARLM_KERNEL_NAMESPACE).
+// One instruction set's kernels (kernels.hpp): the packed product's panel kernels, every cell's
+// elementwise step and the other passes hot in training (the table's gradient, the loss, Adam),
+// compiled once per level with its -m flags (CMakeLists.txt names the level in CHARLM_KERNEL_LEVEL
+// and the namespace in CHARLM_KERNEL_NAMESPACE).
 //
 // Eigen is renamed in this file (the macro below, before any Eigen header), so that its inline
 // functions and templates compiled here are this level's own symbols: were they Eigen's, the linker
@@ -16,6 +17,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <utility>
 
@@ -158,6 +160,38 @@ void cell_backward(const RowArrays<Scalar>& row) {
     for_each_chunk_of(row, [](const auto& units) { Cell::backward(units); });
 }
 
+// ---- the passes around the products that are hot in training: the table's gradient, the loss, Adam ----
+
+template <typename Scalar>
+using ArrayMap = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+template <typename Scalar>
+using ConstArrayMap = Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+
+template <typename Scalar>
+void add(Scalar* destination, const Scalar* source, std::ptrdiff_t count) {
+    ArrayMap<Scalar>(destination, count) += ConstArrayMap<Scalar>(source, count);
+}
+
+template <typename Scalar>
+Scalar softmax_cross_entropy(const Scalar* logits, Scalar* probabilities, std::ptrdiff_t count, std::ptrdiff_t target) {
+    const ConstArrayMap<Scalar> l(logits, count);
+    ArrayMap<Scalar> p(probabilities, count);
+    const Scalar max_logit = l.maxCoeff();
+    p = (l - max_logit).exp();
+    const Scalar partition = p.sum();
+    p /= partition;
+    return std::log(partition) + max_logit - logits[target];
+}
+
+bool adam(const AdamChunk& chunk) {
+    const ConstArrayMap<float> g(chunk.gradient, chunk.count);
+    ArrayMap<float> m(chunk.first_moment, chunk.count), v(chunk.second_moment, chunk.count), w(chunk.value, chunk.count);
+    m = chunk.beta1 * m + (1 - chunk.beta1) * g;
+    v = chunk.beta2 * v + (1 - chunk.beta2) * g.square();
+    w -= chunk.step_size * m / (v.sqrt() / chunk.root_correction2 + chunk.epsilon);
+    return w.isFinite().all() && v.isFinite().all();
+}
+
 template <typename Scalar>
 constexpr ScalarKernels<Scalar> scalar_kernels() {
     ScalarKernels<Scalar> kernels;
@@ -166,6 +200,8 @@ constexpr ScalarKernels<Scalar> scalar_kernels() {
     kernels.lstm = {&cell_forward<Lstm, Scalar>, &cell_backward<Lstm, Scalar>};
     kernels.gru = {&cell_forward<Gru, Scalar>, &cell_backward<Gru, Scalar>};
     kernels.rnn = {&cell_forward<Rnn, Scalar>, &cell_backward<Rnn, Scalar>};
+    kernels.add = &add<Scalar>;
+    kernels.softmax_cross_entropy = &softmax_cross_entropy<Scalar>;
     return kernels;
 }
 
@@ -176,6 +212,6 @@ constexpr ScalarKernels<Scalar> scalar_kernels() {
 
 // The dispatcher (kernels.cpp) declares it, one per level.
 extern const KernelSet kernel_set;
-const KernelSet kernel_set = {CHARLM_NAME_OF(CHARLM_KERNEL_LEVEL), false, scalar_kernels<float>(), scalar_kernels<double>()};
+const KernelSet kernel_set = {CHARLM_NAME_OF(CHARLM_KERNEL_LEVEL), false, scalar_kernels<float>(), scalar_kernels<double>(), &adam};
 
 }  // namespace charlm::CHARLM_KERNEL_NAMESPACE

@@ -55,6 +55,21 @@ struct ScalarKernels {
     void (*multiply_panel)(const Scalar* a, std::ptrdiff_t lda, std::ptrdiff_t rows, const Scalar* panel, std::ptrdiff_t depth,
                            bool accumulate, Scalar* c, std::ptrdiff_t ldc, std::ptrdiff_t count, bool as_if_alone) = nullptr;
     CellKernels<Scalar> lstm, gru, rnn;
+    // destination[0..count) += source[0..count): a row's gradient summed into its token's (the input projection's table).
+    void (*add)(Scalar* destination, const Scalar* source, std::ptrdiff_t count) = nullptr;
+    // probabilities[0..count) = softmax(logits[0..count)); returns the cross-entropy of `target`,
+    // log(sum exp(logits - max)) + max - logits[target] (the model's loss, a row at a time).
+    Scalar (*softmax_cross_entropy)(const Scalar* logits, Scalar* probabilities, std::ptrdiff_t count, std::ptrdiff_t target) = nullptr;
+};
+
+// One chunk of Adam's update (optim.cpp), in its arrays and coefficients.
+struct AdamChunk {
+    float* value = nullptr;
+    float* first_moment = nullptr;
+    float* second_moment = nullptr;
+    const float* gradient = nullptr;
+    std::ptrdiff_t count = 0;
+    float beta1 = 0, beta2 = 0, step_size = 0, root_correction2 = 1, epsilon = 0;
 };
 
 // A level: its name (what CHARLM_KERNELS takes and bench prints), its kernels, and whether its bf16
@@ -64,6 +79,9 @@ struct KernelSet {
     bool bf16_instructions = false;
     ScalarKernels<float> float_kernels;
     ScalarKernels<double> double_kernels;
+    // Adam's update of one chunk: the moments, then the values; whether the values and the second moments
+    // came out finite.
+    bool (*adam)(const AdamChunk& chunk) = nullptr;
 
     template <typename Scalar>
     const ScalarKernels<Scalar>& of() const {

@@ -224,15 +224,14 @@ LossSum Model<Scalar>::loss(std::span<const TokenId> targets) {
     w.d_logits.resize(TB, V);
     w.row_losses.resize(static_cast<std::size_t>(TB));
     // Rows in parallel; their losses are summed in order afterwards, so the total does not depend on threads.
+    // The softmax in the kernels' level (kernels.hpp), as the products are: a portable build's own code is SSE2's.
+    const auto softmax_cross_entropy = kernels().of<Scalar>().softmax_cross_entropy;
 #pragma omp parallel for schedule(static)
     for (Eigen::Index row = 0; row < TB; ++row) {
         const TokenId target = w.targets[static_cast<std::size_t>(row)];
         if (target == kIgnoreTarget) continue;
-        const Scalar max_logit = w.logits.row(row).maxCoeff();
-        w.d_logits.row(row) = (w.logits.row(row).array() - max_logit).exp();
-        const Scalar partition = w.d_logits.row(row).sum();
-        w.d_logits.row(row) /= partition;
-        w.row_losses[static_cast<std::size_t>(row)] = static_cast<double>(std::log(partition) + max_logit - w.logits(row, target));
+        w.row_losses[static_cast<std::size_t>(row)] =
+            static_cast<double>(softmax_cross_entropy(w.logits.row(row).data(), w.d_logits.row(row).data(), V, target));
     }
     LossSum sum;
     for (std::size_t row = 0; row < w.row_losses.size(); ++row) {

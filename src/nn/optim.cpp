@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "charlm/error.hpp"
+#include "kernels.hpp"
 
 namespace charlm {
 
@@ -105,17 +106,15 @@ bool Adam::step(std::vector<Parameter<float>>& parameters, double learning_rate)
     const auto epsilon = static_cast<float>(config_.epsilon);
     // Each chunk checks what it wrote while it is still in cache: nearly free, where a pass of its own is not.
     std::atomic<bool> finite = true;
+    const auto update = kernels().adam;
     for (std::size_t i = 0; i < parameters.size(); ++i) {
         float *value = parameters[i].value.data(), *gradient = parameters[i].gradient.data();
         float *first_moment = first_moments_[i].data(), *second_moment = second_moments_[i].data();
         for_each_chunk(parameters[i].value.size(), [&](Eigen::Index first, Eigen::Index count) {
-            const Eigen::Map<const Eigen::ArrayXf> g(gradient + first, count);
-            Eigen::Map<Eigen::ArrayXf> m(first_moment + first, count), v(second_moment + first, count);
-            m = beta1 * m + (1 - beta1) * g;
-            v = beta2 * v + (1 - beta2) * g.square();
-            Eigen::Map<Eigen::ArrayXf> w(value + first, count);
-            w -= step_size * m / (v.sqrt() / root_correction2 + epsilon);
-            if (!w.isFinite().all() || !v.isFinite().all()) finite.store(false, std::memory_order_relaxed);
+            // In the kernels' level (kernels.hpp), as the products are: a portable build's own code is SSE2's.
+            const AdamChunk chunk{value + first, first_moment + first, second_moment + first, gradient + first, count,
+                                  beta1, beta2, step_size, root_correction2, epsilon};
+            if (!update(chunk)) finite.store(false, std::memory_order_relaxed);
         });
     }
     return finite.load();
