@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # The main job on the default corpus: set up, build, make data/kjv.txt, train a small LSTM for a few minutes,
 # then print a sample and the validation perplexity.
+# Usage: scripts/demo.sh   (CHARLM_DEMO_MINUTES=M trains for M minutes instead of 2.5)
 set -euo pipefail
+case "${1:-}" in
+  "") ;;
+  -h|--help) sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "demo.sh: takes no arguments (CHARLM_DEMO_MINUTES=M sets the minutes); see scripts/demo.sh --help" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 # Only the binary: the tests and benchmarks (about half the files) are scripts/test.sh's to build, in the same build/.
 scripts/setup.sh --demo --target charlm -- -DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF

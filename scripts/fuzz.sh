@@ -3,6 +3,16 @@
 # Usage: scripts/fuzz.sh [SECONDS]   (default 60). Crashes are left in build-fuzz/crashes; exit 1 if any, or if a
 # fuzzer reports no runs.
 set -euo pipefail
+case "${1:-}" in
+  -h|--help) sed -n '2,4p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  "") ;;
+  *)
+    if [[ ! "$1" =~ ^[0-9]+$ ]] || [ "$((10#$1))" -eq 0 ]; then
+      echo "fuzz.sh: SECONDS must be a whole number above 0, not '$1'; see scripts/fuzz.sh --help" >&2
+      exit 2
+    fi ;;
+esac
+[ $# -le 1 ] || { echo "fuzz.sh: one argument at most (SECONDS); see scripts/fuzz.sh --help" >&2; exit 2; }
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"

@@ -28,7 +28,8 @@ while [ $# -gt 0 ]; do
     --build-dir) build_dir="$2"; shift ;;
     --target) build_target=(--target "$2"); shift ;;  # e.g. charlm: the binary and the libraries it links, nothing else
     --) shift; cmake_arguments+=("$@"); break ;;
-    *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
+    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown option $1; see scripts/setup.sh --help" >&2; exit 2 ;;
   esac
   shift
 done

@@ -2,6 +2,11 @@
 # Sets up, builds and runs the whole test suite with ctest.
 # Usage: scripts/test.sh [--sanitize]   (--sanitize: the same suite under AddressSanitizer and UBSan, in build-sanitize)
 set -euo pipefail
+case "${1:-}" in
+  ""|--sanitize) [ $# -le 1 ] || { echo "test.sh: one option at most; see scripts/test.sh --help" >&2; exit 2; } ;;
+  -h|--help) sed -n '2,3p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "test.sh: unknown option $1; see scripts/test.sh --help" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 build_dir=build
 cmake_arguments=(-DCHARLM_TESTS=ON)
