@@ -9,8 +9,9 @@ case "${1:-}" in
   *) echo "demo.sh: takes no arguments (CHARLM_DEMO_MINUTES=M sets the minutes); see scripts/demo.sh --help" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
-# Only the binary: the tests and benchmarks (about half the files) are scripts/test.sh's to build, in the same build/.
-scripts/setup.sh --demo --target charlm -- -DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF
+# Only the binary, and the man page and completions it writes (so that `cmake --install build` works after it): the
+# tests and benchmarks (about half the files) are scripts/test.sh's to build, in the same build/.
+scripts/setup.sh --demo --target charlm_manual -- -DCHARLM_TESTS=OFF -DCHARLM_BENCH=OFF
 [ -s data/kjv.txt ] || scripts/get-corpus.sh
 minutes="${CHARLM_DEMO_MINUTES:-2.5}"
 echo "demo: training a 2x256 LSTM on data/kjv.txt for $minutes minutes (Ctrl-C stops early and keeps the checkpoint)" >&2

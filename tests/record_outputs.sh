@@ -43,7 +43,7 @@ normalize() {
     -e 's/"(chars_per_second|elapsed_seconds|created|seconds|time_to_first_character_seconds)": ?[0-9.e+-]+/"\1":N/g' \
     -e 's/in [0-9.]+ ?(s|ms|seconds|minutes)\b/in N \1/g' \
     -e 's/(took|after) [0-9.]+ ?(s|ms|seconds|minutes)\b/\1 N \2/g' \
-    -e 's/"id": ?"cmpl-[0-9]+"/"id":"cmpl-N"/g' \
+    -e 's/"id": ?"cmpl-[0-9a-f]+-[0-9]+"/"id":"cmpl-N"/g' \
     -e 's#127\.0\.0\.1:[0-9]+#127.0.0.1:PORT#g' \
     -e 's/Usage: [^ ]*charlm/Usage: charlm/'
 }

@@ -344,6 +344,11 @@ TEST(Connection, ApiKeysGuardEverythingButThePageAndHealth) {
         }
         EXPECT_EQ(ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 3}}, header)).status, 401);
     }
+    // A right key without the scheme is told what is missing, not that the key is wrong.
+    const json no_scheme = json::parse(ask(running.port(), get_request("/v1/models", "Authorization: first-key\r\n")).body);
+    EXPECT_NE(no_scheme["error"]["message"].get<std::string>().find("no Bearer scheme"), std::string::npos) << no_scheme;
+    const json wrong_key = json::parse(ask(running.port(), get_request("/v1/models", "Authorization: Bearer wrong\r\n")).body);
+    EXPECT_NE(wrong_key["error"]["message"].get<std::string>().find("not one this server takes"), std::string::npos) << wrong_key;
     EXPECT_EQ(ask(running.port(), get_request("/v1/models", "Authorization: Bearer second-key\r\n")).status, 200);
     EXPECT_EQ(ask(running.port(), get_request("/metrics", "authorization: bearer first-key\r\n")).status, 200) << "the scheme's case is free";
     const RawAnswer completion = ask(running.port(), post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 3}}, "Authorization: Bearer first-key\r\n"));

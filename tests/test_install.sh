@@ -41,6 +41,9 @@ if need groff groff-base; then
   groff -man -Tutf8 -ww -z "$man_page" 2> "$work/groff.log"
   [ -s "$work/groff.log" ] && fail "groff warns about the man page: $(head -3 "$work/groff.log")"
   rendered="$(groff -man -Tutf8 "$man_page" 2>/dev/null | sed 's/.\x08//g')"
+  # The synopsis as --help writes it (serve takes several checkpoints), and no Markdown left in the text.
+  grep -q 'charlm serve \[OPTIONS\] CHECKPOINT\.\.\.' <<< "$rendered" || fail "the man page's synopsis of serve is not 'charlm serve [OPTIONS] CHECKPOINT...'"
+  grep -q '`' <<< "$rendered" && fail "the man page shows Markdown's backticks: $(grep -m1 '`' <<< "$rendered")"
   for command in train sample eval serve info plot bench; do
     "$installed" "$command" --help | grep -oE '^  +(-[a-z],)?--[a-z][a-z0-9-]*' | grep -oE -- '--[a-z0-9-]+' > "$work/options"
     [ -s "$work/options" ] || fail "no options read from 'charlm $command --help'"

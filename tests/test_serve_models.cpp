@@ -5,6 +5,9 @@
 
 #include <cmath>
 #include <random>
+#include <regex>
+#include <set>
+#include <string>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -103,6 +106,21 @@ TEST(ServeModels, ModelsListsEachAndTheRequestsModelPicksWhichAnswers) {
     const Reply bible = served.post("/v1/score", {{"model", "bible"}, {"text", "abc def"}});
     const Reply shakespeare = served.post("/v1/score", {{"model", "shakespeare"}, {"text", "abc def"}});
     EXPECT_NE(bible.body["nats_per_character"], shakespeare.body["nats_per_character"]);
+}
+
+TEST(ServeModels, CompletionIdsAreUniqueAcrossTheModelsAndTheServersRuns) {
+    // As OpenAI's: a client that keys answers by id must not meet one twice, from another model or a restart.
+    std::set<std::string> ids;
+    for (int run = 0; run < 2; ++run) {
+        const Served served({"shakespeare", "bible"});
+        for (const char* name : {"shakespeare", "bible", "shakespeare"}) {
+            const Reply completion = served.post("/v1/completions", {{"model", name}, {"prompt", "abc"}, {"max_tokens", 2}});
+            ASSERT_EQ(completion.status, 200) << completion.body;
+            const std::string id = completion.body["id"];
+            EXPECT_TRUE(std::regex_match(id, std::regex("cmpl-[0-9a-f]{12}-[0-9]+"))) << id;
+            EXPECT_TRUE(ids.insert(id).second) << id << " came twice";
+        }
+    }
 }
 
 TEST(ServeModels, AnUnknownModelIs404AndNoneWithSeveralIs400BothNamingTheChoices) {

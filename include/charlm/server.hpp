@@ -53,7 +53,7 @@ public:
     // limit of open files to its hard limit (each connection is one).
     void start();
     int port() const;
-    std::string url() const;  // http://HOST:PORT/
+    std::string url() const;  // http://HOST:PORT/, this machine's loopback address where HOST is a wildcard (0.0.0.0, ::)
     // Serves this model from now on, beside those loaded before; `name` is the model's id in the API,
     // which a request's "model" names. The server is ready once options.models are loaded; each
     // model decodes on its own share of options.threads. Throws Error past options.models.

@@ -91,7 +91,8 @@ std::vector<CommandText> describe_commands(const CLI::App& app) {
         std::string positionals;
         for (const CLI::Option* option : command->get_options()) {
             text.arguments.push_back(describe(*option, text.name));
-            if (!option->nonpositional()) positionals += " " + option->get_name(true);
+            // As --help writes them: a positional that takes several values (serve's checkpoints) ends in "...".
+            if (!option->nonpositional()) positionals += " " + option->get_name(true) + (option->get_expected_max() > 1 ? "..." : "");
         }
         text.usage = "charlm " + text.name + " [OPTIONS]" + positionals;
         commands.push_back(std::move(text));
@@ -117,9 +118,16 @@ std::string replace_all(std::string text, const std::string& from, const std::st
 // ---- The man page ----------------------------------------------------------------------------------------
 
 // Text safe in roff: backslashes escaped, hyphens as minus signs (so that --out can be searched and copied),
-// and no line starting with a control character.
+// `code` spans (the descriptions' Markdown) in bold, and no line starting with a control character.
 std::string roff(const std::string& text) {
     std::string escaped = replace_all(replace_all(text, "\\", "\\e"), "-", "\\-");
+    if (std::count(escaped.begin(), escaped.end(), '`') % 2 == 0) {
+        bool open = false;
+        for (std::size_t at = escaped.find('`'); at != std::string::npos; at = escaped.find('`', at)) {
+            escaped.replace(at, 1, open ? "\\fR" : "\\fB");
+            open = !open;
+        }
+    }
     escaped = replace_all(escaped, "\n", "\n\\&");
     return (escaped.starts_with(".") || escaped.starts_with("'")) ? "\\&" + escaped : escaped;
 }
@@ -147,7 +155,7 @@ std::string man_page(const CLI::App& app, const std::vector<CommandText>& comman
         }
     }
     page += ".SH EXIT STATUS\n"
-            ".TP\n0\nSuccess (also when the reader of standard output stopped reading, as `head` does).\n"
+            ".TP\n0\nSuccess (also when the reader of standard output stopped reading, as \\fBhead\\fR does).\n"
             ".TP\n1\nA runtime error: a file that cannot be read or written, a damaged checkpoint, out of memory.\n"
             ".TP\n2\nA usage error: an option or argument that is wrong, missing, contradicted or given twice.\n"
             ".TP\n130\nInterrupted (Ctrl\\-C, SIGTERM), or training's output closed; training saved its checkpoint first.\n";

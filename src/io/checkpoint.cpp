@@ -364,8 +364,8 @@ Checkpoint load_checkpoint(const std::filesystem::path& path) {
     if (!std::filesystem::exists(path, error))
         throw Error(fmt::format("{}: no such checkpoint; give a .safetensors file written by 'charlm train'", path.string()));
     if (std::filesystem::is_directory(path, error))
-        throw Error(fmt::format("{}: is a directory; give a checkpoint file such as {}/best.safetensors", path.string(),
-                                path.string()));
+        throw Error(fmt::format("{}: is a directory; give a checkpoint file such as {}", path.string(),
+                                (path / "best.safetensors").string()));
     std::ifstream file(path, std::ios::binary);
     if (!file) throw Error(fmt::format("{}: cannot open for reading; check its permissions", path.string()));
     std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());

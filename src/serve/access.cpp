@@ -37,13 +37,22 @@ ApiKeys::ApiKeys(const std::vector<std::string>& keys) {
     }
 }
 
+namespace {
+constexpr std::string_view kBearer = "Bearer ";
+}  // namespace
+
+bool ApiKeys::names_bearer(std::string_view authorization) {
+    // The scheme is case-insensitive (RFC 9110).
+    if (authorization.size() < kBearer.size()) return false;
+    for (std::size_t i = 0; i < kBearer.size(); ++i)
+        if (std::tolower(static_cast<unsigned char>(authorization[i])) != std::tolower(static_cast<unsigned char>(kBearer[i]))) return false;
+    return true;
+}
+
 bool ApiKeys::admit(std::string_view authorization) const {
-    constexpr std::string_view scheme = "Bearer ";
-    // The scheme is case-insensitive (RFC 9110); what follows it is the key, compared whole.
-    if (authorization.size() < scheme.size()) return false;
-    for (std::size_t i = 0; i < scheme.size(); ++i)
-        if (std::tolower(static_cast<unsigned char>(authorization[i])) != std::tolower(static_cast<unsigned char>(scheme[i]))) return false;
-    const auto presented = digest_of(authorization.substr(scheme.size()));
+    // What follows the scheme is the key, compared whole.
+    if (!names_bearer(authorization)) return false;
+    const auto presented = digest_of(authorization.substr(kBearer.size()));
     int matches = 0;
     for (const auto& digest : digests_) matches |= CRYPTO_memcmp(digest.data(), presented.data(), digest.size()) == 0 ? 1 : 0;
     return matches != 0;

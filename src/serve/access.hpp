@@ -18,6 +18,8 @@ public:
     // Whether an Authorization header's value is "Bearer " and one of the keys. Each key is compared,
     // whichever matches, and by SHA-256 digest: the time taken depends on neither the key nor its length.
     bool admit(std::string_view authorization) const;
+    // Whether an Authorization header's value starts with the Bearer scheme (any case), as admit() needs.
+    static bool names_bearer(std::string_view authorization);
 
 private:
     std::vector<std::array<unsigned char, 32>> digests_;

@@ -2,9 +2,12 @@
 // What a request means and what an answer says are api.cpp's; the decoding is the decoder's; the
 // connections (reading, writing, deadlines) are connection.cpp's.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <optional>
+#include <random>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -50,6 +53,10 @@ struct Routes::Served {
     ServedModels models;
     ApiKeys keys;
     ServerMetrics& metrics;
+    // Completion ids unique across the models and the server's runs, as OpenAI's are: a token drawn at start
+    // (48 random bits), then a count ("cmpl-3f9a0c12d4e7-1").
+    const std::string id_prefix = fmt::format("cmpl-{:012x}-", std::random_device{}() * 0x10000ull + (std::random_device{}() & 0xffffu));
+    std::atomic<std::uint64_t> next_id{1};
 };
 
 namespace {
@@ -177,7 +184,7 @@ RouteOutcome completions(Routes::Served& routes, const std::string& text) {
     ServedModel& served = routes.models.pick(requested_model(body));
     const CompletionCall call = read_completion_request(body, served.checkpoint->vocab, served.options);
     const auto mailbox = served.decoder->complete(call.request);
-    const CompletionHead head{fmt::format("cmpl-{}", served.next_id++), std::time(nullptr), served.name};
+    const CompletionHead head{routes.id_prefix + std::to_string(routes.next_id++), std::time(nullptr), served.name};
     if (call.stream) return answer_stream(mailbox, head, call, routes.metrics, routes.options);
     return answer_whole(mailbox, head, call, routes.metrics, routes.options.log);
 }
@@ -217,8 +224,9 @@ RouteOutcome route(Routes::Served& served, const HttpRequest& request) {
     // The page and /health are open to all: the page asks for the key, and a load balancer asks /health.
     if (path != "/" && path != "/health" && !served.keys.empty() && !served.keys.admit(request.authorization)) {
         answer(response, RequestRefusal{401,
-                                        request.authorization.empty()
-                                            ? "this server needs an API key: send `Authorization: Bearer KEY`"
+                                        request.authorization.empty() ? "this server needs an API key: send `Authorization: Bearer KEY`"
+                                        : !ApiKeys::names_bearer(request.authorization)
+                                            ? "the Authorization header names no Bearer scheme; send `Authorization: Bearer KEY`"
                                             : "the API key is not one this server takes; send `Authorization: Bearer KEY` with a key it was given",
                                         "", "authentication_error"});
         return response;

@@ -27,7 +27,6 @@ struct ServedModel {
     std::string name;
     std::unique_ptr<BatchDecoder> decoder;
     std::atomic<bool> ready{false};
-    std::atomic<std::uint64_t> next_id{1};
 
     void check_ready() const {
         if (!ready) throw RequestRefusal{503, "the model is still loading; try again shortly", "", "unavailable_error"};
