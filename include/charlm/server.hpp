@@ -39,6 +39,10 @@ struct ServerOptions {
     ServerLog log;                                // none: nothing is logged
 };
 
+// Whether `host` is an address that means every address of this machine (0.0.0.0, ::): listened on, never
+// asked for by a client.
+bool is_wildcard_host(const std::string& host);
+
 class Server {
 public:
     // Throws UsageError for options out of range and for a malformed API key.
@@ -53,7 +57,7 @@ public:
     // limit of open files to its hard limit (each connection is one).
     void start();
     int port() const;
-    std::string url() const;  // http://HOST:PORT/, this machine's loopback address where HOST is a wildcard (0.0.0.0, ::)
+    std::string url() const;  // http://HOST:PORT/, this machine's loopback address where HOST is_wildcard_host()
     // Serves this model from now on, beside those loaded before; `name` is the model's id in the API,
     // which a request's "model" names. The server is ready once options.models are loaded; each
     // model decodes on its own share of options.threads. Throws Error past options.models.

@@ -139,7 +139,7 @@ int run_serve(const ServeArguments& arguments) {
                      host);
     spdlog::info("serving {} with {} slots{}; Ctrl-C stops", fmt::join(served, ", "), arguments.options.slots,
                  served.size() > 1 ? " each" : "");
-    if (host == "0.0.0.0" || host == "::" || host == "[::]")
+    if (charlm::is_wildcard_host(host))
         spdlog::info("listening on every address of this machine ({}); the URL below is its loopback one", host);
     fmt::print("{}\n", server.url());
     std::fflush(stdout);

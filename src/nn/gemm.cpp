@@ -151,10 +151,10 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
 template <typename Scalar>
 void PackedMatrix<Scalar>::multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const {
     if constexpr (std::is_same_v<Scalar, float>) {
-        thread_local Bf16Vector rounded;
-        Eigen::Index stride = 0;
-        round_rows_to_bf16(a, rounded, stride);
-        multiply_rounded(rounded.data(), stride, a.rows(), beta, c);
+        thread_local Bf16Rows rounded;
+        rounded.resize(a.rows(), a.cols());
+        rounded.round_rows(a, 0);
+        multiply_rounded(rounded.values.data(), rounded.stride, a.rows(), beta, c);
     } else {
         throw Error("bf16 products are single precision's");
     }

@@ -296,16 +296,6 @@ void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector
     }
 }
 
-void round_rows_to_bf16(ConstMatrixRef<float> a, Bf16Vector& rounded, Eigen::Index& stride) {
-    stride = (a.cols() + 1) / 2 * 2;
-    rounded.resize(static_cast<std::size_t>(a.rows() * stride));
-    for (Eigen::Index row = 0; row < a.rows(); ++row) {
-        std::uint16_t* out = rounded.data() + row * stride;
-        round_array(a.data() + row * a.outerStride(), out, a.cols());
-        if (stride != a.cols()) out[stride - 1] = 0;
-    }
-}
-
 void multiply_bf16_panel(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, const std::uint16_t* panel,
                          Eigen::Index pairs, bool accumulate, float* c, Eigen::Index ldc, Eigen::Index count) {
     const auto& kernels = chosen_kernels() == Bf16Kernels::hardware ? kHardwareBlocks : kEmulatedBlocks;

@@ -43,9 +43,10 @@ Bf16Kernels set_bf16_kernels(Bf16Kernels kernels);
 void gemm_bf16(ConstMatrixRef<float> a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,
                MatrixRef<float> c);
 
-// A float matrix's rows rounded to bf16 once, for the several products that read them: a window's gate
+// A float matrix's rows rounded to bf16, each padded to an even length (`stride` apart) as
+// multiply_bf16_panel() reads pairs. Rounded once for the several products that read them: a window's gate
 // gradients are the operand of each recurrent step's product and of three weight-gradient products after
-// the time loop. round_rows_to_bf16()'s layout: each row padded to an even length, `stride` apart.
+// the time loop.
 struct Bf16Rows {
     Bf16Vector values;
     Eigen::Index rows = 0, cols = 0, stride = 0;
@@ -70,9 +71,6 @@ void gemm_bf16(Bf16RowsRef a, Transpose transpose_a, ConstMatrixRef<float> b, Tr
 // so that one 32-bit lane holds the pair that vdpbf16ps multiplies with a pair of a row of a.
 constexpr Eigen::Index kBf16PanelWidth = 64;
 void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels);
-
-// a's rows in bf16, each padded to an even length (`stride`), for multiply_bf16_panel().
-void round_rows_to_bf16(ConstMatrixRef<float> a, Bf16Vector& rounded, Eigen::Index& stride);
 
 // rows x count of c (+)= rows of a (bf16, `stride` apart) times one panel of `pairs` pairs. Each row is
 // summed in the same order whatever the other rows are, so that every row comes out as if alone.

@@ -119,11 +119,12 @@ void Server::start() {
 
 int Server::port() const { return state_->port; }
 
+bool is_wildcard_host(const std::string& host) { return host == "0.0.0.0" || host == "::" || host == "[::]"; }
+
 std::string Server::url() const {
     // A wildcard address is where the server listens, not one a client can ask for: this machine's own is.
     std::string host = state_->options.host;
-    if (host == "0.0.0.0") host = "127.0.0.1";
-    else if (host == "::" || host == "[::]") host = "::1";
+    if (is_wildcard_host(host)) host = host == "0.0.0.0" ? "127.0.0.1" : "::1";
     return fmt::format("http://{}:{}/", host.find(':') != std::string::npos ? "[" + host + "]" : host, state_->port);
 }
 
