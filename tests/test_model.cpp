@@ -153,6 +153,43 @@ TEST(Model, RowsComputedAsIfAloneMatchABatchOfOneToTheBit) {
     }
 }
 
+TEST(Model, ADecodingStepGivesTheSameBitsWhateverTheThreads) {
+    // One step against frozen weights runs in one team (all layers and the head), split by rows and by
+    // the weights' panels: a sampled text must not depend on the thread count. Sizes large enough that
+    // the step takes a team, and off every SIMD width.
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn})
+        for (Precision precision : {Precision::fp32, Precision::bf16})
+            for (int batch : {5, 16}) {
+                SCOPED_TRACE(to_string(cell) + (precision == Precision::bf16 ? ", bf16" : ", fp32") + ", batch " + std::to_string(batch));
+                ModelConfig config;
+                config.cell = cell;
+                config.vocab_size = 29;
+                config.embed_size = 11;
+                config.hidden_size = 97;
+                config.layers = 2;
+                Model<float> model(config);
+                std::mt19937_64 rng(3);
+                model.initialize(rng);
+                model.set_precision(precision);
+                const WeightsFreeze<float> freeze(model);
+                model.set_rows_as_if_alone(batch > 8);  // as the server does; a few rows without it too
+                std::vector<Matrix<float>> first_logits;
+                for (int threads : {1, 2, 3}) {
+                    testing::Threads scope(threads);
+                    ModelState<float> state = model.initial_state(batch);
+                    for (int step = 0; step < 3; ++step) {
+                        std::vector<TokenId> inputs(static_cast<std::size_t>(batch));
+                        for (std::size_t i = 0; i < inputs.size(); ++i) inputs[i] = static_cast<TokenId>((i * 5 + step * 3) % 29);
+                        model.forward(inputs, 1, batch, state);
+                        if (threads == 1) first_logits.push_back(model.logits());
+                        else
+                            ASSERT_TRUE((model.logits().array() == first_logits[static_cast<std::size_t>(step)].array()).all())
+                                << "step " << step << ": the logits on " << threads << " threads differ from one thread's";
+                    }
+                }
+            }
+}
+
 TEST(Model, RowsAsIfAloneRefuseAWindowOrWeightsThatMayChange) {
     ModelConfig config = small_config(2);
     Model<float> model(config);

@@ -3,11 +3,14 @@
 // differences in double precision at sizes that take full chunks of units and both threads' shares.
 #include <gtest/gtest.h>
 
+#include "charlm/threads.hpp"
+
 #include "nn/cell_units.hpp"
 #include "nn/kernels.hpp"
 #include "nn/recurrent_layer.hpp"
 #include "reference_cells.hpp"
 #include "nn/row_shares.hpp"
+#include "nn/team.hpp"
 #include "test_helpers.hpp"
 
 namespace charlm {
@@ -262,6 +265,58 @@ TEST_P(RecurrentLayerTest, FrozenWeightsServeWindowsOfEverySizeInTurn) {
         const EngineResult<float> fresh = run_engine(GetParam(), data);
         expect_near<float>(frozen.output(), fresh.output, 1e-6, to_string(GetParam()) + ", batch " + std::to_string(batch));
     }
+}
+
+TEST_P(RecurrentLayerTest, OneStepInATeamGivesForwardsBitsForEveryTeamInputAndPrecision) {
+    // Sampling's and serving's step runs its phases in one team (Model's decoding step): each member its
+    // rows of the copies and cells and its panels of the products. Whatever the team, the rows and the
+    // input (dense rows, stacked with h or not; tokens through the table, or gathered where the table
+    // would be too large), it must give forward()'s bits, which every promise about a served completion
+    // rests on. The bf16 products run on every machine (emulated where the CPU has no AVX512_BF16).
+    const CellType cell = GetParam();
+    const int gates = ModelConfig{.cell = cell}.gate_count();
+    constexpr int kHidden = 16, kInput = 6, kVocab = 11;
+    // Tokens whose table would pass kMostTableEntries (input_projection.cpp) go through gathered rows.
+    const int large_vocab = static_cast<int>((Eigen::Index{1} << 24) / (gates * kHidden)) + 1;
+    for (const Precision precision : {Precision::fp32, Precision::bf16})
+        for (const RowSums sums : {RowSums::fastest, RowSums::as_if_alone})
+            for (const int batch : {1, 3, 8, 13})
+                for (const int vocab : {0, kVocab, large_vocab}) {  // 0: dense rows
+                    if (vocab == large_vocab && (batch != 3 || precision != Precision::bf16)) continue;  // big: once is enough
+                    // Where the model takes a team: more rows than a packed product takes are rows as if alone.
+                    if (batch > kMinRowsPerThread && sums == RowSums::fastest) continue;
+                    const LayerData<float> data(cell, 1, batch, kInput, kHidden, 50 + static_cast<std::uint64_t>(batch));
+                    std::mt19937_64 rng(7);
+                    const Matrix<float> embedding = random_matrix<float>(std::max(vocab, 1), kInput, rng);
+                    std::vector<TokenId> tokens(static_cast<std::size_t>(batch));
+                    for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<TokenId>((i * 7919 + 3) % std::max(vocab, 1));
+                    const LayerInput<float> input = vocab == 0 ? LayerInput<float>(data.input) : LayerInput<float>(tokens, embedding);
+                    LayerWeights<float> weights = data.weights(5);
+                    weights.row_sums = sums;
+                    weights.precision = precision;
+                    RecurrentLayer<float> whole(cell);
+                    Matrix<float> hidden = data.initial_hidden, cell_state = data.initial_cell;
+                    whole.forward(input, 1, weights, hidden, cell_state);
+                    for (const int team_size : {1, 2, 3}) {
+                        const std::string where = to_string(cell) + (precision == Precision::bf16 ? ", bf16" : ", fp32") +
+                                                  (sums == RowSums::as_if_alone ? ", as if alone" : "") + ", batch " +
+                                                  std::to_string(batch) + ", vocabulary " + std::to_string(vocab) + ", team of " +
+                                                  std::to_string(team_size);
+                        Threads scope(team_size);
+                        RecurrentLayer<float> split(cell);
+                        Matrix<float> split_hidden = data.initial_hidden, split_cell = data.initial_cell;
+                        split.prepare_step(input, weights, split_hidden, split_cell);
+                        int team_seen = 0;
+                        run_in_team(team_size > 1, [&](const Team& team) {
+                            if (team.member == 0) team_seen = team.size;
+                            split.step_in_team(input, weights, split_hidden, split_cell, team);
+                        });
+                        if (full_teams_guaranteed()) ASSERT_EQ(team_seen, team_size) << where;
+                        EXPECT_TRUE((split.output().array() == whole.output().array()).all()) << "outputs differ in their bits, " << where;
+                        EXPECT_TRUE((split_hidden.array() == hidden.array()).all()) << "the carried h differs, " << where;
+                        EXPECT_TRUE((split_cell.array() == cell_state.array()).all()) << "the carried c differs, " << where;
+                    }
+                }
 }
 
 INSTANTIATE_TEST_SUITE_P(Cells, RecurrentLayerTest, ::testing::Values(CellType::lstm, CellType::gru, CellType::rnn),

@@ -113,6 +113,8 @@ private:
         Parameter<Scalar>* bias_hh;
     };
     struct Workspace;  // the recurrent layers' engines and the passes' buffers, in model.cpp
+    // forward() of one step against frozen weights with no dropout, all in one parallel region.
+    void step_in_team(ModelState<Scalar>& state);
 
     ModelConfig config_;
     std::vector<Parameter<Scalar>> parameters_;  // in PyTorch's order: what the optimizer and checkpoints see

@@ -1,6 +1,7 @@
 // GEMM through oneDNN or Eigen, and the packed small-batch product of the time loops.
 #include "gemm.hpp"
 #include "gemm_bf16.hpp"
+#include "team.hpp"
 
 #include <algorithm>
 #include <utility>
@@ -114,7 +115,7 @@ namespace {
 // others do not even enter one, which costs a microsecond per call.
 template <typename MultiplyPanels>
 void over_panels(Eigen::Index panels, Eigen::Index work, const MultiplyPanels& multiply_panels) {
-    if (omp_in_parallel() || omp_get_max_threads() == 1 || work < (Eigen::Index{1} << 18)) {
+    if (omp_in_parallel() || omp_get_max_threads() == 1 || work < kLeastWorkForTeam) {
         multiply_panels(0, panels);
         return;
     }
@@ -128,22 +129,42 @@ void over_panels(Eigen::Index panels, Eigen::Index work, const MultiplyPanels& m
 }  // namespace
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums) const {
-    if (a.cols() != rows_ || c.rows() != a.rows() || c.cols() != cols_) throw Error("packed product: shapes do not match");
-    if (precision_ == Precision::bf16) return multiply_bf16(a, beta, c);
-    if (kernels_ == nullptr) return;  // never packed: a 0 x 0 factor
+Eigen::Index PackedMatrix<Scalar>::panel_count() const {
+    if (precision_ == Precision::bf16) return (cols_ + kBf16PanelWidth - 1) / kBf16PanelWidth;
+    if (kernels_ == nullptr) return 0;  // never packed: a 0 x 0 factor
+    return (cols_ + kernels_->panel_width - 1) / kernels_->panel_width;
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::check_shapes(Eigen::Index a_rows, Eigen::Index a_cols, ConstMatrixRef<Scalar> c) const {
+    if (a_cols != rows_ || c.rows() != a_rows || c.cols() != cols_) throw Error("packed product: shapes do not match");
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_panels(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums,
+                                           Eigen::Index first_panel, Eigen::Index end_panel) const {
+    if (kernels_ == nullptr) return;
     const Eigen::Index width = kernels_->panel_width;
-    const Eigen::Index panels = (cols_ + width - 1) / width;
-    const auto multiply_panel = kernels_->multiply_panel;
-    const bool as_if_alone = sums == RowSums::as_if_alone;
-    auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
-        for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
-            const Eigen::Index first = panel * width;
-            multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_,
-                           beta != Scalar(0), c.data() + first, c.outerStride(), std::min(width, cols_ - first), as_if_alone);
-        }
-    };
-    over_panels(panels, a.rows() * rows_ * cols_, multiply_panels);
+    for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
+        const Eigen::Index first = panel * width;
+        kernels_->multiply_panel(a.data(), a.outerStride(), a.rows(), panels_.data() + panel * rows_ * width, rows_, beta != Scalar(0),
+                                 c.data() + first, c.outerStride(), std::min(width, cols_ - first), sums == RowSums::as_if_alone);
+    }
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums) const {
+    check_shapes(a.rows(), a.cols(), c);
+    if (precision_ == Precision::bf16) return multiply_bf16(a, beta, c);
+    over_panels(panel_count(), a.rows() * rows_ * cols_,
+                [&](Eigen::Index first_panel, Eigen::Index end_panel) { multiply_panels(a, beta, c, sums, first_panel, end_panel); });
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, int share,
+                                          int shares) const {
+    const Eigen::Index panels = panel_count();
+    multiply_panels(a, beta, c, sums, panels * share / shares, panels * (share + 1) / shares);
 }
 
 // The bf16 form of multiply(): a's rows rounded once per call, then the panels as above, split among
@@ -163,23 +184,36 @@ void PackedMatrix<Scalar>::multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, 
 template <typename Scalar>
 void PackedMatrix<Scalar>::multiply(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c) const {
     if (precision_ != Precision::bf16) throw Error("packed product: rows rounded to bf16 need bf16 panels");
-    if (a.cols != rows_ || c.rows() != a.rows || c.cols() != cols_) throw Error("packed product: shapes do not match");
+    check_shapes(a.rows, a.cols, c);
     multiply_rounded(a.data, a.stride, a.rows, beta, c);
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, int share, int shares) const {
+    const Eigen::Index panels = panel_count();
+    multiply_rounded_panels(a.data, a.stride, a.rows, beta, c, panels * share / shares, panels * (share + 1) / shares);
+}
+
+template <typename Scalar>
+void PackedMatrix<Scalar>::multiply_rounded_panels(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta,
+                                                   MatrixRef<Scalar> c, Eigen::Index first_panel, Eigen::Index end_panel) const {
+    if constexpr (std::is_same_v<Scalar, float>) {
+        const Eigen::Index pairs = (rows_ + 1) / 2;
+        for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
+            const Eigen::Index first = panel * kBf16PanelWidth;
+            multiply_bf16_panel(a, stride, rows, bf16_panels_.data() + panel * pairs * 2 * kBf16PanelWidth, pairs, beta != 0.0f,
+                                c.data() + first, c.outerStride(), std::min(kBf16PanelWidth, cols_ - first));
+        }
+    }
 }
 
 template <typename Scalar>
 void PackedMatrix<Scalar>::multiply_rounded(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta,
                                             MatrixRef<Scalar> c) const {
     if constexpr (std::is_same_v<Scalar, float>) {
-        const Eigen::Index pairs = (rows_ + 1) / 2, panels = (cols_ + kBf16PanelWidth - 1) / kBf16PanelWidth;
-        auto multiply_panels = [&](Eigen::Index first_panel, Eigen::Index end_panel) {
-            for (Eigen::Index panel = first_panel; panel < end_panel; ++panel) {
-                const Eigen::Index first = panel * kBf16PanelWidth;
-                multiply_bf16_panel(a, stride, rows, bf16_panels_.data() + panel * pairs * 2 * kBf16PanelWidth, pairs,
-                                    beta != 0.0f, c.data() + first, c.outerStride(), std::min(kBf16PanelWidth, cols_ - first));
-            }
-        };
-        over_panels(panels, rows * rows_ * cols_, multiply_panels);
+        over_panels(panel_count(), rows * rows_ * cols_, [&](Eigen::Index first_panel, Eigen::Index end_panel) {
+            multiply_rounded_panels(a, stride, rows, beta, c, first_panel, end_panel);
+        });
     } else {
         throw Error("bf16 products are single precision's");
     }

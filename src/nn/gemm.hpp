@@ -75,6 +75,14 @@ public:
     void multiply(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums = RowSums::fastest) const;
     // multiply() at bf16 with a's rows rounded already (gemm_bf16.hpp's Bf16Rows): the same bits.
     void multiply(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c) const;
+    // For a caller that splits one product among a team itself (team.hpp), which then calls this once per
+    // member: the columns of the member's share of the panels, the same bits as multiply(). The shapes
+    // are checked by check_shapes() first, once, outside the team: nothing may throw inside it. The
+    // first form is fp32's; at bf16, a's rows are rounded already.
+    void check_shapes(Eigen::Index a_rows, Eigen::Index a_cols, ConstMatrixRef<Scalar> c) const;
+    void multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, int share, int shares) const;
+    void multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, int share, int shares) const;
+    Eigen::Index panel_count() const;
 
 private:
     // bf16 products are float's alone: double (the gradient checks) always multiplies in double.
@@ -83,6 +91,11 @@ private:
     }
     void multiply_bf16(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c) const;
     void multiply_rounded(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta, MatrixRef<Scalar> c) const;
+    // The products of panels first_panel .. end_panel - 1, in fp32 and at bf16 (a's rows rounded).
+    void multiply_panels(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, Eigen::Index first_panel,
+                         Eigen::Index end_panel) const;
+    void multiply_rounded_panels(const std::uint16_t* a, Eigen::Index stride, Eigen::Index rows, Scalar beta, MatrixRef<Scalar> c,
+                                 Eigen::Index first_panel, Eigen::Index end_panel) const;
 
     Eigen::Index rows_ = 0, cols_ = 0;
     std::uint64_t version_ = 0;

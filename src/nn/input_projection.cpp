@@ -46,22 +46,27 @@ void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source
 
 }  // namespace
 
+// Whether the projection is a lookup in the table, which this makes where it is not a copy of these weights.
+template <typename Scalar>
+bool ensure_table(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache) {
+    cache.through_table = through_table(input, weights);
+    if (!cache.through_table) return false;
+    if (weights.version == 0 || weights.version != cache.table_version || weights.precision != cache.table_precision) {
+        cache.table.resize(input.embedding->rows(), weights.weight_ih.rows());
+        gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table, weights.precision);
+        cache.table_version = weights.version;
+        cache.table_precision = weights.precision;
+    }
+    return true;
+}
+
 template <typename Scalar>
 bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection) {
     const Eigen::Index rows = input.count(), width = weights.weight_ih.rows();
     if (input.size() != weights.weight_ih.cols() || projection.rows() != rows || projection.cols() != width)
         throw Error("input projection: shapes do not match");
-    cache.through_table = through_table(input, weights);
-    if (cache.through_table) {
-        if (weights.version == 0 || weights.version != cache.table_version || weights.precision != cache.table_precision) {
-            cache.table.resize(input.embedding->rows(), width);
-            gemm<Scalar>(*input.embedding, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), cache.table, weights.precision);
-            cache.table_version = weights.version;
-            cache.table_precision = weights.precision;
-        }
-        return true;
-    }
+    if (ensure_table(input, weights, cache)) return true;
     if (!input.rows) {
         cache.gathered.resize(rows, input.size());
         gather_rows<Scalar>(input.tokens, *input.embedding, cache.gathered);
@@ -74,6 +79,16 @@ bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weig
     } else {
         gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection, weights.precision);
     }
+    return false;
+}
+
+template <typename Scalar>
+bool prepare_step_projection(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache) {
+    if (input.size() != weights.weight_ih.cols()) throw Error("input projection: shapes do not match");
+    if (weights.version == 0) throw Error("input projection: a team's step needs frozen weights");
+    if (ensure_table(input, weights, cache)) return true;
+    if (!input.rows) cache.gathered.resize(input.count(), input.size());
+    cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version, weights.precision);
     return false;
 }
 
@@ -125,6 +140,8 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
 
 template bool project_input<float>(LayerInputRef<float>, const LayerWeights<float>&, ProjectionCache<float>&, MatrixRef<float>);
 template bool project_input<double>(LayerInputRef<double>, const LayerWeights<double>&, ProjectionCache<double>&, MatrixRef<double>);
+template bool prepare_step_projection<float>(LayerInputRef<float>, const LayerWeights<float>&, ProjectionCache<float>&);
+template bool prepare_step_projection<double>(LayerInputRef<double>, const LayerWeights<double>&, ProjectionCache<double>&);
 template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
 template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
 template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const LayerWeights<float>&,

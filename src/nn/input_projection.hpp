@@ -37,6 +37,13 @@ template <typename Scalar>
 bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
                    MatrixRef<Scalar> projection);
 
+// For one step against frozen weights (weights.version nonzero) that a team splits (recurrent_layer.cpp):
+// what project_input() makes before its product. Makes the table and returns true where the projection
+// is a lookup in it; otherwise packs W_ih^T into cache.packed, sizes cache.gathered for token inputs,
+// and returns false: the team then gathers the rows and multiplies them by cache.packed itself.
+template <typename Scalar>
+bool prepare_step_projection(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache);
+
 // rows = the projection's rows first .. first + rows.rows() - 1, from the table of the last project_input().
 template <typename Scalar>
 void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cache, Eigen::Index first, MatrixRef<Scalar> rows);

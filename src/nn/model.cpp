@@ -11,7 +11,10 @@
 #include "charlm/error.hpp"
 #include "charlm/uniform_draw.hpp"
 #include "gemm.hpp"
+#include "gemm_bf16.hpp"
+#include "kernels.hpp"
 #include "recurrent_layer.hpp"
+#include "team.hpp"
 
 namespace charlm {
 
@@ -42,6 +45,7 @@ struct Model<Scalar>::Workspace {
     Matrix<Scalar> embedded;          // (T*B, E): the inputs' embeddings times the mask, the first layer's input
     Matrix<Scalar> d_embedded;        // (T*B, E): their gradient
     PackedMatrix<Scalar> head_packed; // head weight^T while frozen
+    Bf16Rows head_rounded;            // (B, H): at bf16, a team's step's top layer rounded for the head
     Matrix<Scalar> logits;            // (T*B, V)
     Matrix<Scalar> d_logits;          // (T*B, V): probabilities, then their gradient
     std::vector<double> row_losses;   // T*B, each row's loss (unset where the target is ignored)
@@ -172,6 +176,13 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
         for (Eigen::Index row = 0; row < TB; ++row)
             w.embedded.row(row) = embedding.row(w.inputs[static_cast<std::size_t>(row)]).cwiseProduct(w.embedding_mask.row(row % mask_rows));
     }
+    // One step of a few rows, or of rows as if alone, against frozen weights (sampling, serving): every
+    // product is a packed one, and the whole step runs in one parallel region (step_in_team()).
+    if (version != 0 && steps == 1 && !training && (TB <= kMinRowsPerThread || rows_as_if_alone_)) {
+        step_in_team(state);
+        return;
+    }
+
     const Matrix<Scalar>* below = nullptr;  // the layer below's output, after dropout
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerParameters& p = layers_[l];
@@ -204,6 +215,56 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     } else {
         gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits, precision_);
     }
+    w.logits.rowwise() += head_bias_->value.row(0);
+}
+
+// forward() of one step against frozen weights with no dropout, in one parallel region: each layer's
+// phases and the head's meet at a spinning barrier (team.hpp), which costs a fraction of the microseconds
+// that a region of their own each costs. Each product is split by the weights' panels, copies and cells by
+// rows, as forward() splits them: the same bits.
+template <typename Scalar>
+void Model<Scalar>::step_in_team(ModelState<Scalar>& state) {
+    Workspace& w = *workspace_;
+    const RowSums row_sums = rows_as_if_alone_ ? RowSums::as_if_alone : RowSums::fastest;
+    const auto B = static_cast<Eigen::Index>(w.inputs.size());
+    const bool bf16 = std::is_same_v<Scalar, float> && precision_ == Precision::bf16;
+    const auto input_of = [&](std::size_t l) {
+        return l > 0 ? LayerInput<Scalar>(w.layers[l - 1].engine.output()) : LayerInput<Scalar>(w.inputs, embedding_->value);
+    };
+    const auto weights_of = [&](std::size_t l) {
+        const LayerParameters& p = layers_[l];
+        return LayerWeights<Scalar>{p.weight_ih->value, p.weight_hh->value, p.bias_ih->value, p.bias_hh->value, freezes_, row_sums, precision_};
+    };
+    const auto cell_state_of = [&](std::size_t l) -> Matrix<Scalar>& { return state.cell.empty() ? w.no_cell_state : state.cell[l]; };
+    // Outside the team: what may allocate or throw, and the multiply-adds that say whether a team pays.
+    Eigen::Index work = 0;
+    for (std::size_t l = 0; l < layers_.size(); ++l) {
+        w.layers[l].engine.prepare_step(input_of(l), weights_of(l), state.hidden[l], cell_state_of(l));
+        work += B * (input_of(l).size() + config_.hidden_size) * layers_[l].weight_hh->value.rows();
+    }
+    const Matrix<Scalar>& top = w.layers.back().engine.output();
+    w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_, precision_);
+    w.logits.resize(B, config_.vocab_size);
+    w.head_packed.check_shapes(B, top.cols(), w.logits);
+    if (bf16) w.head_rounded.resize(B, top.cols());
+    work += B * top.cols() * config_.vocab_size;
+
+    // As a packed product splits its panels among the threads: where the work is worth a region.
+    run_in_team(work >= kLeastWorkForTeam, [&](const Team& team) {
+        for (std::size_t l = 0; l < layers_.size(); ++l)
+            w.layers[l].engine.step_in_team(input_of(l), weights_of(l), state.hidden[l], cell_state_of(l), team);
+        if constexpr (std::is_same_v<Scalar, float>) {
+            if (bf16) {
+                const Eigen::Index first = team.first(B);
+                w.head_rounded.round_rows(top.middleRows(first, team.end(B) - first), first);
+                team.sync();
+                w.head_packed.multiply_share(middle_rows(w.head_rounded, 0, B), Scalar(0), w.logits, team.member, team.size);
+                return;
+            }
+        }
+        team.sync();
+        w.head_packed.multiply_share(top, Scalar(0), w.logits, row_sums, team.member, team.size);
+    });
     w.logits.rowwise() += head_bias_->value.row(0);
 }
 

@@ -7,6 +7,7 @@
 #include "input_projection.hpp"
 #include "kernels.hpp"
 #include "row_shares.hpp"
+#include "team.hpp"
 
 namespace charlm {
 
@@ -16,6 +17,8 @@ struct RecurrentLayer<Scalar>::Workspace {
     void (*forward)(Workspace&, LayerInputRef<Scalar>, int, const LayerWeights<Scalar>&, Matrix<Scalar>&, Matrix<Scalar>&) = nullptr;
     void (*backward)(Workspace&, LayerInputRef<Scalar>, const Matrix<Scalar>&, int, const LayerWeights<Scalar>&,
                      const LayerGradients<Scalar>&, Matrix<Scalar>&) = nullptr;
+    void (*prepare_step)(Workspace&, LayerInputRef<Scalar>, const LayerWeights<Scalar>&, const Matrix<Scalar>&, const Matrix<Scalar>&) = nullptr;
+    void (*step_in_team)(Workspace&, LayerInputRef<Scalar>, const LayerWeights<Scalar>&, Matrix<Scalar>&, Matrix<Scalar>&, const Team&) = nullptr;
 
     // What backward needs from forward, sized once per window shape.
     Matrix<Scalar> gates;           // (T*B, G*H): the products, then the activations; after backward, their gradients
@@ -40,6 +43,10 @@ struct RecurrentLayer<Scalar>::Workspace {
     // matrix where the cell keeps no recurrent product apart): the operands of the step's product and of the
     // weight gradients' products, rounded once in place of once per product.
     Bf16Rows d_recurrent_bf16, d_gates_bf16;
+    // A team's step (prepare_step): whether [x h] goes through the stacked weights, or the input through the
+    // table; at bf16, the products' left operands rounded by rows ([x h], or h and x).
+    bool step_stacked = false, step_through_table = false;
+    Bf16Rows step_rounded, step_input_rounded;
 };
 
 namespace {
@@ -141,6 +148,114 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
     if constexpr (Cell::has_cell_state) cell_state = w.cell.bottomRows(B);
 }
 
+// One step against frozen weights that a team splits (team.hpp): prepare_one_step() on one thread, then
+// one_step_in_team() on every member. The phases are split as forward_window()'s one step splits them, rows
+// for copies and cells, the weights' panels for products, so the bits are the same; but they meet at the
+// team's barrier in place of entering a parallel region each (Model's decoding step runs all layers and
+// the head in one region).
+template <typename Cell, typename Scalar>
+void prepare_one_step(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, const Matrix<Scalar>& hidden_state,
+                  const Matrix<Scalar>& cell_state) {
+    const Eigen::Index H = weights.weight_hh.cols(), I = input.size(), G = Cell::gate_count, B = hidden_state.rows();
+    if (weights.weight_hh.rows() != G * H) throw Error("recurrent layer: the weights do not fit the cell");
+    if (weights.version == 0 || input.count() != B) throw Error("recurrent layer: a team's step is one step against frozen weights");
+    if (hidden_state.cols() != H || (Cell::has_cell_state && (cell_state.rows() != B || cell_state.cols() != H)))
+        throw Error("recurrent layer: the carried state does not fit the layer");
+    w.gates.resize(B, G * H);
+    if constexpr (Cell::recurrent_apart) w.hidden_gates.resize(B, G * H);
+    w.hidden.resize(B, H);
+    w.initial_hidden.resize(B, H);
+    if constexpr (Cell::has_cell_state) {
+        w.cell.resize(B, H);
+        w.initial_cell.resize(B, H);
+    }
+    w.bias = weights.bias_ih + weights.bias_hh;
+    const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
+    // As forward_window() chooses for one step.
+    w.step_stacked = !Cell::recurrent_apart && input.rows && (B <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
+    if (w.step_stacked) {
+        if (!w.stacked_forward.packed_from(weights.version, weights.precision)) {
+            Matrix<Scalar> both(G * H, I + H);
+            both << weights.weight_ih, weights.weight_hh;
+            w.stacked_forward.pack(both, Transpose::yes, weights.version, weights.precision);
+        }
+        w.stacked_input.resize(B, I + H);
+        w.stacked_forward.check_shapes(B, I + H, w.gates);
+        if (bf16) w.step_rounded.resize(B, I + H);
+        return;
+    }
+    w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version, weights.precision);
+    w.recurrent_forward.check_shapes(B, H, Cell::recurrent_apart ? w.hidden_gates : w.gates);
+    if (bf16) w.step_rounded.resize(B, H);
+    w.step_through_table = prepare_step_projection<Scalar>(input, weights, w.projection);
+    if (!w.step_through_table) {
+        w.projection.packed.check_shapes(B, I, w.gates);
+        // Each member adds the recurrent product to the projection's columns it made itself.
+        if (w.projection.packed.panel_count() != w.recurrent_forward.panel_count())
+            throw Error("recurrent layer: the packed weights' panels do not match");
+        if (bf16) w.step_input_rounded.resize(B, I);
+    }
+}
+
+// Ends after the cells, with no barrier: the next layer's first phase reads only this member's rows.
+template <typename Cell, typename Scalar>
+void one_step_in_team(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, Matrix<Scalar>& hidden_state,
+                  Matrix<Scalar>& cell_state, const Team& team) {
+    const Eigen::Index B = w.hidden.rows(), H = w.hidden.cols(), I = input.size();
+    const Eigen::Index first = team.first(B), rows = team.end(B) - first;
+    constexpr bool is_float = std::is_same_v<Scalar, float>;
+    const bool bf16 = is_float && weights.precision == Precision::bf16;
+    const auto round = [&](Bf16Rows& rounded, ConstMatrixRef<Scalar> x) {
+        if constexpr (is_float) rounded.round_rows(x.middleRows(first, rows), first);
+    };
+    // This member's rows: the carried state in, the products' left operands.
+    w.initial_hidden.middleRows(first, rows) = hidden_state.middleRows(first, rows);
+    if constexpr (Cell::has_cell_state) w.initial_cell.middleRows(first, rows) = cell_state.middleRows(first, rows);
+    const Matrix<Scalar>& dense = input.rows ? *input.rows : w.projection.gathered;
+    if (w.step_stacked) {
+        w.stacked_input.middleRows(first, rows).leftCols(I) = input.rows->middleRows(first, rows);
+        w.stacked_input.middleRows(first, rows).rightCols(H) = w.initial_hidden.middleRows(first, rows);
+        if (bf16) round(w.step_rounded, w.stacked_input);
+    } else {
+        if (w.step_through_table) {
+            lookup_rows<Scalar>(input, w.projection, first, w.gates.middleRows(first, rows));
+        } else {
+            if (!input.rows)
+                for (Eigen::Index row = first; row < first + rows; ++row)
+                    w.projection.gathered.row(row) = input.embedding->row(input.tokens[static_cast<std::size_t>(row)]);
+            if (bf16) round(w.step_input_rounded, dense);
+        }
+        if (bf16) round(w.step_rounded, w.initial_hidden);
+    }
+    team.sync();
+    // This member's panels of the products: (B, G*H) = [x h] . [W_ih W_hh]^T, or x . W_ih^T (the table's
+    // rows where it has them) plus h . W_hh^T.
+    const auto multiply = [&](const PackedMatrix<Scalar>& packed, const Bf16Rows& rounded, ConstMatrixRef<Scalar> a, Scalar beta,
+                              MatrixRef<Scalar> c) {
+        if (bf16) packed.multiply_share(middle_rows(rounded, 0, B), beta, c, team.member, team.size);
+        else packed.multiply_share(a, beta, c, weights.row_sums, team.member, team.size);
+    };
+    if (w.step_stacked) {
+        multiply(w.stacked_forward, w.step_rounded, w.stacked_input, Scalar(0), w.gates);
+    } else {
+        if (!w.step_through_table) multiply(w.projection.packed, w.step_input_rounded, dense, Scalar(0), w.gates);
+        if constexpr (Cell::recurrent_apart) multiply(w.recurrent_forward, w.step_rounded, w.initial_hidden, Scalar(0), w.hidden_gates);
+        else multiply(w.recurrent_forward, w.step_rounded, w.initial_hidden, Scalar(1), w.gates);
+    }
+    team.sync();
+    // This member's rows: the cells, and the carried state out.
+    const auto cell_forward = cell_kernels<Cell, Scalar>().forward;
+    for (Eigen::Index row = first; row < first + rows; ++row) {
+        RowArrays<Scalar> arrays = arrays_of_row<Cell, Scalar>(w, 0, B, row, row);
+        arrays.bias = w.bias.data();
+        arrays.bias_ih = weights.bias_ih.data();
+        arrays.bias_hh = weights.bias_hh.data();
+        cell_forward(arrays);
+    }
+    hidden_state.middleRows(first, rows) = w.hidden.middleRows(first, rows);
+    if constexpr (Cell::has_cell_state) cell_state.middleRows(first, rows) = w.cell.middleRows(first, rows);
+}
+
 template <typename Cell, typename Scalar>
 void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                      const LayerWeights<Scalar>& weights, const LayerGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
@@ -224,6 +339,8 @@ RecurrentLayer<Scalar>::RecurrentLayer(CellType cell) : workspace_(std::make_uni
         using Cell = decltype(chosen);
         workspace_->forward = &forward_window<Cell, Scalar>;
         workspace_->backward = &backward_window<Cell, Scalar>;
+        workspace_->prepare_step = &prepare_one_step<Cell, Scalar>;
+        workspace_->step_in_team = &one_step_in_team<Cell, Scalar>;
     });
 }
 
@@ -245,6 +362,18 @@ void RecurrentLayer<Scalar>::backward(LayerInputRef<Scalar> input, const Matrix<
                                       const LayerWeights<Scalar>& weights, const LayerGradients<Scalar>& gradients,
                                       Matrix<Scalar>& d_input) {
     workspace_->backward(*workspace_, input, d_output, steps, weights, gradients, d_input);
+}
+
+template <typename Scalar>
+void RecurrentLayer<Scalar>::prepare_step(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, const Matrix<Scalar>& hidden_state,
+                                          const Matrix<Scalar>& cell_state) {
+    workspace_->prepare_step(*workspace_, input, weights, hidden_state, cell_state);
+}
+
+template <typename Scalar>
+void RecurrentLayer<Scalar>::step_in_team(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, Matrix<Scalar>& hidden_state,
+                                          Matrix<Scalar>& cell_state, const Team& team) {
+    workspace_->step_in_team(*workspace_, input, weights, hidden_state, cell_state, team);
 }
 
 template <typename Scalar>

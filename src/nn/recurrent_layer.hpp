@@ -23,6 +23,7 @@
 namespace charlm {
 
 class RowBalance;
+struct Team;
 
 // One recurrent layer of one cell type, with the workspaces of the last window it ran.
 template <typename Scalar>
@@ -38,6 +39,15 @@ public:
     void forward(LayerInputRef<Scalar> input, int steps, const LayerWeights<Scalar>& weights, Matrix<Scalar>& hidden_state,
                  Matrix<Scalar>& cell_state);
     const Matrix<Scalar>& output() const;  // (T*B, H)
+
+    // forward() of one step against frozen weights (weights.version nonzero), split among a team (team.hpp)
+    // by the caller: prepare_step() outside the team, with the carried state that step_in_team() then
+    // updates, by every member. A member returns without waiting for the others (the next layer's first
+    // phase reads only the member's own rows; anything else must sync() first). The same bits as forward().
+    void prepare_step(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, const Matrix<Scalar>& hidden_state,
+                      const Matrix<Scalar>& cell_state);
+    void step_in_team(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, Matrix<Scalar>& hidden_state,
+                      Matrix<Scalar>& cell_state, const Team& team);
 
     // d_output: (T*B, H), the loss gradient with respect to output(); gradients do not flow into the
     // carried state (truncated BPTT). Accumulates into `gradients`. d_input: for dense rows, becomes
