@@ -23,10 +23,11 @@
 # at once, against the same number of clients on the model served alone (the issue's target: each at least 0.45x).
 # The model is a 2x256 LSTM (embed 64) on tinyshakespeare after one training step (speed does not depend on
 # training); --model 3x512 trains another shape, --checkpoint FILE measures another. --threads N goes to eval,
-# sample and serve alike.
+# sample and serve alike, and so does --precision P (auto, the default, lets each process time its products at start:
+# two servers compared can then run at different precisions, and the comparison's table says which each ran).
 # Usage: scripts/bench_serve.sh [--threads N] [--seconds S] [--clients "1 2 4 8 16 32"] [--max-tokens N]
 #        [--pair-clients 8] [--model LxH | --checkpoint FILE] [--json FILE] [--long-seconds 60] [--no-idle]
-#        [--compare-build DIR] [--compare-precision] [--rounds 3] [--only-compare]
+#        [--compare-build DIR] [--compare-precision] [--rounds 3] [--only-compare] [--precision auto|fp32|bf16]
 set -euo pipefail
 invoked_from="$PWD"
 cd "$(dirname "$0")/.."
@@ -45,6 +46,7 @@ compare_precision=0
 rounds=3
 only_compare=0
 model_shape=2x256
+precision=auto
 while [ $# -gt 0 ]; do
   case "$1" in
     --threads) threads="$2"; shift ;;
@@ -61,6 +63,7 @@ while [ $# -gt 0 ]; do
     --rounds) rounds="$2"; shift ;;
     --only-compare) only_compare=1 ;;
     --model) model_shape="$2"; shift ;;
+    --precision) precision="$2"; shift ;;
     -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_serve.sh: unknown option $1; see scripts/bench_serve.sh --help" >&2; exit 2 ;;
   esac
@@ -75,6 +78,12 @@ case "$seconds" in
   ''|*[!0-9.]*|*.*.*|.) echo "bench_serve.sh: --seconds takes a positive number, not '$seconds'" >&2; exit 2 ;;
 esac
 [ -n "$client_counts" ] || { echo "bench_serve.sh: --clients needs at least one count" >&2; exit 2; }
+case "$precision" in
+  auto|fp32|bf16) ;;
+  *) echo "bench_serve.sh: --precision takes auto, fp32 or bf16, not '$precision'" >&2; exit 2 ;;
+esac
+[ "$compare_precision" -eq 0 ] || [ "$precision" = auto ] ||
+  { echo "bench_serve.sh: --compare-precision sets each side's precision; leave out --precision $precision" >&2; exit 2; }
 [[ "$model_shape" =~ ^([1-9][0-9]?)x([1-9][0-9]{0,4})$ ]] || { echo "bench_serve.sh: --model takes LAYERSxHIDDEN, such as 2x256 or 3x512, not '$model_shape'" >&2; exit 2; }
 model_layers="${BASH_REMATCH[1]}"
 model_hidden="${BASH_REMATCH[2]}"
@@ -136,9 +145,9 @@ open(sys.argv[2], "w", encoding="utf-8").write(text[:200000])
 open(sys.argv[3], "w", encoding="utf-8").write(text[:2000])
 ' "$corpus" "$work/eval_large.txt" "$work/eval_small.txt"
 echo "bench_serve: charlm eval --threads $threads, 200,000 characters" >&2
-start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_small.txt" --threads "$threads" --json > "$work/eval_small.json"
+start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_small.txt" --threads "$threads" --precision "$precision" --json > "$work/eval_small.json"
 eval_small_seconds=$(seconds_since "$start")
-start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_large.txt" --threads "$threads" --json > "$work/eval_large.json"
+start=$(seconds_now); build/charlm eval "$checkpoint" "$work/eval_large.txt" --threads "$threads" --precision "$precision" --json > "$work/eval_large.json"
 eval_large_seconds=$(seconds_since "$start")
 eval_rate=$(/usr/bin/python3 -c '
 import json, sys
@@ -148,9 +157,9 @@ print((large - small) / max(float(sys.argv[4]) - float(sys.argv[3]), 1e-9))
 
 # sample: 20,000 characters at batch 1, less a 1-character run for the start.
 echo "bench_serve: charlm sample --threads $threads, 20,000 characters" >&2
-start=$(seconds_now); build/charlm sample "$checkpoint" --length 1 --seed 1 --threads "$threads" > /dev/null
+start=$(seconds_now); build/charlm sample "$checkpoint" --length 1 --seed 1 --threads "$threads" --precision "$precision" > /dev/null
 sample_short_seconds=$(seconds_since "$start")
-start=$(seconds_now); build/charlm sample "$checkpoint" --length 20000 --seed 1 --threads "$threads" > /dev/null
+start=$(seconds_now); build/charlm sample "$checkpoint" --length 20000 --seed 1 --threads "$threads" --precision "$precision" > /dev/null
 sample_long_seconds=$(seconds_since "$start")
 sample_rate=$(awk -v short="$sample_short_seconds" -v long="$sample_long_seconds" \
   'BEGIN { d = long - short; if (d < 1e-9) d = 1e-9; printf "%.1f", 19999 / d }')
@@ -164,6 +173,7 @@ start_server() {  # the charlm binary, then what to serve and how (the checkpoin
   local binary="$1"
   shift
   [ $# -gt 0 ] || set -- "$checkpoint"
+  case " $* " in *" --precision "*) ;; *) set -- "$@" --precision "$precision" ;; esac  # a side of --compare-precision sets its own
   local out="$work/server-${#server_pids[@]}.out" log="$work/server-${#server_pids[@]}.log"
   : > "$out"
   set -m
@@ -208,6 +218,9 @@ compare_servers() {
     urls[side]="$url"
     pids[side]="$server_pid"
     echo "bench_serve: ${names[$side]}: charlm serve at $url" >&2
+    # What precision the server's products run at, as its log says (a server that says nothing runs fp32).
+    { grep -m 1 -o 'products in .*' "$work/server-$((${#server_pids[@]} - 1)).log" || echo "products in fp32"; } |
+      sed "s/^/${names[$side]}: /" >> "$out.precision"
   done
   for side in 0 1; do
     "$load" --url "${urls[$side]}" --clients "$most_clients" --seconds 1 --warmup-seconds 1 --max-tokens "$max_tokens" > /dev/null 2>&1 || true
@@ -393,7 +406,15 @@ for run in idle_runs:
           f"{mebibytes(run.get('rss_bytes_max'))} at most.")
 
 
-def compared(title, runs, ratio_name):
+def precisions_of(path):
+    """The lines compare_servers() kept of what each side's server said of its precision."""
+    try:
+        return [line.strip() for line in open(path + ".precision") if line.strip()]
+    except OSError:
+        return []
+
+
+def compared(title, runs, ratio_name, precisions=()):
     """Side 0 against side 1 (compare_servers): each side's median chars/s with its spread, the ratio side 1 / side 0 of the
     medians and of the bests (on a busy machine the best run is the least disturbed), and the median, least and most of
     the rounds' own ratios (each round ran both sides back to back)."""
@@ -421,12 +442,17 @@ def compared(title, runs, ratio_name):
               f"{statistics.median(round_ratios) if round_ratios else math.nan:.2f} "
               f"({min(round_ratios, default=math.nan):.2f}-{max(round_ratios, default=math.nan):.2f}) | "
               f"{milliseconds(firsts[0])} / {milliseconds(firsts[1])} | {sum(run['errors'] for run in sides[0])} / {sum(run['errors'] for run in sides[1])} |")
+    if precisions:
+        print("\nPrecision, as each server logged it: " + "; ".join(precisions) + ".")
+        if len({line.split(": ", 1)[1].split(":")[0].split(",")[0] for line in precisions}) > 1:
+            print("**The two sides ran their products at different precisions**: this compares more than the builds "
+                  "(pass --precision fp32 or bf16 to compare like with like).")
 
 
 compared(f"This build against {compare_build}/charlm, streaming, both servers up at once, {rounds} alternating rounds a client count "
-         f"({seconds} s each):", compare_runs, "this / other")
+         f"({seconds} s each):", compare_runs, "this / other", precisions_of(compare_path))
 compared(f"--precision bf16 against fp32 (this build), streaming, both servers up at once, {rounds} alternating rounds a client count "
-         f"({seconds} s each):", precision_runs, "bf16 / fp32")
+         f"({seconds} s each):", precision_runs, "bf16 / fp32", precisions_of(precision_path))
 alone = next((run for run in runs if run["streaming"] and run["in_flight_at_end"] == "cut" and run["clients"] == int(pair_clients)), None)
 if pairs and alone:
     print(f"\nTwo models served together (the checkpoint twice, --threads {threads} split between them), {pair_clients} "

@@ -1,11 +1,15 @@
 // Checks the bf16 products (gemm_bf16.cpp, PackedMatrix at bf16, Model::set_precision) on every
 // machine: where the CPU has AVX512_BF16 the kernels run its instructions and are also compared with
 // the emulation bit for bit; elsewhere the emulation runs every test.
+#include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <thread>
 #include <iostream>
 #include <random>
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include "charlm/batches.hpp"
 #include "charlm/checkpoint.hpp"
@@ -13,6 +17,7 @@
 #include "charlm/model.hpp"
 #include "charlm/optim.hpp"
 #include "charlm/precision.hpp"
+#include "charlm/threads.hpp"
 #include "charlm/train.hpp"
 #include "nn/cell_units.hpp"
 #include "nn/gemm.hpp"
@@ -435,6 +440,32 @@ TEST(Bf16, AutoTakesTheTimingsVerdictAndSaysWhy) {
     const ProductShapes small{.rows = 4, .hidden = 64, .gates = 4, .steps = 16, .window_rows = 64};
     EXPECT_EQ(decide_precision(PrecisionChoice::automatic, small, timer(2e-3, 1e-3)).precision, Precision::fp32);
     EXPECT_EQ(decide_precision(PrecisionChoice::fp32, shapes, timer(2e-3, 1e-3)).precision, Precision::fp32);
+}
+
+// The threads this process has now.
+std::size_t thread_count() {
+    std::size_t count = 0;
+    for ([[maybe_unused]] const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) ++count;
+    return count;
+}
+
+TEST(Bf16, TheTimingLeavesNoIdleOpenMPWorkersBehind) {
+    // auto's timing enters parallel regions, and OpenMP keeps a pool of workers for every thread that has
+    // entered one. Left idle beside a server's decoders, which run on threads of their own, such workers
+    // count against the cores, and libgomp then sleeps between regions where it would spin: one stream was
+    // served 2.4x slower. The timing runs on a thread of its own, which takes its workers with it.
+    if (!full_teams_guaranteed()) GTEST_SKIP() << "OpenMP may give a team of one here (OMP_THREAD_LIMIT, OMP_DYNAMIC): no workers to leave";
+    std::size_t before = 0, after = 0;
+    std::thread caller([&] {  // a thread with no pool yet, as a server's main thread has none
+        omp_set_dynamic(0);
+        omp_set_num_threads(2);
+        before = thread_count();
+        time_products(ProductShapes{.rows = 4, .hidden = 64, .gates = 4, .steps = 2, .window_rows = 8});
+        // The timing thread's workers end as it does, each in its own time: give them a second.
+        for (int wait = 0; wait < 100 && (after = thread_count()) > before; ++wait) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    });
+    caller.join();
+    EXPECT_EQ(after, before) << "threads were left behind by the timing";
 }
 
 TEST(Bf16, AutoPicksFp32WhereTheRealTimingFindsBf16Slower) {
