@@ -64,7 +64,7 @@ while [ $# -gt 0 ]; do
     --only-compare) only_compare=1 ;;
     --model) model_shape="$2"; shift ;;
     --precision) precision="$2"; shift ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench_serve.sh: unknown option $1; see scripts/bench_serve.sh --help" >&2; exit 2 ;;
   esac
   shift
@@ -414,7 +414,7 @@ def precisions_of(path):
         return []
 
 
-def compared(title, runs, ratio_name, precisions=()):
+def compared(title, runs, ratio_name, precisions=(), same_precision=True):
     """Side 0 against side 1 (compare_servers): each side's median chars/s with its spread, the ratio side 1 / side 0 of the
     medians and of the bests (on a busy machine the best run is the least disturbed), and the median, least and most of
     the rounds' own ratios (each round ran both sides back to back)."""
@@ -444,7 +444,7 @@ def compared(title, runs, ratio_name, precisions=()):
               f"{milliseconds(firsts[0])} / {milliseconds(firsts[1])} | {sum(run['errors'] for run in sides[0])} / {sum(run['errors'] for run in sides[1])} |")
     if precisions:
         print("\nPrecision, as each server logged it: " + "; ".join(precisions) + ".")
-        if len({line.split(": ", 1)[1].split(":")[0].split(",")[0] for line in precisions}) > 1:
+        if same_precision and len({line.split(": ", 1)[1].split(":")[0].split(",")[0] for line in precisions}) > 1:
             print("**The two sides ran their products at different precisions**: this compares more than the builds "
                   "(pass --precision fp32 or bf16 to compare like with like).")
 
@@ -452,7 +452,7 @@ def compared(title, runs, ratio_name, precisions=()):
 compared(f"This build against {compare_build}/charlm, streaming, both servers up at once, {rounds} alternating rounds a client count "
          f"({seconds} s each):", compare_runs, "this / other", precisions_of(compare_path))
 compared(f"--precision bf16 against fp32 (this build), streaming, both servers up at once, {rounds} alternating rounds a client count "
-         f"({seconds} s each):", precision_runs, "bf16 / fp32", precisions_of(precision_path))
+         f"({seconds} s each):", precision_runs, "bf16 / fp32", precisions_of(precision_path), same_precision=False)
 alone = next((run for run in runs if run["streaming"] and run["in_flight_at_end"] == "cut" and run["clients"] == int(pair_clients)), None)
 if pairs and alone:
     print(f"\nTwo models served together (the checkpoint twice, --threads {threads} split between them), {pair_clients} "
