@@ -110,19 +110,26 @@ TEST(Model, AWeightsFreezePutsBackWhatWasThereBefore) {
     }
     EXPECT_FALSE(model.weights_frozen());
 }
+// A model of `cell` with sizes off every SIMD width, so that the panels' edges are used, drawn from rng.
+Model<float> odd_sized_model(CellType cell, int hidden_size, int layers, std::mt19937_64& rng) {
+    ModelConfig config;
+    config.cell = cell;
+    config.vocab_size = 29;
+    config.embed_size = 11;
+    config.hidden_size = hidden_size;
+    config.layers = layers;
+    Model<float> model(config);
+    model.initialize(rng);
+    return model;
+}
+
 // Serving decodes requests as the rows of one batch: each row's logits and state must come out the
 // same bits whatever rows stand beside it, and the same as sampling's own batch of one.
 TEST(Model, RowsComputedAsIfAloneMatchABatchOfOneToTheBit) {
     for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn}) {
-        ModelConfig config;
-        config.cell = cell;
-        config.vocab_size = 29;   // sizes off every SIMD width, so that the panels' edges are used
-        config.embed_size = 11;
-        config.hidden_size = 37;
-        config.layers = 3;
-        Model<float> model(config);
         std::mt19937_64 rng(7);
-        model.initialize(rng);
+        Model<float> model = odd_sized_model(cell, 37, 3, rng);
+        const ModelConfig& config = model.config();
         const WeightsFreeze<float> freeze(model);
         std::normal_distribution<float> normal(0.0f, 0.5f);
         for (int batch : {1, 2, 3, 4, 5, 7, 9, 16, 17, 33}) {
@@ -155,21 +162,13 @@ TEST(Model, RowsComputedAsIfAloneMatchABatchOfOneToTheBit) {
 
 TEST(Model, ADecodingStepGivesTheSameBitsWhateverTheThreads) {
     // One step against frozen weights runs in one team (all layers and the head), split by rows and by
-    // the weights' panels: a sampled text must not depend on the thread count. Sizes large enough that
-    // the step takes a team, and off every SIMD width.
+    // the weights' panels: a sampled text must not depend on the thread count.
     for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn})
         for (Precision precision : {Precision::fp32, Precision::bf16})
             for (int batch : {5, 16}) {
                 SCOPED_TRACE(to_string(cell) + (precision == Precision::bf16 ? ", bf16" : ", fp32") + ", batch " + std::to_string(batch));
-                ModelConfig config;
-                config.cell = cell;
-                config.vocab_size = 29;
-                config.embed_size = 11;
-                config.hidden_size = 97;
-                config.layers = 2;
-                Model<float> model(config);
                 std::mt19937_64 rng(3);
-                model.initialize(rng);
+                Model<float> model = odd_sized_model(cell, 97, 2, rng);  // large enough that the step takes a team
                 model.set_precision(precision);
                 const WeightsFreeze<float> freeze(model);
                 model.set_rows_as_if_alone(batch > 8);  // as the server does; a few rows without it too
