@@ -449,7 +449,7 @@ std::size_t thread_count() {
     return count;
 }
 
-TEST(Bf16, TheTimingLeavesNoIdleOpenMPWorkersBehind) {
+TEST(Bf16, AutoTimingLeavesNoIdleOpenMPWorkersBehind) {
     // auto's timing enters parallel regions, and OpenMP keeps a pool of workers for every thread that has
     // entered one. Left idle beside a server's decoders, which run on threads of their own, such workers
     // count against the cores, and libgomp then sleeps between regions where it would spin: one stream was
