@@ -44,8 +44,6 @@ void scatter_rows(std::span<const TokenId> tokens, ConstMatrixRef<Scalar> source
     });
 }
 
-}  // namespace
-
 // Whether the projection is a lookup in the table, which this makes where it is not a copy of these weights.
 template <typename Scalar>
 bool ensure_table(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache) {
@@ -59,6 +57,8 @@ bool ensure_table(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weigh
     }
     return true;
 }
+
+}  // namespace
 
 template <typename Scalar>
 bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
