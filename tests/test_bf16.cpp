@@ -4,9 +4,9 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
-#include <thread>
 #include <iostream>
 #include <random>
+#include <thread>
 
 #include <gtest/gtest.h>
 #include <omp.h>

@@ -4,8 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <exception>
-#include <thread>
 #include <random>
+#include <thread>
 
 #include <fmt/format.h>
 #include <omp.h>
