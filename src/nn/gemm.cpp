@@ -6,8 +6,6 @@
 #include <algorithm>
 #include <utility>
 
-#include <omp.h>
-
 #include "charlm/error.hpp"
 #include "charlm/threads.hpp"
 
@@ -115,15 +113,7 @@ namespace {
 // others do not even enter one, which costs a microsecond per call.
 template <typename MultiplyPanels>
 void over_panels(Eigen::Index panels, Eigen::Index work, const MultiplyPanels& multiply_panels) {
-    if (omp_in_parallel() || omp_get_max_threads() == 1 || work < kLeastWorkForTeam) {
-        multiply_panels(0, panels);
-        return;
-    }
-#pragma omp parallel
-    {
-        const Eigen::Index share = omp_get_thread_num(), shares = omp_get_num_threads();
-        multiply_panels(panels * share / shares, panels * (share + 1) / shares);
-    }
+    run_in_team(work >= kLeastWorkForTeam, [&](const Team& team) { multiply_panels(team.first(panels), team.end(panels)); });
 }
 
 }  // namespace
@@ -161,10 +151,9 @@ void PackedMatrix<Scalar>::multiply(ConstMatrixRef<Scalar> a, Scalar beta, Matri
 }
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, int share,
-                                          int shares) const {
+void PackedMatrix<Scalar>::multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, const Team& team) const {
     const Eigen::Index panels = panel_count();
-    multiply_panels(a, beta, c, sums, panels * share / shares, panels * (share + 1) / shares);
+    multiply_panels(a, beta, c, sums, team.first(panels), team.end(panels));
 }
 
 // The bf16 form of multiply(): a's rows rounded once per call, then the panels as above, split among
@@ -189,9 +178,9 @@ void PackedMatrix<Scalar>::multiply(const Bf16RowsRef& a, Scalar beta, MatrixRef
 }
 
 template <typename Scalar>
-void PackedMatrix<Scalar>::multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, int share, int shares) const {
+void PackedMatrix<Scalar>::multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, const Team& team) const {
     const Eigen::Index panels = panel_count();
-    multiply_rounded_panels(a.data, a.stride, a.rows, beta, c, panels * share / shares, panels * (share + 1) / shares);
+    multiply_rounded_panels(a.data, a.stride, a.rows, beta, c, team.first(panels), team.end(panels));
 }
 
 template <typename Scalar>

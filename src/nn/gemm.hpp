@@ -49,6 +49,7 @@ std::string gemm_backend();
 // columns back to back (zero-padded at the right edge), so that a product with few rows streams it
 // straight from cache with no per-call packing (which Eigen's and oneDNN's GEMMs redo on every call).
 struct Bf16RowsRef;  // gemm_bf16.hpp
+struct Team;         // team.hpp
 
 template <typename Scalar>
 class PackedMatrix {
@@ -80,8 +81,8 @@ public:
     // are checked by check_shapes() first, once, outside the team: nothing may throw inside it. The
     // first form is fp32's; at bf16, a's rows are rounded already.
     void check_shapes(Eigen::Index a_rows, Eigen::Index a_cols, ConstMatrixRef<Scalar> c) const;
-    void multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, int share, int shares) const;
-    void multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, int share, int shares) const;
+    void multiply_share(ConstMatrixRef<Scalar> a, Scalar beta, MatrixRef<Scalar> c, RowSums sums, const Team& team) const;
+    void multiply_share(const Bf16RowsRef& a, Scalar beta, MatrixRef<Scalar> c, const Team& team) const;
     Eigen::Index panel_count() const;
 
 private:

@@ -254,16 +254,12 @@ void Model<Scalar>::step_in_team(ModelState<Scalar>& state) {
         for (std::size_t l = 0; l < layers_.size(); ++l)
             w.layers[l].engine.step_in_team(input_of(l), weights_of(l), state.hidden[l], cell_state_of(l), team);
         if constexpr (std::is_same_v<Scalar, float>) {
-            if (bf16) {
-                const Eigen::Index first = team.first(B);
-                w.head_rounded.round_rows(top.middleRows(first, team.end(B) - first), first);
-                team.sync();
-                w.head_packed.multiply_share(middle_rows(w.head_rounded, 0, B), Scalar(0), w.logits, team.member, team.size);
-                return;
-            }
+            const Eigen::Index first = team.first(B);
+            if (bf16) w.head_rounded.round_rows(top.middleRows(first, team.end(B) - first), first);
         }
         team.sync();
-        w.head_packed.multiply_share(top, Scalar(0), w.logits, row_sums, team.member, team.size);
+        if (bf16) w.head_packed.multiply_share(middle_rows(w.head_rounded, 0, B), Scalar(0), w.logits, team);
+        else w.head_packed.multiply_share(top, Scalar(0), w.logits, row_sums, team);
     });
     w.logits.rowwise() += head_bias_->value.row(0);
 }

@@ -232,8 +232,8 @@ void one_step_in_team(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const L
     // rows where it has them) plus h . W_hh^T.
     const auto multiply = [&](const PackedMatrix<Scalar>& packed, const Bf16Rows& rounded, ConstMatrixRef<Scalar> a, Scalar beta,
                               MatrixRef<Scalar> c) {
-        if (bf16) packed.multiply_share(middle_rows(rounded, 0, B), beta, c, team.member, team.size);
-        else packed.multiply_share(a, beta, c, weights.row_sums, team.member, team.size);
+        if (bf16) packed.multiply_share(middle_rows(rounded, 0, B), beta, c, team);
+        else packed.multiply_share(a, beta, c, weights.row_sums, team);
     };
     if (w.step_stacked) {
         multiply(w.stacked_forward, w.step_rounded, w.stacked_input, Scalar(0), w.gates);

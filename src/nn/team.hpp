@@ -57,7 +57,8 @@ struct Team {
     void sync() const {
         if (size > 1) barrier->wait(size);
     }
-    // This member's contiguous share of `count` rows or panels: [first, end).
+    // This member's contiguous share of `count` rows or panels: [first, end). A product's panels split so,
+    // whether a team splits it itself or PackedMatrix::multiply() enters a region for it alone.
     Eigen::Index first(Eigen::Index count) const { return count * member / size; }
     Eigen::Index end(Eigen::Index count) const { return count * (member + 1) / size; }
 };
