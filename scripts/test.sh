@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up, builds and runs the whole test suite with ctest.
-# Usage: scripts/test.sh [--sanitize]   (--sanitize: the same suite under AddressSanitizer and UBSan, in build-sanitize)
+# Usage: scripts/test.sh [--sanitize]   (--sanitize: the tests of compiled code under AddressSanitizer and UBSan, in build-sanitize)
 set -euo pipefail
 case "${1:-}" in
   ""|--sanitize) [ $# -le 1 ] || { echo "test.sh: one option at most; see scripts/test.sh --help" >&2; exit 2; } ;;
