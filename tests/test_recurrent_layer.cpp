@@ -325,6 +325,45 @@ TEST_P(RecurrentLayerTest, OneStepInATeamGivesForwardsBitsForEveryTeamInputAndPr
                 }
 }
 
+TEST_P(RecurrentLayerTest, AForwardThatNoBackwardFollowsGivesTheSameBitsAndRefusesABackward) {
+    // Evaluation and sampling tell the layer that no backward follows (LayerWeights::backward_follows): where
+    // the input goes through the table a step at a time, it keeps only the step's gates, in cache. The
+    // outputs and the carried state must be the bits of a forward that keeps every step's, for tokens and
+    // dense rows, at each precision, a batch split between threads or not; and a backward must be refused.
+    const CellType cell = GetParam();
+    constexpr int kSteps = 4, kHidden = 40, kInput = 6, kVocab = 11;
+    Threads scope(2);
+    for (const Precision precision : {Precision::fp32, Precision::bf16})
+        for (const int batch : {3, 2 * static_cast<int>(kMinRowsPerThread) + 1})
+            for (const bool tokens : {true, false}) {
+                const std::string where = to_string(cell) + (precision == Precision::bf16 ? ", bf16" : ", fp32") + ", batch " +
+                                          std::to_string(batch) + (tokens ? ", tokens" : ", dense rows");
+                const LayerData<float> data(cell, kSteps, batch, kInput, kHidden, 60 + static_cast<std::uint64_t>(batch));
+                std::mt19937_64 rng(3);
+                const Matrix<float> embedding = random_matrix<float>(kVocab, kInput, rng);
+                std::vector<TokenId> ids(static_cast<std::size_t>(kSteps * batch));
+                for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<TokenId>((i * 7919 + 5) % kVocab);
+                const LayerInput<float> input = tokens ? LayerInput<float>(ids, embedding) : LayerInput<float>(data.input);
+                LayerWeights<float> weights = data.weights(9);
+                weights.precision = precision;
+                RecurrentLayer<float> kept(cell), step_only(cell);
+                Matrix<float> hidden = data.initial_hidden, cell_state = data.initial_cell;
+                kept.forward(input, kSteps, weights, hidden, cell_state);
+                weights.backward_follows = false;
+                Matrix<float> hidden_alone = data.initial_hidden, cell_alone = data.initial_cell;
+                step_only.forward(input, kSteps, weights, hidden_alone, cell_alone);
+                EXPECT_TRUE((step_only.output().array() == kept.output().array()).all()) << "outputs differ in their bits, " << where;
+                EXPECT_TRUE((hidden_alone.array() == hidden.array()).all()) << "the carried h differs, " << where;
+                EXPECT_TRUE((cell_alone.array() == cell_state.array()).all()) << "the carried c differs, " << where;
+                if (!tokens) continue;  // dense rows keep every step's gates, as their window's product writes them
+                Matrix<float> d_weight_ih = zeros_like(data.weight_ih), d_weight_hh = zeros_like(data.weight_hh);
+                Matrix<float> d_bias_ih = zeros_like(data.bias_ih), d_bias_hh = zeros_like(data.bias_hh), d_embedding;
+                EXPECT_THROW(step_only.backward(input, data.d_output, kSteps, weights, {d_weight_ih, d_weight_hh, d_bias_ih, d_bias_hh}, d_embedding),
+                             Error)
+                    << where;
+            }
+}
+
 INSTANTIATE_TEST_SUITE_P(Cells, RecurrentLayerTest, ::testing::Values(CellType::lstm, CellType::gru, CellType::rnn),
                          [](const ::testing::TestParamInfo<CellType>& info) { return to_string(info.param); });
 

@@ -28,6 +28,9 @@ struct LayerWeights {
     // The products' precision (charlm/precision.hpp): the input projection, the recurrent steps, and in
     // backward the recurrent steps and the weight gradients. Everything else stays in Scalar.
     Precision precision = Precision::fp32;
+    // False where no backward() follows this forward() (evaluation, sampling): the layer then keeps only the
+    // step's gates where its input goes through the table a step at a time, so that they stay in cache.
+    bool backward_follows = true;
 };
 
 // Where the backward pass accumulates a layer's weight gradients, shaped as LayerWeights.

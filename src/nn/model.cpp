@@ -196,7 +196,8 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
             apply_dropout_mask(weight_hh, layer.recurrent_mask, layer.dropped_recurrent);
         }
         const Matrix<Scalar>& weight_hh = w.dropping_weights ? layer.dropped_recurrent : p.weight_hh->value;
-        layer.engine.forward(input, steps, {p.weight_ih->value, weight_hh, p.bias_ih->value, p.bias_hh->value, version, row_sums, precision_},
+        layer.engine.forward(input, steps,
+                             {p.weight_ih->value, weight_hh, p.bias_ih->value, p.bias_hh->value, version, row_sums, precision_, !weights_frozen_},
                              state.hidden[l], state.cell.empty() ? w.no_cell_state : state.cell[l]);
         below = &layer.engine.output();
         if (w.dropping_outputs) {

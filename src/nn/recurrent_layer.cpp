@@ -27,6 +27,10 @@ struct RecurrentLayer<Scalar>::Workspace {
     Matrix<Scalar> cell;            // (T*B, H): c_t, for a cell that has it
     Matrix<Scalar> initial_hidden;  // (B, H): h_{-1}
     Matrix<Scalar> initial_cell;    // (B, H): c_{-1}
+    // (B, G*H) each: the gates of one step, where no backward follows and the input is looked up a step at
+    // a time (LayerWeights::backward_follows): a window's gates streamed through memory, a step's stay in cache.
+    Matrix<Scalar> step_gates, step_hidden_gates;
+    bool gates_kept = false;  // whether gates (and hidden_gates) hold the last forward's every step, for backward
     RowVector<Scalar> bias;         // (1, G*H): b_ih + b_hh
     // Packed copies of the weights, kept while LayerWeights::version stays the same and nonzero.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
@@ -118,6 +122,14 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         // (through the table, each step's rows are looked up inside it, while they are in cache).
         look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
     }
+    const bool gates_of_step = look_up_by_step && !weights.backward_follows;
+    if (gates_of_step) {
+        w.step_gates.resize(B, G * H);
+        if constexpr (Cell::recurrent_apart) w.step_hidden_gates.resize(B, G * H);
+    }
+    w.gates_kept = !gates_of_step;
+    Matrix<Scalar>& gates = gates_of_step ? w.step_gates : w.gates;
+    Matrix<Scalar>& hidden_gates = gates_of_step ? w.step_hidden_gates : w.hidden_gates;
 
     // Each thread runs every step for its share of the batch: the streams are independent. One step
     // against frozen weights (sampling, serving many streams) is one share instead, and its products
@@ -129,14 +141,17 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         for (int t = 0; t < steps; ++t) {
             const Eigen::Index row = t * B + first;
             const auto hidden_prev = t == 0 ? w.initial_hidden.middleRows(first, rows) : w.hidden.middleRows(row - B, rows);
-            if (look_up_by_step) lookup_rows<Scalar>(input, w.projection, row, w.gates.middleRows(row, rows));
+            const Eigen::Index gate_row = gates_of_step ? first : row;
+            if (look_up_by_step) lookup_rows<Scalar>(input, w.projection, row, gates.middleRows(gate_row, rows));
             // (rows, G*H) = (rows, H) . (H, G*H)
             if constexpr (Cell::recurrent_apart)
-                w.recurrent_forward.multiply(hidden_prev, Scalar(0), w.hidden_gates.middleRows(row, rows), weights.row_sums);
+                w.recurrent_forward.multiply(hidden_prev, Scalar(0), hidden_gates.middleRows(gate_row, rows), weights.row_sums);
             else if (!stacked)
-                w.recurrent_forward.multiply(hidden_prev, Scalar(1), w.gates.middleRows(row, rows), weights.row_sums);
+                w.recurrent_forward.multiply(hidden_prev, Scalar(1), gates.middleRows(gate_row, rows), weights.row_sums);
             for (Eigen::Index r = 0; r < rows; ++r) {
                 RowArrays<Scalar> arrays = arrays_of_row<Cell, Scalar>(w, t, B, row + r, first + r);
+                arrays.gates = gates.row(gate_row + r).data();
+                if constexpr (Cell::recurrent_apart) arrays.hidden_gates = hidden_gates.row(gate_row + r).data();
                 arrays.bias = w.bias.data();
                 arrays.bias_ih = weights.bias_ih.data();
                 arrays.bias_hh = weights.bias_hh.data();
@@ -170,6 +185,7 @@ void prepare_one_step(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const L
         w.initial_cell.resize(B, H);
     }
     w.bias = weights.bias_ih + weights.bias_hh;
+    w.gates_kept = true;  // the step's gates are all the window's
     const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
     // As forward_window() chooses for one step.
     w.step_stacked = !Cell::recurrent_apart && input.rows && (B <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
@@ -260,6 +276,7 @@ template <typename Cell, typename Scalar>
 void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Matrix<Scalar>& d_output, int steps,
                      const LayerWeights<Scalar>& weights, const LayerGradients<Scalar>& gradients, Matrix<Scalar>& d_input) {
     const Eigen::Index H = weights.weight_hh.cols(), B = w.initial_hidden.rows(), TB = input.count();
+    if (!w.gates_kept) throw Error("recurrent layer: backward() follows a forward() told that none would");
     w.d_hidden_next.setZero(B, H);
     if constexpr (Cell::has_cell_state) w.d_cell_next.setZero(B, H);  // holds dL/dc_t while step t is processed
     w.recurrent_backward.pack(weights.weight_hh, Transpose::no, 0, weights.precision);
