@@ -527,11 +527,14 @@ TEST(Connection, AStreamWhoseClientDoesNotReadPausesAtItsBoundAndLosesNothing) {
     sleeper.send(post_request("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 200'000}, {"seed", 12}, {"stream", true}, {"logprobs", 5}}));
     const std::string paused = R"(charlm_slots_paused{model="small.safetensors"})";
     ASSERT_TRUE(wait_for_metric(running.port(), paused, 1)) << "the stream never paused: the server went on making what its client did not read";
-    // The decoder serves another meanwhile, and the paused one stays paused: it makes nothing more to hold.
+    // The decoder serves another meanwhile, and the paused one is paused still, or again: a slot resumes only
+    // when its socket takes bytes, and the kernel may take a few more from a client that reads nothing (its
+    // receive queue compacted to a smaller size, a window opened by that much: seen once in a run of .ci/run),
+    // after which the slot makes up to its bound and pauses again.
     const RawAnswer other = ask(running.port(), post_request("/v1/completions", json{{"prompt", "b"}, {"max_tokens", 50}, {"seed", 1}}));
     ASSERT_EQ(other.status, 200) << other.body;
     EXPECT_EQ(json::parse(other.body)["choices"][0]["text"], sample_text("b", 50, 1));
-    EXPECT_EQ(metric(running.port(), paused), 1);
+    EXPECT_TRUE(wait_for_metric(running.port(), paused, 1)) << "the stream did not pause again at its bound";
     EXPECT_EQ(metric(running.port(), R"(charlm_slots_busy{model="small.safetensors"})"), 1) << "a paused stream keeps its slot";
     // Read at last, the stream is whole: the pause lost and changed no character.
     const RawAnswer stream = sleeper.read_answer();

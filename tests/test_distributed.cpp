@@ -228,7 +228,9 @@ TEST_F(Distributed, AtBf16ProcessesFollowOneProcessPathAndRepeatTheirBits) {
     std::ifstream metrics(directory_.path() / "two" / "metrics.jsonl");
     for (std::string line; std::getline(metrics, line);) {
         const nlohmann::json record = nlohmann::json::parse(line);
-        if (record.contains("step") && record.contains("train_loss")) EXPECT_EQ(record.at("precision"), "bf16") << line;
+        if (record.contains("step") && record.contains("train_loss")) {
+            EXPECT_EQ(record.at("precision"), "bf16") << line;
+        }
     }
 }
 
