@@ -124,9 +124,9 @@ inline void expect_gradient_matches(const std::string& name, Matrix<double>& val
                                     const std::function<double()>& loss, Eigen::Index max_checks = 400) {
     const double epsilon = 1e-6;
     Eigen::Index stride = std::max<Eigen::Index>(1, value.size() / max_checks);
-    // A stride that shares no factor with the row count visits every row (each gate, each unit of a chunk),
-    // where one of 16 in a column of 160 would see only the rows that are multiples of 16.
-    while (stride > 1 && std::gcd(stride, value.rows()) != 1) {
+    // The storage is row-major: a stride that shares no factor with the column count reaches every column,
+    // where a stride of 16 over 40 columns saw only every eighth (and its rows as often as the others).
+    while (stride > 1 && std::gcd(stride, value.cols()) != 1) {
         ++stride;
     }
     double worst = 0;
