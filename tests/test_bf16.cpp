@@ -216,6 +216,56 @@ TEST(Bf16, OperandsRoundedOnceGiveTheBitsOfProductsThatRoundThemselves) {
     }
 }
 
+TEST(Bf16, RowsRoundedIntoColumnsAreTheTransposeRoundedAndGiveTheSameWeightGradients) {
+    // The backward pass also rounds each step's gate gradients into the columns of their transpose, for the
+    // weight gradients' products: every element where it belongs (blocks of 32 rows and 16 columns, a last
+    // block of fewer rows, a last columns short of 16, shares that start anywhere), nothing else written, and
+    // the products equal to those that read the rows transposed.
+    std::mt19937_64 rng(9);
+    Threads threads(2);
+    for (Bf16Kernels kernels : kernels_here()) {
+        Kernels scope(kernels);
+        for (Eigen::Index cols : {16, 45, 130})
+            for (Eigen::Index rows : {1, 31, 70, 101}) {
+                const std::string shape = name_of(kernels) + " " + std::to_string(rows) + " x " + std::to_string(cols);
+                const Matrix<float> x = random_matrix<float>(rows, cols, rng), other = random_matrix<float>(rows, 24, rng);
+                Bf16Rows columns;
+                columns.resize(cols, rows);
+                std::fill(columns.values.begin(), columns.values.end(), std::uint16_t{0xffff});  // a NaN: what nothing wrote
+                const Eigen::Index split = rows / 3;  // in two calls, as two threads' shares
+                columns.round_rows_into_columns(x.topRows(split), 0);
+                columns.round_rows_into_columns(x.bottomRows(rows - split), split);
+                int wrong = 0;
+                for (Eigen::Index col = 0; col < cols; ++col)
+                    for (Eigen::Index row = 0; row < rows; ++row)
+                        wrong += columns.values[static_cast<std::size_t>(col * columns.stride + row)] != to_bf16(x(row, col));
+                EXPECT_EQ(wrong, 0) << shape;
+                if (columns.stride != rows)
+                    for (Eigen::Index col = 0; col < cols; ++col)
+                        EXPECT_EQ(columns.values[static_cast<std::size_t>(col * columns.stride + rows)], 0xffff) << "the pad, " << shape;
+                Bf16Rows by_rows;
+                by_rows.resize(rows, cols);
+                by_rows.round_rows(x, 0);
+                for (auto [first, count] : {std::pair<Eigen::Index, Eigen::Index>{0, rows}, {split, rows - split}}) {
+                    if (count == 0) continue;
+                    const Matrix<float> start = random_matrix<float>(cols, 24, rng);
+                    Matrix<float> expected = start, actual = start;
+                    gemm_bf16(middle_rows(by_rows, first, count), Transpose::yes, other.middleRows(first, count), Transpose::no, 1.0f,
+                              expected);
+                    gemm_bf16(middle_columns(columns, first, count), Transpose::no, other.middleRows(first, count), Transpose::no, 1.0f,
+                              actual);
+                    const double scale = (x.middleRows(first, count).cwiseAbs().transpose() * other.middleRows(first, count).cwiseAbs())
+                                             .cast<double>()
+                                             .maxCoeff();
+                    // the same rounded operands, summed perhaps in another order: fp32's rounding apart
+                    EXPECT_LE((actual - expected).cwiseAbs().maxCoeff(), 2.0 * static_cast<double>(count) * 0x1p-24 * scale)
+                        << "x^T . other from rows " << first << ".." << first + count - 1 << ", " << shape;
+                }
+            }
+    }
+}
+
+
 // ---- the engine at bf16 --------------------------------------------------------------------------
 
 // One layer's data at the scale of a trained network: weights U(-1/sqrt(H), 1/sqrt(H)) as initialized,

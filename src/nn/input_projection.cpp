@@ -77,6 +77,12 @@ bool project_input(LayerInputRef<Scalar> input, const LayerWeights<Scalar>& weig
         cache.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version, weights.precision);
         cache.packed.multiply(dense, Scalar(0), projection, weights.row_sums);
     } else {
+        if constexpr (std::is_same_v<Scalar, float>) {
+            if (input.rounded != nullptr && weights.precision == Precision::bf16) {
+                gemm_bf16(middle_rows(*input.rounded, 0, rows), Transpose::no, weights.weight_ih, Transpose::yes, 0.0f, projection);
+                return false;
+            }
+        }
         gemm<Scalar>(dense, Transpose::no, weights.weight_ih, Transpose::yes, Scalar(0), projection, weights.precision);
     }
     return false;
@@ -101,10 +107,20 @@ void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cac
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
                             const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
-                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded) {
-    // op(d_projection) . b: through its rounded rows where the caller has them
-    auto times = [&](Transpose transpose, ConstMatrixRef<Scalar> b, Scalar beta, MatrixRef<Scalar> c) {
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded,
+                            const Bf16Rows* d_projection_columns) {
+    // op(d_projection) . b: through its rounded rows, or its rounded transpose, where the caller has them, and
+    // b's rounded rows where the layer below left them (b_rounded)
+    auto times = [&](Transpose transpose, ConstMatrixRef<Scalar> b, Scalar beta, MatrixRef<Scalar> c, const Bf16Rows* b_rounded = nullptr) {
         if constexpr (std::is_same_v<Scalar, float>) {
+            if (transpose == Transpose::yes && d_projection_columns != nullptr) {
+                const Bf16RowsRef columns = middle_columns(*d_projection_columns, 0, d_projection.rows());
+                if (b_rounded != nullptr)
+                    gemm_bf16(columns, Transpose::no, middle_rows(*b_rounded, 0, b.rows()), Transpose::no, beta, c);
+                else
+                    gemm_bf16(columns, Transpose::no, b, Transpose::no, beta, c);
+                return;
+            }
             if (d_projection_rounded != nullptr) {
                 gemm_bf16(middle_rows(*d_projection_rounded, 0, d_projection.rows()), transpose, b, Transpose::no, beta, c);
                 return;
@@ -114,7 +130,7 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
     };
     if (input.rows) {
         // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
-        times(Transpose::yes, *input.rows, Scalar(1), d_weight_ih);
+        times(Transpose::yes, *input.rows, Scalar(1), d_weight_ih, input.rounded);
         d_input.resize(input.count(), input.size());
         times(Transpose::no, weights.weight_ih, Scalar(0), d_input);
         return;
@@ -145,8 +161,10 @@ template bool prepare_step_projection<double>(LayerInputRef<double>, const Layer
 template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
 template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
 template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const LayerWeights<float>&,
-                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&, const Bf16Rows*);
+                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&, const Bf16Rows*,
+                                            const Bf16Rows*);
 template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const LayerWeights<double>&,
-                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&, const Bf16Rows*);
+                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&, const Bf16Rows*,
+                                             const Bf16Rows*);
 
 }  // namespace charlm

@@ -9,6 +9,7 @@
 #include "charlm/tensor.hpp"
 #include "charlm/text.hpp"
 #include "gemm.hpp"
+#include "gemm_bf16.hpp"
 
 namespace charlm {
 
@@ -49,6 +50,9 @@ struct LayerInput {
     const Matrix<Scalar>* rows = nullptr;
     std::span<const TokenId> tokens;
     const Matrix<Scalar>* embedding = nullptr;
+    // At bf16, the dense rows rounded already (the layer below's output, rounded as it left the cells), for
+    // the products that read them: null where nobody rounded them.
+    const Bf16Rows* rounded = nullptr;
 
     LayerInput(const Matrix<Scalar>& dense) : rows(&dense) {}  // NOLINT: implicit, a Matrix is an input
     LayerInput(std::span<const TokenId> ids, const Matrix<Scalar>& table) : tokens(ids), embedding(&table) {}

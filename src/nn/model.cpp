@@ -46,6 +46,7 @@ struct Model<Scalar>::Workspace {
     Matrix<Scalar> d_embedded;        // (T*B, E): their gradient
     PackedMatrix<Scalar> head_packed; // head weight^T while frozen
     Bf16Rows head_rounded;            // (B, H): at bf16, a team's step's top layer rounded for the head
+    Bf16Rows d_logits_rounded;        // (T*B, V): at bf16, d_logits rounded for the head's two products
     Matrix<Scalar> logits;            // (T*B, V)
     Matrix<Scalar> d_logits;          // (T*B, V): probabilities, then their gradient
     std::vector<double> row_losses;   // T*B, each row's loss (unset where the target is ignored)
@@ -183,13 +184,16 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
         return;
     }
 
+    // At bf16, a layer's output rounded as its time loop left it, where the products read that output (no dropout).
+    const auto rounded_output = [&](std::size_t l) -> const Bf16Rows* { return w.dropping_outputs ? nullptr : w.layers[l].engine.output_rounded(); };
     const Matrix<Scalar>* below = nullptr;  // the layer below's output, after dropout
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerParameters& p = layers_[l];
         typename Workspace::Layer& layer = w.layers[l];
-        const LayerInput<Scalar> input = l > 0                  ? LayerInput<Scalar>(*below)
-                                         : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
-                                                                : LayerInput<Scalar>(w.inputs, embedding_->value);
+        LayerInput<Scalar> input = l > 0                  ? LayerInput<Scalar>(*below)
+                                   : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
+                                                          : LayerInput<Scalar>(w.inputs, embedding_->value);
+        if (l > 0) input.rounded = rounded_output(l - 1);
         if (w.dropping_weights) {
             const Matrix<Scalar>& weight_hh = p.weight_hh->value;
             draw_dropout_mask(layer.recurrent_mask, weight_hh.rows(), weight_hh.cols(), config_.weight_drop, mask_key(window_key, 2 * l + 1));
@@ -213,6 +217,9 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     if (weights_frozen_ && (TB == 1 || rows_as_if_alone_)) {  // sampling: a packed copy, made once per freeze
         w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_, precision_);
         w.head_packed.multiply(top, Scalar(0), w.logits, row_sums);
+    } else if (const Bf16Rows* rounded = rounded_output(layers_.size() - 1)) {
+        if constexpr (std::is_same_v<Scalar, float>)
+            gemm_bf16(middle_rows(*rounded, 0, TB), Transpose::no, head_weight_->value, Transpose::yes, 0.0f, w.logits);
     } else {
         gemm<Scalar>(top, Transpose::no, head_weight_->value, Transpose::yes, Scalar(0), w.logits, precision_);
     }
@@ -318,21 +325,36 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
             w.d_logits.row(row) *= scale;
         }
     }
+    // At bf16, a layer's output rounded as its time loop left it, where the products read that output (no dropout).
+    const auto rounded_output = [&](std::size_t l) -> const Bf16Rows* { return w.dropping_outputs ? nullptr : w.layers[l].engine.output_rounded(); };
     const Matrix<Scalar>& top = w.dropping_outputs ? w.layers.back().dropped : w.layers.back().engine.output();
-    // (V, H) = (V, T*B) . (T*B, H)
-    gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient, precision_);
-    column_sums<Scalar>(w.d_logits, Scalar(1), head_bias_->gradient);
-    // (T*B, H) = (T*B, V) . (V, H)
     w.layers.back().d_output.resize(TB, config_.hidden_size);
-    gemm<Scalar>(w.d_logits, Transpose::no, head_weight_->value, Transpose::no, Scalar(0), w.layers.back().d_output, precision_);
+    const Bf16Rows* top_rounded = rounded_output(layers_.size() - 1);
+    if constexpr (std::is_same_v<Scalar, float>) {
+        if (top_rounded != nullptr) {  // at bf16: d_logits rounded once for both products, the top layer's output as it was
+            w.d_logits_rounded.resize(TB, w.d_logits.cols());
+            w.d_logits_rounded.round_rows(w.d_logits, 0);
+            const Bf16RowsRef d_logits = middle_rows(w.d_logits_rounded, 0, TB);
+            gemm_bf16(d_logits, Transpose::yes, middle_rows(*top_rounded, 0, TB), Transpose::no, 1.0f, head_weight_->gradient);
+            gemm_bf16(d_logits, Transpose::no, head_weight_->value, Transpose::no, 0.0f, w.layers.back().d_output);
+        }
+    }
+    if (top_rounded == nullptr) {
+        // (V, H) = (V, T*B) . (T*B, H)
+        gemm<Scalar>(w.d_logits, Transpose::yes, top, Transpose::no, Scalar(1), head_weight_->gradient, precision_);
+        // (T*B, H) = (T*B, V) . (V, H)
+        gemm<Scalar>(w.d_logits, Transpose::no, head_weight_->value, Transpose::no, Scalar(0), w.layers.back().d_output, precision_);
+    }
+    column_sums<Scalar>(w.d_logits, Scalar(1), head_bias_->gradient);
 
     for (std::size_t l = layers_.size(); l-- > 0;) {
         const LayerParameters& p = layers_[l];
         typename Workspace::Layer& layer = w.layers[l];
         if (w.dropping_outputs) apply_dropout_mask_in_place(layer.d_output, layer.output_mask);  // now of the output itself
-        const LayerInput<Scalar> input = l > 0 ? LayerInput<Scalar>(w.dropping_outputs ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output())
-                                         : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
-                                                                : LayerInput<Scalar>(w.inputs, embedding_->value);
+        LayerInput<Scalar> input = l > 0 ? LayerInput<Scalar>(w.dropping_outputs ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output())
+                                   : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
+                                                          : LayerInput<Scalar>(w.inputs, embedding_->value);
+        if (l > 0) input.rounded = rounded_output(l - 1);
         // Through the table, the first layer's input gradient is the embedding's, accumulated as a weight's is.
         Matrix<Scalar>& d_input = l > 0 ? w.layers[l - 1].d_output : w.dropping_embedding ? w.d_embedded : embedding_->gradient;
         if (w.dropping_weights) layer.d_dropped_recurrent.setZero(p.weight_hh->value.rows(), p.weight_hh->value.cols());

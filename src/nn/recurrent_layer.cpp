@@ -31,6 +31,10 @@ struct RecurrentLayer<Scalar>::Workspace {
     // a time (LayerWeights::backward_follows): a window's gates streamed through memory, a step's stay in cache.
     Matrix<Scalar> step_gates, step_hidden_gates;
     bool gates_kept = false;  // whether gates (and hidden_gates) hold the last forward's every step, for backward
+    // At bf16, hidden rounded as the time loop leaves each step's rows: read by the next layer's (or the head's)
+    // products, forward and backward, and by this layer's recurrent weights' gradient, rounded once for all.
+    Bf16Rows hidden_rounded;
+    bool hidden_rounded_kept = false;
     RowVector<Scalar> bias;         // (1, G*H): b_ih + b_hh
     // Packed copies of the weights, kept while LayerWeights::version stays the same and nonzero.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
@@ -43,10 +47,6 @@ struct RecurrentLayer<Scalar>::Workspace {
     Matrix<Scalar> d_hidden_next;  // (B, H)
     Matrix<Scalar> d_cell_next;    // (B, H)
     RowVector<Scalar> d_bias;      // (1, G*H)
-    // At bf16, the gradients of the recurrent product and of the gates rounded as the cell leaves them (one
-    // matrix where the cell keeps no recurrent product apart): the operands of the step's product and of the
-    // weight gradients' products, rounded once in place of once per product.
-    Bf16Rows d_recurrent_bf16, d_gates_bf16;
     // A team's step (prepare_step): whether [x h] goes through the stacked weights, or the input through the
     // table; at bf16, the products' left operands rounded by rows ([x h], or h and x).
     bool step_stacked = false, step_through_table = false;
@@ -57,6 +57,19 @@ namespace {
 
 template <typename Scalar>
 using Workspace = typename RecurrentLayer<Scalar>::Workspace;
+
+// At bf16, the gradients of the recurrent product and of the gates rounded as the cell leaves them (one of
+// each where the cell keeps no recurrent product apart): the operands of the step's product and of the
+// weight gradients' products, rounded once in place of once per product. As rows (the step's product, the
+// input's gradient) and as columns (the weight gradients, which read them transposed). One set per thread
+// for all its layers, as a layer's backward uses them only while it runs (13 MB each on 2x256).
+struct Bf16Gradients {
+    Bf16Rows recurrent, gates, recurrent_columns, gates_columns;
+};
+Bf16Gradients& bf16_gradients() {
+    thread_local Bf16Gradients gradients;
+    return gradients;
+}
 
 // The cell's elementwise step in the kernels in use (kernels.hpp): compiled for the level the CPU runs.
 template <typename Cell, typename Scalar>
@@ -122,6 +135,9 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         // (through the table, each step's rows are looked up inside it, while they are in cache).
         look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
     }
+    // At bf16 each step's outputs are rounded in the loop, while in cache, for the dense products that read them.
+    w.hidden_rounded_kept = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16 && !stacked;
+    if (w.hidden_rounded_kept) w.hidden_rounded.resize(TB, H);
     const bool gates_of_step = look_up_by_step && !weights.backward_follows;
     if (gates_of_step) {
         w.step_gates.resize(B, G * H);
@@ -157,6 +173,8 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
                 arrays.bias_hh = weights.bias_hh.data();
                 cell_forward(arrays);
             }
+            if constexpr (std::is_same_v<Scalar, float>)
+                if (w.hidden_rounded_kept) w.hidden_rounded.round_rows(w.hidden.middleRows(row, rows), row);
         }
     });
     hidden_state = w.hidden.bottomRows(B);
@@ -186,6 +204,7 @@ void prepare_one_step(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const L
     }
     w.bias = weights.bias_ih + weights.bias_hh;
     w.gates_kept = true;  // the step's gates are all the window's
+    w.hidden_rounded_kept = false;
     const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
     // As forward_window() chooses for one step.
     w.step_stacked = !Cell::recurrent_apart && input.rows && (B <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
@@ -286,9 +305,14 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     // At bf16 each step's gradient rows are rounded while they are in cache, for the step's product and the
     // weight gradients' products after the loop: the same bits as each product rounding them itself.
     const bool round = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
+    Bf16Gradients& rounded = bf16_gradients();
     if (round) {
-        w.d_recurrent_bf16.resize(TB, d_recurrent.cols());
-        if constexpr (Cell::recurrent_apart) w.d_gates_bf16.resize(TB, w.gates.cols());
+        rounded.recurrent.resize(TB, d_recurrent.cols());
+        rounded.recurrent_columns.resize(d_recurrent.cols(), TB);
+        if constexpr (Cell::recurrent_apart) {
+            rounded.gates.resize(TB, w.gates.cols());
+            rounded.gates_columns.resize(w.gates.cols(), TB);
+        }
     }
 
     for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
@@ -303,8 +327,12 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
             }
             if constexpr (std::is_same_v<Scalar, float>) {
                 if (round) {
-                    w.d_recurrent_bf16.round_rows(d_recurrent.middleRows(row, rows), row);
-                    if constexpr (Cell::recurrent_apart) w.d_gates_bf16.round_rows(w.gates.middleRows(row, rows), row);
+                    rounded.recurrent.round_rows(d_recurrent.middleRows(row, rows), row);
+                    rounded.recurrent_columns.round_rows_into_columns(d_recurrent.middleRows(row, rows), row);
+                    if constexpr (Cell::recurrent_apart) {
+                        rounded.gates.round_rows(w.gates.middleRows(row, rows), row);
+                        rounded.gates_columns.round_rows_into_columns(w.gates.middleRows(row, rows), row);
+                    }
                 }
             }
             // (rows, H) = (rows, G*H) . (G*H, H), added to what the cell left where h' skips the weights;
@@ -312,21 +340,26 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
             if (t == 0) continue;
             const Scalar beta(Cell::hidden_skips_weights ? 1 : 0);
             if (round)
-                w.recurrent_backward.multiply(middle_rows(w.d_recurrent_bf16, row, rows), beta, w.d_hidden_next.middleRows(first, rows));
+                w.recurrent_backward.multiply(middle_rows(rounded.recurrent, row, rows), beta, w.d_hidden_next.middleRows(first, rows));
             else
                 w.recurrent_backward.multiply(d_recurrent.middleRows(row, rows), beta, w.d_hidden_next.middleRows(first, rows));
         }
     });
 
     // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
-    const Bf16Rows* d_gates_rounded = nullptr;
+    const Bf16Rows *d_gates_rounded = nullptr, *d_gates_columns = nullptr;
     if constexpr (std::is_same_v<Scalar, float>) {
         if (round) {
-            gemm_bf16(middle_rows(w.d_recurrent_bf16, 0, B), Transpose::yes, w.initial_hidden, Transpose::no, 1.0f, gradients.weight_hh);
-            if (steps > 1)
-                gemm_bf16(middle_rows(w.d_recurrent_bf16, B, TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no, 1.0f,
-                          gradients.weight_hh);
-            d_gates_rounded = Cell::recurrent_apart ? &w.d_gates_bf16 : &w.d_recurrent_bf16;
+            gemm_bf16(middle_columns(rounded.recurrent_columns, 0, B), Transpose::no, w.initial_hidden, Transpose::no, 1.0f,
+                      gradients.weight_hh);
+            if (steps > 1 && w.hidden_rounded_kept)
+                gemm_bf16(middle_columns(rounded.recurrent_columns, B, TB - B), Transpose::no, middle_rows(w.hidden_rounded, 0, TB - B),
+                          Transpose::no, 1.0f, gradients.weight_hh);
+            else if (steps > 1)
+                gemm_bf16(middle_columns(rounded.recurrent_columns, B, TB - B), Transpose::no, w.hidden.topRows(TB - B), Transpose::no,
+                          1.0f, gradients.weight_hh);
+            d_gates_rounded = Cell::recurrent_apart ? &rounded.gates : &rounded.recurrent;
+            d_gates_columns = Cell::recurrent_apart ? &rounded.gates_columns : &rounded.recurrent_columns;
         }
     }
     if (!round) {
@@ -345,7 +378,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
         gradients.bias_ih += w.d_bias;
         gradients.bias_hh += w.d_bias;
     }
-    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded);
+    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded, d_gates_columns);
 }
 
 }  // namespace
@@ -396,6 +429,11 @@ void RecurrentLayer<Scalar>::step_in_team(LayerInputRef<Scalar> input, const Lay
 template <typename Scalar>
 const Matrix<Scalar>& RecurrentLayer<Scalar>::output() const {
     return workspace_->hidden;
+}
+
+template <typename Scalar>
+const Bf16Rows* RecurrentLayer<Scalar>::output_rounded() const {
+    return workspace_->hidden_rounded_kept ? &workspace_->hidden_rounded : nullptr;
 }
 
 template <typename Scalar>

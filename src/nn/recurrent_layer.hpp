@@ -39,6 +39,9 @@ public:
     void forward(LayerInputRef<Scalar> input, int steps, const LayerWeights<Scalar>& weights, Matrix<Scalar>& hidden_state,
                  Matrix<Scalar>& cell_state);
     const Matrix<Scalar>& output() const;  // (T*B, H)
+    // At bf16, output() rounded, as the time loop left each step's rows: null at fp32, and after a step that
+    // a team split or that went through the stacked weights (sampling), whose products round their own rows.
+    const Bf16Rows* output_rounded() const;
 
     // forward() of one step against frozen weights (weights.version nonzero), split among a team (team.hpp)
     // by the caller: prepare_step() outside the team, with the carried state that step_in_team() then
