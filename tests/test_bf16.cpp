@@ -216,55 +216,37 @@ TEST(Bf16, OperandsRoundedOnceGiveTheBitsOfProductsThatRoundThemselves) {
     }
 }
 
-TEST(Bf16, RowsRoundedIntoColumnsAreTheTransposeRoundedAndGiveTheSameWeightGradients) {
-    // The backward pass also rounds each step's gate gradients into the columns of their transpose, for the
-    // weight gradients' products: every element where it belongs (blocks of 32 rows and 16 columns, a last
-    // block of fewer rows, a last columns short of 16, shares that start anywhere), nothing else written, and
-    // the products equal to those that read the rows transposed.
+TEST(Bf16, ProductsOfTwoOperandsRoundedOnceGiveTheBitsOfProductsThatRoundThemselves) {
+    // The layers' outputs are rounded once, in the time loop, for every product that reads them (the next
+    // layer's projection and weight gradient, the head's two, the layer's own recurrent weight gradient);
+    // d_logits once for the head's two. Both operands rounded already must give the float operands' bits.
     std::mt19937_64 rng(9);
     Threads threads(2);
     for (Bf16Kernels kernels : kernels_here()) {
         Kernels scope(kernels);
-        for (Eigen::Index cols : {16, 45, 130})
-            for (Eigen::Index rows : {1, 31, 70, 101}) {
-                const std::string shape = name_of(kernels) + " " + std::to_string(rows) + " x " + std::to_string(cols);
-                const Matrix<float> x = random_matrix<float>(rows, cols, rng), other = random_matrix<float>(rows, 24, rng);
-                Bf16Rows columns;
-                columns.resize(cols, rows);
-                std::fill(columns.values.begin(), columns.values.end(), std::uint16_t{0xffff});  // a NaN: what nothing wrote
-                const Eigen::Index split = rows / 3;  // in two calls, as two threads' shares
-                columns.round_rows_into_columns(x.topRows(split), 0);
-                columns.round_rows_into_columns(x.bottomRows(rows - split), split);
-                int wrong = 0;
-                for (Eigen::Index col = 0; col < cols; ++col)
-                    for (Eigen::Index row = 0; row < rows; ++row)
-                        wrong += columns.values[static_cast<std::size_t>(col * columns.stride + row)] != to_bf16(x(row, col));
-                EXPECT_EQ(wrong, 0) << shape;
-                if (columns.stride != rows)
-                    for (Eigen::Index col = 0; col < cols; ++col)
-                        EXPECT_EQ(columns.values[static_cast<std::size_t>(col * columns.stride + rows)], 0xffff) << "the pad, " << shape;
-                Bf16Rows by_rows;
-                by_rows.resize(rows, cols);
-                by_rows.round_rows(x, 0);
-                for (auto [first, count] : {std::pair<Eigen::Index, Eigen::Index>{0, rows}, {split, rows - split}}) {
-                    if (count == 0) continue;
-                    const Matrix<float> start = random_matrix<float>(cols, 24, rng);
+        for (Eigen::Index k : {7, 64})
+            for (Eigen::Index n : {33, 65}) {
+                const std::string shape = name_of(kernels) + " k " + std::to_string(k) + " n " + std::to_string(n);
+                const Matrix<float> a = random_matrix<float>(40, k, rng), b = random_matrix<float>(40, n, rng);
+                const Matrix<float> start = random_matrix<float>(k, n, rng);
+                Bf16Rows a_rounded, b_rounded;
+                a_rounded.resize(40, k);
+                b_rounded.resize(40, n);
+                a_rounded.round_rows(a, 0);
+                b_rounded.round_rows(b.topRows(25), 0);  // in two calls, as two threads' shares
+                b_rounded.round_rows(b.bottomRows(15), 25);
+                for (auto [first, count] : {std::pair<Eigen::Index, Eigen::Index>{0, 40}, {3, 17}}) {
+                    // a^T . b, accumulated, as the weight gradients are
                     Matrix<float> expected = start, actual = start;
-                    gemm_bf16(middle_rows(by_rows, first, count), Transpose::yes, other.middleRows(first, count), Transpose::no, 1.0f,
-                              expected);
-                    gemm_bf16(middle_columns(columns, first, count), Transpose::no, other.middleRows(first, count), Transpose::no, 1.0f,
-                              actual);
-                    const double scale = (x.middleRows(first, count).cwiseAbs().transpose() * other.middleRows(first, count).cwiseAbs())
-                                             .cast<double>()
-                                             .maxCoeff();
-                    // the same rounded operands, summed perhaps in another order: fp32's rounding apart
-                    EXPECT_LE((actual - expected).cwiseAbs().maxCoeff(), 2.0 * static_cast<double>(count) * 0x1p-24 * scale)
-                        << "x^T . other from rows " << first << ".." << first + count - 1 << ", " << shape;
+                    gemm<float>(a.middleRows(first, count), Transpose::yes, b.middleRows(first, count), Transpose::no, 1.0f, expected,
+                                Precision::bf16);
+                    gemm_bf16(middle_rows(a_rounded, first, count), Transpose::yes, middle_rows(b_rounded, first, count), Transpose::no,
+                              1.0f, actual);
+                    EXPECT_EQ(actual, expected) << "a^T . b, rows " << first << ".." << first + count - 1 << ", " << shape;
                 }
             }
     }
 }
-
 
 // ---- the engine at bf16 --------------------------------------------------------------------------
 
@@ -420,6 +402,54 @@ Model<float> trained_model(const Vocab& vocab, const std::vector<TokenId>& ids, 
         train_step(model, optimizer, batch, state, 5.0, 5e-3);
     }
     return model;
+}
+
+TEST(Bf16, AModelsGradientsStayWithinTheRoundingOfFp32sWithAndWithoutDropout) {
+    // Two layers, so that the second reads the first's output: rounded once in the first's time loop (no
+    // dropout), or the dropped output rounded for the second's step-at-a-time projection; the head reads the
+    // top layer's the same ways. Every gradient at bf16 must stay near fp32's: a stale or misplaced rounded
+    // row would move them by their own size.
+    Threads threads(2);
+    for (CellType cell : {CellType::lstm, CellType::gru, CellType::rnn})
+        for (double dropout : {0.0, 0.3}) {
+            SCOPED_TRACE(to_string(cell) + ", dropout " + std::to_string(dropout));
+            ModelConfig config;
+            config.cell = cell;
+            config.vocab_size = 23;
+            config.hidden_size = 48;
+            config.embed_size = 16;
+            config.layers = 2;
+            config.dropout = dropout;
+            const int steps = 9, batch = 12;
+            std::mt19937_64 rng(11);
+            std::vector<TokenId> inputs(static_cast<std::size_t>(steps * batch)), targets(inputs.size());
+            for (std::size_t i = 0; i < inputs.size(); ++i) {
+                inputs[i] = static_cast<TokenId>(rng() % 23);
+                targets[i] = static_cast<TokenId>(rng() % 23);
+            }
+            std::vector<std::vector<Matrix<float>>> gradients;
+            for (Precision precision : {Precision::fp32, Precision::bf16}) {
+                Model<float> model(config);
+                std::mt19937_64 init(5), masks(7);
+                model.initialize(init);
+                model.set_precision(precision);
+                model.set_dropout_generator(model.regularized() ? &masks : nullptr);
+                ModelState<float> state = model.initial_state(batch);
+                for (int window = 0; window < 2; ++window) {  // the second window's rows must not be the first's
+                    model.forward(inputs, steps, batch, state);
+                    model.loss(targets);
+                    model.zero_gradients();
+                    model.backward();
+                }
+                gradients.emplace_back();
+                for (const auto& parameter : model.parameters()) gradients.back().push_back(parameter.gradient);
+            }
+            for (std::size_t p = 0; p < gradients[0].size(); ++p) {
+                const double size = gradients[0][p].norm(), error = (gradients[1][p] - gradients[0][p]).norm();
+                EXPECT_GT(size, 0.0) << "parameter " << p;
+                EXPECT_LE(error, 0.03 * size) << "parameter " << p << ": bf16's gradient is off by " << error / size << " of its size";
+            }
+        }
 }
 
 TEST(Bf16, AShortTrainingEndsWithinTwoHundredthsOfANatOfFp32) {

@@ -113,58 +113,6 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void hardware_round(const
     }
 }
 
-
-// out[j * ld_out + i] = in[i * ld_in + j] rounded to bf16, for rows x cols of in: 32 rows (or the last
-// rows) by 16 columns at a time, each pair of rows rounded by vcvtne2ps2bf16 and interleaved into 16 dwords (one column's
-// pair each), then a 16 x 16 transpose of dwords, so that each column's 32 rows leave in one store.
-__attribute__((target("avx512f,avx512bw,avx512bf16"))) void hardware_round_transposed(const float* in, Eigen::Index ld_in,
-                                                                                     Eigen::Index rows, Eigen::Index cols,
-                                                                                     std::uint16_t* out, Eigen::Index ld_out) {
-    // word 2m of a pair's dwords is word m (the first row's column m), word 2m + 1 is word 16 + m (the second's)
-    alignas(64) static constexpr std::uint16_t kInterleave[32] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,  21, 6,  22, 7,  23,
-                                                                  8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
-    const __m512i interleave = _mm512_load_si512(kInterleave);
-    for (Eigen::Index i = 0; i < rows; i += 32) {
-        // a block of fewer than 32 rows reads zeros past its last and stores only its own
-        const int block = static_cast<int>(std::min<Eigen::Index>(32, rows - i));
-        const __mmask32 mine = block == 32 ? ~__mmask32{0} : static_cast<__mmask32>((std::uint32_t{1} << block) - 1);
-        const auto row_of = [&](int r, Eigen::Index j) { return r < block ? _mm512_loadu_ps(in + (i + r) * ld_in + j) : _mm512_setzero_ps(); };
-        const auto store = [&](Eigen::Index column, __m512i value) { _mm512_mask_storeu_epi16(out + column * ld_out + i, mine, value); };
-        Eigen::Index j = 0;
-        for (; j + 16 <= cols; j += 16) {
-            __m512i v[16], t[16];
-            for (int p = 0; p < 16; ++p) {
-                const __m512bh pair = _mm512_cvtne2ps_pbh(row_of(2 * p + 1, j), row_of(2 * p, j));
-                v[p] = _mm512_permutexvar_epi16(interleave, (__m512i)pair);  // dword m: rows 2p and 2p + 1 of column j + m
-            }
-            // Within each 128-bit lane L, 4 x 4 transposes: t[4k + c] lane L = column 4L + c of pairs 4k .. 4k + 3.
-            for (int k = 0; k < 16; k += 2) {
-                t[k] = _mm512_unpacklo_epi32(v[k], v[k + 1]);
-                t[k + 1] = _mm512_unpackhi_epi32(v[k], v[k + 1]);
-            }
-            for (int k = 0; k < 16; k += 4) {
-                v[k] = _mm512_unpacklo_epi64(t[k], t[k + 2]);
-                v[k + 1] = _mm512_unpackhi_epi64(t[k], t[k + 2]);
-                v[k + 2] = _mm512_unpacklo_epi64(t[k + 1], t[k + 3]);
-                v[k + 3] = _mm512_unpackhi_epi64(t[k + 1], t[k + 3]);
-            }
-            // Then the lanes: column 4L + c is lane L of v[c], v[4 + c], v[8 + c], v[12 + c].
-            for (int c = 0; c < 4; ++c) {
-                const __m512i s0 = _mm512_shuffle_i32x4(v[c], v[4 + c], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i s1 = _mm512_shuffle_i32x4(v[c], v[4 + c], _MM_SHUFFLE(3, 2, 3, 2));
-                const __m512i s2 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], _MM_SHUFFLE(1, 0, 1, 0));
-                const __m512i s3 = _mm512_shuffle_i32x4(v[8 + c], v[12 + c], _MM_SHUFFLE(3, 2, 3, 2));
-                store(j + c, _mm512_shuffle_i32x4(s0, s2, _MM_SHUFFLE(2, 0, 2, 0)));
-                store(j + 4 + c, _mm512_shuffle_i32x4(s0, s2, _MM_SHUFFLE(3, 1, 3, 1)));
-                store(j + 8 + c, _mm512_shuffle_i32x4(s1, s3, _MM_SHUFFLE(2, 0, 2, 0)));
-                store(j + 12 + c, _mm512_shuffle_i32x4(s1, s3, _MM_SHUFFLE(3, 1, 3, 1)));
-            }
-        }
-        for (; j < cols; ++j)
-            for (Eigen::Index r = i; r < i + block; ++r) out[j * ld_out + r] = to_bf16(in[r * ld_in + j]);
-    }
-}
-
 #else
 // Elsewhere (arm64) the kernels never run bf16 instructions (kernels.hpp): the emulation does every bf16 product.
 template <int Rows>
@@ -174,11 +122,6 @@ void hardware_block(const std::uint16_t* a, Eigen::Index stride, const std::uint
 }
 void hardware_round(const float* in, std::uint16_t* out, Eigen::Index count) {
     for (Eigen::Index j = 0; j < count; ++j) out[j] = to_bf16(in[j]);
-}
-void hardware_round_transposed(const float* in, Eigen::Index ld_in, Eigen::Index rows, Eigen::Index cols, std::uint16_t* out,
-                               Eigen::Index ld_out) {
-    for (Eigen::Index i = 0; i < rows; ++i)
-        for (Eigen::Index j = 0; j < cols; ++j) out[j * ld_out + i] = to_bf16(in[i * ld_in + j]);
 }
 #endif
 
@@ -351,24 +294,9 @@ void Bf16Rows::round_rows(ConstMatrixRef<float> x, Eigen::Index first) {
     }
 }
 
-void Bf16Rows::round_rows_into_columns(ConstMatrixRef<float> x, Eigen::Index first) {
-    if (x.cols() != rows || first < 0 || first + x.rows() > cols) throw Error("bf16 rows: shapes do not match");
-    if (chosen_kernels() == Bf16Kernels::hardware) {
-        hardware_round_transposed(x.data(), x.outerStride(), x.rows(), x.cols(), values.data() + first, stride);
-        return;
-    }
-    for (Eigen::Index row = 0; row < x.rows(); ++row)
-        for (Eigen::Index col = 0; col < x.cols(); ++col) values[static_cast<std::size_t>(col * stride + first + row)] = to_bf16(x(row, col));
-}
-
 Bf16RowsRef middle_rows(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count) {
     if (first < 0 || count < 0 || first + count > rounded.rows) throw Error("bf16 rows: rows out of range");
     return {rounded.values.data() + first * rounded.stride, count, rounded.cols, rounded.stride};
-}
-
-Bf16RowsRef middle_columns(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count) {
-    if (first < 0 || count < 0 || first + count > rounded.cols) throw Error("bf16 rows: columns out of range");
-    return {rounded.values.data() + first, rounded.rows, count, rounded.stride};
 }
 
 void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels) {

@@ -53,10 +53,6 @@ struct Bf16Rows {
     void resize(Eigen::Index rows, Eigen::Index cols);
     // Rows first .. first + x.rows() - 1 become x's, rounded as every bf16 product rounds its operands.
     void round_rows(ConstMatrixRef<float> x, Eigen::Index first);
-    // Columns first .. first + x.rows() - 1 become x's rows, rounded the same way: this holds the transpose
-    // (rows == x.cols()). The weight gradients' products read a window's gate gradients transposed, and
-    // oneDNN runs them 15% faster from a copy that lies that way than reading the rows with swapped strides.
-    void round_rows_into_columns(ConstMatrixRef<float> x, Eigen::Index first);
 };
 
 // Rows first .. first + count - 1 of a Bf16Rows, as an operand.
@@ -65,8 +61,6 @@ struct Bf16RowsRef {
     Eigen::Index rows = 0, cols = 0, stride = 0;
 };
 Bf16RowsRef middle_rows(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count);
-// Columns first .. first + count - 1 of every row, as an operand.
-Bf16RowsRef middle_columns(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count);
 
 // gemm_bf16() with a already rounded: the same bits as gemm_bf16() on the float matrix a was rounded from.
 void gemm_bf16(Bf16RowsRef a, Transpose transpose_a, ConstMatrixRef<float> b, Transpose transpose_b, float beta,

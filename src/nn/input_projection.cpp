@@ -107,22 +107,17 @@ void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cac
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
                             const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
-                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded,
-                            const Bf16Rows* d_projection_columns) {
-    // op(d_projection) . b: through its rounded rows, or its rounded transpose, where the caller has them, and
-    // b's rounded rows where the layer below left them (b_rounded)
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded) {
+    // op(d_projection) . b: through its rounded rows where the caller has them, and b's rounded rows where the
+    // layer below left them (b_rounded)
     auto times = [&](Transpose transpose, ConstMatrixRef<Scalar> b, Scalar beta, MatrixRef<Scalar> c, const Bf16Rows* b_rounded = nullptr) {
         if constexpr (std::is_same_v<Scalar, float>) {
-            if (transpose == Transpose::yes && d_projection_columns != nullptr) {
-                const Bf16RowsRef columns = middle_columns(*d_projection_columns, 0, d_projection.rows());
-                if (b_rounded != nullptr)
-                    gemm_bf16(columns, Transpose::no, middle_rows(*b_rounded, 0, b.rows()), Transpose::no, beta, c);
-                else
-                    gemm_bf16(columns, Transpose::no, b, Transpose::no, beta, c);
-                return;
-            }
             if (d_projection_rounded != nullptr) {
-                gemm_bf16(middle_rows(*d_projection_rounded, 0, d_projection.rows()), transpose, b, Transpose::no, beta, c);
+                const Bf16RowsRef a = middle_rows(*d_projection_rounded, 0, d_projection.rows());
+                if (b_rounded != nullptr)
+                    gemm_bf16(a, transpose, middle_rows(*b_rounded, 0, b.rows()), Transpose::no, beta, c);
+                else
+                    gemm_bf16(a, transpose, b, Transpose::no, beta, c);
                 return;
             }
         }
@@ -161,10 +156,8 @@ template bool prepare_step_projection<double>(LayerInputRef<double>, const Layer
 template void lookup_rows<float>(LayerInputRef<float>, const ProjectionCache<float>&, Eigen::Index, MatrixRef<float>);
 template void lookup_rows<double>(LayerInputRef<double>, const ProjectionCache<double>&, Eigen::Index, MatrixRef<double>);
 template void project_input_backward<float>(LayerInputRef<float>, ConstMatrixRef<float>, const LayerWeights<float>&,
-                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&, const Bf16Rows*,
-                                            const Bf16Rows*);
+                                            ProjectionCache<float>&, Matrix<float>&, Matrix<float>&, const Bf16Rows*);
 template void project_input_backward<double>(LayerInputRef<double>, ConstMatrixRef<double>, const LayerWeights<double>&,
-                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&, const Bf16Rows*,
-                                             const Bf16Rows*);
+                                             ProjectionCache<double>&, Matrix<double>&, Matrix<double>&, const Bf16Rows*);
 
 }  // namespace charlm

@@ -48,14 +48,13 @@ bool prepare_step_projection(LayerInputRef<Scalar> input, const LayerWeights<Sca
 template <typename Scalar>
 void lookup_rows(LayerInputRef<Scalar> input, const ProjectionCache<Scalar>& cache, Eigen::Index first, MatrixRef<Scalar> rows);
 
-// d_projection: the loss gradient with respect to the last projection (at bf16, d_projection_rounded and
-// d_projection_columns may hold it rounded already, as rows and transposed; null otherwise). Accumulates d_projection^T .
+// d_projection: the loss gradient with respect to the last projection (at bf16, d_projection_rounded may
+// hold its rows rounded already, and input.rounded the input's; null otherwise). Accumulates d_projection^T .
 // input into d_weight_ih, and gives the input's gradient: for rows, d_input becomes (T*B) x I; for
 // tokens, d_input is the embedding's gradient, V x I, and is accumulated into.
 template <typename Scalar>
 void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> d_projection,
                             const LayerWeights<Scalar>& weights, ProjectionCache<Scalar>& cache,
-                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded = nullptr,
-                            const Bf16Rows* d_projection_columns = nullptr);
+                            Matrix<Scalar>& d_weight_ih, Matrix<Scalar>& d_input, const Bf16Rows* d_projection_rounded = nullptr);
 
 }  // namespace charlm

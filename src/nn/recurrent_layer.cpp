@@ -35,6 +35,7 @@ struct RecurrentLayer<Scalar>::Workspace {
     // products, forward and backward, and by this layer's recurrent weights' gradient, rounded once for all.
     Bf16Rows hidden_rounded;
     bool hidden_rounded_kept = false;
+    Bf16Rows input_rounded;  // at bf16, a dense input that came unrounded (dropout's), for the step's projection
     RowVector<Scalar> bias;         // (1, G*H): b_ih + b_hh
     // Packed copies of the weights, kept while LayerWeights::version stays the same and nonzero.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
@@ -58,13 +59,12 @@ namespace {
 template <typename Scalar>
 using Workspace = typename RecurrentLayer<Scalar>::Workspace;
 
-// At bf16, the gradients of the recurrent product and of the gates rounded as the cell leaves them (one of
-// each where the cell keeps no recurrent product apart): the operands of the step's product and of the
-// weight gradients' products, rounded once in place of once per product. As rows (the step's product, the
-// input's gradient) and as columns (the weight gradients, which read them transposed). One set per thread
-// for all its layers, as a layer's backward uses them only while it runs (13 MB each on 2x256).
+// At bf16, the gradients of the recurrent product and of the gates rounded as the cell leaves them (one
+// matrix where the cell keeps no recurrent product apart): the operands of the step's product and of the
+// weight gradients' products, rounded once in place of once per product. One pair per thread for all its
+// layers, as a layer's backward uses them only while it runs (13 MB each on 2x256).
 struct Bf16Gradients {
-    Bf16Rows recurrent, gates, recurrent_columns, gates_columns;
+    Bf16Rows recurrent, gates;
 };
 Bf16Gradients& bf16_gradients() {
     thread_local Bf16Gradients gradients;
@@ -118,7 +118,9 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
     // that a step makes one pass over the weights and enters one parallel region, not two.
     const bool stacked = !Cell::recurrent_apart && input.rows && steps == 1 && weights.version != 0 &&
                          (TB <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
-    bool look_up_by_step = false;
+    const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
+    bool look_up_by_step = false, project_by_step = false;
+    const Bf16Rows* input_rounded = nullptr;
     if (stacked) {
         if (!w.stacked_forward.packed_from(weights.version, weights.precision)) {
             Matrix<Scalar> both(G * H, input.size() + H);
@@ -128,6 +130,22 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         w.stacked_input.resize(B, input.size() + H);
         w.stacked_input << *input.rows, w.initial_hidden;
         w.stacked_forward.multiply(w.stacked_input, Scalar(0), w.gates, weights.row_sums);
+    } else if (bf16 && input.rows) {
+        // At bf16 a dense input's projection goes a step at a time through the packed kernel, as the recurrent
+        // product does: it runs 1.4x oneDNN's bf16 matmul on a window's (T*B, I) x (I, G*H) with I = 256, and
+        // the step's gates stay in cache for the recurrent product and the cells.
+        w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version, weights.precision);
+        w.projection.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version, weights.precision);
+        if constexpr (std::is_same_v<Scalar, float>) {
+            if (input.rounded == nullptr) {
+                w.input_rounded.resize(TB, input.size());
+                for_each_row_share(TB, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
+                    w.input_rounded.round_rows(input.rows->middleRows(first, rows), first);
+                });
+            }
+            input_rounded = input.rounded != nullptr ? input.rounded : &w.input_rounded;
+        }
+        project_by_step = true;
     } else {
         // Packed once per window, or once for as long as the weights are frozen (sampling, evaluation).
         w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version, weights.precision);
@@ -136,9 +154,9 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         look_up_by_step = project_input<Scalar>(input, weights, w.projection, w.gates);
     }
     // At bf16 each step's outputs are rounded in the loop, while in cache, for the dense products that read them.
-    w.hidden_rounded_kept = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16 && !stacked;
+    w.hidden_rounded_kept = bf16 && !stacked;
     if (w.hidden_rounded_kept) w.hidden_rounded.resize(TB, H);
-    const bool gates_of_step = look_up_by_step && !weights.backward_follows;
+    const bool gates_of_step = (look_up_by_step || project_by_step) && !weights.backward_follows;
     if (gates_of_step) {
         w.step_gates.resize(B, G * H);
         if constexpr (Cell::recurrent_apart) w.step_hidden_gates.resize(B, G * H);
@@ -159,6 +177,7 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
             const auto hidden_prev = t == 0 ? w.initial_hidden.middleRows(first, rows) : w.hidden.middleRows(row - B, rows);
             const Eigen::Index gate_row = gates_of_step ? first : row;
             if (look_up_by_step) lookup_rows<Scalar>(input, w.projection, row, gates.middleRows(gate_row, rows));
+            if (project_by_step) w.projection.packed.multiply(middle_rows(*input_rounded, row, rows), Scalar(0), gates.middleRows(gate_row, rows));
             // (rows, G*H) = (rows, H) . (H, G*H)
             if constexpr (Cell::recurrent_apart)
                 w.recurrent_forward.multiply(hidden_prev, Scalar(0), hidden_gates.middleRows(gate_row, rows), weights.row_sums);
@@ -308,11 +327,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     Bf16Gradients& rounded = bf16_gradients();
     if (round) {
         rounded.recurrent.resize(TB, d_recurrent.cols());
-        rounded.recurrent_columns.resize(d_recurrent.cols(), TB);
-        if constexpr (Cell::recurrent_apart) {
-            rounded.gates.resize(TB, w.gates.cols());
-            rounded.gates_columns.resize(w.gates.cols(), TB);
-        }
+        if constexpr (Cell::recurrent_apart) rounded.gates.resize(TB, w.gates.cols());
     }
 
     for_each_row_share(B, kMinRowsPerThread, w.balance, [&](Eigen::Index first, Eigen::Index rows) {
@@ -328,11 +343,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
             if constexpr (std::is_same_v<Scalar, float>) {
                 if (round) {
                     rounded.recurrent.round_rows(d_recurrent.middleRows(row, rows), row);
-                    rounded.recurrent_columns.round_rows_into_columns(d_recurrent.middleRows(row, rows), row);
-                    if constexpr (Cell::recurrent_apart) {
-                        rounded.gates.round_rows(w.gates.middleRows(row, rows), row);
-                        rounded.gates_columns.round_rows_into_columns(w.gates.middleRows(row, rows), row);
-                    }
+                    if constexpr (Cell::recurrent_apart) rounded.gates.round_rows(w.gates.middleRows(row, rows), row);
                 }
             }
             // (rows, H) = (rows, G*H) . (G*H, H), added to what the cell left where h' skips the weights;
@@ -347,19 +358,18 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     });
 
     // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
-    const Bf16Rows *d_gates_rounded = nullptr, *d_gates_columns = nullptr;
+    const Bf16Rows* d_gates_rounded = nullptr;
     if constexpr (std::is_same_v<Scalar, float>) {
         if (round) {
-            gemm_bf16(middle_columns(rounded.recurrent_columns, 0, B), Transpose::no, w.initial_hidden, Transpose::no, 1.0f,
+            gemm_bf16(middle_rows(rounded.recurrent, 0, B), Transpose::yes, w.initial_hidden, Transpose::no, 1.0f,
                       gradients.weight_hh);
             if (steps > 1 && w.hidden_rounded_kept)
-                gemm_bf16(middle_columns(rounded.recurrent_columns, B, TB - B), Transpose::no, middle_rows(w.hidden_rounded, 0, TB - B),
+                gemm_bf16(middle_rows(rounded.recurrent, B, TB - B), Transpose::yes, middle_rows(w.hidden_rounded, 0, TB - B),
                           Transpose::no, 1.0f, gradients.weight_hh);
             else if (steps > 1)
-                gemm_bf16(middle_columns(rounded.recurrent_columns, B, TB - B), Transpose::no, w.hidden.topRows(TB - B), Transpose::no,
+                gemm_bf16(middle_rows(rounded.recurrent, B, TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no,
                           1.0f, gradients.weight_hh);
             d_gates_rounded = Cell::recurrent_apart ? &rounded.gates : &rounded.recurrent;
-            d_gates_columns = Cell::recurrent_apart ? &rounded.gates_columns : &rounded.recurrent_columns;
         }
     }
     if (!round) {
@@ -378,7 +388,7 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
         gradients.bias_ih += w.d_bias;
         gradients.bias_hh += w.d_bias;
     }
-    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded, d_gates_columns);
+    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded);
 }
 
 }  // namespace
