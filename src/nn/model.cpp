@@ -50,6 +50,9 @@ struct Model<Scalar>::Workspace {
     Matrix<Scalar> logits;            // (T*B, V)
     Matrix<Scalar> d_logits;          // (T*B, V): probabilities, then their gradient
     std::vector<double> row_losses;   // T*B, each row's loss (unset where the target is ignored)
+
+    // At bf16, layer l's output rounded as its time loop left it, where the products read that output (no dropout).
+    const Bf16Rows* rounded_output(std::size_t l) const { return dropping_outputs ? nullptr : layers[l].engine.output_rounded(); }
 };
 
 template <typename Scalar>
@@ -184,8 +187,6 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
         return;
     }
 
-    // At bf16, a layer's output rounded as its time loop left it, where the products read that output (no dropout).
-    const auto rounded_output = [&](std::size_t l) -> const Bf16Rows* { return w.dropping_outputs ? nullptr : w.layers[l].engine.output_rounded(); };
     const Matrix<Scalar>* below = nullptr;  // the layer below's output, after dropout
     for (std::size_t l = 0; l < layers_.size(); ++l) {
         const LayerParameters& p = layers_[l];
@@ -193,7 +194,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
         LayerInput<Scalar> input = l > 0                  ? LayerInput<Scalar>(*below)
                                    : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
                                                           : LayerInput<Scalar>(w.inputs, embedding_->value);
-        if (l > 0) input.rounded = rounded_output(l - 1);
+        if (l > 0) input.rounded = w.rounded_output(l - 1);
         if (w.dropping_weights) {
             const Matrix<Scalar>& weight_hh = p.weight_hh->value;
             draw_dropout_mask(layer.recurrent_mask, weight_hh.rows(), weight_hh.cols(), config_.weight_drop, mask_key(window_key, 2 * l + 1));
@@ -217,7 +218,7 @@ void Model<Scalar>::forward(std::span<const TokenId> inputs, int steps, int batc
     if (weights_frozen_ && (TB == 1 || rows_as_if_alone_)) {  // sampling: a packed copy, made once per freeze
         w.head_packed.ensure_packed(head_weight_->value, Transpose::yes, freezes_, precision_);
         w.head_packed.multiply(top, Scalar(0), w.logits, row_sums);
-    } else if (const Bf16Rows* rounded = rounded_output(layers_.size() - 1)) {
+    } else if (const Bf16Rows* rounded = w.rounded_output(layers_.size() - 1)) {
         if constexpr (std::is_same_v<Scalar, float>)
             gemm_bf16(middle_rows(*rounded, 0, TB), Transpose::no, head_weight_->value, Transpose::yes, 0.0f, w.logits);
     } else {
@@ -325,11 +326,9 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
             w.d_logits.row(row) *= scale;
         }
     }
-    // At bf16, a layer's output rounded as its time loop left it, where the products read that output (no dropout).
-    const auto rounded_output = [&](std::size_t l) -> const Bf16Rows* { return w.dropping_outputs ? nullptr : w.layers[l].engine.output_rounded(); };
     const Matrix<Scalar>& top = w.dropping_outputs ? w.layers.back().dropped : w.layers.back().engine.output();
     w.layers.back().d_output.resize(TB, config_.hidden_size);
-    const Bf16Rows* top_rounded = rounded_output(layers_.size() - 1);
+    const Bf16Rows* top_rounded = w.rounded_output(layers_.size() - 1);
     if constexpr (std::is_same_v<Scalar, float>) {
         if (top_rounded != nullptr) {  // at bf16: d_logits rounded once for both products, the top layer's output as it was
             w.d_logits_rounded.resize(TB, w.d_logits.cols());
@@ -354,7 +353,7 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
         LayerInput<Scalar> input = l > 0 ? LayerInput<Scalar>(w.dropping_outputs ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output())
                                    : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
                                                           : LayerInput<Scalar>(w.inputs, embedding_->value);
-        if (l > 0) input.rounded = rounded_output(l - 1);
+        if (l > 0) input.rounded = w.rounded_output(l - 1);
         // Through the table, the first layer's input gradient is the embedding's, accumulated as a weight's is.
         Matrix<Scalar>& d_input = l > 0 ? w.layers[l - 1].d_output : w.dropping_embedding ? w.d_embedded : embedding_->gradient;
         if (w.dropping_weights) layer.d_dropped_recurrent.setZero(p.weight_hh->value.rows(), p.weight_hh->value.cols());
