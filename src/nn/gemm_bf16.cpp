@@ -304,12 +304,36 @@ void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector
     const Eigen::Index rows = tb ? b.cols() : b.rows(), cols = tb ? b.rows() : b.cols();
     const Eigen::Index pairs = (rows + 1) / 2, panel_count = (cols + kBf16PanelWidth - 1) / kBf16PanelWidth;
     panels.assign(static_cast<std::size_t>(panel_count * pairs * 2 * kBf16PanelWidth), 0);
+    // Each thread its panels; each run of b rounded at once (the kernels' rounding, as the products' operands
+    // are), then laid out in pairs: packing the weights is serial work in every training window otherwise.
+#pragma omp parallel for schedule(static) if (rows * cols >= (Eigen::Index{1} << 16) && !omp_in_parallel())
     for (Eigen::Index panel = 0; panel < panel_count; ++panel) {
+        thread_local Bf16Vector first_row, second_row;
         const Eigen::Index first = panel * kBf16PanelWidth, count = std::min(kBf16PanelWidth, cols - first);
         std::uint16_t* out = panels.data() + panel * pairs * 2 * kBf16PanelWidth;
-        for (Eigen::Index k = 0; k < rows; ++k)
-            for (Eigen::Index j = 0; j < count; ++j)
-                out[(k / 2) * 2 * kBf16PanelWidth + 2 * j + k % 2] = to_bf16(tb ? b(first + j, k) : b(k, first + j));
+        if (tb) {
+            // op(b)(k, j) = b(first + j, k): each column of the panel is a row of b, whose pairs lie side by side
+            first_row.assign(static_cast<std::size_t>(2 * pairs), 0);  // an odd depth's last pair ends in a zero
+            for (Eigen::Index j = 0; j < count; ++j) {
+                round_array(b.row(first + j).data(), first_row.data(), rows);
+                for (Eigen::Index q = 0; q < pairs; ++q)  // a pair as one 32-bit word
+                    __builtin_memcpy(out + q * 2 * kBf16PanelWidth + 2 * j, first_row.data() + 2 * q, 2 * sizeof(std::uint16_t));
+            }
+        } else {
+            // op(b)(k, j) = b(k, first + j): a pair is two rows of b
+            first_row.resize(static_cast<std::size_t>(count));
+            second_row.resize(static_cast<std::size_t>(count));
+            for (Eigen::Index q = 0; q < pairs; ++q) {
+                round_array(b.row(2 * q).data() + first, first_row.data(), count);
+                if (2 * q + 1 < rows) round_array(b.row(2 * q + 1).data() + first, second_row.data(), count);
+                else std::fill(second_row.begin(), second_row.end(), std::uint16_t{0});
+                std::uint16_t* pair_row = out + q * 2 * kBf16PanelWidth;
+                for (Eigen::Index j = 0; j < count; ++j) {
+                    pair_row[2 * j] = first_row[static_cast<std::size_t>(j)];
+                    pair_row[2 * j + 1] = second_row[static_cast<std::size_t>(j)];
+                }
+            }
+        }
     }
 }
 
