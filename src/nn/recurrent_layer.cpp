@@ -35,7 +35,10 @@ struct RecurrentLayer<Scalar>::Workspace {
     // products, forward and backward, and by this layer's recurrent weights' gradient, rounded once for all.
     Bf16Rows hidden_rounded;
     bool hidden_rounded_kept = false;
-    Bf16Rows input_rounded;  // at bf16, a dense input that came unrounded (dropout's), for the step's projection
+    // At bf16, a dense input that came unrounded (dropout's): rounded once, for the step's projection and for
+    // backward's input weights' gradient.
+    Bf16Rows input_rounded;
+    bool input_rounded_kept = false;
     RowVector<Scalar> bias;         // (1, G*H): b_ih + b_hh
     // Packed copies of the weights, kept while LayerWeights::version stays the same and nonzero.
     PackedMatrix<Scalar> recurrent_forward;   // W_hh^T
@@ -121,6 +124,7 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
     const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
     bool look_up_by_step = false, project_by_step = false;
     const Bf16Rows* input_rounded = nullptr;
+    w.input_rounded_kept = false;
     if (stacked) {
         if (!w.stacked_forward.packed_from(weights.version, weights.precision)) {
             Matrix<Scalar> both(G * H, input.size() + H);
@@ -138,7 +142,8 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
         w.recurrent_forward.ensure_packed(weights.weight_hh, Transpose::yes, weights.version, weights.precision);
         w.projection.packed.ensure_packed(weights.weight_ih, Transpose::yes, weights.version, weights.precision);
         if constexpr (std::is_same_v<Scalar, float>) {
-            if (input.rounded == nullptr) {
+            w.input_rounded_kept = input.rounded == nullptr;
+            if (w.input_rounded_kept) {
                 w.input_rounded.resize(TB, input.size());
                 for_each_row_share(TB, kMinRowsPerThread, [&](Eigen::Index first, Eigen::Index rows) {
                     w.input_rounded.round_rows(input.rows->middleRows(first, rows), first);
@@ -225,6 +230,7 @@ void prepare_one_step(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const L
     w.bias = weights.bias_ih + weights.bias_hh;
     w.gates_kept = true;  // the step's gates are all the window's
     w.hidden_rounded_kept = false;
+    w.input_rounded_kept = false;
     const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
     // As forward_window() chooses for one step.
     w.step_stacked = !Cell::recurrent_apart && input.rows && (B <= kMinRowsPerThread || weights.row_sums == RowSums::as_if_alone);
@@ -389,7 +395,9 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
         gradients.bias_ih += w.d_bias;
         gradients.bias_hh += w.d_bias;
     }
-    project_input_backward<Scalar>(input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded);
+    LayerInput<Scalar> rounded_input = input;  // the input as forward rounded it, where its caller had not
+    if (w.input_rounded_kept) rounded_input.rounded = &w.input_rounded;
+    project_input_backward<Scalar>(rounded_input, w.gates, weights, w.projection, gradients.weight_ih, d_input, d_gates_rounded);
 }
 
 }  // namespace
