@@ -248,6 +248,39 @@ TEST(Bf16, ProductsOfTwoOperandsRoundedOnceGiveTheBitsOfProductsThatRoundThemsel
     }
 }
 
+TEST(Bf16, AWeightGradientMadeTransposedIsTheProductAsItLies) {
+    // The weight gradients that read a layer's output, (G*H, H) += d_gates^T . h, are made as (H, T*B) . (T*B, G*H)
+    // from h transposed in the time loop (a share of rows at a time, after h_{-1}'s columns), then added
+    // transposed: the same sums in another order, so within fp32's rounding of the product made as it lies.
+    std::mt19937_64 rng(13);
+    Threads threads(2);
+    for (Bf16Kernels kernels : kernels_here()) {
+        Kernels scope(kernels);
+        const Eigen::Index rows = 45, h = 19, g = 70, skip = 4;  // odd widths: rows padded to even strides
+        const Matrix<float> hidden = random_matrix<float>(rows, h, rng), d_gates = random_matrix<float>(rows, g, rng);
+        const Matrix<float> start = random_matrix<float>(g, h, rng);
+        Bf16Rows hidden_rounded, d_gates_rounded, transposed;
+        hidden_rounded.resize(rows, h);
+        hidden_rounded.round_rows(hidden, 0);
+        d_gates_rounded.resize(rows, g);
+        d_gates_rounded.round_rows(d_gates, 0);
+        transposed.resize(h, skip + rows);
+        transpose_bf16(middle_rows(hidden_rounded, 0, 30), transposed, skip);  // in two shares, as two threads'
+        transpose_bf16(middle_rows(hidden_rounded, 30, rows - 30), transposed, skip + 30);
+        for (Eigen::Index r = 0; r < rows; ++r)
+            for (Eigen::Index c = 0; c < h; ++c)
+                ASSERT_EQ(transposed.values[static_cast<std::size_t>(c * transposed.stride + skip + r)],
+                          hidden_rounded.values[static_cast<std::size_t>(r * hidden_rounded.stride + c)])
+                    << "row " << r << ", column " << c;
+        Matrix<float> expected = start, actual = start;
+        gemm_bf16(middle_rows(d_gates_rounded, 0, rows), Transpose::yes, middle_rows(hidden_rounded, 0, rows), Transpose::no, 1.0f,
+                  expected);
+        add_product_transposed(middle_cols(transposed, skip, rows), middle_rows(d_gates_rounded, 0, rows), actual);
+        EXPECT_LE((actual - expected).cwiseAbs().maxCoeff(), 1e-5f * expected.cwiseAbs().maxCoeff()) << name_of(kernels);
+        EXPECT_GT((actual - start).cwiseAbs().maxCoeff(), 0.1f) << "the product was added";
+    }
+}
+
 // ---- the engine at bf16 --------------------------------------------------------------------------
 
 // One layer's data at the scale of a trained network: weights U(-1/sqrt(H), 1/sqrt(H)) as initialized,

@@ -299,6 +299,49 @@ Bf16RowsRef middle_rows(const Bf16Rows& rounded, Eigen::Index first, Eigen::Inde
     return {rounded.values.data() + first * rounded.stride, count, rounded.cols, rounded.stride};
 }
 
+Bf16RowsRef middle_cols(const Bf16Rows& rounded, Eigen::Index first, Eigen::Index count) {
+    if (first < 0 || count < 0 || first + count > rounded.cols) throw Error("bf16 rows: columns out of range");
+    return {rounded.values.data() + first, rounded.rows, count, rounded.stride};
+}
+
+void transpose_bf16(Bf16RowsRef in, Bf16Rows& out, Eigen::Index first) {
+    if (out.rows != in.cols || first < 0 || first + in.rows > out.cols) throw Error("bf16 rows: shapes do not match");
+    // Tiles of 16 x 16: a tile's reads stay in a few cache lines of in, its writes in 16 lines of out.
+    constexpr Eigen::Index kTile = 16;
+    for (Eigen::Index c0 = 0; c0 < in.cols; c0 += kTile) {
+        const Eigen::Index c1 = std::min(in.cols, c0 + kTile);
+        for (Eigen::Index r0 = 0; r0 < in.rows; r0 += kTile) {
+            const Eigen::Index r1 = std::min(in.rows, r0 + kTile);
+            for (Eigen::Index c = c0; c < c1; ++c) {
+                std::uint16_t* to = out.values.data() + c * out.stride + first;
+                for (Eigen::Index r = r0; r < r1; ++r) to[r] = in.data[r * in.stride + c];
+            }
+        }
+    }
+}
+
+void add_transpose(ConstMatrixRef<float> x, MatrixRef<float> y) {
+    if (x.rows() != y.cols() || x.cols() != y.rows()) throw Error("add_transpose: shapes do not match");
+    constexpr Eigen::Index kTile = 32;
+    const Eigen::Index tiles = (y.rows() + kTile - 1) / kTile;
+#pragma omp parallel for schedule(static) if (y.size() >= (Eigen::Index{1} << 16) && !omp_in_parallel())
+    for (Eigen::Index tile = 0; tile < tiles; ++tile) {
+        const Eigen::Index r0 = tile * kTile, r1 = std::min(y.rows(), r0 + kTile);
+        for (Eigen::Index c0 = 0; c0 < y.cols(); c0 += kTile) {
+            const Eigen::Index c1 = std::min(y.cols(), c0 + kTile);
+            for (Eigen::Index r = r0; r < r1; ++r)
+                for (Eigen::Index c = c0; c < c1; ++c) y(r, c) += x(c, r);
+        }
+    }
+}
+
+void add_product_transposed(Bf16RowsRef a, Bf16RowsRef b, MatrixRef<float> y) {
+    thread_local Matrix<float> product;
+    product.resize(a.rows, b.cols);
+    gemm_bf16(a, Transpose::no, b, Transpose::no, 0.0f, product);
+    add_transpose(product, y);
+}
+
 void pack_bf16_panels(ConstMatrixRef<float> b, Transpose transpose_b, Bf16Vector& panels) {
     const bool tb = transpose_b == Transpose::yes;
     const Eigen::Index rows = tb ? b.cols() : b.rows(), cols = tb ? b.rows() : b.cols();

@@ -125,7 +125,16 @@ void project_input_backward(LayerInputRef<Scalar> input, ConstMatrixRef<Scalar> 
     };
     if (input.rows) {
         // G*H x I = G*H x (T*B) . (T*B) x I, and (T*B) x I = (T*B) x G*H . G*H x I
-        times(Transpose::yes, *input.rows, Scalar(1), d_weight_ih, input.rounded);
+        bool made = false;
+        if constexpr (std::is_same_v<Scalar, float>) {
+            if (d_projection_rounded != nullptr && input.transposed.data != nullptr) {
+                if (input.transposed.rows != input.size() || input.transposed.cols != input.count())
+                    throw Error("input projection: the transposed input does not fit");
+                add_product_transposed(input.transposed, middle_rows(*d_projection_rounded, 0, d_projection.rows()), d_weight_ih);
+                made = true;
+            }
+        }
+        if (!made) times(Transpose::yes, *input.rows, Scalar(1), d_weight_ih, input.rounded);
         d_input.resize(input.count(), input.size());
         times(Transpose::no, weights.weight_ih, Scalar(0), d_input);
         return;

@@ -53,6 +53,9 @@ struct LayerInput {
     // At bf16, the dense rows rounded already (the layer below's output, rounded as it left the cells), for
     // the products that read them: null where nobody rounded them.
     const Bf16Rows* rounded = nullptr;
+    // At bf16, the same rounded rows transposed, (I, T*B), for the input weights' gradient: data null where
+    // nobody kept them.
+    Bf16RowsRef transposed;
 
     LayerInput(const Matrix<Scalar>& dense) : rows(&dense) {}  // NOLINT: implicit, a Matrix is an input
     LayerInput(std::span<const TokenId> ids, const Matrix<Scalar>& table) : tokens(ids), embedding(&table) {}

@@ -53,6 +53,8 @@ struct Model<Scalar>::Workspace {
 
     // At bf16, layer l's output rounded as its time loop left it, where the products read that output (no dropout).
     const Bf16Rows* rounded_output(std::size_t l) const { return dropping_outputs ? nullptr : layers[l].engine.output_rounded(); }
+    // And transposed, where a backward follows.
+    Bf16RowsRef transposed_output(std::size_t l) const { return dropping_outputs ? Bf16RowsRef{} : layers[l].engine.output_transposed(); }
 };
 
 template <typename Scalar>
@@ -353,7 +355,10 @@ void Model<Scalar>::backward(std::size_t mean_over_characters) {
         LayerInput<Scalar> input = l > 0 ? LayerInput<Scalar>(w.dropping_outputs ? w.layers[l - 1].dropped : w.layers[l - 1].engine.output())
                                    : w.dropping_embedding ? LayerInput<Scalar>(w.embedded)
                                                           : LayerInput<Scalar>(w.inputs, embedding_->value);
-        if (l > 0) input.rounded = w.rounded_output(l - 1);
+        if (l > 0) {
+            input.rounded = w.rounded_output(l - 1);
+            input.transposed = w.transposed_output(l - 1);
+        }
         // Through the table, the first layer's input gradient is the embedding's, accumulated as a weight's is.
         Matrix<Scalar>& d_input = l > 0 ? w.layers[l - 1].d_output : w.dropping_embedding ? w.d_embedded : embedding_->gradient;
         if (w.dropping_weights) layer.d_dropped_recurrent.setZero(p.weight_hh->value.rows(), p.weight_hh->value.cols());

@@ -35,6 +35,11 @@ struct RecurrentLayer<Scalar>::Workspace {
     // products, forward and backward, and by this layer's recurrent weights' gradient, rounded once for all.
     Bf16Rows hidden_rounded;
     bool hidden_rounded_kept = false;
+    // At bf16 where a backward follows, hidden_rounded transposed as the loop leaves each step's rows, with h_{-1}
+    // in front: (H, (T+1)*B). The left operand of the weight gradients that read h, this layer's recurrent and
+    // the next layer's input weights', each made transposed: (H, T*B) . (T*B, G*H).
+    Bf16Rows hidden_transposed;
+    bool hidden_transposed_kept = false;
     // At bf16, a dense input that came unrounded (dropout's): rounded once, for the step's projection and for
     // backward's input weights' gradient.
     Bf16Rows input_rounded;
@@ -162,6 +167,8 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
     // At bf16 each step's outputs are rounded in the loop, while in cache, for the dense products that read them.
     w.hidden_rounded_kept = bf16 && !stacked;
     if (w.hidden_rounded_kept) w.hidden_rounded.resize(TB, H);
+    w.hidden_transposed_kept = w.hidden_rounded_kept && weights.backward_follows;
+    if (w.hidden_transposed_kept) w.hidden_transposed.resize(H, TB + B);
     const bool gates_of_step = (look_up_by_step || project_by_step) && !weights.backward_follows;
     if (gates_of_step) {
         w.step_gates.resize(B, G * H);
@@ -198,8 +205,18 @@ void forward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, int steps
                 arrays.bias_hh = weights.bias_hh.data();
                 cell_forward(arrays);
             }
-            if constexpr (std::is_same_v<Scalar, float>)
+            if constexpr (std::is_same_v<Scalar, float>) {
                 if (w.hidden_rounded_kept) w.hidden_rounded.round_rows(w.hidden.middleRows(row, rows), row);
+                if (w.hidden_transposed_kept) {
+                    if (t == 0) {
+                        thread_local Bf16Rows initial;
+                        initial.resize(rows, H);
+                        initial.round_rows(w.initial_hidden.middleRows(first, rows), 0);
+                        transpose_bf16(middle_rows(initial, 0, rows), w.hidden_transposed, first);
+                    }
+                    transpose_bf16(middle_rows(w.hidden_rounded, row, rows), w.hidden_transposed, B + row);
+                }
+            }
         }
     });
     hidden_state = w.hidden.bottomRows(B);
@@ -230,6 +247,7 @@ void prepare_one_step(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const L
     w.bias = weights.bias_ih + weights.bias_hh;
     w.gates_kept = true;  // the step's gates are all the window's
     w.hidden_rounded_kept = false;
+    w.hidden_transposed_kept = false;
     w.input_rounded_kept = false;
     const bool bf16 = std::is_same_v<Scalar, float> && weights.precision == Precision::bf16;
     // As forward_window() chooses for one step.
@@ -367,7 +385,9 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
     // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
     const Bf16Rows* d_gates_rounded = nullptr;
     if constexpr (std::is_same_v<Scalar, float>) {
-        if (round) {
+        if (round && w.hidden_transposed_kept) {
+            add_product_transposed(middle_cols(w.hidden_transposed, 0, TB), middle_rows(rounded.recurrent, 0, TB), gradients.weight_hh);
+        } else if (round) {
             gemm_bf16(middle_rows(rounded.recurrent, 0, B), Transpose::yes, w.initial_hidden, Transpose::no, 1.0f,
                       gradients.weight_hh);
             if (steps > 1 && w.hidden_rounded_kept)
@@ -376,8 +396,8 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
             else if (steps > 1)
                 gemm_bf16(middle_rows(rounded.recurrent, B, TB - B), Transpose::yes, w.hidden.topRows(TB - B), Transpose::no,
                           1.0f, gradients.weight_hh);
-            d_gates_rounded = Cell::recurrent_apart ? &rounded.gates : &rounded.recurrent;
         }
+        if (round) d_gates_rounded = Cell::recurrent_apart ? &rounded.gates : &rounded.recurrent;
     }
     if (!round) {
         gemm<Scalar>(d_recurrent.topRows(B), Transpose::yes, w.initial_hidden, Transpose::no, Scalar(1), gradients.weight_hh,
@@ -453,6 +473,13 @@ const Matrix<Scalar>& RecurrentLayer<Scalar>::output() const {
 template <typename Scalar>
 const Bf16Rows* RecurrentLayer<Scalar>::output_rounded() const {
     return workspace_->hidden_rounded_kept ? &workspace_->hidden_rounded : nullptr;
+}
+
+template <typename Scalar>
+Bf16RowsRef RecurrentLayer<Scalar>::output_transposed() const {
+    const Workspace& w = *workspace_;
+    if (!w.hidden_transposed_kept) return {};
+    return middle_cols(w.hidden_transposed, w.initial_hidden.rows(), w.hidden_transposed.cols - w.initial_hidden.rows());
 }
 
 template <typename Scalar>

@@ -42,6 +42,8 @@ public:
     // At bf16, output() rounded, as the time loop left each step's rows: null at fp32, and after a step that
     // a team split or that went through the stacked weights (sampling), whose products round their own rows.
     const Bf16Rows* output_rounded() const;
+    // At bf16 where a backward follows, output_rounded() transposed, (H, T*B): data null where not kept.
+    Bf16RowsRef output_transposed() const;
 
     // forward() of one step against frozen weights (weights.version nonzero), split among a team (team.hpp)
     // by the caller: prepare_step() outside the team, with the carried state that step_in_team() then
