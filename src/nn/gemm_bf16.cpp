@@ -113,6 +113,38 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void hardware_round(const
     }
 }
 
+// out's 16 rows (`out_stride` apart) = the 16 columns of in's 16 rows (`in_stride` apart): unpacks of 16-bit,
+// 32-bit and 64-bit units within each 128-bit lane, then the lanes' halves put together.
+__attribute__((target("avx2"))) void hardware_transpose_tile(const std::uint16_t* in, Eigen::Index in_stride, std::uint16_t* out,
+                                                             Eigen::Index out_stride) {
+    __m256i r[16], a[8], b[8], c[4], d[4], e[4], f[4];
+    for (int i = 0; i < 16; ++i) r[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i * in_stride));
+    for (int i = 0; i < 8; ++i) {  // a: rows 2i, 2i+1 of elements 0-3 (8-11 in the upper lane); b: of 4-7 (12-15)
+        a[i] = _mm256_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+        b[i] = _mm256_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+    }
+    for (int j = 0; j < 4; ++j) {  // rows 4j .. 4j+3 of elements 0-1 (c), 2-3 (d), 4-5 (e), 6-7 (f), +8 above
+        c[j] = _mm256_unpacklo_epi32(a[2 * j], a[2 * j + 1]);
+        d[j] = _mm256_unpackhi_epi32(a[2 * j], a[2 * j + 1]);
+        e[j] = _mm256_unpacklo_epi32(b[2 * j], b[2 * j + 1]);
+        f[j] = _mm256_unpackhi_epi32(b[2 * j], b[2 * j + 1]);
+    }
+    const auto store = [&](int element, __m256i value) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + element * out_stride), value);
+    };
+    const __m256i* groups[4] = {c, d, e, f};
+    for (int g = 0; g < 4; ++g) {
+        const __m256i* x = groups[g];
+        // rows 0-7 (x[0], x[1]) and 8-15 (x[2], x[3]) of element 2g (lo) and 2g+1 (hi), 2g+8 and 2g+9 above
+        const __m256i lo0 = _mm256_unpacklo_epi64(x[0], x[1]), lo1 = _mm256_unpacklo_epi64(x[2], x[3]);
+        const __m256i hi0 = _mm256_unpackhi_epi64(x[0], x[1]), hi1 = _mm256_unpackhi_epi64(x[2], x[3]);
+        store(2 * g, _mm256_permute2x128_si256(lo0, lo1, 0x20));
+        store(2 * g + 8, _mm256_permute2x128_si256(lo0, lo1, 0x31));
+        store(2 * g + 1, _mm256_permute2x128_si256(hi0, hi1, 0x20));
+        store(2 * g + 9, _mm256_permute2x128_si256(hi0, hi1, 0x31));
+    }
+}
+
 #else
 // Elsewhere (arm64) the kernels never run bf16 instructions (kernels.hpp): the emulation does every bf16 product.
 template <int Rows>
@@ -122,6 +154,10 @@ void hardware_block(const std::uint16_t* a, Eigen::Index stride, const std::uint
 }
 void hardware_round(const float* in, std::uint16_t* out, Eigen::Index count) {
     for (Eigen::Index j = 0; j < count; ++j) out[j] = to_bf16(in[j]);
+}
+void hardware_transpose_tile(const std::uint16_t* in, Eigen::Index in_stride, std::uint16_t* out, Eigen::Index out_stride) {
+    for (int c = 0; c < 16; ++c)
+        for (int r = 0; r < 16; ++r) out[c * out_stride + r] = in[r * in_stride + c];
 }
 #endif
 
@@ -306,18 +342,24 @@ Bf16RowsRef middle_cols(const Bf16Rows& rounded, Eigen::Index first, Eigen::Inde
 
 void transpose_bf16(Bf16RowsRef in, Bf16Rows& out, Eigen::Index first) {
     if (out.rows != in.cols || first < 0 || first + in.rows > out.cols) throw Error("bf16 rows: shapes do not match");
-    // Tiles of 16 x 16: a tile's reads stay in a few cache lines of in, its writes in 16 lines of out.
-    constexpr Eigen::Index kTile = 16;
-    for (Eigen::Index c0 = 0; c0 < in.cols; c0 += kTile) {
-        const Eigen::Index c1 = std::min(in.cols, c0 + kTile);
-        for (Eigen::Index r0 = 0; r0 < in.rows; r0 += kTile) {
-            const Eigen::Index r1 = std::min(in.rows, r0 + kTile);
-            for (Eigen::Index c = c0; c < c1; ++c) {
-                std::uint16_t* to = out.values.data() + c * out.stride + first;
-                for (Eigen::Index r = r0; r < r1; ++r) to[r] = in.data[r * in.stride + c];
-            }
-        }
+    // 16 x 16 tiles in registers where the CPU runs the bf16 kernels (it has AVX2's unpacks); the edges, and
+    // every tile elsewhere, a value at a time.
+    Eigen::Index full_rows = 0, full_cols = 0;
+    if (chosen_kernels() == Bf16Kernels::hardware) {
+        full_rows = in.rows / 16 * 16;
+        full_cols = in.cols / 16 * 16;
+        for (Eigen::Index r = 0; r < full_rows; r += 16)
+            for (Eigen::Index c = 0; c < full_cols; c += 16)
+                hardware_transpose_tile(in.data + r * in.stride + c, in.stride, out.values.data() + c * out.stride + first + r, out.stride);
     }
+    const auto by_value = [&](Eigen::Index r0, Eigen::Index r1, Eigen::Index c0, Eigen::Index c1) {
+        for (Eigen::Index c = c0; c < c1; ++c) {
+            std::uint16_t* to = out.values.data() + c * out.stride + first;
+            for (Eigen::Index r = r0; r < r1; ++r) to[r] = in.data[r * in.stride + c];
+        }
+    };
+    by_value(0, full_rows, full_cols, in.cols);        // the right edge of the tiled rows
+    by_value(full_rows, in.rows, 0, in.cols);          // the rows below them
 }
 
 void add_transpose(ConstMatrixRef<float> x, MatrixRef<float> y) {
