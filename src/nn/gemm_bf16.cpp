@@ -358,8 +358,8 @@ void transpose_bf16(Bf16RowsRef in, Bf16Rows& out, Eigen::Index first) {
             for (Eigen::Index r = r0; r < r1; ++r) to[r] = in.data[r * in.stride + c];
         }
     };
-    by_value(0, full_rows, full_cols, in.cols);        // the right edge of the tiled rows
-    by_value(full_rows, in.rows, 0, in.cols);          // the rows below them
+    by_value(0, full_rows, full_cols, in.cols);  // the right edge of the tiled rows
+    by_value(full_rows, in.rows, 0, in.cols);    // the rows below them
 }
 
 void add_transpose(ConstMatrixRef<float> x, MatrixRef<float> y) {

@@ -382,7 +382,8 @@ void backward_window(Workspace<Scalar>& w, LayerInputRef<Scalar> input, const Ma
         }
     });
 
-    // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H)
+    // Weight gradients as one product per matrix over all steps: (G*H, H) = (G*H, T*B) . (T*B, H); at bf16, where the
+    // forward loop kept h transposed (h_{-1} in front), made as its transpose (H, T*B) . (T*B, G*H) and added transposed
     const Bf16Rows* d_gates_rounded = nullptr;
     if constexpr (std::is_same_v<Scalar, float>) {
         if (round && w.hidden_transposed_kept) {
