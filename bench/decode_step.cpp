@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -72,19 +74,20 @@ int main(int argc, char** argv) {
     Options options;
     for (int i = 1; i < argc; ++i) {
         const std::string argument = argv[i];
-        const auto number = [&](int& value) {
-            if (i + 1 >= argc) return false;
-            value = std::atoi(argv[++i]);
-            return value > 0;
-        };
-        if (argument == "--draws") options.draws = true;
-        else if (argument == "--streams" ? !number(options.streams)
-                 : argument == "--threads" ? !number(options.threads)
-                 : argument == "--steps"   ? !number(options.steps)
-                 : argument == "--rounds"  ? !number(options.rounds)
-                                           : (argument.starts_with("-") || !options.checkpoint.empty()))
+        int* count = argument == "--streams" ? &options.streams
+                     : argument == "--threads" ? &options.threads
+                     : argument == "--steps"   ? &options.steps
+                     : argument == "--rounds"  ? &options.rounds
+                                               : nullptr;
+        if (count != nullptr) {
+            if (i + 1 >= argc || (*count = std::atoi(argv[++i])) <= 0) return usage();
+        } else if (argument == "--draws") {
+            options.draws = true;
+        } else if (argument.starts_with("-") || !options.checkpoint.empty()) {
             return usage();
-        else if (!argument.starts_with("-")) options.checkpoint = argument;
+        } else {
+            options.checkpoint = argument;
+        }
     }
     if (options.checkpoint.empty()) return usage();
     try {
