@@ -364,6 +364,8 @@ void transpose_bf16(Bf16RowsRef in, Bf16Rows& out, Eigen::Index first) {
 
 void add_transpose(ConstMatrixRef<float> x, MatrixRef<float> y) {
     if (x.rows() != y.cols() || x.cols() != y.rows()) throw Error("add_transpose: shapes do not match");
+    // In 32 x 32 tiles, so that x's columns are read from cache: Eigen's `y += x.transpose()` took 2.5-3x as long
+    // on one thread (1024 x 256: 630-700 us against 190-240; 2048 x 512: 2.75 ms against 1.1).
     constexpr Eigen::Index kTile = 32;
     const Eigen::Index tiles = (y.rows() + kTile - 1) / kTile;
 #pragma omp parallel for schedule(static) if (y.size() >= (Eigen::Index{1} << 16) && !omp_in_parallel())
