@@ -22,10 +22,28 @@ fi
 scripts/setup.sh --interop --browser --package --build-dir "$build_dir" -- "${cmake_arguments[@]}"
 
 # The only tests that may skip, each with why. Any other skip fails the suite: a tool that went missing, or
-# a suite that stopped running, must not pass unseen. Each entry: "TEST NAME|why it may skip".
+# a suite that stopped running, must not pass unseen. Each entry: "TEST NAME|why it may skip", and those
+# that need instructions this CPU may lack are added below only where it lacks them.
 allowed_skips=(
   "Train.AModelTooLargeForThisMachineIsRefusedBeforeAnythingIsAllocated|the refusal is seen only on a machine with under 30 GB of memory"
 )
+# The CPU's flags as the kernels see them: CHARLM_BF16=0 or emulate answers as a CPU without AVX512_BF16.
+cpu_flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+case "${CHARLM_BF16:-}" in 0|emulate) cpu_flags="${cpu_flags// avx512_bf16 / }" ;; esac
+cpu_lacks() {
+  local flag
+  for flag in "$@"; do [[ "$cpu_flags" == *" $flag "* ]] || return 0; done
+  return 1
+}
+if cpu_lacks avx512f avx512dq avx512bw avx512vl avx512cd; then
+  allowed_skips+=("engine_kernels_avx512|this CPU lacks AVX-512, so the avx512 kernels are refused (as the test checks)")
+fi
+if cpu_lacks avx512f avx512dq avx512bw avx512vl avx512cd avx512_bf16; then
+  allowed_skips+=(
+    "engine_kernels_avx512bf16|this CPU lacks AVX512_BF16, so the avx512bf16 kernels are refused (as the test checks)"
+    "Bf16.AutoPicksFp32WhereTheRealTimingFindsBf16Slower|this CPU lacks AVX512_BF16: auto is fp32 without a timing to check"
+  )
+fi
 log="$build_dir/ctest.log"
 status=0
 ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j "$(nproc)" --timeout 900 2>&1 | tee "$log" || status=$?

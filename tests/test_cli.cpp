@@ -43,6 +43,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using charlm::testing::ScopedEnvironment;
+using charlm::testing::Bf16ForChildProcesses;
 using nlohmann::json;
 
 // ---- running the binary ----
@@ -2329,6 +2330,35 @@ TEST_F(Cli, PrecisionBf16IsRefusedWithTheReasonWhereTheCpuLacksTheInstructions) 
         << describe(automatic);
 }
 
+// CHARLM_BF16=emulate runs --precision bf16 on the products' emulation on any CPU (what the bf16 tests of the
+// command line take where the CPU lacks the instructions); auto still never picks it, and a value that is
+// neither 0 nor emulate is refused before any work, as CHARLM_KERNELS's are.
+TEST_F(Cli, CharlmBf16EmulateRunsBf16AnywhereAndOtherValuesAreRefused) {
+    const auto corpus = write("corpus.txt", make_corpus());
+    {
+        ScopedEnvironment emulate("CHARLM_BF16", "emulate");
+        const RunResult bf16 = train_tiny(corpus, "emulated", 20, {"--precision", "bf16"});
+        EXPECT_NE(bf16.err.find("products in bf16, as --precision bf16 asks"), std::string::npos) << describe(bf16);
+        for (const json& record : read_metrics(path("emulated") / "metrics.jsonl")) EXPECT_EQ(record.at("precision"), "bf16");
+        const RunResult fp32 = train_tiny(corpus, "fp32", 20, {"--precision", "fp32"});
+        EXPECT_NE(read_metrics(path("emulated") / "metrics.jsonl").back().at("train_loss"),
+                  read_metrics(path("fp32") / "metrics.jsonl").back().at("train_loss"))
+            << "the emulated bf16 products left fp32's numbers unchanged";
+        const auto longer = write("longer.txt", make_corpus(4000));  // bench's windows are 50 x 50
+        const RunResult automatic = charlm({"bench", "--model", "2x128", "--seconds", "0.05", "--corpus", longer.string()});
+        ASSERT_EQ(automatic.exit_code, 0) << describe(automatic);
+        EXPECT_NE(automatic.err.find("bf16 products on their emulation, as CHARLM_BF16=emulate asks"), std::string::npos)
+            << describe(automatic);
+        EXPECT_NE(automatic.err.find("products in fp32: bf16 products would run on their emulation"), std::string::npos)
+            << describe(automatic);
+    }
+    ScopedEnvironment unknown("CHARLM_BF16", "yes");
+    expect_error(charlm({"train", corpus.string(), "--out", path("refused").string()}),
+                 {"CHARLM_BF16=yes is not 0", "or emulate", "unset it"}, /*usage_error=*/true);
+    EXPECT_FALSE(fs::exists(path("refused"))) << "the run directory was made before CHARLM_BF16 was refused";
+    expect_error(charlm({"sample", (path("fp32") / "last.safetensors").string(), "--length", "5"}), {"CHARLM_BF16=yes"}, true);
+}
+
 TEST_F(Cli, TrainSaysAndRecordsItsPrecisionAndAResumeKeepsIt) {
     const auto corpus = write("corpus.txt", make_corpus());
     const RunResult fp32 = train_tiny(corpus, "fp32", 20, {"--precision", "fp32"});
@@ -2336,10 +2366,15 @@ TEST_F(Cli, TrainSaysAndRecordsItsPrecisionAndAResumeKeepsIt) {
     for (const json& record : read_metrics(path("fp32") / "metrics.jsonl")) EXPECT_EQ(record.at("precision"), "fp32");
     const RunResult info = charlm({"info", (path("fp32") / "last.safetensors").string()});
     EXPECT_NE(info.out.find("  precision "), std::string::npos) << describe(info);
-    // The tiny model's hidden size is under 128: auto does not time it, and is fp32 on every machine.
+    // The tiny model's hidden size is under 128: auto does not time it, and is fp32 on every machine (where the
+    // CPU lacks the instructions, for that reason first).
     const RunResult automatic = train_tiny(corpus, "auto", 20);
-    EXPECT_NE(automatic.err.find("products in fp32: a hidden size under 128"), std::string::npos) << describe(automatic);
-    if (!charlm::cpu_runs_bf16()) GTEST_SKIP() << "this CPU has no AVX512_BF16: the rest trains at bf16, which is refused here";
+    EXPECT_NE(automatic.err.find(charlm::cpu_runs_bf16() ? "products in fp32: a hidden size under 128"
+                                                         : "products in fp32: this CPU has no bf16 instructions"),
+              std::string::npos)
+        << describe(automatic);
+
+    const Bf16ForChildProcesses emulation_where_needed;  // the instructions, else their emulation
 
     const RunResult bf16 = train_tiny(corpus, "bf16", 20, {"--precision", "bf16"});
     EXPECT_NE(bf16.err.find("products in bf16, as --precision bf16 asks"), std::string::npos) << describe(bf16);

@@ -31,6 +31,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using charlm::testing::TemporaryDirectory;
+using charlm::testing::Bf16ForChildProcesses;
 
 // ---- the one-process communicator and the agreement on errors ----
 
@@ -205,7 +206,7 @@ TEST_F(Distributed, TheSameProcessesAndThreadsGiveTheSameBits) {
 // same tolerance, and the same processes and threads give the same bits. The bf16 rounding is of each process's own
 // operands, so only the order of the gradients' sums across processes differs, as in fp32.
 TEST_F(Distributed, AtBf16ProcessesFollowOneProcessPathAndRepeatTheirBits) {
-    if (!charlm::cpu_runs_bf16()) GTEST_SKIP() << "skipped: this CPU has no AVX512_BF16, and --precision bf16 is refused here";
+    const Bf16ForChildProcesses bf16;  // the instructions, else their emulation
     ASSERT_EQ(run(train("one", 100, "--precision bf16")).exit_code, 0);
     const Outcome processes = run(mpirun(2) + train("two", 100, "--precision bf16"));
     ASSERT_EQ(processes.exit_code, 0) << processes.err;

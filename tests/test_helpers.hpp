@@ -16,6 +16,7 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include "charlm/precision.hpp"
 #include "charlm/tensor.hpp"
 
 namespace charlm::testing {
@@ -38,6 +39,19 @@ public:
 private:
     const char* name_;
     std::optional<std::string> old_;
+};
+
+// For the charlm processes a test starts at --precision bf16: where this CPU lacks AVX512_BF16, CHARLM_BF16=emulate,
+// so that they run the bf16 products on their emulation (the same roundings, slower) and the bf16 promises are
+// checked on every machine; where it has them, nothing, and the instructions are what is checked.
+class Bf16ForChildProcesses {
+public:
+    Bf16ForChildProcesses() {
+        if (!charlm::cpu_runs_bf16()) emulation_.emplace("CHARLM_BF16", "emulate");
+    }
+
+private:
+    std::optional<ScopedEnvironment> emulation_;
 };
 
 // A fresh directory under the system's temporary folder, removed when the test ends.

@@ -22,6 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 using charlm::testing::ChildProcess;
 using charlm::testing::TemporaryDirectory;
+using charlm::testing::Bf16ForChildProcesses;
 using nlohmann::json;
 
 // A tiny model to serve, trained for a few steps on a text made here.
@@ -89,7 +90,7 @@ TEST(ServeCli, SigtermEndsItWithExitZeroToo) { expect_stops_cleanly(SIGTERM); }
 // At bf16 a served completion is still charlm sample's text at bf16, computed beside another client's stream as if
 // alone (the batch's rows are summed each on its own, in bf16's kernels as in fp32's).
 TEST(ServeCli, AtBf16ACompletionBesideAnotherStreamIsCharlmSamplesTextAtBf16) {
-    if (!charlm::cpu_runs_bf16()) GTEST_SKIP() << "skipped: this CPU has no AVX512_BF16, and --precision bf16 is refused here";
+    const Bf16ForChildProcesses bf16;  // the instructions, else their emulation
     TemporaryDirectory directory;
     const fs::path checkpoint = tiny_checkpoint(directory);
     ChildProcess server({"serve", checkpoint.string(), "--port", "0", "--threads", "1", "--precision", "bf16"}, directory.path());

@@ -25,13 +25,17 @@ PrecisionChoice parse_precision_choice(const std::string& name);  // auto, fp32 
 // take them (CHARLM_KERNELS=avx512bf16, or unset). CHARLM_BF16=0 in the environment makes it say no,
 // so that a bf16 machine can show what a machine without them does.
 bool cpu_runs_bf16();
+// Whether --precision bf16 runs here: cpu_runs_bf16(), or CHARLM_BF16=emulate in the environment, which
+// runs the bf16 products on their emulation (the same roundings, much slower) on any CPU, for tests and
+// for checking a bf16 run on a machine without the instructions. auto never picks the emulation.
+bool bf16_runs_here();
 // The level of the hot kernels in use (src/nn/kernels.hpp: sse2, avx2, avx512, avx512bf16 on x86-64),
 // compiled for it and chosen from the CPU at the first call, or CHARLM_KERNELS's; throws UsageError where
 // CHARLM_KERNELS names no level or one this CPU lacks. And the same with why, for bench's notes:
 // "avx512bf16, the best this CPU runs (of sse2, avx2, avx512, avx512bf16)".
 std::string kernels_in_use();
 std::string kernels_in_use_and_why();
-// Throws UsageError, saying why, where `choice` is bf16 and !cpu_runs_bf16(): a command checks it
+// Throws UsageError, saying why, where `choice` is bf16 and !bf16_runs_here(): a command checks it
 // before it does anything else, and decide_precision() again.
 void check_precision_runs_here(PrecisionChoice choice);
 
@@ -60,7 +64,7 @@ struct PrecisionDecision {
     std::string reason;  // a clause for the log: "bf16: bf16 products timed 1.87x fp32's speed on these shapes (...)"
     bool timed = false;  // whether a timing decided it
 };
-// fp32 and bf16 are taken as asked (bf16 on a CPU without the instructions is a UsageError naming
+// fp32 and bf16 are taken as asked (bf16 where !bf16_runs_here() is a UsageError naming
 // why); automatic picks bf16 only where cpu_runs_bf16(), the hidden size is 128 or more, and `timer`
 // finds bf16's products faster, by at least 10%, on `shapes`.
 PrecisionDecision decide_precision(PrecisionChoice choice, const ProductShapes& shapes, const ProductTimer& timer = time_products);

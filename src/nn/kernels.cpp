@@ -40,9 +40,9 @@ bool cpu_runs_avx512() {
     return cpu_runs_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
 }
-// AVX512_BF16 is leaf 7, subleaf 1, EAX bit 5. CHARLM_BF16=0 answers as a CPU without it would.
+// AVX512_BF16 is leaf 7, subleaf 1, EAX bit 5. CHARLM_BF16=0 or emulate answers as a CPU without it would.
 bool cpu_runs_avx512bf16() {
-    if (const char* setting = std::getenv("CHARLM_BF16"); setting && std::string_view(setting) == "0") return false;
+    if (bf16_setting() != Bf16Setting::instructions) return false;
     if (!cpu_runs_avx512()) return false;
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) return false;
@@ -100,11 +100,22 @@ std::string choose_kernel_level(const char* requested, const std::vector<std::st
     return requested;
 }
 
+Bf16Setting bf16_setting() {
+    const char* setting = std::getenv("CHARLM_BF16");
+    if (setting == nullptr || *setting == '\0') return Bf16Setting::instructions;
+    if (std::string_view(setting) == "0") return Bf16Setting::none;
+    if (std::string_view(setting) == "emulate") return Bf16Setting::emulate;
+    throw UsageError(fmt::format("CHARLM_BF16={} is not 0 (answer as a CPU without AVX512_BF16) or emulate (run --precision bf16 "
+                                 "on the products' emulation); unset it to use this CPU's instructions",
+                                 setting));
+}
+
 const KernelSet& kernels() {
     // Chosen once; a refusal is thrown again on every call, so that no caller goes on without kernels.
     static const Level* chosen = nullptr;
     static const std::string refusal = [] {
         try {
+            bf16_setting();  // refused, where it names neither, before the levels are asked
             const std::string name = choose_kernel_level(std::getenv("CHARLM_KERNELS"), kernel_levels_this_cpu_runs());
             for (const Level& level : levels())
                 if (name == level.kernels.name) chosen = &level;
@@ -119,12 +130,22 @@ const KernelSet& kernels() {
 
 std::string kernels_in_use() { return kernels().name; }
 
+namespace {
+std::string bf16_note() {
+    switch (bf16_setting()) {
+        case Bf16Setting::none: return "; CHARLM_BF16=0 answers as a CPU without AVX512_BF16";
+        case Bf16Setting::emulate: return "; bf16 products on their emulation, as CHARLM_BF16=emulate asks";
+        default: return "";
+    }
+}
+}  // namespace
+
 std::string kernels_in_use_and_why() {
     const std::string name = kernels_in_use();
     const std::vector<std::string> runs = kernel_levels_this_cpu_runs();
     if (const char* requested = std::getenv("CHARLM_KERNELS"); requested && *requested)
-        return fmt::format("{}, as CHARLM_KERNELS asks (this CPU runs {})", name, fmt::join(runs, ", "));
-    return fmt::format("{}, the best this CPU runs (of {})", name, fmt::join(kernel_levels_built(), ", "));
+        return fmt::format("{}, as CHARLM_KERNELS asks (this CPU runs {}){}", name, fmt::join(runs, ", "), bf16_note());
+    return fmt::format("{}, the best this CPU runs (of {}){}", name, fmt::join(kernel_levels_built(), ", "), bf16_note());
 }
 
 }  // namespace charlm

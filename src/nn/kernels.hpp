@@ -95,8 +95,15 @@ struct KernelSet {
 // command line calls it before a command does any work, so that the refusal comes first.
 const KernelSet& kernels();
 
+// What CHARLM_BF16 asks of the bf16 products: the CPU's instructions where it has them (unset or empty),
+// none (0: as a CPU without AVX512_BF16 answers, so that a bf16 machine shows what others do), or their
+// emulation on any CPU (emulate: as 0, but --precision bf16 runs, slowly; for tests and for checking on a
+// machine without the instructions what a bf16 run does). Throws UsageError where it names none of them.
+enum class Bf16Setting { instructions, none, emulate };
+Bf16Setting bf16_setting();
+
 // The levels this build has, from the least to the best; and those of them this CPU runs (CHARLM_BF16=0
-// takes avx512bf16 away, as from a CPU without AVX512_BF16).
+// or emulate takes avx512bf16 away, as from a CPU without AVX512_BF16).
 std::vector<std::string> kernel_levels_built();
 std::vector<std::string> kernel_levels_this_cpu_runs();
 

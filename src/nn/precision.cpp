@@ -42,8 +42,10 @@ PrecisionChoice parse_precision_choice(const std::string& name) {
 
 bool cpu_runs_bf16() { return kernels().bf16_instructions; }
 
+bool bf16_runs_here() { return cpu_runs_bf16() || bf16_setting() == Bf16Setting::emulate; }
+
 void check_precision_runs_here(PrecisionChoice choice) {
-    if (choice == PrecisionChoice::bf16 && !cpu_runs_bf16())
+    if (choice == PrecisionChoice::bf16 && !bf16_runs_here())
         throw UsageError("--precision bf16 needs a CPU with bf16 instructions (AVX512_BF16), which this one lacks; "
                          "give --precision fp32 or auto");
 }
@@ -158,6 +160,8 @@ PrecisionDecision decide_precision(PrecisionChoice choice, const ProductShapes& 
     check_precision_runs_here(choice);
     if (choice == PrecisionChoice::bf16) return {Precision::bf16, "bf16, as --precision bf16 asks"};
     const bool runs_bf16 = cpu_runs_bf16();
+    if (!runs_bf16 && bf16_setting() == Bf16Setting::emulate)
+        return {Precision::fp32, "fp32: bf16 products would run on their emulation (CHARLM_BF16=emulate), slower than fp32's"};
     if (!runs_bf16) return {Precision::fp32, "fp32: this CPU has no bf16 instructions (AVX512_BF16)"};
     // Below this the products are a small part of the work, and a timing this short could go either way.
     if (shapes.hidden < kLeastBf16Hidden)

@@ -184,7 +184,7 @@ std::string decide_run_precision(TrainOptions& options, const Communicator& proc
     PrecisionDecision decision;
     run_on_every_process(processes, [&] {
         if (!processes.is_first()) return;
-        if (recorded && options.precision_choice == PrecisionChoice::automatic && (*recorded == Precision::fp32 || cpu_runs_bf16()))
+        if (recorded && options.precision_choice == PrecisionChoice::automatic && (*recorded == Precision::fp32 || bf16_runs_here()))
             decision = {*recorded, fmt::format("{}, the run's so far (auto keeps it, so that the resumed run goes on as one)",
                                                to_string(*recorded))};
         else
