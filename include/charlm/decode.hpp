@@ -173,7 +173,9 @@ private:
     };
     void submit(Pending pending);
     bool admissible() const;  // under mutex_: the queue's first request has slots for all its choices
-    void admit_and_release(std::vector<std::unique_ptr<Slot>>& active, std::vector<std::unique_ptr<Slot>>& paused, ModelState<float>& state);
+    // Moves the slots that leave into `left`, whose finishes the caller posts once mutex_ is released.
+    void admit_and_release(std::vector<std::unique_ptr<Slot>>& active, std::vector<std::unique_ptr<Slot>>& paused, ModelState<float>& state,
+                           std::vector<std::unique_ptr<Slot>>& left);
     void run();
 
     Model<float>& model_;

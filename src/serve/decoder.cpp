@@ -112,7 +112,7 @@ void copy_row(const ModelState<float>& from, Eigen::Index from_row, ModelState<f
 // slots: a client that reads nothing holds them until --timeout ends its connection. The stayers' rows
 // are carried into the new batch (newcomers start from zeros). Called with mutex_ held.
 void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active, std::vector<std::unique_ptr<Slot>>& paused,
-                                     ModelState<float>& state) {
+                                     ModelState<float>& state, std::vector<std::unique_ptr<Slot>>& left) {
     std::vector<std::unique_ptr<Slot>> kept, still_paused;
     // Where each kept slot's row comes from: the old state's row, its own set-aside row (row 0), or zeros (null).
     std::vector<std::pair<const ModelState<float>*, Eigen::Index>> sources;
@@ -121,6 +121,7 @@ void BatchDecoder::admit_and_release(std::vector<std::unique_ptr<Slot>>& active,
         const auto row = static_cast<Eigen::Index>(i);
         if (slot.finished() || slot.mailbox().cancelled()) {
             --slots_busy_;
+            left.push_back(std::move(active[i]));
         } else if (slot.mailbox().backlogged()) {
             slot.set_aside = model_.initial_state(1);
             copy_row(state, row, *slot.set_aside, 0);
@@ -174,6 +175,7 @@ void BatchDecoder::run() {
     std::vector<std::unique_ptr<Slot>> active, paused;
     ModelState<float> state = model_.initial_state(0);
     std::vector<TokenId> inputs;
+    std::vector<std::unique_ptr<Slot>> left;  // out of the batch, their ends to post
     const auto resuming = [&] {
         return std::any_of(paused.begin(), paused.end(), [](const auto& s) { return s->mailbox().cancelled() || !s->mailbox().backlogged(); });
     };
@@ -188,8 +190,12 @@ void BatchDecoder::run() {
             const bool leaving = std::any_of(active.begin(), active.end(), [](const auto& s) {
                 return s->finished() || s->mailbox().cancelled() || s->mailbox().backlogged();
             });
-            if (leaving || admissible() || resuming()) admit_and_release(active, paused, state);
+            if (leaving || admissible() || resuming()) admit_and_release(active, paused, state, left);
         }
+        // The ends are posted once the slots are counted free (load(), /metrics, /health): a client that has
+        // its whole answer and asks at once finds them so.
+        for (auto& slot : left) slot->post_finish();
+        left.clear();
         if (active.empty()) continue;
         const auto batch = static_cast<int>(active.size());
         inputs.resize(active.size());
@@ -220,7 +226,8 @@ void BatchDecoder::run() {
     }
     for (auto* slots : {&active, &paused})
         for (auto& slot : *slots)
-            if (!slot->finished()) slot->mailbox().fail("the server is shutting down", true);
+            if (slot->finished()) slot->post_finish();  // finished at the last step: its whole answer is posted
+            else slot->mailbox().fail("the server is shutting down", true);
     std::lock_guard lock(mutex_);
     for (auto& pending : queue_) pending.mailbox->fail("the server is shutting down", true);
     queue_.clear();

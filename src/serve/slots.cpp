@@ -65,14 +65,13 @@ void CompletionSlot::release(std::size_t count) {
 
 void CompletionSlot::finish(FinishReason reason) {
     finished_ = true;
-    mailbox_->finish(choice_, reason);
+    reason_ = reason;
 }
 
 void ScoreSlot::after_step(std::span<const float> logits, const ModelState<float>& state, Eigen::Index row) {
     scorer_.after_step(logits, state, row);
     if (!scorer_.finished()) return;
     finished_ = true;
-    mailbox_->finish_score(std::move(scorer_.result()));
 }
 
 }  // namespace charlm

@@ -25,7 +25,10 @@ public:
 
     TokenId next_input() { return fed_ < prompt_.size() ? prompt_[fed_++] : drawn_; }
     void after_step(std::span<const float> logits, const Vocab& vocab);
+    // Finished: its characters are posted; the end itself is posted by post_finish(), which the decoder
+    // calls once the slot has left the batch, so that a client told its request ended finds its slot free.
     bool finished() const { return finished_; }
+    void post_finish() { mailbox_->finish(choice_, reason_); }
     RequestMailbox& mailbox() { return *mailbox_; }
 
 private:
@@ -42,6 +45,7 @@ private:
     std::size_t fed_ = 0;                               // how many of prompt_ have been fed
     TokenId drawn_ = 0;                                 // the last character drawn, fed next
     bool finished_ = false;
+    FinishReason reason_ = FinishReason::length;  // once finished
     std::mt19937_64 rng_;
     TokenDrawer drawer_;
     StopDetector stops_;
@@ -58,7 +62,8 @@ public:
 
     TokenId next_input() { return scorer_.next_input(); }
     void after_step(std::span<const float> logits, const ModelState<float>& state, Eigen::Index row);
-    bool finished() const { return finished_; }
+    bool finished() const { return finished_; }  // and its result waits for post_finish(), as a completion's end does
+    void post_finish() { mailbox_->finish_score(std::move(scorer_.result())); }
     RequestMailbox& mailbox() { return *mailbox_; }
 
 private:
@@ -82,6 +87,13 @@ struct BatchDecoder::Slot {
     }
     RequestMailbox& mailbox() {
         return std::visit([](auto& slot) -> RequestMailbox& { return slot.mailbox(); }, job);
+    }
+    // Posts the end of a finished job (a failed one's mailbox was told already).
+    void post_finish() {
+        if (failed) return;
+        std::visit([](auto& slot) {
+            if (slot.finished()) slot.post_finish();
+        }, job);
     }
     void after_step(std::span<const float> logits, const ModelState<float>& state, Eigen::Index row, const Vocab& vocab) {
         if (auto* completion = std::get_if<CompletionSlot>(&job)) completion->after_step(logits, vocab);
