@@ -1,9 +1,9 @@
 // One decoding step of B streams against frozen weights, in the process, as 'charlm serve' takes it (rows computed as
 // if alone, the step in one team): fp32 and bf16 in turns, without HTTP, mailboxes or the I/O thread, and with or
-// without each row's draw and log-partition after the step (what the decoder adds, shared among the threads as it
-// shares them). Says how much of a served character is the model's step, and how much of the precisions' ratio
+// without each row's draw after the step (--draws), and its log-partition (--logprobs, what a client asking
+// "logprobs" adds), as the decoder adds them, shared among the threads as it shares them. Says how much of a served character is the model's step, and how much of the precisions' ratio
 // survives the work that bf16 does not touch.
-// Usage: decode_step_bench CHECKPOINT [--streams 16] [--threads 2] [--steps 3000] [--rounds 7] [--draws]
+// Usage: decode_step_bench CHECKPOINT [--streams 16] [--threads 2] [--steps 3000] [--rounds 7] [--draws [--logprobs]]
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -26,7 +26,7 @@ namespace {
 struct Options {
     std::string checkpoint;
     int streams = 16, threads = 2, steps = 3000, rounds = 7;
-    bool draws = false;
+    bool draws = false, logprobs = false;
 };
 
 // Microseconds a step, over options.steps steps after 200 to warm up.
@@ -50,7 +50,7 @@ double time_steps(charlm::Model<float>& model, const Options& options) {
             for (Eigen::Index row = first; row < first + rows; ++row) {
                 const std::span<const float> values(logits.row(row).data(), static_cast<std::size_t>(logits.cols()));
                 inputs[static_cast<std::size_t>(row)] = drawers[static_cast<std::size_t>(row)].draw(values, drawing, 0.5);
-                partitions[static_cast<std::size_t>(row)] = log_partition(values);
+                if (options.logprobs) partitions[static_cast<std::size_t>(row)] = log_partition(values);
             }
         });
     };
@@ -63,7 +63,7 @@ double time_steps(charlm::Model<float>& model, const Options& options) {
 }
 
 int usage() {
-    std::fprintf(stderr, "usage: decode_step_bench CHECKPOINT [--streams 16] [--threads 2] [--steps 3000] [--rounds 7] [--draws]\n");
+    std::fprintf(stderr, "usage: decode_step_bench CHECKPOINT [--streams 16] [--threads 2] [--steps 3000] [--rounds 7] [--draws [--logprobs]]\n");
     return 2;
 }
 
@@ -83,13 +83,15 @@ int main(int argc, char** argv) {
             if (i + 1 >= argc || (*count = std::atoi(argv[++i])) <= 0) return usage();
         } else if (argument == "--draws") {
             options.draws = true;
+        } else if (argument == "--logprobs") {
+            options.logprobs = true;
         } else if (argument.starts_with("-") || !options.checkpoint.empty()) {
             return usage();
         } else {
             options.checkpoint = argument;
         }
     }
-    if (options.checkpoint.empty()) return usage();
+    if (options.checkpoint.empty() || (options.logprobs && !options.draws)) return usage();
     try {
         set_thread_count(options.threads);
         Checkpoint checkpoint = load_checkpoint(options.checkpoint);
@@ -109,7 +111,7 @@ int main(int argc, char** argv) {
         };
         std::printf("%d streams, %d threads, %s: fp32 %.1f us a step (least %.1f), bf16 %.1f us (least %.1f); "
                     "fp32 / bf16: median of the rounds' ratios %.2f (%.2f-%.2f)\n",
-                    options.streams, options.threads, options.draws ? "step and draws" : "step alone", median(fp32),
+                    options.streams, options.threads, options.logprobs ? "step, draws and logprobs" : options.draws ? "step and draws" : "step alone", median(fp32),
                     *std::min_element(fp32.begin(), fp32.end()), median(bf16), *std::min_element(bf16.begin(), bf16.end()),
                     median(ratios), *std::min_element(ratios.begin(), ratios.end()), *std::max_element(ratios.begin(), ratios.end()));
     } catch (const std::exception& error) {

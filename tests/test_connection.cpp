@@ -22,6 +22,7 @@
 #include "charlm/server.hpp"
 #include "charlm/text.hpp"
 #include "serve/access.hpp"
+#include "serve/api.hpp"
 #include "serve/request_reader.hpp"
 #include "server_fixture.hpp"
 #include "test_helpers.hpp"
@@ -373,6 +374,21 @@ TEST(Connection, KeysComeFromAFileOneALineAndABadKeyOrFileIsAUsageError) {
     EXPECT_FALSE(keys.admit("Bearer alpha "));
     EXPECT_FALSE(keys.admit("alpha"));
     EXPECT_FALSE(keys.admit(""));
+}
+
+// A completion's characters are scored (a softmax over the vocabulary each) only where the client asks
+// "logprobs", as OpenAI's API has it: without, the answer's logprobs are null and the decoder spares the work.
+TEST(Connection, ACompletionIsScoredOnlyWhereTheClientAsksLogprobs) {
+    const Vocab vocab = testing::vocab_of_text(U"abc\n");
+    const ServerOptions options;
+    const CompletionCall plain = read_completion_request(std::string_view(R"({"prompt": "ab"})"), vocab, options);
+    EXPECT_FALSE(plain.with_logprobs);
+    EXPECT_FALSE(plain.request.logprobs);
+    for (const char* body : {R"({"prompt": "ab", "logprobs": 0})", R"({"prompt": "ab", "logprobs": 2})"}) {
+        const CompletionCall asked = read_completion_request(std::string_view(body), vocab, options);
+        EXPECT_TRUE(asked.with_logprobs) << body;
+        EXPECT_TRUE(asked.request.logprobs) << body;
+    }
 }
 
 // The exposition parsed as Prometheus reads it: every sample a name starting charlm_, optional labels, a number.

@@ -170,6 +170,27 @@ TEST(Decode, LogprobsAreTheModelsOwnDistribution) {
     }
 }
 
+// A request that does not ask for log-probabilities (the API's default) gets the same text, with no
+// log-probability computed: each is NaN, where asking gives finite ones, the same echoed prompt included.
+TEST(Decode, WithoutLogprobsTheTextIsTheSameAndNoneAreComputed) {
+    Fixture fixture;
+    BatchDecoder decoder(fixture.model, fixture.vocab, {.slots = 2, .queued = 2, .threads = 1});
+    CompletionRequest request;
+    request.prompt = U"abc";
+    request.max_characters = 30;
+    request.seed = 7;
+    request.echo = true;
+    const Completed with = read_all(*decoder.complete(request));
+    request.logprobs = false;
+    const Completed without = read_all(*decoder.complete(request));
+    ASSERT_EQ(with.texts[0].size(), 33u);
+    EXPECT_EQ(without.texts[0], with.texts[0]);
+    for (std::size_t i = 1; i < with.characters[0].size(); ++i) {  // the prompt's first character has no prediction
+        EXPECT_TRUE(std::isfinite(with.characters[0][i].logprob)) << "character " << i;
+        EXPECT_TRUE(std::isnan(without.characters[0][i].logprob)) << "character " << i << " was scored unasked";
+    }
+}
+
 TEST(Decode, ScoresMatchAStepByStepReading) {
     Fixture fixture;
     const std::u32string text = U"abc def ghij\nklm abc def. ABC, abc";

@@ -44,6 +44,9 @@ struct CompletionRequest {
     std::uint64_t seed = 0;             // choice i draws with seed + i: choice 0 is charlm sample's text for the seed
     int choices = 1;
     int alternatives = 0;               // most likely characters reported beside each drawn one
+    // Each character's log-probability (DrawnCharacter::logprob); false leaves it NaN and spares the softmax
+    // over the vocabulary that each character's would cost (the API asks it only where the client does).
+    bool logprobs = true;
     // Each choice's characters begin with the prompt's own, scored as it is read, all posted at once
     // when it has been read; with max_characters 0 the prompt is only scored.
     bool echo = false;

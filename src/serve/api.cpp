@@ -218,6 +218,7 @@ CompletionCall read_completion_request(const json& body, const Vocab& vocab, con
     call.stream = fields.flag("stream", false);
     request.alternatives = static_cast<int>(fields.whole("logprobs", 0, 0, kMostAlternatives));
     call.with_logprobs = fields.find("logprobs") != nullptr;
+    request.logprobs = call.with_logprobs;
     fields.text("model", "");
     fields.text("user", "");
     request.echo = fields.flag("echo", false);

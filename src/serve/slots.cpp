@@ -21,12 +21,7 @@ void CompletionSlot::after_step(std::span<const float> logits, const Vocab& voca
     if (fed_ < prompt_.size()) return;  // still reading the prompt
     if (request_->max_characters == 0) return finish(FinishReason::length);  // echo: the prompt scored, nothing drawn
     drawn_ = drawer_.draw(logits, drawing_, uniform_draw(rng_));
-    DrawnCharacter character;
-    character.character = vocab.code_point_of(drawn_);
-    const double partition = log_partition(logits);
-    character.logprob = static_cast<float>(logits[static_cast<std::size_t>(drawn_)] - partition);
-    if (request_->alternatives > 0) character.top = most_likely(logits, partition, request_->alternatives, vocab, order_);
-    held_.push_back(std::move(character));
+    held_.push_back(scored(drawn_, logits, vocab));
     ++generated_;
     // A stop text ends the choice without itself; else the length may; else what can no longer begin a stop goes out.
     if (const std::size_t stop_length = stops_.push(held_.back().character)) {
@@ -46,16 +41,22 @@ void CompletionSlot::after_step(std::span<const float> logits, const Vocab& voca
 void CompletionSlot::echo_prompt(std::span<const float> logits, const Vocab& vocab) {
     if (echoed_.size() == prompt_.size()) return;  // posted already
     if (echoed_.empty()) echoed_.push_back({vocab.code_point_of(prompt_[0]), std::numeric_limits<float>::quiet_NaN(), {}});
-    if (fed_ < prompt_.size()) {
-        DrawnCharacter character;
-        const TokenId next = prompt_[fed_];
-        character.character = vocab.code_point_of(next);
-        const double partition = log_partition(logits);
-        character.logprob = static_cast<float>(logits[static_cast<std::size_t>(next)] - partition);
-        if (request_->alternatives > 0) character.top = most_likely(logits, partition, request_->alternatives, vocab, order_);
-        echoed_.push_back(std::move(character));
-    }
+    if (fed_ < prompt_.size()) echoed_.push_back(scored(prompt_[fed_], logits, vocab));
     if (echoed_.size() == prompt_.size()) mailbox_->post_all(choice_, echoed_);
+}
+
+// `id` as the step's logits predict it: its log-probability and the most likely alternatives, where asked.
+DrawnCharacter CompletionSlot::scored(TokenId id, std::span<const float> logits, const Vocab& vocab) {
+    DrawnCharacter character;
+    character.character = vocab.code_point_of(id);
+    if (!request_->logprobs) {
+        character.logprob = std::numeric_limits<float>::quiet_NaN();
+        return character;
+    }
+    const double partition = log_partition(logits);
+    character.logprob = static_cast<float>(logits[static_cast<std::size_t>(id)] - partition);
+    if (request_->alternatives > 0) character.top = most_likely(logits, partition, request_->alternatives, vocab, order_);
+    return character;
 }
 
 void CompletionSlot::release(std::size_t count) {

@@ -33,6 +33,7 @@ public:
 
 private:
     void release(std::size_t count);  // posts the first `count` held characters
+    DrawnCharacter scored(TokenId id, std::span<const float> logits, const Vocab& vocab);
     // With echo: the prompt character the step's logits predict, scored; the whole prompt posted once read.
     void echo_prompt(std::span<const float> logits, const Vocab& vocab);
     void finish(FinishReason reason);
