@@ -40,8 +40,10 @@ namespace {
 // a panel. Each step of its depth loop loads kPanelPackets packets of the panel and kBlockRows
 // broadcasts of a for kPanelPackets * kBlockRows multiply-adds: with AVX-512's 32 registers, 6 x 4
 // (24 accumulators, 10 loads per 24 FMAs) measured 5-15% faster than 8 x 2 (16 accumulators, 10 loads
-// per 16 FMAs) on 3x512 and 2x128, where the loads from L1 and L2 were the limit; with 16 registers,
-// 8 x 2 already fills them.
+// per 16 FMAs) on 3x512 and 2x128, where the loads from L1 and L2 were the limit. With x86's 16 registers
+// (AVX2, SSE2), 8 x 2's 16 accumulators left none for the broadcast, and the compiler spilled: 6 x 2 (12
+// accumulators, 2 panel packets, a broadcast) trained 2x256 1.15-1.25x as fast and evaluated it 1.35x on a
+// Zen 3 without AVX-512. arm64's NEON (32 registers) keeps the 8 x 2 it was measured with.
 template <typename Scalar>
 using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
 template <typename Scalar>
@@ -50,6 +52,10 @@ constexpr Eigen::Index kPacketSize = Eigen::internal::unpacket_traits<Packet<Sca
 constexpr int kPanelPackets = 4;
 constexpr Eigen::Index kBlockRows = 6;
 constexpr int kVectorRegisters = 32;
+#elif defined(__x86_64__)
+constexpr int kPanelPackets = 2;
+constexpr Eigen::Index kBlockRows = 6;
+constexpr int kVectorRegisters = 16;
 #else
 constexpr int kPanelPackets = 2;
 constexpr Eigen::Index kBlockRows = 8;
@@ -128,6 +134,8 @@ using BlockFunction = void (*)(const Scalar*, Eigen::Index, const Scalar*, Eigen
 
 // Every row of a against one panel, in blocks of at most kBlockRows rows made as even as possible (25
 // rows at 8: 7, 6, 6, 6, not 8, 8, 8, 1), so that the panel stays in cache while a streams past it.
+// Where the rows are enough for one chain each, every block sums with one, a short block too (7 rows at
+// 6 are 4 and 3, and 3 alone would take 2): a row's sums then take the same order whatever the blocks.
 template <typename Scalar>
 void multiply_panel(const Scalar* a, std::ptrdiff_t lda, std::ptrdiff_t rows, const Scalar* panel, std::ptrdiff_t depth,
                     bool accumulate, Scalar* c, std::ptrdiff_t ldc, std::ptrdiff_t count, bool as_if_alone) {
@@ -135,14 +143,20 @@ void multiply_panel(const Scalar* a, std::ptrdiff_t lda, std::ptrdiff_t rows, co
         return std::array<BlockFunction<Scalar>, kBlockRows + 1>{
             nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1, chains_for_rows(static_cast<int>(Rows) + 1)>...};
     }(std::make_index_sequence<kBlockRows>{});
+    static constexpr auto one_chain_kernels = []<std::size_t... Rows>(std::index_sequence<Rows...>) {
+        return std::array<BlockFunction<Scalar>, kBlockRows + 1>{nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1, 1>...};
+    }(std::make_index_sequence<kBlockRows>{});
     static constexpr auto alone_kernels = []<std::size_t... Rows>(std::index_sequence<Rows...>) {
         return std::array<BlockFunction<Scalar>, kAloneBlockRows + 1>{nullptr, multiply_block<Scalar, static_cast<int>(Rows) + 1, kAloneChains>...};
     }(std::make_index_sequence<kAloneBlockRows>{});
     const Eigen::Index most_rows = as_if_alone ? kAloneBlockRows : kBlockRows;
     const Eigen::Index blocks = (rows + most_rows - 1) / most_rows;
+    const bool one_chain = chains_for_rows(static_cast<int>(std::min<Eigen::Index>(rows, kBlockRows))) == 1;
     for (Eigen::Index block = 0, row = 0; block < blocks; ++block) {
         const Eigen::Index block_rows = rows / blocks + (block < rows % blocks ? 1 : 0);
-        const BlockFunction<Scalar> kernel = as_if_alone ? alone_kernels[block_rows] : kernels[block_rows];
+        const BlockFunction<Scalar> kernel = as_if_alone ? alone_kernels[block_rows]
+                                             : one_chain ? one_chain_kernels[block_rows]
+                                                         : kernels[block_rows];
         kernel(a + row * lda, lda, panel, depth, accumulate, c + row * ldc, ldc, count);
         row += block_rows;
     }
