@@ -35,6 +35,9 @@ cpu_lacks() {
   for flag in "$@"; do [[ "$cpu_flags" == *" $flag "* ]] || return 0; done
   return 1
 }
+if cpu_lacks avx2 fma; then
+  allowed_skips+=("engine_kernels_avx2|this CPU lacks AVX2 or FMA, so the avx2 kernels are refused (as the test checks)")
+fi
 if cpu_lacks avx512f avx512dq avx512bw avx512vl avx512cd; then
   allowed_skips+=("engine_kernels_avx512|this CPU lacks AVX-512, so the avx512 kernels are refused (as the test checks)")
 fi
