@@ -151,7 +151,7 @@ void multiply_panel(const Scalar* a, std::ptrdiff_t lda, std::ptrdiff_t rows, co
     }(std::make_index_sequence<kAloneBlockRows>{});
     const Eigen::Index most_rows = as_if_alone ? kAloneBlockRows : kBlockRows;
     const Eigen::Index blocks = (rows + most_rows - 1) / most_rows;
-    const bool one_chain = chains_for_rows(static_cast<int>(std::min<Eigen::Index>(rows, kBlockRows))) == 1;
+    const bool one_chain = rows > 0 && chains_for_rows(static_cast<int>(std::min<Eigen::Index>(rows, kBlockRows))) == 1;
     for (Eigen::Index block = 0, row = 0; block < blocks; ++block) {
         const Eigen::Index block_rows = rows / blocks + (block < rows % blocks ? 1 : 0);
         const BlockFunction<Scalar> kernel = as_if_alone ? alone_kernels[block_rows]
