@@ -1,8 +1,9 @@
 // One decoding step of B streams against frozen weights, in the process, as 'charlm serve' takes it (rows computed as
 // if alone, the step in one team): fp32 and bf16 in turns, without HTTP, mailboxes or the I/O thread, and with or
 // without each row's draw after the step (--draws), and its log-partition (--logprobs, what a client asking
-// "logprobs" adds), as the decoder adds them, shared among the threads as it shares them. Says how much of a served character is the model's step, and how much of the precisions' ratio
-// survives the work that bf16 does not touch.
+// "logprobs" adds), as the decoder adds them, shared among the threads as it shares them. Says how much of a
+// served character is the model's step, and how much of the precisions' ratio survives the work that bf16 does
+// not touch.
 // Usage: decode_step_bench CHECKPOINT [--streams 16] [--threads 2] [--steps 3000] [--rounds 7] [--draws [--logprobs]]
 #include <algorithm>
 #include <chrono>

@@ -38,10 +38,11 @@ cpu_lacks() {
 if cpu_lacks avx2 fma; then
   allowed_skips+=("engine_kernels_avx2|this CPU lacks AVX2 or FMA, so the avx2 kernels are refused (as the test checks)")
 fi
-if cpu_lacks avx512f avx512dq avx512bw avx512vl avx512cd; then
+avx512="avx512f avx512dq avx512bw avx512vl avx512cd"  # the avx512 level's needs (src/nn/kernels.cpp)
+if cpu_lacks $avx512; then
   allowed_skips+=("engine_kernels_avx512|this CPU lacks AVX-512, so the avx512 kernels are refused (as the test checks)")
 fi
-if cpu_lacks avx512f avx512dq avx512bw avx512vl avx512cd avx512_bf16; then
+if cpu_lacks $avx512 avx512_bf16; then
   allowed_skips+=(
     "engine_kernels_avx512bf16|this CPU lacks AVX512_BF16, so the avx512bf16 kernels are refused (as the test checks)"
     "Bf16.AutoPicksFp32WhereTheRealTimingFindsBf16Slower|this CPU lacks AVX512_BF16: auto is fp32 without a timing to check"
